@@ -1,0 +1,1 @@
+//! The server framework: Python's `socketserver`, Rust-shaped.
