@@ -4,3 +4,14 @@
 //! `catch_unwind` and leaves with `_exit`, so it never unwinds into the
 //! parent's code. See the crate README for the fork-safety rules.
 #![allow(unsafe_code)]
+
+mod current;
+mod fork;
+#[allow(clippy::module_inception)]
+mod process;
+mod registry;
+mod sys;
+
+pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
+pub use fork::{fork_child, ForkOptions, ForkedChild};
+pub use process::{Process, ProcessBuilder};
