@@ -4,3 +4,16 @@
 //! `catch_unwind` and leaves with `_exit`, so it never unwinds into the
 //! parent's code. See the crate README for the fork-safety rules.
 #![allow(unsafe_code)]
+
+// Shared memory and synchronisation (slice `sync`).
+mod condition;
+mod queue;
+mod raw;
+mod semaphore;
+mod shared;
+mod sync;
+pub use condition::{Barrier, Condition, ConditionGuard};
+pub use queue::{Queue, QueueBuilder, DEFAULT_CAPACITY as QUEUE_DEFAULT_CAPACITY};
+pub use semaphore::{BoundedSemaphore, Event, Semaphore, SemaphoreGuard};
+pub use shared::{Array, ArrayGuard, SharedData, SharedMemory, Value, ValueGuard};
+pub use sync::{Lock, LockError, LockGuard, LockResult, RLock, RLockGuard};
