@@ -278,6 +278,9 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
 
     fn serve_forever(&mut self) -> Result<()> {
         let result = self.run_loop();
+        if result.is_ok() {
+            tracing::debug!(server = %self.address, "shutdown requested; serve_forever returns");
+        }
         self.wakeup.reset();
         result
     }

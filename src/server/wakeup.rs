@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub(crate) struct Wakeup {
     rx: UnixStream,
     tx: UnixStream,
-    shutdown: AtomicBool,
+    shutdown: Arc<AtomicBool>,
 }
 
 impl Wakeup {
@@ -30,7 +30,7 @@ impl Wakeup {
         Ok(Arc::new(Wakeup {
             rx,
             tx,
-            shutdown: AtomicBool::new(false),
+            shutdown: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -54,9 +54,13 @@ impl Wakeup {
     }
 
     /// A duplicate of the write end, for `signal-hook`'s pipe registration.
-    #[allow(dead_code)] // used by the forking strategy
     pub(crate) fn sender(&self) -> io::Result<UnixStream> {
         self.tx.try_clone()
+    }
+
+    /// The shutdown flag, for `signal-hook`'s flag registration.
+    pub(crate) fn flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
     }
 
     /// The descriptor the loop polls.
