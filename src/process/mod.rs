@@ -28,3 +28,15 @@ pub use queue::{Queue, QueueBuilder, DEFAULT_CAPACITY as QUEUE_DEFAULT_CAPACITY}
 pub use semaphore::{BoundedSemaphore, Event, Semaphore, SemaphoreGuard};
 pub use shared::{Array, ArrayGuard, SharedData, SharedMemory, Value, ValueGuard};
 pub use sync::{Lock, LockError, LockGuard, LockResult, RLock, RLockGuard};
+
+// Pool, ProcessPoolExecutor and Manager (slice `pool`).
+mod async_result;
+mod dispatch;
+mod executor;
+mod pool;
+mod task;
+mod worker;
+pub use async_result::AsyncResult;
+pub use executor::{Future, ProcessPoolExecutor};
+pub use pool::{IMap, Pool, PoolBuilder};
+pub use task::StarFn;
