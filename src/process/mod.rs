@@ -33,10 +33,18 @@ pub use sync::{Lock, LockError, LockGuard, LockResult, RLock, RLockGuard};
 mod async_result;
 mod dispatch;
 mod executor;
+mod manager;
+mod manager_protocol;
+mod manager_proxy;
+mod manager_server;
 mod pool;
 mod task;
 mod worker;
 pub use async_result::AsyncResult;
 pub use executor::{Future, ProcessPoolExecutor};
+pub use manager::{Manager, ManagerBuilder};
+pub use manager_proxy::{
+    DictProxy, ListProxy, LockProxy, LockProxyGuard, NamespaceProxy, QueueProxy, ValueProxy,
+};
 pub use pool::{IMap, Pool, PoolBuilder};
 pub use task::StarFn;
