@@ -109,6 +109,22 @@ fn map_and_starmap_keep_order() -> TestResult {
     Ok(())
 }
 
+fn big_chunks_do_not_deadlock() -> TestResult {
+    // Chunks far larger than a socket buffer, both ways, with two chunks
+    // per worker: a blocking send queued behind a busy worker would wait
+    // forever for a worker that waits to send its reply.
+    let pool = Pool::new(2).map_err(e)?;
+    let base = 1u64 << 40;
+    let got = pool.map_chunked(square_mod, (0..400_000u64).map(|x| x + base), 50_000).map_err(e)?;
+    check!(got.len() == 400_000);
+    check!(got.iter().enumerate().all(|(i, &v)| v == square_mod(i as u64 + base)));
+    Ok(())
+}
+
+fn square_mod(x: u64) -> u64 {
+    x.wrapping_mul(x) | (1 << 40)
+}
+
 fn imap_is_ordered_and_unordered_returns_each_once() -> TestResult {
     let pool = Pool::new(3).map_err(e)?;
     for chunk in [1, 3, 50] {
@@ -392,6 +408,7 @@ fn executor_broken_after_worker_death() -> TestResult {
 fn main() {
     let tests: &[Test] = &[
         ("map_and_starmap_keep_order", map_and_starmap_keep_order),
+        ("big_chunks_do_not_deadlock", big_chunks_do_not_deadlock),
         (
             "imap_is_ordered_and_unordered_returns_each_once",
             imap_is_ordered_and_unordered_returns_each_once,

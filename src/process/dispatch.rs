@@ -15,6 +15,9 @@
 //!
 //! Each worker holds at most [`PREFETCH`] jobs: the one it runs and one
 //! queued behind it, so it never waits for the dispatcher between jobs.
+//! Only a small job is queued behind a running one; a big one waits until
+//! the worker is idle (and so reading), otherwise the dispatcher's
+//! blocking send and the worker's blocking reply could wait on each other.
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
@@ -35,6 +38,9 @@ use crate::{Error, Result};
 /// until its reply arrives, so the ones behind a dead worker's running job
 /// can be queued again.
 const PREFETCH: usize = 2;
+/// Largest payload sent to a worker that is still busy: far below the
+/// socketpair's buffer (about 200 KiB), so such a send never blocks.
+const PREFETCH_MAX_BYTES: usize = 32 * 1024;
 /// How long terminated workers get after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(200);
 /// How long idle workers get to leave after a stop frame.
@@ -421,7 +427,16 @@ impl Dispatcher {
                         break;
                     }
                     let queued_here = batch.iter().filter(|(j, _)| *j == i).count();
-                    if w.inflight.len() + queued_here == depth
+                    // A job queued behind a running one must fit in the
+                    // socket buffer: otherwise our blocking send and the
+                    // worker's blocking reply would wait for each other.
+                    let fits = depth == 0
+                        || st
+                            .queue
+                            .front()
+                            .is_some_and(|q| q.job.payload.len() <= PREFETCH_MAX_BYTES);
+                    if fits
+                        && w.inflight.len() + queued_here == depth
                         && !w.eof
                         && max.is_none_or(|m| w.sent + queued_here < m)
                     {
