@@ -95,7 +95,16 @@ fn python() -> Vec<(String, f64)> {
         .arg("300")
         .arg("python3")
         .arg(&path)
-        .args([ROUNDS, ROUND_TRIPS, MAP_ITEMS as usize, MANAGER_SETS, WORKERS].map(|n| n.to_string()))
+        .args(
+            [
+                ROUNDS,
+                ROUND_TRIPS,
+                MAP_ITEMS as usize,
+                MANAGER_SETS,
+                WORKERS,
+            ]
+            .map(|n| n.to_string()),
+        )
         .output();
     let _ = std::fs::remove_file(&path);
     match out {
@@ -136,7 +145,12 @@ fn main() -> socketserver::Result<()> {
                 assert_eq!(r.ok(), Some(i));
             }
         });
-        ours.push(("apply_async_get", "Pool.apply_async(f, x).get() round trip", trip, 5.0));
+        ours.push((
+            "apply_async_get",
+            "Pool.apply_async(f, x).get() round trip",
+            trip,
+            5.0,
+        ));
         let map = per_op(1, || {
             let v = pool.map(identity, 0..MAP_ITEMS).unwrap_or_default();
             assert_eq!(v.len() as u64, MAP_ITEMS);
@@ -187,7 +201,10 @@ fn main() -> socketserver::Result<()> {
         } else {
             "-".into()
         };
-        println!("| {label} | {} | {py_s} | {ratio} | {goal} |", fmt_time(rust));
+        println!(
+            "| {label} | {} | {py_s} | {ratio} | {goal} |",
+            fmt_time(rust)
+        );
     }
     println!("\n{WORKERS} workers, {ROUNDS} rounds (Python map: 3), {ROUND_TRIPS} round trips per round, {MANAGER_SETS} dict sets per round.");
     Ok(())

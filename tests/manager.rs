@@ -60,7 +60,8 @@ fn dict_and_list_updated_from_five_processes() -> TestResult {
     for i in 0..5i64 {
         let (d, l) = (d.clone(), l.clone());
         let mut p = Process::new(move || {
-            let ok = d.set(format!("p{i}"), &(i * i)).is_ok() && l.append(&format!("hello from {i}")).is_ok();
+            let ok = d.set(format!("p{i}"), &(i * i)).is_ok()
+                && l.append(&format!("hello from {i}")).is_ok();
             if !ok {
                 socketserver::process::exit(3);
             }
@@ -69,7 +70,10 @@ fn dict_and_list_updated_from_five_processes() -> TestResult {
         procs.push(p);
     }
     for mut p in procs {
-        check!(p.join().map_err(e)? == 0, "a child failed to update the manager");
+        check!(
+            p.join().map_err(e)? == 0,
+            "a child failed to update the manager"
+        );
     }
     let map = d.to_map().map_err(e)?;
     check!(map.len() == 5, "{map:?}");
@@ -78,12 +82,21 @@ fn dict_and_list_updated_from_five_processes() -> TestResult {
     }
     let mut items = l.to_vec().map_err(e)?;
     items.sort();
-    check!(items == (0..5).map(|i| format!("hello from {i}")).collect::<Vec<_>>(), "{items:?}");
+    check!(
+        items
+            == (0..5)
+                .map(|i| format!("hello from {i}"))
+                .collect::<Vec<_>>(),
+        "{items:?}"
+    );
     check!(d.get("missing").map_err(e)?.is_none());
     check!(d.remove("p0").map_err(e)? == Some(0));
     check!(!d.contains_key("p0").map_err(e)?);
     check!(l.get(-1).map_err(e)?.is_some() && l.get(99).map_err(e)?.is_none());
-    check!(matches!(l.set(99, &"x".to_string()), Err(Error::InvalidArgument(_))));
+    check!(matches!(
+        l.set(99, &"x".to_string()),
+        Err(Error::InvalidArgument(_))
+    ));
     Ok(())
 }
 
@@ -96,8 +109,12 @@ fn lock_value_and_queue_across_processes() -> TestResult {
         let (counter, lock) = (counter.clone(), lock.clone());
         let mut p = Process::new(move || {
             for _ in 0..25 {
-                let Ok(_guard) = lock.lock() else { socketserver::process::exit(3) };
-                let Ok(v) = counter.get() else { socketserver::process::exit(4) };
+                let Ok(_guard) = lock.lock() else {
+                    socketserver::process::exit(3)
+                };
+                let Ok(v) = counter.get() else {
+                    socketserver::process::exit(4)
+                };
                 if counter.set(&(v + 1)).is_err() {
                     socketserver::process::exit(5);
                 }
@@ -109,7 +126,11 @@ fn lock_value_and_queue_across_processes() -> TestResult {
     for mut p in procs {
         check!(p.join().map_err(e)? == 0);
     }
-    check!(counter.get().map_err(e)? == 100, "counter is {}", counter.get().map_err(e)?);
+    check!(
+        counter.get().map_err(e)? == 100,
+        "counter is {}",
+        counter.get().map_err(e)?
+    );
 
     let q = manager.queue::<u32>(0).map_err(e)?;
     let producer_q = q.clone();
@@ -126,12 +147,18 @@ fn lock_value_and_queue_across_processes() -> TestResult {
     }
     check!(producer.join().map_err(e)? == 0);
     let started = Instant::now();
-    check!(matches!(q.get_timeout(Duration::from_millis(50)), Err(Error::Empty)));
+    check!(matches!(
+        q.get_timeout(Duration::from_millis(50)),
+        Err(Error::Empty)
+    ));
     check!(started.elapsed() < Duration::from_secs(2));
     check!(matches!(q.get_nowait(), Err(Error::Empty)));
     let bounded = manager.queue::<u32>(1).map_err(e)?;
     bounded.put(&1).map_err(e)?;
-    check!(matches!(bounded.put_timeout(&2, Duration::from_millis(20)), Err(Error::Full)));
+    check!(matches!(
+        bounded.put_timeout(&2, Duration::from_millis(20)),
+        Err(Error::Full)
+    ));
 
     let ns = manager.namespace().map_err(e)?;
     ns.set("x", &7).map_err(e)?;
@@ -154,7 +181,10 @@ fn lock_released_when_holder_dies() -> TestResult {
     });
     p.start().map_err(e)?;
     check!(p.join().map_err(e)? == 0);
-    check!(lock.acquire_timeout(Duration::from_secs(5)).map_err(e)?, "lock never released");
+    check!(
+        lock.acquire_timeout(Duration::from_secs(5)).map_err(e)?,
+        "lock never released"
+    );
     lock.release().map_err(e)?;
     check!(matches!(lock.release(), Err(Error::InvalidArgument(_))));
     Ok(())
@@ -177,7 +207,10 @@ fn remote_manager_wrong_authkey_refused() -> TestResult {
     let client = Manager::connect(addr, b"right key").map_err(e)?;
     let same = client.dict_named::<String>("shared").map_err(e)?;
     check!(same.get("greeting").map_err(e)?.as_deref() == Some("hello"));
-    check!(matches!(client.list_named::<i32>("shared"), Err(Error::InvalidArgument(_))));
+    check!(matches!(
+        client.list_named::<i32>("shared"),
+        Err(Error::InvalidArgument(_))
+    ));
     // The server still serves the owner after refusing a client.
     check!(shared.len().map_err(e)? == 1);
     Ok(())
@@ -191,7 +224,10 @@ fn manager_stops_when_dropped_or_owner_dies() -> TestResult {
     };
     check!(alive(pid));
     drop(manager);
-    check!(!alive(pid) && kill(Pid::from_raw(pid), None).is_err(), "server {pid} left behind");
+    check!(
+        !alive(pid) && kill(Pid::from_raw(pid), None).is_err(),
+        "server {pid} left behind"
+    );
     check!(!path.exists(), "socket {} left behind", path.display());
 
     // An owner killed by SIGKILL takes its manager with it.
@@ -215,13 +251,19 @@ fn manager_stops_when_dropped_or_owner_dies() -> TestResult {
         {
             break pid;
         }
-        check!(Instant::now() < deadline, "owner never reported its manager");
+        check!(
+            Instant::now() < deadline,
+            "owner never reported its manager"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     let _ = std::fs::remove_file(&report);
     owner.kill().map_err(e)?;
     check!(owner.join().map_err(e)? == -(Signal::SIGKILL as i32));
-    check!(wait_gone(server, Duration::from_secs(5)), "manager {server} outlived its owner");
+    check!(
+        wait_gone(server, Duration::from_secs(5)),
+        "manager {server} outlived its owner"
+    );
     Ok(())
 }
 
@@ -235,7 +277,10 @@ fn main() {
             "lock_value_and_queue_across_processes",
             lock_value_and_queue_across_processes,
         ),
-        ("lock_released_when_holder_dies", lock_released_when_holder_dies),
+        (
+            "lock_released_when_holder_dies",
+            lock_released_when_holder_dies,
+        ),
         (
             "remote_manager_wrong_authkey_refused",
             remote_manager_wrong_authkey_refused,

@@ -115,9 +115,14 @@ fn big_chunks_do_not_deadlock() -> TestResult {
     // forever for a worker that waits to send its reply.
     let pool = Pool::new(2).map_err(e)?;
     let base = 1u64 << 40;
-    let got = pool.map_chunked(square_mod, (0..400_000u64).map(|x| x + base), 50_000).map_err(e)?;
+    let got = pool
+        .map_chunked(square_mod, (0..400_000u64).map(|x| x + base), 50_000)
+        .map_err(e)?;
     check!(got.len() == 400_000);
-    check!(got.iter().enumerate().all(|(i, &v)| v == square_mod(i as u64 + base)));
+    check!(got
+        .iter()
+        .enumerate()
+        .all(|(i, &v)| v == square_mod(i as u64 + base)));
     Ok(())
 }
 
@@ -159,17 +164,28 @@ fn apply_async_callbacks_and_timeouts() -> TestResult {
         .apply_async_with(square, 9, move |r| s.lock().unwrap().push(*r), |_| {})
         .map_err(e)?;
     let bad = pool
-        .apply_async_with(boom, 3, |_| {}, move |err| er.lock().unwrap().push(err.to_string()))
+        .apply_async_with(
+            boom,
+            3,
+            |_| {},
+            move |err| er.lock().unwrap().push(err.to_string()),
+        )
         .map_err(e)?;
     check!(ok.get().map_err(e)? == 81);
     check!(seen.lock().unwrap().as_slice() == [81]);
     check!(bad.get().is_err());
     check!(bad.successful() == Some(false));
     check!(errors.lock().unwrap().len() == 1);
-    check!(ok.get().is_err(), "a second get() must not return the value again");
+    check!(
+        ok.get().is_err(),
+        "a second get() must not return the value again"
+    );
     let slow = pool.apply_async(sleep_ms, 400).map_err(e)?;
     check!(slow.successful().is_none());
-    check!(matches!(slow.get_timeout(Duration::from_millis(20)), Err(Error::Timeout(_))));
+    check!(matches!(
+        slow.get_timeout(Duration::from_millis(20)),
+        Err(Error::Timeout(_))
+    ));
     check!(!slow.ready());
     slow.wait();
     check!(slow.ready() && slow.successful() == Some(true));
@@ -189,7 +205,11 @@ fn panic_becomes_error_result() -> TestResult {
         other => return Err(format!("expected Panicked from map, got {other:?}")),
     }
     // The workers survived the panics.
-    check!(pool.pids() == pids_before, "{:?} vs {pids_before:?}", pool.pids());
+    check!(
+        pool.pids() == pids_before,
+        "{:?} vs {pids_before:?}",
+        pool.pids()
+    );
     check!(pool.apply(boom, 4).map_err(e)? == 4);
     Ok(())
 }
@@ -244,7 +264,11 @@ fn initializer_runs_once_per_worker() -> TestResult {
     check!(results.iter().all(|&(_, n)| n == 1), "{results:?}");
     pool.close();
     pool.join().map_err(e)?;
-    check!(counter.get().map_err(e)? == 3, "initializer ran {} times", counter.get().map_err(e)?);
+    check!(
+        counter.get().map_err(e)? == 3,
+        "initializer ran {} times",
+        counter.get().map_err(e)?
+    );
     check!(INIT_RUNS.load(Ordering::SeqCst) == 0, "ran in the parent");
     Ok(())
 }
@@ -271,7 +295,11 @@ fn sigkilled_worker_fails_its_task_only() -> TestResult {
         }
         other => return Err(format!("expected WorkerDied, got {other:?}")),
     }
-    check!(killed_at.elapsed() < Duration::from_secs(2), "took {:?}", killed_at.elapsed());
+    check!(
+        killed_at.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        killed_at.elapsed()
+    );
     for (i, r) in others.iter().enumerate() {
         check!(r.get_timeout(Duration::from_secs(10)).map_err(e)? == 20 + i as u64);
     }
@@ -280,7 +308,11 @@ fn sigkilled_worker_fails_its_task_only() -> TestResult {
     while pool.pids().len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    check!(pool.pids().len() == 2 && !pool.pids().contains(&pid), "{:?}", pool.pids());
+    check!(
+        pool.pids().len() == 2 && !pool.pids().contains(&pid),
+        "{:?}",
+        pool.pids()
+    );
     Ok(())
 }
 
@@ -304,12 +336,22 @@ fn terminate_with_pending_tasks_is_prompt() -> TestResult {
     std::thread::sleep(Duration::from_millis(50));
     let started = Instant::now();
     pool.terminate();
-    check!(started.elapsed() < Duration::from_secs(1), "terminate took {:?}", started.elapsed());
+    check!(
+        started.elapsed() < Duration::from_secs(1),
+        "terminate took {:?}",
+        started.elapsed()
+    );
     for r in &rs {
-        check!(matches!(r.get_timeout(Duration::from_secs(1)), Err(Error::BrokenPool(_))));
+        check!(matches!(
+            r.get_timeout(Duration::from_secs(1)),
+            Err(Error::BrokenPool(_))
+        ));
     }
     for pid in &pids {
-        check!(!exists(*pid), "worker {pid} still exists (running or zombie)");
+        check!(
+            !exists(*pid),
+            "worker {pid} still exists (running or zombie)"
+        );
     }
     check!(pool.apply_async(square, 1).is_err());
     pool.join().map_err(e)?;
@@ -325,7 +367,10 @@ fn close_join_finishes_queued_work() -> TestResult {
         .map_err(e)?;
     let pids = pool.pids();
     pool.close();
-    check!(matches!(pool.apply_async(square, 2), Err(Error::InvalidArgument(_))));
+    check!(matches!(
+        pool.apply_async(square, 2),
+        Err(Error::InvalidArgument(_))
+    ));
     pool.join().map_err(e)?;
     for (i, r) in rs.iter().enumerate() {
         check!(r.ready());
@@ -358,7 +403,10 @@ fn executor_results_map_and_cancel() -> TestResult {
     let third = ex.submit(sleep_ms, 2).map_err(e)?;
     check!(third.cancel(), "a queued call must be cancellable");
     check!(matches!(third.result(), Err(Error::Cancelled)));
-    check!(matches!(long.result_timeout(Duration::from_millis(10)), Err(Error::Timeout(_))));
+    check!(matches!(
+        long.result_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout(_))
+    ));
     check!(!long.done());
     check!(long.result().map_err(e)? == 300);
     check!(!long.cancel(), "a finished call cannot be cancelled");
@@ -372,7 +420,10 @@ fn executor_results_map_and_cancel() -> TestResult {
     let pending = ex.submit(sleep_ms, 50).map_err(e)?;
     ex.shutdown(true);
     check!(pending.done() && pending.result().map_err(e)? == 50);
-    check!(matches!(ex.submit(square, 1), Err(Error::InvalidArgument(_))));
+    check!(matches!(
+        ex.submit(square, 1),
+        Err(Error::InvalidArgument(_))
+    ));
     Ok(())
 }
 
@@ -380,7 +431,9 @@ fn executor_broken_after_worker_death() -> TestResult {
     let ex = ProcessPoolExecutor::new(Some(2)).map_err(e)?;
     let path = temp_path("executor");
     let _ = std::fs::remove_file(&path);
-    let victim = ex.submit(report_pid_and_hang, path.display().to_string()).map_err(e)?;
+    let victim = ex
+        .submit(report_pid_and_hang, path.display().to_string())
+        .map_err(e)?;
     let pid = wait_for_pid(&path)?;
     let _ = std::fs::remove_file(&path);
     let pending: Vec<_> = (0..8)
@@ -390,12 +443,19 @@ fn executor_broken_after_worker_death() -> TestResult {
     let pids = ex.pids();
     let killed_at = Instant::now();
     kill(Pid::from_raw(pid), Signal::SIGKILL).map_err(e)?;
-    check!(matches!(victim.result_timeout(Duration::from_secs(5)), Err(Error::BrokenPool(_))));
+    check!(matches!(
+        victim.result_timeout(Duration::from_secs(5)),
+        Err(Error::BrokenPool(_))
+    ));
     for f in &pending {
         let r = f.result_timeout(Duration::from_secs(5));
         check!(matches!(r, Err(Error::BrokenPool(_))), "got {r:?}");
     }
-    check!(killed_at.elapsed() < Duration::from_secs(2), "took {:?}", killed_at.elapsed());
+    check!(
+        killed_at.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        killed_at.elapsed()
+    );
     check!(ex.broken().is_some());
     check!(matches!(ex.submit(square, 1), Err(Error::BrokenPool(_))));
     drop(ex);

@@ -122,8 +122,7 @@ struct Writer<R> {
 impl<R: DeserializeOwned> Writer<R> {
     fn deliver(mut self, reply: Result<Vec<u8>>) {
         self.done = true;
-        let result =
-            reply.and_then(|bytes| postcard::from_bytes::<R>(&bytes).map_err(Error::from));
+        let result = reply.and_then(|bytes| postcard::from_bytes::<R>(&bytes).map_err(Error::from));
         match &result {
             Ok(v) => {
                 if let Some(cb) = self.on_success.take() {

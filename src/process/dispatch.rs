@@ -226,11 +226,7 @@ impl Engine {
         dispatcher.spawned = dispatcher.workers.len();
         let thread = std::thread::Builder::new()
             .name("pool-dispatcher".into())
-            .spawn(move || dispatcher.run());
-        let thread = match thread {
-            Ok(t) => t,
-            Err(e) => return Err(e.into()),
-        };
+            .spawn(move || dispatcher.run())?;
         Ok(Engine {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -248,11 +244,7 @@ impl Engine {
     /// Waits for the dispatcher thread to finish (after `close`, once every
     /// job is done and the workers left; after `terminate`, promptly).
     pub(crate) fn join_thread(&self) {
-        let handle = self
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
             if h.thread().id() == std::thread::current().id() {
                 // Called from a callback on the dispatcher itself: it will
@@ -266,10 +258,7 @@ impl Engine {
     /// Lets the dispatcher thread finish on its own (executor
     /// `shutdown(wait = false)` followed by drop).
     pub(crate) fn detach(&self) {
-        self.thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 

@@ -12,11 +12,11 @@ use serde::Serialize;
 use super::async_result::{slot_sink, Slot};
 use super::cpu_count;
 use super::dispatch::{Config, Engine, Job, OnDeath, Shared};
-use super::pool::{chunk_jobs, IMap};
+use super::pool::{submit_chunks, IMap};
 use super::task::{self, One};
-use crate::Result;
 #[allow(unused_imports)]
 use crate::Error;
+use crate::Result;
 
 /// Runs functions in worker processes and returns [`Future`]s: Python's
 /// `concurrent.futures.ProcessPoolExecutor` (fork start method).
@@ -116,7 +116,10 @@ impl ProcessPoolExecutor {
     ///
     /// # Errors
     /// As [`new`](Self::new); `Some(0)` tasks is invalid too.
-    pub fn with_options(max_workers: Option<usize>, max_tasks_per_child: Option<usize>) -> Result<Self> {
+    pub fn with_options(
+        max_workers: Option<usize>,
+        max_tasks_per_child: Option<usize>,
+    ) -> Result<Self> {
         let max_workers = max_workers.unwrap_or_else(cpu_count);
         let engine = Engine::start(Config {
             processes: max_workers,
@@ -173,11 +176,8 @@ impl ProcessPoolExecutor {
     {
         let _ = f;
         let items: Vec<A> = items.into_iter().collect();
-        let (tx, rx) = std::sync::mpsc::channel();
         let trampoline = task::chunk_address::<One<F>, A>();
-        let jobs = chunk_jobs(trampoline, &items, chunksize, &tx)?;
-        let chunks = jobs.len();
-        self.engine.shared.submit(jobs)?;
+        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
         Ok(IMap::from_parts(rx, chunks))
     }
 
@@ -214,4 +214,3 @@ impl Drop for ProcessPoolExecutor {
         }
     }
 }
-

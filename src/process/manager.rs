@@ -110,7 +110,9 @@ impl ManagerBuilder {
     pub fn start(&self) -> Result<Manager> {
         let authkey = match &self.authkey {
             Some(k) if k.is_empty() => {
-                return Err(Error::InvalidArgument("the authkey must not be empty".into()))
+                return Err(Error::InvalidArgument(
+                    "the authkey must not be empty".into(),
+                ))
             }
             Some(k) => k.clone(),
             None => {
@@ -311,7 +313,10 @@ impl Manager {
     /// # Errors
     /// [`Error::Io`]/[`Error::Eof`] if the manager is unreachable.
     pub fn dict<V: Serialize + DeserializeOwned>(&self) -> Result<DictProxy<V>> {
-        Ok(DictProxy::new(self.remote.clone(), self.create(Kind::Dict, None, Value::Null)?))
+        Ok(DictProxy::new(
+            self.remote.clone(),
+            self.create(Kind::Dict, None, Value::Null)?,
+        ))
     }
 
     /// The dict called `name`, created empty on first use, so separate
@@ -330,7 +335,10 @@ impl Manager {
     /// # Errors
     /// As [`dict`](Self::dict).
     pub fn list<T: Serialize + DeserializeOwned>(&self) -> Result<ListProxy<T>> {
-        Ok(ListProxy::new(self.remote.clone(), self.create(Kind::List, None, Value::Null)?))
+        Ok(ListProxy::new(
+            self.remote.clone(),
+            self.create(Kind::List, None, Value::Null)?,
+        ))
     }
 
     /// The list called `name`, created empty on first use.
@@ -348,7 +356,10 @@ impl Manager {
     /// [`Error::Codec`] if `init` does not serialise; as [`dict`](Self::dict).
     pub fn value<T: Serialize + DeserializeOwned>(&self, init: &T) -> Result<ValueProxy<T>> {
         let init = serde_json::to_value(init).map_err(|e| Error::Codec(e.to_string()))?;
-        Ok(ValueProxy::new(self.remote.clone(), self.create(Kind::Value, None, init)?))
+        Ok(ValueProxy::new(
+            self.remote.clone(),
+            self.create(Kind::Value, None, init)?,
+        ))
     }
 
     /// A new empty namespace (`manager.Namespace()`).
@@ -365,7 +376,10 @@ impl Manager {
     /// # Errors
     /// As [`dict`](Self::dict).
     pub fn lock(&self) -> Result<LockProxy> {
-        Ok(LockProxy::new(self.remote.clone(), self.create(Kind::Lock, None, Value::Null)?))
+        Ok(LockProxy::new(
+            self.remote.clone(),
+            self.create(Kind::Lock, None, Value::Null)?,
+        ))
     }
 
     /// A new shared queue; `maxsize` 0 means unbounded (`manager.Queue()`).

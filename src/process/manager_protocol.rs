@@ -41,31 +41,62 @@ pub(crate) enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Op {
     // Dict and Namespace.
-    Set { key: String, value: Value },
-    Get { key: String },
-    Remove { key: String },
-    Contains { key: String },
+    Set {
+        key: String,
+        value: Value,
+    },
+    Get {
+        key: String,
+    },
+    Remove {
+        key: String,
+    },
+    Contains {
+        key: String,
+    },
     Keys,
-    Update { entries: Vec<(String, Value)> },
+    Update {
+        entries: Vec<(String, Value)>,
+    },
     // List.
-    Append { value: Value },
-    Extend { values: Vec<Value> },
-    Index { index: i64 },
-    SetIndex { index: i64, value: Value },
-    Pop { index: Option<i64> },
+    Append {
+        value: Value,
+    },
+    Extend {
+        values: Vec<Value>,
+    },
+    Index {
+        index: i64,
+    },
+    SetIndex {
+        index: i64,
+        value: Value,
+    },
+    Pop {
+        index: Option<i64>,
+    },
     // Dict, List, Namespace, Queue.
     Len,
     Items,
     Clear,
     // Value.
     Load,
-    Store { value: Value },
+    Store {
+        value: Value,
+    },
     // Lock.
-    Acquire { timeout_ms: Option<u64> },
+    Acquire {
+        timeout_ms: Option<u64>,
+    },
     Release,
     // Queue.
-    Put { value: Value, timeout_ms: Option<u64> },
-    Take { timeout_ms: Option<u64> },
+    Put {
+        value: Value,
+        timeout_ms: Option<u64>,
+    },
+    Take {
+        timeout_ms: Option<u64>,
+    },
 }
 
 /// Why a request failed; mapped back onto [`Error`] by the client.

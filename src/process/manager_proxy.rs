@@ -177,7 +177,13 @@ impl<V: Serialize + DeserializeOwned> DictProxy<V> {
     /// `d[key] = value`.
     pub fn set(&self, key: impl Into<String>, value: &V) -> Result<()> {
         let key = key.into();
-        self.remote.call(self.id, Op::Set { key, value: encode(value)? })?;
+        self.remote.call(
+            self.id,
+            Op::Set {
+                key,
+                value: encode(value)?,
+            },
+        )?;
         Ok(())
     }
 
@@ -193,7 +199,9 @@ impl<V: Serialize + DeserializeOwned> DictProxy<V> {
 
     /// `key in d`.
     pub fn contains_key(&self, key: &str) -> Result<bool> {
-        let v = self.remote.call(self.id, Op::Contains { key: key.into() })?;
+        let v = self
+            .remote
+            .call(self.id, Op::Contains { key: key.into() })?;
         Ok(v.as_bool().unwrap_or(false))
     }
 
@@ -249,7 +257,12 @@ proxy_common!(ListProxy);
 impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// `l.append(value)`.
     pub fn append(&self, value: &T) -> Result<()> {
-        self.remote.call(self.id, Op::Append { value: encode(value)? })?;
+        self.remote.call(
+            self.id,
+            Op::Append {
+                value: encode(value)?,
+            },
+        )?;
         Ok(())
     }
 
@@ -324,7 +337,12 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
 
     /// `v.value = value`.
     pub fn set(&self, value: &T) -> Result<()> {
-        self.remote.call(self.id, Op::Store { value: encode(value)? })?;
+        self.remote.call(
+            self.id,
+            Op::Store {
+                value: encode(value)?,
+            },
+        )?;
         Ok(())
     }
 }
@@ -348,7 +366,13 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     /// Adds an item, waiting while the queue is full.
     pub fn put(&self, item: &T) -> Result<()> {
         let value = encode(item)?;
-        self.remote.call(self.id, Op::Put { value, timeout_ms: None })?;
+        self.remote.call(
+            self.id,
+            Op::Put {
+                value,
+                timeout_ms: None,
+            },
+        )?;
         Ok(())
     }
 
@@ -432,7 +456,8 @@ impl LockProxy {
     /// # Errors
     /// [`Error::Io`]/[`Error::Eof`] if the manager is unreachable.
     pub fn acquire(&self) -> Result<()> {
-        self.remote.call(self.id, Op::Acquire { timeout_ms: None })?;
+        self.remote
+            .call(self.id, Op::Acquire { timeout_ms: None })?;
         Ok(())
     }
 
@@ -494,7 +519,13 @@ impl NamespaceProxy {
     /// As [`DictProxy`].
     pub fn set<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let value = encode(value)?;
-        self.remote.call(self.id, Op::Set { key: name.into(), value })?;
+        self.remote.call(
+            self.id,
+            Op::Set {
+                key: name.into(),
+                value,
+            },
+        )?;
         Ok(())
     }
 

@@ -217,11 +217,7 @@ impl Store {
         deadline: Option<Instant>,
     ) -> Option<MutexGuard<'a, Table>> {
         match deadline {
-            None => Some(
-                self.changed
-                    .wait(guard)
-                    .unwrap_or_else(|p| p.into_inner()),
-            ),
+            None => Some(self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())),
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -276,11 +272,7 @@ fn no_such(id: u64) -> Response {
 
 /// Resolves a Python-style index (negative counts from the end).
 fn resolve(index: i64, len: usize) -> Option<usize> {
-    let i = if index < 0 {
-        len as i64 + index
-    } else {
-        index
-    };
+    let i = if index < 0 { len as i64 + index } else { index };
     (0..len as i64).contains(&i).then_some(i as usize)
 }
 
@@ -300,9 +292,13 @@ fn apply(obj: &mut Obj, op: Op) -> (Response, bool) {
             m.insert(key, value);
             ok(Value::Null)
         }
-        (Obj::Map(_, m), Op::Get { key }) => ok(Value::Array(m.get(&key).cloned().into_iter().collect())),
+        (Obj::Map(_, m), Op::Get { key }) => {
+            ok(Value::Array(m.get(&key).cloned().into_iter().collect()))
+        }
         (Obj::Map(_, m), Op::Contains { key }) => ok(Value::Bool(m.contains_key(&key))),
-        (Obj::Map(_, m), Op::Remove { key }) => ok(Value::Array(m.remove(&key).into_iter().collect())),
+        (Obj::Map(_, m), Op::Remove { key }) => {
+            ok(Value::Array(m.remove(&key).into_iter().collect()))
+        }
         (Obj::Map(_, m), Op::Keys) => ok(Value::from(m.keys().cloned().collect::<Vec<_>>())),
         (Obj::Map(_, m), Op::Update { entries }) => {
             m.extend(entries);

@@ -67,7 +67,9 @@ pub(crate) fn decode_reply(mut frame: Vec<u8>) -> Result<Reply> {
     frame.drain(..RESULT_HEADER);
     let outcome = match status {
         ST_OK => Ok(frame),
-        ST_PANIC => Err(Error::Panicked(String::from_utf8_lossy(&frame).into_owned())),
+        ST_PANIC => Err(Error::Panicked(
+            String::from_utf8_lossy(&frame).into_owned(),
+        )),
         ST_ERROR => Err(Error::Codec(String::from_utf8_lossy(&frame).into_owned())),
         other => {
             return Err(Error::Codec(format!(
