@@ -9,4 +9,7 @@ mod backoff;
 pub use backoff::{raise_fd_limit, AcceptAction, AcceptBackoff};
 mod per_ip;
 pub use per_ip::{IpPermit, PerIpLimiter};
+pub mod activation;
+mod pidfile;
 pub mod proxy;
+pub use pidfile::PidFile;
