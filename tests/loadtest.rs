@@ -157,7 +157,11 @@ fn loadtest(args: &[&str]) -> Output {
         .output()
         .expect("run loadtest");
     // Bounded: duration + drain, never much more.
-    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
     out
 }
 
@@ -169,20 +173,28 @@ fn json_run(addr: SocketAddr, extra: &[&str]) -> Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.trim().lines().count(), 1, "one JSON object: {stdout}");
+    assert_eq!(
+        stdout.trim().lines().count(),
+        1,
+        "one JSON object: {stdout}"
+    );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 fn f(v: &Value, k: &str) -> f64 {
-    v[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+    v[k].as_f64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 fn errors(v: &Value, kind: &str) -> u64 {
-    v["errors"][kind].as_u64().unwrap_or_else(|| panic!("errors.{kind} missing in {v}"))
+    v["errors"][kind]
+        .as_u64()
+        .unwrap_or_else(|| panic!("errors.{kind} missing in {v}"))
 }
 
 #[test]
@@ -197,8 +209,17 @@ fn good_echo_server_counts_requests_without_errors() {
     // The server echoed at least every byte that was counted.
     assert!(srv.echoed.load(Ordering::SeqCst) >= requests * 100);
     let l = &v["latency_us"];
-    let (p50, p90, p99, p999, max) = (f(l, "p50"), f(l, "p90"), f(l, "p99"), f(l, "p999"), f(l, "max"));
-    assert!(p50 > 0.0 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max, "{l}");
+    let (p50, p90, p99, p999, max) = (
+        f(l, "p50"),
+        f(l, "p90"),
+        f(l, "p99"),
+        f(l, "p999"),
+        f(l, "max"),
+    );
+    assert!(
+        p50 > 0.0 && p50 <= p90 && p90 <= p99 && p99 <= p999 && p999 <= max,
+        "{l}"
+    );
 }
 
 #[test]
@@ -207,23 +228,35 @@ fn json_numbers_agree_with_each_other() {
     let start = Instant::now();
     let v = json_run(
         srv.addr,
-        &["-c", "4", "-d", "1500ms", "--rate", "400", "--warmup", "300ms", "-s", "32"],
+        &[
+            "-c", "4", "-d", "1500ms", "--rate", "400", "--warmup", "300ms", "-s", "32",
+        ],
     );
     assert!(start.elapsed() >= Duration::from_millis(1800));
     let (requests, rps, dur) = (u(&v, "requests") as f64, f(&v, "rps"), f(&v, "duration_s"));
     assert_eq!(dur, 1.5);
     assert!((requests - rps * dur).abs() <= 1.0, "{v}");
-    assert!((f(&v, "bytes_per_s") - rps * 32.0).abs() < 1e-6 * rps.max(1.0) * 32.0, "{v}");
+    assert!(
+        (f(&v, "bytes_per_s") - rps * 32.0).abs() < 1e-6 * rps.max(1.0) * 32.0,
+        "{v}"
+    );
     // Open loop at 400 req/s for 1.5 s.
     assert!((540.0..=660.0).contains(&requests), "{v}");
     let timeline = v["timeline"].as_array().unwrap();
     let in_timeline: u64 = timeline.iter().map(|s| u(s, "requests")).sum();
     assert_eq!(in_timeline, requests as u64);
     let errs = &v["errors"];
-    let sum: u64 = ["connect", "timeout", "reset", "short_read", "mismatch", "other"]
-        .iter()
-        .map(|k| errs[k].as_u64().unwrap())
-        .sum();
+    let sum: u64 = [
+        "connect",
+        "timeout",
+        "reset",
+        "short_read",
+        "mismatch",
+        "other",
+    ]
+    .iter()
+    .map(|k| errs[k].as_u64().unwrap())
+    .sum();
     assert_eq!(sum, u(errs, "total"));
     assert_eq!(v["rate"].as_f64(), Some(400.0));
 }
@@ -259,7 +292,10 @@ fn a_server_that_never_answers_gives_timeouts() {
 #[test]
 fn udp_loss_is_counted() {
     let srv = Server::udp(Behaviour::DropTenth);
-    let v = json_run(srv.addr, &["--udp", "-c", "4", "-d", "1s", "--timeout", "100ms"]);
+    let v = json_run(
+        srv.addr,
+        &["--udp", "-c", "4", "-d", "1s", "--timeout", "100ms"],
+    );
     let (sent, lost, requests) = (u(&v, "sent"), u(&v, "lost"), u(&v, "requests"));
     assert!(sent >= 100, "{v}");
     let loss = lost as f64 / sent as f64;
@@ -296,7 +332,10 @@ fn churn_opens_a_connection_per_request() {
 #[test]
 fn connect_rate_limits_new_connections() {
     let srv = Server::tcp(Behaviour::Echo);
-    let v = json_run(srv.addr, &["--churn", "-c", "4", "-d", "1s", "--connect-rate", "100"]);
+    let v = json_run(
+        srv.addr,
+        &["--churn", "-c", "4", "-d", "1s", "--connect-rate", "100"],
+    );
     let opened = u(&v, "connections_opened");
     assert!((80..=110).contains(&opened), "{v}");
 }
@@ -310,14 +349,25 @@ fn human_summary_and_plot() {
     let out = loadtest(&[&a, "-c", "2", "-d", "1s", "--plot", svg.to_str().unwrap()]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for needle in ["requests", "req/s", "MB/s", "p50", "p90", "p99", "p99.9", "max", "errors"] {
+    for needle in [
+        "requests", "req/s", "MB/s", "p50", "p90", "p99", "p99.9", "max", "errors",
+    ] {
         assert!(text.contains(needle), "{needle} missing: {text}");
     }
     // stderr is not a terminal here: no progress line.
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    for needle in ["Latency over time", "Latency by percentile", "polyline", "p99"] {
+    for needle in [
+        "Latency over time",
+        "Latency by percentile",
+        "polyline",
+        "p99",
+    ] {
         assert!(svg.contains(needle), "{needle} missing from the SVG");
     }
 }
@@ -325,7 +375,11 @@ fn human_summary_and_plot() {
 #[test]
 fn unreachable_target_fails_with_a_message() {
     // A port nothing listens on: bind, note it, close.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let a = format!("127.0.0.1:{port}");
     let out = loadtest(&[&a, "-c", "2", "-d", "1s"]);
     assert!(!out.status.success());

@@ -60,12 +60,7 @@ pub enum Connect {
 /// `linger0` the socket is set to reset on close (SO_LINGER 0), so
 /// closing it leaves no TIME_WAIT entry behind: a churn run opens tens of
 /// thousands of connections and would otherwise run out of loopback ports.
-pub async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-    end: Instant,
-    linger0: bool,
-) -> Connect {
+pub async fn connect(addr: SocketAddr, timeout: Duration, end: Instant, linger0: bool) -> Connect {
     let by_timeout = Instant::now() + timeout;
     let deadline = by_timeout.min(end);
     match timeout_at(deadline.into(), TcpStream::connect(addr)).await {
@@ -79,10 +74,7 @@ pub async fn connect(
         }
         Ok(Err(e)) => Connect::Failed(e),
         Err(_) if deadline < by_timeout => Connect::RunOver,
-        Err(_) => Connect::Failed(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "connect timed out",
-        )),
+        Err(_) => Connect::Failed(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }
 }
 

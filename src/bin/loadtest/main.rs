@@ -63,9 +63,9 @@ async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(a) = addr.parse() {
         return Ok(a);
     }
-    let mut addrs = tokio::net::lookup_host(addr)
-        .await
-        .with_context(|| format!("cannot resolve `{addr}` (expected HOST:PORT, e.g. 127.0.0.1:9000)"))?;
+    let mut addrs = tokio::net::lookup_host(addr).await.with_context(|| {
+        format!("cannot resolve `{addr}` (expected HOST:PORT, e.g. 127.0.0.1:9000)")
+    })?;
     addrs
         .next()
         .ok_or_else(|| anyhow!("`{addr}` resolves to no address"))

@@ -136,7 +136,11 @@ fn log_axis(values: impl Iterator<Item = f64>) -> Option<(f64, f64, Vec<f64>)> {
     }
     let d0 = lo.log10().floor();
     let d1 = (hi.log10().ceil()).max(d0 + 1.0);
-    let steps: &[f64] = if d1 - d0 <= 3.0 { &[1.0, 2.0, 5.0] } else { &[1.0] };
+    let steps: &[f64] = if d1 - d0 <= 3.0 {
+        &[1.0, 2.0, 5.0]
+    } else {
+        &[1.0]
+    };
     let mut ticks = Vec::new();
     let mut d = d0;
     while d <= d1 {
@@ -251,7 +255,8 @@ pub fn render(s: &Summary<'_>) -> String {
             }
             time_ticks(&p, &mut svg);
             for (k, (name, color)) in COLORS.iter().enumerate() {
-                let pts: Vec<(f64, f64)> = per_sec.iter().map(|(x, v)| (*x, v[k].log10())).collect();
+                let pts: Vec<(f64, f64)> =
+                    per_sec.iter().map(|(x, v)| (*x, v[k].log10())).collect();
                 p.line(&mut svg, &pts, color, true);
                 legend(&mut svg, &p, k, name, color);
             }

@@ -328,7 +328,10 @@ mod tests {
         let mut r = Recorder::new(shared.clone());
         r.ok(w.start, Duration::from_micros(5)); // warm-up: not counted
         r.ok(w.measure, Duration::from_micros(10));
-        r.ok(w.measure + Duration::from_millis(1500), Duration::from_micros(20));
+        r.ok(
+            w.measure + Duration::from_millis(1500),
+            Duration::from_micros(20),
+        );
         r.error(w.measure + Duration::from_millis(1600), ErrorKind::Timeout);
         r.ok(w.end, Duration::from_micros(5)); // after the end: not counted
         let t = r.finish();

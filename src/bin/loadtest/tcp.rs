@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, timeout_at};
+use tokio::time::sleep_until;
 
 use crate::connect::{connect, Connect, ConnectLimiter};
 use crate::pacer::sleep_precise;
@@ -77,6 +77,12 @@ pub async fn worker(id: u32, cfg: Arc<TcpConfig>, mut rec: Recorder) -> Totals {
     });
     let mut stream: Option<TcpStream> = None;
     let mut backoff = Duration::from_millis(1);
+    // One timer per worker, re-armed lazily: it is always set no later than
+    // the current request's deadline (deadlines only move forward), and when
+    // it fires early it is pushed to the current deadline. So a request
+    // costs no timer registration, yet a stuck one still times out on time.
+    let timer = tokio::time::sleep_until(Instant::now().into());
+    tokio::pin!(timer);
 
     loop {
         // When this request should start.
@@ -134,31 +140,43 @@ pub async fn worker(id: u32, cfg: Arc<TcpConfig>, mut rec: Recorder) -> Totals {
         payloads.next_into(&mut tx);
         let by_timeout = Instant::now() + cfg.timeout;
         let deadline = by_timeout.min(w.end);
-        let res = timeout_at(deadline.into(), async {
+        let io = async {
             s.write_all(&tx).await?;
             s.read_exact(&mut rx).await
-        })
-        .await;
+        };
+        tokio::pin!(io);
+        let res = loop {
+            tokio::select! {
+                biased;
+                r = &mut io => break Some(r),
+                _ = &mut timer => {
+                    if Instant::now() >= deadline {
+                        break None;
+                    }
+                    timer.as_mut().reset(deadline.into());
+                }
+            }
+        };
         let now = Instant::now();
         match res {
-            Ok(Ok(_)) if rx == tx => {
+            Some(Ok(_)) if rx == tx => {
                 rec.ok(now, now.saturating_duration_since(start));
                 if cfg.churn {
                     // SO_LINGER 0 was set at connect: this close resets.
                     stream = None;
                 }
             }
-            Ok(Ok(_)) => {
+            Some(Ok(_)) => {
                 rec.error(now, ErrorKind::Mismatch);
                 // The stream may be out of step with the server now.
                 stream = None;
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 rec.error(now, ErrorKind::of_io(&e));
                 stream = None;
             }
-            Err(_) if deadline < by_timeout => break,
-            Err(_) => {
+            None if deadline < by_timeout => break,
+            None => {
                 rec.error(now, ErrorKind::Timeout);
                 stream = None;
             }
