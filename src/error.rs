@@ -82,6 +82,12 @@ pub enum Error {
     #[error("the previous owner died while holding the lock")]
     OwnerDied,
 
+    /// A `Barrier` was aborted, reset, timed out or lost a process inside
+    /// its critical section while this caller waited (Python's
+    /// `BrokenBarrierError`).
+    #[error("barrier is broken")]
+    BrokenBarrier,
+
     /// A task or handler panicked; the message is the panic payload.
     #[error("panicked: {0}")]
     Panicked(String),

@@ -54,7 +54,7 @@ fn start<H: AsyncRequestHandler>(
     server: AsyncTcpServer<H>,
 ) -> (
     SocketAddr,
-    socketserver::server::ShutdownHandle,
+    socketserver::server::AsyncShutdownHandle,
     JoinHandle<socketserver::Result<DrainReport>>,
 ) {
     let addr = server.local_addr().unwrap();

@@ -29,7 +29,7 @@
 //! [`PerIpLimiter`] closes over-limit clients cleanly. `EMFILE`/`ENFILE`
 //! back off through [`AcceptBackoff`] instead of spinning.
 //!
-//! [`ShutdownHandle::shutdown`] (or SIGTERM/SIGINT with
+//! [`AsyncShutdownHandle::shutdown`] (or SIGTERM/SIGINT with
 //! [`AsyncTcpServer::set_shutdown_on_signals`]) stops accepting at once —
 //! the listening socket is closed — then waits for in-flight connections up
 //! to the drain timeout and aborts whatever is left.
@@ -161,11 +161,11 @@ where
 
 /// Stops a running [`AsyncTcpServer`] from any thread.
 #[derive(Debug, Clone)]
-pub struct ShutdownHandle {
+pub struct AsyncShutdownHandle {
     tx: Arc<watch::Sender<bool>>,
 }
 
-impl ShutdownHandle {
+impl AsyncShutdownHandle {
     /// Asks the server to stop accepting and drain. Returns at once; the
     /// server's `serve` returns when the drain is over. Idempotent.
     pub fn shutdown(&self) {
@@ -290,7 +290,7 @@ impl<H: AsyncRequestHandler> AsyncTcpServer<H> {
         self
     }
 
-    /// Also shut down (gracefully, as [`ShutdownHandle::shutdown`]) on
+    /// Also shut down (gracefully, as [`AsyncShutdownHandle::shutdown`]) on
     /// SIGTERM and SIGINT. Default is off.
     pub fn set_shutdown_on_signals(&mut self, enabled: bool) -> &mut Self {
         self.signals = enabled;
@@ -298,8 +298,8 @@ impl<H: AsyncRequestHandler> AsyncTcpServer<H> {
     }
 
     /// A handle that stops the server from another thread or task.
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle {
+    pub fn shutdown_handle(&self) -> AsyncShutdownHandle {
+        AsyncShutdownHandle {
             tx: self.shutdown.clone(),
         }
     }
