@@ -32,3 +32,7 @@ pub use sync::{Lock, LockError, LockGuard, LockResult, RLock, RLockGuard};
 // Descriptors inherited across exec (socket activation, re-exec): the
 // unsafe `from_raw_fd` lives here.
 pub(crate) mod inherited;
+
+// Lock-free counters in shared memory (the prefork scoreboard).
+mod atomics;
+pub use atomics::SharedAtomics;
