@@ -37,11 +37,14 @@
 //! Fork from a single-threaded process: `serve_forever` forks from the
 //! calling thread, and the process layer warns when other threads exist.
 
+mod builder;
+mod worker;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,15 +52,16 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 
-use crate::handler::{PeerAddr, RequestHandler, Stream};
+use crate::handler::RequestHandler;
 use crate::process::{fork_child, ForkOptions, ForkedChild, SharedAtomics};
 use crate::{Error, Result};
 
-use super::backoff::{AcceptAction, AcceptBackoff};
 use super::core::ServerCore;
-use super::hooks::{DefaultHooks, Hooks};
-use super::incoming::Incoming;
 use super::wakeup::{ShutdownHandle, Wakeup};
+
+use builder::Config;
+pub use builder::PreforkBuilder;
+use worker::{Resize, WorkerCtx};
 
 /// Scoreboard words per slot.
 const WORDS: usize = 4;
@@ -80,204 +84,6 @@ const TICK: Duration = Duration::from_millis(50);
 /// which is system-wide, so parent and workers agree on these numbers.
 fn now_ms(epoch: Instant) -> u64 {
     epoch.elapsed().as_millis() as u64
-}
-
-/// Settings of a [`PreforkTcpServer`]; see [`PreforkBuilder`].
-#[derive(Debug, Clone)]
-struct Config {
-    min_spare: usize,
-    max_spare: usize,
-    max_workers: usize,
-    start_workers: usize,
-    max_requests: u64,
-    max_requests_jitter: u64,
-    hung_timeout: Option<Duration>,
-    drain_timeout: Duration,
-    connection_timeout: Option<Duration>,
-    resize_signals: bool,
-    backlog: i32,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            min_spare: 2,
-            max_spare: 8,
-            max_workers: 32,
-            start_workers: 2,
-            max_requests: 0,
-            max_requests_jitter: 0,
-            hung_timeout: None,
-            drain_timeout: Duration::from_secs(30),
-            connection_timeout: None,
-            resize_signals: true,
-            backlog: libc::SOMAXCONN,
-        }
-    }
-}
-
-/// Configures a [`PreforkTcpServer`] (Apache's `StartServers`,
-/// `MinSpareServers`, `MaxSpareServers`, `MaxRequestWorkers`,
-/// `MaxConnectionsPerChild`).
-pub struct PreforkBuilder {
-    config: Config,
-    hooks: Arc<dyn Hooks>,
-}
-
-impl fmt::Debug for PreforkBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PreforkBuilder")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for PreforkBuilder {
-    fn default() -> Self {
-        PreforkBuilder {
-            config: Config::default(),
-            hooks: Arc::new(DefaultHooks),
-        }
-    }
-}
-
-impl PreforkBuilder {
-    /// Fewest idle workers to keep; below it the parent forks more.
-    /// Default is 2.
-    pub fn min_spare(&mut self, n: usize) -> &mut Self {
-        self.config.min_spare = n;
-        self
-    }
-
-    /// Most idle workers to keep; above it the parent retires one per
-    /// tick. Default is 8.
-    pub fn max_spare(&mut self, n: usize) -> &mut Self {
-        self.config.max_spare = n;
-        self
-    }
-
-    /// Hard cap on worker processes (and so on concurrent connections).
-    /// Default is 32.
-    pub fn max_workers(&mut self, n: usize) -> &mut Self {
-        self.config.max_workers = n.max(1);
-        self
-    }
-
-    /// Workers forked before serving starts. Default is 2.
-    pub fn start_workers(&mut self, n: usize) -> &mut Self {
-        self.config.start_workers = n;
-        self
-    }
-
-    /// Connections a worker serves before it is recycled (`0` = never),
-    /// plus a random jitter in `0..=jitter` so workers do not all restart
-    /// together. Default is 0 (never) with no jitter.
-    pub fn max_requests(&mut self, n: u64, jitter: u64) -> &mut Self {
-        self.config.max_requests = n;
-        self.config.max_requests_jitter = jitter;
-        self
-    }
-
-    /// Kill (SIGKILL) and replace a worker busy with one connection for
-    /// longer than this. Default is no limit.
-    pub fn hung_timeout(&mut self, t: Option<Duration>) -> &mut Self {
-        self.config.hung_timeout = t;
-        self
-    }
-
-    /// At shutdown, how long workers may finish their connections before
-    /// they are killed. Default is 30 seconds.
-    pub fn drain_timeout(&mut self, t: Duration) -> &mut Self {
-        self.config.drain_timeout = t;
-        self
-    }
-
-    /// Read/write timeout set on every accepted connection. Default is
-    /// none.
-    pub fn connection_timeout(&mut self, t: Option<Duration>) -> &mut Self {
-        self.config.connection_timeout = t;
-        self
-    }
-
-    /// Whether `serve_forever` grows (SIGTTIN) and shrinks (SIGTTOU) the
-    /// pool bounds by one per signal. Default is `true`.
-    pub fn resize_signals(&mut self, yes: bool) -> &mut Self {
-        self.config.resize_signals = yes;
-        self
-    }
-
-    /// The `listen` backlog used by [`bind`](Self::bind). Default is
-    /// `SOMAXCONN`.
-    pub fn backlog(&mut self, backlog: i32) -> &mut Self {
-        self.config.backlog = backlog;
-        self
-    }
-
-    /// Hooks (`verify_request`, `handle_error`, …), run in the workers.
-    /// Default is [`DefaultHooks`].
-    pub fn hooks(&mut self, hooks: impl Hooks) -> &mut Self {
-        self.hooks = Arc::new(hooks);
-        self
-    }
-
-    /// Binds and listens on `address` (with `SO_REUSEADDR`).
-    ///
-    /// # Errors
-    /// Resolving, binding or listening failed.
-    pub fn bind<A, F, H>(&self, address: A, factory: F) -> Result<PreforkTcpServer>
-    where
-        A: ToSocketAddrs,
-        F: Fn() -> H + Send + Sync + 'static,
-        H: RequestHandler,
-    {
-        let addr = address
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| Error::InvalidArgument("address resolved to nothing".into()))?;
-        let sock = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        sock.set_reuse_address(true)?;
-        sock.bind(&addr.into())?;
-        sock.listen(self.config.backlog)?;
-        self.from_listener(sock.into(), factory)
-    }
-
-    /// Serves on an existing listening socket (socket activation, re-exec).
-    ///
-    /// # Errors
-    /// The socket's address cannot be read or it cannot be made
-    /// non-blocking, or the scoreboard cannot be mapped.
-    pub fn from_listener<F, H>(&self, listener: TcpListener, factory: F) -> Result<PreforkTcpServer>
-    where
-        F: Fn() -> H + Send + Sync + 'static,
-        H: RequestHandler,
-    {
-        let mut config = self.config.clone();
-        config.min_spare = config.min_spare.min(config.max_workers);
-        config.max_spare = config.max_spare.max(config.min_spare.max(1));
-        // Workers race for each connection; the losers must not block.
-        listener.set_nonblocking(true)?;
-        let address = listener.local_addr()?;
-        let board = SharedAtomics::new(config.max_workers * WORDS)?;
-        Ok(PreforkTcpServer {
-            listener: Some(listener),
-            address,
-            core: ServerCore {
-                factory: Box::new(move || Box::new(factory()) as Box<dyn RequestHandler>),
-                hooks: self.hooks.clone(),
-                connection_timeout: config.connection_timeout,
-            },
-            workers: (0..config.max_workers).map(|_| None).collect(),
-            control: Mutex::new(HashMap::new()),
-            board,
-            wakeup: Wakeup::new()?,
-            epoch: Instant::now(),
-            config,
-        })
-    }
 }
 
 struct Worker {
@@ -617,139 +423,4 @@ impl Drop for PreforkTcpServer {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What a worker needs, borrowed from the parent's memory image.
-struct WorkerCtx<'a> {
-    listener: &'a TcpListener,
-    core: &'a ServerCore,
-    board: &'a SharedAtomics,
-    slot: usize,
-    limit: u64,
-    epoch: Instant,
-}
-
-impl WorkerCtx<'_> {
-    fn set(&self, w: usize, v: u64) {
-        if let Some(a) = self.board.get(self.slot * WORDS + w) {
-            a.store(v, Ordering::SeqCst);
-        }
-    }
-
-    /// The worker's life: accept and serve until told to leave (control
-    /// pipe closed), recycled (`limit` reached) or the listener breaks.
-    fn run(&self, control: OwnedFd) -> i32 {
-        self.set(W_PID, std::process::id() as u64);
-        self.set(W_STATE, IDLE);
-        let mut backoff = AcceptBackoff::default();
-        let mut served = 0u64;
-        let code = loop {
-            let mut fds = [
-                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-                PollFd::new(control.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(_) => break 1,
-            }
-            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-                break 0;
-            }
-            if fds[0].revents().is_none_or(|r| r.is_empty()) {
-                continue;
-            }
-            let (stream, peer) = match self.listener.accept() {
-                Ok(c) => {
-                    backoff.on_success();
-                    c
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => match backoff.on_error(&e) {
-                    AcceptAction::Retry => continue,
-                    AcceptAction::Backoff(d) => {
-                        std::thread::sleep(d);
-                        continue;
-                    }
-                    AcceptAction::Fatal => break 1,
-                },
-            };
-            self.set(W_BUSY_SINCE, now_ms(self.epoch));
-            self.set(W_STATE, BUSY);
-            let request = Incoming::Stream(Stream::Tcp(stream));
-            let peer = PeerAddr::Inet(peer);
-            if self.core.hooks.verify_request(&request, &peer) {
-                self.core.process(request, &peer);
-            } else {
-                self.core.shutdown_request(request);
-            }
-            served += 1;
-            if let Some(a) = self.board.get(self.slot * WORDS + W_REQUESTS) {
-                a.fetch_add(1, Ordering::SeqCst);
-            }
-            if self.limit > 0 && served >= self.limit {
-                break 0;
-            }
-            self.set(W_STATE, IDLE);
-        };
-        self.set(W_STATE, EXITING);
-        code
-    }
-}
-
-/// SIGTTIN/SIGTTOU handlers for the duration of `serve_forever`.
-struct Resize {
-    grow: Arc<AtomicBool>,
-    shrink: Arc<AtomicBool>,
-    ids: Vec<signal_hook::SigId>,
-}
-
-impl Resize {
-    fn install(wakeup: &Wakeup, enabled: bool) -> Result<Resize> {
-        let mut r = Resize {
-            grow: Arc::new(AtomicBool::new(false)),
-            shrink: Arc::new(AtomicBool::new(false)),
-            ids: Vec::new(),
-        };
-        if !enabled {
-            return Ok(r);
-        }
-        use signal_hook::consts::{SIGTTIN, SIGTTOU};
-        for (sig, flag) in [(SIGTTIN, &r.grow), (SIGTTOU, &r.shrink)] {
-            r.ids.push(signal_hook::flag::register(sig, flag.clone())?);
-            r.ids.push(signal_hook::low_level::pipe::register(
-                sig,
-                wakeup.sender()?,
-            )?);
-        }
-        Ok(r)
-    }
-
-    fn apply(&self, c: &mut Config) {
-        if self.grow.swap(false, Ordering::SeqCst) {
-            c.min_spare = (c.min_spare + 1).min(c.max_workers);
-            c.max_spare = c.max_spare.max(c.min_spare);
-            tracing::info!(
-                min_spare = c.min_spare,
-                max_spare = c.max_spare,
-                "SIGTTIN: pool grown"
-            );
-        }
-        if self.shrink.swap(false, Ordering::SeqCst) {
-            c.min_spare = c.min_spare.saturating_sub(1);
-            c.max_spare = c.max_spare.saturating_sub(1).max(c.min_spare).max(1);
-            tracing::info!(
-                min_spare = c.min_spare,
-                max_spare = c.max_spare,
-                "SIGTTOU: pool shrunk"
-            );
-        }
-    }
-}
-
-impl Drop for Resize {
-    fn drop(&mut self) {
-        for id in self.ids.drain(..) {
-            signal_hook::low_level::unregister(id);
-        }
-    }
 }
