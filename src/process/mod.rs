@@ -28,3 +28,6 @@ pub use queue::{Queue, QueueBuilder, DEFAULT_CAPACITY as QUEUE_DEFAULT_CAPACITY}
 pub use semaphore::{BoundedSemaphore, Event, Semaphore, SemaphoreGuard};
 pub use shared::{Array, ArrayGuard, SharedData, SharedMemory, Value, ValueGuard};
 pub use sync::{Lock, LockError, LockGuard, LockResult, RLock, RLockGuard};
+// Descriptors inherited across exec (socket activation, re-exec): the
+// unsafe `from_raw_fd` lives here.
+pub(crate) mod inherited;

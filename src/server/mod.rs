@@ -91,3 +91,17 @@ pub type ThreadingUnixStreamServer = SocketServer<UnixStreamTransport, Threading
 pub type UnixDatagramServer = SocketServer<UnixDatagramTransport, Synchronous>;
 /// A Unix datagram server with one thread per datagram.
 pub type ThreadingUnixDatagramServer = SocketServer<UnixDatagramTransport, Threading>;
+
+// Production serving (issue 7): the async strategy and operating helpers.
+mod asynchronous;
+pub use asynchronous::{
+    AsyncRequestHandler, AsyncShutdownHandle, AsyncTcpServer, Blocking, DrainReport,
+};
+mod backoff;
+pub use backoff::{raise_fd_limit, AcceptAction, AcceptBackoff};
+mod per_ip;
+pub use per_ip::{IpPermit, PerIpLimiter};
+pub mod activation;
+mod pidfile;
+pub mod proxy;
+pub use pidfile::PidFile;
