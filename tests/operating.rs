@@ -14,7 +14,9 @@ use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use socketserver::server::{activation, AsyncRequestHandler, AsyncTcpServer, PidFile};
+use socketserver::server::{
+    activation, drop_privileges, refuse_root, AsyncRequestHandler, AsyncTcpServer, PidFile,
+};
 use socketserver::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -239,13 +241,55 @@ fn emfile_backs_off_and_recovers() {
     assert!(child.0.wait().unwrap().success());
 }
 
+/// In a child process (the switch is permanent): as root, switch to
+/// `nobody` and check root cannot be regained; otherwise the switch must
+/// fail with EPERM.
+fn child_privdrop() {
+    use nix::unistd::{geteuid, getuid, setuid, Uid};
+    let was_root = geteuid().is_root();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    match drop_privileges("nobody", None) {
+        Ok(id) => {
+            assert!(was_root, "a non-root process changed its uid");
+            assert_ne!(id.uid, 0);
+            assert_eq!(getuid().as_raw(), id.uid);
+            assert!(setuid(Uid::from_raw(0)).is_err(), "root regained");
+            assert!(refuse_root(false).is_ok());
+            // The socket bound as root still accepts.
+            let addr = l.local_addr().unwrap();
+            let _c = TcpStream::connect(addr).unwrap();
+            l.accept().unwrap();
+        }
+        Err(e) => {
+            assert!(!was_root, "root could not drop privileges: {e}");
+            assert!(
+                matches!(&e, Error::Io(io) if io.raw_os_error() == Some(libc::EPERM)),
+                "{e}"
+            );
+        }
+    }
+}
+
+fn privileges_are_dropped_for_good() {
+    let st = Command::new(std::env::current_exe().unwrap())
+        .env("OPERATING_CHILD", "privdrop")
+        .status()
+        .unwrap();
+    assert!(st.success(), "privilege-drop child failed: {st}");
+}
+
 fn main() {
     match std::env::var("OPERATING_CHILD").as_deref() {
         Ok("activation") | Ok("activation-other") => return child_activation(),
         Ok("emfile") => return child_emfile(),
+        Ok("privdrop") => return child_privdrop(),
         _ => {}
     }
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
+        (
+            "privileges_are_dropped_for_good",
+            privileges_are_dropped_for_good,
+        ),
         (
             "socket_activation_serves_on_inherited_socket",
             socket_activation_serves_on_inherited_socket,

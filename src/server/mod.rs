@@ -107,3 +107,5 @@ pub mod proxy;
 pub use pidfile::PidFile;
 mod prefork;
 pub use prefork::{PreforkBuilder, PreforkTcpServer};
+mod privileges;
+pub use privileges::{drop_privileges, refuse_root, Identity};
