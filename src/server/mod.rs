@@ -109,3 +109,5 @@ mod prefork;
 pub use prefork::{PreforkBuilder, PreforkTcpServer};
 mod privileges;
 pub use privileges::{drop_privileges, refuse_root, Identity};
+mod reexec;
+pub use reexec::{reexec, HangupRestart};

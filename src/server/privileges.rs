@@ -47,6 +47,14 @@ pub fn drop_privileges(user: &str, group: Option<&str>) -> Result<Identity> {
         }
         None => u.gid,
     };
+    let already = getuid() == u.uid && geteuid() == u.uid && getgid() == gid && getegid() == gid;
+    if already && !u.uid.is_root() {
+        // Already switched (for example after a re-exec): nothing to do.
+        return Ok(Identity {
+            uid: u.uid.as_raw(),
+            gid: gid.as_raw(),
+        });
+    }
     let name = CString::new(user)
         .map_err(|_| Error::InvalidArgument(format!("bad user name: {user:?}")))?;
     nix::unistd::initgroups(&name, gid)?;
