@@ -111,3 +111,4 @@ mod privileges;
 pub use privileges::{drop_privileges, refuse_root, Identity};
 mod reexec;
 pub use reexec::{reexec, HangupRestart};
+pub mod layers;
