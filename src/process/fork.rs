@@ -34,7 +34,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, getppid, ForkResult, Pid};
 
 use super::current::{self, ExitRequest};
-use super::{registry, sys};
+use super::{closefork, registry, sys};
 use crate::{Error, Result};
 
 /// Options for [`fork_child`]. Default: no name (the child is called
@@ -296,6 +296,7 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
     // body runs; leaves with `_exit`).
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => {
+            closefork::close_in_child(parent.as_raw());
             let keep = pipe.map(|(r, w)| {
                 drop(r);
                 w

@@ -5,6 +5,8 @@
 //! parent's code. See the crate README for the fork-safety rules.
 #![allow(unsafe_code)]
 
+mod closefork;
+mod connection;
 mod current;
 mod fork;
 #[allow(clippy::module_inception)]
@@ -12,6 +14,7 @@ mod process;
 mod registry;
 mod sys;
 
+pub use connection::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};
 pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
 pub use fork::{fork_child, ForkOptions, ForkedChild};
 pub use process::{Process, ProcessBuilder};
