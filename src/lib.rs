@@ -3,7 +3,7 @@
 //! Python's `multiprocessing` and `socketserver`, Rust-shaped.
 //!
 //! - [`process`]: start closures in child processes (fork), talk to them
-//!   ([`process::Pipe`], queues, an authenticated `Listener`/`Client`),
+//!   ([`process::pipe`], queues, an authenticated `Listener`/`Client`),
 //!   synchronise them (locks, events, barriers in shared memory) and farm
 //!   work out to them.
 //! - [`server`]: a [`server::Server`] trait that owns the connection loop,

@@ -9,6 +9,7 @@ mod closefork;
 mod connection;
 mod current;
 mod fork;
+mod listener;
 #[allow(clippy::module_inception)]
 mod process;
 mod registry;
@@ -17,4 +18,5 @@ mod sys;
 pub use connection::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};
 pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
 pub use fork::{fork_child, ForkOptions, ForkedChild};
+pub use listener::{Address, Client, Listener, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use process::{Process, ProcessBuilder};
