@@ -275,6 +275,19 @@ fn current_process_in_child() -> TestResult {
     d.start().map_err(e)?;
     check!(d.join().map_err(e)? == 12);
     check!(Process::new(|| {}).name().starts_with("Process-"));
+    // Nested default names, as in Python: the first child of Process-K is
+    // Process-K:1.
+    let mut nested = Process::new(|| {
+        let inner = Process::new(|| {});
+        let me = current_process().name;
+        process::exit(if inner.name() == format!("{me}:1") {
+            20
+        } else {
+            21
+        })
+    });
+    nested.start().map_err(e)?;
+    check!(nested.join().map_err(e)? == 20);
     check!(process::cpu_count() >= 1);
     Ok(())
 }

@@ -43,6 +43,8 @@ use crate::{Error, Result};
 pub struct ForkOptions {
     name: Option<String>,
     daemon: bool,
+    /// Identity already allocated by a `Process` (so it is not counted twice).
+    pub(crate) identity: Option<String>,
 }
 
 impl ForkOptions {
@@ -290,7 +292,10 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
     } else {
         Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
     };
-    let identity = current::next_identity();
+    let identity = options
+        .identity
+        .clone()
+        .unwrap_or_else(current::next_identity);
     // SAFETY: the child only runs `child_main`, which never returns; it
     // follows the fork-safety rules above (no locks taken by us before the
     // body runs; leaves with `_exit`).
