@@ -178,12 +178,20 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
             let listen = !self.strategy.at_capacity();
             let (woken, readable) = {
                 let socket = self.live_socket()?;
-                let mut fds = [
-                    PollFd::new(self.wakeup.fd(), PollFlags::POLLIN),
-                    PollFd::new(socket.as_fd(), PollFlags::POLLIN),
-                ];
-                let n = if listen { 2 } else { 1 };
-                match poll(&mut fds[..n], PollTimeout::NONE) {
+                let extra = self.strategy.wait_fds();
+                let mut fds = Vec::with_capacity(2 + extra.len());
+                fds.push(PollFd::new(self.wakeup.fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
+                fds.extend(
+                    extra
+                        .into_iter()
+                        .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+                );
+                if !listen {
+                    // Stop accepting while at capacity: keep everything else.
+                    fds.swap_remove(1);
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
                     Err(e) => return Err(e.into()),
@@ -252,7 +260,8 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
     }
 
     fn process_request(&mut self, request: Incoming, peer: PeerAddr) {
-        self.strategy.process_request(&self.core, request, peer);
+        self.strategy
+            .process_request(&self.core, &mut self.socket, request, peer);
     }
 
     fn finish_request(&self, request: Incoming, peer: &PeerAddr) -> (Option<Incoming>, Result<()>) {
