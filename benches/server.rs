@@ -32,7 +32,19 @@ use socketserver::{Request, RequestHandler};
 
 const ROUNDS: usize = 3;
 const CHURN_TIME: Duration = Duration::from_secs(2);
-const CHURN_CLIENTS: usize = 4;
+/// Client threads for the churn runs (`SERVER_BENCH_CHURN_CLIENTS`).
+fn churn_clients() -> usize {
+    std::env::var("SERVER_BENCH_CHURN_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
+/// Runs only the scenarios whose key contains `SERVER_BENCH_ONLY`
+/// (`churn-forking`, `churn-threading`, `persistent`).
+fn wanted(key: &str) -> bool {
+    std::env::var("SERVER_BENCH_ONLY").map_or(true, |f| key.contains(&f))
+}
 const CHURN_MAX: u64 = 200_000;
 const PERSIST_TIME: Duration = Duration::from_secs(2);
 const PERSIST_CONNS: usize = 50;
@@ -172,7 +184,7 @@ fn churn(addr: SocketAddr) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let threads: Vec<_> = (0..CHURN_CLIENTS)
+    let threads: Vec<_> = (0..churn_clients())
         .map(|_| {
             let (done, errors) = (done.clone(), errors.clone());
             std::thread::spawn(move || {
@@ -273,29 +285,7 @@ fn churn_row(mode: &str, name: &str, goal: &'static str) -> Row {
     }
 }
 
-fn main() {
-    match std::env::var("SOCKETSERVER_BENCH_SERVE").as_deref() {
-        Ok("threading") => serve_ours::<Threading>(),
-        Ok("forking") => serve_ours::<Forking>(),
-        _ => {}
-    }
-    // `cargo bench` passes --bench; `cargo test --benches` does not run us.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("run with: cargo bench --bench server");
-        return;
-    }
-    let mut rows = vec![
-        churn_row(
-            "forking",
-            "churn: ForkingTcpServer vs ForkingTCPServer (conn/s)",
-            ">= 4x",
-        ),
-        churn_row(
-            "threading",
-            "churn: ThreadingTcpServer vs ThreadingTCPServer (conn/s)",
-            ">= 2.5x",
-        ),
-    ];
+fn persistent_rows(rows: &mut Vec<Row>) {
     let (mut rate_o, mut rate_p, mut cpu_o, mut cpu_p) = (vec![], vec![], vec![], vec![]);
     for round in 0..ROUNDS {
         let o = ServerProc::ours("threading");
@@ -326,6 +316,37 @@ fn main() {
         higher_is_better: false,
         goal: "",
     });
+}
+
+fn main() {
+    match std::env::var("SOCKETSERVER_BENCH_SERVE").as_deref() {
+        Ok("threading") => serve_ours::<Threading>(),
+        Ok("forking") => serve_ours::<Forking>(),
+        _ => {}
+    }
+    // `cargo bench` passes --bench; `cargo test --benches` does not run us.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("run with: cargo bench --bench server");
+        return;
+    }
+    let mut rows = Vec::new();
+    if wanted("churn-forking") {
+        rows.push(churn_row(
+            "forking",
+            "churn: ForkingTcpServer vs ForkingTCPServer (conn/s)",
+            ">= 4x",
+        ));
+    }
+    if wanted("churn-threading") {
+        rows.push(churn_row(
+            "threading",
+            "churn: ThreadingTcpServer vs ThreadingTCPServer (conn/s)",
+            ">= 2.5x",
+        ));
+    }
+    if wanted("persistent") {
+        persistent_rows(&mut rows);
+    }
     println!();
     println!("| benchmark (median of {ROUNDS}) | ours | Python | ratio | goal |");
     println!("|---|---:|---:|---:|---|");
