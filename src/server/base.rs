@@ -277,6 +277,8 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
     }
 
     fn handle_timeout(&mut self) {
+        // Like ForkingMixIn.handle_timeout: housekeeping first.
+        self.strategy.service_actions();
         self.core.hooks.handle_timeout();
     }
 

@@ -126,6 +126,8 @@ impl Strategy for Forking {
         request: Incoming,
         peer: PeerAddr,
     ) {
+        // Bounds the zombies of a server driven by `handle_request` alone.
+        self.collect_children();
         let child_core = core.clone();
         let child_peer = peer.clone();
         // Runs only in the child. In the parent it is dropped unrun, which
