@@ -25,6 +25,9 @@ use super::wakeup::{ShutdownHandle, Wakeup};
 /// How long the loop stops accepting after `EMFILE`/`ENFILE`.
 const BACKOFF: Duration = Duration::from_millis(100);
 
+/// Most requests taken per wake-up before housekeeping runs again.
+const BATCH: usize = 16;
+
 /// A server over transport `T` with strategy `S`. Use the aliases
 /// ([`TcpServer`](super::TcpServer), [`ThreadingTcpServer`](super::ThreadingTcpServer),
 /// …) rather than naming the parameters.
@@ -144,7 +147,8 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
     }
 
     /// Python's `_handle_request_noblock`, with the accept-error policy.
-    fn handle_request_noblock(&mut self) {
+    /// Returns `true` when a request was received (so another may wait).
+    fn handle_request_noblock(&mut self) -> bool {
         match self.get_request() {
             Ok((request, peer)) => {
                 if self.verify_request(&request, &peer) {
@@ -152,21 +156,29 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
                 } else {
                     self.shutdown_request(request);
                 }
+                true
             }
-            Err(e) => match classify(&e) {
-                AcceptError::Retry => {}
-                AcceptError::Skip => {
-                    tracing::debug!(error = %e, "skipping a failed connection")
-                }
-                AcceptError::BackOff => {
-                    tracing::warn!(error = %e, "out of resources; pausing accept for {BACKOFF:?}");
-                    // Wait on the wake-up fd only, so a shutdown still ends
-                    // the pause at once.
-                    let mut fds = [PollFd::new(self.wakeup.fd(), PollFlags::POLLIN)];
-                    let _ = poll(&mut fds, PollTimeout::from(BACKOFF.as_millis() as u16));
-                }
-                AcceptError::Other => tracing::error!(error = %e, "get_request failed"),
-            },
+            Err(e) => {
+                self.accept_failed(&e);
+                false
+            }
+        }
+    }
+
+    fn accept_failed(&mut self, e: &io::Error) {
+        match classify(e) {
+            AcceptError::Retry => {}
+            AcceptError::Skip => {
+                tracing::debug!(error = %e, "skipping a failed connection")
+            }
+            AcceptError::BackOff => {
+                tracing::warn!(error = %e, "out of resources; pausing accept for {BACKOFF:?}");
+                // Wait on the wake-up fd only, so a shutdown still ends
+                // the pause at once.
+                let mut fds = [PollFd::new(self.wakeup.fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, PollTimeout::from(BACKOFF.as_millis() as u16));
+            }
+            AcceptError::Other => tracing::error!(error = %e, "get_request failed"),
         }
     }
 
@@ -206,7 +218,16 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
                 return Ok(());
             }
             if readable {
-                self.handle_request_noblock();
+                // Take what is already queued (bounded, so housekeeping and
+                // shutdown are never starved), stopping at `WouldBlock`.
+                for _ in 0..BATCH {
+                    if !self.handle_request_noblock()
+                        || self.wakeup.shutdown_requested()
+                        || self.strategy.at_capacity()
+                    {
+                        break;
+                    }
+                }
             }
             self.service_actions();
         }
@@ -316,7 +337,7 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
                     }
                 }
                 Ok(_) => {
-                    self.handle_request_noblock();
+                    let _ = self.handle_request_noblock();
                     return Ok(());
                 }
                 Err(Errno::EINTR) => {}
