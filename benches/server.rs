@@ -30,7 +30,7 @@ use socketserver::server::{
 };
 use socketserver::{Request, RequestHandler};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const CHURN_TIME: Duration = Duration::from_secs(2);
 /// Client threads for the churn runs (`SERVER_BENCH_CHURN_CLIENTS`).
 fn churn_clients() -> usize {
