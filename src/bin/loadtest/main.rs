@@ -142,11 +142,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     progress.finish();
 
+    let (hist, timeline) = shared.latencies();
+    totals.hist = hist;
     let summary = report::Summary {
         args,
         target: addr.to_string(),
         totals,
-        timeline: shared.timeline(),
+        timeline,
         duration: args.duration,
     };
     if let Some(path) = &args.plot {
