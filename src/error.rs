@@ -82,6 +82,12 @@ pub enum Error {
     #[error("the previous owner died while holding the lock")]
     OwnerDied,
 
+    /// A `Barrier` was aborted, reset, timed out or lost a process inside
+    /// its critical section while this caller waited (Python's
+    /// `BrokenBarrierError`).
+    #[error("barrier is broken")]
+    BrokenBarrier,
+
     /// A task or handler panicked; the message is the panic payload.
     #[error("panicked: {0}")]
     Panicked(String),
@@ -106,6 +112,19 @@ pub enum Error {
     /// A value was invalid for the operation (bad argument, bad address).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A PROXY protocol header was malformed (or the peer closed inside it).
+    #[error("malformed PROXY protocol header: {0}")]
+    ProxyHeader(String),
+
+    /// Another instance holds the pid file's lock.
+    #[error("another instance is already running (pid {pid}, pid file {path})")]
+    AlreadyRunning {
+        /// The pid written in the pid file by the running instance.
+        pid: String,
+        /// The pid file.
+        path: std::path::PathBuf,
+    },
 }
 
 impl From<nix::Error> for Error {

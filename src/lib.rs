@@ -26,3 +26,8 @@ pub use handler::{PeerAddr, Request, RequestHandler, Stream};
 pub mod process;
 
 pub mod server;
+pub use server::{
+    shutdown_on_signals, Server, ShutdownHandle, TcpServer, ThreadingTcpServer, ThreadingUdpServer,
+    ThreadingUnixDatagramServer, ThreadingUnixStreamServer, UdpServer, UnixDatagramServer,
+    UnixStreamServer,
+};

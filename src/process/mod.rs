@@ -4,3 +4,30 @@
 //! `catch_unwind` and leaves with `_exit`, so it never unwinds into the
 //! parent's code. See the crate README for the fork-safety rules.
 #![allow(unsafe_code)]
+
+mod current;
+mod fork;
+#[allow(clippy::module_inception)]
+mod process;
+mod registry;
+mod sys;
+
+pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
+pub use fork::{fork_child, ForkOptions, ForkedChild};
+pub use process::{Process, ProcessBuilder};
+
+// Shared memory and synchronisation (slice `sync`).
+mod condition;
+mod queue;
+mod raw;
+mod semaphore;
+mod shared;
+mod sync;
+pub use condition::{Barrier, Condition, ConditionGuard};
+pub use queue::{Queue, QueueBuilder, DEFAULT_CAPACITY as QUEUE_DEFAULT_CAPACITY};
+pub use semaphore::{BoundedSemaphore, Event, Semaphore, SemaphoreGuard};
+pub use shared::{Array, ArrayGuard, SharedData, SharedMemory, Value, ValueGuard};
+pub use sync::{Lock, LockError, LockGuard, LockResult, RLock, RLockGuard};
+// Descriptors inherited across exec (socket activation, re-exec): the
+// unsafe `from_raw_fd` lives here.
+pub(crate) mod inherited;

@@ -1,0 +1,122 @@
+//! A byte-transparent echo server over TCP or UDP, in any strategy.
+//!
+//! ```text
+//! cargo run --release --example echo -- [--mode sync|threading|forking] [--udp] [--listen ADDR]
+//! ```
+//!
+//! Defaults: `--mode threading`, `--listen 127.0.0.1:9000` (port 0 picks a
+//! free port). When ready it prints exactly one line to stdout,
+//! `listening on tcp://HOST:PORT (mode MODE)` (or `udp://`). TCP echoes
+//! every byte as it arrives; UDP answers each datagram. SIGINT/SIGTERM shut
+//! it down gracefully (exit status 0). Logs go to stderr (`RUST_LOG`).
+
+use std::io::{self, BufRead, Write};
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+use socketserver::server::{
+    shutdown_on_signals, BindAddress, Server, SocketServer, Strategy, Synchronous, TcpTransport,
+    Threading, Transport, UdpTransport,
+};
+use socketserver::{Request, RequestHandler};
+
+/// Echoes whatever is available, without waiting for newlines. The same
+/// handler serves TCP connections and UDP datagrams.
+struct Echo;
+
+impl RequestHandler for Echo {
+    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        let (mut rfile, mut wfile) = req.split();
+        loop {
+            let chunk = match rfile.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let n = chunk.len();
+            wfile.write_all(chunk)?;
+            rfile.consume(n);
+        }
+    }
+}
+
+/// The concurrency strategy. New strategies (prefork, async) are new
+/// variants here and a new arm in `main`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// One request at a time on the main thread.
+    Sync,
+    /// One thread per connection.
+    Threading,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Sync => Synchronous::NAME,
+            Mode::Threading => Threading::NAME,
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Echo server built on socketserver")]
+struct Args {
+    /// Concurrency strategy.
+    #[arg(long, value_enum, default_value_t = Mode::Threading)]
+    mode: Mode,
+    /// Serve UDP instead of TCP.
+    #[arg(long)]
+    udp: bool,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+}
+
+fn serve<T, S>(args: &Args) -> anyhow::Result<()>
+where
+    T: Transport<Address = SocketAddr>,
+    S: Strategy,
+    SocketAddr: BindAddress<T>,
+{
+    let mut server = SocketServer::<T, S>::builder()
+        .allow_reuse_address(true)
+        .bind(args.listen, || Echo)?;
+    let _signals = shutdown_on_signals(&server.shutdown_handle())?;
+    {
+        let mut out = io::stdout().lock();
+        writeln!(
+            out,
+            "listening on {}://{} (mode {})",
+            T::SCHEME,
+            server.server_address(),
+            args.mode.name()
+        )?;
+        out.flush()?;
+    }
+    server.serve_forever()?;
+    server.server_close();
+    tracing::info!("server closed");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    match (args.mode, args.udp) {
+        (Mode::Sync, false) => serve::<TcpTransport, Synchronous>(&args),
+        (Mode::Sync, true) => serve::<UdpTransport, Synchronous>(&args),
+        (Mode::Threading, false) => serve::<TcpTransport, Threading>(&args),
+        (Mode::Threading, true) => serve::<UdpTransport, Threading>(&args),
+    }
+}

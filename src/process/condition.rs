@@ -1,0 +1,344 @@
+//! `Condition` and `Barrier` across processes.
+//!
+//! Both sit in anonymous shared memory (create them before `fork`) and use
+//! the same robust mutex + futex condition variable as the other
+//! primitives (see `raw.rs`).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::raw::{deadline, Acquired, RawCondvar, RawMutex};
+use super::shared::Shm;
+use super::sync::{acquire_raw, LockResult};
+use crate::{Error, Result};
+
+#[repr(C)]
+struct CondShm {
+    mutex: RawMutex,
+    cond: RawCondvar,
+}
+
+/// A condition variable with its own lock, shared between processes:
+/// Python's `multiprocessing.Condition`.
+///
+/// Acquire it to get a [`ConditionGuard`]; wait and notify through the
+/// guard, so "notify without holding the lock" (a `RuntimeError` in
+/// Python) cannot be written. Its lock is a robust, non-reentrant
+/// [`Lock`](super::Lock)-style mutex (Python defaults to an `RLock`).
+#[derive(Clone)]
+pub struct Condition {
+    shm: Shm<CondShm>,
+}
+
+impl Condition {
+    /// A new condition variable in shared memory.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the shared region cannot be set up.
+    pub fn new() -> Result<Condition> {
+        let shm = Shm::<CondShm>::new(0, 1, |h| {
+            // SAFETY: fresh, aligned, unshared memory.
+            unsafe { RawMutex::init(&raw mut (*h).mutex) }
+        })?;
+        Ok(Condition { shm })
+    }
+
+    fn guard(&self) -> ConditionGuard<'_> {
+        ConditionGuard {
+            cond: self,
+            held: true,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Takes the condition's lock.
+    ///
+    /// # Errors
+    /// As [`Lock::acquire`](super::Lock::acquire): the guard comes back in
+    /// [`LockError::OwnerDied`](super::LockError::OwnerDied) if the last
+    /// holder died holding it.
+    pub fn acquire(&self) -> LockResult<ConditionGuard<'_>> {
+        acquire_raw(&self.shm.header().mutex, None, || self.guard())
+    }
+
+    /// Takes the lock, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`LockError::Timeout`](super::LockError::Timeout) if it stayed busy;
+    /// otherwise as [`Condition::acquire`].
+    pub fn acquire_timeout(&self, timeout: Duration) -> LockResult<ConditionGuard<'_>> {
+        acquire_raw(&self.shm.header().mutex, Some(timeout), || self.guard())
+    }
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Condition").finish_non_exhaustive()
+    }
+}
+
+/// Holds a [`Condition`]'s lock; wait and notify through it.
+pub struct ConditionGuard<'a> {
+    cond: &'a Condition,
+    held: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl ConditionGuard<'_> {
+    /// Releases the lock, sleeps until notified (or `timeout`; `None`
+    /// waits forever), and takes the lock back. `Ok(false)` means the
+    /// timeout passed (Python's `wait()` returning `False`). Wake-ups can
+    /// be spurious: re-check your predicate, or use
+    /// [`ConditionGuard::wait_for`].
+    ///
+    /// # Errors
+    /// [`Error::OwnerDied`] if, while we slept, a process died holding the
+    /// lock: we hold it again, but the shared state may be half-updated.
+    /// [`Error::Io`] if re-locking fails (the guard then holds nothing).
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool> {
+        if !self.held {
+            return Err(Error::InvalidArgument("condition lock is not held".into()));
+        }
+        let h = self.cond.shm.header();
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Ok(false);
+        }
+        // SAFETY: `held` means this thread holds the mutex.
+        match unsafe { h.cond.wait(&h.mutex, deadline(timeout)) } {
+            Ok(w) if w.acquired == Acquired::OwnerDied => Err(Error::OwnerDied),
+            Ok(w) => Ok(!w.timed_out),
+            Err(e) => {
+                self.held = false;
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits until `pred()` is true or `timeout` passes; returns the last
+    /// value of `pred()` (Python's `wait_for`).
+    ///
+    /// # Errors
+    /// As [`ConditionGuard::wait`].
+    pub fn wait_for(
+        &mut self,
+        mut pred: impl FnMut() -> bool,
+        timeout: Option<Duration>,
+    ) -> Result<bool> {
+        let end = deadline(timeout);
+        loop {
+            if pred() {
+                return Ok(true);
+            }
+            let left = match (timeout, end) {
+                (None, _) => None,
+                (Some(_), Some(end)) => {
+                    let left = end.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(pred());
+                    }
+                    Some(left)
+                }
+                // A timeout too large to represent: wait forever.
+                (Some(_), None) => None,
+            };
+            self.wait(left)?;
+        }
+    }
+
+    /// Wakes up to `n` waiters (Python's `notify(n)`).
+    pub fn notify(&self, n: usize) {
+        self.cond.shm.header().cond.notify(n);
+    }
+
+    /// Wakes every waiter (Python's `notify_all()`).
+    pub fn notify_all(&self) {
+        self.cond.shm.header().cond.notify_all();
+    }
+}
+
+impl Drop for ConditionGuard<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            // SAFETY: `held` means this thread holds the mutex.
+            unsafe { self.cond.shm.header().mutex.unlock() }
+        }
+    }
+}
+
+impl fmt::Debug for ConditionGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConditionGuard")
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
+#[repr(C)]
+struct BarrierShm {
+    mutex: RawMutex,
+    cond: RawCondvar,
+    parties: u32,
+    /// Arrivals in the current round.
+    count: AtomicU32,
+    /// Completed rounds: a waiter whose round completed leaves with `Ok`.
+    generation: AtomicU32,
+    /// Resets: a waiter who sees this change leaves with `BrokenBarrier`.
+    epoch: AtomicU32,
+    broken: AtomicU32,
+}
+
+/// A rendezvous for a fixed number of processes: Python's
+/// `multiprocessing.Barrier` (without the `action` callable).
+///
+/// Each of `parties` processes calls [`Barrier::wait`]; all return once
+/// the last one arrives. A timeout, an [`abort`](Barrier::abort), or a
+/// process dying inside the barrier's critical section *breaks* it: every
+/// waiter, present and future, gets [`Error::BrokenBarrier`] until
+/// [`reset`](Barrier::reset). A process killed while *waiting* is not
+/// detected (its arrival still counts): give waits a timeout if that can
+/// happen.
+#[derive(Clone)]
+pub struct Barrier {
+    shm: Shm<BarrierShm>,
+}
+
+impl Barrier {
+    /// A barrier for `parties` processes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `parties` is zero; [`Error::Io`] if
+    /// the shared region cannot be set up.
+    pub fn new(parties: u32) -> Result<Barrier> {
+        if parties == 0 {
+            return Err(Error::InvalidArgument(
+                "a barrier needs at least one party".into(),
+            ));
+        }
+        let shm = Shm::<BarrierShm>::new(0, 1, |h| {
+            // SAFETY: fresh, aligned, unshared memory.
+            unsafe {
+                RawMutex::init(&raw mut (*h).mutex)?;
+                (*h).parties = parties;
+            }
+            Ok(())
+        })?;
+        Ok(Barrier { shm })
+    }
+
+    /// Waits for all parties; returns this caller's arrival index,
+    /// `0..parties` (exactly one caller per round gets each index).
+    ///
+    /// # Errors
+    /// [`Error::BrokenBarrier`] if the barrier is or becomes broken or is
+    /// reset while waiting; [`Error::Io`] if the lock fails.
+    pub fn wait(&self) -> Result<u32> {
+        self.wait_inner(None)
+    }
+
+    /// As [`Barrier::wait`], for at most `timeout`. On timeout the barrier
+    /// breaks (as in Python) so the others do not wait for ever.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] for the caller that timed out; otherwise as
+    /// [`Barrier::wait`].
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<u32> {
+        self.wait_inner(Some(timeout))
+    }
+
+    fn wait_inner(&self, timeout: Option<Duration>) -> Result<u32> {
+        let h = self.shm.header();
+        let end = deadline(timeout);
+        let mut held = h.mutex.hold()?;
+        let break_it = || {
+            h.broken.store(1, Ordering::Relaxed);
+            h.cond.notify_all();
+        };
+        if held.owner_died {
+            break_it();
+        }
+        if h.broken.load(Ordering::Relaxed) != 0 {
+            return Err(Error::BrokenBarrier);
+        }
+        let idx = h.count.load(Ordering::Relaxed);
+        if idx + 1 >= h.parties {
+            h.count.store(0, Ordering::Relaxed);
+            h.generation.fetch_add(1, Ordering::Relaxed);
+            h.cond.notify_all();
+            return Ok(idx);
+        }
+        h.count.store(idx + 1, Ordering::Relaxed);
+        let generation = h.generation.load(Ordering::Relaxed);
+        let epoch = h.epoch.load(Ordering::Relaxed);
+        loop {
+            let timed_out = timeout.is_some_and(|t| t.is_zero()) || held.wait(&h.cond, end)?;
+            if held.owner_died {
+                break_it();
+            }
+            if h.generation.load(Ordering::Relaxed) != generation {
+                return Ok(idx);
+            }
+            if h.epoch.load(Ordering::Relaxed) != epoch || h.broken.load(Ordering::Relaxed) != 0 {
+                return Err(Error::BrokenBarrier);
+            }
+            if timed_out {
+                break_it();
+                return Err(Error::Timeout(timeout.unwrap_or_default()));
+            }
+        }
+    }
+
+    /// Breaks the barrier: current and future waiters get
+    /// [`Error::BrokenBarrier`] until [`Barrier::reset`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the lock fails.
+    pub fn abort(&self) -> Result<()> {
+        let h = self.shm.header();
+        let _held = h.mutex.hold()?;
+        h.broken.store(1, Ordering::Relaxed);
+        h.cond.notify_all();
+        Ok(())
+    }
+
+    /// Returns the barrier to its empty, unbroken state; processes waiting
+    /// in the interrupted round get [`Error::BrokenBarrier`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the lock fails.
+    pub fn reset(&self) -> Result<()> {
+        let h = self.shm.header();
+        let _held = h.mutex.hold()?;
+        h.epoch.fetch_add(1, Ordering::Relaxed);
+        h.count.store(0, Ordering::Relaxed);
+        h.broken.store(0, Ordering::Relaxed);
+        h.cond.notify_all();
+        Ok(())
+    }
+
+    /// Number of processes needed to pass the barrier.
+    pub fn parties(&self) -> u32 {
+        self.shm.header().parties
+    }
+
+    /// Processes waiting in the current round.
+    pub fn n_waiting(&self) -> u32 {
+        self.shm.header().count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the barrier is broken.
+    pub fn broken(&self) -> bool {
+        self.shm.header().broken.load(Ordering::Relaxed) != 0
+    }
+}
+
+impl fmt::Debug for Barrier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Barrier")
+            .field("parties", &self.parties())
+            .field("n_waiting", &self.n_waiting())
+            .field("broken", &self.broken())
+            .finish()
+    }
+}

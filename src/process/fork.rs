@@ -1,0 +1,393 @@
+//! The fork primitive under [`Process`](super::Process), the forking server
+//! and the pool: fork, run a closure in the child under `catch_unwind`,
+//! leave with `_exit`, and hand the parent a [`ForkedChild`] with a pollable
+//! sentinel and `waitpid(pid)`-only reaping.
+//!
+//! # Fork-safety rules
+//!
+//! - After `fork()` only the forking thread exists in the child. Locks held
+//!   by other threads at that instant (a `Mutex`, stdout's lock, a tracing
+//!   writer) stay locked forever in the child. glibc resets `malloc`'s own
+//!   locks, so allocating is fine. Fork from a single-threaded process when
+//!   you can; when the process has several threads, [`fork_child`] logs
+//!   `process N is multi-threaded, fork() may deadlock the child` (the
+//!   warning CPython 3.12 gives) and the child skips its exit-time flush of
+//!   stdout/stderr, because another thread might have held their locks.
+//! - The child never returns or unwinds into the caller's code: the body
+//!   runs under `catch_unwind` and the child always ends with `_exit`, so
+//!   the parent's destructors and `atexit` handlers never run twice.
+//! - Descriptors: everything this crate opens is `O_CLOEXEC`, which only
+//!   matters for `exec`; after a plain fork both processes hold every
+//!   descriptor. Values moved into the body are dropped in the parent when
+//!   the body is dropped there, which is the easy way to close "the child's
+//!   end" of a pipe in the parent.
+//! - Only `waitpid(pid)` on our own children, never `waitpid(-1)`.
+
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{getpid, getppid, ForkResult, Pid};
+
+use super::current::{self, ExitRequest};
+use super::{registry, sys};
+use crate::{Error, Result};
+
+/// Options for [`fork_child`]. Default: no name (the child is called
+/// `Process-<n>`), not a daemon.
+#[derive(Debug, Clone, Default)]
+pub struct ForkOptions {
+    name: Option<String>,
+    daemon: bool,
+}
+
+impl ForkOptions {
+    /// Options with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The name the child reports from `current_process()`. Default is
+    /// `Process-<n>` (`Process-1:2` for the second child of child 1).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Makes the child a daemon: it gets `PR_SET_PDEATHSIG(SIGKILL)`, so it
+    /// dies when the parent dies, even by SIGKILL, and it may not start
+    /// children of its own. Default is `false`.
+    ///
+    /// Linux delivers the death signal when the *thread* that forked exits,
+    /// so start daemons from a thread that lives as long as they should.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+}
+
+/// A child started by [`fork_child`]: its pid, a sentinel descriptor that
+/// becomes readable when it exits, and its exit code once reaped.
+///
+/// Exit codes follow `multiprocessing`: `0` after a normal return, the code
+/// given to [`exit`](super::exit) or returned by the body, `1` after a
+/// panic, `-N` when killed by signal `N`.
+///
+/// Dropping a `ForkedChild` that was not reaped reaps it if it has already
+/// exited; if it still runs, a small detached thread waits for exactly that
+/// pid, so no zombie is left behind and `waitpid(-1)` is never used.
+#[derive(Debug)]
+pub struct ForkedChild {
+    pid: Pid,
+    /// The process that forked (only it may wait for or signal the child).
+    owner: Pid,
+    /// pidfd, or the read end of a pipe whose write end only the child has.
+    sentinel: OwnedFd,
+    status: Option<i32>,
+}
+
+impl ForkedChild {
+    /// The child's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    /// A descriptor that polls readable once the child has exited (a pidfd;
+    /// a pipe on kernels older than 5.3). Poll many children's sentinels at
+    /// once, then [`try_wait`](Self::try_wait) those that are ready.
+    pub fn sentinel(&self) -> BorrowedFd<'_> {
+        self.sentinel.as_fd()
+    }
+
+    /// The exit code if the child has already been reaped.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.status
+    }
+
+    /// Reaps the child if it has exited, without blocking.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when called in a process other than the
+    /// one that forked (for example in a sibling that inherited this value);
+    /// [`Error::Io`] if `waitpid` fails.
+    pub fn try_wait(&mut self) -> Result<Option<i32>> {
+        self.reap(true)
+    }
+
+    /// Blocks until the child exits and returns its exit code.
+    ///
+    /// # Errors
+    /// As [`try_wait`](Self::try_wait).
+    pub fn wait(&mut self) -> Result<i32> {
+        loop {
+            if let Some(code) = self.reap(false)? {
+                return Ok(code);
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for the child to exit, by polling the
+    /// sentinel (no sleep loop): returns as soon as the child is gone, or
+    /// `Ok(None)` when it still runs at the deadline.
+    ///
+    /// # Errors
+    /// As [`try_wait`](Self::try_wait).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        if let Some(code) = self.status {
+            return Ok(Some(code));
+        }
+        self.check_owner()?;
+        if sys::wait_readable(self.sentinel.as_fd(), Some(timeout))? {
+            // The sentinel fired: the child is a zombie, waitpid returns at
+            // once. Blocking here cannot hang.
+            return self.wait().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Sends `signal` to the child. Does nothing once the child was reaped,
+    /// so a recycled pid is never signalled.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] outside the forking process; [`Error::Io`]
+    /// if `kill` fails.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        self.check_owner()?;
+        match kill(self.pid, signal) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the calling process is the one that forked this child.
+    pub fn is_owner(&self) -> bool {
+        getpid() == self.owner
+    }
+
+    fn check_owner(&self) -> Result<()> {
+        if self.is_owner() {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "pid {} is not a child of this process",
+                self.pid
+            )))
+        }
+    }
+
+    fn reap(&mut self, nohang: bool) -> Result<Option<i32>> {
+        if let Some(code) = self.status {
+            return Ok(Some(code));
+        }
+        self.check_owner()?;
+        let flags = nohang.then_some(WaitPidFlag::WNOHANG);
+        loop {
+            match waitpid(self.pid, flags) {
+                Ok(WaitStatus::Exited(_, code)) => {
+                    self.status = Some(code);
+                    return Ok(Some(code));
+                }
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    let code = -(sig as i32);
+                    self.status = Some(code);
+                    return Ok(Some(code));
+                }
+                Ok(WaitStatus::StillAlive) => return Ok(None),
+                // Stopped/continued are not reported without WUNTRACED.
+                Ok(_) => {
+                    if nohang {
+                        return Ok(None);
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Drop for ForkedChild {
+    fn drop(&mut self) {
+        if self.status.is_some() || !self.is_owner() {
+            return;
+        }
+        if let Ok(Some(_)) = self.reap(true) {
+            return;
+        }
+        detach(self.pid);
+    }
+}
+
+/// Hands a still-running child to a thread that waits for exactly its pid.
+fn detach(pid: Pid) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("reaper-{pid}"))
+        .stack_size(64 * 1024)
+        .spawn(move || while let Err(Errno::EINTR) = waitpid(pid, None) {});
+    if let Err(e) = spawned {
+        tracing::warn!(%pid, error = %e, "cannot spawn reaper thread; child may linger as a zombie");
+    }
+}
+
+/// 0 = unknown, 1 = pidfd_open works, 2 = use a pipe.
+static PIDFD: AtomicU8 = AtomicU8::new(0);
+
+fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: the syscall just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn pidfd_supported() -> bool {
+    match PIDFD.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let ok = pidfd_open(getpid()).is_ok();
+            PIDFD.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+/// Forks; the child runs `body` and `_exit`s with its return value (or 1 if
+/// it panicked, or the code given to [`exit`](super::exit)); the parent gets
+/// the [`ForkedChild`].
+///
+/// `body` is dropped, unrun, in the parent, which closes whatever it
+/// captured by move there. Read the module's fork-safety rules first.
+///
+/// # Errors
+/// [`Error::DaemonicChildren`] when called inside a daemon child;
+/// [`Error::Io`] when `fork`, `pidfd_open` or `pipe2` fail (`EAGAIN` at the
+/// process limit, `EMFILE`, …).
+pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<ForkedChild> {
+    if current::child_state().is_some_and(|s| s.daemon) {
+        return Err(Error::DaemonicChildren);
+    }
+    let threads = sys::thread_count();
+    let parent = getpid();
+    if threads > 1 {
+        tracing::warn!(
+            "process {} is multi-threaded, fork() may deadlock the child",
+            parent
+        );
+    }
+    let pipe = if pidfd_supported() {
+        None
+    } else {
+        Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+    };
+    let identity = current::next_identity();
+    // SAFETY: the child only runs `child_main`, which never returns; it
+    // follows the fork-safety rules above (no locks taken by us before the
+    // body runs; leaves with `_exit`).
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => {
+            let keep = pipe.map(|(r, w)| {
+                drop(r);
+                w
+            });
+            child_main(parent, options, identity, threads == 1, keep, body)
+        }
+        ForkResult::Parent { child } => {
+            let sentinel = match pipe {
+                Some((r, w)) => {
+                    drop(w);
+                    r
+                }
+                None => match pidfd_open(child) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        // Without a sentinel the child cannot be managed.
+                        let _ = kill(child, Signal::SIGKILL);
+                        let _ = waitpid(child, None);
+                        return Err(e);
+                    }
+                },
+            };
+            drop(body);
+            Ok(ForkedChild {
+                pid: child,
+                owner: parent,
+                sentinel,
+                status: None,
+            })
+        }
+    }
+}
+
+fn child_main<F: FnOnce() -> i32>(
+    parent: Pid,
+    options: &ForkOptions,
+    identity: String,
+    single_threaded: bool,
+    sentinel_end: Option<OwnedFd>,
+    body: F,
+) -> ! {
+    if options.daemon {
+        // SAFETY: prctl(PR_SET_PDEATHSIG, sig) takes plain integers.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        // The parent may have died between fork and prctl: then no signal
+        // will ever come, so leave now.
+        if getppid() != parent {
+            // SAFETY: _exit ends the process without running any Rust code.
+            unsafe { libc::_exit(1) };
+        }
+    }
+    // The write end stays open until _exit closes it: that is the sentinel.
+    std::mem::forget(sentinel_end);
+    current::enter_child(
+        options.name.clone(),
+        options.daemon,
+        identity,
+        single_threaded,
+    );
+    let code = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(code) => code,
+        Err(payload) => {
+            let code = payload.downcast_ref::<ExitRequest>().map_or(1, |e| e.0);
+            // Dropping a payload can itself panic; the process ends anyway.
+            std::mem::forget(payload);
+            code
+        }
+    };
+    leave_child(code)
+}
+
+/// Child exit path: terminate our own daemons, flush stdio when that is
+/// safe, `_exit(code)`.
+pub(crate) fn leave_child(code: i32) -> ! {
+    current::body_done();
+    let _ = catch_unwind(|| {
+        registry::terminate_own_daemons();
+        if current::child_state().is_some_and(|s| s.flush_stdio) {
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+        }
+    });
+    // SAFETY: _exit ends the process immediately; no destructors or atexit
+    // handlers of the parent's image run in the child.
+    unsafe { libc::_exit(code) }
+}

@@ -1,0 +1,269 @@
+//! `Process`: Python's `multiprocessing.Process`, started with `fork()`.
+
+use std::fmt;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::current;
+use super::fork::{fork_child, ForkOptions, ForkedChild};
+use super::registry;
+use crate::{Error, Result};
+
+type Target = Box<dyn FnOnce() + Send + 'static>;
+
+/// A closure run in a child process: Python's `multiprocessing.Process`.
+///
+/// ```no_run
+/// use socketserver::process::Process;
+///
+/// let mut p = Process::new(|| println!("hello from the child"));
+/// p.start()?;
+/// assert_eq!(p.join()?, 0);
+/// # Ok::<(), socketserver::Error>(())
+/// ```
+///
+/// The child is a `fork()` of the caller; it runs the target under
+/// `catch_unwind` and leaves with `_exit`, so [`exitcode`](Self::exitcode)
+/// is `0` after a normal return, the code given to
+/// [`exit`](super::exit), `1` after a panic and `-N` when killed by signal
+/// `N`. Values moved into the target are dropped in the parent by `start()`.
+///
+/// # Dropping a running `Process`
+/// - **daemon**: it is terminated (SIGTERM, SIGKILL after one second) and
+///   reaped, as Python does for daemons at exit;
+/// - **non-daemon**: it keeps running, detached; a small thread waits for
+///   exactly its pid so that it never lingers as a zombie. (Python instead
+///   joins non-daemon children when the parent exits; call
+///   [`join`](Self::join) for that.)
+///
+/// Daemon children also die when the parent dies abruptly (SIGKILL
+/// included, via `PR_SET_PDEATHSIG`) and are terminated when the parent
+/// exits normally, including through `std::process::exit` (an `atexit`
+/// hook).
+pub struct Process {
+    name: String,
+    daemon: bool,
+    target: Option<Target>,
+    child: Option<ForkedChild>,
+    slot: Option<usize>,
+}
+
+impl fmt::Debug for Process {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("name", &self.name)
+            .field("daemon", &self.daemon)
+            .field("pid", &self.pid())
+            .field("exitcode", &self.child.as_ref().and_then(|c| c.exitcode()))
+            .finish()
+    }
+}
+
+/// Builds a [`Process`] with a name and daemon flag, like Python's
+/// `Process(target=…, name=…, daemon=…)`.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessBuilder {
+    name: Option<String>,
+    daemon: bool,
+}
+
+impl ProcessBuilder {
+    /// The process name. Default is `Process-<n>`, numbered per parent.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Whether the process is a daemon (see [`Process`]). Default is `false`.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Finishes the builder with the closure the child runs.
+    pub fn target<F: FnOnce() + Send + 'static>(self, target: F) -> Process {
+        Process {
+            name: self
+                .name
+                .unwrap_or_else(|| format!("Process-{}", current::next_identity())),
+            daemon: self.daemon,
+            target: Some(Box::new(target)),
+            child: None,
+            slot: None,
+        }
+    }
+}
+
+impl Process {
+    /// A non-daemon process that will run `target`; call
+    /// [`start`](Self::start) to fork it.
+    pub fn new<F: FnOnce() + Send + 'static>(target: F) -> Process {
+        Self::builder().target(target)
+    }
+
+    /// A builder for a named or daemon process.
+    pub fn builder() -> ProcessBuilder {
+        ProcessBuilder::default()
+    }
+
+    /// The name given at construction (`Process-<n>` by default).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this is a daemon process.
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// Makes the process a daemon or not, before it starts.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyStarted`] once started.
+    pub fn set_daemon(&mut self, daemon: bool) -> Result<()> {
+        if self.child.is_some() {
+            return Err(Error::AlreadyStarted);
+        }
+        self.daemon = daemon;
+        Ok(())
+    }
+
+    /// Forks the child, which runs the target. The target's captured values
+    /// are dropped in the parent afterwards.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyStarted`] on a second call; [`Error::DaemonicChildren`]
+    /// inside a daemon child; [`Error::Io`] when `fork` fails (the target is
+    /// kept, so `start` may be retried).
+    pub fn start(&mut self) -> Result<()> {
+        if self.child.is_some() || self.target.is_none() {
+            return Err(Error::AlreadyStarted);
+        }
+        let options = ForkOptions::new()
+            .name(self.name.clone())
+            .daemon(self.daemon);
+        let target = &mut self.target;
+        let child = fork_child(&options, || {
+            if let Some(t) = target.take() {
+                t();
+            }
+            0
+        })?;
+        // Fork succeeded: the parent's copy of the target is not needed.
+        self.target = None;
+        if self.daemon {
+            self.slot = registry::register(child.pid(), child.sentinel().as_raw_fd());
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The child's pid, once started.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(ForkedChild::pid)
+    }
+
+    /// A descriptor that polls readable when the child exits (Python's
+    /// `Process.sentinel`); `None` before `start`.
+    pub fn sentinel(&self) -> Option<BorrowedFd<'_>> {
+        self.child.as_ref().map(ForkedChild::sentinel)
+    }
+
+    /// Waits for the child to exit and returns its exit code.
+    ///
+    /// # Errors
+    /// [`Error::NotStarted`] before `start`; [`Error::InvalidArgument`] when
+    /// called from a process other than the parent.
+    pub fn join(&mut self) -> Result<i32> {
+        let code = self.child_mut()?.wait()?;
+        self.forget_slot();
+        Ok(code)
+    }
+
+    /// Waits at most `timeout`; `Ok(None)` if the child still runs then.
+    /// Returns as soon as the child exits (it polls the sentinel).
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let code = self.child_mut()?.wait_timeout(timeout)?;
+        if code.is_some() {
+            self.forget_slot();
+        }
+        Ok(code)
+    }
+
+    /// Reaps the child if it has exited, without blocking: `Ok(Some(code))`
+    /// once it is gone, `Ok(None)` while it runs.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub fn try_wait(&mut self) -> Result<Option<i32>> {
+        let code = self.child_mut()?.try_wait()?;
+        if code.is_some() {
+            self.forget_slot();
+        }
+        Ok(code)
+    }
+
+    /// Whether the child was started and has not exited yet.
+    pub fn is_alive(&mut self) -> bool {
+        self.child.is_some() && matches!(self.try_wait(), Ok(None))
+    }
+
+    /// The exit code: `None` before start and while running; see [`Process`].
+    pub fn exitcode(&mut self) -> Option<i32> {
+        self.child.as_ref()?;
+        self.try_wait().ok().flatten()
+    }
+
+    /// Sends SIGTERM (Python's `terminate()`); a no-op once reaped.
+    ///
+    /// # Errors
+    /// [`Error::NotStarted`] before `start`; [`Error::Io`] if `kill` fails.
+    pub fn terminate(&self) -> Result<()> {
+        self.child_ref()?.signal(Signal::SIGTERM)
+    }
+
+    /// Sends SIGKILL (Python's `kill()`); a no-op once reaped.
+    ///
+    /// # Errors
+    /// As [`terminate`](Self::terminate).
+    pub fn kill(&self) -> Result<()> {
+        self.child_ref()?.signal(Signal::SIGKILL)
+    }
+
+    fn child_ref(&self) -> Result<&ForkedChild> {
+        self.child.as_ref().ok_or(Error::NotStarted)
+    }
+
+    fn child_mut(&mut self) -> Result<&mut ForkedChild> {
+        self.child.as_mut().ok_or(Error::NotStarted)
+    }
+
+    fn forget_slot(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            registry::unregister(slot);
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if child.exitcode().is_none() && child.is_owner() && self.daemon {
+            let _ = child.signal(Signal::SIGTERM);
+            if !matches!(child.wait_timeout(registry::DAEMON_GRACE), Ok(Some(_))) {
+                let _ = child.signal(Signal::SIGKILL);
+                let _ = child.wait();
+            }
+        }
+        // Unregister before the sentinel closes. A non-daemon child still
+        // running is handed to a reaper thread by ForkedChild's drop.
+        self.forget_slot();
+    }
+}

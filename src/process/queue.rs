@@ -1,0 +1,450 @@
+//! `Queue<T>`: a multi-producer, multi-consumer message queue between
+//! processes, Python's `multiprocessing.Queue`.
+//!
+//! # Design
+//!
+//! The queue is a ring buffer of length-prefixed records (`u32` length,
+//! then the `postcard` encoding of the message) in one anonymous
+//! `MAP_SHARED` region created before `fork`. A robust, process-shared
+//! mutex guards it, and two futex condition variables ("not empty", "not
+//! full") put blocked callers to sleep (see `raw.rs`).
+//!
+//! - **No feeder thread.** Python's `Queue.put` hands the object to a
+//!   background thread that writes it to a pipe later, so a process that
+//!   exits right after `put` can lose the message (or hang at exit). Here
+//!   `put` returns only once the encoded message is in shared memory: a
+//!   producer may `_exit` the next instant and the message stays.
+//! - **Never torn, duplicated or lost.** Positions are monotonically
+//!   increasing byte offsets `head`/`tail`. `put` copies the record in and
+//!   *then* publishes it with one store to `tail`; `get` copies it out and
+//!   *then* consumes it with one store to `head`. A process killed part-way
+//!   leaves either the whole record or none of it; the next locker gets
+//!   `EOWNERDEAD`, recounts the records between `head` and `tail`, and
+//!   carries on. A consumer killed while *blocked* in `get` holds nothing:
+//!   the kernel removes it from the futex queue, and every wake-up is a
+//!   broadcast, so no wake-up can be spent on a dead process.
+//!
+//! # Limits
+//!
+//! - Capacity is in bytes (default 1 MiB, set with
+//!   [`QueueBuilder::capacity_bytes`]) as well as, optionally, in messages
+//!   ([`QueueBuilder::maxsize`]). A message whose record (4 + encoded bytes)
+//!   is larger than the whole ring can never fit: `put` fails at once with
+//!   [`Error::MessageTooLarge`] instead of blocking for ever.
+//! - A consumer killed *after* `get` took a message from the ring (but
+//!   before it used it) loses that message, as with any queue.
+//! - Both sides must agree on `T`: the encoding carries no type tag. A
+//!   record that does not decode as `T` is consumed and reported as
+//!   [`Error::Codec`].
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::raw::{deadline, Held, RawCondvar, RawMutex};
+use super::shared::Shm;
+use crate::{Error, Result};
+
+/// Bytes of the length prefix in front of every record.
+const PREFIX: u64 = 4;
+
+/// Default ring size in bytes.
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+#[repr(C)]
+struct QueueShm {
+    mutex: RawMutex,
+    not_empty: RawCondvar,
+    not_full: RawCondvar,
+    /// Byte position of the oldest record (grows for ever; index mod cap).
+    head: AtomicU64,
+    /// Byte position just past the newest record.
+    tail: AtomicU64,
+    /// Records between head and tail.
+    count: AtomicU64,
+    /// Most messages allowed at once; 0 means no limit.
+    maxsize: u64,
+    /// Ring size in bytes.
+    capacity: u64,
+}
+
+/// Configures a [`Queue`] before it is created (Python's `Queue(maxsize)`
+/// plus a byte capacity).
+#[derive(Debug, Clone)]
+pub struct QueueBuilder {
+    maxsize: usize,
+    capacity: usize,
+}
+
+impl Default for QueueBuilder {
+    fn default() -> Self {
+        QueueBuilder {
+            maxsize: 0,
+            capacity: DEFAULT_CAPACITY,
+        }
+    }
+}
+
+impl QueueBuilder {
+    /// Most messages the queue holds at once; `put` blocks beyond it.
+    /// Default is 0: no limit other than the byte capacity.
+    pub fn maxsize(&mut self, maxsize: usize) -> &mut Self {
+        self.maxsize = maxsize;
+        self
+    }
+
+    /// Size of the shared ring in bytes; each message takes 4 bytes plus
+    /// its encoding. Default is [`DEFAULT_CAPACITY`] (1 MiB).
+    pub fn capacity_bytes(&mut self, bytes: usize) -> &mut Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Maps the shared region and returns the queue.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a capacity under 8 bytes;
+    /// [`Error::Io`] if the region cannot be mapped.
+    pub fn build<T: Serialize + DeserializeOwned>(&self) -> Result<Queue<T>> {
+        if self.capacity < 8 {
+            return Err(Error::InvalidArgument(format!(
+                "queue capacity of {} bytes is too small (minimum 8)",
+                self.capacity
+            )));
+        }
+        let (maxsize, capacity) = (self.maxsize as u64, self.capacity as u64);
+        let shm = Shm::<QueueShm>::new(self.capacity, 64, |h| {
+            // SAFETY: fresh, aligned, unshared memory.
+            unsafe {
+                RawMutex::init(&raw mut (*h).mutex)?;
+                (*h).maxsize = maxsize;
+                (*h).capacity = capacity;
+            }
+            Ok(())
+        })?;
+        Ok(Queue {
+            shm,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// A process-shared FIFO of `T`s (see the module docs for the design).
+///
+/// Create it before forking; clones and forked copies are the same queue.
+pub struct Queue<T> {
+    shm: Shm<QueueShm>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            shm: self.shm.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.shm.header();
+        f.debug_struct("Queue")
+            .field("qsize", &h.count.load(Ordering::Relaxed))
+            .field("maxsize", &h.maxsize)
+            .field("capacity", &h.capacity)
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// A queue with no message limit and a 1 MiB ring.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the region cannot be mapped.
+    pub fn new() -> Result<Queue<T>> {
+        QueueBuilder::default().build()
+    }
+
+    /// A queue holding at most `maxsize` messages (0: no limit), 1 MiB ring.
+    ///
+    /// # Errors
+    /// As [`Queue::new`].
+    pub fn with_maxsize(maxsize: usize) -> Result<Queue<T>> {
+        QueueBuilder::default().maxsize(maxsize).build()
+    }
+
+    /// A builder for the message limit and the ring size.
+    pub fn builder() -> QueueBuilder {
+        QueueBuilder::default()
+    }
+
+    /// Puts `item`, waiting as long as it takes for room.
+    ///
+    /// # Errors
+    /// [`Error::MessageTooLarge`] if it could never fit; [`Error::Codec`]
+    /// if it cannot be encoded; [`Error::Io`] if locking fails.
+    pub fn put(&self, item: &T) -> Result<()> {
+        self.put_inner(item, None)
+    }
+
+    /// Puts `item`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`Error::Full`] if there was still no room after `timeout`;
+    /// otherwise as [`Queue::put`].
+    pub fn put_timeout(&self, item: &T, timeout: Duration) -> Result<()> {
+        self.put_inner(item, Some(timeout))
+    }
+
+    /// Puts `item` only if there is room now.
+    ///
+    /// # Errors
+    /// [`Error::Full`] if there is not; otherwise as [`Queue::put`].
+    pub fn put_nowait(&self, item: &T) -> Result<()> {
+        self.put_inner(item, Some(Duration::ZERO))
+    }
+
+    /// Takes the oldest message, waiting as long as it takes.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] if the record does not decode as `T` (it is
+    /// consumed); [`Error::Io`] if locking fails.
+    pub fn get(&self) -> Result<T> {
+        self.get_inner(None)
+    }
+
+    /// Takes the oldest message, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] if nothing came within `timeout`; otherwise as
+    /// [`Queue::get`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
+        self.get_inner(Some(timeout))
+    }
+
+    /// Takes the oldest message if there is one now.
+    ///
+    /// # Errors
+    /// [`Error::Empty`] if there is none; otherwise as [`Queue::get`].
+    pub fn get_nowait(&self) -> Result<T> {
+        self.get_inner(Some(Duration::ZERO))
+    }
+
+    fn put_inner(&self, item: &T, timeout: Option<Duration>) -> Result<()> {
+        let body = postcard::to_allocvec(item)?;
+        let h = self.shm.header();
+        let need = PREFIX + body.len() as u64;
+        if body.len() > u32::MAX as usize || need > h.capacity {
+            return Err(Error::MessageTooLarge {
+                len: body.len(),
+                max: (h.capacity - PREFIX) as usize,
+            });
+        }
+        let end = deadline(timeout);
+        let mut held = self.lock()?;
+        loop {
+            if self.fits(need) {
+                let tail = h.tail.load(Ordering::Relaxed);
+                self.copy_in(tail, &(body.len() as u32).to_le_bytes());
+                self.copy_in(tail + PREFIX, &body);
+                // The commit point: the record exists from this store on.
+                h.tail.store(tail + need, Ordering::Relaxed);
+                h.count.fetch_add(1, Ordering::Relaxed);
+                h.not_empty.notify_all();
+                return Ok(());
+            }
+            if timeout.is_some_and(|t| t.is_zero()) || self.wait(&mut held, &h.not_full, end)? {
+                if self.fits(need) {
+                    continue;
+                }
+                return Err(Error::Full);
+            }
+        }
+    }
+
+    fn get_inner(&self, timeout: Option<Duration>) -> Result<T> {
+        let h = self.shm.header();
+        let end = deadline(timeout);
+        let mut held = self.lock()?;
+        let body = loop {
+            let (head, tail) = (
+                h.head.load(Ordering::Relaxed),
+                h.tail.load(Ordering::Relaxed),
+            );
+            if head != tail {
+                let mut len = [0u8; 4];
+                self.copy_out(head, &mut len);
+                let len = u64::from(u32::from_le_bytes(len));
+                if head + PREFIX + len > tail {
+                    // Only reachable if the ring was scribbled on.
+                    self.repair();
+                    continue;
+                }
+                let mut body = vec![0u8; len as usize];
+                self.copy_out(head + PREFIX, &mut body);
+                // The commit point: the record is gone from this store on.
+                h.head.store(head + PREFIX + len, Ordering::Relaxed);
+                h.count.fetch_sub(1, Ordering::Relaxed);
+                h.not_full.notify_all();
+                break body;
+            }
+            if timeout.is_some_and(|t| t.is_zero()) || self.wait(&mut held, &h.not_empty, end)? {
+                if h.head.load(Ordering::Relaxed) != h.tail.load(Ordering::Relaxed) {
+                    continue;
+                }
+                return Err(Error::Empty);
+            }
+        };
+        drop(held);
+        Ok(postcard::from_bytes(&body)?)
+    }
+
+    /// Number of messages in the queue now (Python's `qsize()`); stale as
+    /// soon as it returns if others are busy.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if locking fails.
+    pub fn qsize(&self) -> Result<usize> {
+        let _held = self.lock()?;
+        Ok(self.shm.header().count.load(Ordering::Relaxed) as usize)
+    }
+
+    /// Whether the queue holds no message now.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if locking fails.
+    pub fn empty(&self) -> Result<bool> {
+        Ok(self.qsize()? == 0)
+    }
+
+    /// Whether `maxsize` messages are queued, or the ring has no room for
+    /// even a one-byte message.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if locking fails.
+    pub fn full(&self) -> Result<bool> {
+        let _held = self.lock()?;
+        Ok(!self.fits(PREFIX + 1))
+    }
+}
+
+impl<T> Queue<T> {
+    /// The message limit, `None` when only the byte capacity limits it.
+    pub fn maxsize(&self) -> Option<usize> {
+        match self.shm.header().maxsize {
+            0 => None,
+            n => Some(n as usize),
+        }
+    }
+
+    /// Size of the shared ring in bytes.
+    pub fn capacity_bytes(&self) -> usize {
+        self.shm.header().capacity as usize
+    }
+
+    fn data(&self) -> *mut u8 {
+        self.shm.tail_ptr(64)
+    }
+
+    /// Locks, repairing the bookkeeping if a process died holding the lock.
+    fn lock(&self) -> Result<Held<'_>> {
+        let mut held = self.shm.header().mutex.hold()?;
+        if held.owner_died {
+            self.repair();
+            held.owner_died = false;
+        }
+        Ok(held)
+    }
+
+    fn wait(
+        &self,
+        held: &mut Held<'_>,
+        cv: &RawCondvar,
+        end: Option<std::time::Instant>,
+    ) -> Result<bool> {
+        let timed_out = held.wait(cv, end)?;
+        if held.owner_died {
+            self.repair();
+            held.owner_died = false;
+        }
+        Ok(timed_out)
+    }
+
+    /// Whether a record of `need` bytes can be appended now (lock held).
+    fn fits(&self, need: u64) -> bool {
+        let h = self.shm.header();
+        let used = h.tail.load(Ordering::Relaxed) - h.head.load(Ordering::Relaxed);
+        let count_ok = h.maxsize == 0 || h.count.load(Ordering::Relaxed) < h.maxsize;
+        count_ok && h.capacity - used >= need
+    }
+
+    /// After a holder died: `head` and `tail` were each written in one
+    /// store, so only `count` can be stale. Recount the records, and if a
+    /// length prefix ever points past `tail` (impossible unless memory was
+    /// scribbled on), drop the unreadable rest rather than read garbage.
+    fn repair(&self) {
+        let h = self.shm.header();
+        let (head, tail) = (
+            h.head.load(Ordering::Relaxed),
+            h.tail.load(Ordering::Relaxed),
+        );
+        let mut pos = head;
+        let mut n = 0;
+        while pos < tail {
+            let mut len = [0u8; 4];
+            self.copy_out(pos, &mut len);
+            let next = pos + PREFIX + u64::from(u32::from_le_bytes(len));
+            if next > tail {
+                tracing::warn!(
+                    "shared queue: corrupt record at {pos}; dropping {} bytes",
+                    tail - pos
+                );
+                h.tail.store(pos, Ordering::Relaxed);
+                break;
+            }
+            pos = next;
+            n += 1;
+        }
+        h.count.store(n, Ordering::Relaxed);
+        // Whatever the dead process meant to notify, wake everyone to look.
+        h.not_empty.notify_all();
+        h.not_full.notify_all();
+    }
+
+    /// Copies `src` into the ring at byte position `pos`, wrapping around
+    /// (lock held, room checked).
+    fn copy_in(&self, pos: u64, src: &[u8]) {
+        let cap = self.shm.header().capacity;
+        let start = (pos % cap) as usize;
+        let first = src.len().min(cap as usize - start);
+        // SAFETY: both ranges lie inside the ring (`start + first <= cap`,
+        // and the rest wraps to offset 0 with `src.len() <= cap`); we hold
+        // the lock, so no one else touches these unpublished bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data().add(start), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data(), src.len() - first);
+        }
+    }
+
+    /// Copies bytes at ring position `pos` into `dst`, wrapping around.
+    fn copy_out(&self, pos: u64, dst: &mut [u8]) {
+        let cap = self.shm.header().capacity;
+        let start = (pos % cap) as usize;
+        let first = dst.len().min(cap as usize - start);
+        // SAFETY: as in `copy_in`; the bytes are published records that no
+        // one writes while we hold the lock.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data().add(start), dst.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(
+                self.data(),
+                dst.as_mut_ptr().add(first),
+                dst.len() - first,
+            );
+        }
+    }
+}

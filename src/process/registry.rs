@@ -1,0 +1,122 @@
+//! Process-global registry of running daemon children, so they are
+//! terminated when their parent exits normally — also via
+//! `std::process::exit`, which skips destructors.
+//!
+//! The registry is a fixed array of atomic slots rather than a
+//! `Mutex<Vec<_>>`: a child forked while another thread holds a mutex would
+//! inherit it locked forever. Each slot records the pid of the process that
+//! registered it, so a child never terminates its parent's daemons.
+
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{getpid, Pid};
+
+const SLOTS: usize = 1024;
+
+/// How long daemons get to react to SIGTERM at exit before SIGKILL.
+pub(crate) const DAEMON_GRACE: Duration = Duration::from_secs(1);
+
+struct Slot {
+    /// Pid of the registering process; 0 = free.
+    owner: AtomicI32,
+    pid: AtomicI32,
+    sentinel: AtomicI32,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const FREE: Slot = Slot {
+    owner: AtomicI32::new(0),
+    pid: AtomicI32::new(0),
+    sentinel: AtomicI32::new(-1),
+};
+
+static DAEMONS: [Slot; SLOTS] = [FREE; SLOTS];
+static HOOK_INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Records a running daemon child; returns its slot, or `None` when the
+/// registry is full (the child is then only covered by its `Process` drop
+/// and by `PR_SET_PDEATHSIG`).
+pub(crate) fn register(pid: i32, sentinel: RawFd) -> Option<usize> {
+    install_hook();
+    let me = getpid().as_raw();
+    for (i, slot) in DAEMONS.iter().enumerate() {
+        if slot
+            .owner
+            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            slot.sentinel.store(sentinel, Ordering::Release);
+            slot.pid.store(pid, Ordering::Release);
+            return Some(i);
+        }
+    }
+    tracing::warn!(pid, "daemon registry full; daemon not terminated at exit");
+    None
+}
+
+/// Forgets a slot (the `Process` reaped or dropped its child).
+pub(crate) fn unregister(slot: usize) {
+    if let Some(s) = DAEMONS.get(slot) {
+        s.pid.store(0, Ordering::Release);
+        s.sentinel.store(-1, Ordering::Release);
+        s.owner.store(0, Ordering::Release);
+    }
+}
+
+fn install_hook() {
+    if !HOOK_INSTALLED.swap(true, Ordering::AcqRel) {
+        // SAFETY: `at_exit` is an `extern "C" fn()` that never unwinds
+        // (it only makes system calls); atexit has no other precondition.
+        let rc = unsafe { libc::atexit(at_exit) };
+        if rc != 0 {
+            tracing::warn!("atexit registration failed; daemons rely on drop and PDEATHSIG");
+        }
+    }
+}
+
+extern "C" fn at_exit() {
+    terminate_own_daemons();
+}
+
+/// Terminates and reaps every daemon this process registered: SIGTERM,
+/// up to [`DAEMON_GRACE`] for them to exit, then SIGKILL. Runs at normal
+/// exit of the main process and when a child started by us leaves.
+pub(crate) fn terminate_own_daemons() {
+    let me = getpid().as_raw();
+    let mut mine: Vec<(usize, i32, RawFd)> = Vec::new();
+    for (i, slot) in DAEMONS.iter().enumerate() {
+        if slot.owner.load(Ordering::Acquire) == me {
+            let pid = slot.pid.load(Ordering::Acquire);
+            if pid > 0 {
+                mine.push((i, pid, slot.sentinel.load(Ordering::Acquire)));
+            }
+        }
+    }
+    if mine.is_empty() {
+        return;
+    }
+    for &(_, pid, _) in &mine {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + DAEMON_GRACE;
+    for &(slot, pid, fd) in &mine {
+        if fd >= 0 {
+            // SAFETY: the fd is the sentinel owned by the daemon's
+            // `Process`, which unregisters before closing it; it stays open
+            // while the slot is registered.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !matches!(super::sys::wait_readable(fd, Some(left)), Ok(true)) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        } else {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        while let Err(nix::errno::Errno::EINTR) = waitpid(Pid::from_raw(pid), None) {}
+        unregister(slot);
+    }
+}

@@ -1,0 +1,52 @@
+//! Small system helpers shared by the process layer: waiting for a
+//! descriptor with a deadline, counting threads, restarting on `EINTR`.
+
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use crate::Result;
+
+/// Waits until `fd` is readable (or reports hang-up/error), for at most
+/// `timeout` (`None` = forever). Returns `Ok(true)` when it is ready and
+/// `Ok(false)` when the timeout expired first. `EINTR` restarts the wait with
+/// the time that is left, so a signal never shortens or lengthens it.
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let poll_timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so that a 0.4 ms remainder does not become a busy
+                // zero-timeout poll; clamp to what poll(2) accepts.
+                let ms = left.as_nanos().div_ceil(1_000_000);
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, poll_timeout) {
+            Ok(0) => {
+                if deadline.is_some_and(|d| Instant::now() < d) {
+                    continue;
+                }
+                return Ok(false);
+            }
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Number of threads in this process (entries of `/proc/self/task`).
+/// Stops counting at 2 would be enough for the fork check, but the exact
+/// number makes the warning more useful. Returns 1 when `/proc` is missing.
+pub(crate) fn thread_count() -> usize {
+    match std::fs::read_dir("/proc/self/task") {
+        Ok(dir) => dir.count().max(1),
+        Err(_) => 1,
+    }
+}

@@ -1,0 +1,142 @@
+//! The threading strategy: Python's `ThreadingMixIn`.
+//!
+//! One thread per request. Unlike CPython before 3.7.x, finished threads
+//! are joined on every request and every loop iteration, so the bookkeeping
+//! holds only running threads, not one handle per past connection. An
+//! optional cap (`max_threads`) makes the loop stop accepting while that
+//! many handlers run; the last thread out of a full house wakes the loop.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crate::error::{Error, Result};
+use crate::handler::PeerAddr;
+
+use super::core::ServerCore;
+use super::incoming::Incoming;
+use super::options::ServerOptions;
+use super::strategy::{LoopWaker, Strategy};
+
+/// One thread per request (Python's `ThreadingMixIn`).
+#[derive(Debug)]
+pub struct Threading {
+    threads: Vec<JoinHandle<()>>,
+    active: Arc<AtomicUsize>,
+    max_threads: Option<usize>,
+    daemon_threads: bool,
+    waker: LoopWaker,
+}
+
+/// Decrements the running count when a worker ends, however it ends, and
+/// wakes the loop if it was waiting for a free slot.
+struct SlotGuard {
+    active: Arc<AtomicUsize>,
+    max: Option<usize>,
+    waker: LoopWaker,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let before = self.active.fetch_sub(1, Ordering::SeqCst);
+        if self.max.is_some_and(|m| before >= m) {
+            self.waker.wake();
+        }
+    }
+}
+
+impl Threading {
+    /// Handles of threads that may still be running (only tracked when
+    /// `daemon_threads` is off). Stays at the number of *concurrent*
+    /// handlers, not the number served.
+    pub fn tracked_threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Handlers running right now.
+    pub fn active_threads(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    fn join_finished(&mut self) {
+        let mut i = 0;
+        while i < self.threads.len() {
+            if self.threads[i].is_finished() {
+                // The body catches panics, so join cannot report one.
+                let _ = self.threads.swap_remove(i).join();
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+impl Strategy for Threading {
+    const NAME: &'static str = "threading";
+
+    fn new(options: &ServerOptions, waker: LoopWaker) -> Result<Self> {
+        Ok(Threading {
+            threads: Vec::new(),
+            active: Arc::new(AtomicUsize::new(0)),
+            max_threads: options.max_threads(),
+            daemon_threads: options.daemon_threads(),
+            waker,
+        })
+    }
+
+    fn at_capacity(&mut self) -> bool {
+        self.max_threads
+            .is_some_and(|m| self.active.load(Ordering::SeqCst) >= m)
+    }
+
+    fn process_request(&mut self, core: &Arc<ServerCore>, request: Incoming, peer: PeerAddr) {
+        self.join_finished();
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let guard = SlotGuard {
+            active: self.active.clone(),
+            max: self.max_threads,
+            waker: self.waker.clone(),
+        };
+        let worker_core = core.clone();
+        // The request moves into the thread; if spawning fails we need it
+        // back to close it, so park it in a slot both sides can reach.
+        let slot = Arc::new(std::sync::Mutex::new(Some((request, peer.clone()))));
+        let worker_slot = slot.clone();
+        let spawned = thread::Builder::new()
+            .name("socketserver-handler".into())
+            .spawn(move || {
+                let _guard = guard;
+                let taken = worker_slot.lock().ok().and_then(|mut s| s.take());
+                if let Some((request, peer)) = taken {
+                    worker_core.process(request, &peer);
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                if !self.daemon_threads {
+                    self.threads.push(handle);
+                }
+            }
+            Err(e) => {
+                core.handle_error(&peer, &Error::Io(e));
+                let taken = slot.lock().ok().and_then(|mut s| s.take());
+                if let Some((request, _)) = taken {
+                    core.shutdown_request(request);
+                }
+            }
+        }
+    }
+
+    fn service_actions(&mut self) {
+        self.join_finished();
+    }
+
+    fn server_close(&mut self, block_on_close: bool) {
+        let threads = std::mem::take(&mut self.threads);
+        if block_on_close {
+            for t in threads {
+                let _ = t.join();
+            }
+        }
+    }
+}

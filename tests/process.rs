@@ -1,0 +1,510 @@
+//! Fork-heavy tests of `Process` and the fork primitive.
+//!
+//! `harness = false`: the tests run one after another on the main thread, so
+//! every fork happens in a single-threaded process, as the fork-safety rules
+//! recommend. Run with `cargo test --test process [FILTER]`.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use socketserver::process::{self, current_process, fork_child, ForkOptions, Process};
+use socketserver::Error;
+
+type TestResult = Result<(), String>;
+type Test = (&'static str, fn() -> TestResult);
+
+macro_rules! check {
+    ($cond:expr) => {
+        if !$cond {
+            return Err(format!("{}:{}: check failed: {}", file!(), line!(), stringify!($cond)));
+        }
+    };
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!("{}:{}: {}", file!(), line!(), format!($($fmt)+)));
+        }
+    };
+}
+
+fn e<E: std::fmt::Debug>(err: E) -> String {
+    format!("{err:?}")
+}
+
+/// `(pid, state)` of every direct child of this process, from `/proc`.
+fn children() -> Vec<(i32, char)> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some((state, ppid)) = stat(pid) {
+            if ppid == me {
+                out.push((pid, state));
+            }
+        }
+    }
+    out
+}
+
+/// `(state, ppid)` from `/proc/<pid>/stat`, `None` if the process is gone.
+fn stat(pid: i32) -> Option<(char, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether `pid` is gone (or a zombie nobody of ours will reap) within `limit`.
+fn gone_within(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let me = std::process::id() as i32;
+        match stat(pid) {
+            None => return true,
+            // Killed and waiting for its new parent (not us) to reap it.
+            Some(('Z', ppid)) if ppid != me => return true,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn sleeper() -> Process {
+    Process::new(|| std::thread::sleep(Duration::from_secs(30)))
+}
+
+fn exit_codes() -> TestResult {
+    let mut normal = Process::new(|| {});
+    let mut explicit = Process::new(|| process::exit(7));
+    let mut panicking = Process::new(|| panic!("expected panic in child"));
+    let mut terminated = sleeper();
+    let mut killed = sleeper();
+    for p in [
+        &mut normal,
+        &mut explicit,
+        &mut panicking,
+        &mut terminated,
+        &mut killed,
+    ] {
+        check!(p.exitcode().is_none());
+        p.start().map_err(e)?;
+    }
+    check!(
+        terminated.exitcode().is_none(),
+        "running child has an exit code"
+    );
+    terminated.terminate().map_err(e)?;
+    killed.kill().map_err(e)?;
+    check!(normal.join().map_err(e)? == 0);
+    check!(explicit.join().map_err(e)? == 7);
+    check!(panicking.join().map_err(e)? == 1);
+    check!(terminated.join().map_err(e)? == -15);
+    check!(killed.join().map_err(e)? == -9);
+    check!(killed.exitcode() == Some(-9));
+    // Signalling a reaped child is a no-op, never a recycled pid.
+    killed.kill().map_err(e)?;
+    Ok(())
+}
+
+fn exit_runs_destructors_of_target() -> TestResult {
+    // exit() unwinds the target, so its locals' destructors run.
+    let (r, w) = nix::unistd::pipe().map_err(e)?;
+    struct Guard(std::os::fd::OwnedFd);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = nix::unistd::write(&self.0, b"dropped");
+        }
+    }
+    let mut p = Process::new(move || {
+        let _g = Guard(w);
+        process::exit(3);
+    });
+    p.start().map_err(e)?;
+    check!(p.join().map_err(e)? == 3);
+    let mut buf = [0u8; 16];
+    let n = nix::unistd::read(r.as_fd(), &mut buf).map_err(e)?;
+    check!(&buf[..n] == b"dropped", "got {:?}", &buf[..n]);
+    Ok(())
+}
+
+fn join_timeout_returns_while_child_runs() -> TestResult {
+    let mut p = sleeper();
+    p.start().map_err(e)?;
+    let t = Instant::now();
+    check!(p
+        .join_timeout(Duration::from_millis(200))
+        .map_err(e)?
+        .is_none());
+    let waited = t.elapsed();
+    check!(
+        waited >= Duration::from_millis(190) && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    check!(p.is_alive());
+    p.kill().map_err(e)?;
+    check!(p.join().map_err(e)? == -9);
+    check!(!p.is_alive());
+    Ok(())
+}
+
+fn join_timeout_returns_promptly_on_exit() -> TestResult {
+    let mut p = Process::new(|| std::thread::sleep(Duration::from_millis(100)));
+    p.start().map_err(e)?;
+    let t = Instant::now();
+    check!(p.join_timeout(Duration::from_secs(20)).map_err(e)? == Some(0));
+    check!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+fn no_zombies_after_200_cycles() -> TestResult {
+    for i in 0..200 {
+        let mut p = Process::new(move || {
+            if i % 2 == 0 {
+                process::exit(0)
+            }
+        });
+        p.start().map_err(e)?;
+        check!(p.join().map_err(e)? == 0);
+    }
+    let left = children();
+    check!(left.is_empty(), "children left: {left:?}");
+    Ok(())
+}
+
+fn dropped_running_process_is_reaped() -> TestResult {
+    let pid = {
+        let mut p = Process::new(|| std::thread::sleep(Duration::from_millis(300)));
+        p.start().map_err(e)?;
+        p.pid().ok_or("no pid")?
+    };
+    // Still running right after the drop: a non-daemon is not killed.
+    check!(
+        matches!(stat(pid), Some((s, _)) if s != 'Z'),
+        "non-daemon child was killed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stat(pid).is_some() {
+        check!(
+            Instant::now() < deadline,
+            "pid {pid} still present: {:?}",
+            stat(pid)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn dropped_daemon_is_terminated_and_reaped() -> TestResult {
+    let pid = {
+        let mut p = Process::builder()
+            .daemon(true)
+            .target(|| std::thread::sleep(Duration::from_secs(30)));
+        p.start().map_err(e)?;
+        p.pid().ok_or("no pid")?
+    };
+    check!(
+        stat(pid).is_none(),
+        "daemon {pid} survived its drop: {:?}",
+        stat(pid)
+    );
+    Ok(())
+}
+
+fn start_twice_errors() -> TestResult {
+    let mut p = Process::new(|| {});
+    p.start().map_err(e)?;
+    check!(matches!(p.start(), Err(Error::AlreadyStarted)));
+    check!(p.join().map_err(e)? == 0);
+    check!(matches!(p.start(), Err(Error::AlreadyStarted)));
+    let mut q = Process::new(|| {});
+    check!(matches!(q.join(), Err(Error::NotStarted)));
+    check!(matches!(q.terminate(), Err(Error::NotStarted)));
+    Ok(())
+}
+
+fn daemon_cannot_start_children() -> TestResult {
+    let mut d = Process::builder().daemon(true).target(|| {
+        let mut inner = Process::new(|| {});
+        let code = match inner.start() {
+            Err(Error::DaemonicChildren) => 42,
+            Err(_) => 2,
+            Ok(()) => 3,
+        };
+        process::exit(code)
+    });
+    d.start().map_err(e)?;
+    check!(d.join().map_err(e)? == 42);
+    Ok(())
+}
+
+fn current_process_in_child() -> TestResult {
+    check!(current_process().name == "MainProcess");
+    let parent = std::process::id() as i32;
+    let mut p = Process::builder().name("worker").target(move || {
+        let me = current_process();
+        let ok = me.name == "worker"
+            && !me.daemon
+            && me.pid == std::process::id() as i32
+            && me.ppid == parent
+            && process::parent_pid() == parent;
+        process::exit(if ok { 10 } else { 11 })
+    });
+    check!(p.name() == "worker");
+    p.start().map_err(e)?;
+    check!(p.join().map_err(e)? == 10);
+    let mut d = Process::builder()
+        .daemon(true)
+        .target(|| process::exit(if current_process().daemon { 12 } else { 13 }));
+    d.start().map_err(e)?;
+    check!(d.join().map_err(e)? == 12);
+    check!(Process::new(|| {}).name().starts_with("Process-"));
+    check!(process::cpu_count() >= 1);
+    Ok(())
+}
+
+/// Reads a native-endian i32 from a raw pipe.
+fn read_pid(fd: std::os::fd::BorrowedFd<'_>) -> Result<i32, String> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = nix::unistd::read(fd, &mut buf[got..]).map_err(e)?;
+        check!(n > 0, "pipe closed early");
+        got += n;
+    }
+    Ok(i32::from_ne_bytes(buf))
+}
+
+fn daemon_dies_when_parent_is_sigkilled() -> TestResult {
+    let (r, w) = nix::unistd::pipe().map_err(e)?;
+    let mut middle = Process::new(move || {
+        let mut d = Process::builder()
+            .daemon(true)
+            .target(|| std::thread::sleep(Duration::from_secs(60)));
+        if d.start().is_err() {
+            process::exit(2);
+        }
+        let pid = d.pid().unwrap_or(0);
+        let _ = nix::unistd::write(&w, &pid.to_ne_bytes());
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    middle.start().map_err(e)?;
+    let daemon = read_pid(r.as_fd())?;
+    check!(daemon > 0);
+    check!(
+        stat(daemon).is_some_and(|(s, _)| s != 'Z'),
+        "daemon not running"
+    );
+    middle.kill().map_err(e)?;
+    check!(middle.join().map_err(e)? == -9);
+    check!(
+        gone_within(daemon, Duration::from_secs(5)),
+        "daemon {daemon} survived: {:?}",
+        stat(daemon)
+    );
+    Ok(())
+}
+
+fn leaked_daemon_terminated_when_child_exits() -> TestResult {
+    // The middle process forgets its daemon's Process (no drop runs): the
+    // exit-time registry must still terminate it.
+    let (r, w) = nix::unistd::pipe().map_err(e)?;
+    let mut middle = Process::new(move || {
+        let mut d = Process::builder()
+            .daemon(true)
+            .target(|| std::thread::sleep(Duration::from_secs(60)));
+        if d.start().is_err() {
+            process::exit(2);
+        }
+        let pid = d.pid().unwrap_or(0);
+        let _ = nix::unistd::write(&w, &pid.to_ne_bytes());
+        std::mem::forget(d);
+    });
+    middle.start().map_err(e)?;
+    let daemon = read_pid(r.as_fd())?;
+    check!(middle.join().map_err(e)? == 0);
+    // The middle reaped it before exiting, so it is gone, not a zombie.
+    check!(
+        stat(daemon).is_none(),
+        "daemon {daemon} survived: {:?}",
+        stat(daemon)
+    );
+    Ok(())
+}
+
+fn fork_child_primitive() -> TestResult {
+    let mut kids = Vec::new();
+    for code in [0, 5, 9] {
+        kids.push(fork_child(&ForkOptions::new().name("raw"), move || code).map_err(e)?);
+    }
+    for (kid, code) in kids.iter_mut().zip([0, 5, 9]) {
+        check!(
+            nix::poll::poll(
+                &mut [nix::poll::PollFd::new(
+                    kid.sentinel(),
+                    nix::poll::PollFlags::POLLIN
+                )],
+                nix::poll::PollTimeout::from(5000u16)
+            )
+            .map_err(e)?
+                == 1
+        );
+        check!(kid.try_wait().map_err(e)? == Some(code));
+    }
+    let mut long = fork_child(&ForkOptions::new(), || {
+        std::thread::sleep(Duration::from_secs(30));
+        0
+    })
+    .map_err(e)?;
+    check!(long.try_wait().map_err(e)?.is_none());
+    long.signal(nix::sys::signal::Signal::SIGKILL).map_err(e)?;
+    check!(long.wait().map_err(e)? == -9);
+    Ok(())
+}
+
+fn warns_when_forking_with_threads() -> TestResult {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let log = |b: &Buf| {
+        String::from_utf8_lossy(&b.0.lock().map(|v| v.clone()).unwrap_or_default()).into_owned()
+    };
+    tracing::subscriber::with_default(subscriber, || -> TestResult {
+        let mut p = Process::new(|| {});
+        p.start().map_err(e)?;
+        p.join().map_err(e)?;
+        check!(
+            !log(&buf).contains("multi-threaded"),
+            "warned while single-threaded"
+        );
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let _ = rx.recv();
+        });
+        let mut p = Process::new(|| {});
+        p.start().map_err(e)?;
+        p.join().map_err(e)?;
+        let _ = tx.send(());
+        let _ = t.join();
+        let text = log(&buf);
+        check!(
+            text.contains(&format!(
+                "process {} is multi-threaded, fork() may deadlock the child",
+                std::process::id()
+            )),
+            "log: {text}"
+        );
+        Ok(())
+    })
+}
+
+fn main() {
+    let tests: &[Test] = &[
+        ("exit_codes", exit_codes),
+        (
+            "exit_runs_destructors_of_target",
+            exit_runs_destructors_of_target,
+        ),
+        (
+            "join_timeout_returns_while_child_runs",
+            join_timeout_returns_while_child_runs,
+        ),
+        (
+            "join_timeout_returns_promptly_on_exit",
+            join_timeout_returns_promptly_on_exit,
+        ),
+        ("no_zombies_after_200_cycles", no_zombies_after_200_cycles),
+        (
+            "dropped_running_process_is_reaped",
+            dropped_running_process_is_reaped,
+        ),
+        (
+            "dropped_daemon_is_terminated_and_reaped",
+            dropped_daemon_is_terminated_and_reaped,
+        ),
+        ("start_twice_errors", start_twice_errors),
+        ("daemon_cannot_start_children", daemon_cannot_start_children),
+        ("current_process_in_child", current_process_in_child),
+        (
+            "daemon_dies_when_parent_is_sigkilled",
+            daemon_dies_when_parent_is_sigkilled,
+        ),
+        (
+            "leaked_daemon_terminated_when_child_exits",
+            leaked_daemon_terminated_when_child_exits,
+        ),
+        ("fork_child_primitive", fork_child_primitive),
+        (
+            "warns_when_forking_with_threads",
+            warns_when_forking_with_threads,
+        ),
+    ];
+    run(tests);
+}
+
+fn run(tests: &[Test]) {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        ran += 1;
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(test).unwrap_or_else(|_| Err("panicked".into()));
+        match outcome {
+            Ok(()) => println!("test {name} ... ok ({:?})", started.elapsed()),
+            Err(msg) => {
+                println!("test {name} ... FAILED: {msg}");
+                failed.push(*name);
+            }
+        }
+    }
+    let left = children();
+    if !left.is_empty() {
+        println!("stray children after the tests: {left:?}");
+        failed.push("no stray children");
+    }
+    println!("\n{ran} tests, {} failed", failed.len());
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+}

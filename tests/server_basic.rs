@@ -1,0 +1,512 @@
+//! Server behaviours ported from CPython's `test_socketserver.py`, for the
+//! synchronous and threading strategies (the forking ones live in
+//! `server_forking.rs`, a single-threaded test binary).
+
+mod support;
+
+use std::io::{self, BufRead, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use socketserver::server::{
+    Hooks, Incoming, Server, SocketServer, Strategy, Synchronous, TcpServer, Threading,
+    ThreadingTcpServer, ThreadingUdpServer, ThreadingUnixDatagramServer, ThreadingUnixStreamServer,
+    UdpServer, UnixDatagramServer, UnixStreamServer,
+};
+use socketserver::{Error, PeerAddr, Request, RequestHandler};
+use support::*;
+
+const MSG: &[u8] = b"hello\x00world\n\xff binary\n";
+
+fn echo_tcp<S: Strategy>() {
+    let server =
+        SocketServer::<socketserver::server::TcpTransport, S>::bind("127.0.0.1:0", || Echo)
+            .unwrap();
+    let addr = server.server_address();
+    assert_ne!(addr.port(), 0);
+    let (handle, thread) = serve_in_thread(server);
+    for _ in 0..3 {
+        assert_eq!(tcp_roundtrip(addr, MSG), MSG);
+    }
+    handle.shutdown();
+    thread.join().unwrap().server_close();
+}
+
+#[test]
+fn echo_tcp_server() {
+    echo_tcp::<Synchronous>();
+    let _: Option<TcpServer> = None;
+}
+
+#[test]
+fn echo_threading_tcp_server() {
+    echo_tcp::<Threading>();
+    let _: Option<ThreadingTcpServer> = None;
+}
+
+#[test]
+fn echo_tcp_ipv6() {
+    // Skip only when the machine has no IPv6 loopback at all.
+    let Ok(server) = ThreadingTcpServer::bind("[::1]:0", || Echo) else {
+        eprintln!("no IPv6 loopback; skipped");
+        return;
+    };
+    let addr = server.server_address();
+    assert!(addr.is_ipv6());
+    let (handle, thread) = serve_in_thread(server);
+    assert_eq!(tcp_roundtrip(addr, MSG), MSG);
+    handle.shutdown();
+    thread.join().unwrap();
+}
+
+fn echo_udp<S: Strategy>() {
+    let server =
+        SocketServer::<socketserver::server::UdpTransport, S>::bind("127.0.0.1:0", || Echo)
+            .unwrap();
+    let addr = server.server_address();
+    let (handle, thread) = serve_in_thread(server);
+    for _ in 0..3 {
+        assert_eq!(udp_roundtrip(addr, MSG), MSG);
+    }
+    handle.shutdown();
+    thread.join().unwrap();
+}
+
+#[test]
+fn echo_udp_server() {
+    echo_udp::<Synchronous>();
+    let _: Option<UdpServer> = None;
+}
+
+#[test]
+fn echo_threading_udp_server() {
+    echo_udp::<Threading>();
+    let _: Option<ThreadingUdpServer> = None;
+}
+
+fn echo_unix_stream<S: Strategy>() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let server =
+        SocketServer::<socketserver::server::UnixStreamTransport, S>::bind(&path, || Echo).unwrap();
+    assert_eq!(server.server_address().path(), path);
+    let (handle, thread) = serve_in_thread(server);
+    for _ in 0..3 {
+        assert_eq!(unix_stream_roundtrip(&path, MSG), MSG);
+    }
+    handle.shutdown();
+    let mut server = thread.join().unwrap();
+    assert!(path.exists());
+    server.server_close();
+    assert!(!path.exists(), "server_close removes the socket file");
+}
+
+#[test]
+fn echo_unix_stream_server() {
+    echo_unix_stream::<Synchronous>();
+    let _: Option<UnixStreamServer> = None;
+}
+
+#[test]
+fn echo_threading_unix_stream_server() {
+    echo_unix_stream::<Threading>();
+    let _: Option<ThreadingUnixStreamServer> = None;
+}
+
+fn echo_unix_datagram<S: Strategy>() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.sock");
+    let server =
+        SocketServer::<socketserver::server::UnixDatagramTransport, S>::bind(&path, || Echo)
+            .unwrap();
+    let (handle, thread) = serve_in_thread(server);
+    for i in 0..3 {
+        let client = dir.path().join(format!("c{i}.sock"));
+        assert_eq!(unix_dgram_roundtrip(&path, &client, MSG), MSG);
+    }
+    handle.shutdown();
+    drop(thread.join().unwrap());
+    assert!(
+        !path.exists(),
+        "dropping the server removes the socket file"
+    );
+}
+
+#[test]
+fn echo_unix_datagram_server() {
+    echo_unix_datagram::<Synchronous>();
+    let _: Option<UnixDatagramServer> = None;
+}
+
+#[test]
+fn echo_threading_unix_datagram_server() {
+    echo_unix_datagram::<Threading>();
+    let _: Option<ThreadingUnixDatagramServer> = None;
+}
+
+#[test]
+fn empty_datagram_reply_is_still_sent() {
+    struct Silent;
+    impl RequestHandler for Silent {
+        fn handle(&mut self, _: &mut Request) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let server = UdpServer::bind("127.0.0.1:0", || Silent).unwrap();
+    let addr = server.server_address();
+    let (handle, thread) = serve_in_thread(server);
+    assert_eq!(udp_roundtrip(addr, b"ping"), b"");
+    handle.shutdown();
+    thread.join().unwrap();
+}
+
+#[test]
+fn twenty_servers_shut_down_right_after_start() {
+    let mut threads = Vec::new();
+    for i in 0..20 {
+        let server = if i % 2 == 0 {
+            ThreadingTcpServer::bind("127.0.0.1:0", || Echo).unwrap()
+        } else {
+            ThreadingTcpServer::bind("127.0.0.1:0", || Echo).unwrap()
+        };
+        let (handle, thread) = serve_in_thread(server);
+        handle.shutdown();
+        threads.push(thread);
+    }
+    let start = Instant::now();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(start.elapsed() < TIMEOUT);
+}
+
+#[test]
+fn shutdown_before_serve_forever_still_exits() {
+    let mut server = TcpServer::bind("127.0.0.1:0", || Echo).unwrap();
+    server.shutdown_handle().shutdown();
+    server.serve_forever().unwrap();
+    // The request was consumed: a second loop serves until told again.
+    let addr = server.server_address();
+    let handle = server.shutdown_handle();
+    let (h2, thread) = serve_in_thread(server);
+    assert_eq!(tcp_roundtrip(addr, MSG), MSG);
+    assert!(!handle.is_shutdown_requested());
+    h2.shutdown();
+    thread.join().unwrap();
+}
+
+#[test]
+fn shutdown_wakes_an_idle_loop_at_once() {
+    let server = ThreadingTcpServer::bind("127.0.0.1:0", || Echo).unwrap();
+    let (handle, thread) = serve_in_thread(server);
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    handle.shutdown();
+    thread.join().unwrap();
+    // Far below Python's 0.5 s poll interval.
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn server_close_on_threading_server_that_never_served() {
+    let mut server = ThreadingTcpServer::bind("127.0.0.1:0", || Echo).unwrap();
+    server.server_close();
+    server.server_close();
+    assert!(server.socket().is_none());
+    assert!(matches!(server.serve_forever(), Err(Error::Closed)));
+}
+
+#[test]
+fn closing_releases_the_port() {
+    let mut server = TcpServer::bind("127.0.0.1:0", || Echo).unwrap();
+    let addr = server.server_address();
+    server.server_close();
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "nothing listens any more"
+    );
+    // The same port can be bound again at once.
+    let again = TcpServer::bind(addr, || Echo).unwrap();
+    drop(again);
+    assert!(TcpStream::connect(addr).is_err());
+}
+
+/// Records `handle_error` calls with their peer addresses.
+#[derive(Default, Clone)]
+struct ErrorLog(Arc<Mutex<Vec<(String, String)>>>);
+
+impl Hooks for ErrorLog {
+    fn handle_error(&self, peer: &PeerAddr, error: &Error) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((peer.to_string(), error.to_string()));
+    }
+}
+
+/// Fails on "error", panics on "panic", echoes otherwise.
+struct Picky;
+
+impl RequestHandler for Picky {
+    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        let mut line = String::new();
+        req.rfile().read_line(&mut line)?;
+        match line.trim() {
+            "error" => Err(io::Error::other("handler failed on purpose")),
+            "panic" => panic!("handler panicked on purpose"),
+            _ => req.wfile().write_all(line.as_bytes()),
+        }
+    }
+}
+
+fn handler_errors<S: Strategy>() {
+    let log = ErrorLog::default();
+    let server = SocketServer::<socketserver::server::TcpTransport, S>::builder()
+        .hooks(log.clone())
+        .bind("127.0.0.1:0", || Picky)
+        .unwrap();
+    let addr = server.server_address();
+    let (handle, thread) = serve_in_thread(server);
+    // The failing connections are closed without a reply...
+    let mut c1 = TcpStream::connect(addr).unwrap();
+    let port1 = c1.local_addr().unwrap().port();
+    c1.write_all(b"error\n").unwrap();
+    let mut rest = Vec::new();
+    c1.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c1.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(tcp_roundtrip(addr, b"panic\n"), b"");
+    // ...and the server keeps serving.
+    assert_eq!(tcp_roundtrip(addr, b"fine\n"), b"fine\n");
+    handle.shutdown();
+    thread.join().unwrap().server_close();
+    let entries = log.0.lock().unwrap().clone();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries.iter().any(|(_, e)| e.contains("failed on purpose")));
+    assert!(entries
+        .iter()
+        .any(|(_, e)| e.contains("panicked on purpose")));
+    assert!(entries
+        .iter()
+        .any(|(p, _)| p == &format!("127.0.0.1:{port1}")));
+}
+
+#[test]
+fn handler_error_in_sync_server() {
+    handler_errors::<Synchronous>();
+}
+
+#[test]
+fn handler_error_in_threading_server() {
+    handler_errors::<Threading>();
+}
+
+#[test]
+fn big_write_is_sent_whole() {
+    const LEN: usize = 16 * 1024 * 1024 + 1;
+    let reported = Arc::new(AtomicUsize::new(0));
+    let r2 = reported.clone();
+    struct Big(Arc<AtomicUsize>);
+    impl RequestHandler for Big {
+        fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+            let data = vec![b'x'; LEN];
+            let n = req.wfile().write(&data)?;
+            self.0.store(n, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    let server = ThreadingTcpServer::bind("127.0.0.1:0", move || Big(r2.clone())).unwrap();
+    let addr = server.server_address();
+    let (handle, thread) = serve_in_thread(server);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut total = 0;
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|&b| b == b'x'));
+        total += n;
+    }
+    assert_eq!(total, LEN);
+    handle.shutdown();
+    thread.join().unwrap().server_close();
+    assert_eq!(reported.load(Ordering::SeqCst), LEN);
+}
+
+#[derive(Default, Clone)]
+struct Refuse {
+    verified: Arc<AtomicUsize>,
+    shut: Arc<AtomicUsize>,
+}
+
+impl Hooks for Refuse {
+    fn verify_request(&self, _: &Incoming, _: &PeerAddr) -> bool {
+        self.verified.fetch_add(1, Ordering::SeqCst);
+        false
+    }
+    fn shutdown_request(&self, request: Incoming) {
+        self.shut.fetch_add(1, Ordering::SeqCst);
+        request.shutdown();
+    }
+}
+
+#[test]
+fn verify_request_false_calls_shutdown_request_once() {
+    let hooks = Refuse::default();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let h2 = handled.clone();
+    struct Count(Arc<AtomicUsize>);
+    impl RequestHandler for Count {
+        fn handle(&mut self, _: &mut Request) -> io::Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+    let mut server = TcpServer::builder()
+        .hooks(hooks.clone())
+        .bind("127.0.0.1:0", move || Count(h2.clone()))
+        .unwrap();
+    let addr = server.server_address();
+    let mut c = TcpStream::connect(addr).unwrap();
+    server.handle_request().unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(c.read_to_end(&mut buf).unwrap(), 0);
+    assert_eq!(hooks.verified.load(Ordering::SeqCst), 1);
+    assert_eq!(hooks.shut.load(Ordering::SeqCst), 1);
+    assert_eq!(handled.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn handle_request_times_out_and_calls_handle_timeout() {
+    #[derive(Clone, Default)]
+    struct T(Arc<AtomicUsize>);
+    impl Hooks for T {
+        fn handle_timeout(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let hooks = T::default();
+    let mut server = TcpServer::builder()
+        .timeout(Duration::from_millis(50))
+        .hooks(hooks.clone())
+        .bind("127.0.0.1:0", || Echo)
+        .unwrap();
+    server.handle_request().unwrap();
+    assert_eq!(hooks.0.load(Ordering::SeqCst), 1);
+    // With a client waiting it serves instead.
+    let addr = server.server_address();
+    let c = std::thread::spawn(move || tcp_roundtrip(addr, MSG));
+    server.handle_request().unwrap();
+    assert_eq!(c.join().unwrap(), MSG);
+    assert_eq!(hooks.0.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn threading_bookkeeping_does_not_grow() {
+    let mut server = ThreadingTcpServer::bind("127.0.0.1:0", || Echo).unwrap();
+    let addr = server.server_address();
+    for _ in 0..10 {
+        let mut c = TcpStream::connect(addr).unwrap();
+        server.handle_request().unwrap();
+        c.write_all(b"x").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"x");
+        assert!(server.strategy().tracked_threads() <= 10);
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        server.service_actions();
+        if server.strategy().tracked_threads() == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "finished threads were not joined"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(server.strategy().active_threads(), 0);
+}
+
+#[test]
+fn max_threads_defers_accept() {
+    // One slot: while the first client holds it, the second is not even
+    // accepted; it is served once the first leaves.
+    let server = ThreadingTcpServer::builder()
+        .max_threads(1)
+        .bind("127.0.0.1:0", || Picky)
+        .unwrap();
+    let addr = server.server_address();
+    let (handle, thread) = serve_in_thread(server);
+    let mut first = TcpStream::connect(addr).unwrap();
+    first.set_read_timeout(Some(TIMEOUT)).unwrap();
+    first.write_all(b"one\n").unwrap();
+    let mut line = [0u8; 4];
+    first.read_exact(&mut line).unwrap();
+    // Picky returns after one line; now hold the only slot with a client
+    // that sends nothing.
+    drop(first);
+    let holder = TcpStream::connect(addr).unwrap();
+    // Accepts are FIFO: the holder takes the slot before the waiter.
+    let mut waiter = TcpStream::connect(addr).unwrap();
+    waiter.write_all(b"two\n").unwrap();
+    waiter
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    let early = waiter.read(&mut buf);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        "the second client must wait for a free slot: {early:?}"
+    );
+    drop(holder);
+    waiter.set_read_timeout(Some(TIMEOUT)).unwrap();
+    waiter.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"two\n");
+    handle.shutdown();
+    thread.join().unwrap();
+}
+
+#[test]
+fn daemon_threads_are_not_tracked() {
+    let mut server = ThreadingTcpServer::builder()
+        .daemon_threads(true)
+        .bind("127.0.0.1:0", || Echo)
+        .unwrap();
+    let addr = server.server_address();
+    let c = std::thread::spawn(move || tcp_roundtrip(addr, MSG));
+    server.handle_request().unwrap();
+    assert_eq!(server.strategy().tracked_threads(), 0);
+    assert_eq!(c.join().unwrap(), MSG);
+}
+
+#[test]
+fn bind_and_activate_false_lets_options_be_set_first() {
+    let mut server = TcpServer::builder()
+        .bind_and_activate(false)
+        .bind("127.0.0.1:0", || Echo)
+        .unwrap();
+    server.socket().unwrap().set_reuse_address(true).unwrap();
+    assert!(TcpStream::connect(server.server_address()).is_err());
+    server.server_bind().unwrap();
+    server.server_activate().unwrap();
+    assert!(server.socket().unwrap().reuse_address().unwrap());
+    let addr = server.server_address();
+    assert_ne!(addr.port(), 0);
+    let (handle, thread) = serve_in_thread(server);
+    assert_eq!(tcp_roundtrip(addr, MSG), MSG);
+    handle.shutdown();
+    thread.join().unwrap();
+}
