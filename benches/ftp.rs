@@ -53,7 +53,10 @@ impl Client {
         let s = TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
         s.set_read_timeout(Some(limit))?;
         s.set_nodelay(true)?;
-        let mut c = Client { r: BufReader::new(s.try_clone()?), w: s };
+        let mut c = Client {
+            r: BufReader::new(s.try_clone()?),
+            w: s,
+        };
         c.expect(220)?;
         Ok(c)
     }
@@ -63,7 +66,10 @@ impl Client {
         if self.r.read_line(&mut line)? == 0 {
             return Err("server closed the control connection".into());
         }
-        let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).ok_or("bad reply")?;
+        let code: u16 = line
+            .get(..3)
+            .and_then(|c| c.parse().ok())
+            .ok_or("bad reply")?;
         if line.as_bytes().get(3) == Some(&b'-') {
             let end = format!("{code} ");
             let mut more = String::new();
@@ -121,11 +127,17 @@ impl Client {
             .and_then(|(_, r)| r.split_once(')'))
             .ok_or("bad 227")?
             .0;
-        let n: Vec<u16> = inner.split(',').map(|x| x.trim().parse()).collect::<std::result::Result<_, _>>()?;
+        let n: Vec<u16> = inner
+            .split(',')
+            .map(|x| x.trim().parse())
+            .collect::<std::result::Result<_, _>>()?;
         if n.len() != 6 {
             return Err("bad 227".into());
         }
-        let addr = SocketAddr::from(([n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8], n[4] * 256 + n[5]));
+        let addr = SocketAddr::from((
+            [n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8],
+            n[4] * 256 + n[5],
+        ));
         let s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.set_write_timeout(Some(TIMEOUT))?;
@@ -210,7 +222,14 @@ fn start_ours(bin: &Path, root: &Path, mode: &str) -> Result<Server> {
     let mut child = Command::new(bin)
         .arg("--root")
         .arg(root)
-        .args(["--listen", "127.0.0.1:0", "--mode", mode, "--user", "bob:secret"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--mode",
+            mode,
+            "--user",
+            "bob:secret",
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -221,7 +240,11 @@ fn start_ours(bin: &Path, root: &Path, mode: &str) -> Result<Server> {
         .and_then(|r| r.split(' ').next())
         .ok_or_else(|| format!("unexpected line {line:?}"))?
         .parse()?;
-    Ok(Server { child, addr, user: ("bob", "secret") })
+    Ok(Server {
+        child,
+        addr,
+        user: ("bob", "secret"),
+    })
 }
 
 const PYFTPDLIB: &str = r#"
@@ -264,7 +287,11 @@ fn start_pyftpdlib(root: &Path, scratch: &Path) -> Result<Server> {
             return Err(e);
         }
     };
-    let mut server = Server { child, addr: "127.0.0.1:1".parse()?, user: ("bob", "secret") };
+    let mut server = Server {
+        child,
+        addr: "127.0.0.1:1".parse()?,
+        user: ("bob", "secret"),
+    };
     server.addr = addr.map_err(|e| format!("pyftpdlib: {e}"))?;
     Ok(server)
 }
@@ -307,7 +334,11 @@ fn start_vsftpd(root: &Path, scratch: &Path) -> Result<Server> {
         .stderr(Stdio::inherit())
         .spawn()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let server = Server { child, addr, user: ("anonymous", "x@") };
+    let server = Server {
+        child,
+        addr,
+        user: ("anonymous", "x@"),
+    };
     wait_listening(addr)?;
     Ok(server)
 }
@@ -317,9 +348,15 @@ fn tree_memory(pid: u32) -> (u64, u64) {
     let mut parent = std::collections::HashMap::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for e in dir.flatten() {
-            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-            let Some(after) = stat.rsplit_once(") ").map(|x| x.1) else { continue };
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            let Some(after) = stat.rsplit_once(") ").map(|x| x.1) else {
+                continue;
+            };
             if let Some(pp) = after.split(' ').nth(1).and_then(|x| x.parse::<u32>().ok()) {
                 parent.insert(p, pp);
             }
@@ -347,8 +384,12 @@ fn tree_memory(pid: u32) -> (u64, u64) {
     let (mut rss, mut pss) = (0, 0);
     for &p in parent.keys() {
         if in_tree(p) {
-            rss += fs::read_to_string(format!("/proc/{p}/status")).map(|s| field(&s, "VmRSS:")).unwrap_or(0);
-            pss += fs::read_to_string(format!("/proc/{p}/smaps_rollup")).map(|s| field(&s, "Pss:")).unwrap_or(0);
+            rss += fs::read_to_string(format!("/proc/{p}/status"))
+                .map(|s| field(&s, "VmRSS:"))
+                .unwrap_or(0);
+            pss += fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
+                .map(|s| field(&s, "Pss:"))
+                .unwrap_or(0);
         }
     }
     (rss, pss)
@@ -408,7 +449,8 @@ fn transfer_once(server: &Server, root: &Path, chunk: &[u8], i: usize) -> Result
 fn logins_and_memory(server: &Server, row: &mut Row) -> Result<()> {
     let mut logins = Vec::new();
     for i in 0..REPS {
-        let (secs, clients, failed) = concurrent_logins(server).map_err(|e| format!("logins: {e}"))?;
+        let (secs, clients, failed) =
+            concurrent_logins(server).map_err(|e| format!("logins: {e}"))?;
         logins.push(secs * 1000.0);
         row.login_failures = row.login_failures.max(failed);
         if i == REPS - 1 {
@@ -455,13 +497,25 @@ fn main() -> Result<()> {
     let mut notes = Vec::new();
     type Starter<'a> = Box<dyn Fn() -> Result<Server> + 'a>;
     let starters: Vec<(&str, Starter)> = vec![
-        ("ours (threading)", Box::new(|| start_ours(&bin, &root, "threading"))),
-        ("ours (forking)", Box::new(|| start_ours(&bin, &root, "forking"))),
-        ("pyftpdlib", Box::new(|| start_pyftpdlib(&root, scratch.path()))),
+        (
+            "ours (threading)",
+            Box::new(|| start_ours(&bin, &root, "threading")),
+        ),
+        (
+            "ours (forking)",
+            Box::new(|| start_ours(&bin, &root, "forking")),
+        ),
+        (
+            "pyftpdlib",
+            Box::new(|| start_pyftpdlib(&root, scratch.path())),
+        ),
         ("vsftpd", Box::new(|| start_vsftpd(&root, scratch.path()))),
     ];
     // `cargo bench --bench ftp -- vsftpd` runs only the matching servers.
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let mut servers: Vec<(Server, Row, Vec<f64>, Vec<f64>)> = Vec::new();
     for (name, start) in starters {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
@@ -469,7 +523,10 @@ fn main() -> Result<()> {
         }
         match start() {
             Ok(s) => {
-                let row = Row { name: name.to_string(), ..Row::default() };
+                let row = Row {
+                    name: name.to_string(),
+                    ..Row::default()
+                };
                 servers.push((s, row, Vec::new(), Vec::new()));
             }
             Err(e) => notes.push(format!("{name}: skipped: {e}")),
@@ -507,7 +564,10 @@ fn main() -> Result<()> {
         drop(server);
     }
     println!();
-    println!("FTP benchmark, 127.0.0.1, {} MiB file, median of {REPS}, {CLIENTS} clients", FILE_SIZE >> 20);
+    println!(
+        "FTP benchmark, 127.0.0.1, {} MiB file, median of {REPS}, {CLIENTS} clients",
+        FILE_SIZE >> 20
+    );
     println!();
     println!("| server | RETR MiB/s | STOR MiB/s | {CLIENTS} concurrent logins (ms) | memory with {CLIENTS} clients: RSS / PSS (MiB) |");
     println!("|---|---:|---:|---:|---:|");

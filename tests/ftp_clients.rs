@@ -91,7 +91,11 @@ fn ftplib_round_trip(mode: &str) {
     let port = server.port().to_string();
     let out = python(FTPLIB_SCRIPT, &[&port, scratch.path().to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
-    assert!(tree(&server.root()).is_empty(), "{:?}", tree(&server.root()));
+    assert!(
+        tree(&server.root()).is_empty(),
+        "{:?}",
+        tree(&server.root())
+    );
 }
 
 #[test]
@@ -127,16 +131,34 @@ fn curl_transfers(mode: &str) {
     assert_eq!(curl(&["--disable-epsv", &format!("{url}/up.bin")]), body);
     assert_eq!(curl(&["-P", "127.0.0.1", &format!("{url}/up.bin")]), body);
     // Active upload too.
-    curl(&["-P", "127.0.0.1", "-T", src.to_str().unwrap(), &format!("{url}/active.bin")]);
+    curl(&[
+        "-P",
+        "127.0.0.1",
+        "-T",
+        src.to_str().unwrap(),
+        &format!("{url}/active.bin"),
+    ]);
     assert_eq!(fs::read(server.root().join("active.bin")).unwrap(), body);
     // Resumed download: keep the first 1000 bytes locally.
     let part = local.path().join("part.bin");
     fs::write(&part, &body[..1000]).unwrap();
-    curl(&["-C", "-", "-o", part.to_str().unwrap(), &format!("{url}/up.bin")]);
+    curl(&[
+        "-C",
+        "-",
+        "-o",
+        part.to_str().unwrap(),
+        &format!("{url}/up.bin"),
+    ]);
     assert_eq!(fs::read(&part).unwrap(), body);
     // Resumed upload: the server holds the first 3000 bytes.
     fs::write(server.root().join("resume.bin"), &body[..3000]).unwrap();
-    curl(&["-C", "-", "-T", src.to_str().unwrap(), &format!("{url}/resume.bin")]);
+    curl(&[
+        "-C",
+        "-",
+        "-T",
+        src.to_str().unwrap(),
+        &format!("{url}/resume.bin"),
+    ]);
     assert_eq!(fs::read(server.root().join("resume.bin")).unwrap(), body);
     // A directory listing.
     let listing = String::from_utf8(curl(&[&format!("{url}/")])).unwrap();
@@ -169,13 +191,8 @@ fn lftp_session(mode: &str) {
          mirror -R tree tree; mirror tree copy; rm -r tree; rm single.bin; ls; bye",
         local = l.display()
     );
-    let out = run_checked(Command::new("lftp").args([
-        "-u",
-        "bob,secret",
-        "-e",
-        &script,
-        &server.url(),
-    ]));
+    let out =
+        run_checked(Command::new("lftp").args(["-u", "bob,secret", "-e", &script, &server.url()]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(" single.bin"), "ls output: {stdout}");
     assert_eq!(fs::read(l.join("got.bin")).unwrap(), pattern(100_000, 9));
@@ -185,7 +202,11 @@ fn lftp_session(mode: &str) {
         pattern(300_000, 3)
     );
     assert_eq!(fs::read(l.join("copy/a/b/deep.txt")).unwrap(), b"deep\n");
-    assert!(tree(&server.root()).is_empty(), "{:?}", tree(&server.root()));
+    assert!(
+        tree(&server.root()).is_empty(),
+        "{:?}",
+        tree(&server.root())
+    );
 }
 
 #[test]

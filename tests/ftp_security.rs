@@ -139,7 +139,10 @@ fn anonymous_is_read_only_unless_allowed() {
     data.write_all(b"uploaded").unwrap();
     drop(data);
     assert_eq!(c.read_reply().0, 226);
-    assert_eq!(fs::read(server.root().join("new/up.txt")).unwrap(), b"uploaded");
+    assert_eq!(
+        fs::read(server.root().join("new/up.txt")).unwrap(),
+        b"uploaded"
+    );
 }
 
 #[test]
@@ -191,8 +194,11 @@ fn passive_accepts_only_the_control_peer() {
         let port: u16 = text.split('|').nth(3).unwrap().parse().unwrap();
         let data_addr: SocketAddr = ([127, 0, 0, 1], port).into();
         // A foreign address connects first.
-        let thief = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        thief.bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into()).unwrap();
+        let thief =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        thief
+            .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+            .unwrap();
         thief.connect(&data_addr.into()).unwrap();
         let mut thief: TcpStream = thief.into();
         c.send_raw(b"RETR f\r\n");
@@ -203,7 +209,9 @@ fn passive_accepts_only_the_control_peer() {
         mine.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"data");
         assert_eq!(c.read_reply().0, 226);
-        thief.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        thief
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut stolen = Vec::new();
         let _ = thief.read_to_end(&mut stolen);
         assert!(stolen.is_empty(), "{mode}: the thief got data");
@@ -260,7 +268,9 @@ fn aborted_upload_leaves_old_file_intact() {
 
         // 2. The data connection is reset mid-transfer.
         let data = start_upload(&mut c);
-        socket2::SockRef::from(&data).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&data)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(data);
         let (code, _) = c.read_reply();
         assert_eq!(code, 426, "{mode}: reset");
@@ -303,7 +313,10 @@ fn three_failed_logins_disconnect() {
             let want = if attempt < 3 { 530 } else { 421 };
             assert_eq!(code, want, "{mode} attempt {attempt}: {text}");
         }
-        assert!(start.elapsed() >= Duration::from_millis(1400), "failures are delayed");
+        assert!(
+            start.elapsed() >= Duration::from_millis(1400),
+            "failures are delayed"
+        );
         assert!(c.at_eof(), "{mode}: connection closed after 3 failures");
         // Unknown users fail the same way and need login for commands.
         let (mut c, _, _) = Ctrl::connect(server.addr);
@@ -325,9 +338,14 @@ fn passwords_never_reach_the_log() {
         assert_eq!(c.cmd("PASS secret").0, 230);
         assert_eq!(c.cmd("QUIT").0, 221);
         drop(c);
-        assert!(wait_until(Duration::from_secs(5), || server.log().contains("session end")));
+        assert!(wait_until(Duration::from_secs(5), || server
+            .log()
+            .contains("session end")));
         let log = server.log();
-        assert!(log.contains("PASS ****"), "commands are logged at debug: {log}");
+        assert!(
+            log.contains("PASS ****"),
+            "commands are logged at debug: {log}"
+        );
         assert!(!log.contains("WrongPassw0rd"), "{log}");
         assert!(!log.contains("secret"), "{log}");
     }

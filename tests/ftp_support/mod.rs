@@ -44,7 +44,14 @@ impl FtpServer {
         let mut cmd = Command::new(ftp_binary());
         cmd.arg("--root")
             .arg(&root)
-            .args(["--listen", "127.0.0.1:0", "--mode", mode, "--user", "bob:secret"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--mode",
+                mode,
+                "--user",
+                "bob:secret",
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -52,7 +59,9 @@ impl FtpServer {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start the ftp example (cargo test builds it)");
+        let mut child = cmd
+            .spawn()
+            .expect("start the ftp example (cargo test builds it)");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -75,7 +84,9 @@ impl FtpServer {
             line.starts_with(prefix) && line.ends_with(&suffix),
             "unexpected first line {line:?}"
         );
-        server.addr = line[prefix.len()..line.len() - suffix.len()].parse().unwrap();
+        server.addr = line[prefix.len()..line.len() - suffix.len()]
+            .parse()
+            .unwrap();
         server
     }
 
@@ -141,7 +152,9 @@ impl Ctrl {
     /// Connects and returns the greeting too.
     pub fn connect(addr: SocketAddr) -> (Ctrl, u16, String) {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         let mut c = Ctrl { reader, stream };
         let (code, text) = c.read_reply();
@@ -197,8 +210,14 @@ impl Ctrl {
         let (code, text) = self.cmd("PASV");
         assert_eq!(code, 227, "{text}");
         let inner = &text[text.find('(').unwrap() + 1..text.find(')').unwrap()];
-        let n: Vec<u16> = inner.split(',').map(|x| x.trim().parse().unwrap()).collect();
-        let addr = SocketAddr::from(([n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8], n[4] * 256 + n[5]));
+        let n: Vec<u16> = inner
+            .split(',')
+            .map(|x| x.trim().parse().unwrap())
+            .collect();
+        let addr = SocketAddr::from((
+            [n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8],
+            n[4] * 256 + n[5],
+        ));
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         s
@@ -267,7 +286,10 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
                 nix::sys::signal::Signal::SIGKILL,
             );
             let out = rx.recv().unwrap().unwrap();
-            panic!("{cmd:?} timed out; stderr: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "{cmd:?} timed out; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
