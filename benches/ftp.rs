@@ -343,8 +343,8 @@ fn start_vsftpd(root: &Path, scratch: &Path) -> Result<Server> {
     Ok(server)
 }
 
-/// Sums RSS and PSS (KiB) over `pid` and all its descendants.
-fn tree_memory(pid: u32) -> (u64, u64) {
+/// `pid` and all its live descendants.
+fn tree_pids(pid: u32) -> Vec<u32> {
     let mut parent = std::collections::HashMap::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for e in dir.flatten() {
@@ -374,6 +374,11 @@ fn tree_memory(pid: u32) -> (u64, u64) {
         }
         false
     };
+    parent.keys().copied().filter(|&p| in_tree(p)).collect()
+}
+
+/// Sums RSS and PSS (KiB) over `pid` and all its descendants.
+fn tree_memory(pid: u32) -> (u64, u64) {
     let field = |text: &str, key: &str| -> u64 {
         text.lines()
             .find(|l| l.starts_with(key))
@@ -382,17 +387,40 @@ fn tree_memory(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     let (mut rss, mut pss) = (0, 0);
-    for &p in parent.keys() {
-        if in_tree(p) {
-            rss += fs::read_to_string(format!("/proc/{p}/status"))
-                .map(|s| field(&s, "VmRSS:"))
-                .unwrap_or(0);
-            pss += fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
-                .map(|s| field(&s, "Pss:"))
-                .unwrap_or(0);
-        }
+    for p in tree_pids(pid) {
+        rss += fs::read_to_string(format!("/proc/{p}/status"))
+            .map(|s| field(&s, "VmRSS:"))
+            .unwrap_or(0);
+        pss += fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
+            .map(|s| field(&s, "Pss:"))
+            .unwrap_or(0);
     }
     (rss, pss)
+}
+
+/// CPU seconds (user + system, including reaped children) used so far by
+/// `pid` and its live descendants.
+fn tree_cpu(pid: u32) -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let mut total = 0u64;
+    for p in tree_pids(pid) {
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rsplit_once(") ").map(|x| x.1) else {
+            continue;
+        };
+        let f: Vec<&str> = after.split(' ').collect();
+        // Fields 14-17 of stat (utime stime cutime cstime), 0-based 11..15
+        // after the command name.
+        for v in f.iter().skip(11).take(4) {
+            total += v.parse::<u64>().unwrap_or(0);
+        }
+    }
+    total as f64 / ticks
 }
 
 /// Logs in CLIENTS clients at once; returns (seconds, connected clients,
@@ -432,17 +460,25 @@ struct Row {
     rss_kib: u64,
     pss_kib: u64,
     login_failures: usize,
+    retr_cpu: f64,
+    stor_cpu: f64,
 }
 
 /// One RETR and one STOR of the big file; returns MiB/s for each.
-fn transfer_once(server: &Server, root: &Path, chunk: &[u8], i: usize) -> Result<(f64, f64)> {
+/// Also returns the server's CPU seconds per GiB for each.
+fn transfer_once(server: &Server, root: &Path, chunk: &[u8], i: usize) -> Result<[f64; 4]> {
+    let pid = server.child.id();
+    let gib = FILE_SIZE as f64 / (1u64 << 30) as f64;
     let mut c = Client::login(server.addr, server.user).map_err(|e| format!("login: {e}"))?;
+    let cpu0 = tree_cpu(pid);
     let retr = c.retr("big.bin").map_err(|e| format!("RETR: {e}"))?;
+    let cpu1 = tree_cpu(pid);
     let name = format!("up/stor-{i}.bin");
     let stor = c.stor(&name, chunk).map_err(|e| format!("STOR: {e}"))?;
+    let cpu2 = tree_cpu(pid);
     let _ = c.cmd("QUIT", 221);
     let _ = fs::remove_file(root.join(&name));
-    Ok((retr, stor))
+    Ok([retr, stor, (cpu1 - cpu0) / gib, (cpu2 - cpu1) / gib])
 }
 
 /// The login timings and memory figures of one server.
@@ -516,7 +552,7 @@ fn main() -> Result<()> {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let mut servers: Vec<(Server, Row, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut servers: Vec<(Server, Row, Vec<[f64; 4]>)> = Vec::new();
     for (name, start) in starters {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
             continue;
@@ -527,7 +563,7 @@ fn main() -> Result<()> {
                     name: name.to_string(),
                     ..Row::default()
                 };
-                servers.push((s, row, Vec::new(), Vec::new()));
+                servers.push((s, row, Vec::new()));
             }
             Err(e) => notes.push(format!("{name}: skipped: {e}")),
         }
@@ -538,12 +574,11 @@ fn main() -> Result<()> {
     for i in 0..REPS {
         let mut k = 0;
         while k < servers.len() {
-            let (server, row, retr, stor) = &mut servers[k];
+            let (server, row, samples) = &mut servers[k];
             eprintln!("transfer round {} of {REPS}: {}", i + 1, row.name);
             match transfer_once(server, &root, &chunk, i) {
-                Ok((r, s)) => {
-                    retr.push(r);
-                    stor.push(s);
+                Ok(sample) => {
+                    samples.push(sample);
                     k += 1;
                 }
                 Err(e) => {
@@ -553,10 +588,13 @@ fn main() -> Result<()> {
             }
         }
     }
-    for (server, mut row, retr, stor) in servers {
+    for (server, mut row, samples) in servers {
         eprintln!("{} concurrent logins: {}", CLIENTS, row.name);
-        row.retr = median(retr);
-        row.stor = median(stor);
+        let col = |j: usize| median(samples.iter().map(|s| s[j]).collect());
+        row.retr = col(0);
+        row.stor = col(1);
+        row.retr_cpu = col(2);
+        row.stor_cpu = col(3);
         match logins_and_memory(&server, &mut row) {
             Ok(()) => rows.push(row),
             Err(e) => notes.push(format!("{}: dropped: {e}", row.name)),
@@ -569,18 +607,20 @@ fn main() -> Result<()> {
         FILE_SIZE >> 20
     );
     println!();
-    println!("| server | RETR MiB/s | STOR MiB/s | {CLIENTS} concurrent logins (ms) | memory with {CLIENTS} clients: RSS / PSS (MiB) |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| server | RETR MiB/s | STOR MiB/s | server CPU s/GiB RETR / STOR | {CLIENTS} concurrent logins (ms) | memory with {CLIENTS} clients: RSS / PSS (MiB) |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in &rows {
         let failed = match r.login_failures {
             0 => String::new(),
             n => format!(" ({n} of {CLIENTS} got no greeting in 10 s)"),
         };
         println!(
-            "| {} | {:.0} | {:.0} | {:.1}{failed} | {:.1} / {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.1}{failed} | {:.1} / {:.1} |",
             r.name,
             r.retr,
             r.stor,
+            r.retr_cpu,
+            r.stor_cpu,
             r.logins_ms,
             r.rss_kib as f64 / 1024.0,
             r.pss_kib as f64 / 1024.0
@@ -593,9 +633,11 @@ fn main() -> Result<()> {
         for peer in ["pyftpdlib", "vsftpd"] {
             if let Some(p) = find(peer) {
                 println!(
-                    "{ours} vs {peer}: RETR {:.2}x, STOR {:.2}x, logins {:.2}x faster",
+                    "{ours} vs {peer}: throughput RETR {:.2}x, STOR {:.2}x; server CPU per byte RETR {:.2}x, STOR {:.2}x less; logins {:.2}x faster",
                     o.retr / p.retr,
                     o.stor / p.stor,
+                    p.retr_cpu / o.retr_cpu.max(1e-9),
+                    p.stor_cpu / o.stor_cpu.max(1e-9),
                     p.logins_ms / o.logins_ms
                 );
             }
