@@ -33,6 +33,11 @@ pub use queue::{Queue, QueueBuilder, DEFAULT_CAPACITY as QUEUE_DEFAULT_CAPACITY}
 pub use semaphore::{BoundedSemaphore, Event, Semaphore, SemaphoreGuard};
 pub use shared::{Array, ArrayGuard, SharedData, SharedMemory, Value, ValueGuard};
 pub use sync::{Lock, LockError, LockGuard, LockResult, RLock, RLockGuard};
+
 // Descriptors inherited across exec (socket activation, re-exec): the
 // unsafe `from_raw_fd` lives here.
 pub(crate) mod inherited;
+
+// Lock-free counters in shared memory (the prefork scoreboard).
+mod atomics;
+pub use atomics::SharedAtomics;
