@@ -41,3 +41,23 @@ pub(crate) mod inherited;
 // Lock-free counters in shared memory (the prefork scoreboard).
 mod atomics;
 pub use atomics::SharedAtomics;
+
+// Pool, ProcessPoolExecutor and Manager (slice `pool`).
+mod async_result;
+mod dispatch;
+mod executor;
+mod manager;
+mod manager_protocol;
+mod manager_proxy;
+mod manager_server;
+mod pool;
+mod task;
+mod worker;
+pub use async_result::AsyncResult;
+pub use executor::{Future, ProcessPoolExecutor};
+pub use manager::{Manager, ManagerBuilder};
+pub use manager_proxy::{
+    DictProxy, ListProxy, LockProxy, LockProxyGuard, NamespaceProxy, QueueProxy, ValueProxy,
+};
+pub use pool::{IMap, Pool, PoolBuilder};
+pub use task::StarFn;
