@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 use socketserver::server::{
-    shutdown_on_signals, AsyncTcpServer, BindAddress, Blocking, PreforkTcpServer, Server,
+    shutdown_on_signals, AsyncTcpServer, BindAddress, Blocking, Forking, PreforkTcpServer, Server,
     SocketServer, Strategy, Synchronous, TcpTransport, Threading, Transport, UdpTransport,
 };
 use socketserver::{Request, RequestHandler};
@@ -51,6 +51,8 @@ enum Mode {
     Sync,
     /// One thread per connection.
     Threading,
+    /// One child process per connection (or datagram).
+    Forking,
     /// A managed pool of pre-forked worker processes (TCP only).
     Prefork,
     /// tokio tasks; the same blocking handler runs on the blocking pool
@@ -63,6 +65,7 @@ impl Mode {
         match self {
             Mode::Sync => Synchronous::NAME,
             Mode::Threading => Threading::NAME,
+            Mode::Forking => Forking::NAME,
             Mode::Prefork => "prefork",
             Mode::Async => "async",
         }
@@ -150,6 +153,8 @@ fn main() -> anyhow::Result<()> {
         (Mode::Sync, true) => serve::<UdpTransport, Synchronous>(&args),
         (Mode::Threading, false) => serve::<TcpTransport, Threading>(&args),
         (Mode::Threading, true) => serve::<UdpTransport, Threading>(&args),
+        (Mode::Forking, false) => serve::<TcpTransport, Forking>(&args),
+        (Mode::Forking, true) => serve::<UdpTransport, Forking>(&args),
         (Mode::Prefork | Mode::Async, true) => {
             anyhow::bail!("--udp is not supported with --mode {}", args.mode.name())
         }

@@ -5,15 +5,20 @@
 //! parent's code. See the crate README for the fork-safety rules.
 #![allow(unsafe_code)]
 
+mod closefork;
+mod connection;
 mod current;
 mod fork;
+mod listener;
 #[allow(clippy::module_inception)]
 mod process;
 mod registry;
 mod sys;
 
+pub use connection::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};
 pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
 pub use fork::{fork_child, ForkOptions, ForkedChild};
+pub use listener::{Address, Client, Listener, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use process::{Process, ProcessBuilder};
 
 // Shared memory and synchronisation (slice `sync`).
@@ -36,3 +41,23 @@ pub(crate) mod inherited;
 // Lock-free counters in shared memory (the prefork scoreboard).
 mod atomics;
 pub use atomics::SharedAtomics;
+
+// Pool, ProcessPoolExecutor and Manager (slice `pool`).
+mod async_result;
+mod dispatch;
+mod executor;
+mod manager;
+mod manager_protocol;
+mod manager_proxy;
+mod manager_server;
+mod pool;
+mod task;
+mod worker;
+pub use async_result::AsyncResult;
+pub use executor::{Future, ProcessPoolExecutor};
+pub use manager::{Manager, ManagerBuilder};
+pub use manager_proxy::{
+    DictProxy, ListProxy, LockProxy, LockProxyGuard, NamespaceProxy, QueueProxy, ValueProxy,
+};
+pub use pool::{IMap, Pool, PoolBuilder};
+pub use task::StarFn;
