@@ -14,8 +14,8 @@
 //! 2. RSS of 10,000 idle connections under `AsyncTcpServer` (goal ≤ 30 MB),
 //!    with the bare tokio server's RSS for reference.
 //! 3. Connection churn (connect, one 4-byte round trip, close):
-//!    connections per second of `PreforkTcpServer` vs the threading
-//!    strategy and Python's `socketserver.ForkingTCPServer` (goal: prefork
+//!    connections per second of `PreforkTcpServer` vs the forking and
+//!    threading strategies and Python's `socketserver.ForkingTCPServer` (goal: prefork
 //!    ≥ 10× Python forking).
 
 use std::io::{BufRead, BufReader, Read};
@@ -88,6 +88,19 @@ fn serve_prefork() {
     println!("{}", server.server_address().port());
     // SIGTERM stops it; no extra thread, so workers fork from a
     // single-threaded process.
+    let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
+    server.serve_forever().expect("serve");
+    server.server_close();
+}
+
+fn serve_forking() {
+    let mut server = ForkingTcpServer::builder()
+        .allow_reuse_address(true)
+        .backlog(1024)
+        .max_children(64)
+        .bind("127.0.0.1:0", || SyncEcho)
+        .expect("bind");
+    println!("{}", server.server_address().port());
     let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
     server.serve_forever().expect("serve");
     server.server_close();
@@ -348,6 +361,7 @@ fn churn_table() {
     );
     let roles = [
         ("PreforkTcpServer", "prefork", CHURN_CONNS),
+        ("ForkingTcpServer", "forking", CHURN_CONNS),
         ("ThreadingTcpServer", "threading", CHURN_CONNS),
         ("Python ForkingTCPServer", "py-forking", CHURN_CONNS_PYTHON),
     ];
@@ -361,7 +375,7 @@ fn churn_table() {
         }
     }
     let medians: Vec<f64> = results.iter_mut().map(|v| median(v)).collect();
-    let py = medians[2];
+    let py = medians[roles.len() - 1];
     println!("| server | connections/s | vs Python forking |");
     println!("|---|---:|---:|");
     for ((name, _, _), m) in roles.iter().zip(&medians) {
@@ -377,6 +391,7 @@ fn main() {
         Ok("tokio") => return serve_bare_tokio(),
         Ok("prefork") => return serve_prefork(),
         Ok("threading") => return serve_threading(),
+        Ok("forking") => return serve_forking(),
         _ => {}
     }
     churn_table();
