@@ -24,8 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use socketserver::server::{
-    raise_fd_limit, shutdown_on_signals, AsyncRequestHandler, AsyncTcpServer, PreforkTcpServer,
-    Server as _, ThreadingTcpServer,
+    raise_fd_limit, shutdown_on_signals, AsyncRequestHandler, AsyncTcpServer, ForkingTcpServer,
+    PreforkTcpServer, Server as _, ThreadingTcpServer,
 };
 use socketserver::{Request, RequestHandler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
