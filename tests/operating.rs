@@ -32,7 +32,7 @@ s.listen(16)
 print(s.getsockname()[1], flush=True)
 os.dup2(s.fileno(), 3)
 os.set_inheritable(3, True)
-env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=sys.argv[2])
+env = dict(os.environ, LISTEN_FDS=os.environ.get("TEST_LISTEN_FDS", "1"), LISTEN_PID=sys.argv[2])
 if env["LISTEN_PID"] == "self":
     env["LISTEN_PID"] = str(os.getpid())
 os.execve(sys.argv[1], [sys.argv[1]], env)
@@ -48,6 +48,12 @@ impl Drop for Reap {
 }
 
 fn child_activation() {
+    if std::env::var("OPERATING_CHILD").as_deref() == Ok("activation-bad") {
+        let err = activation::tcp_listeners().unwrap_err().to_string();
+        assert!(err.contains("LISTEN_FDS is not a count"), "{err}");
+        assert!(std::env::var_os("LISTEN_FDS").is_none());
+        return;
+    }
     let listeners = activation::tcp_listeners().expect("tcp_listeners");
     for var in ["LISTEN_FDS", "LISTEN_PID"] {
         assert!(std::env::var_os(var).is_none(), "{var} left in environment");
@@ -70,8 +76,10 @@ fn child_activation() {
 
 fn run_activation(listen_pid: &str, role: &str) -> (Reap, Option<u16>) {
     let exe = std::env::current_exe().unwrap();
+    let fds = if role == "activation-bad" { "x" } else { "1" };
     let mut child = Reap(
         Command::new("python3")
+            .env("TEST_LISTEN_FDS", fds)
             .args(["-c", ACTIVATE_PY])
             .arg(&exe)
             .arg(listen_pid)
@@ -93,6 +101,11 @@ fn socket_activation_serves_on_inherited_socket() {
     let mut got = String::new();
     c.read_to_string(&mut got).unwrap();
     assert_eq!(got, "activated\n");
+    assert!(child.0.wait().unwrap().success());
+}
+
+fn socket_activation_rejects_malformed_listen_fds() {
+    let (mut child, _port) = run_activation("self", "activation-bad");
     assert!(child.0.wait().unwrap().success());
 }
 
@@ -280,12 +293,18 @@ fn privileges_are_dropped_for_good() {
 
 fn main() {
     match std::env::var("OPERATING_CHILD").as_deref() {
-        Ok("activation") | Ok("activation-other") => return child_activation(),
+        Ok("activation") | Ok("activation-other") | Ok("activation-bad") => {
+            return child_activation()
+        }
         Ok("emfile") => return child_emfile(),
         Ok("privdrop") => return child_privdrop(),
         _ => {}
     }
-    let tests: [(&str, fn()); 5] = [
+    let tests: [(&str, fn()); 6] = [
+        (
+            "socket_activation_rejects_malformed_listen_fds",
+            socket_activation_rejects_malformed_listen_fds,
+        ),
         (
             "privileges_are_dropped_for_good",
             privileges_are_dropped_for_good,
