@@ -17,6 +17,8 @@
 //!    connections per second of `PreforkTcpServer` vs the forking and
 //!    threading strategies and Python's `socketserver.ForkingTCPServer` (goal: prefork
 //!    ≥ 10× Python forking).
+//! 4. Prefork crash replacement: a worker is SIGKILLed; time until the
+//!    pool is back to full strength without it (goal: within 100 ms).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -355,6 +357,63 @@ fn churn(server: &Server, count: usize) -> f64 {
     (count / CHURN_THREADS * CHURN_THREADS) as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// The server process's children (its prefork workers).
+fn children(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(
+                kids.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+fn replacement_table() {
+    use nix::sys::signal::{kill, Signal};
+    const KILLS: usize = 20;
+    let server = Server::start("prefork");
+    let pid = server.child.id();
+    let full = 8;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children(pid).len() < full {
+        assert!(
+            Instant::now() < deadline,
+            "pool never reached {full} workers"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut times = Vec::with_capacity(KILLS);
+    for _ in 0..KILLS {
+        let victim = children(pid)[0];
+        let t0 = Instant::now();
+        kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).expect("kill worker");
+        loop {
+            let now = children(pid);
+            if !now.contains(&victim) && now.len() >= full {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "worker never replaced"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let max = times.iter().cloned().fold(0.0, f64::max);
+    let med = median(&mut times);
+    println!("prefork crash replacement: {KILLS} workers SIGKILLed one at a time");
+    println!("| median | max | goal |");
+    println!("|---:|---:|---|");
+    println!("| {med:.2} ms | {max:.2} ms | ≤ 100 ms |");
+    println!();
+}
+
 fn churn_table() {
     println!(
         "connection churn: connect + 4-byte round trip + close, {CHURN_THREADS} client threads, {CHURN_ROUNDS} rounds (medians)"
@@ -395,6 +454,7 @@ fn main() {
         _ => {}
     }
     churn_table();
+    replacement_table();
     raise_fd_limit(IDLE_CONNS as u64 + 500).expect("RLIMIT_NOFILE");
     let rt = runtime();
 
