@@ -267,6 +267,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
         let end = deadline(timeout);
         let mut held = self.lock()?;
+        let mut spun = false;
         loop {
             if self.fits(need) {
                 let tail = h.tail.load(Ordering::Relaxed);
@@ -278,7 +279,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 h.not_empty.notify_all();
                 return Ok(());
             }
-            if timeout.is_some_and(|t| t.is_zero()) || self.wait(&mut held, &h.not_full, end)? {
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(Error::Full);
+            }
+            if !spun {
+                spun = true;
+                self.spin(&mut held, end, || self.fits(need))?;
+                continue;
+            }
+            if self.wait(&mut held, &h.not_full, end)? {
                 if self.fits(need) {
                     continue;
                 }
@@ -291,6 +300,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let h = self.shm.header();
         let end = deadline(timeout);
         let mut held = self.lock()?;
+        let mut spun = false;
         let body = loop {
             let (head, tail) = (
                 h.head.load(Ordering::Relaxed),
@@ -313,7 +323,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 h.not_full.notify_all();
                 break body;
             }
-            if timeout.is_some_and(|t| t.is_zero()) || self.wait(&mut held, &h.not_empty, end)? {
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(Error::Empty);
+            }
+            if !spun {
+                spun = true;
+                let nonempty = || h.head.load(Ordering::Relaxed) != h.tail.load(Ordering::Relaxed);
+                self.spin(&mut held, end, nonempty)?;
+                continue;
+            }
+            if self.wait(&mut held, &h.not_empty, end)? {
                 if h.head.load(Ordering::Relaxed) != h.tail.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -395,12 +414,29 @@ impl<T> Queue<T> {
         Ok(timed_out)
     }
 
-    /// Whether a record of `need` bytes can be appended now (lock held).
+    fn spin(
+        &self,
+        held: &mut Held<'_>,
+        end: Option<std::time::Instant>,
+        ready: impl Fn() -> bool,
+    ) -> Result<()> {
+        held.spin_until(end, ready)?;
+        if held.owner_died {
+            self.repair();
+            held.owner_died = false;
+        }
+        Ok(())
+    }
+
+    /// Whether a record of `need` bytes can be appended now. Exact under
+    /// the lock; without it (the spin hint) the reads may be from different
+    /// moments, hence the saturating arithmetic.
     fn fits(&self, need: u64) -> bool {
         let h = self.shm.header();
-        let used = h.tail.load(Ordering::Relaxed) - h.head.load(Ordering::Relaxed);
+        let head = h.head.load(Ordering::Relaxed);
+        let used = h.tail.load(Ordering::Relaxed).saturating_sub(head);
         let count_ok = h.maxsize == 0 || h.count.load(Ordering::Relaxed) < h.maxsize;
-        count_ok && h.capacity - used >= need
+        count_ok && h.capacity.saturating_sub(used) >= need
     }
 
     /// After a holder died: `head` and `tail` were each written in one

@@ -356,6 +356,68 @@ impl Held<'_> {
     }
 }
 
+/// How long [`Held::spin_until`] busy-waits before the caller sleeps.
+///
+/// A futex sleep + wake-up costs several microseconds of scheduler latency
+/// on each side; when the other process answers within a few microseconds
+/// (a queue consumer keeping up with its producer, a round trip), spinning
+/// briefly first avoids the sleep and, because a spinning waiter is not
+/// counted as a sleeper, spares the notifier its `FUTEX_WAKE` call too.
+const SPIN: Duration = Duration::from_micros(3);
+
+/// How many times [`Held::spin_until`] yields the CPU after spinning: on an
+/// oversubscribed machine the peer we wait for is often runnable but not
+/// running, and a `sched_yield` lets it run sooner than a futex sleep would.
+const SPIN_YIELDS: u32 = 4;
+
+impl Held<'_> {
+    /// Unlocks, busy-waits until `ready()` turns true (a lock-free hint
+    /// read from atomics), [`SPIN`] has passed (then yields up to
+    /// [`SPIN_YIELDS`] times) or the deadline comes, then re-locks. The
+    /// caller re-checks its predicate under the lock and, if it still does
+    /// not hold, sleeps with [`Held::wait`].
+    pub(crate) fn spin_until(
+        &mut self,
+        deadline: Deadline,
+        ready: impl Fn() -> bool,
+    ) -> Result<()> {
+        // SAFETY: `self` proves this thread holds the mutex.
+        unsafe { self.mutex.unlock() };
+        let start = Instant::now();
+        let mut end = start + SPIN;
+        if let Some(d) = deadline {
+            end = end.min(d);
+        }
+        let mut yields = 0;
+        'spin: while !ready() {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= end {
+                // Give a runnable peer on this CPU a chance before sleeping.
+                while yields < SPIN_YIELDS {
+                    yields += 1;
+                    std::thread::yield_now();
+                    if ready() {
+                        break 'spin;
+                    }
+                }
+                break;
+            }
+        }
+        match self.mutex.lock() {
+            Ok(a) => {
+                self.owner_died |= a == Acquired::OwnerDied;
+                Ok(())
+            }
+            Err(e) => {
+                self.held = false;
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         if self.held {
