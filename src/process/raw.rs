@@ -363,7 +363,7 @@ impl Held<'_> {
 /// (a queue consumer keeping up with its producer, a round trip), spinning
 /// briefly first avoids the sleep and, because a spinning waiter is not
 /// counted as a sleeper, spares the notifier its `FUTEX_WAKE` call too.
-const SPIN: Duration = Duration::from_micros(3);
+const SPIN: Duration = Duration::from_micros(10);
 
 /// How many times [`Held::spin_until`] yields the CPU after spinning: on an
 /// oversubscribed machine the peer we wait for is often runnable but not
