@@ -58,8 +58,9 @@ fn queue_throughput() -> f64 {
     rate
 }
 
-/// Microseconds per round trip: parent → echo child → parent.
-fn queue_round_trip() -> f64 {
+/// Microseconds per round trip (parent → echo child → parent): the median
+/// trip and the mean (which includes every preemption on a busy machine).
+fn queue_round_trip() -> (f64, f64) {
     let ping: Queue<u64> = Queue::new().expect("queue");
     let pong: Queue<u64> = Queue::new().expect("queue");
     let (cping, cpong) = (ping.clone(), pong.clone());
@@ -73,14 +74,17 @@ fn queue_round_trip() -> f64 {
     // One warm-up trip so the child is running before the clock starts.
     ping.put(&0).expect("put");
     pong.get().expect("get");
+    let mut trips = Vec::with_capacity(RTT_ITERS as usize);
     let t = Instant::now();
     for i in 0..RTT_ITERS {
+        let t = Instant::now();
         ping.put(&i).expect("put");
         assert_eq!(pong.get().expect("get"), i);
+        trips.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    let us = t.elapsed().as_secs_f64() * 1e6 / RTT_ITERS as f64;
+    let mean = t.elapsed().as_secs_f64() * 1e6 / RTT_ITERS as f64;
     assert_eq!(echo.join().expect("join"), 0);
-    us
+    (median(trips), mean)
 }
 
 /// Nanoseconds per uncontended acquire + release.
@@ -104,7 +108,7 @@ fn std_mutex_uncontended() -> f64 {
 
 const PYTHON: &str = r#"
 import json, multiprocessing as mp, statistics, sys, time
-RUNS, N, RTT, LOCKN = (int(a) for a in sys.argv[1:5])
+N, RTT, LOCKN = (int(a) for a in sys.argv[1:4])
 
 def producer(q, n):
     for i in range(n):
@@ -132,13 +136,16 @@ def round_trip():
     p = mp.Process(target=echo, args=(a, b, RTT))
     p.start()
     a.put(0); b.get()
+    trips = []
     t = time.perf_counter()
     for i in range(RTT):
+        t1 = time.perf_counter()
         a.put(i)
         assert b.get() == i
-    us = (time.perf_counter() - t) * 1e6 / RTT
+        trips.append((time.perf_counter() - t1) * 1e6)
+    mean = (time.perf_counter() - t) * 1e6 / RTT
     p.join()
-    return us
+    return statistics.median(trips), mean
 
 def lock():
     l = mp.Lock()
@@ -149,29 +156,46 @@ def lock():
 
 if __name__ == "__main__":
     mp.set_start_method("fork")
+    rtt, rtt_mean = round_trip()
     print(json.dumps({
-        "throughput": statistics.median(throughput() for _ in range(RUNS)),
-        "round_trip": statistics.median(round_trip() for _ in range(RUNS)),
-        "lock": statistics.median(lock() for _ in range(RUNS)),
+        "throughput": throughput(),
+        "round_trip": rtt,
+        "round_trip_mean": rtt_mean,
+        "lock": lock(),
     }))
 "#;
 
-struct PyResults {
+/// One run's figures: msg/s, median µs per trip, mean µs per trip,
+/// ns per lock.
+#[derive(Clone, Copy)]
+struct Run {
     throughput: f64,
     round_trip: f64,
+    round_trip_mean: f64,
     lock: f64,
 }
 
-/// Runs the Python side under a time limit; `None` if Python is missing,
-/// fails or overruns.
-fn python() -> Option<PyResults> {
+fn ours() -> Run {
+    let throughput = queue_throughput();
+    let (round_trip, round_trip_mean) = queue_round_trip();
+    Run {
+        throughput,
+        round_trip,
+        round_trip_mean,
+        lock: lock_uncontended(),
+    }
+}
+
+/// Runs the Python side once under a time limit; `None` if Python is
+/// missing, fails or overruns.
+fn python() -> Option<Run> {
     let mut child = Command::new("python3")
         .args(["-c", PYTHON])
-        .args([RUNS as u64, PY_THROUGHPUT_MSGS, PY_RTT_ITERS, PY_LOCK_ITERS].map(|n| n.to_string()))
+        .args([PY_THROUGHPUT_MSGS, PY_RTT_ITERS, PY_LOCK_ITERS].map(|n| n.to_string()))
         .stdout(Stdio::piped())
         .spawn()
         .ok()?;
-    let end = Instant::now() + Duration::from_secs(300);
+    let end = Instant::now() + Duration::from_secs(120);
     loop {
         match child.try_wait().ok()? {
             Some(status) if status.success() => break,
@@ -188,57 +212,81 @@ fn python() -> Option<PyResults> {
     let mut out = String::new();
     child.stdout.take()?.read_to_string(&mut out).ok()?;
     let v: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
-    Some(PyResults {
+    Some(Run {
         throughput: v["throughput"].as_f64()?,
         round_trip: v["round_trip"].as_f64()?,
+        round_trip_mean: v["round_trip_mean"].as_f64()?,
         lock: v["lock"].as_f64()?,
     })
 }
 
-fn main() {
-    // `cargo bench` passes `--bench`; nothing else to parse.
-    let thr = median((0..RUNS).map(|_| queue_throughput()).collect());
-    let rtt = median((0..RUNS).map(|_| queue_round_trip()).collect());
-    let lock = median((0..RUNS).map(|_| lock_uncontended()).collect());
-    let mutex = median((0..RUNS).map(|_| std_mutex_uncontended()).collect());
-    let py = python();
+/// Medians over runs, field by field.
+fn medians(runs: &[Run]) -> Run {
+    let m = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    Run {
+        throughput: m(|r| r.throughput),
+        round_trip: m(|r| r.round_trip),
+        round_trip_mean: m(|r| r.round_trip_mean),
+        lock: m(|r| r.lock),
+    }
+}
 
-    println!("ipc benchmark: medians of {RUNS} runs (ours: {THROUGHPUT_MSGS} msgs, {RTT_ITERS} trips, {LOCK_ITERS} locks; python: {PY_THROUGHPUT_MSGS}, {PY_RTT_ITERS}, {PY_LOCK_ITERS})");
-    println!();
-    println!("| measurement                         | socketserver      | python multiprocessing | ratio    |");
-    println!("|-------------------------------------|-------------------|------------------------|----------|");
-    match &py {
-        Some(p) => {
-            println!(
-                "| Queue throughput, 1 → 1 process     | {:>10.0} msg/s | {:>16.0} msg/s | {:>6.1}× |",
-                thr,
-                p.throughput,
-                thr / p.throughput
-            );
-            println!(
-                "| Queue round trip                    | {:>12.2} µs | {:>19.2} µs | {:>6.1}× |",
-                rtt,
-                p.round_trip,
-                p.round_trip / rtt
-            );
-            println!(
-                "| Lock acquire+release, uncontended   | {:>12.1} ns | {:>19.1} ns | {:>6.1}× |",
-                lock,
-                p.lock,
-                p.lock / lock
-            );
-        }
-        None => {
-            println!("| Queue throughput, 1 → 1 process     | {thr:>10.0} msg/s | (python unavailable)   |          |");
-            println!("| Queue round trip                    | {rtt:>12.2} µs | (python unavailable)   |          |");
-            println!("| Lock acquire+release, uncontended   | {lock:>12.1} ns | (python unavailable)   |          |");
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse. Ours and
+    // Python's runs alternate so both see the same (shared, noisy) machine.
+    let mut us = Vec::new();
+    let mut py = Vec::new();
+    for _ in 0..RUNS {
+        us.push(ours());
+        if let Some(p) = python() {
+            py.push(p);
         }
     }
-    println!(
-        "| std::sync::Mutex (one process only) | {:>12.1} ns |                        | {:>6.2}× |",
-        mutex,
-        lock / mutex
+    let mutex = median((0..RUNS).map(|_| std_mutex_uncontended()).collect());
+    let o = medians(&us);
+
+    println!("ipc benchmark: medians of {RUNS} alternating runs (ours: {THROUGHPUT_MSGS} msgs, {RTT_ITERS} trips, {LOCK_ITERS} locks per run; python: {PY_THROUGHPUT_MSGS}, {PY_RTT_ITERS}, {PY_LOCK_ITERS})");
+    println!();
+    println!("| measurement                          | socketserver      | python multiprocessing | ratio    |");
+    println!("|--------------------------------------|-------------------|------------------------|----------|");
+    let row = |name: &str, ours: String, theirs: Option<String>, ratio: Option<f64>| {
+        println!(
+            "| {name:<36} | {ours:>17} | {:>22} | {:>8} |",
+            theirs.unwrap_or_else(|| "(python unavailable)".into()),
+            ratio.map_or(String::new(), |r| format!("{r:.1}×"))
+        );
+    };
+    let p = (py.len() == RUNS).then(|| medians(&py));
+    row(
+        "Queue throughput, 1 → 1 process",
+        format!("{:.0} msg/s", o.throughput),
+        p.map(|p| format!("{:.0} msg/s", p.throughput)),
+        p.map(|p| o.throughput / p.throughput),
+    );
+    row(
+        "Queue round trip (median trip)",
+        format!("{:.2} µs", o.round_trip),
+        p.map(|p| format!("{:.2} µs", p.round_trip)),
+        p.map(|p| p.round_trip / o.round_trip),
+    );
+    row(
+        "Queue round trip (mean trip)",
+        format!("{:.2} µs", o.round_trip_mean),
+        p.map(|p| format!("{:.2} µs", p.round_trip_mean)),
+        p.map(|p| p.round_trip_mean / o.round_trip_mean),
+    );
+    row(
+        "Lock acquire+release, uncontended",
+        format!("{:.1} ns", o.lock),
+        p.map(|p| format!("{:.1} ns", p.lock)),
+        p.map(|p| p.lock / o.lock),
+    );
+    row(
+        "std::sync::Mutex (one process only)",
+        format!("{mutex:.1} ns"),
+        Some(String::new()),
+        None,
     );
     println!();
-    println!("ratio: how many times faster ours is (for the Mutex row: our Lock's cost relative to std's Mutex).");
+    println!("ratio: how many times faster ours is than Python's.");
 }
