@@ -156,6 +156,20 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 /// A process-shared FIFO of `T`s (see the module docs for the design).
 ///
 /// Create it before forking; clones and forked copies are the same queue.
+///
+/// ```no_run
+/// use socketserver::process::{Process, Queue};
+///
+/// let q: Queue<(u32, String)> = Queue::with_maxsize(100)?;
+/// let tx = q.clone();
+/// let mut child = Process::new(move || {
+///     tx.put(&(1, "from the child".to_string())).unwrap();
+/// });
+/// child.start()?;
+/// let (n, text) = q.get()?; // delivered even though the child has exited
+/// child.join()?;
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 pub struct Queue<T> {
     shm: Shm<QueueShm>,
     _t: PhantomData<fn(T) -> T>,
