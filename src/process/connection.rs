@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
-use nix::unistd::getpid;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{closefork, sys};
+use super::{closefork, current, sys};
 use crate::{Error, Result};
 
 /// The default largest message a [`Connection`] sends or accepts: 32 MiB.
@@ -176,7 +175,7 @@ impl Connection {
             return;
         }
         if let Some(fd) = &self.fd {
-            let me = getpid().as_raw();
+            let me = current::cached_pid();
             let slot = closefork::register(me, fd.as_raw_fd());
             if slot.is_none() {
                 tracing::warn!("close-on-fork table full; descriptor stays open in children");
@@ -189,7 +188,7 @@ impl Connection {
     /// [`Error::Closed`]. Closing twice is harmless.
     pub fn close(&mut self) {
         if let Some((owner, slot)) = self.parent_only {
-            if owner != getpid().as_raw() {
+            if owner != current::cached_pid() {
                 // A child's copy: the descriptor was closed at fork.
                 if let Some(fd) = self.fd.take() {
                     std::mem::forget(fd);
@@ -209,7 +208,7 @@ impl Connection {
     fn live_fd(&self) -> Result<BorrowedFd<'_>> {
         let fd = self.fd.as_ref().ok_or(Error::Closed)?;
         if let Some((owner, _)) = self.parent_only {
-            if owner != getpid().as_raw() {
+            if owner != current::cached_pid() {
                 return Err(Error::Closed);
             }
         }
