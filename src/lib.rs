@@ -27,7 +27,8 @@ pub mod process;
 
 pub mod server;
 pub use server::{
-    shutdown_on_signals, Server, ShutdownHandle, TcpServer, ThreadingTcpServer, ThreadingUdpServer,
-    ThreadingUnixDatagramServer, ThreadingUnixStreamServer, UdpServer, UnixDatagramServer,
-    UnixStreamServer,
+    shutdown_on_signals, ForkingTcpServer, ForkingUdpServer, ForkingUnixDatagramServer,
+    ForkingUnixStreamServer, Server, ShutdownHandle, TcpServer, ThreadingTcpServer,
+    ThreadingUdpServer, ThreadingUnixDatagramServer, ThreadingUnixStreamServer, UdpServer,
+    UnixDatagramServer, UnixStreamServer,
 };

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::Parser;
 
 use cli::Args;
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         eprintln!("loadtest: error: {msg}");
         return ExitCode::from(2);
     }
+    raise_fd_limit(u64::from(args.connections));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,24 +59,51 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves ADDR to the one address the run will use.
-async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
-    if let Ok(a) = addr.parse() {
-        return Ok(a);
+/// Many connections need many descriptors: raise the soft limit to the
+/// hard one, and warn when even that is too few (connects would then fail
+/// with "too many open files" and be counted as connect errors).
+fn raise_fd_limit(connections: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let mut limit = soft;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        limit = hard;
     }
-    let mut addrs = tokio::net::lookup_host(addr).await.with_context(|| {
-        format!("cannot resolve `{addr}` (expected HOST:PORT, e.g. 127.0.0.1:9000)")
-    })?;
-    addrs
-        .next()
-        .ok_or_else(|| anyhow!("`{addr}` resolves to no address"))
+    // Churn can hold a few extra sockets per worker while they close.
+    if connections + 64 > limit {
+        eprintln!(
+            "loadtest: warning: {connections} connections but only {limit} file descriptors allowed (ulimit -n)"
+        );
+    }
+}
+
+/// Resolves ADDR to its addresses (one when ADDR is an IP address).
+async fn resolve(addr: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    if let Ok(a) = addr.parse() {
+        return Ok(vec![a]);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| {
+            format!("cannot resolve `{addr}` (expected HOST:PORT, e.g. 127.0.0.1:9000)")
+        })?
+        .collect();
+    if addrs.is_empty() {
+        bail!("`{addr}` resolves to no address");
+    }
+    Ok(addrs)
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
-    let addr = resolve(&args.addr).await?;
+    let addrs = resolve(&args.addr).await?;
     let size = args.size as usize;
 
-    // Refuse to "measure" a target that is not there at all.
+    // Refuse to "measure" a target that is not there at all. A host name
+    // may resolve to several addresses (say ::1 and 127.0.0.1): the run
+    // uses the first one that accepts a connection, and only that one.
+    let mut addr = addrs[0];
     if args.udp {
         match udp::preflight(addr, size, args.timeout).await {
             Ok(true) => {}
@@ -84,8 +112,23 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             ),
             Err(e) => bail!("cannot reach {addr} over UDP: {e}"),
         }
-    } else if let Err(e) = connect::preflight(addr, args.timeout).await {
-        bail!("cannot connect to {addr}: {e}");
+    } else {
+        let mut reachable = None;
+        let mut last_err = None;
+        for a in &addrs {
+            match connect::preflight(*a, args.timeout).await {
+                Ok(()) => {
+                    reachable = Some(*a);
+                    break;
+                }
+                Err(e) => last_err = Some((*a, e)),
+            }
+        }
+        match (reachable, last_err) {
+            (Some(a), _) => addr = a,
+            (None, Some((a, e))) => bail!("cannot connect to {a}: {e}"),
+            (None, None) => bail!("`{}` resolves to no address", args.addr),
+        }
     }
 
     let window = Window::new(args.warmup, args.duration);
@@ -142,11 +185,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     progress.finish();
 
+    let (hist, timeline) = shared.latencies();
+    totals.hist = hist;
     let summary = report::Summary {
         args,
         target: addr.to_string(),
         totals,
-        timeline: shared.timeline(),
+        timeline,
         duration: args.duration,
     };
     if let Some(path) = &args.plot {

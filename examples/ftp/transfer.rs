@@ -1,0 +1,708 @@
+//! Commands that move data: RETR, STOR, APPE, LIST, NLST, MLSD.
+//!
+//! - RETR streams with `sendfile` in 4 MiB slices (TYPE I) or converts
+//!   LF to CRLF in 256 KiB chunks (TYPE A): the file is never loaded whole.
+//! - STOR writes to a temporary file in the target's directory and renames
+//!   it over the target only when the transfer completed, so an aborted or
+//!   failed upload leaves the old file untouched. `REST n` + STOR (resume)
+//!   and APPE write in place, as resuming requires; a failed APPE is cut
+//!   back to the file's original length.
+//! - Between slices the control connection is checked: `ABOR` stops the
+//!   transfer (`426` then `226`), a vanished client stops it and ends the
+//!   session, other commands wait until the transfer is over.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::TcpStream;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use socketserver::handler::Line;
+use socketserver::Request;
+
+use crate::command::Command;
+use crate::confine::Denied;
+use crate::data::{self, DataSetup};
+use crate::listing;
+use crate::reply;
+use crate::session::{denied, ok, Flow, ListKind, Session, MAX_LINE};
+
+/// Bytes handed to one `sendfile` call.
+const SENDFILE_SLICE: usize = 4 << 20;
+/// Buffer for uploads and ASCII-mode downloads.
+const BUF_SIZE: usize = 256 << 10;
+
+/// What the client said on the control connection during a transfer.
+#[derive(Debug, PartialEq, Eq)]
+enum Ctl {
+    /// Nothing that concerns the transfer.
+    Quiet,
+    /// `ABOR`.
+    Abort,
+    /// The control connection closed or failed.
+    Gone,
+}
+
+/// How a transfer ended.
+#[derive(Debug)]
+enum Outcome {
+    /// All bytes moved.
+    Done,
+    /// The client sent ABOR.
+    Aborted,
+    /// The client closed the control connection.
+    ClientGone,
+    /// A data-connection or file error.
+    Failed(io::Error),
+}
+
+/// A unique suffix for temporary upload files within this process.
+static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Session {
+    /// Establishes the data connection set up by PASV/EPSV/PORT/EPRT,
+    /// replying `425` (and returning `None`) when there is none or it fails.
+    fn open_data(&mut self, req: &mut Request) -> io::Result<Option<TcpStream>> {
+        let setup = std::mem::take(&mut self.data);
+        let conn = match setup {
+            DataSetup::None => {
+                reply::send(&mut req.wfile(), 425, "Use PORT, EPRT, PASV or EPSV first.")?;
+                return Ok(None);
+            }
+            DataSetup::Passive(l) => {
+                data::accept_from(&l, self.peer_ip(), self.cfg.passive_timeout)
+            }
+            DataSetup::Active(addr) => data::connect_active(addr, self.cfg.data_timeout),
+        };
+        match conn.and_then(|s| {
+            s.set_read_timeout(Some(self.cfg.data_timeout))?;
+            s.set_write_timeout(Some(self.cfg.data_timeout))?;
+            Ok(s)
+        }) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "data connection failed");
+                reply::send(&mut req.wfile(), 425, "Cannot open data connection.")?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads one control line during a transfer.
+    fn read_control(&mut self, req: &mut Request) -> io::Result<Ctl> {
+        let mut line = Vec::new();
+        match req.rfile().read_line_bounded(&mut line, MAX_LINE) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(Ctl::Quiet)
+            }
+            Err(_) | Ok(Line::Eof) => Ok(Ctl::Gone),
+            Ok(Line::TooLong) => {
+                reply::send(&mut req.wfile(), 500, "Command line too long.")?;
+                Ok(Ctl::Quiet)
+            }
+            Ok(_) => match Command::parse(&line) {
+                Ok(c) if c.verb == "ABOR" => Ok(Ctl::Abort),
+                Ok(c) if c.verb == "STAT" && c.arg.is_empty() => {
+                    reply::send(&mut req.wfile(), 213, "Transfer in progress.")?;
+                    Ok(Ctl::Quiet)
+                }
+                _ => {
+                    self.queued.push_back(line);
+                    Ok(Ctl::Quiet)
+                }
+            },
+        }
+    }
+
+    /// Checks the control connection without waiting.
+    fn poll_control(&mut self, req: &mut Request) -> io::Result<Ctl> {
+        let ready = match req.stream() {
+            Some(s) => data::wait_readable(s, Duration::ZERO)?,
+            None => false,
+        };
+        if ready {
+            self.read_control(req)
+        } else {
+            Ok(Ctl::Quiet)
+        }
+    }
+
+    /// Sends the closing reply for a transfer and decides the flow.
+    fn finish_transfer(&mut self, req: &mut Request, outcome: Outcome) -> io::Result<Flow> {
+        let w = &mut req.wfile();
+        match outcome {
+            Outcome::Done => ok(w, 226, "Transfer complete."),
+            Outcome::Aborted => {
+                reply::send(w, 426, "Connection closed; transfer aborted.")?;
+                ok(w, 226, "ABOR successful.")
+            }
+            Outcome::ClientGone => Ok(Flow::Close),
+            Outcome::Failed(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "transfer failed");
+                let code = if e.kind() == io::ErrorKind::StorageFull {
+                    452
+                } else {
+                    426
+                };
+                ok(w, code, &format!("Transfer aborted: {}.", describe(&e)))
+            }
+        }
+    }
+
+    pub(crate) fn retr(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+        let offset = std::mem::take(&mut self.rest);
+        let path = match self.vpath(arg).and_then(|v| self.root().existing(&v)) {
+            Ok(p) => p,
+            Err(e) => return denied(&mut req.wfile(), &e),
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => return denied(&mut req.wfile(), &Denied::Io(e)),
+        };
+        let len = file.metadata()?.len();
+        if !file.metadata()?.is_file() {
+            return ok(&mut req.wfile(), 550, "Not a regular file.");
+        }
+        if offset > len {
+            return ok(&mut req.wfile(), 554, "Restart offset beyond end of file.");
+        }
+        let Some(mut conn) = self.open_data(req)? else {
+            return Ok(Flow::Continue);
+        };
+        let mode = if self.binary { "BINARY" } else { "ASCII" };
+        reply::send(
+            &mut req.wfile(),
+            150,
+            &format!("Opening {mode} mode data connection for {arg} ({len} bytes)."),
+        )?;
+        let outcome = if self.binary {
+            self.send_binary(req, &file, &conn, offset, len)
+        } else {
+            self.send_ascii(req, file, &mut conn, offset)
+        };
+        drop(conn);
+        tracing::info!(peer = %self.peer, path = %path.display(), ?outcome, "RETR");
+        self.finish_transfer(req, outcome)
+    }
+
+    fn send_binary(
+        &mut self,
+        req: &mut Request,
+        file: &File,
+        conn: &TcpStream,
+        offset: u64,
+        len: u64,
+    ) -> Outcome {
+        let mut off = offset as i64;
+        while (off as u64) < len {
+            let want = ((len - off as u64) as usize).min(SENDFILE_SLICE);
+            match nix::sys::sendfile::sendfile64(conn.as_fd(), file.as_fd(), Some(&mut off), want) {
+                Ok(0) => break, // file shrank underneath us
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Outcome::Failed(e.into()),
+            }
+            match self.poll_control(req) {
+                Ok(Ctl::Quiet) => {}
+                Ok(Ctl::Abort) => return Outcome::Aborted,
+                Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+            }
+        }
+        Outcome::Done
+    }
+
+    fn send_ascii(
+        &mut self,
+        req: &mut Request,
+        mut file: File,
+        conn: &mut TcpStream,
+        offset: u64,
+    ) -> Outcome {
+        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            return Outcome::Failed(e);
+        }
+        let mut buf = vec![0u8; BUF_SIZE];
+        let mut out = Vec::with_capacity(BUF_SIZE * 2);
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => return Outcome::Done,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Outcome::Failed(e),
+            };
+            out.clear();
+            for &b in &buf[..n] {
+                if b == b'\n' {
+                    out.push(b'\r');
+                }
+                out.push(b);
+            }
+            if let Err(e) = conn.write_all(&out) {
+                return Outcome::Failed(e);
+            }
+            match self.poll_control(req) {
+                Ok(Ctl::Quiet) => {}
+                Ok(Ctl::Abort) => return Outcome::Aborted,
+                Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+            }
+        }
+    }
+
+    pub(crate) fn stor(&mut self, req: &mut Request, arg: &str, append: bool) -> io::Result<Flow> {
+        let offset = std::mem::take(&mut self.rest);
+        if !self.require_write(req)? {
+            return Ok(Flow::Continue);
+        }
+        let target = match self.vpath(arg).and_then(|v| self.root().target(&v)) {
+            Ok(p) => p,
+            Err(e) => return denied(&mut req.wfile(), &e),
+        };
+        if target.is_dir() {
+            return ok(&mut req.wfile(), 550, "Is a directory.");
+        }
+        let mut upload = match Upload::open(&target, append, offset) {
+            Ok(u) => u,
+            Err(e) => return denied(&mut req.wfile(), &Denied::Io(e)),
+        };
+        let Some(conn) = self.open_data(req)? else {
+            upload.discard();
+            return Ok(Flow::Continue);
+        };
+        let mode = if self.binary { "BINARY" } else { "ASCII" };
+        reply::send(
+            &mut req.wfile(),
+            150,
+            &format!("Opening {mode} mode data connection for {arg}."),
+        )?;
+        let mut outcome = self.receive(req, conn, &mut upload);
+        if matches!(outcome, Outcome::Done) {
+            if let Err(e) = upload.commit() {
+                outcome = Outcome::Failed(e);
+            }
+        } else {
+            upload.discard();
+        }
+        tracing::info!(peer = %self.peer, path = %target.display(), ?outcome, "STOR");
+        self.finish_transfer(req, outcome)
+    }
+
+    /// Copies the data connection into the upload until end of file,
+    /// watching the control connection at the same time.
+    fn receive(&mut self, req: &mut Request, mut conn: TcpStream, upload: &mut Upload) -> Outcome {
+        let mut buf = vec![0u8; BUF_SIZE];
+        let mut held_cr = false;
+        // Binary uploads move socket → pipe → file with splice(2): the
+        // bytes never enter user space.
+        // (Not for APPE: splice refuses O_APPEND files.)
+        let mut pipe = if self.binary && upload.rollback_len.is_none() {
+            SplicePipe::new().ok()
+        } else {
+            None
+        };
+        let timeout = PollTimeout::try_from(self.cfg.data_timeout).unwrap_or(PollTimeout::MAX);
+        loop {
+            let (data_ready, ctl_ready) = {
+                let Some(ctl) = req.stream() else {
+                    return Outcome::ClientGone;
+                };
+                let mut fds = [
+                    PollFd::new(conn.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+                ];
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(0) => {
+                        return Outcome::Failed(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "data connection timed out",
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Outcome::Failed(e.into()),
+                }
+                (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false))
+            };
+            if ctl_ready {
+                match self.read_control(req) {
+                    Ok(Ctl::Quiet) => {}
+                    Ok(Ctl::Abort) => return Outcome::Aborted,
+                    Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+                }
+            }
+            if !data_ready {
+                continue;
+            }
+            if let Some(p) = &pipe {
+                match splice_chunk(&conn, p, &upload.file) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Outcome::Done,
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        // This file system (or an O_APPEND file) cannot be
+                        // spliced into: copy through user space instead.
+                        pipe = None;
+                        continue;
+                    }
+                    Err(e) => return Outcome::Failed(e),
+                }
+            }
+            let n = match conn.read(&mut buf) {
+                Ok(0) => {
+                    if held_cr {
+                        if let Err(e) = upload.file.write_all(b"\r") {
+                            return Outcome::Failed(e);
+                        }
+                    }
+                    return Outcome::Done;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Outcome::Failed(e),
+            };
+            let written = if self.binary {
+                upload.file.write_all(&buf[..n])
+            } else {
+                let out = crlf_to_lf(&buf[..n], &mut held_cr);
+                upload.file.write_all(&out)
+            };
+            if let Err(e) = written {
+                return Outcome::Failed(e);
+            }
+        }
+    }
+
+    pub(crate) fn list(
+        &mut self,
+        req: &mut Request,
+        arg: &str,
+        kind: ListKind,
+    ) -> io::Result<Flow> {
+        self.rest = 0;
+        let bytes = match self.listing_bytes(arg, kind) {
+            Ok(b) => b,
+            Err(e) => return denied(&mut req.wfile(), &e),
+        };
+        let Some(mut conn) = self.open_data(req)? else {
+            return Ok(Flow::Continue);
+        };
+        reply::send(&mut req.wfile(), 150, "Here comes the directory listing.")?;
+        let outcome = match conn.write_all(&bytes) {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::Failed(e),
+        };
+        drop(conn);
+        self.finish_transfer(req, outcome)
+    }
+
+    /// Builds a listing of the directory (or single file) `arg` names.
+    /// Symlinks are shown as what they point to when that is inside the
+    /// root, and hidden when it is not.
+    pub(crate) fn listing_bytes(&self, arg: &str, kind: ListKind) -> Result<Vec<u8>, Denied> {
+        // Clients send `ls` options ("LIST -la"); they are ignored.
+        let path_arg = arg
+            .split(' ')
+            .filter(|w| !w.starts_with('-') && !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let vpath = self.vpath(&path_arg)?;
+        let dir = self.root().existing(&vpath)?;
+        let meta = fs::metadata(&dir).map_err(Denied::Io)?;
+        let writable = self.writable();
+        let now = listing::now();
+        let mut entries: Vec<(String, fs::Metadata)> = Vec::new();
+        if meta.is_dir() {
+            for entry in fs::read_dir(&dir).map_err(Denied::Io)? {
+                let Ok(entry) = entry else { continue };
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                let Ok(m) = entry.metadata() else { continue };
+                let m = if m.file_type().is_symlink() {
+                    match path.canonicalize() {
+                        Ok(c) if c.starts_with(self.root().real()) => match fs::metadata(&c) {
+                            Ok(m) => m,
+                            Err(_) => continue,
+                        },
+                        _ => continue,
+                    }
+                } else {
+                    m
+                };
+                entries.push((name, m));
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+        } else if kind == ListKind::Machine {
+            return Err(Denied::Io(io::Error::other("not a directory")));
+        } else {
+            let name = if kind == ListKind::Names {
+                path_arg.clone()
+            } else {
+                vpath.rsplit('/').next().unwrap_or("").to_string()
+            };
+            entries.push((name, meta));
+        }
+        let mut out = Vec::new();
+        for (name, m) in &entries {
+            let line = match kind {
+                ListKind::Long => listing::ls_line(name, m, now),
+                ListKind::Names => name.clone(),
+                ListKind::Machine => listing::mlsx_line(name, m, None, writable),
+            };
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Ok(out)
+    }
+}
+
+/// A file being uploaded: a temporary file to rename into place, or the
+/// target itself when resuming or appending.
+#[derive(Debug)]
+struct Upload {
+    file: File,
+    target: PathBuf,
+    /// The temporary file, for a replacing upload.
+    temp: Option<PathBuf>,
+    /// Length to cut back to if an append fails.
+    rollback_len: Option<u64>,
+}
+
+impl Upload {
+    fn open(target: &Path, append: bool, offset: u64) -> io::Result<Upload> {
+        if append {
+            let file = OpenOptions::new().append(true).create(true).open(target)?;
+            let rollback_len = Some(file.metadata()?.len());
+            return Ok(Upload {
+                file,
+                target: target.to_path_buf(),
+                temp: None,
+                rollback_len,
+            });
+        }
+        if offset > 0 {
+            let mut file = OpenOptions::new().write(true).open(target)?;
+            if offset > file.metadata()?.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "restart offset beyond end of file",
+                ));
+            }
+            file.seek(SeekFrom::Start(offset))?;
+            return Ok(Upload {
+                file,
+                target: target.to_path_buf(),
+                temp: None,
+                rollback_len: None,
+            });
+        }
+        let dir = target
+            .parent()
+            .ok_or_else(|| io::Error::other("no parent directory"))?;
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        loop {
+            let seq = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
+            let temp = dir.join(format!(".{name}.upload-{}-{seq}", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).open(&temp) {
+                Ok(file) => {
+                    return Ok(Upload {
+                        file,
+                        target: target.to_path_buf(),
+                        temp: Some(temp),
+                        rollback_len: None,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Makes a completed upload visible.
+    fn commit(&mut self) -> io::Result<()> {
+        if let Some(temp) = self.temp.take() {
+            if let Err(e) = fs::rename(&temp, &self.target) {
+                let _ = fs::remove_file(&temp);
+                return Err(e);
+            }
+        } else if self.rollback_len.is_none() {
+            // Resumed upload: drop any stale tail past what was written.
+            let end = self.file.stream_position()?;
+            self.file.set_len(end)?;
+        }
+        Ok(())
+    }
+
+    /// Undoes an upload that did not complete: the old file stays as it was.
+    fn discard(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = fs::remove_file(temp);
+        }
+        if let Some(len) = self.rollback_len.take() {
+            let _ = self.file.set_len(len);
+        }
+    }
+}
+
+/// A pipe used as the in-kernel buffer between a socket and a file.
+#[derive(Debug)]
+struct SplicePipe {
+    r: std::os::fd::OwnedFd,
+    w: std::os::fd::OwnedFd,
+}
+
+/// Bytes asked of one socket-to-pipe splice (and the pipe's capacity).
+const PIPE_SIZE: usize = 1 << 20;
+
+impl SplicePipe {
+    fn new() -> io::Result<SplicePipe> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // A larger pipe means fewer splices; the default 64 KiB still works.
+        let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+        Ok(SplicePipe { r, w })
+    }
+}
+
+/// Moves what the socket has (it polled readable) into the file.
+/// Returns `None` at end of file.
+fn splice_chunk(conn: &TcpStream, pipe: &SplicePipe, file: &File) -> io::Result<Option<usize>> {
+    use nix::fcntl::{splice, SpliceFFlags};
+    let n = loop {
+        match splice(
+            conn,
+            None,
+            &pipe.w,
+            None,
+            PIPE_SIZE,
+            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+        ) {
+            Ok(n) => break n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(Some(0)),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut moved = 0;
+    while moved < n {
+        match splice(
+            &pipe.r,
+            None,
+            file,
+            None,
+            n - moved,
+            SpliceFFlags::SPLICE_F_MOVE,
+        ) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "splice into file wrote nothing",
+                ))
+            }
+            Ok(m) => moved += m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EINVAL) => {
+                // The file cannot be spliced into: copy what the pipe holds,
+                // then report EINVAL so the caller stops splicing.
+                let mut rest = vec![0u8; n - moved];
+                std::fs::File::from(pipe.r.try_clone()?).read_exact(&mut rest)?;
+                { file }.write_all(&rest)?;
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(n))
+}
+
+/// Converts CRLF to LF for ASCII uploads; a CR at the end of a chunk is
+/// held back until the next chunk shows what follows it.
+fn crlf_to_lf(chunk: &[u8], held_cr: &mut bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunk.len() + 1);
+    for &b in chunk {
+        if *held_cr {
+            *held_cr = false;
+            if b != b'\n' {
+                out.push(b'\r');
+            }
+        }
+        if b == b'\r' {
+            *held_cr = true;
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// A short client-facing description of an I/O error.
+fn describe(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "data connection timed out",
+        io::ErrorKind::StorageFull => "no space left on device",
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => "data connection closed",
+        _ => "I/O error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_conversion_across_chunks() {
+        let mut held = false;
+        let mut out = crlf_to_lf(b"a\r\nb\r", &mut held);
+        assert!(held);
+        out.extend(crlf_to_lf(b"\nc\rd", &mut held));
+        assert_eq!(out, b"a\nb\nc\rd");
+        assert!(!held);
+    }
+
+    #[test]
+    fn aborted_replacing_upload_keeps_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f");
+        fs::write(&target, b"old").unwrap();
+        let mut up = Upload::open(&target, false, 0).unwrap();
+        up.file.write_all(b"new partial").unwrap();
+        up.discard();
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file removed"
+        );
+        let mut up = Upload::open(&target, false, 0).unwrap();
+        up.file.write_all(b"new").unwrap();
+        up.commit().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_append_is_cut_back_and_resume_truncates_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f");
+        fs::write(&target, b"0123456789").unwrap();
+        let mut up = Upload::open(&target, true, 0).unwrap();
+        up.file.write_all(b"junk").unwrap();
+        up.discard();
+        assert_eq!(fs::read(&target).unwrap(), b"0123456789");
+        let mut up = Upload::open(&target, false, 4).unwrap();
+        up.file.write_all(b"ab").unwrap();
+        up.commit().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"0123ab");
+        assert!(Upload::open(&target, false, 100).is_err());
+    }
+}
