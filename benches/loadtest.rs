@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
 
-const ROUNDS: usize = 3;
-const SECONDS: u64 = 3;
+const ROUNDS: usize = 5;
+const SECONDS: u64 = 2;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

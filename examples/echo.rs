@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 use socketserver::server::{
-    shutdown_on_signals, BindAddress, Server, SocketServer, Strategy, Synchronous, TcpTransport,
-    Threading, Transport, UdpTransport,
+    shutdown_on_signals, BindAddress, Forking, Server, SocketServer, Strategy, Synchronous,
+    TcpTransport, Threading, Transport, UdpTransport,
 };
 use socketserver::{Request, RequestHandler};
 
@@ -51,6 +51,8 @@ enum Mode {
     Sync,
     /// One thread per connection.
     Threading,
+    /// One child process per connection (or datagram).
+    Forking,
 }
 
 impl Mode {
@@ -58,6 +60,7 @@ impl Mode {
         match self {
             Mode::Sync => Synchronous::NAME,
             Mode::Threading => Threading::NAME,
+            Mode::Forking => Forking::NAME,
         }
     }
 }
@@ -118,5 +121,7 @@ fn main() -> anyhow::Result<()> {
         (Mode::Sync, true) => serve::<UdpTransport, Synchronous>(&args),
         (Mode::Threading, false) => serve::<TcpTransport, Threading>(&args),
         (Mode::Threading, true) => serve::<UdpTransport, Threading>(&args),
+        (Mode::Forking, false) => serve::<TcpTransport, Forking>(&args),
+        (Mode::Forking, true) => serve::<UdpTransport, Forking>(&args),
     }
 }

@@ -275,6 +275,19 @@ fn current_process_in_child() -> TestResult {
     d.start().map_err(e)?;
     check!(d.join().map_err(e)? == 12);
     check!(Process::new(|| {}).name().starts_with("Process-"));
+    // Nested default names, as in Python: the first child of Process-K is
+    // Process-K:1.
+    let mut nested = Process::new(|| {
+        let inner = Process::new(|| {});
+        let me = current_process().name;
+        process::exit(if inner.name() == format!("{me}:1") {
+            20
+        } else {
+            21
+        })
+    });
+    nested.start().map_err(e)?;
+    check!(nested.join().map_err(e)? == 20);
     check!(process::cpu_count() >= 1);
     Ok(())
 }
@@ -432,6 +445,78 @@ fn warns_when_forking_with_threads() -> TestResult {
     })
 }
 
+fn pipe_request_response_between_processes() -> TestResult {
+    let (mut parent, mut child) = process::pipe(true).map_err(e)?;
+    // Without this the child would hold our end open itself and never see
+    // EOF (see close_on_fork_lets_child_see_eof).
+    parent.close_on_fork();
+    let mut p = Process::new(move || {
+        while let Ok(req) = child.recv::<(u32, String)>() {
+            if child
+                .send(&format!("{}:{}", req.0, req.1.to_uppercase()))
+                .is_err()
+            {
+                process::exit(3);
+            }
+        }
+    });
+    p.start().map_err(e)?;
+    for i in 0..100u32 {
+        parent.send(&(i, "ping".to_string())).map_err(e)?;
+        let reply: String = parent.recv().map_err(e)?;
+        check!(reply == format!("{i}:PING"), "reply {reply}");
+    }
+    // The parent's copy of `child` was dropped by start(): closing ours is
+    // EOF for the child, which then returns.
+    drop(parent);
+    check!(p.join_timeout(Duration::from_secs(10)).map_err(e)? == Some(0));
+    Ok(())
+}
+
+fn child_exit_gives_parent_eof() -> TestResult {
+    let (mut r, mut w) = process::pipe(false).map_err(e)?;
+    let mut p = Process::new(move || {
+        let _ = w.send(&1u8);
+    });
+    p.start().map_err(e)?;
+    check!(r.recv::<u8>().map_err(e)? == 1);
+    check!(matches!(r.recv::<u8>(), Err(Error::Eof)));
+    check!(p.join().map_err(e)? == 0);
+    Ok(())
+}
+
+fn close_on_fork_lets_child_see_eof() -> TestResult {
+    for mark in [true, false] {
+        let (mut parent, mut child) = process::pipe(true).map_err(e)?;
+        if mark {
+            parent.close_on_fork();
+        }
+        let mut p = Process::new(move || {
+            // Wait (bounded) for EOF: only possible if this process does
+            // not hold the parent's end itself.
+            if !child.poll(Duration::from_secs(1)).unwrap_or(false) {
+                process::exit(9);
+            }
+            process::exit(match child.recv::<u8>() {
+                Err(Error::Eof) => 0,
+                _ => 8,
+            })
+        });
+        p.start().map_err(e)?;
+        drop(parent);
+        let code = p.join().map_err(e)?;
+        if mark {
+            check!(code == 0, "marked: child exit code {code}");
+        } else {
+            check!(
+                code == 9,
+                "unmarked: child exit code {code} (expected the EOF wait to time out)"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         ("exit_codes", exit_codes),
@@ -472,6 +557,15 @@ fn main() {
             "warns_when_forking_with_threads",
             warns_when_forking_with_threads,
         ),
+        (
+            "pipe_request_response_between_processes",
+            pipe_request_response_between_processes,
+        ),
+        ("child_exit_gives_parent_eof", child_exit_gives_parent_eof),
+        (
+            "close_on_fork_lets_child_see_eof",
+            close_on_fork_lets_child_see_eof,
+        ),
     ];
     run(tests);
 }
@@ -497,11 +591,18 @@ fn run(tests: &[Test]) {
                 failed.push(*name);
             }
         }
-    }
-    let left = children();
-    if !left.is_empty() {
-        println!("stray children after the tests: {left:?}");
-        failed.push("no stray children");
+        // A failed test may leave its children running; they must not
+        // outlive the run (they would hold our stdout open).
+        let left = children();
+        if !left.is_empty() {
+            println!("  stray children after {name}: {left:?}; killing them");
+            for (pid, _) in left {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+            failed.push("no stray children");
+        }
     }
     println!("\n{ran} tests, {} failed", failed.len());
     if !failed.is_empty() {

@@ -34,7 +34,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, getppid, ForkResult, Pid};
 
 use super::current::{self, ExitRequest};
-use super::{registry, sys};
+use super::{closefork, registry, sys};
 use crate::{Error, Result};
 
 /// Options for [`fork_child`]. Default: no name (the child is called
@@ -43,6 +43,8 @@ use crate::{Error, Result};
 pub struct ForkOptions {
     name: Option<String>,
     daemon: bool,
+    /// Identity already allocated by a `Process` (so it is not counted twice).
+    pub(crate) identity: Option<String>,
 }
 
 impl ForkOptions {
@@ -290,12 +292,16 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
     } else {
         Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
     };
-    let identity = current::next_identity();
+    let identity = options
+        .identity
+        .clone()
+        .unwrap_or_else(current::next_identity);
     // SAFETY: the child only runs `child_main`, which never returns; it
     // follows the fork-safety rules above (no locks taken by us before the
     // body runs; leaves with `_exit`).
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => {
+            closefork::close_in_child(parent.as_raw());
             let keep = pipe.map(|(r, w)| {
                 drop(r);
                 w

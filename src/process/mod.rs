@@ -5,15 +5,20 @@
 //! parent's code. See the crate README for the fork-safety rules.
 #![allow(unsafe_code)]
 
+mod closefork;
+mod connection;
 mod current;
 mod fork;
+mod listener;
 #[allow(clippy::module_inception)]
 mod process;
 mod registry;
 mod sys;
 
+pub use connection::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};
 pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
 pub use fork::{fork_child, ForkOptions, ForkedChild};
+pub use listener::{Address, Client, Listener, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use process::{Process, ProcessBuilder};
 
 // Shared memory and synchronisation (slice `sync`).

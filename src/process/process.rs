@@ -44,6 +44,7 @@ type Target = Box<dyn FnOnce() + Send + 'static>;
 /// hook).
 pub struct Process {
     name: String,
+    identity: String,
     daemon: bool,
     target: Option<Target>,
     child: Option<ForkedChild>,
@@ -84,10 +85,10 @@ impl ProcessBuilder {
 
     /// Finishes the builder with the closure the child runs.
     pub fn target<F: FnOnce() + Send + 'static>(self, target: F) -> Process {
+        let identity = current::next_identity();
         Process {
-            name: self
-                .name
-                .unwrap_or_else(|| format!("Process-{}", current::next_identity())),
+            name: self.name.unwrap_or_else(|| format!("Process-{identity}")),
+            identity,
             daemon: self.daemon,
             target: Some(Box::new(target)),
             child: None,
@@ -141,9 +142,10 @@ impl Process {
         if self.child.is_some() || self.target.is_none() {
             return Err(Error::AlreadyStarted);
         }
-        let options = ForkOptions::new()
+        let mut options = ForkOptions::new()
             .name(self.name.clone())
             .daemon(self.daemon);
+        options.identity = Some(self.identity.clone());
         let target = &mut self.target;
         let child = fork_child(&options, || {
             if let Some(t) = target.take() {

@@ -74,22 +74,42 @@ struct QueueShm {
 
 /// Configures a [`Queue`] before it is created (Python's `Queue(maxsize)`
 /// plus a byte capacity).
-#[derive(Debug, Clone)]
-pub struct QueueBuilder {
+pub struct QueueBuilder<T> {
     maxsize: usize,
     capacity: usize,
+    _t: PhantomData<fn(T) -> T>,
 }
 
-impl Default for QueueBuilder {
+impl<T> Default for QueueBuilder<T> {
     fn default() -> Self {
         QueueBuilder {
             maxsize: 0,
             capacity: DEFAULT_CAPACITY,
+            _t: PhantomData,
         }
     }
 }
 
-impl QueueBuilder {
+impl<T> Clone for QueueBuilder<T> {
+    fn clone(&self) -> Self {
+        QueueBuilder {
+            maxsize: self.maxsize,
+            capacity: self.capacity,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for QueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBuilder")
+            .field("maxsize", &self.maxsize)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     /// Most messages the queue holds at once; `put` blocks beyond it.
     /// Default is 0: no limit other than the byte capacity.
     pub fn maxsize(&mut self, maxsize: usize) -> &mut Self {
@@ -109,7 +129,7 @@ impl QueueBuilder {
     /// # Errors
     /// [`Error::InvalidArgument`] for a capacity under 8 bytes;
     /// [`Error::Io`] if the region cannot be mapped.
-    pub fn build<T: Serialize + DeserializeOwned>(&self) -> Result<Queue<T>> {
+    pub fn build(&self) -> Result<Queue<T>> {
         if self.capacity < 8 {
             return Err(Error::InvalidArgument(format!(
                 "queue capacity of {} bytes is too small (minimum 8)",
@@ -179,7 +199,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// A builder for the message limit and the ring size.
-    pub fn builder() -> QueueBuilder {
+    pub fn builder() -> QueueBuilder<T> {
         QueueBuilder::default()
     }
 

@@ -24,16 +24,17 @@ pub struct Args {
     #[arg(long)]
     pub udp: bool,
 
-    /// Concurrent connections (UDP: sockets), each with one request in flight.
-    #[arg(short = 'c', long = "connections", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// Concurrent connections (UDP: sockets); in closed loop each has one
+    /// request in flight.
+    #[arg(short = 'c', long = "connections", value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: u32,
 
     /// How long to measure, e.g. 10s, 500ms, 1m.
-    #[arg(short = 'd', long = "duration", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(short = 'd', long = "duration", value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub duration: Duration,
 
     /// Message size in bytes.
-    #[arg(short = 's', long = "size", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=(64 * 1024 * 1024)))]
+    #[arg(short = 's', long = "size", value_name = "BYTES", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=(64 * 1024 * 1024)))]
     pub size: u32,
 
     /// Open loop: total requests per second across all connections; latency
@@ -50,11 +51,11 @@ pub struct Args {
     pub connect_rate: Option<f64>,
 
     /// Run this long before measuring; results from the warm-up are discarded.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
 
     /// Per-request timeout (connect, or send + full echo).
-    #[arg(long, default_value = "2s", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
 
     /// Print one JSON object on stdout instead of the human summary.

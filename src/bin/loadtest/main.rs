@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         eprintln!("loadtest: error: {msg}");
         return ExitCode::from(2);
     }
+    raise_fd_limit(u64::from(args.connections));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -55,6 +56,26 @@ fn main() -> ExitCode {
             eprintln!("loadtest: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Many connections need many descriptors: raise the soft limit to the
+/// hard one, and warn when even that is too few (connects would then fail
+/// with "too many open files" and be counted as connect errors).
+fn raise_fd_limit(connections: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let mut limit = soft;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        limit = hard;
+    }
+    // Churn can hold a few extra sockets per worker while they close.
+    if connections + 64 > limit {
+        eprintln!(
+            "loadtest: warning: {connections} connections but only {limit} file descriptors allowed (ulimit -n)"
+        );
     }
 }
 
@@ -142,11 +163,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     progress.finish();
 
+    let (hist, timeline) = shared.latencies();
+    totals.hist = hist;
     let summary = report::Summary {
         args,
         target: addr.to_string(),
         totals,
-        timeline: shared.timeline(),
+        timeline,
         duration: args.duration,
     };
     if let Some(path) = &args.plot {

@@ -167,6 +167,20 @@ fn lin_axis(max: f64) -> (f64, f64) {
     ((max / step).ceil() * step, step)
 }
 
+/// Axis label for a latency gridline (1-2-5 values): "200µs", "1ms", "5s".
+fn fmt_tick(us: f64) -> String {
+    let (v, unit) = if us >= 1e6 {
+        (us / 1e6, "s")
+    } else if us >= 1e3 {
+        (us / 1e3, "ms")
+    } else {
+        (us, "µs")
+    };
+    // Round away float noise such as 0.30000000000000004.
+    let v = (v * 1000.0).round() / 1000.0;
+    format!("{v}{unit}")
+}
+
 fn fmt_count(v: f64) -> String {
     if v >= 1e6 {
         format!("{:.1}M", v / 1e6)
@@ -251,7 +265,7 @@ pub fn render(s: &Summary<'_>) -> String {
             p.y0 = d0;
             p.y1 = d1;
             for t in ticks {
-                p.hgrid(&mut svg, t.log10(), &fmt_us(t));
+                p.hgrid(&mut svg, t.log10(), &fmt_tick(t));
             }
             time_ticks(&p, &mut svg);
             for (k, (name, color)) in COLORS.iter().enumerate() {
@@ -348,7 +362,7 @@ pub fn render(s: &Summary<'_>) -> String {
             p.y0 = d0;
             p.y1 = d1;
             for t in ticks {
-                p.hgrid(&mut svg, t.log10(), &fmt_us(t));
+                p.hgrid(&mut svg, t.log10(), &fmt_tick(t));
             }
         }
         for n in 0..=nines as usize {
@@ -400,6 +414,9 @@ mod tests {
         assert_eq!((d0, d1), (1.0, 3.0));
         assert!(ticks.contains(&10.0) && ticks.contains(&1000.0));
         assert!(log_axis(std::iter::empty()).is_none());
+        assert_eq!(fmt_tick(200.0), "200µs");
+        assert_eq!(fmt_tick(1000.0), "1ms");
+        assert_eq!(fmt_tick(0.1), "0.1µs");
         let (max, step) = lin_axis(43_000.0);
         assert!(max >= 43_000.0 && max / step <= 6.0);
     }

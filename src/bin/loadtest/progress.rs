@@ -2,7 +2,6 @@
 //! stderr is a terminal (a redirected stderr gets no control codes).
 
 use std::io::IsTerminal;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +37,7 @@ impl Progress {
             loop {
                 tick.tick().await;
                 let now = Instant::now();
-                let req = shared.live_requests.load(Ordering::Relaxed);
-                let err = shared.live_errors.load(Ordering::Relaxed);
+                let (req, err) = shared.live();
                 let rate = (req - last.0) as f64 / now.duration_since(last.1).as_secs_f64();
                 last = (req, now);
                 let phase = if now < w.measure { "warm-up  " } else { "" };

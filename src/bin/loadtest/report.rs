@@ -173,12 +173,18 @@ impl Summary<'_> {
             "  throughput   {:>12.3} MB/s echoed",
             self.bytes_per_s() / 1e6
         );
-        if !a.udp {
+        if a.churn {
             let _ = writeln!(
                 s,
                 "  connections  {:>12}   {:.1} opened/s",
                 t.connections_opened,
                 t.connections_opened as f64 / self.secs()
+            );
+        } else if !a.udp {
+            let _ = writeln!(
+                s,
+                "  connections  {:>12}   {} opened while measuring",
+                a.connections, t.connections_opened
             );
         }
         let _ = writeln!(

@@ -2,6 +2,7 @@
 //! per-second timeline (for the plot) and live counters (for the progress
 //! line).
 
+use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,32 +142,115 @@ fn new_hist(sigfig: u8) -> Histogram<u64> {
     Histogram::new(sigfig).expect("sigfig 2 or 3 is valid")
 }
 
+/// Latencies recorded by one thread: the whole-run histogram and one
+/// histogram per second.
+///
+/// Why per thread rather than per connection: recording into a histogram
+/// touches a random cache line of a ~100 KB array. With one histogram per
+/// connection (hundreds of them) nearly every record was a cache miss and
+/// hdrhistogram was the largest user-space cost of the client; with one
+/// per runtime thread the arrays stay in cache.
+#[derive(Debug)]
+struct ThreadLatencies {
+    hist: Histogram<u64>,
+    seconds: Vec<Second>,
+    /// Requests and errors so far, warm-up included (progress line). Kept
+    /// per thread so that counting does not bounce a shared cache line.
+    live: (u64, u64),
+}
+
+impl ThreadLatencies {
+    fn second(&mut self, idx: usize) -> &mut Second {
+        while self.seconds.len() <= idx {
+            self.seconds.push(Second::new());
+        }
+        &mut self.seconds[idx]
+    }
+}
+
+type Slot = Arc<Mutex<ThreadLatencies>>;
+
+thread_local! {
+    /// This thread's latencies for the run with the given id.
+    static LOCAL: RefCell<Option<(u64, Slot)>> = const { RefCell::new(None) };
+}
+
 /// State shared by all workers of a run.
 #[derive(Debug)]
 pub struct Shared {
     /// The run's phases.
     pub window: Window,
-    /// Requests completed so far (warm-up included), for the progress line.
-    pub live_requests: AtomicU64,
-    /// Errors so far (warm-up included), for the progress line.
-    pub live_errors: AtomicU64,
-    timeline: Mutex<Vec<Second>>,
+    id: u64,
+    threads: Mutex<Vec<Slot>>,
 }
 
 impl Shared {
     /// Shared state for a run with the given window.
     pub fn new(window: Window) -> Arc<Self> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Arc::new(Shared {
             window,
-            live_requests: AtomicU64::new(0),
-            live_errors: AtomicU64::new(0),
-            timeline: Mutex::new(Vec::new()),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            threads: Mutex::new(Vec::new()),
         })
     }
 
-    /// The per-second timeline gathered so far.
-    pub fn timeline(&self) -> Vec<Second> {
-        self.timeline.lock().map(|t| t.clone()).unwrap_or_default()
+    /// Runs `f` on the calling thread's latencies for this run.
+    fn with_local(&self, f: impl FnOnce(&mut ThreadLatencies)) {
+        LOCAL.with_borrow_mut(|local| {
+            let slot = match local {
+                Some((id, slot)) if *id == self.id => slot,
+                _ => {
+                    let slot = Arc::new(Mutex::new(ThreadLatencies {
+                        hist: new_hist(3),
+                        seconds: Vec::new(),
+                        live: (0, 0),
+                    }));
+                    if let Ok(mut threads) = self.threads.lock() {
+                        threads.push(slot.clone());
+                    }
+                    &mut local.insert((self.id, slot)).1
+                }
+            };
+            // Only this thread locks it until the run is over.
+            if let Ok(mut l) = slot.lock() {
+                f(&mut l);
+            }
+        });
+    }
+
+    /// Requests and errors so far (warm-up included), for the progress line.
+    pub fn live(&self) -> (u64, u64) {
+        let threads = self.threads.lock().map(|t| t.clone()).unwrap_or_default();
+        threads
+            .iter()
+            .filter_map(|t| t.lock().ok().map(|t| t.live))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// Latencies of the whole run and per second, merged over threads.
+    /// Call once the workers are done.
+    pub fn latencies(&self) -> (Histogram<u64>, Vec<Second>) {
+        let mut hist = new_hist(3);
+        let mut seconds: Vec<Second> = Vec::new();
+        let threads = self.threads.lock().map(|t| t.clone()).unwrap_or_default();
+        for t in threads {
+            let Ok(t) = t.lock() else { continue };
+            let _ = hist.add(&t.hist);
+            for (i, s) in t.seconds.iter().enumerate() {
+                while seconds.len() <= i {
+                    seconds.push(Second::new());
+                }
+                let _ = seconds[i].hist.add(&s.hist);
+                seconds[i].requests += s.requests;
+                seconds[i].errors += s.errors;
+            }
+        }
+        (hist, seconds)
+    }
+
+    fn second_of(&self, t: Instant) -> usize {
+        t.duration_since(self.window.measure).as_secs() as usize
     }
 }
 
@@ -224,15 +308,13 @@ impl Totals {
     }
 }
 
-/// One worker's recorder: counts locally, flushes one second at a time
-/// into the shared timeline.
+/// One worker's recorder: counts locally; latencies go to the calling
+/// thread's histograms (see [`Shared::latencies`]).
 #[derive(Debug)]
 pub struct Recorder {
     shared: Arc<Shared>,
-    /// This worker's totals.
+    /// This worker's totals (its `hist` stays empty).
     pub totals: Totals,
-    sec_index: usize,
-    sec: Second,
 }
 
 impl Recorder {
@@ -241,8 +323,6 @@ impl Recorder {
         Recorder {
             shared,
             totals: Totals::new(),
-            sec_index: 0,
-            sec: Second::new(),
         }
     }
 
@@ -251,40 +331,38 @@ impl Recorder {
         self.shared.window
     }
 
-    /// Second of the measured window that `now` falls in, flushing the
-    /// previous one if it changed.
-    fn second(&mut self, now: Instant) -> &mut Second {
-        let idx = now.duration_since(self.shared.window.measure).as_secs() as usize;
-        if idx != self.sec_index {
-            self.flush();
-            self.sec_index = idx;
-        }
-        &mut self.sec
-    }
-
     /// A successful request attributed to time `now` (TCP: when it
     /// completed; UDP: when it was sent) that took `latency`.
     pub fn ok(&mut self, now: Instant, latency: Duration) {
-        self.shared.live_requests.fetch_add(1, Ordering::Relaxed);
         if !self.shared.window.measured(now) {
+            self.shared.with_local(|l| l.live.0 += 1);
             return;
         }
-        let ns = (latency.as_nanos() as u64).max(1);
-        let _ = self.totals.hist.record(ns); // auto-resizing: cannot fail
         self.totals.requests += 1;
-        let s = self.second(now);
-        let _ = s.hist.record(ns);
-        s.requests += 1;
+        let ns = (latency.as_nanos() as u64).max(1);
+        let idx = self.shared.second_of(now);
+        self.shared.with_local(|l| {
+            l.live.0 += 1;
+            // Auto-resizing histograms: recording cannot fail.
+            let _ = l.hist.record(ns);
+            let s = l.second(idx);
+            let _ = s.hist.record(ns);
+            s.requests += 1;
+        });
     }
 
     /// An error of kind `kind` attributed to time `now`.
     pub fn error(&mut self, now: Instant, kind: ErrorKind) {
-        self.shared.live_errors.fetch_add(1, Ordering::Relaxed);
         if !self.shared.window.measured(now) {
+            self.shared.with_local(|l| l.live.1 += 1);
             return;
         }
         self.totals.errors.add(kind);
-        self.second(now).errors += 1;
+        let idx = self.shared.second_of(now);
+        self.shared.with_local(|l| {
+            l.live.1 += 1;
+            l.second(idx).errors += 1;
+        });
     }
 
     /// A connection established at `now`.
@@ -294,25 +372,8 @@ impl Recorder {
         }
     }
 
-    fn flush(&mut self) {
-        if self.sec.requests == 0 && self.sec.errors == 0 {
-            return;
-        }
-        let sec = std::mem::replace(&mut self.sec, Second::new());
-        if let Ok(mut tl) = self.shared.timeline.lock() {
-            while tl.len() <= self.sec_index {
-                tl.push(Second::new());
-            }
-            let slot = &mut tl[self.sec_index];
-            let _ = slot.hist.add(&sec.hist);
-            slot.requests += sec.requests;
-            slot.errors += sec.errors;
-        }
-    }
-
-    /// Flushes the current second and returns this worker's totals.
-    pub fn finish(mut self) -> Totals {
-        self.flush();
+    /// This worker's totals.
+    pub fn finish(self) -> Totals {
         self.totals
     }
 }
@@ -338,10 +399,12 @@ mod tests {
         assert_eq!(t.requests, 2);
         assert_eq!(t.errors.get(ErrorKind::Timeout), 1);
         assert_eq!(t.errors.total(), 1);
-        let tl = shared.timeline();
+        let (hist, tl) = shared.latencies();
+        assert_eq!(hist.len(), 2);
+        assert!(hist.max() >= 19_900);
         assert_eq!(tl.len(), 2);
         assert_eq!((tl[0].requests, tl[1].requests, tl[1].errors), (1, 1, 1));
-        assert_eq!(shared.live_requests.load(Ordering::Relaxed), 4);
+        assert_eq!(shared.live(), (4, 1));
     }
 
     #[test]
