@@ -410,5 +410,55 @@ fn sigterm_shuts_down_with_status_0() {
         let status = server.terminate();
         assert_eq!(status.code(), Some(0), "{mode}: {status:?}");
         assert!(TcpStream::connect(server.addr).is_err(), "listener closed");
+        // A client that stays connected delays shutdown by at most the
+        // grace period (5 s), not the idle timeout.
+        let mut server = FtpServer::start(mode, &[]);
+        let _idle = Ctrl::login(server.addr);
+        let start = std::time::Instant::now();
+        let status = server.terminate();
+        assert_eq!(status.code(), Some(0), "{mode}: {status:?}");
+        assert!(start.elapsed() < Duration::from_secs(12), "{mode}");
     }
+}
+
+/// Pids whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|x| x.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn forking_mode_serves_each_session_in_its_own_child() {
+    let server = FtpServer::start("forking", &[]);
+    let mut a = Ctrl::login(server.addr);
+    let mut b = Ctrl::login(server.addr);
+    assert_eq!(children_of(server.pid()).len(), 2, "one child per session");
+    assert_eq!(a.cmd("QUIT").0, 221);
+    assert_eq!(b.cmd("QUIT").0, 221);
+    assert!(
+        wait_until(Duration::from_secs(10), || children_of(server.pid())
+            .is_empty()),
+        "children exit and are reaped after QUIT"
+    );
+    let threads = FtpServer::start("threading", &[]);
+    let _c = Ctrl::login(threads.addr);
+    assert!(
+        children_of(threads.pid()).is_empty(),
+        "threading mode does not fork"
+    );
 }

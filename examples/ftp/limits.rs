@@ -95,7 +95,6 @@ impl Limits {
     }
 
     /// The number of live connections (after forgetting finished ones).
-    #[cfg(test)]
     ///
     /// # Errors
     /// `poll` failed.
@@ -168,6 +167,23 @@ impl Gate {
             }
         };
         pending.insert(peer, verdict);
+    }
+
+    /// Waits until every admitted session has ended, or `grace` passed.
+    /// Returns the number of sessions still running. Used at shutdown,
+    /// after the accept loop stopped.
+    pub fn wait_idle(&self, grace: std::time::Duration) -> usize {
+        if self.forking {
+            lock(&self.pending).clear();
+        }
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            let live = lock(&self.limits).live().unwrap_or(0);
+            if live == 0 || std::time::Instant::now() >= deadline {
+                return live;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Takes the verdict [`verify`](Self::verify) left for `peer`. A
