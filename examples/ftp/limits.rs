@@ -35,8 +35,9 @@ pub struct Token {
 /// The verdict for one connection.
 #[derive(Debug)]
 pub enum Admission {
-    /// Serve it; keep the token for the whole session.
-    Admitted(Token),
+    /// Serve it; keep the token for the whole session (it is never read,
+    /// only held until it is dropped).
+    Admitted(#[allow(dead_code)] Token),
     /// Reply `421` with this text and close.
     Refused(&'static str),
 }

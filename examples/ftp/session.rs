@@ -20,7 +20,7 @@ use crate::command::Command;
 use crate::config::Config;
 use crate::confine::{Denied, Root};
 use crate::data::{self, ActiveError, DataSetup};
-use crate::limits::{Admission, Gate, Token};
+use crate::limits::{Admission, Gate};
 use crate::listing;
 use crate::reply::{self, quote_path};
 
@@ -50,7 +50,9 @@ pub struct Account {
 pub struct Session {
     pub(crate) cfg: Arc<Config>,
     gate: Arc<Gate>,
-    _token: Option<Token>,
+    /// The connection-limit verdict, taken first thing in `setup` so an
+    /// admitted slot is never left behind in the hand-off map.
+    admission: Option<Admission>,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
     pending_user: Option<String>,
@@ -74,7 +76,7 @@ impl Session {
         Session {
             cfg,
             gate,
-            _token: None,
+            admission: None,
             peer: unspecified,
             local: unspecified,
             pending_user: None,
@@ -558,6 +560,7 @@ impl RequestHandler for Session {
             .as_inet()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "FTP needs a TCP peer"))?;
         self.peer = peer;
+        self.admission = Some(self.gate.take(peer));
         self.local = req
             .stream()
             .and_then(|s| s.local_addr().transpose())
@@ -574,12 +577,11 @@ impl RequestHandler for Session {
     }
 
     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
-        match self.gate.take(self.peer) {
-            Admission::Admitted(token) => self._token = Some(token),
-            Admission::Refused(why) => {
-                tracing::info!(peer = %self.peer, why, "connection refused by limits");
-                return reply::send(&mut req.wfile(), 421, why);
-            }
+        // The token (if admitted) stays in `self.admission` for the whole
+        // session; dropping the session frees the slot.
+        if let Some(Admission::Refused(why)) = &self.admission {
+            tracing::info!(peer = %self.peer, why, "connection refused by limits");
+            return reply::send(&mut req.wfile(), 421, why);
         }
         tracing::info!(peer = %self.peer, "session start");
         reply::send(&mut req.wfile(), 220, "socketserver FTP ready.")?;
