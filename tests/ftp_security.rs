@@ -455,10 +455,36 @@ fn forking_mode_serves_each_session_in_its_own_child() {
             .is_empty()),
         "children exit and are reaped after QUIT"
     );
+    // More sessions than Python's default max_children (40) are served.
+    let many: Vec<Ctrl> = (0..50).map(|_| Ctrl::login(server.addr)).collect();
+    assert_eq!(children_of(server.pid()).len(), 50);
+    drop(many);
     let threads = FtpServer::start("threading", &[]);
     let _c = Ctrl::login(threads.addr);
     assert!(
         children_of(threads.pid()).is_empty(),
         "threading mode does not fork"
     );
+}
+
+#[test]
+fn abor_stops_a_download_and_the_session_goes_on() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        fs::write(server.root().join("big"), vec![7u8; 32 << 20]).unwrap();
+        let mut c = Ctrl::login(server.addr);
+        assert_eq!(c.cmd("TYPE I").0, 200);
+        let data = c.pasv();
+        assert_eq!(c.cmd("RETR big").0, 150);
+        // The client reads nothing, so the server stalls on a full socket
+        // until ABOR arrives.
+        std::thread::sleep(Duration::from_millis(200));
+        c.send_raw(b"ABOR\r\n");
+        assert_eq!(c.read_reply().0, 426, "{mode}");
+        assert_eq!(c.read_reply().0, 226, "{mode}");
+        drop(data);
+        assert_eq!(c.cmd("NOOP").0, 200);
+        let (code, got) = c.fetch("RETR big");
+        assert_eq!((code, got.len()), (226, 32 << 20), "{mode}");
+    }
 }

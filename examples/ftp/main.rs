@@ -33,6 +33,9 @@ use crate::config::{Args, Config, Mode};
 use crate::limits::{Gate, Limits};
 use crate::session::Session;
 
+/// Most forked sessions at once when --max-connections is not given.
+const DEFAULT_MAX_CHILDREN: usize = 1024;
+
 /// How long shutdown waits for open sessions to end.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -63,7 +66,15 @@ where
     // period instead.
     builder
         .hooks(LimitHooks { gate: gate.clone() })
-        .block_on_close(false);
+        .block_on_close(false)
+        // Forking: the framework's cap on live children (Python's 40) would
+        // leave clients beyond it waiting unanswered. Allow every session
+        // --max-connections admits, plus room for the short-lived children
+        // that only send a 421.
+        .max_children(
+            args.max_connections
+                .map_or(DEFAULT_MAX_CHILDREN, |n| n.saturating_add(64)),
+        );
     let session_gate = gate.clone();
     let mut server = builder.bind(args.listen, move || {
         Session::new(cfg.clone(), session_gate.clone())
