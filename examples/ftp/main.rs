@@ -16,11 +16,13 @@ mod command;
 mod config;
 mod confine;
 mod data;
+mod files;
 mod limits;
 mod listing;
 mod reply;
 mod session;
 mod transfer;
+mod upload;
 
 use std::io::Write;
 use std::sync::Arc;
