@@ -488,3 +488,19 @@ fn abor_stops_a_download_and_the_session_goes_on() {
         assert_eq!((code, got.len()), (226, 32 << 20), "{mode}");
     }
 }
+
+#[test]
+fn passive_ports_come_from_the_configured_range() {
+    let server = FtpServer::start("threading", &["--passive-ports", "47100-47119"]);
+    let mut c = Ctrl::login(server.addr);
+    for _ in 0..5 {
+        let (code, text) = c.cmd("EPSV");
+        assert_eq!(code, 229, "{text}");
+        let port: u16 = text.split('|').nth(3).unwrap().parse().unwrap();
+        assert!((47100..=47119).contains(&port), "{port}");
+    }
+    // EPSV ALL forbids PORT and PASV afterwards.
+    assert_eq!(c.cmd("EPSV ALL").0, 200);
+    assert_eq!(c.cmd("PASV").0, 503);
+    assert_eq!(c.cmd("PORT 127,0,0,1,200,0").0, 503);
+}
