@@ -33,6 +33,31 @@ pub use queue::{Queue, QueueBuilder, DEFAULT_CAPACITY as QUEUE_DEFAULT_CAPACITY}
 pub use semaphore::{BoundedSemaphore, Event, Semaphore, SemaphoreGuard};
 pub use shared::{Array, ArrayGuard, SharedData, SharedMemory, Value, ValueGuard};
 pub use sync::{Lock, LockError, LockGuard, LockResult, RLock, RLockGuard};
+
 // Descriptors inherited across exec (socket activation, re-exec): the
 // unsafe `from_raw_fd` lives here.
 pub(crate) mod inherited;
+
+// Lock-free counters in shared memory (the prefork scoreboard).
+mod atomics;
+pub use atomics::SharedAtomics;
+
+// Pool, ProcessPoolExecutor and Manager (slice `pool`).
+mod async_result;
+mod dispatch;
+mod executor;
+mod manager;
+mod manager_protocol;
+mod manager_proxy;
+mod manager_server;
+mod pool;
+mod task;
+mod worker;
+pub use async_result::AsyncResult;
+pub use executor::{Future, ProcessPoolExecutor};
+pub use manager::{Manager, ManagerBuilder};
+pub use manager_proxy::{
+    DictProxy, ListProxy, LockProxy, LockProxyGuard, NamespaceProxy, QueueProxy, ValueProxy,
+};
+pub use pool::{IMap, Pool, PoolBuilder};
+pub use task::StarFn;

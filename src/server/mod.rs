@@ -117,3 +117,5 @@ pub mod activation;
 mod pidfile;
 pub mod proxy;
 pub use pidfile::PidFile;
+mod prefork;
+pub use prefork::{PreforkBuilder, PreforkTcpServer};

@@ -1,0 +1,641 @@
+//! The engine under [`Pool`](super::Pool) and
+//! [`ProcessPoolExecutor`](super::ProcessPoolExecutor): a set of forked
+//! workers, one private socketpair each, and one dispatcher thread in the
+//! parent that hands out jobs and collects results.
+//!
+//! Because every worker has its own connection, the dispatcher always knows
+//! which jobs sit on which worker. It `poll`s, in one call, a wake-up
+//! eventfd (new jobs, close, terminate), every worker's connection and
+//! every worker's sentinel (a pidfd). A worker that dies is therefore seen
+//! at once, by its sentinel or by end-of-file on its connection, never by
+//! a polling sleep: the job it was running fails with
+//! [`Error::WorkerDied`], jobs queued behind it on that worker go back to
+//! the shared queue, and a replacement is forked (or, for the executor,
+//! the whole engine is marked broken and every pending job fails).
+//!
+//! Each worker holds at most [`PREFETCH`] jobs: the one it runs and one
+//! queued behind it, so it never waits for the dispatcher between jobs.
+
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::Signal;
+
+use super::worker::{self, Initializer, MAX_FRAME, OP_STOP};
+use super::{fork_child, pipe, Connection, ForkOptions, ForkedChild};
+use crate::{Error, Result};
+
+/// Jobs handed to one worker at a time. A job stays with its payload
+/// until its reply arrives, so the ones behind a dead worker's running job
+/// can be queued again.
+const PREFETCH: usize = 2;
+/// How long terminated workers get after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_millis(200);
+/// How long idle workers get to leave after a stop frame.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Receives a job's outcome: the worker's encoded result or an error.
+pub(crate) type Sink = Box<dyn FnOnce(Result<Vec<u8>>) + Send + 'static>;
+
+/// A job waiting for, or sent to, a worker.
+pub(crate) struct Job {
+    pub(crate) trampoline: usize,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) sink: Sink,
+}
+
+struct Queued {
+    id: u64,
+    job: Job,
+}
+
+/// What a worker's death does to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnDeath {
+    /// Fail its running job, fork a replacement (Pool).
+    Replace,
+    /// Mark the engine broken and fail everything pending (executor).
+    Break,
+}
+
+/// How to start the engine.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) initializer: Option<Initializer>,
+    pub(crate) max_tasks: Option<usize>,
+    pub(crate) on_death: OnDeath,
+    pub(crate) name: &'static str,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    next_id: u64,
+    closed: bool,
+    terminating: bool,
+    broken: Option<String>,
+    /// Pids of the live workers, for `Pool::pids` (tests, diagnostics).
+    pids: Vec<i32>,
+}
+
+/// The part of the engine shared by the caller's handles and the
+/// dispatcher thread.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    wake: EventFd,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Only whole-value updates happen under this lock; a panic cannot
+        // leave it inconsistent, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&self) {
+        // Fails only if the counter would overflow, which means the
+        // dispatcher is already due to wake up.
+        let _ = self.wake.write(1);
+    }
+
+    /// Queues jobs; returns their ids.
+    ///
+    /// # Errors
+    /// [`Error::BrokenPool`] once broken; [`Error::InvalidArgument`] after
+    /// `close` or `terminate`.
+    pub(crate) fn submit(&self, jobs: impl IntoIterator<Item = Job>) -> Result<Vec<u64>> {
+        let mut st = self.lock();
+        if let Some(why) = &st.broken {
+            return Err(Error::BrokenPool(why.clone()));
+        }
+        if st.closed || st.terminating {
+            return Err(Error::InvalidArgument(
+                "the pool is not running (close() or terminate() was called)".into(),
+            ));
+        }
+        let mut ids = Vec::new();
+        for job in jobs {
+            let id = st.next_id;
+            st.next_id += 1;
+            st.queue.push_back(Queued { id, job });
+            ids.push(id);
+        }
+        drop(st);
+        self.wake();
+        Ok(ids)
+    }
+
+    /// Removes job `id` if no worker has it yet; its sink then gets
+    /// [`Error::Cancelled`]. Returns whether it was removed.
+    pub(crate) fn cancel(&self, id: u64) -> bool {
+        let mut st = self.lock();
+        let Some(pos) = st.queue.iter().position(|q| q.id == id) else {
+            return false;
+        };
+        let queued = st.queue.remove(pos);
+        drop(st);
+        if let Some(q) = queued {
+            deliver(q.job.sink, Err(Error::Cancelled));
+        }
+        true
+    }
+
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.wake();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        let st = self.lock();
+        st.closed || st.terminating
+    }
+
+    pub(crate) fn broken(&self) -> Option<String> {
+        self.lock().broken.clone()
+    }
+
+    pub(crate) fn pids(&self) -> Vec<i32> {
+        self.lock().pids.clone()
+    }
+}
+
+/// The caller's side of the engine: the shared state and the dispatcher
+/// thread's handle.
+pub(crate) struct Engine {
+    pub(crate) shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Forks `config.processes` workers from the calling thread and starts
+    /// the dispatcher thread.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for zero processes; [`Error::Io`] or
+    /// [`Error::DaemonicChildren`] if a worker cannot be forked (the ones
+    /// already started are stopped again).
+    pub(crate) fn start(config: Config) -> Result<Engine> {
+        if config.processes == 0 {
+            return Err(Error::InvalidArgument(
+                "the number of processes must be at least 1".into(),
+            ));
+        }
+        if config.max_tasks == Some(0) {
+            return Err(Error::InvalidArgument(
+                "maxtasksperchild must be at least 1".into(),
+            ));
+        }
+        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let mut workers = Vec::with_capacity(config.processes);
+        for n in 0..config.processes {
+            match Worker::spawn(&config, n + 1) {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    kill_all(&mut workers);
+                    return Err(e);
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pids: workers.iter().map(|w| w.child.pid()).collect(),
+                ..State::default()
+            }),
+            wake,
+        });
+        let mut dispatcher = Dispatcher {
+            shared: shared.clone(),
+            config,
+            workers,
+            spawned: 0,
+            frame: Vec::new(),
+        };
+        dispatcher.spawned = dispatcher.workers.len();
+        let thread = std::thread::Builder::new()
+            .name("pool-dispatcher".into())
+            .spawn(move || dispatcher.run());
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Engine {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops at once: pending jobs fail with [`Error::BrokenPool`], workers
+    /// get SIGTERM (SIGKILL after a short grace) and are reaped.
+    pub(crate) fn terminate(&self) {
+        self.shared.lock().terminating = true;
+        self.shared.wake();
+        self.join_thread();
+    }
+
+    /// Waits for the dispatcher thread to finish (after `close`, once every
+    /// job is done and the workers left; after `terminate`, promptly).
+    pub(crate) fn join_thread(&self) {
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            if h.thread().id() == std::thread::current().id() {
+                // Called from a callback on the dispatcher itself: it will
+                // see the flag when the callback returns.
+                return;
+            }
+            let _ = h.join();
+        }
+    }
+
+    /// Lets the dispatcher thread finish on its own (executor
+    /// `shutdown(wait = false)` followed by drop).
+    pub(crate) fn detach(&self) {
+        self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+/// Calls a sink, containing a panicking user callback.
+fn deliver(sink: Sink, outcome: Result<Vec<u8>>) {
+    if catch_unwind(AssertUnwindSafe(|| sink(outcome))).is_err() {
+        tracing::error!("a pool result callback panicked");
+    }
+}
+
+struct Worker {
+    child: ForkedChild,
+    conn: Connection,
+    inflight: VecDeque<Queued>,
+    sent: usize,
+    /// The connection failed or reached end-of-file: wait for the sentinel.
+    eof: bool,
+}
+
+impl Worker {
+    fn spawn(config: &Config, n: usize) -> Result<Worker> {
+        let (mut conn, mut child_end) = pipe(true)?;
+        conn.set_max_message_size(MAX_FRAME);
+        child_end.set_max_message_size(MAX_FRAME);
+        // Workers forked later must not hold this worker's parent end.
+        conn.close_on_fork();
+        let init = config.initializer.clone();
+        let max = config.max_tasks;
+        let options = ForkOptions::new()
+            .name(format!("{}-{n}", config.name))
+            .daemon(true);
+        let child = fork_child(&options, move || worker::worker_main(child_end, init, max))?;
+        Ok(Worker {
+            child,
+            conn,
+            inflight: VecDeque::new(),
+            sent: 0,
+            eof: false,
+        })
+    }
+
+    /// Reads every reply that is available (blocking only to finish a frame
+    /// that has started). Sets `eof` when the connection ends.
+    fn read_replies(&mut self) {
+        loop {
+            match self.conn.recv_bytes() {
+                Ok(frame) => match worker::decode_reply(frame) {
+                    Ok(reply) => {
+                        let pos = self.inflight.iter().position(|q| q.id == reply.id);
+                        match pos.and_then(|p| self.inflight.remove(p)) {
+                            Some(q) => deliver(q.job.sink, reply.outcome),
+                            None => tracing::warn!(id = reply.id, "pool: reply for unknown job"),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pool: bad reply frame; dropping worker");
+                        self.eof = true;
+                        let _ = self.child.signal(Signal::SIGKILL);
+                        return;
+                    }
+                },
+                Err(_) => {
+                    self.eof = true;
+                    return;
+                }
+            }
+            if !matches!(self.conn.poll(Duration::ZERO), Ok(true)) {
+                return;
+            }
+        }
+    }
+}
+
+/// How an exit code reads in a `WorkerDied` error.
+fn describe_exit(code: i32) -> String {
+    if code < 0 {
+        let sig = Signal::try_from(-code)
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|_| format!("signal {}", -code));
+        format!("killed by signal {} ({sig})", -code)
+    } else {
+        format!("exited with code {code}")
+    }
+}
+
+/// SIGTERM everyone, SIGKILL whoever is still there after the grace
+/// period, reap all.
+fn kill_all(workers: &mut [Worker]) {
+    for w in workers.iter() {
+        let _ = w.child.signal(Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + TERM_GRACE;
+    for w in workers.iter_mut() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !matches!(w.child.wait_timeout(left), Ok(Some(_))) {
+            let _ = w.child.signal(Signal::SIGKILL);
+            let _ = w.child.wait();
+        }
+    }
+}
+
+struct Dispatcher {
+    shared: Arc<Shared>,
+    config: Config,
+    workers: Vec<Worker>,
+    spawned: usize,
+    frame: Vec<u8>,
+}
+
+enum Step {
+    Continue,
+    Stop,
+    Terminate(String),
+}
+
+impl Dispatcher {
+    fn run(mut self) {
+        loop {
+            match self.assign() {
+                Step::Continue => {}
+                Step::Stop => {
+                    self.stop_workers();
+                    return;
+                }
+                Step::Terminate(why) => {
+                    self.fail_everything(&why);
+                    return;
+                }
+            }
+            if let Err(e) = self.wait_and_handle() {
+                tracing::error!(error = %e, "pool dispatcher: poll failed");
+                self.shared.lock().broken = Some(format!("dispatcher failed: {e}"));
+                self.fail_everything(&format!("dispatcher failed: {e}"));
+                return;
+            }
+        }
+    }
+
+    /// Hands queued jobs to workers with room; decides whether to stop.
+    fn assign(&mut self) -> Step {
+        let mut batch: Vec<(usize, Queued)> = Vec::new();
+        {
+            let mut st = self.shared.lock();
+            if st.terminating {
+                return Step::Terminate("the pool was terminated".into());
+            }
+            if let Some(why) = &st.broken {
+                return Step::Terminate(why.clone());
+            }
+            let max = self.config.max_tasks;
+            // Fill the emptiest workers first: depth 0 everywhere, then 1.
+            for depth in 0..PREFETCH {
+                for (i, w) in self.workers.iter().enumerate() {
+                    if st.queue.is_empty() {
+                        break;
+                    }
+                    let queued_here = batch.iter().filter(|(j, _)| *j == i).count();
+                    if w.inflight.len() + queued_here == depth
+                        && !w.eof
+                        && max.is_none_or(|m| w.sent + queued_here < m)
+                    {
+                        if let Some(q) = st.queue.pop_front() {
+                            batch.push((i, q));
+                        }
+                    }
+                }
+            }
+            let idle = self.workers.iter().all(|w| w.inflight.is_empty());
+            if batch.is_empty() && st.closed && st.queue.is_empty() && idle {
+                return Step::Stop;
+            }
+        }
+        let mut requeue = Vec::new();
+        for (i, q) in batch {
+            let w = &mut self.workers[i];
+            worker::encode_job(&mut self.frame, q.id, q.job.trampoline, &q.job.payload);
+            if self.frame.len() > MAX_FRAME {
+                let len = self.frame.len();
+                deliver(
+                    q.job.sink,
+                    Err(Error::MessageTooLarge {
+                        len,
+                        max: MAX_FRAME,
+                    }),
+                );
+                continue;
+            }
+            match w.conn.send_bytes(&self.frame) {
+                Ok(()) => {
+                    w.sent += 1;
+                    w.inflight.push_back(q);
+                }
+                Err(_) => {
+                    // The worker is gone; its sentinel will tell us how.
+                    // The job never reached it, so it goes back in line.
+                    w.eof = true;
+                    requeue.push(q);
+                }
+            }
+        }
+        if self.frame.capacity() > 1 << 20 {
+            self.frame = Vec::new();
+        }
+        if !requeue.is_empty() {
+            let mut st = self.shared.lock();
+            for q in requeue.into_iter().rev() {
+                st.queue.push_front(q);
+            }
+        }
+        Step::Continue
+    }
+
+    /// One `poll` over the wake-up fd, connections and sentinels, then
+    /// handles whatever is ready.
+    fn wait_and_handle(&mut self) -> Result<()> {
+        let mut conn_ready = vec![false; self.workers.len()];
+        let mut dead = vec![false; self.workers.len()];
+        let mut woken = false;
+        {
+            let mut fds = Vec::with_capacity(1 + 2 * self.workers.len());
+            fds.push(PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN));
+            let mut map = Vec::with_capacity(2 * self.workers.len());
+            for (i, w) in self.workers.iter().enumerate() {
+                fds.push(PollFd::new(w.child.sentinel(), PollFlags::POLLIN));
+                map.push((i, true));
+                if !w.eof {
+                    if let Some(fd) = w.conn.fileno() {
+                        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                        map.push((i, false));
+                    }
+                }
+            }
+            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            woken = woken || ready(&fds[0]);
+            for (fd, &(i, is_sentinel)) in fds[1..].iter().zip(&map) {
+                if ready(fd) {
+                    if is_sentinel {
+                        dead[i] = true;
+                    } else {
+                        conn_ready[i] = true;
+                    }
+                }
+            }
+        }
+        if woken {
+            // Reset the counter; EAGAIN just means someone else did.
+            let _ = self.shared.wake.read();
+        }
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            if conn_ready[i] {
+                w.read_replies();
+            }
+        }
+        // Handle exits from the back so indices stay valid.
+        for i in (0..self.workers.len()).rev() {
+            if dead[i] {
+                self.handle_exit(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_exit(&mut self, i: usize) {
+        let code = match self.workers[i].child.try_wait() {
+            Ok(Some(code)) => code,
+            // The sentinel fired, so waitpid cannot block for long.
+            Ok(None) => match self.workers[i].child.wait() {
+                Ok(code) => code,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        let mut w = self.workers.remove(i);
+        let pid = w.child.pid();
+        // Replies written just before the exit are still in the socket.
+        if !w.eof && matches!(w.conn.poll(Duration::ZERO), Ok(true)) {
+            w.read_replies();
+        }
+        let abnormal = code != 0 || !w.inflight.is_empty();
+        let died = Error::WorkerDied {
+            pid,
+            reason: describe_exit(code),
+        };
+        {
+            let mut st = self.shared.lock();
+            st.pids.retain(|p| *p != pid);
+        }
+        if abnormal && self.config.on_death == OnDeath::Break {
+            let why = format!(
+                "a worker process (pid {pid}) terminated abruptly: {}",
+                describe_exit(code)
+            );
+            self.shared.lock().broken = Some(why.clone());
+            // Its running job fails like all others: the pool is unusable.
+            for q in w.inflight.drain(..) {
+                deliver(q.job.sink, Err(Error::BrokenPool(why.clone())));
+            }
+            return;
+        }
+        if abnormal {
+            tracing::warn!(pid, code, "pool worker died");
+        }
+        // The running job fails; those queued behind it never started and
+        // go back to the front of the shared queue, in order.
+        if let Some(q) = w.inflight.pop_front() {
+            deliver(q.job.sink, Err(died));
+        }
+        if !w.inflight.is_empty() {
+            let mut st = self.shared.lock();
+            for q in w.inflight.drain(..).rev() {
+                st.queue.push_front(q);
+            }
+        }
+        drop(w);
+        self.replace_worker();
+    }
+
+    fn replace_worker(&mut self) {
+        let need = {
+            let st = self.shared.lock();
+            !st.terminating && st.broken.is_none() && (!st.closed || !st.queue.is_empty())
+        };
+        if !need || self.workers.len() >= self.config.processes {
+            return;
+        }
+        self.spawned += 1;
+        match Worker::spawn(&self.config, self.spawned) {
+            Ok(w) => {
+                self.shared.lock().pids.push(w.child.pid());
+                self.workers.push(w);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pool: cannot start a replacement worker");
+                if self.workers.is_empty() {
+                    self.shared.lock().broken =
+                        Some(format!("cannot start a replacement worker: {e}"));
+                }
+            }
+        }
+    }
+
+    /// After `close`: every job is done; ask the workers to leave.
+    fn stop_workers(&mut self) {
+        for w in &mut self.workers {
+            let _ = w.conn.send_bytes(&[OP_STOP]);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for w in &mut self.workers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !matches!(w.child.wait_timeout(left), Ok(Some(_))) {
+                let _ = w.child.signal(Signal::SIGKILL);
+                let _ = w.child.wait();
+            }
+        }
+        self.workers.clear();
+        self.shared.lock().pids.clear();
+    }
+
+    /// After `terminate` or breakage: kill the workers, fail every job.
+    fn fail_everything(&mut self, why: &str) {
+        kill_all(&mut self.workers);
+        let queued: Vec<Queued> = {
+            let mut st = self.shared.lock();
+            st.pids.clear();
+            st.queue.drain(..).collect()
+        };
+        for w in &mut self.workers {
+            for q in w.inflight.drain(..) {
+                deliver(q.job.sink, Err(Error::BrokenPool(why.to_owned())));
+            }
+        }
+        self.workers.clear();
+        for q in queued {
+            deliver(q.job.sink, Err(Error::BrokenPool(why.to_owned())));
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `ProcessPoolExecutor`: Python's `concurrent.futures.ProcessPoolExecutor`
+//! on the pool's engine, with its stricter failure rule: a worker that
+//! dies breaks the executor.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::async_result::{slot_sink, Slot};
+use super::cpu_count;
+use super::dispatch::{Config, Engine, Job, OnDeath, Shared};
+use super::pool::{chunk_jobs, IMap};
+use super::task::{self, One};
+#[allow(unused_imports)]
+use crate::Error;
+use crate::Result;
+
+/// Runs functions in worker processes and returns [`Future`]s: Python's
+/// `concurrent.futures.ProcessPoolExecutor` (fork start method).
+///
+/// Tasks are the same as for [`Pool`](super::Pool): a function item or
+/// non-capturing closure with serde arguments and result.
+///
+/// Unlike `Pool`, when a worker dies abruptly (killed, crashed, its
+/// initializer panicked) the executor is *broken*, as in Python: every
+/// pending and running future fails with [`Error::BrokenPool`] at once —
+/// never hangs — and later `submit`s fail with the same error.
+///
+/// Dropping the executor is `shutdown(true)` (Python's `with` block),
+/// unless [`shutdown(false)`](Self::shutdown) was called, in which case
+/// queued work finishes in the background.
+pub struct ProcessPoolExecutor {
+    engine: Engine,
+    max_workers: usize,
+    detached: bool,
+}
+
+impl fmt::Debug for ProcessPoolExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessPoolExecutor")
+            .field("max_workers", &self.max_workers)
+            .field("broken", &self.engine.shared.broken())
+            .finish()
+    }
+}
+
+/// The pending result of [`ProcessPoolExecutor::submit`]: Python's
+/// `concurrent.futures.Future`.
+///
+/// The result is taken by the first successful [`result`](Self::result).
+pub struct Future<R> {
+    slot: Arc<Slot<R>>,
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl<R> fmt::Debug for Future<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Future")
+            .field("id", &self.id)
+            .field("done", &self.done())
+            .finish()
+    }
+}
+
+impl<R> Future<R> {
+    /// Waits for the result.
+    ///
+    /// # Errors
+    /// [`Error::BrokenPool`] if a worker died (the executor is broken);
+    /// [`Error::Cancelled`] after a successful [`cancel`](Self::cancel);
+    /// [`Error::Panicked`] if the function panicked; [`Error::Codec`] on
+    /// encoding failures; [`Error::InvalidArgument`] if already taken.
+    pub fn result(&self) -> Result<R> {
+        self.slot.take(None)
+    }
+
+    /// Like [`result`](Self::result), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if not done by then (the result stays); otherwise
+    /// as [`result`](Self::result).
+    pub fn result_timeout(&self, timeout: Duration) -> Result<R> {
+        self.slot.take(Some(timeout))
+    }
+
+    /// Whether the call finished, failed or was cancelled.
+    pub fn done(&self) -> bool {
+        self.slot.ready()
+    }
+
+    /// Cancels the call if no worker has picked it up yet; returns whether
+    /// it was cancelled (then [`result`](Self::result) gives
+    /// [`Error::Cancelled`]).
+    pub fn cancel(&self) -> bool {
+        self.shared.cancel(self.id)
+    }
+}
+
+impl ProcessPoolExecutor {
+    /// An executor with `max_workers` processes (`None` = `cpu_count()`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for `Some(0)`; [`Error::Io`] or
+    /// [`Error::DaemonicChildren`] if the workers cannot be forked.
+    pub fn new(max_workers: Option<usize>) -> Result<Self> {
+        Self::with_options(max_workers, None)
+    }
+
+    /// Like [`new`](Self::new), with Python's `max_tasks_per_child`: a
+    /// worker that ran this many calls exits and is replaced (that is not
+    /// a breakage).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new); `Some(0)` tasks is invalid too.
+    pub fn with_options(
+        max_workers: Option<usize>,
+        max_tasks_per_child: Option<usize>,
+    ) -> Result<Self> {
+        let max_workers = max_workers.unwrap_or_else(cpu_count);
+        let engine = Engine::start(Config {
+            processes: max_workers,
+            initializer: None,
+            max_tasks: max_tasks_per_child,
+            on_death: OnDeath::Break,
+            name: "ProcessPoolExecutorWorker",
+        })?;
+        Ok(ProcessPoolExecutor {
+            engine,
+            max_workers,
+            detached: false,
+        })
+    }
+
+    /// Schedules `f(arg)`.
+    ///
+    /// # Errors
+    /// [`Error::BrokenPool`] once broken; [`Error::InvalidArgument`] after
+    /// `shutdown`; [`Error::Codec`] if `arg` cannot be encoded.
+    pub fn submit<F, A, R>(&self, f: F, arg: A) -> Result<Future<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        let slot = Slot::new();
+        let job = Job {
+            trampoline: task::one_address::<One<F>, A>(),
+            payload: postcard::to_allocvec(&arg)?,
+            sink: slot_sink(slot.clone(), None, None),
+        };
+        let ids = self.engine.shared.submit([job])?;
+        Ok(Future {
+            slot,
+            id: ids.first().copied().unwrap_or_default(),
+            shared: self.engine.shared.clone(),
+        })
+    }
+
+    /// `f` over every item, results in input order: Python's
+    /// `Executor.map(fn, iterable, chunksize=…)`. Each item of the
+    /// iterator is `Ok(result)` or the error of its chunk.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub fn map<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<IMap<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        let items: Vec<A> = items.into_iter().collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let trampoline = task::chunk_address::<One<F>, A>();
+        let jobs = chunk_jobs(trampoline, &items, chunksize, &tx)?;
+        let chunks = jobs.len();
+        self.engine.shared.submit(jobs)?;
+        Ok(IMap::from_parts(rx, chunks))
+    }
+
+    /// Stops accepting work: Python's `shutdown(wait)`. With `wait`, blocks
+    /// until every submitted call finished and the workers exited; without,
+    /// returns at once and the work finishes in the background.
+    pub fn shutdown(&mut self, wait: bool) {
+        self.engine.shared.close();
+        if wait {
+            self.engine.join_thread();
+        } else {
+            self.detached = true;
+        }
+    }
+
+    /// Whether a worker death broke the executor, and why.
+    pub fn broken(&self) -> Option<String> {
+        self.engine.shared.broken()
+    }
+
+    /// The pids of the live workers.
+    pub fn pids(&self) -> Vec<i32> {
+        self.engine.shared.pids()
+    }
+}
+
+impl Drop for ProcessPoolExecutor {
+    fn drop(&mut self) {
+        if self.detached {
+            self.engine.detach();
+        } else {
+            self.engine.shared.close();
+            self.engine.join_thread();
+        }
+    }
+}

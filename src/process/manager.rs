@@ -1,0 +1,446 @@
+//! `Manager`: Python's `multiprocessing.Manager()` / `BaseManager`, a
+//! server process that holds shared objects and hands out proxies.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::manager_protocol::{Kind, Request};
+use super::manager_proxy::{
+    DictProxy, ListProxy, LockProxy, NamespaceProxy, QueueProxy, Remote, ValueProxy,
+};
+use super::manager_server::Store;
+use super::{fork_child, pipe, Address, ForkOptions, ForkedChild, Listener};
+use crate::{Error, Result};
+
+/// How long `Manager::new` waits for the server to report its address.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server gets to leave after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// A server process holding shared dicts, lists, values, namespaces, locks
+/// and queues: Python's `multiprocessing.Manager()` (a `SyncManager`).
+///
+/// ```no_run
+/// use socketserver::process::{Manager, Process};
+///
+/// let manager = Manager::new()?;
+/// let d = manager.dict::<i64>()?;
+/// let mut p = Process::new({
+///     let d = d.clone();
+///     move || { let _ = d.set("answer", &42); }
+/// });
+/// p.start()?;
+/// p.join()?;
+/// assert_eq!(d.get("answer")?, Some(42));
+/// # Ok::<(), socketserver::Error>(())
+/// ```
+///
+/// Proxies ([`DictProxy`], [`ListProxy`], …) are cheap to clone and work
+/// in any process: move a clone into a child. Values travel as JSON, so a
+/// proxy is generic over any serde type. Objects live as long as the
+/// manager (there is no per-proxy reference counting).
+///
+/// # Remote managers
+/// [`ManagerBuilder::address`] with a TCP address and an authkey serves
+/// other machines, like `BaseManager(address, authkey)`;
+/// [`Manager::connect`] is `BaseManager.connect()`. A client with a wrong
+/// key is refused by the handshake ([`Error::AuthenticationFailed`]).
+/// Named objects ([`dict_named`](Self::dict_named), …) let separate
+/// programs find the same object, the role `BaseManager.register` plays in
+/// Python.
+///
+/// # Lifetime
+/// The server is a daemon child: it is killed when the thread that started
+/// it ends or the owning process dies (`PR_SET_PDEATHSIG`), and stopped
+/// (SIGTERM, then SIGKILL) when the owning `Manager` is dropped or
+/// [`shutdown`](Self::shutdown) is called.
+pub struct Manager {
+    remote: Arc<Remote>,
+    server: Option<ForkedChild>,
+    /// Private directory of the default Unix socket, removed on shutdown.
+    socket_dir: Option<PathBuf>,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("address", &self.remote.address)
+            .field("server_pid", &self.server.as_ref().map(ForkedChild::pid))
+            .finish()
+    }
+}
+
+/// Configures a [`Manager`]'s address and authkey.
+#[derive(Debug, Default, Clone)]
+pub struct ManagerBuilder {
+    address: Option<Address>,
+    authkey: Option<Vec<u8>>,
+}
+
+impl ManagerBuilder {
+    /// Where the server listens: a TCP address (port 0 picks one; read it
+    /// back with [`Manager::address`]) or a Unix socket path. Default is a
+    /// Unix socket in a fresh private directory under the temp dir.
+    pub fn address(&mut self, address: impl Into<Address>) -> &mut Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// The shared secret clients must prove they know. Default is 32
+    /// random bytes (read it with [`Manager::authkey`]).
+    pub fn authkey(&mut self, key: impl Into<Vec<u8>>) -> &mut Self {
+        self.authkey = Some(key.into());
+        self
+    }
+
+    /// Forks the server process and waits until it listens.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if binding or forking fails (the server's bind error
+    /// is reported here); [`Error::InvalidArgument`] for an empty authkey;
+    /// [`Error::DaemonicChildren`] inside a daemon process;
+    /// [`Error::Timeout`] if the server does not come up in 10 s.
+    pub fn start(&self) -> Result<Manager> {
+        let authkey = match &self.authkey {
+            Some(k) if k.is_empty() => {
+                return Err(Error::InvalidArgument(
+                    "the authkey must not be empty".into(),
+                ))
+            }
+            Some(k) => k.clone(),
+            None => {
+                let mut k = vec![0u8; 32];
+                getrandom::fill(&mut k)
+                    .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+                k
+            }
+        };
+        let (address, socket_dir) = match &self.address {
+            Some(a) => (a.clone(), None),
+            None => {
+                let dir = private_dir()?;
+                (Address::Unix(dir.join("manager.sock")), Some(dir))
+            }
+        };
+        let result = spawn_server(address, &authkey);
+        let (server, address) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(dir) = &socket_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Manager {
+            remote: Remote::new(address, authkey),
+            server: Some(server),
+            socket_dir,
+        })
+    }
+}
+
+/// A fresh directory only we can enter, for the default Unix socket.
+fn private_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut tag = [0u8; 8];
+    getrandom::fill(&mut tag).map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+    let name = format!(
+        "socketserver-manager-{}-{}",
+        std::process::id(),
+        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let dir = std::env::temp_dir().join(name);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+fn address_to_string(a: &Address) -> String {
+    match a {
+        Address::Tcp(s) => format!("tcp:{s}"),
+        Address::Unix(p) => format!("unix:{}", p.display()),
+    }
+}
+
+fn address_from_string(s: &str) -> Result<Address> {
+    if let Some(t) = s.strip_prefix("tcp:") {
+        let addr = t
+            .parse()
+            .map_err(|e| Error::InvalidArgument(format!("bad address {t:?}: {e}")))?;
+        Ok(Address::Tcp(addr))
+    } else if let Some(p) = s.strip_prefix("unix:") {
+        Ok(Address::Unix(PathBuf::from(p)))
+    } else {
+        Err(Error::InvalidArgument(format!("bad address {s:?}")))
+    }
+}
+
+/// Forks the server. It binds the listener itself (so the socket and its
+/// path belong to it) and reports the bound address, or its bind error,
+/// over a pipe.
+fn spawn_server(address: Address, authkey: &[u8]) -> Result<(ForkedChild, Address)> {
+    let (mut rx, mut tx) = pipe(false)?;
+    let key = authkey.to_vec();
+    let options = ForkOptions::new().name("SyncManager").daemon(true);
+    let mut child = fork_child(&options, move || {
+        let listener = match Listener::bind(address, Some(&key)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(&Err::<String, String>(e.to_string()));
+                return 1;
+            }
+        };
+        let bound = match listener.address() {
+            Ok(a) => address_to_string(&a),
+            Err(e) => {
+                let _ = tx.send(&Err::<String, String>(e.to_string()));
+                return 1;
+            }
+        };
+        if tx.send(&Ok::<String, String>(bound)).is_err() {
+            return 1;
+        }
+        drop(tx);
+        serve_forever(&listener)
+    })?;
+    let reply = match rx.poll(START_TIMEOUT) {
+        Ok(true) => rx.recv::<std::result::Result<String, String>>(),
+        Ok(false) => Err(Error::Timeout(START_TIMEOUT)),
+        Err(e) => Err(e),
+    };
+    match reply {
+        Ok(Ok(a)) => Ok((child, address_from_string(&a)?)),
+        Ok(Err(msg)) => {
+            let _ = child.wait_timeout(STOP_GRACE);
+            Err(Error::Io(std::io::Error::other(format!(
+                "manager server failed to listen: {msg}"
+            ))))
+        }
+        Err(e) => {
+            let _ = child.signal(Signal::SIGKILL);
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// The server process's accept loop: one thread per client connection.
+fn serve_forever(listener: &Listener) -> i32 {
+    let store = Arc::new(Store::default());
+    loop {
+        match listener.accept() {
+            Ok(conn) => {
+                let store = store.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("manager-conn".into())
+                    .spawn(move || {
+                        if store.serve(conn) {
+                            // A client asked for shutdown.
+                            super::exit(0);
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "manager: cannot start a connection thread");
+                }
+            }
+            // A client with a wrong key, or one that stayed silent: refuse
+            // it and carry on.
+            Err(Error::AuthenticationFailed(_) | Error::Timeout(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "manager: accept failed");
+                // EMFILE and friends: back off instead of spinning.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Manager {
+    /// Starts a manager on a private Unix socket with a random authkey.
+    ///
+    /// # Errors
+    /// As [`ManagerBuilder::start`].
+    pub fn new() -> Result<Manager> {
+        Self::builder().start()
+    }
+
+    /// A builder for the address and authkey.
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
+    }
+
+    /// Connects to a manager started elsewhere (Python's
+    /// `BaseManager(address, authkey).connect()`). Dropping the result does
+    /// not stop that manager.
+    ///
+    /// # Errors
+    /// [`Error::AuthenticationFailed`] for a wrong key; [`Error::Io`] if
+    /// nothing listens there.
+    pub fn connect(address: impl Into<Address>, authkey: &[u8]) -> Result<Manager> {
+        let remote = Remote::new(address.into(), authkey.to_vec());
+        // Authenticate now so a wrong key fails here, not on first use.
+        drop(remote.connect()?);
+        Ok(Manager {
+            remote,
+            server: None,
+            socket_dir: None,
+        })
+    }
+
+    /// The address the server listens on (with the real port).
+    pub fn address(&self) -> &Address {
+        &self.remote.address
+    }
+
+    /// The server's pid, if this value started it.
+    pub fn server_pid(&self) -> Option<i32> {
+        self.server.as_ref().map(ForkedChild::pid)
+    }
+
+    fn create(&self, kind: Kind, name: Option<&str>, init: Value) -> Result<u64> {
+        self.remote.create(kind, name.map(str::to_owned), init)
+    }
+
+    /// A new empty shared dict (`manager.dict()`).
+    ///
+    /// # Errors
+    /// [`Error::Io`]/[`Error::Eof`] if the manager is unreachable.
+    pub fn dict<V: Serialize + DeserializeOwned>(&self) -> Result<DictProxy<V>> {
+        Ok(DictProxy::new(
+            self.remote.clone(),
+            self.create(Kind::Dict, None, Value::Null)?,
+        ))
+    }
+
+    /// The dict called `name`, created empty on first use, so separate
+    /// programs connected to one manager can share it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `name` is another kind of object;
+    /// otherwise as [`dict`](Self::dict).
+    pub fn dict_named<V: Serialize + DeserializeOwned>(&self, name: &str) -> Result<DictProxy<V>> {
+        let id = self.create(Kind::Dict, Some(name), Value::Null)?;
+        Ok(DictProxy::new(self.remote.clone(), id))
+    }
+
+    /// A new empty shared list (`manager.list()`).
+    ///
+    /// # Errors
+    /// As [`dict`](Self::dict).
+    pub fn list<T: Serialize + DeserializeOwned>(&self) -> Result<ListProxy<T>> {
+        Ok(ListProxy::new(
+            self.remote.clone(),
+            self.create(Kind::List, None, Value::Null)?,
+        ))
+    }
+
+    /// The list called `name`, created empty on first use.
+    ///
+    /// # Errors
+    /// As [`dict_named`](Self::dict_named).
+    pub fn list_named<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<ListProxy<T>> {
+        let id = self.create(Kind::List, Some(name), Value::Null)?;
+        Ok(ListProxy::new(self.remote.clone(), id))
+    }
+
+    /// A shared value starting at `init` (`manager.Value(typecode, init)`).
+    ///
+    /// # Errors
+    /// [`Error::Codec`] if `init` does not serialise; as [`dict`](Self::dict).
+    pub fn value<T: Serialize + DeserializeOwned>(&self, init: &T) -> Result<ValueProxy<T>> {
+        let init = serde_json::to_value(init).map_err(|e| Error::Codec(e.to_string()))?;
+        Ok(ValueProxy::new(
+            self.remote.clone(),
+            self.create(Kind::Value, None, init)?,
+        ))
+    }
+
+    /// A new empty namespace (`manager.Namespace()`).
+    ///
+    /// # Errors
+    /// As [`dict`](Self::dict).
+    pub fn namespace(&self) -> Result<NamespaceProxy> {
+        let id = self.create(Kind::Namespace, None, Value::Null)?;
+        Ok(NamespaceProxy::new(self.remote.clone(), id))
+    }
+
+    /// A new shared lock (`manager.Lock()`).
+    ///
+    /// # Errors
+    /// As [`dict`](Self::dict).
+    pub fn lock(&self) -> Result<LockProxy> {
+        Ok(LockProxy::new(
+            self.remote.clone(),
+            self.create(Kind::Lock, None, Value::Null)?,
+        ))
+    }
+
+    /// A new shared queue; `maxsize` 0 means unbounded (`manager.Queue()`).
+    ///
+    /// # Errors
+    /// As [`dict`](Self::dict).
+    pub fn queue<T: Serialize + DeserializeOwned>(&self, maxsize: usize) -> Result<QueueProxy<T>> {
+        let id = self.create(Kind::Queue, None, Value::from(maxsize as u64))?;
+        Ok(QueueProxy::new(self.remote.clone(), id))
+    }
+
+    /// The queue called `name`, created on first use.
+    ///
+    /// # Errors
+    /// As [`dict_named`](Self::dict_named).
+    pub fn queue_named<T: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+        maxsize: usize,
+    ) -> Result<QueueProxy<T>> {
+        let id = self.create(Kind::Queue, Some(name), Value::from(maxsize as u64))?;
+        Ok(QueueProxy::new(self.remote.clone(), id))
+    }
+
+    /// Stops the server process (if this value started it) and waits for
+    /// it; proxies fail afterwards. For a connected manager, asks the
+    /// server to shut down.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a connected manager cannot be reached.
+    pub fn shutdown(&mut self) -> Result<()> {
+        match self.server.take() {
+            // A forked child that inherited this value must not stop the
+            // server or remove its socket.
+            Some(child) if !child.is_owner() => {
+                std::mem::forget(child);
+                self.socket_dir = None;
+                return Ok(());
+            }
+            Some(mut child) => {
+                let _ = child.signal(Signal::SIGTERM);
+                if !matches!(child.wait_timeout(STOP_GRACE), Ok(Some(_))) {
+                    let _ = child.signal(Signal::SIGKILL);
+                    let _ = child.wait();
+                }
+            }
+            None => {
+                self.remote.request(&Request::Shutdown)?;
+            }
+        }
+        if let Some(dir) = self.socket_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            let _ = self.shutdown();
+        }
+    }
+}

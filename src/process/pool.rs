@@ -1,0 +1,536 @@
+//! `Pool`: Python's `multiprocessing.Pool`, with workers started by `fork`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::async_result::{slot_sink, AsyncResult, Slot};
+use super::cpu_count;
+use super::dispatch::{Config, Engine, Job, OnDeath, Sink};
+use super::task::{self, One, Star, StarFn};
+use crate::{Error, Result};
+
+/// A pool of worker processes: Python's `multiprocessing.Pool`.
+///
+/// ```no_run
+/// use socketserver::process::Pool;
+///
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = Pool::new(4)?;
+/// assert_eq!(pool.map(square, 0..10u64)?, vec![0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+/// let r = pool.apply_async(square, 7)?;
+/// assert_eq!(r.get()?, 49);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), socketserver::Error>(())
+/// ```
+///
+/// # What a task is
+/// A task is a function item (`square`) or a closure that captures nothing
+/// (`|x: u64| x + 1`), with arguments and results that implement serde's
+/// `Serialize` and `Deserialize`. Workers are `fork()`s of this process, so
+/// such a function exists at the same address in every worker; the pool
+/// sends that address and the postcard-encoded arguments (see the
+/// `task` module for why this is sound only with fork). Closures that
+/// capture data are rejected at compile time. The
+/// [`initializer`](PoolBuilder::initializer), which runs once per worker
+/// at start, may be any closure: it is forked along with the worker.
+///
+/// # Failures
+/// - A task that panics gives an [`Error::Panicked`] result with the panic
+///   message; its worker carries on.
+/// - A worker that dies mid-task (SIGKILL, abort, segfault) never hangs the
+///   pool: its task fails with [`Error::WorkerDied`] (pid and signal), a
+///   replacement worker is forked and the other tasks complete. Python's
+///   `Pool` hangs forever here (CPython gh-66587).
+///
+/// # Threads
+/// Results are collected by one dispatcher thread, which also runs the
+/// callbacks of [`apply_async_with`](Self::apply_async_with) and forks
+/// replacement workers. The first workers are forked from the thread that
+/// calls `new`/`build`. Workers are daemons: they are killed when the
+/// thread that forked them ends (Linux `PR_SET_PDEATHSIG`), so create the
+/// pool on a thread that outlives it.
+///
+/// Dropping the pool terminates it (Python's `__exit__`): call
+/// [`close`](Self::close) and [`join`](Self::join) first to let queued
+/// tasks finish.
+pub struct Pool {
+    engine: Engine,
+    processes: usize,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .field("pids", &self.pids())
+            .finish()
+    }
+}
+
+/// Configures a [`Pool`]: Python's `Pool(processes, initializer,
+/// maxtasksperchild)`.
+#[derive(Default)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    initializer: Option<Arc<dyn Fn() + Send + Sync + 'static>>,
+    max_tasks: Option<usize>,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("initializer", &self.initializer.is_some())
+            .field("maxtasksperchild", &self.max_tasks)
+            .finish()
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes. Default is [`cpu_count()`](super::cpu_count).
+    pub fn processes(&mut self, n: usize) -> &mut Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A function each worker runs once, right after it starts (also in
+    /// replacement workers). If it panics the worker exits and a new one
+    /// is started. Default is none.
+    pub fn initializer<F: Fn() + Send + Sync + 'static>(&mut self, f: F) -> &mut Self {
+        self.initializer = Some(Arc::new(f));
+        self
+    }
+
+    /// A worker exits after this many tasks and is replaced by a fresh one
+    /// (Python's `maxtasksperchild`), which bounds what a leaky task can
+    /// accumulate. Default is `None`: workers live as long as the pool.
+    pub fn maxtasksperchild(&mut self, n: Option<usize>) -> &mut Self {
+        self.max_tasks = n;
+        self
+    }
+
+    /// Forks the workers and starts the pool.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for 0 processes or
+    /// `maxtasksperchild = Some(0)`; [`Error::DaemonicChildren`] inside a
+    /// pool worker or other daemon; [`Error::Io`] if `fork` fails.
+    pub fn build(&self) -> Result<Pool> {
+        let processes = self.processes.unwrap_or_else(cpu_count);
+        let engine = Engine::start(Config {
+            processes,
+            initializer: self.initializer.clone(),
+            max_tasks: self.max_tasks,
+            on_death: OnDeath::Replace,
+            name: "ForkPoolWorker",
+        })?;
+        Ok(Pool { engine, processes })
+    }
+}
+
+/// Python's default chunk size: about four chunks per worker.
+pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
+    len.div_ceil(processes.max(1) * 4).max(1)
+}
+
+/// Encodes `items` into chunk jobs for the trampoline at `trampoline`; each
+/// chunk's decoded results go to `tx` with the chunk's index.
+pub(crate) fn chunk_jobs<A, R>(
+    trampoline: usize,
+    items: &[A],
+    chunksize: usize,
+    tx: &mpsc::Sender<(usize, Result<Vec<R>>)>,
+) -> Result<Vec<Job>>
+where
+    A: Serialize,
+    R: DeserializeOwned + Send + 'static,
+{
+    let mut jobs = Vec::with_capacity(items.len().div_ceil(chunksize.max(1)));
+    for (index, chunk) in items.chunks(chunksize.max(1)).enumerate() {
+        let payload = postcard::to_allocvec(chunk)?;
+        let tx = tx.clone();
+        let sink: Sink = Box::new(move |reply: Result<Vec<u8>>| {
+            let decoded =
+                reply.and_then(|bytes| postcard::from_bytes::<Vec<R>>(&bytes).map_err(Error::from));
+            // The receiver may be gone (the caller stopped iterating).
+            let _ = tx.send((index, decoded));
+        });
+        jobs.push(Job {
+            trampoline,
+            payload,
+            sink,
+        });
+    }
+    Ok(jobs)
+}
+
+impl Pool {
+    /// A pool of `processes` workers (at least 1).
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    pub fn new(processes: usize) -> Result<Pool> {
+        Self::builder().processes(processes).build()
+    }
+
+    /// A builder for the initializer, `maxtasksperchild`, or the default
+    /// process count.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// How many workers the pool keeps running.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The pids of the workers alive right now.
+    pub fn pids(&self) -> Vec<i32> {
+        self.engine.shared.pids()
+    }
+
+    /// Runs `f(arg)` in a worker and waits for the result: Python's `apply`.
+    ///
+    /// # Errors
+    /// As [`AsyncResult::get`], plus those of [`apply_async`](Self::apply_async).
+    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, arg)?.get()
+    }
+
+    /// Starts `f(arg)` in a worker: Python's `apply_async`.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] if `arg` cannot be encoded;
+    /// [`Error::InvalidArgument`] after `close`/`terminate`.
+    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.submit_one(f, arg, None, None)
+    }
+
+    /// Like [`apply_async`](Self::apply_async), with Python's `callback`
+    /// and `error_callback`: one of them runs on the pool's dispatcher
+    /// thread when the task ends, before [`AsyncResult::get`] returns. Keep
+    /// them short; a panic in a callback is caught and logged.
+    ///
+    /// # Errors
+    /// As [`apply_async`](Self::apply_async).
+    pub fn apply_async_with<F, A, R, S, E>(
+        &self,
+        f: F,
+        arg: A,
+        callback: S,
+        error_callback: E,
+    ) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        S: FnOnce(&R) + Send + 'static,
+        E: FnOnce(&Error) + Send + 'static,
+    {
+        self.submit_one(
+            f,
+            arg,
+            Some(Box::new(callback)),
+            Some(Box::new(error_callback)),
+        )
+    }
+
+    fn submit_one<F, A, R>(
+        &self,
+        _f: F,
+        arg: A,
+        on_success: Option<super::async_result::OnSuccess<R>>,
+        on_error: Option<super::async_result::OnError>,
+    ) -> Result<AsyncResult<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let payload = postcard::to_allocvec(&arg)?;
+        let slot = Slot::new();
+        let job = Job {
+            trampoline: task::one_address::<One<F>, A>(),
+            payload,
+            sink: slot_sink(slot.clone(), on_success, on_error),
+        };
+        self.engine.shared.submit([job])?;
+        Ok(AsyncResult { slot })
+    }
+
+    /// `f` applied to every item, in order: Python's `map`, with its default
+    /// chunk size (items split into about four chunks per worker).
+    ///
+    /// # Errors
+    /// The first failed chunk's error ([`Error::Panicked`],
+    /// [`Error::WorkerDied`], …); as [`apply_async`](Self::apply_async)
+    /// for submission.
+    pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let items: Vec<A> = items.into_iter().collect();
+        let chunksize = default_chunksize(items.len(), self.processes);
+        self.map_chunked(f, items, chunksize)
+    }
+
+    /// [`map`](Self::map) with an explicit chunk size (items per message
+    /// to a worker; 0 is taken as 1).
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    pub fn map_chunked<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        let items: Vec<A> = items.into_iter().collect();
+        let rx = self.submit_chunks(task::chunk_address::<One<F>, A>(), &items, chunksize)?;
+        collect_in_order(rx, items.len())
+    }
+
+    /// `f(a, b, …)` for every tuple `(a, b, …)`, in order: Python's
+    /// `starmap` (0 to 4 arguments), with `map`'s default chunk size.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    pub fn starmap<F, Args, I>(&self, f: F, items: I) -> Result<Vec<F::Output>>
+    where
+        F: StarFn<Args>,
+        Args: Serialize + DeserializeOwned + 'static,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = Args>,
+    {
+        let _ = f;
+        let items: Vec<Args> = items.into_iter().collect();
+        let chunksize = default_chunksize(items.len(), self.processes);
+        let trampoline = task::chunk_address::<Star<F, Args>, Args>();
+        let rx = self.submit_chunks(trampoline, &items, chunksize)?;
+        collect_in_order(rx, items.len())
+    }
+
+    /// A lazy, ordered `map`: Python's `imap`. Items are sent in chunks of
+    /// `chunksize` (Python's default is 1); results come back in input
+    /// order as soon as each is ready. A failed chunk yields one `Err` in
+    /// its place.
+    ///
+    /// # Errors
+    /// As [`apply_async`](Self::apply_async) for submission.
+    pub fn imap<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<IMap<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        let items: Vec<A> = items.into_iter().collect();
+        let chunks = items.len().div_ceil(chunksize.max(1));
+        let rx = self.submit_chunks(task::chunk_address::<One<F>, A>(), &items, chunksize)?;
+        Ok(IMap::new(rx, chunks, true))
+    }
+
+    /// Like [`imap`](Self::imap), but yields results in completion order:
+    /// Python's `imap_unordered`.
+    ///
+    /// # Errors
+    /// As [`imap`](Self::imap).
+    pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<IMap<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        let items: Vec<A> = items.into_iter().collect();
+        let chunks = items.len().div_ceil(chunksize.max(1));
+        let rx = self.submit_chunks(task::chunk_address::<One<F>, A>(), &items, chunksize)?;
+        Ok(IMap::new(rx, chunks, false))
+    }
+
+    fn submit_chunks<A, R>(
+        &self,
+        trampoline: usize,
+        items: &[A],
+        chunksize: usize,
+    ) -> Result<mpsc::Receiver<(usize, Result<Vec<R>>)>>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let jobs = chunk_jobs(trampoline, items, chunksize, &tx)?;
+        self.engine.shared.submit(jobs)?;
+        Ok(rx)
+    }
+
+    /// Stops accepting tasks; the queued ones still run: Python's `close`.
+    pub fn close(&self) {
+        self.engine.shared.close();
+    }
+
+    /// Stops the workers now: queued and running tasks fail with
+    /// [`Error::BrokenPool`]; workers get SIGTERM, then SIGKILL after a
+    /// short grace, and are reaped before this returns. Python's
+    /// `terminate`.
+    pub fn terminate(&self) {
+        self.engine.terminate();
+    }
+
+    /// Waits for the workers to exit, after [`close`](Self::close) (every
+    /// queued task finishes first) or [`terminate`](Self::terminate).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if neither was called (Python raises
+    /// `ValueError`), since the wait would never end.
+    pub fn join(&self) -> Result<()> {
+        if !self.engine.shared.is_closed() {
+            return Err(Error::InvalidArgument(
+                "join() needs close() or terminate() first".into(),
+            ));
+        }
+        self.engine.join_thread();
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.engine.terminate();
+    }
+}
+
+/// Gathers every chunk, placing each by index.
+pub(crate) fn collect_in_order<R>(
+    rx: mpsc::Receiver<(usize, Result<Vec<R>>)>,
+    len: usize,
+) -> Result<Vec<R>> {
+    let mut imap = IMap::new(rx, 0, true);
+    imap.chunks = usize::MAX; // counted by `len` below
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        match imap.next_chunk() {
+            Some(Ok(chunk)) => out.extend(chunk),
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(Error::BrokenPool(
+                    "the pool stopped before all results arrived".into(),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The iterator [`Pool::imap`] and [`Pool::imap_unordered`] return.
+pub struct IMap<R> {
+    rx: mpsc::Receiver<(usize, Result<Vec<R>>)>,
+    /// Chunks not yet yielded.
+    chunks: usize,
+    ordered: bool,
+    next_index: usize,
+    parked: BTreeMap<usize, Result<Vec<R>>>,
+    current: std::vec::IntoIter<R>,
+}
+
+impl<R> fmt::Debug for IMap<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IMap")
+            .field("chunks_left", &self.chunks)
+            .field("ordered", &self.ordered)
+            .finish()
+    }
+}
+
+impl<R> IMap<R> {
+    /// An ordered iterator over `chunks` chunks arriving on `rx`.
+    pub(crate) fn from_parts(rx: mpsc::Receiver<(usize, Result<Vec<R>>)>, chunks: usize) -> Self {
+        Self::new(rx, chunks, true)
+    }
+
+    fn new(rx: mpsc::Receiver<(usize, Result<Vec<R>>)>, chunks: usize, ordered: bool) -> Self {
+        IMap {
+            rx,
+            chunks,
+            ordered,
+            next_index: 0,
+            parked: BTreeMap::new(),
+            current: Vec::new().into_iter(),
+        }
+    }
+
+    fn next_chunk(&mut self) -> Option<Result<Vec<R>>> {
+        if self.chunks == 0 {
+            return None;
+        }
+        let chunk = if self.ordered {
+            loop {
+                if let Some(c) = self.parked.remove(&self.next_index) {
+                    self.next_index += 1;
+                    break c;
+                }
+                match self.rx.recv() {
+                    Ok((i, c)) => {
+                        self.parked.insert(i, c);
+                    }
+                    Err(_) => return self.lost(),
+                }
+            }
+        } else {
+            match self.rx.recv() {
+                Ok((_, c)) => c,
+                Err(_) => return self.lost(),
+            }
+        };
+        self.chunks -= 1;
+        Some(chunk)
+    }
+
+    /// Every sink was dropped before all chunks arrived.
+    fn lost(&mut self) -> Option<Result<Vec<R>>> {
+        self.chunks = 0;
+        Some(Err(Error::BrokenPool(
+            "the pool stopped before all results arrived".into(),
+        )))
+    }
+}
+
+impl<R> Iterator for IMap<R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        loop {
+            if let Some(r) = self.current.next() {
+                return Some(Ok(r));
+            }
+            match self.next_chunk()? {
+                Ok(chunk) => self.current = chunk.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}

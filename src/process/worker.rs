@@ -1,0 +1,175 @@
+//! The pool worker: the loop a forked worker runs, and the frames it
+//! exchanges with the pool over its private socketpair.
+//!
+//! Parent → worker frame: `[op: u8][id: u64 LE][trampoline: u64 LE][payload]`
+//! with `op` = [`OP_JOB`] or [`OP_STOP`] (a stop frame has no other fields).
+//!
+//! Worker → parent frame: `[status: u8][id: u64 LE][body]` where `status`
+//! is [`ST_OK`] (body = encoded result), [`ST_PANIC`] (body = the panic
+//! message) or [`ST_ERROR`] (body = a codec error message).
+//!
+//! Frames go through [`Connection::send_bytes`] / `recv_bytes`, so framing,
+//! truncation and size limits are the connection's.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use super::task;
+use super::Connection;
+use crate::{Error, Result};
+
+pub(crate) const OP_JOB: u8 = 1;
+pub(crate) const OP_STOP: u8 = 2;
+pub(crate) const ST_OK: u8 = 0;
+pub(crate) const ST_PANIC: u8 = 1;
+pub(crate) const ST_ERROR: u8 = 2;
+const JOB_HEADER: usize = 1 + 8 + 8;
+pub(crate) const RESULT_HEADER: usize = 1 + 8;
+
+/// Largest frame on a pool connection: big `map` chunks are legitimate.
+pub(crate) const MAX_FRAME: usize = 1 << 30;
+
+/// Runs once in each worker right after it starts (Python's `initializer`).
+pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync + 'static>;
+
+/// Encodes a job frame into `buf` (cleared first).
+pub(crate) fn encode_job(buf: &mut Vec<u8>, id: u64, trampoline: usize, payload: &[u8]) {
+    buf.clear();
+    buf.push(OP_JOB);
+    buf.extend_from_slice(&id.to_le_bytes());
+    buf.extend_from_slice(&(trampoline as u64).to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// A decoded result frame.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) id: u64,
+    pub(crate) outcome: Result<Vec<u8>>,
+}
+
+/// Decodes a worker's result frame.
+///
+/// # Errors
+/// [`Error::Codec`] when the frame is shorter than its header or has an
+/// unknown status byte.
+pub(crate) fn decode_reply(mut frame: Vec<u8>) -> Result<Reply> {
+    if frame.len() < RESULT_HEADER {
+        return Err(Error::Codec(format!(
+            "pool worker sent a {}-byte frame, shorter than a result header",
+            frame.len()
+        )));
+    }
+    let status = frame[0];
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&frame[1..RESULT_HEADER]);
+    let id = u64::from_le_bytes(id);
+    frame.drain(..RESULT_HEADER);
+    let outcome = match status {
+        ST_OK => Ok(frame),
+        ST_PANIC => Err(Error::Panicked(
+            String::from_utf8_lossy(&frame).into_owned(),
+        )),
+        ST_ERROR => Err(Error::Codec(String::from_utf8_lossy(&frame).into_owned())),
+        other => {
+            return Err(Error::Codec(format!(
+                "pool worker sent unknown status {other}"
+            )))
+        }
+    };
+    Ok(Reply { id, outcome })
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "task panicked with a non-string payload".to_owned()
+    }
+}
+
+/// The worker's main loop; returns the exit code.
+///
+/// Exits with 0 on a stop frame, when the parent closes its end, or after
+/// `max_tasks` tasks; with 1 if the initializer panics (the parent then
+/// starts a replacement) or on a malformed frame (which only a bug on our
+/// side could produce).
+pub(crate) fn worker_main(
+    mut conn: Connection,
+    initializer: Option<Initializer>,
+    max_tasks: Option<usize>,
+) -> i32 {
+    if let Some(init) = initializer {
+        if catch_unwind(AssertUnwindSafe(|| init())).is_err() {
+            return 1;
+        }
+    }
+    let mut out = Vec::with_capacity(256);
+    let mut done = 0usize;
+    loop {
+        let frame = match conn.recv_bytes() {
+            Ok(f) => f,
+            // The pool is gone or closed our end: nothing more to do.
+            Err(_) => return 0,
+        };
+        match frame.first() {
+            Some(&OP_STOP) => return 0,
+            Some(&OP_JOB) if frame.len() >= JOB_HEADER => {}
+            _ => return 1,
+        }
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&frame[1..9]);
+        let id = u64::from_le_bytes(word);
+        word.copy_from_slice(&frame[9..17]);
+        let addr = u64::from_le_bytes(word) as usize;
+        let payload = &frame[JOB_HEADER..];
+        // SAFETY: the frame comes from the pool in our parent, over a
+        // socketpair only it and we hold; it encoded the address with
+        // `task::one_address`/`chunk_address` in the image we are a fork of.
+        let trampoline = unsafe { task::trampoline_at(addr) };
+
+        out.clear();
+        out.push(ST_OK);
+        out.extend_from_slice(&id.to_le_bytes());
+        let mut body = std::mem::take(&mut out);
+        let result = catch_unwind(AssertUnwindSafe(|| trampoline(payload, &mut body)));
+        out = body;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(msg)) => set_failure(&mut out, ST_ERROR, &msg),
+            Err(payload) => {
+                let msg = panic_message(payload.as_ref());
+                // Dropping a payload may itself panic; the worker lives on.
+                std::mem::forget(payload);
+                set_failure(&mut out, ST_PANIC, &msg);
+            }
+        }
+        if conn.send_bytes(&out).is_err() {
+            // Too large, or the pool is gone. Report the first if we can.
+            set_failure(
+                &mut out,
+                ST_ERROR,
+                "the task's result is larger than a pool frame allows",
+            );
+            if conn.send_bytes(&out).is_err() {
+                return 0;
+            }
+        }
+        done += 1;
+        if max_tasks.is_some_and(|m| done >= m) {
+            return 0;
+        }
+        if out.capacity() > 1 << 20 {
+            out = Vec::with_capacity(256);
+        }
+    }
+}
+
+fn set_failure(out: &mut Vec<u8>, status: u8, msg: &str) {
+    out.truncate(RESULT_HEADER);
+    out[0] = status;
+    out.extend_from_slice(msg.as_bytes());
+}

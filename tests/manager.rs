@@ -1,0 +1,318 @@
+//! Fork-heavy tests of `Manager` and its proxies.
+//!
+//! `harness = false`: tests run one after another on the main thread.
+//! Run with `cargo test --test manager [FILTER]`.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use socketserver::process::{Address, Manager, Process};
+use socketserver::Error;
+
+type TestResult = Result<(), String>;
+type Test = (&'static str, fn() -> TestResult);
+
+macro_rules! check {
+    ($cond:expr) => {
+        if !$cond {
+            return Err(format!("{}:{}: check failed: {}", file!(), line!(), stringify!($cond)));
+        }
+    };
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!("{}:{}: {}", file!(), line!(), format!($($fmt)+)));
+        }
+    };
+}
+
+fn e<E: std::fmt::Debug>(err: E) -> String {
+    format!("{err:?}")
+}
+
+/// Whether `pid` is alive (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => text
+            .rfind(')')
+            .and_then(|i| text[i + 2..].chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    !alive(pid)
+}
+
+fn dict_and_list_updated_from_five_processes() -> TestResult {
+    let manager = Manager::new().map_err(e)?;
+    let d = manager.dict::<i64>().map_err(e)?;
+    let l = manager.list::<String>().map_err(e)?;
+    let mut procs = Vec::new();
+    for i in 0..5i64 {
+        let (d, l) = (d.clone(), l.clone());
+        let mut p = Process::new(move || {
+            let ok = d.set(format!("p{i}"), &(i * i)).is_ok()
+                && l.append(&format!("hello from {i}")).is_ok();
+            if !ok {
+                socketserver::process::exit(3);
+            }
+        });
+        p.start().map_err(e)?;
+        procs.push(p);
+    }
+    for mut p in procs {
+        check!(
+            p.join().map_err(e)? == 0,
+            "a child failed to update the manager"
+        );
+    }
+    let map = d.to_map().map_err(e)?;
+    check!(map.len() == 5, "{map:?}");
+    for i in 0..5i64 {
+        check!(map.get(&format!("p{i}")) == Some(&(i * i)), "{map:?}");
+    }
+    let mut items = l.to_vec().map_err(e)?;
+    items.sort();
+    check!(
+        items
+            == (0..5)
+                .map(|i| format!("hello from {i}"))
+                .collect::<Vec<_>>(),
+        "{items:?}"
+    );
+    check!(d.get("missing").map_err(e)?.is_none());
+    check!(d.remove("p0").map_err(e)? == Some(0));
+    check!(!d.contains_key("p0").map_err(e)?);
+    check!(l.get(-1).map_err(e)?.is_some() && l.get(99).map_err(e)?.is_none());
+    check!(matches!(
+        l.set(99, &"x".to_string()),
+        Err(Error::InvalidArgument(_))
+    ));
+    Ok(())
+}
+
+fn lock_value_and_queue_across_processes() -> TestResult {
+    let manager = Manager::new().map_err(e)?;
+    let counter = manager.value(&0i64).map_err(e)?;
+    let lock = manager.lock().map_err(e)?;
+    let mut procs = Vec::new();
+    for _ in 0..4 {
+        let (counter, lock) = (counter.clone(), lock.clone());
+        let mut p = Process::new(move || {
+            for _ in 0..25 {
+                let Ok(_guard) = lock.lock() else {
+                    socketserver::process::exit(3)
+                };
+                let Ok(v) = counter.get() else {
+                    socketserver::process::exit(4)
+                };
+                if counter.set(&(v + 1)).is_err() {
+                    socketserver::process::exit(5);
+                }
+            }
+        });
+        p.start().map_err(e)?;
+        procs.push(p);
+    }
+    for mut p in procs {
+        check!(p.join().map_err(e)? == 0);
+    }
+    check!(
+        counter.get().map_err(e)? == 100,
+        "counter is {}",
+        counter.get().map_err(e)?
+    );
+
+    let q = manager.queue::<u32>(0).map_err(e)?;
+    let producer_q = q.clone();
+    let mut producer = Process::new(move || {
+        for i in 0..50 {
+            if producer_q.put(&i).is_err() {
+                socketserver::process::exit(3);
+            }
+        }
+    });
+    producer.start().map_err(e)?;
+    for i in 0..50 {
+        check!(q.get_timeout(Duration::from_secs(5)).map_err(e)? == i);
+    }
+    check!(producer.join().map_err(e)? == 0);
+    let started = Instant::now();
+    check!(matches!(
+        q.get_timeout(Duration::from_millis(50)),
+        Err(Error::Empty)
+    ));
+    check!(started.elapsed() < Duration::from_secs(2));
+    check!(matches!(q.get_nowait(), Err(Error::Empty)));
+    let bounded = manager.queue::<u32>(1).map_err(e)?;
+    bounded.put(&1).map_err(e)?;
+    check!(matches!(
+        bounded.put_timeout(&2, Duration::from_millis(20)),
+        Err(Error::Full)
+    ));
+
+    let ns = manager.namespace().map_err(e)?;
+    ns.set("x", &7).map_err(e)?;
+    ns.set("name", &"pool").map_err(e)?;
+    check!(ns.get::<i32>("x").map_err(e)? == Some(7));
+    check!(ns.get::<String>("name").map_err(e)?.as_deref() == Some("pool"));
+    check!(ns.to_map().map_err(e)?.len() == 2);
+    Ok(())
+}
+
+fn lock_released_when_holder_dies() -> TestResult {
+    let manager = Manager::new().map_err(e)?;
+    let lock = manager.lock().map_err(e)?;
+    let held = lock.clone();
+    let mut p = Process::new(move || {
+        if held.acquire().is_err() {
+            socketserver::process::exit(3);
+        }
+        // Exit without releasing: the connection closes with the process.
+    });
+    p.start().map_err(e)?;
+    check!(p.join().map_err(e)? == 0);
+    check!(
+        lock.acquire_timeout(Duration::from_secs(5)).map_err(e)?,
+        "lock never released"
+    );
+    lock.release().map_err(e)?;
+    check!(matches!(lock.release(), Err(Error::InvalidArgument(_))));
+    Ok(())
+}
+
+fn remote_manager_wrong_authkey_refused() -> TestResult {
+    let manager = Manager::builder()
+        .address("127.0.0.1:0".parse::<std::net::SocketAddr>().map_err(e)?)
+        .authkey(b"right key".to_vec())
+        .start()
+        .map_err(e)?;
+    let addr = manager.address().clone();
+    check!(matches!(&addr, Address::Tcp(a) if a.port() != 0 && a.ip().is_loopback()));
+    let shared = manager.dict_named::<String>("shared").map_err(e)?;
+    shared.set("greeting", &"hello".to_string()).map_err(e)?;
+    match Manager::connect(addr.clone(), b"wrong key") {
+        Err(Error::AuthenticationFailed(_)) => {}
+        other => return Err(format!("expected AuthenticationFailed, got {other:?}")),
+    }
+    let client = Manager::connect(addr, b"right key").map_err(e)?;
+    let same = client.dict_named::<String>("shared").map_err(e)?;
+    check!(same.get("greeting").map_err(e)?.as_deref() == Some("hello"));
+    check!(matches!(
+        client.list_named::<i32>("shared"),
+        Err(Error::InvalidArgument(_))
+    ));
+    // The server still serves the owner after refusing a client.
+    check!(shared.len().map_err(e)? == 1);
+    Ok(())
+}
+
+fn manager_stops_when_dropped_or_owner_dies() -> TestResult {
+    let manager = Manager::new().map_err(e)?;
+    let pid = manager.server_pid().ok_or("no server pid")?;
+    let Address::Unix(path) = manager.address().clone() else {
+        return Err("default manager should use a Unix socket".into());
+    };
+    check!(alive(pid));
+    drop(manager);
+    check!(
+        !alive(pid) && kill(Pid::from_raw(pid), None).is_err(),
+        "server {pid} left behind"
+    );
+    check!(!path.exists(), "socket {} left behind", path.display());
+
+    // An owner killed by SIGKILL takes its manager with it.
+    let report = std::env::temp_dir().join(format!("manager-test-{}", std::process::id()));
+    let _ = std::fs::remove_file(&report);
+    let file = report.clone();
+    let mut owner = Process::new(move || {
+        if let Ok(m) = Manager::new() {
+            if let Some(pid) = m.server_pid() {
+                let _ = std::fs::write(&file, pid.to_string());
+            }
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    });
+    owner.start().map_err(e)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let server = loop {
+        if let Some(pid) = std::fs::read_to_string(&report)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        check!(
+            Instant::now() < deadline,
+            "owner never reported its manager"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = std::fs::remove_file(&report);
+    owner.kill().map_err(e)?;
+    check!(owner.join().map_err(e)? == -(Signal::SIGKILL as i32));
+    check!(
+        wait_gone(server, Duration::from_secs(5)),
+        "manager {server} outlived its owner"
+    );
+    Ok(())
+}
+
+fn main() {
+    let tests: &[Test] = &[
+        (
+            "dict_and_list_updated_from_five_processes",
+            dict_and_list_updated_from_five_processes,
+        ),
+        (
+            "lock_value_and_queue_across_processes",
+            lock_value_and_queue_across_processes,
+        ),
+        (
+            "lock_released_when_holder_dies",
+            lock_released_when_holder_dies,
+        ),
+        (
+            "remote_manager_wrong_authkey_refused",
+            remote_manager_wrong_authkey_refused,
+        ),
+        (
+            "manager_stops_when_dropped_or_owner_dies",
+            manager_stops_when_dropped_or_owner_dies,
+        ),
+    ];
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        ran += 1;
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(test).unwrap_or_else(|_| Err("panicked".into()));
+        match outcome {
+            Ok(()) => println!("test {name} ... ok ({:?})", started.elapsed()),
+            Err(msg) => {
+                println!("test {name} ... FAILED: {msg}");
+                failed.push(*name);
+            }
+        }
+    }
+    println!("\n{ran} tests, {} failed", failed.len());
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+}

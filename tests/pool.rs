@@ -1,0 +1,522 @@
+//! Fork-heavy tests of `Pool` and `ProcessPoolExecutor`.
+//!
+//! `harness = false`: tests run one after another on the main thread.
+//! Run with `cargo test --test pool [FILTER]`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use socketserver::process::{Pool, ProcessPoolExecutor, Value};
+use socketserver::Error;
+
+type TestResult = Result<(), String>;
+type Test = (&'static str, fn() -> TestResult);
+
+macro_rules! check {
+    ($cond:expr) => {
+        if !$cond {
+            return Err(format!("{}:{}: check failed: {}", file!(), line!(), stringify!($cond)));
+        }
+    };
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!("{}:{}: {}", file!(), line!(), format!($($fmt)+)));
+        }
+    };
+}
+
+fn e<E: std::fmt::Debug>(err: E) -> String {
+    format!("{err:?}")
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn pid_of_worker(_: u32) -> u32 {
+    std::process::id()
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn boom(x: u32) -> u32 {
+    if x == 3 {
+        panic!("boom at {x}");
+    }
+    x
+}
+
+fn abort_now(_: ()) -> u32 {
+    std::process::abort()
+}
+
+/// Writes this worker's pid to `path`, then sleeps for a long time.
+fn report_pid_and_hang(path: String) -> u32 {
+    let _ = std::fs::write(&path, std::process::id().to_string());
+    std::thread::sleep(Duration::from_secs(60));
+    0
+}
+
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+/// Reads the pid a task wrote to `path`, waiting at most 10 s.
+fn wait_for_pid(path: &Path) -> Result<i32, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                return Ok(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(format!("no pid appeared in {}", path.display()))
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("pool-test-{}-{name}", std::process::id()))
+}
+
+/// Whether `pid` still exists (a zombie counts: it is not reaped).
+fn exists(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+fn map_and_starmap_keep_order() -> TestResult {
+    let pool = Pool::new(3).map_err(e)?;
+    let expect: Vec<u64> = (0..1000u64).map(|x| x * x).collect();
+    check!(pool.map(square, 0..1000u64).map_err(e)? == expect);
+    for chunk in [1, 7, 1000, 5000] {
+        check!(pool.map_chunked(square, 0..1000u64, chunk).map_err(e)? == expect);
+    }
+    check!(pool.map(square, Vec::<u64>::new()).map_err(e)?.is_empty());
+    // A closure that captures nothing works too.
+    check!(pool.map(|x: u64| x + 1, 0..5u64).map_err(e)? == vec![1, 2, 3, 4, 5]);
+    let sums = pool
+        .starmap(add, (0..100i64).map(|i| (i, 10 * i)))
+        .map_err(e)?;
+    check!(sums == (0..100i64).map(|i| 11 * i).collect::<Vec<_>>());
+    check!(pool.apply(square, 12).map_err(e)? == 144);
+    Ok(())
+}
+
+fn imap_is_ordered_and_unordered_returns_each_once() -> TestResult {
+    let pool = Pool::new(3).map_err(e)?;
+    for chunk in [1, 3, 50] {
+        let got: Vec<u64> = pool
+            .imap(square, 0..200u64, chunk)
+            .map_err(e)?
+            .collect::<Result<_, _>>()
+            .map_err(e)?;
+        check!(got == (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+    }
+    // Descending sleeps: completion order differs from input order.
+    let items: Vec<u64> = (0..12u64).rev().map(|i| i * 5).collect();
+    let mut got: Vec<u64> = pool
+        .imap_unordered(sleep_ms, items.clone(), 1)
+        .map_err(e)?
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    check!(got.len() == items.len(), "got {} results", got.len());
+    got.sort_unstable();
+    let mut want = items;
+    want.sort_unstable();
+    check!(got == want);
+    Ok(())
+}
+
+fn apply_async_callbacks_and_timeouts() -> TestResult {
+    let pool = Pool::new(2).map_err(e)?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let (s, er) = (seen.clone(), errors.clone());
+    let ok = pool
+        .apply_async_with(square, 9, move |r| s.lock().unwrap().push(*r), |_| {})
+        .map_err(e)?;
+    let bad = pool
+        .apply_async_with(
+            boom,
+            3,
+            |_| {},
+            move |err| er.lock().unwrap().push(err.to_string()),
+        )
+        .map_err(e)?;
+    check!(ok.get().map_err(e)? == 81);
+    check!(seen.lock().unwrap().as_slice() == [81]);
+    check!(bad.get().is_err());
+    check!(bad.successful() == Some(false));
+    check!(errors.lock().unwrap().len() == 1);
+    check!(
+        ok.get().is_err(),
+        "a second get() must not return the value again"
+    );
+    let slow = pool.apply_async(sleep_ms, 400).map_err(e)?;
+    check!(slow.successful().is_none());
+    check!(matches!(
+        slow.get_timeout(Duration::from_millis(20)),
+        Err(Error::Timeout(_))
+    ));
+    check!(!slow.ready());
+    slow.wait();
+    check!(slow.ready() && slow.successful() == Some(true));
+    check!(slow.get().map_err(e)? == 400);
+    Ok(())
+}
+
+fn panic_becomes_error_result() -> TestResult {
+    let pool = Pool::new(2).map_err(e)?;
+    let pids_before = pool.pids();
+    match pool.apply(boom, 3) {
+        Err(Error::Panicked(msg)) => check!(msg.contains("boom at 3"), "message {msg:?}"),
+        other => return Err(format!("expected Panicked, got {other:?}")),
+    }
+    match pool.map_chunked(boom, 0..10u32, 2) {
+        Err(Error::Panicked(msg)) => check!(msg.contains("boom")),
+        other => return Err(format!("expected Panicked from map, got {other:?}")),
+    }
+    // The workers survived the panics.
+    check!(
+        pool.pids() == pids_before,
+        "{:?} vs {pids_before:?}",
+        pool.pids()
+    );
+    check!(pool.apply(boom, 4).map_err(e)? == 4);
+    Ok(())
+}
+
+fn maxtasksperchild_replaces_workers() -> TestResult {
+    let pool = Pool::builder()
+        .processes(2)
+        .maxtasksperchild(Some(2))
+        .build()
+        .map_err(e)?;
+    let first = pool.pids();
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let rs: Vec<_> = (0..2)
+            .map(|i| pool.apply_async(pid_of_worker, i))
+            .collect::<Result<_, _>>()
+            .map_err(e)?;
+        for r in rs {
+            pids.insert(r.get().map_err(e)?);
+        }
+    }
+    // 10 tasks, at most 2 per worker: at least 5 different workers.
+    check!(pids.len() >= 5, "only {} distinct worker pids", pids.len());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.pids().iter().any(|p| first.contains(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    check!(!pool.pids().iter().any(|p| first.contains(p)));
+    Ok(())
+}
+
+static INIT_RUNS: AtomicU32 = AtomicU32::new(0);
+
+fn init_runs(_: u32) -> (u32, u32) {
+    (std::process::id(), INIT_RUNS.load(Ordering::SeqCst))
+}
+
+fn initializer_runs_once_per_worker() -> TestResult {
+    let counter = Value::new(0u32).map_err(e)?;
+    let c = counter.clone();
+    let pool = Pool::builder()
+        .processes(3)
+        .initializer(move || {
+            INIT_RUNS.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut g) = c.lock() {
+                *g += 1;
+            }
+        })
+        .build()
+        .map_err(e)?;
+    let results = pool.map_chunked(init_runs, 0..60u32, 1).map_err(e)?;
+    check!(results.iter().all(|&(_, n)| n == 1), "{results:?}");
+    pool.close();
+    pool.join().map_err(e)?;
+    check!(
+        counter.get().map_err(e)? == 3,
+        "initializer ran {} times",
+        counter.get().map_err(e)?
+    );
+    check!(INIT_RUNS.load(Ordering::SeqCst) == 0, "ran in the parent");
+    Ok(())
+}
+
+fn sigkilled_worker_fails_its_task_only() -> TestResult {
+    let pool = Pool::new(2).map_err(e)?;
+    let path = temp_path("sigkill");
+    let _ = std::fs::remove_file(&path);
+    let victim = pool
+        .apply_async(report_pid_and_hang, path.display().to_string())
+        .map_err(e)?;
+    let pid = wait_for_pid(&path)?;
+    let _ = std::fs::remove_file(&path);
+    let others: Vec<_> = (0..6u64)
+        .map(|i| pool.apply_async(sleep_ms, 20 + i))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    let killed_at = Instant::now();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).map_err(e)?;
+    match victim.get_timeout(Duration::from_secs(10)) {
+        Err(Error::WorkerDied { pid: p, reason }) => {
+            check!(p == pid);
+            check!(reason.contains("signal 9"), "reason {reason:?}");
+        }
+        other => return Err(format!("expected WorkerDied, got {other:?}")),
+    }
+    check!(
+        killed_at.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    for (i, r) in others.iter().enumerate() {
+        check!(r.get_timeout(Duration::from_secs(10)).map_err(e)? == 20 + i as u64);
+    }
+    check!(pool.map(square, 0..100u64).map_err(e)?.len() == 100);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.pids().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    check!(
+        pool.pids().len() == 2 && !pool.pids().contains(&pid),
+        "{:?}",
+        pool.pids()
+    );
+    Ok(())
+}
+
+fn aborting_worker_is_reported() -> TestResult {
+    let pool = Pool::new(1).map_err(e)?;
+    match pool.apply(abort_now, ()) {
+        Err(Error::WorkerDied { reason, .. }) => check!(reason.contains("signal 6"), "{reason}"),
+        other => return Err(format!("expected WorkerDied, got {other:?}")),
+    }
+    check!(pool.apply(square, 3).map_err(e)? == 9);
+    Ok(())
+}
+
+fn terminate_with_pending_tasks_is_prompt() -> TestResult {
+    let pool = Pool::new(2).map_err(e)?;
+    let pids = pool.pids();
+    let rs: Vec<_> = (0..20)
+        .map(|_| pool.apply_async(sleep_ms, 2000))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    pool.terminate();
+    check!(
+        started.elapsed() < Duration::from_secs(1),
+        "terminate took {:?}",
+        started.elapsed()
+    );
+    for r in &rs {
+        check!(matches!(
+            r.get_timeout(Duration::from_secs(1)),
+            Err(Error::BrokenPool(_))
+        ));
+    }
+    for pid in &pids {
+        check!(
+            !exists(*pid),
+            "worker {pid} still exists (running or zombie)"
+        );
+    }
+    check!(pool.apply_async(square, 1).is_err());
+    pool.join().map_err(e)?;
+    Ok(())
+}
+
+fn close_join_finishes_queued_work() -> TestResult {
+    let pool = Pool::new(2).map_err(e)?;
+    check!(matches!(pool.join(), Err(Error::InvalidArgument(_))));
+    let rs: Vec<_> = (0..10u64)
+        .map(|i| pool.apply_async(sleep_ms, i * 3))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    let pids = pool.pids();
+    pool.close();
+    check!(matches!(
+        pool.apply_async(square, 2),
+        Err(Error::InvalidArgument(_))
+    ));
+    pool.join().map_err(e)?;
+    for (i, r) in rs.iter().enumerate() {
+        check!(r.ready());
+        check!(r.get().map_err(e)? == i as u64 * 3);
+    }
+    for pid in &pids {
+        check!(!exists(*pid), "worker {pid} left behind");
+    }
+    Ok(())
+}
+
+fn dropping_pool_leaves_no_children() -> TestResult {
+    let pids = {
+        let pool = Pool::new(2).map_err(e)?;
+        let _pending = pool.apply_async(sleep_ms, 5000).map_err(e)?;
+        pool.pids()
+    };
+    for pid in &pids {
+        check!(!exists(*pid), "worker {pid} left behind");
+    }
+    Ok(())
+}
+
+fn executor_results_map_and_cancel() -> TestResult {
+    let mut ex = ProcessPoolExecutor::new(Some(1)).map_err(e)?;
+    let f = ex.submit(square, 5).map_err(e)?;
+    check!(f.result().map_err(e)? == 25);
+    let long = ex.submit(sleep_ms, 300).map_err(e)?;
+    let second = ex.submit(sleep_ms, 1).map_err(e)?;
+    let third = ex.submit(sleep_ms, 2).map_err(e)?;
+    check!(third.cancel(), "a queued call must be cancellable");
+    check!(matches!(third.result(), Err(Error::Cancelled)));
+    check!(matches!(
+        long.result_timeout(Duration::from_millis(10)),
+        Err(Error::Timeout(_))
+    ));
+    check!(!long.done());
+    check!(long.result().map_err(e)? == 300);
+    check!(!long.cancel(), "a finished call cannot be cancelled");
+    check!(second.result().map_err(e)? == 1);
+    let got: Vec<u64> = ex
+        .map(square, 0..50u64, 4)
+        .map_err(e)?
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    check!(got == (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    let pending = ex.submit(sleep_ms, 50).map_err(e)?;
+    ex.shutdown(true);
+    check!(pending.done() && pending.result().map_err(e)? == 50);
+    check!(matches!(
+        ex.submit(square, 1),
+        Err(Error::InvalidArgument(_))
+    ));
+    Ok(())
+}
+
+fn executor_broken_after_worker_death() -> TestResult {
+    let ex = ProcessPoolExecutor::new(Some(2)).map_err(e)?;
+    let path = temp_path("executor");
+    let _ = std::fs::remove_file(&path);
+    let victim = ex
+        .submit(report_pid_and_hang, path.display().to_string())
+        .map_err(e)?;
+    let pid = wait_for_pid(&path)?;
+    let _ = std::fs::remove_file(&path);
+    let pending: Vec<_> = (0..8)
+        .map(|_| ex.submit(sleep_ms, 3000))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    let pids = ex.pids();
+    let killed_at = Instant::now();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).map_err(e)?;
+    check!(matches!(
+        victim.result_timeout(Duration::from_secs(5)),
+        Err(Error::BrokenPool(_))
+    ));
+    for f in &pending {
+        let r = f.result_timeout(Duration::from_secs(5));
+        check!(matches!(r, Err(Error::BrokenPool(_))), "got {r:?}");
+    }
+    check!(
+        killed_at.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    check!(ex.broken().is_some());
+    check!(matches!(ex.submit(square, 1), Err(Error::BrokenPool(_))));
+    drop(ex);
+    for pid in &pids {
+        check!(!exists(*pid), "worker {pid} left behind");
+    }
+    Ok(())
+}
+
+fn main() {
+    let tests: &[Test] = &[
+        ("map_and_starmap_keep_order", map_and_starmap_keep_order),
+        (
+            "imap_is_ordered_and_unordered_returns_each_once",
+            imap_is_ordered_and_unordered_returns_each_once,
+        ),
+        (
+            "apply_async_callbacks_and_timeouts",
+            apply_async_callbacks_and_timeouts,
+        ),
+        ("panic_becomes_error_result", panic_becomes_error_result),
+        (
+            "maxtasksperchild_replaces_workers",
+            maxtasksperchild_replaces_workers,
+        ),
+        (
+            "initializer_runs_once_per_worker",
+            initializer_runs_once_per_worker,
+        ),
+        (
+            "sigkilled_worker_fails_its_task_only",
+            sigkilled_worker_fails_its_task_only,
+        ),
+        ("aborting_worker_is_reported", aborting_worker_is_reported),
+        (
+            "terminate_with_pending_tasks_is_prompt",
+            terminate_with_pending_tasks_is_prompt,
+        ),
+        (
+            "close_join_finishes_queued_work",
+            close_join_finishes_queued_work,
+        ),
+        (
+            "dropping_pool_leaves_no_children",
+            dropping_pool_leaves_no_children,
+        ),
+        (
+            "executor_results_map_and_cancel",
+            executor_results_map_and_cancel,
+        ),
+        (
+            "executor_broken_after_worker_death",
+            executor_broken_after_worker_death,
+        ),
+    ];
+    run(tests);
+}
+
+fn run(tests: &[Test]) {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        ran += 1;
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(test).unwrap_or_else(|_| Err("panicked".into()));
+        match outcome {
+            Ok(()) => println!("test {name} ... ok ({:?})", started.elapsed()),
+            Err(msg) => {
+                println!("test {name} ... FAILED: {msg}");
+                failed.push(*name);
+            }
+        }
+    }
+    println!("\n{ran} tests, {} failed", failed.len());
+    if !failed.is_empty() {
+        std::process::exit(1);
+    }
+}
