@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const SECONDS: u64 = 2;
 
 fn main() {

@@ -283,10 +283,10 @@ fn a_server_that_never_answers_gives_timeouts() {
     assert_eq!(u(&v, "requests"), 0, "{v}");
     // 2 connections × ~5 timeouts of 200 ms each; allow for a busy machine.
     let t = errors(&v, "timeout");
-    assert!((4..=12).contains(&t), "{v}");
+    assert!((3..=12).contains(&t), "{v}");
     assert_eq!(errors(&v, "total"), t, "{v}");
     // After each timeout the connection reconnects.
-    assert!(srv.accepted.load(Ordering::SeqCst) >= 4);
+    assert!(srv.accepted.load(Ordering::SeqCst) >= 3);
 }
 
 #[test]

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::Parser;
 
 use cli::Args;
@@ -79,24 +79,31 @@ fn raise_fd_limit(connections: u64) {
     }
 }
 
-/// Resolves ADDR to the one address the run will use.
-async fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+/// Resolves ADDR to its addresses (one when ADDR is an IP address).
+async fn resolve(addr: &str) -> anyhow::Result<Vec<SocketAddr>> {
     if let Ok(a) = addr.parse() {
-        return Ok(a);
+        return Ok(vec![a]);
     }
-    let mut addrs = tokio::net::lookup_host(addr).await.with_context(|| {
-        format!("cannot resolve `{addr}` (expected HOST:PORT, e.g. 127.0.0.1:9000)")
-    })?;
-    addrs
-        .next()
-        .ok_or_else(|| anyhow!("`{addr}` resolves to no address"))
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| {
+            format!("cannot resolve `{addr}` (expected HOST:PORT, e.g. 127.0.0.1:9000)")
+        })?
+        .collect();
+    if addrs.is_empty() {
+        bail!("`{addr}` resolves to no address");
+    }
+    Ok(addrs)
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
-    let addr = resolve(&args.addr).await?;
+    let addrs = resolve(&args.addr).await?;
     let size = args.size as usize;
 
-    // Refuse to "measure" a target that is not there at all.
+    // Refuse to "measure" a target that is not there at all. A host name
+    // may resolve to several addresses (say ::1 and 127.0.0.1): the run
+    // uses the first one that accepts a connection, and only that one.
+    let mut addr = addrs[0];
     if args.udp {
         match udp::preflight(addr, size, args.timeout).await {
             Ok(true) => {}
@@ -105,8 +112,23 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             ),
             Err(e) => bail!("cannot reach {addr} over UDP: {e}"),
         }
-    } else if let Err(e) = connect::preflight(addr, args.timeout).await {
-        bail!("cannot connect to {addr}: {e}");
+    } else {
+        let mut reachable = None;
+        let mut last_err = None;
+        for a in &addrs {
+            match connect::preflight(*a, args.timeout).await {
+                Ok(()) => {
+                    reachable = Some(*a);
+                    break;
+                }
+                Err(e) => last_err = Some((*a, e)),
+            }
+        }
+        match (reachable, last_err) {
+            (Some(a), _) => addr = a,
+            (None, Some((a, e))) => bail!("cannot connect to {a}: {e}"),
+            (None, None) => bail!("`{}` resolves to no address", args.addr),
+        }
     }
 
     let window = Window::new(args.warmup, args.duration);
