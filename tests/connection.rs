@@ -178,3 +178,57 @@ fn closed_connection_reports_closed() {
     // Sending to a closed peer is an error, not a SIGPIPE.
     assert!(matches!(b.send(&1u8), Err(Error::Io(_))));
 }
+
+#[test]
+fn send_buffer_holds_messages_until_flush() {
+    let (mut r, mut w) = pipe(false).unwrap();
+    w.set_send_buffer(4096).unwrap();
+    for i in 0..10u32 {
+        w.send(&i).unwrap();
+    }
+    assert!(
+        !r.poll(Duration::ZERO).unwrap(),
+        "buffered messages leaked out early"
+    );
+    w.flush().unwrap();
+    for i in 0..10u32 {
+        assert_eq!(r.recv::<u32>().unwrap(), i);
+    }
+    // Filling the buffer writes it without an explicit flush.
+    for _ in 0..200 {
+        w.send_bytes(&[5; 60]).unwrap();
+    }
+    assert!(r.poll(Duration::from_secs(5)).unwrap());
+    // Drop flushes the rest, then the reader sees EOF.
+    drop(w);
+    let mut n = 0;
+    loop {
+        match r.recv_bytes() {
+            Ok(m) => {
+                assert_eq!(m, vec![5; 60]);
+                n += 1;
+            }
+            Err(Error::Eof) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(n, 200);
+}
+
+#[test]
+fn buffered_duplex_flushes_before_blocking_in_recv() {
+    let (mut a, mut b) = pipe(true).unwrap();
+    a.set_send_buffer(1 << 16).unwrap();
+    let echo = std::thread::spawn(move || {
+        while let Ok(m) = b.recv_bytes() {
+            b.send_bytes(&m).unwrap();
+        }
+    });
+    for i in 0..50u32 {
+        a.send(&i).unwrap();
+        // Would deadlock if the request stayed in our buffer.
+        assert_eq!(a.recv::<u32>().unwrap(), i);
+    }
+    drop(a);
+    echo.join().unwrap();
+}

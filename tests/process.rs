@@ -89,7 +89,11 @@ fn sleeper() -> Process {
 fn exit_codes() -> TestResult {
     let mut normal = Process::new(|| {});
     let mut explicit = Process::new(|| process::exit(7));
-    let mut panicking = Process::new(|| panic!("expected panic in child"));
+    let mut panicking = Process::new(|| {
+        // Keep the expected panic out of the test log.
+        std::panic::set_hook(Box::new(|_| {}));
+        panic!("expected panic in child")
+    });
     let mut terminated = sleeper();
     let mut killed = sleeper();
     for p in [
@@ -517,54 +521,87 @@ fn close_on_fork_lets_child_see_eof() -> TestResult {
     Ok(())
 }
 
+fn buffered_messages_are_not_sent_twice_after_fork() -> TestResult {
+    let (mut r, mut w) = process::pipe(false).map_err(e)?;
+    w.set_send_buffer(4096).map_err(e)?;
+    w.send(&1u8).map_err(e)?;
+    // `w` moves into the child: the parent's copy is dropped (and flushed)
+    // by start(); the child's copy of the pending bytes must not go out too.
+    let mut p = Process::new(move || drop(w));
+    p.start().map_err(e)?;
+    check!(p.join().map_err(e)? == 0);
+    check!(r.recv::<u8>().map_err(e)? == 1);
+    check!(
+        matches!(r.recv::<u8>(), Err(Error::Eof)),
+        "message duplicated"
+    );
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
-        ("exit_codes", exit_codes),
+        (stringify!(exit_codes), exit_codes),
         (
-            "exit_runs_destructors_of_target",
+            stringify!(exit_runs_destructors_of_target),
             exit_runs_destructors_of_target,
         ),
         (
-            "join_timeout_returns_while_child_runs",
+            stringify!(join_timeout_returns_while_child_runs),
             join_timeout_returns_while_child_runs,
         ),
         (
-            "join_timeout_returns_promptly_on_exit",
+            stringify!(join_timeout_returns_promptly_on_exit),
             join_timeout_returns_promptly_on_exit,
         ),
-        ("no_zombies_after_200_cycles", no_zombies_after_200_cycles),
         (
-            "dropped_running_process_is_reaped",
+            stringify!(no_zombies_after_200_cycles),
+            no_zombies_after_200_cycles,
+        ),
+        (
+            stringify!(dropped_running_process_is_reaped),
             dropped_running_process_is_reaped,
         ),
         (
-            "dropped_daemon_is_terminated_and_reaped",
+            stringify!(dropped_daemon_is_terminated_and_reaped),
             dropped_daemon_is_terminated_and_reaped,
         ),
-        ("start_twice_errors", start_twice_errors),
-        ("daemon_cannot_start_children", daemon_cannot_start_children),
-        ("current_process_in_child", current_process_in_child),
+        (stringify!(start_twice_errors), start_twice_errors),
         (
-            "daemon_dies_when_parent_is_sigkilled",
+            stringify!(daemon_cannot_start_children),
+            daemon_cannot_start_children,
+        ),
+        (
+            stringify!(current_process_in_child),
+            current_process_in_child,
+        ),
+        (
+            stringify!(daemon_dies_when_parent_is_sigkilled),
             daemon_dies_when_parent_is_sigkilled,
         ),
         (
-            "leaked_daemon_terminated_when_child_exits",
+            stringify!(leaked_daemon_terminated_when_child_exits),
             leaked_daemon_terminated_when_child_exits,
         ),
-        ("fork_child_primitive", fork_child_primitive),
+        (stringify!(fork_child_primitive), fork_child_primitive),
         (
-            "warns_when_forking_with_threads",
+            stringify!(warns_when_forking_with_threads),
             warns_when_forking_with_threads,
         ),
         (
-            "pipe_request_response_between_processes",
+            stringify!(pipe_request_response_between_processes),
             pipe_request_response_between_processes,
         ),
-        ("child_exit_gives_parent_eof", child_exit_gives_parent_eof),
         (
-            "close_on_fork_lets_child_see_eof",
+            stringify!(child_exit_gives_parent_eof),
+            child_exit_gives_parent_eof,
+        ),
+        (
+            stringify!(close_on_fork_lets_child_see_eof),
             close_on_fork_lets_child_see_eof,
+        ),
+        (
+            stringify!(buffered_messages_are_not_sent_twice_after_fork),
+            buffered_messages_are_not_sent_twice_after_fork,
         ),
     ];
     run(tests);

@@ -11,7 +11,7 @@
 //! mutex, so it is safe to read in a child forked from a busy process.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 const SLOTS: usize = 1024;
 
@@ -28,6 +28,14 @@ const FREE: Slot = Slot {
 };
 
 static FDS: [Slot; SLOTS] = [FREE; SLOTS];
+/// One past the highest slot ever used: scans stop here, so a process that
+/// never registered anything does not touch the table at all (in a fresh
+/// child every untouched page read is a page fault).
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+fn used() -> &'static [Slot] {
+    &FDS[..HIGH.load(Ordering::Acquire).min(SLOTS)]
+}
 
 /// Registers `fd` of process `owner`; `None` if the table is full.
 pub(crate) fn register(owner: i32, fd: RawFd) -> Option<usize> {
@@ -37,6 +45,7 @@ pub(crate) fn register(owner: i32, fd: RawFd) -> Option<usize> {
             .compare_exchange(0, -1, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
+            HIGH.fetch_max(i + 1, Ordering::AcqRel);
             slot.fd.store(fd, Ordering::Release);
             slot.owner.store(owner, Ordering::Release);
             return Some(i);
@@ -57,7 +66,7 @@ pub(crate) fn unregister(slot: usize) {
 /// and frees every slot (entries of older ancestors are stale: their
 /// numbers may have been reused by the parent, so they are not closed).
 pub(crate) fn close_in_child(parent: i32) {
-    for slot in FDS.iter() {
+    for slot in used() {
         let owner = slot.owner.load(Ordering::Acquire);
         if owner == 0 {
             continue;

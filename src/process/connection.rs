@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
-use nix::unistd::getpid;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{closefork, sys};
+use super::{closefork, current, sys};
 use crate::{Error, Result};
 
 /// The default largest message a [`Connection`] sends or accepts: 32 MiB.
@@ -52,6 +51,11 @@ pub struct Connection {
     start: usize,
     end: usize,
     wbuf: Vec<u8>,
+    /// Opt-in send buffering: frames collected here, written together.
+    send_buffer: usize,
+    pending: Vec<u8>,
+    /// Pid that queued `pending` (a forked copy must not send it again).
+    pending_owner: i32,
     /// After an oversize header the stream is out of sync: reads stop.
     read_broken: bool,
     /// `Some((pid, slot))` after `close_on_fork`: only `pid` may use the fd.
@@ -115,6 +119,9 @@ impl Connection {
             start: 0,
             end: 0,
             wbuf: Vec::new(),
+            send_buffer: 0,
+            pending: Vec::new(),
+            pending_owner: 0,
             read_broken: false,
             parent_only: None,
         }
@@ -176,7 +183,7 @@ impl Connection {
             return;
         }
         if let Some(fd) = &self.fd {
-            let me = getpid().as_raw();
+            let me = current::cached_pid();
             let slot = closefork::register(me, fd.as_raw_fd());
             if slot.is_none() {
                 tracing::warn!("close-on-fork table full; descriptor stays open in children");
@@ -185,11 +192,73 @@ impl Connection {
         }
     }
 
-    /// Closes this end (Python's `close()`); later calls fail with
-    /// [`Error::Closed`]. Closing twice is harmless.
+    /// Opts in to send buffering: messages are collected in memory and
+    /// written with one system call once `bytes` are pending, on
+    /// [`flush`](Self::flush), before this end blocks in a receive, and on
+    /// `close`/drop. Default is `0`: every send is written at once, as in
+    /// Python — use buffering for one-way streams of small messages, where
+    /// one `write` per message is the bottleneck.
+    ///
+    /// Pending messages are not inherited: a forked child's copy of this
+    /// value drops them instead of sending them a second time.
+    ///
+    /// # Errors
+    /// Shrinking the buffer flushes what is pending; see [`flush`](Self::flush).
+    pub fn set_send_buffer(&mut self, bytes: usize) -> Result<()> {
+        if bytes < self.pending.len() {
+            self.flush()?;
+        }
+        self.send_buffer = bytes;
+        Ok(())
+    }
+
+    /// Writes any messages held back by [`set_send_buffer`](Self::set_send_buffer).
+    ///
+    /// # Errors
+    /// As [`send_bytes`](Self::send_bytes); the pending messages are
+    /// dropped on error.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.pending_owner != current::cached_pid() {
+            self.pending.clear();
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.pending);
+        let result = self.write_all(&data);
+        self.pending = data;
+        self.pending.clear();
+        result
+    }
+
+    /// Sends one complete frame, directly or through the send buffer.
+    fn emit(&mut self, frame: &[u8]) -> Result<()> {
+        if self.send_buffer == 0 {
+            return self.write_all(frame);
+        }
+        if self.pending.len() + frame.len() > self.send_buffer {
+            self.flush()?;
+        }
+        if frame.len() >= self.send_buffer {
+            return self.write_all(frame);
+        }
+        if self.pending.is_empty() {
+            self.pending_owner = current::cached_pid();
+        }
+        self.pending.extend_from_slice(frame);
+        Ok(())
+    }
+
+    /// Closes this end (Python's `close()`), after sending what
+    /// [`set_send_buffer`](Self::set_send_buffer) held back (best effort);
+    /// later calls fail with [`Error::Closed`]. Closing twice is harmless.
     pub fn close(&mut self) {
+        if self.fd.is_some() && !self.pending.is_empty() {
+            let _ = self.flush();
+        }
         if let Some((owner, slot)) = self.parent_only {
-            if owner != getpid().as_raw() {
+            if owner != current::cached_pid() {
                 // A child's copy: the descriptor was closed at fork.
                 if let Some(fd) = self.fd.take() {
                     std::mem::forget(fd);
@@ -209,7 +278,7 @@ impl Connection {
     fn live_fd(&self) -> Result<BorrowedFd<'_>> {
         let fd = self.fd.as_ref().ok_or(Error::Closed)?;
         if let Some((owner, _)) = self.parent_only {
-            if owner != getpid().as_raw() {
+            if owner != current::cached_pid() {
                 return Err(Error::Closed);
             }
         }
@@ -232,7 +301,7 @@ impl Connection {
         let len = buf.len() - HEADER;
         let result = self.check_len(len).and_then(|()| {
             buf[..HEADER].copy_from_slice(&(len as u32).to_be_bytes());
-            self.write_all(&buf)
+            self.emit(&buf)
         });
         if buf.capacity() <= READ_BUF {
             self.wbuf = buf;
@@ -253,10 +322,11 @@ impl Connection {
             buf.clear();
             buf.extend_from_slice(&header);
             buf.extend_from_slice(bytes);
-            let result = self.write_all(&buf);
+            let result = self.emit(&buf);
             self.wbuf = buf;
             result
         } else {
+            self.flush()?;
             self.write_all(&header)?;
             self.write_all(bytes)
         }
@@ -383,6 +453,10 @@ impl Connection {
 
     fn read_header(&mut self) -> Result<usize> {
         self.check_readable()?;
+        if !self.pending.is_empty() && self.end - self.start < HEADER {
+            // About to block: the peer may be waiting for what we hold.
+            self.flush()?;
+        }
         while self.end - self.start < HEADER {
             if self.fill()? == 0 {
                 let got = self.end - self.start;

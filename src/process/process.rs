@@ -11,7 +11,9 @@ use super::fork::{fork_child, ForkOptions, ForkedChild};
 use super::registry;
 use crate::{Error, Result};
 
-type Target = Box<dyn FnOnce() + Send + 'static>;
+/// The target, wrapped so the child can call it through `&mut` and never
+/// free the box: a free in the child would dirty (and so copy) heap pages.
+type Target = Box<dyn FnMut() + Send + 'static>;
 
 /// A closure run in a child process: Python's `multiprocessing.Process`.
 ///
@@ -90,11 +92,20 @@ impl ProcessBuilder {
             name: self.name.unwrap_or_else(|| format!("Process-{identity}")),
             identity,
             daemon: self.daemon,
-            target: Some(Box::new(target)),
+            target: Some(once(target)),
             child: None,
             slot: None,
         }
     }
+}
+
+fn once<F: FnOnce() + Send + 'static>(f: F) -> Target {
+    let mut slot = Some(f);
+    Box::new(move || {
+        if let Some(f) = slot.take() {
+            f();
+        }
+    })
 }
 
 impl Process {
@@ -148,7 +159,7 @@ impl Process {
         options.identity = Some(self.identity.clone());
         let target = &mut self.target;
         let child = fork_child(&options, || {
-            if let Some(t) = target.take() {
+            if let Some(t) = target.as_mut() {
                 t();
             }
             0
