@@ -1,7 +1,7 @@
 //! A byte-transparent echo server over TCP or UDP, in any strategy.
 //!
 //! ```text
-//! cargo run --release --example echo -- [--mode sync|threading|forking] [--udp] [--listen ADDR]
+//! cargo run --release --example echo -- [--mode sync|threading|forking|prefork|async] [--udp] [--listen ADDR]
 //! ```
 //!
 //! Defaults: `--mode threading`, `--listen 127.0.0.1:9000` (port 0 picks a
@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 use socketserver::server::{
-    shutdown_on_signals, BindAddress, Server, SocketServer, Strategy, Synchronous, TcpTransport,
-    Threading, Transport, UdpTransport,
+    shutdown_on_signals, AsyncTcpServer, BindAddress, Blocking, Forking, PreforkTcpServer, Server,
+    SocketServer, Strategy, Synchronous, TcpTransport, Threading, Transport, UdpTransport,
 };
 use socketserver::{Request, RequestHandler};
 
@@ -51,6 +51,13 @@ enum Mode {
     Sync,
     /// One thread per connection.
     Threading,
+    /// One child process per connection (or datagram).
+    Forking,
+    /// A managed pool of pre-forked worker processes (TCP only).
+    Prefork,
+    /// tokio tasks; the same blocking handler runs on the blocking pool
+    /// through `Blocking` (TCP only).
+    Async,
 }
 
 impl Mode {
@@ -58,6 +65,9 @@ impl Mode {
         match self {
             Mode::Sync => Synchronous::NAME,
             Mode::Threading => Threading::NAME,
+            Mode::Forking => Forking::NAME,
+            Mode::Prefork => "prefork",
+            Mode::Async => "async",
         }
     }
 }
@@ -103,6 +113,31 @@ where
     Ok(())
 }
 
+fn announce(args: &Args, addr: SocketAddr) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "listening on tcp://{addr} (mode {})", args.mode.name())?;
+    out.flush()
+}
+
+fn serve_prefork(args: &Args) -> anyhow::Result<()> {
+    let mut server = PreforkTcpServer::builder().bind(args.listen, || Echo)?;
+    let _signals = shutdown_on_signals(&server.shutdown_handle())?;
+    announce(args, server.server_address())?;
+    server.serve_forever()?;
+    server.server_close();
+    tracing::info!("server closed");
+    Ok(())
+}
+
+fn serve_async(args: &Args) -> anyhow::Result<()> {
+    let mut server = AsyncTcpServer::bind(args.listen, Blocking::new(|| Echo))?;
+    server.set_shutdown_on_signals(true);
+    announce(args, server.local_addr()?)?;
+    let report = server.serve_forever()?;
+    tracing::info!(?report, "server closed");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
@@ -118,5 +153,12 @@ fn main() -> anyhow::Result<()> {
         (Mode::Sync, true) => serve::<UdpTransport, Synchronous>(&args),
         (Mode::Threading, false) => serve::<TcpTransport, Threading>(&args),
         (Mode::Threading, true) => serve::<UdpTransport, Threading>(&args),
+        (Mode::Forking, false) => serve::<TcpTransport, Forking>(&args),
+        (Mode::Forking, true) => serve::<UdpTransport, Forking>(&args),
+        (Mode::Prefork | Mode::Async, true) => {
+            anyhow::bail!("--udp is not supported with --mode {}", args.mode.name())
+        }
+        (Mode::Prefork, false) => serve_prefork(&args),
+        (Mode::Async, false) => serve_async(&args),
     }
 }

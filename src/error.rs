@@ -112,6 +112,19 @@ pub enum Error {
     /// A value was invalid for the operation (bad argument, bad address).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A PROXY protocol header was malformed (or the peer closed inside it).
+    #[error("malformed PROXY protocol header: {0}")]
+    ProxyHeader(String),
+
+    /// Another instance holds the pid file's lock.
+    #[error("another instance is already running (pid {pid}, pid file {path})")]
+    AlreadyRunning {
+        /// The pid written in the pid file by the running instance.
+        pid: String,
+        /// The pid file.
+        path: std::path::PathBuf,
+    },
 }
 
 impl From<nix::Error> for Error {

@@ -3,7 +3,7 @@
 //! Python's `multiprocessing` and `socketserver`, Rust-shaped.
 //!
 //! - [`process`]: start closures in child processes (fork), talk to them
-//!   ([`process::Pipe`], queues, an authenticated `Listener`/`Client`),
+//!   ([`process::pipe`], queues, an authenticated `Listener`/`Client`),
 //!   synchronise them (locks, events, barriers in shared memory) and farm
 //!   work out to them.
 //! - [`server`]: a [`server::Server`] trait that owns the connection loop,
@@ -27,7 +27,8 @@ pub mod process;
 
 pub mod server;
 pub use server::{
-    shutdown_on_signals, Server, ShutdownHandle, TcpServer, ThreadingTcpServer, ThreadingUdpServer,
-    ThreadingUnixDatagramServer, ThreadingUnixStreamServer, UdpServer, UnixDatagramServer,
-    UnixStreamServer,
+    shutdown_on_signals, ForkingTcpServer, ForkingUdpServer, ForkingUnixDatagramServer,
+    ForkingUnixStreamServer, Server, ShutdownHandle, TcpServer, ThreadingTcpServer,
+    ThreadingUdpServer, ThreadingUnixDatagramServer, ThreadingUnixStreamServer, UdpServer,
+    UnixDatagramServer, UnixStreamServer,
 };

@@ -89,7 +89,11 @@ fn sleeper() -> Process {
 fn exit_codes() -> TestResult {
     let mut normal = Process::new(|| {});
     let mut explicit = Process::new(|| process::exit(7));
-    let mut panicking = Process::new(|| panic!("expected panic in child"));
+    let mut panicking = Process::new(|| {
+        // Keep the expected panic out of the test log.
+        std::panic::set_hook(Box::new(|_| {}));
+        panic!("expected panic in child")
+    });
     let mut terminated = sleeper();
     let mut killed = sleeper();
     for p in [
@@ -275,6 +279,19 @@ fn current_process_in_child() -> TestResult {
     d.start().map_err(e)?;
     check!(d.join().map_err(e)? == 12);
     check!(Process::new(|| {}).name().starts_with("Process-"));
+    // Nested default names, as in Python: the first child of Process-K is
+    // Process-K:1.
+    let mut nested = Process::new(|| {
+        let inner = Process::new(|| {});
+        let me = current_process().name;
+        process::exit(if inner.name() == format!("{me}:1") {
+            20
+        } else {
+            21
+        })
+    });
+    nested.start().map_err(e)?;
+    check!(nested.join().map_err(e)? == 20);
     check!(process::cpu_count() >= 1);
     Ok(())
 }
@@ -432,45 +449,159 @@ fn warns_when_forking_with_threads() -> TestResult {
     })
 }
 
+fn pipe_request_response_between_processes() -> TestResult {
+    let (mut parent, mut child) = process::pipe(true).map_err(e)?;
+    // Without this the child would hold our end open itself and never see
+    // EOF (see close_on_fork_lets_child_see_eof).
+    parent.close_on_fork();
+    let mut p = Process::new(move || {
+        while let Ok(req) = child.recv::<(u32, String)>() {
+            if child
+                .send(&format!("{}:{}", req.0, req.1.to_uppercase()))
+                .is_err()
+            {
+                process::exit(3);
+            }
+        }
+    });
+    p.start().map_err(e)?;
+    for i in 0..100u32 {
+        parent.send(&(i, "ping".to_string())).map_err(e)?;
+        let reply: String = parent.recv().map_err(e)?;
+        check!(reply == format!("{i}:PING"), "reply {reply}");
+    }
+    // The parent's copy of `child` was dropped by start(): closing ours is
+    // EOF for the child, which then returns.
+    drop(parent);
+    check!(p.join_timeout(Duration::from_secs(10)).map_err(e)? == Some(0));
+    Ok(())
+}
+
+fn child_exit_gives_parent_eof() -> TestResult {
+    let (mut r, mut w) = process::pipe(false).map_err(e)?;
+    let mut p = Process::new(move || {
+        let _ = w.send(&1u8);
+    });
+    p.start().map_err(e)?;
+    check!(r.recv::<u8>().map_err(e)? == 1);
+    check!(matches!(r.recv::<u8>(), Err(Error::Eof)));
+    check!(p.join().map_err(e)? == 0);
+    Ok(())
+}
+
+fn close_on_fork_lets_child_see_eof() -> TestResult {
+    for mark in [true, false] {
+        let (mut parent, mut child) = process::pipe(true).map_err(e)?;
+        if mark {
+            parent.close_on_fork();
+        }
+        let mut p = Process::new(move || {
+            // Wait (bounded) for EOF: only possible if this process does
+            // not hold the parent's end itself.
+            if !child.poll(Duration::from_secs(1)).unwrap_or(false) {
+                process::exit(9);
+            }
+            process::exit(match child.recv::<u8>() {
+                Err(Error::Eof) => 0,
+                _ => 8,
+            })
+        });
+        p.start().map_err(e)?;
+        drop(parent);
+        let code = p.join().map_err(e)?;
+        if mark {
+            check!(code == 0, "marked: child exit code {code}");
+        } else {
+            check!(
+                code == 9,
+                "unmarked: child exit code {code} (expected the EOF wait to time out)"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn buffered_messages_are_not_sent_twice_after_fork() -> TestResult {
+    let (mut r, mut w) = process::pipe(false).map_err(e)?;
+    w.set_send_buffer(4096).map_err(e)?;
+    w.send(&1u8).map_err(e)?;
+    // `w` moves into the child: the parent's copy is dropped (and flushed)
+    // by start(); the child's copy of the pending bytes must not go out too.
+    let mut p = Process::new(move || drop(w));
+    p.start().map_err(e)?;
+    check!(p.join().map_err(e)? == 0);
+    check!(r.recv::<u8>().map_err(e)? == 1);
+    check!(
+        matches!(r.recv::<u8>(), Err(Error::Eof)),
+        "message duplicated"
+    );
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
-        ("exit_codes", exit_codes),
+        (stringify!(exit_codes), exit_codes),
         (
-            "exit_runs_destructors_of_target",
+            stringify!(exit_runs_destructors_of_target),
             exit_runs_destructors_of_target,
         ),
         (
-            "join_timeout_returns_while_child_runs",
+            stringify!(join_timeout_returns_while_child_runs),
             join_timeout_returns_while_child_runs,
         ),
         (
-            "join_timeout_returns_promptly_on_exit",
+            stringify!(join_timeout_returns_promptly_on_exit),
             join_timeout_returns_promptly_on_exit,
         ),
-        ("no_zombies_after_200_cycles", no_zombies_after_200_cycles),
         (
-            "dropped_running_process_is_reaped",
+            stringify!(no_zombies_after_200_cycles),
+            no_zombies_after_200_cycles,
+        ),
+        (
+            stringify!(dropped_running_process_is_reaped),
             dropped_running_process_is_reaped,
         ),
         (
-            "dropped_daemon_is_terminated_and_reaped",
+            stringify!(dropped_daemon_is_terminated_and_reaped),
             dropped_daemon_is_terminated_and_reaped,
         ),
-        ("start_twice_errors", start_twice_errors),
-        ("daemon_cannot_start_children", daemon_cannot_start_children),
-        ("current_process_in_child", current_process_in_child),
+        (stringify!(start_twice_errors), start_twice_errors),
         (
-            "daemon_dies_when_parent_is_sigkilled",
+            stringify!(daemon_cannot_start_children),
+            daemon_cannot_start_children,
+        ),
+        (
+            stringify!(current_process_in_child),
+            current_process_in_child,
+        ),
+        (
+            stringify!(daemon_dies_when_parent_is_sigkilled),
             daemon_dies_when_parent_is_sigkilled,
         ),
         (
-            "leaked_daemon_terminated_when_child_exits",
+            stringify!(leaked_daemon_terminated_when_child_exits),
             leaked_daemon_terminated_when_child_exits,
         ),
-        ("fork_child_primitive", fork_child_primitive),
+        (stringify!(fork_child_primitive), fork_child_primitive),
         (
-            "warns_when_forking_with_threads",
+            stringify!(warns_when_forking_with_threads),
             warns_when_forking_with_threads,
+        ),
+        (
+            stringify!(pipe_request_response_between_processes),
+            pipe_request_response_between_processes,
+        ),
+        (
+            stringify!(child_exit_gives_parent_eof),
+            child_exit_gives_parent_eof,
+        ),
+        (
+            stringify!(close_on_fork_lets_child_see_eof),
+            close_on_fork_lets_child_see_eof,
+        ),
+        (
+            stringify!(buffered_messages_are_not_sent_twice_after_fork),
+            buffered_messages_are_not_sent_twice_after_fork,
         ),
     ];
     run(tests);
@@ -497,11 +628,18 @@ fn run(tests: &[Test]) {
                 failed.push(*name);
             }
         }
-    }
-    let left = children();
-    if !left.is_empty() {
-        println!("stray children after the tests: {left:?}");
-        failed.push("no stray children");
+        // A failed test may leave its children running; they must not
+        // outlive the run (they would hold our stdout open).
+        let left = children();
+        if !left.is_empty() {
+            println!("  stray children after {name}: {left:?}; killing them");
+            for (pid, _) in left {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+            failed.push("no stray children");
+        }
     }
     println!("\n{ran} tests, {} failed", failed.len());
     if !failed.is_empty() {

@@ -510,3 +510,44 @@ fn bind_and_activate_false_lets_options_be_set_first() {
     handle.shutdown();
     thread.join().unwrap();
 }
+
+#[test]
+fn connection_timeout_ends_a_silent_connection() {
+    let log = ErrorLog::default();
+    let server = ThreadingTcpServer::builder()
+        .connection_timeout(Duration::from_millis(100))
+        .hooks(log.clone())
+        .bind("127.0.0.1:0", || Picky)
+        .unwrap();
+    let addr = server.server_address();
+    let (handle, thread) = serve_in_thread(server);
+    // Says nothing: the handler's read times out and the server closes it.
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut out = Vec::new();
+    silent.read_to_end(&mut out).unwrap();
+    assert!(out.is_empty());
+    assert_eq!(tcp_roundtrip(addr, b"alive\n"), b"alive\n");
+    handle.shutdown();
+    thread.join().unwrap().server_close();
+    let entries = log.0.lock().unwrap().clone();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+}
+
+#[test]
+fn echo_udp_ipv6() {
+    let Ok(server) = ThreadingUdpServer::bind("[::1]:0", || Echo) else {
+        eprintln!("no IPv6 loopback; skipped");
+        return;
+    };
+    let addr = server.server_address();
+    let (handle, thread) = serve_in_thread(server);
+    let c = std::net::UdpSocket::bind("[::1]:0").unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.send_to(MSG, addr).unwrap();
+    let mut buf = [0u8; 128];
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], MSG);
+    handle.shutdown();
+    thread.join().unwrap();
+}

@@ -118,6 +118,26 @@ fn echo_sync_mode_sigint_exits_0() {
 }
 
 #[test]
+fn echo_forking_mode_sigterm_exits_0() {
+    let r = start(&["--mode", "forking"], "tcp", "forking");
+    tcp_echo(r.addr);
+    tcp_echo(r.addr);
+    stop(r, Signal::SIGTERM);
+}
+
+#[test]
+fn echo_forking_udp() {
+    let r = start(&["--mode", "forking", "--udp"], "udp", "forking");
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.send_to(b"datagram", r.addr).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"datagram");
+    stop(r, Signal::SIGINT);
+}
+
+#[test]
 fn echo_udp_replies_each_datagram() {
     let r = start(&["--udp"], "udp", "threading");
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -6,7 +6,7 @@
 //! a lock held by some other thread of the parent at fork time cannot
 //! deadlock the child here.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering};
 
 use nix::unistd::{getpid, getppid, gettid};
 
@@ -16,9 +16,6 @@ use nix::unistd::{getpid, getppid, gettid};
 pub(crate) struct ChildState {
     pub(crate) name: String,
     pub(crate) daemon: bool,
-    pub(crate) pid: i32,
-    /// The thread that runs the target; `exit()` unwinds only on it.
-    pub(crate) body_tid: i32,
     /// `"1:2"`-style identity, the prefix for names of our own children.
     pub(crate) identity: String,
     /// Counter for default names of the children this child starts.
@@ -28,15 +25,53 @@ pub(crate) struct ChildState {
     pub(crate) flush_stdio: bool,
 }
 
-static CHILD: AtomicPtr<ChildState> = AtomicPtr::new(std::ptr::null_mut());
+/// Everything a fresh child writes, kept together in one static so that
+/// the writes cost one copy-on-write page fault, not several.
+struct Globals {
+    /// This process's pid as of its start or its last fork through this crate.
+    known_pid: AtomicI32,
+    /// Pid of the child that `child` describes (a plain-libc grandchild
+    /// inherits the pointer; this tells it apart).
+    child_pid: AtomicI32,
+    /// The thread that runs the target; `exit()` unwinds only on it.
+    body_tid: AtomicI32,
+    /// Set once the target finished, so `exit()` called from a destructor
+    /// that runs afterwards does not try to unwind.
+    body_done: AtomicBool,
+    child: AtomicPtr<ChildState>,
+}
+
+static G: Globals = Globals {
+    known_pid: AtomicI32::new(0),
+    child_pid: AtomicI32::new(0),
+    body_tid: AtomicI32::new(0),
+    body_done: AtomicBool::new(false),
+    child: AtomicPtr::new(std::ptr::null_mut()),
+};
+
+/// The pid without a system call: cached, and refreshed in every child
+/// that [`fork_child`](super::fork_child) starts. A fork done outside this
+/// crate is not seen, so use this only for bookkeeping that our own forks
+/// act on (the close-on-fork marks).
+pub(crate) fn cached_pid() -> i32 {
+    match G.known_pid.load(Ordering::Relaxed) {
+        0 => refresh_pid(),
+        pid => pid,
+    }
+}
+
+/// Re-reads the pid into the cache (first thing in a new child).
+pub(crate) fn refresh_pid() -> i32 {
+    let pid = getpid().as_raw();
+    G.known_pid.store(pid, Ordering::Relaxed);
+    pid
+}
+
 static MAIN_NEXT_CHILD: AtomicU32 = AtomicU32::new(1);
-/// Set in a child once its target finished, so `exit()` called from a
-/// destructor that runs afterwards does not try to unwind.
-static BODY_DONE: AtomicBool = AtomicBool::new(false);
 
 /// The state of the current process if it is a child we forked.
 pub(crate) fn child_state() -> Option<&'static ChildState> {
-    let ptr = CHILD.load(Ordering::Acquire);
+    let ptr = G.child.load(Ordering::Acquire);
     if ptr.is_null() {
         return None;
     }
@@ -45,28 +80,39 @@ pub(crate) fn child_state() -> Option<&'static ChildState> {
     let state = unsafe { &*ptr };
     // A grandchild forked behind our back (plain libc fork) inherits the
     // pointer; the pid check keeps it from claiming its parent's identity.
-    (state.pid == getpid().as_raw()).then_some(state)
+    (G.child_pid.load(Ordering::Acquire) == getpid().as_raw()).then_some(state)
 }
 
-/// Called in the child right after `fork()`.
-pub(crate) fn enter_child(name: Option<String>, daemon: bool, identity: String, flush: bool) {
-    let name = name.unwrap_or_else(|| format!("Process-{identity}"));
-    let state = Box::new(ChildState {
-        name,
+/// Builds the child's state in the parent, before `fork()`, so the child
+/// does not have to allocate (each heap page it touches is a copy-on-write
+/// fault, and fork cost is what `Process::start` is measured by).
+pub(crate) fn prepare_child(
+    name: Option<String>,
+    daemon: bool,
+    identity: String,
+    flush: bool,
+) -> Box<ChildState> {
+    Box::new(ChildState {
+        name: name.unwrap_or_else(|| format!("Process-{identity}")),
         daemon,
-        pid: getpid().as_raw(),
-        body_tid: gettid().as_raw(),
         identity,
         next_child: AtomicU32::new(1),
         flush_stdio: flush,
-    });
-    BODY_DONE.store(false, Ordering::Release);
-    CHILD.store(Box::into_raw(state), Ordering::Release);
+    })
+}
+
+/// Called in the child right after `fork()` with the state
+/// [`prepare_child`] built.
+pub(crate) fn enter_child(state: Box<ChildState>, pid: i32) {
+    G.child_pid.store(pid, Ordering::Release);
+    G.body_tid.store(gettid().as_raw(), Ordering::Release);
+    G.body_done.store(false, Ordering::Release);
+    G.child.store(Box::into_raw(state), Ordering::Release);
 }
 
 /// Called in the child once the target returned or unwound.
 pub(crate) fn body_done() {
-    BODY_DONE.store(true, Ordering::Release);
+    G.body_done.store(true, Ordering::Release);
 }
 
 /// Allocates the identity (`"3"`, or `"1:3"` inside child `1`) for the next
@@ -160,8 +206,10 @@ pub(crate) struct ExitRequest(pub(crate) i32);
 /// A `catch_unwind` inside the target can catch the unwinding, just as a
 /// bare `except:` catches `SystemExit` in Python.
 pub fn exit(code: i32) -> ! {
-    if let Some(state) = child_state() {
-        if !BODY_DONE.load(Ordering::Acquire) && gettid().as_raw() == state.body_tid {
+    if child_state().is_some() {
+        if !G.body_done.load(Ordering::Acquire)
+            && gettid().as_raw() == G.body_tid.load(Ordering::Acquire)
+        {
             // resume_unwind does not run the panic hook: no "panicked" noise.
             std::panic::resume_unwind(Box::new(ExitRequest(code)));
         }

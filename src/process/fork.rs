@@ -34,7 +34,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, getppid, ForkResult, Pid};
 
 use super::current::{self, ExitRequest};
-use super::{registry, sys};
+use super::{closefork, registry, sys};
 use crate::{Error, Result};
 
 /// Options for [`fork_child`]. Default: no name (the child is called
@@ -43,6 +43,8 @@ use crate::{Error, Result};
 pub struct ForkOptions {
     name: Option<String>,
     daemon: bool,
+    /// Identity already allocated by a `Process` (so it is not counted twice).
+    pub(crate) identity: Option<String>,
 }
 
 impl ForkOptions {
@@ -290,17 +292,32 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
     } else {
         Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
     };
-    let identity = current::next_identity();
+    // As CPython does: flush our own pending stdout before forking, so the
+    // child does not inherit (and later print) a copy of a partial line.
+    // This also initialises stdout here, once, instead of in every child.
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    let parent_cached = current::cached_pid();
+    let identity = options
+        .identity
+        .clone()
+        .unwrap_or_else(current::next_identity);
+    let state =
+        current::prepare_child(options.name.clone(), options.daemon, identity, threads == 1);
     // SAFETY: the child only runs `child_main`, which never returns; it
     // follows the fork-safety rules above (no locks taken by us before the
     // body runs; leaves with `_exit`).
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => {
+            let pid = current::refresh_pid();
+            closefork::close_in_child(parent_cached);
             let keep = pipe.map(|(r, w)| {
                 drop(r);
                 w
             });
-            child_main(parent, options, identity, threads == 1, keep, body)
+            child_main(parent, pid, options.daemon, state, keep, body)
         }
         ForkResult::Parent { child } => {
             let sentinel = match pipe {
@@ -319,6 +336,7 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                 },
             };
             drop(body);
+            drop(state);
             Ok(ForkedChild {
                 pid: child,
                 owner: parent,
@@ -331,13 +349,13 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
 
 fn child_main<F: FnOnce() -> i32>(
     parent: Pid,
-    options: &ForkOptions,
-    identity: String,
-    single_threaded: bool,
+    pid: i32,
+    daemon: bool,
+    state: Box<current::ChildState>,
     sentinel_end: Option<OwnedFd>,
     body: F,
 ) -> ! {
-    if options.daemon {
+    if daemon {
         // SAFETY: prctl(PR_SET_PDEATHSIG, sig) takes plain integers.
         unsafe {
             libc::prctl(
@@ -357,12 +375,7 @@ fn child_main<F: FnOnce() -> i32>(
     }
     // The write end stays open until _exit closes it: that is the sentinel.
     std::mem::forget(sentinel_end);
-    current::enter_child(
-        options.name.clone(),
-        options.daemon,
-        identity,
-        single_threaded,
-    );
+    current::enter_child(state, pid);
     let code = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(code) => code,
         Err(payload) => {
@@ -384,7 +397,6 @@ pub(crate) fn leave_child(code: i32) -> ! {
         if current::child_state().is_some_and(|s| s.flush_stdio) {
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            let _ = std::io::stderr().flush();
         }
     });
     // SAFETY: _exit ends the process immediately; no destructors or atexit

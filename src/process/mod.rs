@@ -5,15 +5,20 @@
 //! parent's code. See the crate README for the fork-safety rules.
 #![allow(unsafe_code)]
 
+mod closefork;
+mod connection;
 mod current;
 mod fork;
+mod listener;
 #[allow(clippy::module_inception)]
 mod process;
 mod registry;
 mod sys;
 
+pub use connection::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};
 pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
 pub use fork::{fork_child, ForkOptions, ForkedChild};
+pub use listener::{Address, Client, Listener, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use process::{Process, ProcessBuilder};
 
 // Shared memory and synchronisation (slice `sync`).
@@ -28,6 +33,14 @@ pub use queue::{Queue, QueueBuilder, DEFAULT_CAPACITY as QUEUE_DEFAULT_CAPACITY}
 pub use semaphore::{BoundedSemaphore, Event, Semaphore, SemaphoreGuard};
 pub use shared::{Array, ArrayGuard, SharedData, SharedMemory, Value, ValueGuard};
 pub use sync::{Lock, LockError, LockGuard, LockResult, RLock, RLockGuard};
+
+// Descriptors inherited across exec (socket activation, re-exec): the
+// unsafe `from_raw_fd` lives here.
+pub(crate) mod inherited;
+
+// Lock-free counters in shared memory (the prefork scoreboard).
+mod atomics;
+pub use atomics::SharedAtomics;
 
 // Pool, ProcessPoolExecutor and Manager (slice `pool`).
 mod async_result;

@@ -11,7 +11,9 @@ use super::fork::{fork_child, ForkOptions, ForkedChild};
 use super::registry;
 use crate::{Error, Result};
 
-type Target = Box<dyn FnOnce() + Send + 'static>;
+/// The target, wrapped so the child can call it through `&mut` and never
+/// free the box: a free in the child would dirty (and so copy) heap pages.
+type Target = Box<dyn FnMut() + Send + 'static>;
 
 /// A closure run in a child process: Python's `multiprocessing.Process`.
 ///
@@ -44,6 +46,7 @@ type Target = Box<dyn FnOnce() + Send + 'static>;
 /// hook).
 pub struct Process {
     name: String,
+    identity: String,
     daemon: bool,
     target: Option<Target>,
     child: Option<ForkedChild>,
@@ -84,16 +87,25 @@ impl ProcessBuilder {
 
     /// Finishes the builder with the closure the child runs.
     pub fn target<F: FnOnce() + Send + 'static>(self, target: F) -> Process {
+        let identity = current::next_identity();
         Process {
-            name: self
-                .name
-                .unwrap_or_else(|| format!("Process-{}", current::next_identity())),
+            name: self.name.unwrap_or_else(|| format!("Process-{identity}")),
+            identity,
             daemon: self.daemon,
-            target: Some(Box::new(target)),
+            target: Some(once(target)),
             child: None,
             slot: None,
         }
     }
+}
+
+fn once<F: FnOnce() + Send + 'static>(f: F) -> Target {
+    let mut slot = Some(f);
+    Box::new(move || {
+        if let Some(f) = slot.take() {
+            f();
+        }
+    })
 }
 
 impl Process {
@@ -141,12 +153,13 @@ impl Process {
         if self.child.is_some() || self.target.is_none() {
             return Err(Error::AlreadyStarted);
         }
-        let options = ForkOptions::new()
+        let mut options = ForkOptions::new()
             .name(self.name.clone())
             .daemon(self.daemon);
+        options.identity = Some(self.identity.clone());
         let target = &mut self.target;
         let child = fork_child(&options, || {
-            if let Some(t) = target.take() {
+            if let Some(t) = target.as_mut() {
                 t();
             }
             0

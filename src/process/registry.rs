@@ -8,7 +8,7 @@
 //! registered it, so a child never terminates its parent's daemons.
 
 use std::os::fd::{BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -35,6 +35,14 @@ const FREE: Slot = Slot {
 };
 
 static DAEMONS: [Slot; SLOTS] = [FREE; SLOTS];
+/// One past the highest slot ever used: scans stop here, so a process that
+/// never registered anything does not touch the table at all (in a fresh
+/// child every untouched page read is a page fault).
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+
+fn used() -> &'static [Slot] {
+    &DAEMONS[..HIGH.load(Ordering::Acquire).min(SLOTS)]
+}
 static HOOK_INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// Records a running daemon child; returns its slot, or `None` when the
@@ -49,6 +57,7 @@ pub(crate) fn register(pid: i32, sentinel: RawFd) -> Option<usize> {
             .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
+            HIGH.fetch_max(i + 1, Ordering::AcqRel);
             slot.sentinel.store(sentinel, Ordering::Release);
             slot.pid.store(pid, Ordering::Release);
             return Some(i);
@@ -88,7 +97,7 @@ extern "C" fn at_exit() {
 pub(crate) fn terminate_own_daemons() {
     let me = getpid().as_raw();
     let mut mine: Vec<(usize, i32, RawFd)> = Vec::new();
-    for (i, slot) in DAEMONS.iter().enumerate() {
+    for (i, slot) in used().iter().enumerate() {
         if slot.owner.load(Ordering::Acquire) == me {
             let pid = slot.pid.load(Ordering::Acquire);
             if pid > 0 {

@@ -42,9 +42,16 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Re
 }
 
 /// Number of threads in this process (entries of `/proc/self/task`).
-/// Stops counting at 2 would be enough for the fork check, but the exact
-/// number makes the warning more useful. Returns 1 when `/proc` is missing.
+/// procfs reports a directory's entries + 2 as its link count, which costs
+/// one `stat` instead of reading the directory; the listing is the
+/// fallback. Returns 1 when `/proc` is missing.
 pub(crate) fn thread_count() -> usize {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata("/proc/self/task") {
+        if meta.nlink() >= 3 {
+            return (meta.nlink() - 2) as usize;
+        }
+    }
     match std::fs::read_dir("/proc/self/task") {
         Ok(dir) => dir.count().max(1),
         Err(_) => 1,

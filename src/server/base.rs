@@ -25,6 +25,9 @@ use super::wakeup::{ShutdownHandle, Wakeup};
 /// How long the loop stops accepting after `EMFILE`/`ENFILE`.
 const BACKOFF: Duration = Duration::from_millis(100);
 
+/// Most requests taken per wake-up before housekeeping runs again.
+const BATCH: usize = 16;
+
 /// A server over transport `T` with strategy `S`. Use the aliases
 /// ([`TcpServer`](super::TcpServer), [`ThreadingTcpServer`](super::ThreadingTcpServer),
 /// …) rather than naming the parameters.
@@ -144,7 +147,8 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
     }
 
     /// Python's `_handle_request_noblock`, with the accept-error policy.
-    fn handle_request_noblock(&mut self) {
+    /// Returns `true` when a request was received (so another may wait).
+    fn handle_request_noblock(&mut self) -> bool {
         match self.get_request() {
             Ok((request, peer)) => {
                 if self.verify_request(&request, &peer) {
@@ -152,21 +156,29 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
                 } else {
                     self.shutdown_request(request);
                 }
+                true
             }
-            Err(e) => match classify(&e) {
-                AcceptError::Retry => {}
-                AcceptError::Skip => {
-                    tracing::debug!(error = %e, "skipping a failed connection")
-                }
-                AcceptError::BackOff => {
-                    tracing::warn!(error = %e, "out of resources; pausing accept for {BACKOFF:?}");
-                    // Wait on the wake-up fd only, so a shutdown still ends
-                    // the pause at once.
-                    let mut fds = [PollFd::new(self.wakeup.fd(), PollFlags::POLLIN)];
-                    let _ = poll(&mut fds, PollTimeout::from(BACKOFF.as_millis() as u16));
-                }
-                AcceptError::Other => tracing::error!(error = %e, "get_request failed"),
-            },
+            Err(e) => {
+                self.accept_failed(&e);
+                false
+            }
+        }
+    }
+
+    fn accept_failed(&mut self, e: &io::Error) {
+        match classify(e) {
+            AcceptError::Retry => {}
+            AcceptError::Skip => {
+                tracing::debug!(error = %e, "skipping a failed connection")
+            }
+            AcceptError::BackOff => {
+                tracing::warn!(error = %e, "out of resources; pausing accept for {BACKOFF:?}");
+                // Wait on the wake-up fd only, so a shutdown still ends
+                // the pause at once.
+                let mut fds = [PollFd::new(self.wakeup.fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, PollTimeout::from(BACKOFF.as_millis() as u16));
+            }
+            AcceptError::Other => tracing::error!(error = %e, "get_request failed"),
         }
     }
 
@@ -178,12 +190,20 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
             let listen = !self.strategy.at_capacity();
             let (woken, readable) = {
                 let socket = self.live_socket()?;
-                let mut fds = [
-                    PollFd::new(self.wakeup.fd(), PollFlags::POLLIN),
-                    PollFd::new(socket.as_fd(), PollFlags::POLLIN),
-                ];
-                let n = if listen { 2 } else { 1 };
-                match poll(&mut fds[..n], PollTimeout::NONE) {
+                let extra = self.strategy.wait_fds();
+                let mut fds = Vec::with_capacity(2 + extra.len());
+                fds.push(PollFd::new(self.wakeup.fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
+                fds.extend(
+                    extra
+                        .into_iter()
+                        .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+                );
+                if !listen {
+                    // Stop accepting while at capacity: keep everything else.
+                    fds.swap_remove(1);
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
                     Err(e) => return Err(e.into()),
@@ -198,7 +218,16 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
                 return Ok(());
             }
             if readable {
-                self.handle_request_noblock();
+                // Take what is already queued (bounded, so housekeeping and
+                // shutdown are never starved), stopping at `WouldBlock`.
+                for _ in 0..BATCH {
+                    if !self.handle_request_noblock()
+                        || self.wakeup.shutdown_requested()
+                        || self.strategy.at_capacity()
+                    {
+                        break;
+                    }
+                }
             }
             self.service_actions();
         }
@@ -252,7 +281,8 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
     }
 
     fn process_request(&mut self, request: Incoming, peer: PeerAddr) {
-        self.strategy.process_request(&self.core, request, peer);
+        self.strategy
+            .process_request(&self.core, &mut self.socket, request, peer);
     }
 
     fn finish_request(&self, request: Incoming, peer: &PeerAddr) -> (Option<Incoming>, Result<()>) {
@@ -268,6 +298,8 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
     }
 
     fn handle_timeout(&mut self) {
+        // Like ForkingMixIn.handle_timeout: housekeeping first.
+        self.strategy.service_actions();
         self.core.hooks.handle_timeout();
     }
 
@@ -305,7 +337,7 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
                     }
                 }
                 Ok(_) => {
-                    self.handle_request_noblock();
+                    let _ = self.handle_request_noblock();
                     return Ok(());
                 }
                 Err(Errno::EINTR) => {}

@@ -10,16 +10,16 @@
 //! |---|---|
 //! | `TCPServer` | [`TcpServer`] |
 //! | `ThreadingTCPServer` | [`ThreadingTcpServer`] |
-//! | `ForkingTCPServer` | `ForkingTcpServer` |
+//! | `ForkingTCPServer` | [`ForkingTcpServer`] |
 //! | `UDPServer` | [`UdpServer`] |
 //! | `ThreadingUDPServer` | [`ThreadingUdpServer`] |
-//! | `ForkingUDPServer` | `ForkingUdpServer` |
+//! | `ForkingUDPServer` | [`ForkingUdpServer`] |
 //! | `UnixStreamServer` | [`UnixStreamServer`] |
 //! | `ThreadingUnixStreamServer` | [`ThreadingUnixStreamServer`] |
-//! | `ForkingUnixStreamServer` | `ForkingUnixStreamServer` |
+//! | `ForkingUnixStreamServer` | [`ForkingUnixStreamServer`] |
 //! | `UnixDatagramServer` | [`UnixDatagramServer`] |
 //! | `ThreadingUnixDatagramServer` | [`ThreadingUnixDatagramServer`] |
-//! | `ForkingUnixDatagramServer` | `ForkingUnixDatagramServer` |
+//! | `ForkingUnixDatagramServer` | [`ForkingUnixDatagramServer`] |
 //!
 //! ```no_run
 //! use std::io::{self, BufRead, Write};
@@ -45,6 +45,7 @@
 
 mod base;
 mod core;
+mod forking;
 mod hooks;
 mod incoming;
 mod inet;
@@ -59,6 +60,7 @@ mod wakeup;
 
 pub use base::SocketServer;
 pub use core::ServerCore;
+pub use forking::Forking;
 pub use hooks::{DefaultHooks, Hooks};
 pub use incoming::{Datagram, Incoming};
 pub use inet::{TcpTransport, UdpTransport};
@@ -91,3 +93,34 @@ pub type ThreadingUnixStreamServer = SocketServer<UnixStreamTransport, Threading
 pub type UnixDatagramServer = SocketServer<UnixDatagramTransport, Synchronous>;
 /// A Unix datagram server with one thread per datagram.
 pub type ThreadingUnixDatagramServer = SocketServer<UnixDatagramTransport, Threading>;
+/// A TCP server with one child process per connection.
+#[doc(alias = "ForkingTCPServer")]
+pub type ForkingTcpServer = SocketServer<TcpTransport, Forking>;
+/// A UDP server with one child process per datagram.
+#[doc(alias = "ForkingUDPServer")]
+pub type ForkingUdpServer = SocketServer<UdpTransport, Forking>;
+/// A Unix stream server with one child process per connection.
+pub type ForkingUnixStreamServer = SocketServer<UnixStreamTransport, Forking>;
+/// A Unix datagram server with one child process per datagram.
+pub type ForkingUnixDatagramServer = SocketServer<UnixDatagramTransport, Forking>;
+
+// Production serving (issue 7): the async strategy and operating helpers.
+mod asynchronous;
+pub use asynchronous::{
+    AsyncRequestHandler, AsyncShutdownHandle, AsyncTcpServer, Blocking, DrainReport,
+};
+mod backoff;
+pub use backoff::{raise_fd_limit, AcceptAction, AcceptBackoff};
+mod per_ip;
+pub use per_ip::{IpPermit, PerIpLimiter};
+pub mod activation;
+mod pidfile;
+pub mod proxy;
+pub use pidfile::PidFile;
+mod prefork;
+pub use prefork::{PreforkBuilder, PreforkTcpServer};
+mod privileges;
+pub use privileges::{drop_privileges, refuse_root, Identity};
+mod reexec;
+pub use reexec::{reexec, HangupRestart};
+pub mod layers;

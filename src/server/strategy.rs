@@ -7,6 +7,7 @@
 //! the same, and one handler type works under every strategy.
 
 use std::fmt;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -15,6 +16,7 @@ use crate::handler::PeerAddr;
 use super::core::ServerCore;
 use super::incoming::Incoming;
 use super::options::ServerOptions;
+use super::transport::ServerSocket;
 use super::wakeup::Wakeup;
 
 /// Wakes the serving loop, for example when a worker frees a slot that a
@@ -58,7 +60,24 @@ pub trait Strategy: Send + Sized + 'static {
     /// Runs (or starts) one request. Every failure, including failing to
     /// start a worker, must be reported through `core.handle_error` and the
     /// request passed to `core.shutdown_request` (or closed).
-    fn process_request(&mut self, core: &Arc<ServerCore>, request: Incoming, peer: PeerAddr);
+    ///
+    /// `server_socket` is the server's own socket; the forking strategy
+    /// takes and drops it in the child so a child never keeps the port.
+    fn process_request(
+        &mut self,
+        core: &Arc<ServerCore>,
+        server_socket: &mut Option<ServerSocket>,
+        request: Incoming,
+        peer: PeerAddr,
+    );
+
+    /// Extra descriptors the loop should wait on besides the server socket
+    /// and the wake-up socket, for example the exit sentinels of forked
+    /// children. When one becomes readable the loop wakes and calls
+    /// [`service_actions`](Self::service_actions). Default is none.
+    fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
+        Vec::new()
+    }
 
     /// Housekeeping after each loop iteration: join finished threads, reap
     /// exited children. Default does nothing.
@@ -83,7 +102,13 @@ impl Strategy for Synchronous {
         Ok(Synchronous)
     }
 
-    fn process_request(&mut self, core: &Arc<ServerCore>, request: Incoming, peer: PeerAddr) {
+    fn process_request(
+        &mut self,
+        core: &Arc<ServerCore>,
+        _: &mut Option<ServerSocket>,
+        request: Incoming,
+        peer: PeerAddr,
+    ) {
         core.process(request, &peer);
     }
 }

@@ -17,6 +17,7 @@ use super::core::ServerCore;
 use super::incoming::Incoming;
 use super::options::ServerOptions;
 use super::strategy::{LoopWaker, Strategy};
+use super::transport::ServerSocket;
 
 /// One thread per request (Python's `ThreadingMixIn`).
 #[derive(Debug)]
@@ -89,7 +90,13 @@ impl Strategy for Threading {
             .is_some_and(|m| self.active.load(Ordering::SeqCst) >= m)
     }
 
-    fn process_request(&mut self, core: &Arc<ServerCore>, request: Incoming, peer: PeerAddr) {
+    fn process_request(
+        &mut self,
+        core: &Arc<ServerCore>,
+        _: &mut Option<ServerSocket>,
+        request: Incoming,
+        peer: PeerAddr,
+    ) {
         self.join_finished();
         self.active.fetch_add(1, Ordering::SeqCst);
         let guard = SlotGuard {

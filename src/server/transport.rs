@@ -115,15 +115,13 @@ impl ServerSocket {
     pub fn receive(&self, buf: &mut [u8]) -> io::Result<(Incoming, PeerAddr)> {
         match self {
             ServerSocket::Tcp(l) => {
+                // On Linux an accepted socket does not inherit the
+                // listener's O_NONBLOCK: handlers get blocking I/O.
                 let (s, a) = l.accept()?;
-                // Accepted sockets do not inherit O_NONBLOCK on Linux; be
-                // explicit so handlers always get blocking I/O.
-                s.set_nonblocking(false)?;
                 Ok((Incoming::Stream(s.into()), a.into()))
             }
             ServerSocket::UnixStream(l) => {
                 let (s, a) = l.accept()?;
-                s.set_nonblocking(false)?;
                 Ok((Incoming::Stream(s.into()), a.into()))
             }
             ServerSocket::Udp(s) => {

@@ -1,20 +1,23 @@
 //! Test support for the fork-heavy `ipc_*` binaries: fork a child that
-//! runs a small body and `_exit`s, reap it by pid, and a tiny runner for
-//! `harness = false` binaries (each test isolated under `catch_unwind`).
+//! runs a small body and `_exit`s (through `process::fork_child`), reap it
+//! by pid, and a tiny runner for `harness = false` binaries (each test
+//! isolated under `catch_unwind`).
 #![allow(dead_code)]
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::catch_unwind;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::sys::signal::Signal;
+use socketserver::process::{fork_child, ForkOptions, ForkedChild};
+
+/// A child's pid, as returned by [`Kids::spawn`].
+pub type Pid = i32;
 
 /// Children of the current test; any still running when it is dropped
 /// (for example because an assertion failed) are SIGKILLed and reaped.
 #[derive(Debug, Default)]
 pub struct Kids {
-    pids: Vec<Pid>,
+    kids: Vec<ForkedChild>,
 }
 
 impl Kids {
@@ -22,76 +25,60 @@ impl Kids {
         Kids::default()
     }
 
-    /// Forks a child that runs `body` and leaves with `_exit(code)`; a
-    /// panic in the body exits with 101. The child never returns here.
+    /// Forks a child (the crate's `fork_child`) that runs `body` and
+    /// `_exit`s with its return value; a panic exits with 1.
     pub fn spawn(&mut self, body: impl FnOnce() -> i32) -> Pid {
-        // SAFETY: the test binaries are `harness = false` and fork from
-        // their only thread; the child runs `body` and `_exit`s without
-        // unwinding past this point.
-        match unsafe { fork() }.expect("fork") {
-            ForkResult::Child => {
-                let code = catch_unwind(AssertUnwindSafe(body)).unwrap_or(101);
-                // SAFETY: `_exit` is async-signal-safe and ends the child.
-                unsafe { nix::libc::_exit(code) }
-            }
-            ForkResult::Parent { child } => {
-                self.pids.push(child);
-                child
-            }
-        }
+        let child = fork_child(&ForkOptions::new(), body).expect("fork");
+        let pid = child.pid();
+        self.kids.push(child);
+        pid
+    }
+
+    fn take(&mut self, pid: Pid) -> ForkedChild {
+        let i = self
+            .kids
+            .iter()
+            .position(|c| c.pid() == pid)
+            .expect("not our child");
+        self.kids.swap_remove(i)
     }
 
     /// Waits for `pid`: its exit code, or `-signal` if killed.
     pub fn join(&mut self, pid: Pid) -> i32 {
-        self.pids.retain(|p| *p != pid);
-        loop {
-            match waitpid(pid, None).expect("waitpid") {
-                WaitStatus::Exited(_, code) => return code,
-                WaitStatus::Signaled(_, sig, _) => return -(sig as i32),
-                _ => continue,
-            }
-        }
+        self.take(pid).wait().expect("waitpid")
     }
 
     /// Waits for `pid` at most `timeout`; `None` if it is still running.
     pub fn join_timeout(&mut self, pid: Pid, timeout: Duration) -> Option<i32> {
-        let end = Instant::now() + timeout;
-        loop {
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)).expect("waitpid") {
-                WaitStatus::Exited(_, code) => {
-                    self.pids.retain(|p| *p != pid);
-                    return Some(code);
-                }
-                WaitStatus::Signaled(_, sig, _) => {
-                    self.pids.retain(|p| *p != pid);
-                    return Some(-(sig as i32));
-                }
-                _ if Instant::now() >= end => return None,
-                _ => std::thread::sleep(Duration::from_millis(5)),
-            }
+        let mut child = self.take(pid);
+        let r = child.wait_timeout(timeout).expect("waitpid");
+        if r.is_none() {
+            self.kids.push(child);
         }
+        r
     }
 
     /// SIGKILLs `pid` and reaps it.
     pub fn kill(&mut self, pid: Pid) -> i32 {
-        let _ = kill(pid, Signal::SIGKILL);
-        self.join(pid)
+        let mut child = self.take(pid);
+        child.signal(Signal::SIGKILL).expect("kill");
+        child.wait().expect("waitpid")
     }
 
     /// Joins every remaining child, asserting each exited with 0.
     pub fn join_all_ok(&mut self) {
-        for pid in std::mem::take(&mut self.pids) {
-            let code = self.join(pid);
-            assert_eq!(code, 0, "child {pid} exited with {code}");
+        for mut child in std::mem::take(&mut self.kids) {
+            let code = child.wait().expect("waitpid");
+            assert_eq!(code, 0, "child {} exited with {code}", child.pid());
         }
     }
 }
 
 impl Drop for Kids {
     fn drop(&mut self) {
-        for pid in std::mem::take(&mut self.pids) {
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
+        for mut child in std::mem::take(&mut self.kids) {
+            let _ = child.signal(Signal::SIGKILL);
+            let _ = child.wait();
         }
     }
 }

@@ -1,0 +1,220 @@
+//! The command line and the settings every session shares.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::confine::Root;
+
+/// Which server strategy runs the sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One thread per control connection.
+    Threading,
+    /// One forked child process per control connection.
+    Forking,
+}
+
+impl Mode {
+    /// The name printed in the "listening on" line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Threading => "threading",
+            Mode::Forking => "forking",
+        }
+    }
+}
+
+/// An FTP server on the socketserver framework.
+#[derive(Debug, Parser)]
+#[command(name = "ftp", version)]
+pub struct Args {
+    /// Directory clients see as `/`; nothing outside it is reachable.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:2121")]
+    pub listen: SocketAddr,
+    /// Concurrency strategy.
+    #[arg(long, value_enum, default_value_t = Mode::Threading)]
+    pub mode: Mode,
+    /// A login, `NAME:PASSWORD`; repeat for more users. Users may write.
+    #[arg(long = "user", value_parser = parse_user)]
+    pub users: Vec<(String, String)>,
+    /// Allow `anonymous`/`ftp` logins (read-only unless --anonymous-write).
+    #[arg(long)]
+    pub anonymous: bool,
+    /// Let anonymous sessions upload, rename, delete and create directories.
+    #[arg(long)]
+    pub anonymous_write: bool,
+    /// Ports for passive data connections, `LOW-HIGH` (default: any).
+    #[arg(long, value_parser = parse_range)]
+    pub passive_ports: Option<(u16, u16)>,
+    /// Most control connections at once (421 beyond it).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Most control connections from one IP address (421 beyond it).
+    #[arg(long)]
+    pub max_per_ip: Option<usize>,
+    /// Close a control connection idle this long (`300s`, `5m`, ...).
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+fn parse_user(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((name, pass)) if !name.is_empty() && !pass.is_empty() => {
+            Ok((name.to_string(), pass.to_string()))
+        }
+        _ => Err("expected NAME:PASSWORD with both parts non-empty".to_string()),
+    }
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let err = || format!("expected LOW-HIGH with 1024 <= LOW <= HIGH <= 65535, got {s:?}");
+    let (lo, hi) = s.split_once('-').ok_or_else(err)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| err())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| err())?;
+    if lo < 1024 || lo > hi {
+        return Err(err());
+    }
+    Ok((lo, hi))
+}
+
+/// Settings shared (read-only) by every session.
+#[derive(Debug)]
+pub struct Config {
+    /// The confined root.
+    pub root: Root,
+    /// Named users and their passwords.
+    pub users: HashMap<String, String>,
+    /// `--anonymous`.
+    pub anonymous: bool,
+    /// `--anonymous-write`.
+    pub anonymous_write: bool,
+    /// `--passive-ports`.
+    pub passive_ports: Option<(u16, u16)>,
+    /// Control connection idle timeout.
+    pub idle_timeout: Duration,
+    /// Longest wait for a client to connect to a passive port.
+    pub passive_timeout: Duration,
+    /// Longest stall of a data connection (no byte moved).
+    pub data_timeout: Duration,
+    /// Pause before answering a wrong password.
+    pub login_delay: Duration,
+    /// Wrong passwords before the connection is closed.
+    pub max_login_failures: u32,
+}
+
+impl Config {
+    /// Builds the shared settings from the command line. The passive and
+    /// data timeouts are 30 s and 60 s, or the idle timeout if shorter.
+    ///
+    /// # Errors
+    /// `--root` is not an existing directory.
+    pub fn from_args(args: &Args) -> std::io::Result<Config> {
+        let idle = args.idle_timeout.max(Duration::from_millis(100));
+        Ok(Config {
+            root: Root::new(&args.root)?,
+            users: args.users.iter().cloned().collect(),
+            anonymous: args.anonymous,
+            anonymous_write: args.anonymous_write,
+            passive_ports: args.passive_ports,
+            idle_timeout: idle,
+            passive_timeout: idle.min(Duration::from_secs(30)),
+            data_timeout: idle.min(Duration::from_secs(60)),
+            login_delay: Duration::from_millis(500),
+            max_login_failures: 3,
+        })
+    }
+
+    /// Checks a login. Returns whether the session may write, or `None`
+    /// for a failed login. Passwords are compared in constant time.
+    pub fn check_login(&self, user: &str, pass: &str) -> Option<bool> {
+        if self.anonymous && (user.eq_ignore_ascii_case("anonymous") || user == "ftp") {
+            return Some(self.anonymous_write);
+        }
+        let expected = self.users.get(user)?;
+        constant_time_eq(expected.as_bytes(), pass.as_bytes()).then_some(true)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_contract() {
+        let a = Args::try_parse_from(["ftp", "--root", "/tmp"]).unwrap();
+        assert_eq!(a.listen, "127.0.0.1:2121".parse().unwrap());
+        assert_eq!(a.mode, Mode::Threading);
+        assert!(!a.anonymous && !a.anonymous_write);
+        assert_eq!(a.idle_timeout, Duration::from_secs(300));
+        let a = Args::try_parse_from([
+            "ftp",
+            "--root",
+            "/tmp",
+            "--listen",
+            "127.0.0.1:0",
+            "--mode",
+            "forking",
+            "--user",
+            "a:b:c",
+            "--user",
+            "x:y",
+            "--anonymous",
+            "--anonymous-write",
+            "--passive-ports",
+            "40000-40010",
+            "--max-connections",
+            "5",
+            "--max-per-ip",
+            "2",
+            "--idle-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(a.mode, Mode::Forking);
+        assert_eq!(
+            a.users,
+            [("a".into(), "b:c".into()), ("x".into(), "y".into())]
+        );
+        assert_eq!(a.passive_ports, Some((40000, 40010)));
+        assert_eq!(a.idle_timeout, Duration::from_secs(2));
+        assert!(Args::try_parse_from(["ftp"]).is_err());
+        assert!(Args::try_parse_from(["ftp", "--root", "/", "--user", "nopass"]).is_err());
+        assert!(Args::try_parse_from(["ftp", "--root", "/", "--passive-ports", "9-5"]).is_err());
+        assert!(Args::try_parse_from(["ftp", "--root", "/", "--mode", "async"]).is_err());
+    }
+
+    #[test]
+    fn logins() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = Args::try_parse_from([
+            "ftp",
+            "--root",
+            dir.path().to_str().unwrap(),
+            "--user",
+            "bob:pw",
+        ])
+        .unwrap();
+        let mut c = Config::from_args(&args).unwrap();
+        assert_eq!(c.check_login("bob", "pw"), Some(true));
+        assert_eq!(c.check_login("bob", "pW"), None);
+        assert_eq!(c.check_login("anonymous", "x@y"), None);
+        c.anonymous = true;
+        assert_eq!(c.check_login("anonymous", "x@y"), Some(false));
+        c.anonymous_write = true;
+        assert_eq!(c.check_login("ftp", ""), Some(true));
+    }
+}

@@ -1,0 +1,278 @@
+//! The data channel: passive listeners (PASV/EPSV) and active connections
+//! (PORT/EPRT), with the checks that stop FTP bounce attacks and data-port
+//! theft.
+//!
+//! - A passive listener binds the control connection's local address and
+//!   accepts only a connection from the control connection's peer IP; any
+//!   other peer is dropped and the listener keeps waiting until the
+//!   passive-accept timeout.
+//! - An active address must be the control connection's own peer IP and a
+//!   port >= 1024. This is checked when PORT/EPRT arrives, *before* any
+//!   connection is attempted.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+/// How the next transfer gets its data connection.
+#[derive(Debug, Default)]
+pub enum DataSetup {
+    /// No PASV/EPSV/PORT/EPRT yet (transfers get `425`).
+    #[default]
+    None,
+    /// Wait for the client on this listener.
+    Passive(TcpListener),
+    /// Connect to the client at this address.
+    Active(SocketAddr),
+}
+
+/// Compares IPs with IPv4-mapped IPv6 addresses folded to IPv4.
+pub fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
+}
+
+/// Binds a passive listener on `local_ip`, on a port from `range` when one
+/// is configured (starting at a random offset so sessions spread out), or
+/// on any free port.
+///
+/// # Errors
+/// Every port of the range is taken, or `bind` failed.
+pub fn open_passive(local_ip: IpAddr, range: Option<(u16, u16)>) -> io::Result<TcpListener> {
+    let Some((low, high)) = range else {
+        return TcpListener::bind((local_ip, 0));
+    };
+    let span = u32::from(high - low) + 1;
+    let start = getrandom::u32().unwrap_or(0) % span;
+    for i in 0..span {
+        let port = low + ((start + i) % span) as u16;
+        match TcpListener::bind((local_ip, port)) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free port in the passive range",
+    ))
+}
+
+/// Waits up to `timeout` for `fd` to become readable.
+///
+/// # Errors
+/// `poll` failed.
+pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> io::Result<bool> {
+    let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    loop {
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(n) => return Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Accepts the data connection from `allowed` within `timeout`;
+/// connections from any other IP are closed at once and ignored.
+///
+/// # Errors
+/// `TimedOut` when nobody acceptable connected in time; an `accept` error.
+pub fn accept_from(
+    listener: &TcpListener,
+    allowed: IpAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !wait_readable(listener, left)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no data connection within the passive timeout",
+            ));
+        }
+        let (stream, peer) = listener.accept()?;
+        if same_ip(peer.ip(), allowed) {
+            return Ok(stream);
+        }
+        tracing::warn!(%peer, %allowed, "refused passive data connection from a foreign address");
+        drop(stream);
+    }
+}
+
+/// Connects to an already checked active address within `timeout`.
+///
+/// # Errors
+/// The client did not accept in time, or refused.
+pub fn connect_active(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    TcpStream::connect_timeout(&addr, timeout)
+}
+
+/// Why an active address is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActiveError {
+    /// The argument does not parse.
+    Syntax,
+    /// The address family is not supported (EPRT protocol other than 1, 2).
+    Family,
+    /// Not the control connection's peer, or a privileged port.
+    Forbidden,
+}
+
+/// Parses a `PORT h1,h2,h3,h4,p1,p2` argument.
+///
+/// # Errors
+/// [`ActiveError::Syntax`] for anything but six numbers 0-255.
+pub fn parse_port(arg: &str) -> Result<SocketAddr, ActiveError> {
+    let nums: Vec<u8> = arg
+        .trim()
+        .split(',')
+        .map(|p| p.trim().parse::<u8>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| ActiveError::Syntax)?;
+    let [a, b, c, d, p1, p2] = nums[..] else {
+        return Err(ActiveError::Syntax);
+    };
+    let ip = Ipv4Addr::new(a, b, c, d);
+    Ok(SocketAddr::new(
+        IpAddr::V4(ip),
+        u16::from(p1) << 8 | u16::from(p2),
+    ))
+}
+
+/// Parses an `EPRT |proto|addr|port|` argument (RFC 2428); the delimiter is
+/// whatever the first character is.
+///
+/// # Errors
+/// [`ActiveError::Syntax`] or [`ActiveError::Family`].
+pub fn parse_eprt(arg: &str) -> Result<SocketAddr, ActiveError> {
+    let mut chars = arg.chars();
+    let delim = chars.next().ok_or(ActiveError::Syntax)?;
+    if !(33..=126).contains(&(delim as u32)) {
+        return Err(ActiveError::Syntax);
+    }
+    let parts: Vec<&str> = arg.split(delim).collect();
+    let [_, proto, addr, port, rest] = parts[..] else {
+        return Err(ActiveError::Syntax);
+    };
+    if !rest.is_empty() {
+        return Err(ActiveError::Syntax);
+    }
+    let port: u16 = port.parse().map_err(|_| ActiveError::Syntax)?;
+    let ip: IpAddr = match proto {
+        "1" => IpAddr::V4(addr.parse().map_err(|_| ActiveError::Syntax)?),
+        "2" => IpAddr::V6(addr.parse().map_err(|_| ActiveError::Syntax)?),
+        _ => return Err(ActiveError::Family),
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// The bounce-attack check: the data address must be the control peer's
+/// own IP, on an unprivileged port.
+///
+/// # Errors
+/// [`ActiveError::Forbidden`].
+pub fn check_active(addr: SocketAddr, control_peer: IpAddr) -> Result<(), ActiveError> {
+    if addr.port() < 1024 || !same_ip(addr.ip(), control_peer) {
+        return Err(ActiveError::Forbidden);
+    }
+    Ok(())
+}
+
+/// The text of a `227` reply for a passive listener on `addr`.
+///
+/// Returns `None` for an IPv6 address, which PASV cannot express (clients
+/// use EPSV there).
+pub fn pasv_text(addr: SocketAddr) -> Option<String> {
+    let IpAddr::V4(ip) = addr.ip().to_canonical() else {
+        return None;
+    };
+    let [a, b, c, d] = ip.octets();
+    let port = addr.port();
+    Some(format!(
+        "Entering Passive Mode ({a},{b},{c},{d},{},{}).",
+        port >> 8,
+        port & 0xff
+    ))
+}
+
+/// The text of a `229` reply.
+pub fn epsv_text(port: u16) -> String {
+    format!("Entering Extended Passive Mode (|||{port}|)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_argument() {
+        let a = parse_port("127,0,0,1,4,1").unwrap();
+        assert_eq!(a, "127.0.0.1:1025".parse().unwrap());
+        assert_eq!(parse_port("127,0,0,1,4"), Err(ActiveError::Syntax));
+        assert_eq!(parse_port("127,0,0,1,4,256"), Err(ActiveError::Syntax));
+        assert_eq!(parse_port("a,b,c,d,e,f"), Err(ActiveError::Syntax));
+    }
+
+    #[test]
+    fn eprt_argument() {
+        let a = parse_eprt("|1|132.235.1.2|6275|").unwrap();
+        assert_eq!(a, "132.235.1.2:6275".parse().unwrap());
+        let a = parse_eprt("!2!::1!5282!").unwrap();
+        assert_eq!(a, "[::1]:5282".parse().unwrap());
+        assert_eq!(parse_eprt("|3|x|1|"), Err(ActiveError::Family));
+        assert_eq!(parse_eprt("|1|::1|1|"), Err(ActiveError::Syntax));
+        assert_eq!(parse_eprt("|1|1.2.3.4|99999|"), Err(ActiveError::Syntax));
+        assert_eq!(parse_eprt(""), Err(ActiveError::Syntax));
+    }
+
+    #[test]
+    fn bounce_checks() {
+        let me: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(check_active("127.0.0.1:5000".parse().unwrap(), me).is_ok());
+        assert_eq!(
+            check_active("127.0.0.2:5000".parse().unwrap(), me),
+            Err(ActiveError::Forbidden)
+        );
+        assert_eq!(
+            check_active("127.0.0.1:25".parse().unwrap(), me),
+            Err(ActiveError::Forbidden)
+        );
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(check_active("127.0.0.1:5000".parse().unwrap(), mapped).is_ok());
+    }
+
+    #[test]
+    fn reply_texts() {
+        let t = pasv_text("127.0.0.1:1025".parse().unwrap()).unwrap();
+        assert_eq!(t, "Entering Passive Mode (127,0,0,1,4,1).");
+        assert!(pasv_text("[::1]:1025".parse().unwrap()).is_none());
+        assert_eq!(epsv_text(5000), "Entering Extended Passive Mode (|||5000|)");
+    }
+
+    #[test]
+    fn passive_range_and_foreign_peer() {
+        let l = open_passive("127.0.0.1".parse().unwrap(), Some((40000, 40100))).unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!((40000..=40100).contains(&port));
+        // Only 127.0.0.1 may connect; a connection from 127.0.0.2 is dropped.
+        let addr = l.local_addr().unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        sock.connect(&addr.into()).unwrap();
+        let err = accept_from(&l, "127.0.0.1".parse().unwrap(), Duration::from_millis(300));
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let _ok = TcpStream::connect(addr).unwrap();
+        let s = accept_from(&l, "127.0.0.1".parse().unwrap(), Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            s.peer_addr().unwrap().ip(),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+}

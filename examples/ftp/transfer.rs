@@ -1,0 +1,503 @@
+//! Commands that move data: RETR, STOR, APPE, LIST, NLST, MLSD.
+//!
+//! - RETR streams with non-blocking `sendfile` in 64 KiB slices (TYPE I;
+//!   small slices release the socket lock often, which measured faster on
+//!   loopback than large blocking ones) or converts
+//!   LF to CRLF in 256 KiB chunks (TYPE A): the file is never loaded whole.
+//! - STOR writes to a temporary file in the target's directory and renames
+//!   it over the target only when the transfer completed, so an aborted or
+//!   failed upload leaves the old file untouched. `REST n` + STOR (resume)
+//!   and APPE write in place, as resuming requires; a failed APPE is cut
+//!   back to the file's original length.
+//! - Between slices the control connection is checked: `ABOR` stops the
+//!   transfer (`426` then `226`), a vanished client stops it and ends the
+//!   session, other commands wait until the transfer is over.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::TcpStream;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use socketserver::handler::Line;
+use socketserver::Request;
+
+use crate::command::Command;
+use crate::confine::Denied;
+use crate::data::{self, DataSetup};
+use crate::listing;
+use crate::reply;
+use crate::session::{denied, ok, Flow, ListKind, Session, MAX_LINE};
+use crate::upload::{crlf_to_lf, splice_chunk, SplicePipe, Upload};
+
+/// Bytes handed to one `sendfile` call.
+const SENDFILE_SLICE: usize = 64 << 10;
+/// Buffer for uploads and ASCII-mode downloads.
+const BUF_SIZE: usize = 256 << 10;
+
+/// What the client said on the control connection during a transfer.
+#[derive(Debug, PartialEq, Eq)]
+enum Ctl {
+    /// Nothing that concerns the transfer.
+    Quiet,
+    /// `ABOR`.
+    Abort,
+    /// The control connection closed or failed.
+    Gone,
+}
+
+/// How a transfer ended.
+#[derive(Debug)]
+enum Outcome {
+    /// All bytes moved.
+    Done,
+    /// The client sent ABOR.
+    Aborted,
+    /// The client closed the control connection.
+    ClientGone,
+    /// A data-connection or file error.
+    Failed(io::Error),
+}
+
+impl Session {
+    /// Establishes the data connection set up by PASV/EPSV/PORT/EPRT,
+    /// replying `425` (and returning `None`) when there is none or it fails.
+    fn open_data(&mut self, req: &mut Request) -> io::Result<Option<TcpStream>> {
+        let setup = std::mem::take(&mut self.data);
+        let conn = match setup {
+            DataSetup::None => {
+                reply::send(&mut req.wfile(), 425, "Use PORT, EPRT, PASV or EPSV first.")?;
+                return Ok(None);
+            }
+            DataSetup::Passive(l) => {
+                data::accept_from(&l, self.peer_ip(), self.cfg.passive_timeout)
+            }
+            DataSetup::Active(addr) => data::connect_active(addr, self.cfg.data_timeout),
+        };
+        match conn.and_then(|s| {
+            s.set_read_timeout(Some(self.cfg.data_timeout))?;
+            s.set_write_timeout(Some(self.cfg.data_timeout))?;
+            Ok(s)
+        }) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "data connection failed");
+                reply::send(&mut req.wfile(), 425, "Cannot open data connection.")?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Reads one control line during a transfer.
+    fn read_control(&mut self, req: &mut Request) -> io::Result<Ctl> {
+        let mut line = Vec::new();
+        match req.rfile().read_line_bounded(&mut line, MAX_LINE) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(Ctl::Quiet)
+            }
+            Err(_) | Ok(Line::Eof) => Ok(Ctl::Gone),
+            Ok(Line::TooLong) => {
+                reply::send(&mut req.wfile(), 500, "Command line too long.")?;
+                Ok(Ctl::Quiet)
+            }
+            Ok(_) => match Command::parse(&line) {
+                Ok(c) if c.verb == "ABOR" => Ok(Ctl::Abort),
+                Ok(c) if c.verb == "STAT" && c.arg.is_empty() => {
+                    reply::send(&mut req.wfile(), 213, "Transfer in progress.")?;
+                    Ok(Ctl::Quiet)
+                }
+                _ => {
+                    self.queued.push_back(line);
+                    Ok(Ctl::Quiet)
+                }
+            },
+        }
+    }
+
+    /// Checks the control connection without waiting.
+    fn poll_control(&mut self, req: &mut Request) -> io::Result<Ctl> {
+        let ready = match req.stream() {
+            Some(s) => data::wait_readable(s, Duration::ZERO)?,
+            None => false,
+        };
+        if ready {
+            self.read_control(req)
+        } else {
+            Ok(Ctl::Quiet)
+        }
+    }
+
+    /// Sends the closing reply for a transfer and decides the flow.
+    fn finish_transfer(&mut self, req: &mut Request, outcome: Outcome) -> io::Result<Flow> {
+        let w = &mut req.wfile();
+        match outcome {
+            Outcome::Done => ok(w, 226, "Transfer complete."),
+            Outcome::Aborted => {
+                reply::send(w, 426, "Connection closed; transfer aborted.")?;
+                ok(w, 226, "ABOR successful.")
+            }
+            Outcome::ClientGone => Ok(Flow::Close),
+            Outcome::Failed(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "transfer failed");
+                let code = if e.kind() == io::ErrorKind::StorageFull {
+                    452
+                } else {
+                    426
+                };
+                ok(w, code, &format!("Transfer aborted: {}.", describe(&e)))
+            }
+        }
+    }
+
+    pub(crate) fn retr(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+        let offset = std::mem::take(&mut self.rest);
+        let path = match self.vpath(arg).and_then(|v| self.root().existing(&v)) {
+            Ok(p) => p,
+            Err(e) => return denied(&mut req.wfile(), &e),
+        };
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => return denied(&mut req.wfile(), &Denied::Io(e)),
+        };
+        let len = file.metadata()?.len();
+        if !file.metadata()?.is_file() {
+            return ok(&mut req.wfile(), 550, "Not a regular file.");
+        }
+        if offset > len {
+            return ok(&mut req.wfile(), 554, "Restart offset beyond end of file.");
+        }
+        let Some(mut conn) = self.open_data(req)? else {
+            return Ok(Flow::Continue);
+        };
+        let mode = if self.binary { "BINARY" } else { "ASCII" };
+        reply::send(
+            &mut req.wfile(),
+            150,
+            &format!("Opening {mode} mode data connection for {arg} ({len} bytes)."),
+        )?;
+        let outcome = if self.binary {
+            self.send_binary(req, &file, &conn, offset, len)
+        } else {
+            self.send_ascii(req, file, &mut conn, offset)
+        };
+        drop(conn);
+        tracing::info!(peer = %self.peer, path = %path.display(), ?outcome, "RETR");
+        self.finish_transfer(req, outcome)
+    }
+
+    fn send_binary(
+        &mut self,
+        req: &mut Request,
+        file: &File,
+        conn: &TcpStream,
+        offset: u64,
+        len: u64,
+    ) -> Outcome {
+        // Non-blocking sendfile, waiting in poll for room on the data
+        // socket *or* a command on the control connection: the socket lock
+        // is released between slices so the peer's ACKs flow, and ABOR is
+        // seen at once.
+        if let Err(e) = conn.set_nonblocking(true) {
+            return Outcome::Failed(e);
+        }
+        let timeout = PollTimeout::try_from(self.cfg.data_timeout).unwrap_or(PollTimeout::MAX);
+        let mut off = offset as i64;
+        while (off as u64) < len {
+            let want = ((len - off as u64) as usize).min(SENDFILE_SLICE);
+            match nix::sys::sendfile::sendfile64(conn.as_fd(), file.as_fd(), Some(&mut off), want) {
+                Ok(0) => break, // file shrank underneath us
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(e) => return Outcome::Failed(e.into()),
+            }
+            let (writable, ctl_ready) = {
+                let Some(ctl) = req.stream() else {
+                    return Outcome::ClientGone;
+                };
+                let mut fds = [
+                    PollFd::new(conn.as_fd(), PollFlags::POLLOUT),
+                    PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+                ];
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(0) => {
+                        return Outcome::Failed(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "data connection timed out",
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Outcome::Failed(e.into()),
+                }
+                (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false))
+            };
+            if ctl_ready {
+                match self.read_control(req) {
+                    Ok(Ctl::Quiet) => {}
+                    Ok(Ctl::Abort) => return Outcome::Aborted,
+                    Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+                }
+            }
+            let _ = writable;
+        }
+        Outcome::Done
+    }
+
+    fn send_ascii(
+        &mut self,
+        req: &mut Request,
+        mut file: File,
+        conn: &mut TcpStream,
+        offset: u64,
+    ) -> Outcome {
+        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            return Outcome::Failed(e);
+        }
+        let mut buf = vec![0u8; BUF_SIZE];
+        let mut out = Vec::with_capacity(BUF_SIZE * 2);
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => return Outcome::Done,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Outcome::Failed(e),
+            };
+            out.clear();
+            for &b in &buf[..n] {
+                if b == b'\n' {
+                    out.push(b'\r');
+                }
+                out.push(b);
+            }
+            if let Err(e) = conn.write_all(&out) {
+                return Outcome::Failed(e);
+            }
+            match self.poll_control(req) {
+                Ok(Ctl::Quiet) => {}
+                Ok(Ctl::Abort) => return Outcome::Aborted,
+                Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+            }
+        }
+    }
+
+    pub(crate) fn stor(&mut self, req: &mut Request, arg: &str, append: bool) -> io::Result<Flow> {
+        let offset = std::mem::take(&mut self.rest);
+        if !self.require_write(req)? {
+            return Ok(Flow::Continue);
+        }
+        let target = match self.vpath(arg).and_then(|v| self.root().target(&v)) {
+            Ok(p) => p,
+            Err(e) => return denied(&mut req.wfile(), &e),
+        };
+        if target.is_dir() {
+            return ok(&mut req.wfile(), 550, "Is a directory.");
+        }
+        let mut upload = match Upload::open(&target, append, offset) {
+            Ok(u) => u,
+            Err(e) => return denied(&mut req.wfile(), &Denied::Io(e)),
+        };
+        let Some(conn) = self.open_data(req)? else {
+            upload.discard();
+            return Ok(Flow::Continue);
+        };
+        let mode = if self.binary { "BINARY" } else { "ASCII" };
+        reply::send(
+            &mut req.wfile(),
+            150,
+            &format!("Opening {mode} mode data connection for {arg}."),
+        )?;
+        let mut outcome = self.receive(req, conn, &mut upload);
+        if matches!(outcome, Outcome::Done) {
+            if let Err(e) = upload.commit() {
+                outcome = Outcome::Failed(e);
+            }
+        } else {
+            upload.discard();
+        }
+        tracing::info!(peer = %self.peer, path = %target.display(), ?outcome, "STOR");
+        self.finish_transfer(req, outcome)
+    }
+
+    /// Copies the data connection into the upload until end of file,
+    /// watching the control connection at the same time.
+    fn receive(&mut self, req: &mut Request, mut conn: TcpStream, upload: &mut Upload) -> Outcome {
+        let mut buf = vec![0u8; BUF_SIZE];
+        let mut held_cr = false;
+        // Binary uploads move socket → pipe → file with splice(2): the
+        // bytes never enter user space.
+        // (Not for APPE: splice refuses O_APPEND files.)
+        let mut pipe = if self.binary && upload.rollback_len.is_none() {
+            SplicePipe::new().ok()
+        } else {
+            None
+        };
+        let timeout = PollTimeout::try_from(self.cfg.data_timeout).unwrap_or(PollTimeout::MAX);
+        loop {
+            let (data_ready, ctl_ready) = {
+                let Some(ctl) = req.stream() else {
+                    return Outcome::ClientGone;
+                };
+                let mut fds = [
+                    PollFd::new(conn.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+                ];
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(0) => {
+                        return Outcome::Failed(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "data connection timed out",
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Outcome::Failed(e.into()),
+                }
+                (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false))
+            };
+            if ctl_ready {
+                match self.read_control(req) {
+                    Ok(Ctl::Quiet) => {}
+                    Ok(Ctl::Abort) => return Outcome::Aborted,
+                    Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+                }
+            }
+            if !data_ready {
+                continue;
+            }
+            if let Some(p) = &pipe {
+                match splice_chunk(&conn, p, &upload.file) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Outcome::Done,
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        // This file system (or an O_APPEND file) cannot be
+                        // spliced into: copy through user space instead.
+                        pipe = None;
+                        continue;
+                    }
+                    Err(e) => return Outcome::Failed(e),
+                }
+            }
+            let n = match conn.read(&mut buf) {
+                Ok(0) => {
+                    if held_cr {
+                        if let Err(e) = upload.file.write_all(b"\r") {
+                            return Outcome::Failed(e);
+                        }
+                    }
+                    return Outcome::Done;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Outcome::Failed(e),
+            };
+            let written = if self.binary {
+                upload.file.write_all(&buf[..n])
+            } else {
+                let out = crlf_to_lf(&buf[..n], &mut held_cr);
+                upload.file.write_all(&out)
+            };
+            if let Err(e) = written {
+                return Outcome::Failed(e);
+            }
+        }
+    }
+
+    pub(crate) fn list(
+        &mut self,
+        req: &mut Request,
+        arg: &str,
+        kind: ListKind,
+    ) -> io::Result<Flow> {
+        self.rest = 0;
+        let bytes = match self.listing_bytes(arg, kind) {
+            Ok(b) => b,
+            Err(e) => return denied(&mut req.wfile(), &e),
+        };
+        let Some(mut conn) = self.open_data(req)? else {
+            return Ok(Flow::Continue);
+        };
+        reply::send(&mut req.wfile(), 150, "Here comes the directory listing.")?;
+        let outcome = match conn.write_all(&bytes) {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::Failed(e),
+        };
+        drop(conn);
+        self.finish_transfer(req, outcome)
+    }
+
+    /// Builds a listing of the directory (or single file) `arg` names.
+    /// Symlinks are shown as what they point to when that is inside the
+    /// root, and hidden when it is not.
+    pub(crate) fn listing_bytes(&self, arg: &str, kind: ListKind) -> Result<Vec<u8>, Denied> {
+        // Clients send `ls` options ("LIST -la"); they are ignored.
+        let path_arg = arg
+            .split(' ')
+            .filter(|w| !w.starts_with('-') && !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let vpath = self.vpath(&path_arg)?;
+        let dir = self.root().existing(&vpath)?;
+        let meta = fs::metadata(&dir).map_err(Denied::Io)?;
+        let writable = self.writable();
+        let now = listing::now();
+        let mut entries: Vec<(String, fs::Metadata)> = Vec::new();
+        if meta.is_dir() {
+            for entry in fs::read_dir(&dir).map_err(Denied::Io)? {
+                let Ok(entry) = entry else { continue };
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                let Ok(m) = entry.metadata() else { continue };
+                let m = if m.file_type().is_symlink() {
+                    match path.canonicalize() {
+                        Ok(c) if c.starts_with(self.root().real()) => match fs::metadata(&c) {
+                            Ok(m) => m,
+                            Err(_) => continue,
+                        },
+                        _ => continue,
+                    }
+                } else {
+                    m
+                };
+                entries.push((name, m));
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+        } else if kind == ListKind::Machine {
+            return Err(Denied::Io(io::Error::other("not a directory")));
+        } else {
+            let name = if kind == ListKind::Names {
+                path_arg.clone()
+            } else {
+                vpath.rsplit('/').next().unwrap_or("").to_string()
+            };
+            entries.push((name, meta));
+        }
+        let mut out = Vec::new();
+        for (name, m) in &entries {
+            let line = match kind {
+                ListKind::Long => listing::ls_line(name, m, now),
+                ListKind::Names => name.clone(),
+                ListKind::Machine => listing::mlsx_line(name, m, None, writable),
+            };
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Ok(out)
+    }
+}
+
+/// A short client-facing description of an I/O error.
+fn describe(e: &io::Error) -> &'static str {
+    match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "data connection timed out",
+        io::ErrorKind::StorageFull => "no space left on device",
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => "data connection closed",
+        _ => "I/O error",
+    }
+}

@@ -1,0 +1,515 @@
+//! `Connection` and `pipe()`: Python's `multiprocessing.Pipe`, with
+//! length-prefixed frames over a socketpair or a pipe.
+//!
+//! # Wire format
+//! Every message is a 4-byte big-endian length followed by that many bytes.
+//! [`Connection::send`] encodes a serde value with `postcard` into one
+//! frame; [`Connection::send_bytes`] sends raw bytes. A frame longer than
+//! the connection's maximum (default [`DEFAULT_MAX_MESSAGE_SIZE`]) is
+//! refused on both sides: the sender never writes it, and the receiver
+//! rejects the header before allocating anything.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{closefork, current, sys};
+use crate::{Error, Result};
+
+/// The default largest message a [`Connection`] sends or accepts: 32 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 32 << 20;
+
+const HEADER: usize = 4;
+const READ_BUF: usize = 64 * 1024;
+
+/// One end of a [`pipe`] (or of a [`Listener`](super::Listener) /
+/// [`Client`](super::Client) connection): Python's
+/// `multiprocessing.connection.Connection`.
+///
+/// Messages are whole frames: `recv` returns exactly what one `send` sent,
+/// or a clear error — [`Error::Eof`] when the peer closed between messages,
+/// [`Error::TruncatedFrame`] when it closed in the middle of one,
+/// [`Error::MessageTooLarge`] when a frame exceeds the maximum.
+///
+/// The descriptor is `O_CLOEXEC`. After a `fork` both processes hold both
+/// ends; see [`close_on_fork`](Self::close_on_fork) for closing the
+/// parent's end in children, and move the child's end into the child's
+/// closure so that the parent drops it when the child starts.
+#[derive(Debug)]
+pub struct Connection {
+    fd: Option<OwnedFd>,
+    readable: bool,
+    writable: bool,
+    socket: bool,
+    max: usize,
+    /// Received bytes not yet consumed: `rbuf[start..end]`.
+    rbuf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    wbuf: Vec<u8>,
+    /// Opt-in send buffering: frames collected here, written together.
+    send_buffer: usize,
+    pending: Vec<u8>,
+    /// Pid that queued `pending` (a forked copy must not send it again).
+    pending_owner: i32,
+    /// After an oversize header the stream is out of sync: reads stop.
+    read_broken: bool,
+    /// `Some((pid, slot))` after `close_on_fork`: only `pid` may use the fd.
+    parent_only: Option<(i32, Option<usize>)>,
+}
+
+/// Creates a connected pair: Python's `multiprocessing.Pipe(duplex)`.
+///
+/// With `duplex = true` both ends send and receive (a Unix socketpair).
+/// With `duplex = false` the first end only receives and the second only
+/// sends (a pipe), as in Python.
+///
+/// ```no_run
+/// use socketserver::process::{pipe, Process};
+///
+/// let (mut parent, mut child) = pipe(true)?;
+/// let mut p = Process::new(move || {
+///     let question: String = child.recv().unwrap_or_default();
+///     let _ = child.send(&question.len());
+/// });
+/// p.start()?; // the parent's copy of `child` is dropped here
+/// parent.send(&"hello".to_string())?;
+/// assert_eq!(parent.recv::<usize>()?, 5);
+/// p.join()?;
+/// # Ok::<(), socketserver::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Io`] if the descriptors cannot be created (`EMFILE`, …).
+#[doc(alias = "Pipe")]
+pub fn pipe(duplex: bool) -> Result<(Connection, Connection)> {
+    if duplex {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        Ok((
+            Connection::new(a, true, true, true),
+            Connection::new(b, true, true, true),
+        ))
+    } else {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        Ok((
+            Connection::new(r, true, false, false),
+            Connection::new(w, false, true, false),
+        ))
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(fd: OwnedFd, readable: bool, writable: bool, socket: bool) -> Self {
+        Connection {
+            fd: Some(fd),
+            readable,
+            writable,
+            socket,
+            max: DEFAULT_MAX_MESSAGE_SIZE,
+            rbuf: vec![0; READ_BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            wbuf: Vec::new(),
+            send_buffer: 0,
+            pending: Vec::new(),
+            pending_owner: 0,
+            read_broken: false,
+            parent_only: None,
+        }
+    }
+
+    /// Wraps a connected stream socket (TCP or Unix), without any
+    /// handshake. [`Listener`](super::Listener) and
+    /// [`Client`](super::Client) use this after authenticating.
+    pub fn from_socket(fd: OwnedFd) -> Self {
+        Self::new(fd, true, true, true)
+    }
+
+    /// The largest message this end sends or accepts.
+    pub fn max_message_size(&self) -> usize {
+        self.max
+    }
+
+    /// Sets the largest message this end sends or accepts (at most
+    /// `u32::MAX`, the frame header's limit). Set the same value on both
+    /// ends. Default is [`DEFAULT_MAX_MESSAGE_SIZE`] (32 MiB).
+    pub fn set_max_message_size(&mut self, max: usize) {
+        self.max = max.min(u32::MAX as usize);
+    }
+
+    /// Whether this end can receive (false for the sending end of a
+    /// one-way pipe, and after `close`).
+    pub fn readable(&self) -> bool {
+        self.readable && self.fd.is_some()
+    }
+
+    /// Whether this end can send.
+    pub fn writable(&self) -> bool {
+        self.writable && self.fd.is_some()
+    }
+
+    /// The underlying descriptor, for polling many connections at once
+    /// (Python's `fileno()`); `None` after `close`.
+    pub fn fileno(&self) -> Option<BorrowedFd<'_>> {
+        self.live_fd().ok()
+    }
+
+    /// Whether `close` was called (or the connection was handed to a child
+    /// with [`close_on_fork`](Self::close_on_fork) and this is the child).
+    pub fn closed(&self) -> bool {
+        self.live_fd().is_err()
+    }
+
+    /// Marks this end as the parent's: every child forked afterwards through
+    /// this crate ([`Process`](super::Process), [`fork_child`](super::fork_child))
+    /// closes it right after the fork. Linux has no `O_CLOFORK`; this is
+    /// that flag for our own forks. Without it, a child waiting for
+    /// end-of-file on its end would wait forever, since it holds the
+    /// parent's end open itself. In such a child this value reports
+    /// [`Error::Closed`] and its drop does not touch the descriptor number.
+    ///
+    /// Forks done outside this crate do not see the mark.
+    pub fn close_on_fork(&mut self) {
+        if self.parent_only.is_some() {
+            return;
+        }
+        if let Some(fd) = &self.fd {
+            let me = current::cached_pid();
+            let slot = closefork::register(me, fd.as_raw_fd());
+            if slot.is_none() {
+                tracing::warn!("close-on-fork table full; descriptor stays open in children");
+            }
+            self.parent_only = Some((me, slot));
+        }
+    }
+
+    /// Opts in to send buffering: messages are collected in memory and
+    /// written with one system call once `bytes` are pending, on
+    /// [`flush`](Self::flush), before this end blocks in a receive, and on
+    /// `close`/drop. Default is `0`: every send is written at once, as in
+    /// Python — use buffering for one-way streams of small messages, where
+    /// one `write` per message is the bottleneck.
+    ///
+    /// Pending messages are not inherited: a forked child's copy of this
+    /// value drops them instead of sending them a second time.
+    ///
+    /// # Errors
+    /// Shrinking the buffer flushes what is pending; see [`flush`](Self::flush).
+    pub fn set_send_buffer(&mut self, bytes: usize) -> Result<()> {
+        if bytes < self.pending.len() {
+            self.flush()?;
+        }
+        self.send_buffer = bytes;
+        Ok(())
+    }
+
+    /// Writes any messages held back by [`set_send_buffer`](Self::set_send_buffer).
+    ///
+    /// # Errors
+    /// As [`send_bytes`](Self::send_bytes); the pending messages are
+    /// dropped on error.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.pending_owner != current::cached_pid() {
+            self.pending.clear();
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.pending);
+        let result = self.write_all(&data);
+        self.pending = data;
+        self.pending.clear();
+        result
+    }
+
+    /// Sends one complete frame, directly or through the send buffer.
+    fn emit(&mut self, frame: &[u8]) -> Result<()> {
+        if self.send_buffer == 0 {
+            return self.write_all(frame);
+        }
+        if self.pending.len() + frame.len() > self.send_buffer {
+            self.flush()?;
+        }
+        if frame.len() >= self.send_buffer {
+            return self.write_all(frame);
+        }
+        if self.pending.is_empty() {
+            self.pending_owner = current::cached_pid();
+        }
+        self.pending.extend_from_slice(frame);
+        Ok(())
+    }
+
+    /// Closes this end (Python's `close()`), after sending what
+    /// [`set_send_buffer`](Self::set_send_buffer) held back (best effort);
+    /// later calls fail with [`Error::Closed`]. Closing twice is harmless.
+    pub fn close(&mut self) {
+        if self.fd.is_some() && !self.pending.is_empty() {
+            let _ = self.flush();
+        }
+        if let Some((owner, slot)) = self.parent_only {
+            if owner != current::cached_pid() {
+                // A child's copy: the descriptor was closed at fork.
+                if let Some(fd) = self.fd.take() {
+                    std::mem::forget(fd);
+                }
+                return;
+            }
+            if let Some(slot) = slot {
+                closefork::unregister(slot);
+            }
+            self.parent_only = None;
+        }
+        self.fd = None;
+        self.start = 0;
+        self.end = 0;
+    }
+
+    fn live_fd(&self) -> Result<BorrowedFd<'_>> {
+        let fd = self.fd.as_ref().ok_or(Error::Closed)?;
+        if let Some((owner, _)) = self.parent_only {
+            if owner != current::cached_pid() {
+                return Err(Error::Closed);
+            }
+        }
+        Ok(fd.as_fd())
+    }
+
+    /// Serializes `value` with postcard and sends it as one message.
+    ///
+    /// # Errors
+    /// [`Error::MessageTooLarge`] if the encoding exceeds the maximum
+    /// (nothing is sent); [`Error::Codec`] if serde fails; [`Error::Closed`]
+    /// after `close`; [`Error::InvalidArgument`] on a receive-only end;
+    /// [`Error::Io`] (for example `BrokenPipe`) if the peer is gone.
+    pub fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
+        self.check_writable()?;
+        let mut buf = std::mem::take(&mut self.wbuf);
+        buf.clear();
+        buf.extend_from_slice(&[0; HEADER]);
+        let mut buf = postcard::to_extend(value, buf)?;
+        let len = buf.len() - HEADER;
+        let result = self.check_len(len).and_then(|()| {
+            buf[..HEADER].copy_from_slice(&(len as u32).to_be_bytes());
+            self.emit(&buf)
+        });
+        if buf.capacity() <= READ_BUF {
+            self.wbuf = buf;
+        }
+        result
+    }
+
+    /// Sends `bytes` as one message: Python's `send_bytes`.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), minus the codec error.
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.check_writable()?;
+        self.check_len(bytes.len())?;
+        let header = (bytes.len() as u32).to_be_bytes();
+        if bytes.len() <= READ_BUF {
+            let mut buf = std::mem::take(&mut self.wbuf);
+            buf.clear();
+            buf.extend_from_slice(&header);
+            buf.extend_from_slice(bytes);
+            let result = self.emit(&buf);
+            self.wbuf = buf;
+            result
+        } else {
+            self.flush()?;
+            self.write_all(&header)?;
+            self.write_all(bytes)
+        }
+    }
+
+    /// Receives one message and decodes it with postcard.
+    ///
+    /// # Errors
+    /// [`Error::Eof`] if the peer closed between messages;
+    /// [`Error::TruncatedFrame`] if it closed mid-message;
+    /// [`Error::MessageTooLarge`] if the frame header exceeds the maximum
+    /// (the receiving side then stops reading: later calls give
+    /// [`Error::Closed`], since the stream is out of step);
+    /// [`Error::Codec`] if the bytes do not decode as `T`;
+    /// [`Error::Closed`] after `close`; [`Error::InvalidArgument`] on a
+    /// send-only end; [`Error::Io`] on other failures.
+    pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
+        let len = self.read_header()?;
+        if self.end - self.start >= len {
+            // The whole frame is buffered: decode in place, no allocation.
+            let frame = &self.rbuf[self.start..self.start + len];
+            self.start += len;
+            return Ok(postcard::from_bytes(frame)?);
+        }
+        let bytes = self.read_payload(len)?;
+        Ok(postcard::from_bytes(&bytes)?)
+    }
+
+    /// Receives one message's bytes: Python's `recv_bytes`.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv), minus the codec error.
+    pub fn recv_bytes(&mut self) -> Result<Vec<u8>> {
+        let len = self.read_header()?;
+        self.read_payload(len)
+    }
+
+    /// Whether a message (or end-of-file) can be read without blocking,
+    /// waiting at most `timeout`: Python's `poll(timeout)`. A zero timeout
+    /// only checks.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] after `close`; [`Error::InvalidArgument`] on a
+    /// send-only end; [`Error::Io`] if `poll` fails.
+    pub fn poll(&self, timeout: Duration) -> Result<bool> {
+        self.check_readable()?;
+        if self.end > self.start {
+            return Ok(true);
+        }
+        sys::wait_readable(self.live_fd()?, Some(timeout))
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        if len > self.max {
+            return Err(Error::MessageTooLarge { len, max: self.max });
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        self.live_fd()?;
+        if !self.writable {
+            return Err(Error::InvalidArgument(
+                "this end of the pipe is receive-only".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_readable(&self) -> Result<()> {
+        self.live_fd()?;
+        if !self.readable {
+            return Err(Error::InvalidArgument(
+                "this end of the pipe is send-only".into(),
+            ));
+        }
+        if self.read_broken {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn write_all(&self, mut data: &[u8]) -> Result<()> {
+        let fd = self.live_fd()?;
+        while !data.is_empty() {
+            let n = if self.socket {
+                // MSG_NOSIGNAL: a vanished peer is EPIPE, not a SIGPIPE.
+                nix::sys::socket::send(fd.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL)
+            } else {
+                nix::unistd::write(fd, data)
+            };
+            match n {
+                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+                Ok(n) => data = &data[n..],
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into the buffer; returns how many (0 = EOF).
+    fn fill(&mut self) -> Result<usize> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.rbuf.len() {
+            self.rbuf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let fd = self.fd.as_ref().ok_or(Error::Closed)?;
+        loop {
+            match nix::unistd::read(fd, &mut self.rbuf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn read_header(&mut self) -> Result<usize> {
+        self.check_readable()?;
+        if !self.pending.is_empty() && self.end - self.start < HEADER {
+            // About to block: the peer may be waiting for what we hold.
+            self.flush()?;
+        }
+        while self.end - self.start < HEADER {
+            if self.fill()? == 0 {
+                let got = self.end - self.start;
+                if got == 0 {
+                    return Err(Error::Eof);
+                }
+                self.start = self.end;
+                return Err(Error::TruncatedFrame {
+                    expected: HEADER,
+                    got,
+                });
+            }
+        }
+        let mut header = [0u8; HEADER];
+        header.copy_from_slice(&self.rbuf[self.start..self.start + HEADER]);
+        let len = u32::from_be_bytes(header) as usize;
+        if len > self.max {
+            // Stop reading: the payload that follows cannot be skipped
+            // safely without trusting the peer.
+            self.read_broken = true;
+            self.start = 0;
+            self.end = 0;
+            return Err(Error::MessageTooLarge { len, max: self.max });
+        }
+        self.start += HEADER;
+        Ok(len)
+    }
+
+    fn read_payload(&mut self, len: usize) -> Result<Vec<u8>> {
+        let buffered = (self.end - self.start).min(len);
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(&self.rbuf[self.start..self.start + buffered]);
+        self.start += buffered;
+        if out.len() == len {
+            return Ok(out);
+        }
+        out.resize(len, 0);
+        let mut got = buffered;
+        let fd = self.fd.as_ref().ok_or(Error::Closed)?;
+        while got < len {
+            match nix::unistd::read(fd, &mut out[got..]) {
+                Ok(0) => return Err(Error::TruncatedFrame { expected: len, got }),
+                Ok(n) => got += n,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

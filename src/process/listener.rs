@@ -1,0 +1,328 @@
+//! `Listener` and `Client`: Python's `multiprocessing.connection.Listener`
+//! and `Client`, over TCP or Unix stream sockets, with an optional authkey.
+//!
+//! # The authkey handshake
+//! When both sides have an authkey, each proves to the other that it knows
+//! it, without sending it, exactly like `multiprocessing.connection`:
+//!
+//! 1. the listener sends `#CHALLENGE#` + 32 random bytes (`getrandom`);
+//! 2. the client answers with HMAC-SHA256(authkey, that message);
+//! 3. the listener checks it in constant time and replies `#WELCOME#` or
+//!    `#FAILURE#`;
+//! 4. then the roles swap: the client challenges the listener.
+//!
+//! A wrong key fails with [`Error::AuthenticationFailed`] on both sides
+//! before any application message is read. Handshake messages are limited
+//! to 256 bytes and every handshake read and write to a timeout (default
+//! 5 s), so a silent or garbage-sending peer cannot hang `accept`.
+//!
+//! Like Python's, this protocol authenticates peers; it does not encrypt
+//! the traffic that follows.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::connection::{Connection, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::{Error, Result};
+
+const CHALLENGE: &[u8] = b"#CHALLENGE#";
+const WELCOME: &[u8] = b"#WELCOME#";
+const FAILURE: &[u8] = b"#FAILURE#";
+const NONCE_LEN: usize = 32;
+const HANDSHAKE_MAX: usize = 256;
+
+/// The default limit for each handshake read and write: 5 seconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a [`Listener`] listens and a [`Client`] connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// A TCP address such as `127.0.0.1:0` (Python's `('127.0.0.1', 0)`).
+    Tcp(SocketAddr),
+    /// A Unix socket path (Python's `AF_UNIX` family).
+    Unix(PathBuf),
+}
+
+impl From<SocketAddr> for Address {
+    fn from(addr: SocketAddr) -> Self {
+        Address::Tcp(addr)
+    }
+}
+
+impl From<PathBuf> for Address {
+    fn from(path: PathBuf) -> Self {
+        Address::Unix(path)
+    }
+}
+
+impl From<&Path> for Address {
+    fn from(path: &Path) -> Self {
+        Address::Unix(path.to_owned())
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(a) => write!(f, "{a}"),
+            Address::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Inner {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// Accepts authenticated [`Connection`]s: Python's
+/// `multiprocessing.connection.Listener`.
+///
+/// ```no_run
+/// use socketserver::process::{Address, Client, Listener};
+///
+/// let listener = Listener::bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), Some(b"secret"))?;
+/// let addr = listener.address()?;
+/// std::thread::spawn(move || -> socketserver::Result<()> {
+///     let mut conn = Client::connect(&addr, Some(b"secret"))?;
+///     conn.send(&"hello")?;
+///     Ok(())
+/// });
+/// let mut conn = listener.accept()?;
+/// assert_eq!(conn.recv::<String>()?, "hello");
+/// # Ok::<(), socketserver::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Listener {
+    inner: Inner,
+    authkey: Option<Vec<u8>>,
+    timeout: Duration,
+    /// The process that bound a Unix socket (only it unlinks the path).
+    owner: u32,
+}
+
+impl Listener {
+    /// Binds and listens. With `authkey`, every accepted connection must
+    /// pass the handshake (see the module docs). A Unix socket path must
+    /// not exist yet; it is removed again when the listener is dropped.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if binding fails (address in use, bad path, …);
+    /// [`Error::InvalidArgument`] for an empty authkey.
+    pub fn bind(address: impl Into<Address>, authkey: Option<&[u8]>) -> Result<Listener> {
+        let authkey = check_key(authkey)?;
+        let inner = match address.into() {
+            Address::Tcp(a) => Inner::Tcp(TcpListener::bind(a)?),
+            Address::Unix(p) => Inner::Unix(UnixListener::bind(&p)?, p),
+        };
+        Ok(Listener {
+            inner,
+            authkey,
+            timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            owner: std::process::id(),
+        })
+    }
+
+    /// The bound address, with the real port when bound to port 0.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the socket cannot report its address.
+    pub fn address(&self) -> Result<Address> {
+        Ok(match &self.inner {
+            Inner::Tcp(l) => Address::Tcp(l.local_addr()?),
+            Inner::Unix(_, p) => Address::Unix(p.clone()),
+        })
+    }
+
+    /// Bounds each handshake read and write. Default is
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (5 s).
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout.max(Duration::from_millis(1));
+    }
+
+    /// Waits for a client and, with an authkey, authenticates it.
+    ///
+    /// # Errors
+    /// [`Error::AuthenticationFailed`] if the client's key is wrong or it
+    /// does not speak the handshake; [`Error::Timeout`] if it stays silent
+    /// past the handshake timeout; [`Error::Io`] if `accept` fails. The
+    /// listener stays usable after any of these: call `accept` again.
+    pub fn accept(&self) -> Result<Connection> {
+        let fd: OwnedFd = match &self.inner {
+            Inner::Tcp(l) => {
+                let (s, _) = l.accept()?;
+                s.set_nodelay(true)?;
+                s.into()
+            }
+            Inner::Unix(l, _) => l.accept()?.0.into(),
+        };
+        let mut conn = Connection::from_socket(fd);
+        if let Some(key) = &self.authkey {
+            with_timeout(&mut conn, self.timeout, |c| {
+                deliver_challenge(c, key)?;
+                answer_challenge(c, key)
+            })?;
+        }
+        Ok(conn)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Inner::Unix(_, path) = &self.inner {
+            if std::process::id() == self.owner {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Connects to a [`Listener`]: Python's `multiprocessing.connection.Client`.
+#[derive(Debug, Clone, Copy)]
+pub struct Client;
+
+impl Client {
+    /// Connects to `address` and, with `authkey`, runs the handshake (with
+    /// the default 5 s timeout per step).
+    ///
+    /// # Errors
+    /// [`Error::AuthenticationFailed`] if the keys differ (or the listener
+    /// expects none); [`Error::Timeout`] if the listener stays silent;
+    /// [`Error::Io`] if connecting fails.
+    pub fn connect(address: &Address, authkey: Option<&[u8]>) -> Result<Connection> {
+        Self::connect_with_timeout(address, authkey, DEFAULT_HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`connect`](Self::connect) with an explicit bound on connecting and
+    /// on each handshake step.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub fn connect_with_timeout(
+        address: &Address,
+        authkey: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Connection> {
+        let authkey = check_key(authkey)?;
+        let timeout = timeout.max(Duration::from_millis(1));
+        let fd: OwnedFd = match address {
+            Address::Tcp(a) => {
+                let s = TcpStream::connect_timeout(a, timeout)?;
+                s.set_nodelay(true)?;
+                s.into()
+            }
+            Address::Unix(p) => UnixStream::connect(p)?.into(),
+        };
+        let mut conn = Connection::from_socket(fd);
+        if let Some(key) = &authkey {
+            with_timeout(&mut conn, timeout, |c| {
+                answer_challenge(c, key)?;
+                deliver_challenge(c, key)
+            })?;
+        }
+        Ok(conn)
+    }
+}
+
+fn check_key(key: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
+    match key {
+        Some([]) => Err(Error::InvalidArgument("authkey must not be empty".into())),
+        Some(k) => Ok(Some(k.to_vec())),
+        None => Ok(None),
+    }
+}
+
+/// Runs the handshake with socket timeouts and a small message limit, then
+/// restores both.
+fn with_timeout(
+    conn: &mut Connection,
+    timeout: Duration,
+    handshake: impl FnOnce(&mut Connection) -> Result<()>,
+) -> Result<()> {
+    set_timeouts(conn, Some(timeout))?;
+    conn.set_max_message_size(HANDSHAKE_MAX);
+    let result = handshake(conn).map_err(|e| match e {
+        Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Error::Timeout(timeout)
+        }
+        Error::Eof | Error::TruncatedFrame { .. } => {
+            Error::AuthenticationFailed("peer closed the connection during the handshake".into())
+        }
+        Error::MessageTooLarge { .. } => {
+            Error::AuthenticationFailed("oversized handshake message".into())
+        }
+        other => other,
+    });
+    result?;
+    conn.set_max_message_size(DEFAULT_MAX_MESSAGE_SIZE);
+    set_timeouts(conn, None)
+}
+
+fn set_timeouts(conn: &Connection, timeout: Option<Duration>) -> Result<()> {
+    let fd = conn.fileno().ok_or(Error::Closed)?;
+    let sock = socket2::SockRef::from(&fd);
+    sock.set_read_timeout(timeout)?;
+    sock.set_write_timeout(timeout)?;
+    Ok(())
+}
+
+fn mac(key: &[u8], message: &[u8]) -> Result<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key)
+        .map_err(|e| Error::InvalidArgument(format!("authkey: {e}")))?;
+    mac.update(message);
+    Ok(mac)
+}
+
+/// Challenges the peer and checks its answer (constant-time).
+fn deliver_challenge(conn: &mut Connection, key: &[u8]) -> Result<()> {
+    let mut message = CHALLENGE.to_vec();
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| Error::Io(std::io::Error::other(format!("getrandom: {e}"))))?;
+    message.extend_from_slice(&nonce);
+    conn.send_bytes(&message)?;
+    let answer = conn.recv_bytes()?;
+    if mac(key, &message)?.verify_slice(&answer).is_ok() {
+        conn.send_bytes(WELCOME)?;
+        Ok(())
+    } else {
+        // Best effort: tell the peer why before closing.
+        let _ = conn.send_bytes(FAILURE);
+        Err(Error::AuthenticationFailed(
+            "the peer's digest was wrong (different authkey)".into(),
+        ))
+    }
+}
+
+/// Answers the peer's challenge and reads its verdict.
+fn answer_challenge(conn: &mut Connection, key: &[u8]) -> Result<()> {
+    let message = conn.recv_bytes()?;
+    if !message.starts_with(CHALLENGE) || message.len() < CHALLENGE.len() + NONCE_LEN {
+        return Err(Error::AuthenticationFailed(
+            "the peer did not send a valid challenge".into(),
+        ));
+    }
+    let digest = mac(key, &message)?.finalize().into_bytes();
+    conn.send_bytes(&digest)?;
+    let verdict = conn.recv_bytes()?;
+    if verdict == WELCOME {
+        Ok(())
+    } else {
+        Err(Error::AuthenticationFailed(
+            "the peer rejected our digest (different authkey)".into(),
+        ))
+    }
+}

@@ -1,0 +1,174 @@
+//! The forking strategy: Python's `ForkingMixIn`, on the process layer.
+//!
+//! Each request runs in a child made by
+//! [`fork_child`](crate::process::fork_child): the child drops its copy of
+//! the server socket (so it never holds the port), runs the handler under
+//! `catch_unwind` and `_exit`s with 0, or 1 when the handler failed or
+//! panicked. The parent closes its copy of the connection at once (the
+//! request moved into the child's closure, which the parent drops unrun).
+//!
+//! Unlike CPython, the parent never calls `waitpid(-1)`: it waits only for
+//! the pids it forked, woken by each child's pidfd sentinel, which the loop
+//! polls together with the listening socket. So no child of someone else is
+//! ever reaped, exited children are reaped at once (no zombies between
+//! requests), and a full house (`max_children`) stops `accept` until a
+//! sentinel fires, without sleeping or polling on a timer.
+
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+
+use crate::error::Result;
+use crate::handler::PeerAddr;
+use crate::process::{fork_child, ForkOptions, ForkedChild};
+
+use super::core::ServerCore;
+use super::incoming::Incoming;
+use super::options::ServerOptions;
+use super::strategy::{LoopWaker, Strategy};
+use super::transport::ServerSocket;
+
+/// One child process per request (Python's `ForkingMixIn`).
+#[derive(Debug)]
+pub struct Forking {
+    children: Vec<ForkedChild>,
+    max_children: usize,
+    fork_options: ForkOptions,
+}
+
+impl Forking {
+    /// Children forked and not yet reaped.
+    pub fn active_children(&self) -> usize {
+        self.children.len()
+    }
+
+    /// The pids of the children not yet reaped.
+    pub fn child_pids(&self) -> Vec<i32> {
+        self.children.iter().map(ForkedChild::pid).collect()
+    }
+
+    /// Python's `collect_children(blocking=False)`: reaps every child whose
+    /// sentinel says it has exited, and logs how it ended.
+    fn collect_children(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut fds: Vec<PollFd<'_>> = self
+            .children
+            .iter()
+            .map(|c| PollFd::new(c.sentinel(), PollFlags::POLLIN))
+            .collect();
+        let ready: Vec<bool> = match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) => return,
+            Ok(_) => fds
+                .iter()
+                .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+                .collect(),
+            // Interrupted or failed: try every child, it costs only waitpid.
+            Err(_) => vec![true; self.children.len()],
+        };
+        drop(fds);
+        let mut i = self.children.len();
+        while i > 0 {
+            i -= 1;
+            if !ready[i] {
+                continue;
+            }
+            match self.children[i].try_wait() {
+                Ok(Some(code)) => {
+                    let child = self.children.swap_remove(i);
+                    log_exit(child.pid(), code);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(pid = self.children[i].pid(), error = %e, "waitpid failed");
+                }
+            }
+        }
+    }
+}
+
+fn log_exit(pid: i32, code: i32) {
+    if code == 0 {
+        tracing::trace!(pid, "child exited");
+    } else if code > 0 {
+        tracing::warn!(pid, code, "child exited with a failure status");
+    } else {
+        let name = Signal::try_from(-code).map_or("unknown signal", Signal::as_str);
+        tracing::error!(pid, signal = name, "child was killed by a signal");
+    }
+}
+
+impl Strategy for Forking {
+    const NAME: &'static str = "forking";
+
+    fn new(options: &ServerOptions, _: LoopWaker) -> Result<Self> {
+        Ok(Forking {
+            children: Vec::new(),
+            max_children: options.max_children(),
+            fork_options: ForkOptions::new().name("socketserver-child"),
+        })
+    }
+
+    fn at_capacity(&mut self) -> bool {
+        if self.children.len() >= self.max_children {
+            self.collect_children();
+        }
+        self.children.len() >= self.max_children
+    }
+
+    fn process_request(
+        &mut self,
+        core: &Arc<ServerCore>,
+        server_socket: &mut Option<ServerSocket>,
+        request: Incoming,
+        peer: PeerAddr,
+    ) {
+        // Bounds the zombies of a server driven by `handle_request` alone.
+        self.collect_children();
+        let child_core = core.clone();
+        let child_peer = peer.clone();
+        // Runs only in the child. In the parent it is dropped unrun, which
+        // closes the parent's copy of the connection right away.
+        let body = move || {
+            drop(server_socket.take());
+            if child_core.process(request, &child_peer) {
+                0
+            } else {
+                1
+            }
+        };
+        match fork_child(&self.fork_options, body) {
+            Ok(child) => {
+                tracing::trace!(pid = child.pid(), peer = %peer, "forked a child");
+                self.children.push(child);
+            }
+            Err(e) => core.handle_error(&peer, &e),
+        }
+    }
+
+    fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.children.iter().map(ForkedChild::sentinel).collect()
+    }
+
+    fn service_actions(&mut self) {
+        self.collect_children();
+    }
+
+    fn server_close(&mut self, block_on_close: bool) {
+        if block_on_close {
+            for mut child in self.children.drain(..) {
+                match child.wait() {
+                    Ok(code) => log_exit(child.pid(), code),
+                    Err(e) => tracing::error!(pid = child.pid(), error = %e, "waitpid failed"),
+                }
+            }
+        } else {
+            // Dropping a running ForkedChild hands its pid to a reaper
+            // thread, so nothing is left as a zombie.
+            self.children.clear();
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! PROXY protocol v1 and v2 headers (HAProxy's `proxy-protocol.txt`).
+//!
+//! A load balancer in front of a server makes every connection come from
+//! the balancer's address. With the PROXY protocol the balancer starts each
+//! connection with a short header naming the real client, and the server
+//! reads it before anything else. It is opt-in: a server must only accept
+//! it from a trusted balancer, because anyone who can connect directly
+//! could otherwise claim any address.
+//!
+//! [`parse`] is a pure function over the bytes received so far. It says
+//! either "complete: the header is N bytes" or "incomplete: read exactly K
+//! more bytes", where those K bytes are guaranteed to still belong to the
+//! header. The readers built on it ([`read_proxy_header`] and
+//! [`read_proxy_header_async`]) therefore never read past the header: the
+//! first byte of the client's own data stays in the socket for the handler,
+//! even for protocols where the server speaks first (FTP, SMTP). Reads are
+//! bounded: 107 bytes for v1, 16 + 65,535 for v2 (its length field is 16
+//! bits).
+
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::{Error, Result};
+
+/// The 12-byte signature that starts a v2 header.
+const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// `PROXY ` starts a v1 header.
+const V1_PREFIX: &[u8; 6] = b"PROXY ";
+/// Longest v1 header, CRLF included (`proxy-protocol.txt` section 2.1).
+pub const V1_MAX_LEN: usize = 107;
+/// Shortest valid header of either version (`PROXY UNKNOWN\r\n`).
+const MIN_LEN: usize = 15;
+
+/// A parsed PROXY header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyHeader {
+    /// 1 or 2.
+    pub version: u8,
+    /// The real client address; `None` for `UNKNOWN` (v1) or `LOCAL` /
+    /// unspecified / Unix-socket (v2) headers, where the connection's own
+    /// peer address should be used.
+    pub source: Option<SocketAddr>,
+    /// The address the client connected to, when given.
+    pub destination: Option<SocketAddr>,
+}
+
+/// The result of [`parse`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole header of `len` bytes starts the buffer.
+    Complete {
+        /// The header.
+        header: ProxyHeader,
+        /// Its length in bytes; anything after it is the client's data.
+        len: usize,
+    },
+    /// Read exactly `need` more bytes (all still part of the header) and
+    /// call [`parse`] again.
+    Incomplete {
+        /// Bytes still needed before anything more can be decided.
+        need: usize,
+    },
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::ProxyHeader(msg.into())
+}
+
+/// Parses a PROXY v1 or v2 header at the start of `buf`.
+///
+/// # Errors
+/// [`Error::ProxyHeader`] when the bytes cannot be the start of a valid
+/// header: wrong signature, a v1 line over 107 bytes or with bad addresses
+/// or ports, an unknown v2 version/command/family, or a v2 address block
+/// shorter than its family needs.
+pub fn parse(buf: &[u8]) -> Result<Parsed> {
+    let n12 = buf.len().min(V2_SIG.len());
+    let n6 = buf.len().min(V1_PREFIX.len());
+    if buf[..n12] == V2_SIG[..n12] {
+        if buf.len() < MIN_LEN {
+            return Ok(Parsed::Incomplete {
+                need: MIN_LEN - buf.len(),
+            });
+        }
+        parse_v2(buf)
+    } else if buf[..n6] == V1_PREFIX[..n6] {
+        parse_v1(buf)
+    } else {
+        Err(bad(
+            "no PROXY protocol signature at the start of the connection",
+        ))
+    }
+}
+
+fn parse_v1(buf: &[u8]) -> Result<Parsed> {
+    let window = &buf[..buf.len().min(V1_MAX_LEN)];
+    let Some(nl) = window.iter().position(|&b| b == b'\n') else {
+        if buf.len() >= V1_MAX_LEN {
+            return Err(bad("v1 header longer than 107 bytes"));
+        }
+        return Ok(Parsed::Incomplete {
+            need: MIN_LEN.saturating_sub(buf.len()).max(1),
+        });
+    };
+    if nl == 0 || buf[nl - 1] != b'\r' {
+        return Err(bad("v1 header line does not end in CRLF"));
+    }
+    let line = std::str::from_utf8(&buf[..nl - 1]).map_err(|_| bad("v1 header is not ASCII"))?;
+    let parts: Vec<&str> = line.split(' ').collect();
+    let header = match parts.get(1).copied() {
+        Some("UNKNOWN") => ProxyHeader {
+            version: 1,
+            source: None,
+            destination: None,
+        },
+        Some(proto @ ("TCP4" | "TCP6")) => {
+            if parts.len() != 6 {
+                return Err(bad(format!(
+                    "v1 {proto} header needs 4 fields after the protocol, got {}",
+                    parts.len().saturating_sub(2)
+                )));
+            }
+            let v6 = proto == "TCP6";
+            let src = v1_ip(parts[2], v6)?;
+            let dst = v1_ip(parts[3], v6)?;
+            let sport = v1_port(parts[4])?;
+            let dport = v1_port(parts[5])?;
+            ProxyHeader {
+                version: 1,
+                source: Some(SocketAddr::new(src, sport)),
+                destination: Some(SocketAddr::new(dst, dport)),
+            }
+        }
+        other => {
+            return Err(bad(format!(
+                "v1 protocol must be TCP4, TCP6 or UNKNOWN, got {:?}",
+                other.unwrap_or("")
+            )))
+        }
+    };
+    Ok(Parsed::Complete {
+        header,
+        len: nl + 1,
+    })
+}
+
+fn v1_ip(s: &str, v6: bool) -> Result<IpAddr> {
+    let ip = if v6 {
+        s.parse::<Ipv6Addr>().map(IpAddr::V6)
+    } else {
+        s.parse::<Ipv4Addr>().map(IpAddr::V4)
+    };
+    ip.map_err(|_| bad(format!("v1 header has an invalid address {s:?}")))
+}
+
+fn v1_port(s: &str) -> Result<u16> {
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(format!("v1 header has an invalid port {s:?}")));
+    }
+    s.parse()
+        .map_err(|_| bad(format!("v1 header has an invalid port {s:?}")))
+}
+
+fn parse_v2(buf: &[u8]) -> Result<Parsed> {
+    if buf.len() < 16 {
+        return Ok(Parsed::Incomplete {
+            need: 16 - buf.len(),
+        });
+    }
+    let ver_cmd = buf[12];
+    if ver_cmd >> 4 != 2 {
+        return Err(bad(format!("v2 header has version {}", ver_cmd >> 4)));
+    }
+    let local = match ver_cmd & 0x0f {
+        0 => true,
+        1 => false,
+        c => return Err(bad(format!("v2 header has unknown command {c}"))),
+    };
+    let fam = buf[13];
+    let addr_len = u16::from_be_bytes([buf[14], buf[15]]) as usize;
+    let total = 16 + addr_len;
+    if buf.len() < total {
+        return Ok(Parsed::Incomplete {
+            need: total - buf.len(),
+        });
+    }
+    let block = &buf[16..total];
+    let (source, destination) = match (fam >> 4, fam & 0x0f) {
+        (_, t) if t > 2 => return Err(bad(format!("v2 header has unknown transport {t}"))),
+        (0, _) => (None, None),
+        (1, _) => {
+            if block.len() < 12 {
+                return Err(bad("v2 IPv4 address block shorter than 12 bytes"));
+            }
+            let ip = |o: usize| {
+                IpAddr::V4(Ipv4Addr::new(
+                    block[o],
+                    block[o + 1],
+                    block[o + 2],
+                    block[o + 3],
+                ))
+            };
+            let port = |o: usize| u16::from_be_bytes([block[o], block[o + 1]]);
+            (
+                Some(SocketAddr::new(ip(0), port(8))),
+                Some(SocketAddr::new(ip(4), port(10))),
+            )
+        }
+        (2, _) => {
+            if block.len() < 36 {
+                return Err(bad("v2 IPv6 address block shorter than 36 bytes"));
+            }
+            let ip = |o: usize| {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&block[o..o + 16]);
+                IpAddr::V6(Ipv6Addr::from(a))
+            };
+            let port = |o: usize| u16::from_be_bytes([block[o], block[o + 1]]);
+            (
+                Some(SocketAddr::new(ip(0), port(32))),
+                Some(SocketAddr::new(ip(16), port(34))),
+            )
+        }
+        (3, _) => {
+            if block.len() < 216 {
+                return Err(bad("v2 Unix address block shorter than 216 bytes"));
+            }
+            (None, None)
+        }
+        (f, _) => return Err(bad(format!("v2 header has unknown address family {f}"))),
+    };
+    let (source, destination) = if local {
+        (None, None)
+    } else {
+        (source, destination)
+    };
+    Ok(Parsed::Complete {
+        header: ProxyHeader {
+            version: 2,
+            source,
+            destination,
+        },
+        len: total,
+    })
+}
+
+fn eof_inside(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        bad("connection closed inside the PROXY header")
+    } else {
+        Error::Io(e)
+    }
+}
+
+/// Reads a PROXY header from a blocking reader, never reading past it.
+///
+/// # Errors
+/// [`Error::ProxyHeader`] for a malformed header or end of file inside it;
+/// [`Error::Io`] for a read error (including a read timeout).
+pub fn read_proxy_header<R: Read + ?Sized>(r: &mut R) -> Result<ProxyHeader> {
+    let mut buf = Vec::with_capacity(64);
+    loop {
+        match parse(&buf)? {
+            Parsed::Complete { header, .. } => return Ok(header),
+            Parsed::Incomplete { need } => {
+                let old = buf.len();
+                buf.resize(old + need, 0);
+                r.read_exact(&mut buf[old..]).map_err(eof_inside)?;
+            }
+        }
+    }
+}
+
+/// Reads a PROXY header from an async reader, never reading past it.
+///
+/// # Errors
+/// As [`read_proxy_header`].
+pub async fn read_proxy_header_async<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+) -> Result<ProxyHeader> {
+    let mut buf = Vec::with_capacity(64);
+    loop {
+        match parse(&buf)? {
+            Parsed::Complete { header, .. } => return Ok(header),
+            Parsed::Incomplete { need } => {
+                let old = buf.len();
+                buf.resize(old + need, 0);
+                r.read_exact(&mut buf[old..]).await.map_err(eof_inside)?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn read_all(bytes: &[u8]) -> (Result<ProxyHeader>, usize) {
+        let mut c = Cursor::new(bytes);
+        let r = read_proxy_header(&mut c);
+        (r, c.position() as usize)
+    }
+
+    fn v2(cmd: u8, fam: u8, block: &[u8]) -> Vec<u8> {
+        let mut v = V2_SIG.to_vec();
+        v.push(0x20 | cmd);
+        v.push(fam);
+        v.extend_from_slice(&(block.len() as u16).to_be_bytes());
+        v.extend_from_slice(block);
+        v
+    }
+
+    #[test]
+    fn v1_tcp4_leaves_client_data_unread() {
+        let msg = b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\r\nGET /";
+        let (h, pos) = read_all(msg);
+        let h = h.unwrap();
+        assert_eq!(h.version, 1);
+        assert_eq!(h.source, Some("192.0.2.1:56324".parse().unwrap()));
+        assert_eq!(h.destination, Some("198.51.100.7:443".parse().unwrap()));
+        assert_eq!(&msg[pos..], b"GET /");
+    }
+
+    #[test]
+    fn v1_tcp6_and_unknown() {
+        let (h, _) = read_all(b"PROXY TCP6 2001:db8::1 ::1 1 65535\r\n");
+        assert_eq!(h.unwrap().source, Some("[2001:db8::1]:1".parse().unwrap()));
+        let (h, pos) = read_all(b"PROXY UNKNOWN\r\nrest");
+        assert_eq!(h.unwrap().source, None);
+        assert_eq!(pos, 15);
+        let (h, _) = read_all(b"PROXY UNKNOWN ffff::1 ::1 1 2\r\n");
+        assert_eq!(h.unwrap().source, None);
+    }
+
+    #[test]
+    fn v2_inet_with_tlvs_and_inet6_and_local() {
+        let mut block = vec![10, 0, 0, 1, 10, 0, 0, 2, 0x1f, 0x90, 0x00, 0x50];
+        block.extend_from_slice(&[0x04, 0x00, 0x01, 0xAA]); // a NOOP TLV, skipped
+        let mut msg = v2(1, 0x11, &block);
+        msg.extend_from_slice(b"hello");
+        let (h, pos) = read_all(&msg);
+        let h = h.unwrap();
+        assert_eq!(h.version, 2);
+        assert_eq!(h.source, Some("10.0.0.1:8080".parse().unwrap()));
+        assert_eq!(h.destination, Some("10.0.0.2:80".parse().unwrap()));
+        assert_eq!(&msg[pos..], b"hello");
+
+        let mut b6 = Vec::new();
+        b6.extend_from_slice(&"2001:db8::5".parse::<Ipv6Addr>().unwrap().octets());
+        b6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        b6.extend_from_slice(&[0, 7, 0, 9]);
+        let (h, _) = read_all(&v2(1, 0x21, &b6));
+        assert_eq!(h.unwrap().source, Some("[2001:db8::5]:7".parse().unwrap()));
+
+        let (h, _) = read_all(&v2(0, 0x00, &[]));
+        let h = h.unwrap();
+        assert_eq!((h.version, h.source), (2, None));
+    }
+
+    fn err_text(bytes: &[u8]) -> String {
+        match read_all(bytes).0 {
+            Err(Error::ProxyHeader(m)) => m,
+            other => panic!("expected a PROXY header error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_headers_are_rejected_clearly() {
+        assert!(err_text(b"GET / HTTP/1.0\r\n\r\n").contains("no PROXY protocol signature"));
+        assert!(err_text(b"PROXY TCP5 1.2.3.4 1.2.3.4 1 2\r\n").contains("TCP4, TCP6 or UNKNOWN"));
+        assert!(err_text(b"PROXY TCP4 1.2.3.400 1.2.3.4 1 2\r\n").contains("invalid address"));
+        assert!(err_text(b"PROXY TCP4 1.2.3.4 1.2.3.4 1 65536\r\n").contains("invalid port"));
+        assert!(err_text(b"PROXY TCP4 1.2.3.4 1.2.3.4 +1 2\r\n").contains("invalid port"));
+        assert!(err_text(b"PROXY TCP4 1.2.3.4 1.2.3.4 1\r\n").contains("4 fields"));
+        assert!(err_text(b"PROXY TCP4 ::1 ::1 1 2\r\n").contains("invalid address"));
+        assert!(err_text(b"PROXY UNKNOWN\nXX").contains("CRLF"));
+        let mut long = b"PROXY UNKNOWN ".to_vec();
+        long.extend_from_slice(&[b'x'; 200]);
+        assert!(err_text(&long).contains("longer than 107"));
+        assert!(err_text(b"PROXY TCP4 1.2.3").contains("closed inside"));
+
+        let mut bad_ver = v2(1, 0x11, &[0; 12]);
+        bad_ver[12] = 0x11;
+        assert!(err_text(&bad_ver).contains("version 1"));
+        assert!(err_text(&v2(5, 0x11, &[0; 12])).contains("unknown command"));
+        assert!(err_text(&v2(1, 0x11, &[0; 8])).contains("shorter than 12"));
+        assert!(err_text(&v2(1, 0x21, &[0; 12])).contains("shorter than 36"));
+        assert!(err_text(&v2(1, 0x41, &[0; 12])).contains("unknown address family"));
+        let mut cut = v2(1, 0x11, &[0; 12]);
+        cut.truncate(20);
+        assert!(err_text(&cut).contains("closed inside"));
+    }
+
+    #[test]
+    fn incomplete_asks_only_for_header_bytes() {
+        assert_eq!(parse(b"").unwrap(), Parsed::Incomplete { need: 15 });
+        assert_eq!(
+            parse(b"PROXY UNKNOWN\r").unwrap(),
+            Parsed::Incomplete { need: 1 }
+        );
+        let full = v2(1, 0x11, &[0; 12]);
+        assert_eq!(parse(&full[..16]).unwrap(), Parsed::Incomplete { need: 12 });
+    }
+
+    #[tokio::test]
+    async fn async_reader_matches_sync() {
+        let mut msg = b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 2000\r\n".to_vec();
+        msg.extend_from_slice(b"data");
+        let mut r = &msg[..];
+        let h = read_proxy_header_async(&mut r).await.unwrap();
+        assert_eq!(h.source, Some("192.0.2.1:1000".parse().unwrap()));
+        assert_eq!(r, b"data");
+    }
+}

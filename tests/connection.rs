@@ -1,0 +1,234 @@
+//! `Connection` framing and `pipe()` within one process (threads only).
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use socketserver::process::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};
+use socketserver::Error;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Job {
+    id: u64,
+    name: String,
+    weights: Vec<f32>,
+    reply: Option<(i32, bool)>,
+}
+
+fn raw_pair() -> (Connection, UnixStream) {
+    let (a, b) = UnixStream::pair().expect("socketpair");
+    (Connection::from_socket(a.into()), b)
+}
+
+#[test]
+fn struct_round_trip_duplex() {
+    let (mut a, mut b) = pipe(true).unwrap();
+    let job = Job {
+        id: 7,
+        name: "résumé".into(),
+        weights: vec![0.5, -1.25],
+        reply: Some((-3, true)),
+    };
+    a.send(&job).unwrap();
+    let got: Job = b.recv().unwrap();
+    assert_eq!(got, job);
+    b.send(&"pong").unwrap();
+    assert_eq!(a.recv::<String>().unwrap(), "pong");
+}
+
+#[test]
+fn bytes_round_trip_including_empty_and_large() {
+    let (mut r, mut w) = pipe(false).unwrap();
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let expect = big.clone();
+    let writer = std::thread::spawn(move || {
+        w.send_bytes(b"").unwrap();
+        w.send_bytes(b"hello").unwrap();
+        w.send_bytes(&big).unwrap();
+        for i in 0..1000u32 {
+            w.send(&i).unwrap();
+        }
+    });
+    assert_eq!(r.recv_bytes().unwrap(), b"");
+    assert_eq!(r.recv_bytes().unwrap(), b"hello");
+    assert_eq!(r.recv_bytes().unwrap(), expect);
+    for i in 0..1000u32 {
+        assert_eq!(r.recv::<u32>().unwrap(), i);
+    }
+    writer.join().unwrap();
+    assert!(matches!(r.recv_bytes(), Err(Error::Eof)));
+}
+
+#[test]
+fn one_way_pipe_ends_are_one_way() {
+    let (mut r, mut w) = pipe(false).unwrap();
+    assert!(r.readable() && !r.writable());
+    assert!(w.writable() && !w.readable());
+    assert!(matches!(r.send(&1u8), Err(Error::InvalidArgument(_))));
+    assert!(matches!(w.recv::<u8>(), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn peer_close_between_frames_is_eof() {
+    let (mut a, mut b) = pipe(true).unwrap();
+    a.send(&1u16).unwrap();
+    drop(a);
+    assert_eq!(b.recv::<u16>().unwrap(), 1);
+    assert!(matches!(b.recv::<u16>(), Err(Error::Eof)));
+    assert!(matches!(b.recv_bytes(), Err(Error::Eof)));
+}
+
+#[test]
+fn truncated_payload_is_an_error() {
+    let (mut conn, mut raw) = raw_pair();
+    raw.write_all(&10u32.to_be_bytes()).unwrap();
+    raw.write_all(b"abc").unwrap();
+    drop(raw);
+    match conn.recv_bytes() {
+        Err(Error::TruncatedFrame {
+            expected: 10,
+            got: 3,
+        }) => {}
+        other => panic!("expected TruncatedFrame, got {other:?}"),
+    }
+}
+
+#[test]
+fn truncated_header_is_an_error() {
+    let (mut conn, mut raw) = raw_pair();
+    raw.write_all(&[0, 0]).unwrap();
+    drop(raw);
+    match conn.recv::<u8>() {
+        Err(Error::TruncatedFrame {
+            expected: 4,
+            got: 2,
+        }) => {}
+        other => panic!("expected TruncatedFrame, got {other:?}"),
+    }
+}
+
+#[test]
+fn oversize_frame_rejected_before_allocating() {
+    let (mut conn, mut raw) = raw_pair();
+    conn.set_max_message_size(1024);
+    // Announce 4 GiB - 1: allocating it would abort the test.
+    raw.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    match conn.recv_bytes() {
+        Err(Error::MessageTooLarge { len, max: 1024 }) => assert_eq!(len, u32::MAX as usize),
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    // The stream is out of step now; it refuses to go on.
+    assert!(matches!(conn.recv_bytes(), Err(Error::Closed)));
+}
+
+#[test]
+fn oversize_send_is_refused_and_nothing_is_written() {
+    let (mut a, mut b) = pipe(true).unwrap();
+    a.set_max_message_size(16);
+    assert!(matches!(
+        a.send_bytes(&[0; 17]),
+        Err(Error::MessageTooLarge { len: 17, max: 16 })
+    ));
+    assert!(matches!(
+        a.send(&vec![1u8; 100]),
+        Err(Error::MessageTooLarge { .. })
+    ));
+    assert!(!b.poll(Duration::ZERO).unwrap());
+    a.send_bytes(&[9; 16]).unwrap();
+    assert_eq!(b.recv_bytes().unwrap(), vec![9; 16]);
+    assert_eq!(DEFAULT_MAX_MESSAGE_SIZE, 32 << 20);
+}
+
+#[test]
+fn poll_times_out_then_sees_data() {
+    let (mut a, b) = pipe(true).unwrap();
+    let t = Instant::now();
+    assert!(!b.poll(Duration::from_millis(100)).unwrap());
+    assert!(
+        t.elapsed() >= Duration::from_millis(95),
+        "{:?}",
+        t.elapsed()
+    );
+    a.send(&5u8).unwrap();
+    assert!(b.poll(Duration::from_secs(5)).unwrap());
+    drop(a);
+    // Still true: the message is there, and after it EOF is readable too.
+    assert!(b.poll(Duration::ZERO).unwrap());
+}
+
+#[test]
+fn codec_error_on_wrong_type() {
+    let (mut a, mut b) = pipe(true).unwrap();
+    a.send_bytes(&[0xff, 0xff, 0xff]).unwrap();
+    assert!(matches!(b.recv::<String>(), Err(Error::Codec(_))));
+}
+
+#[test]
+fn closed_connection_reports_closed() {
+    let (mut a, mut b) = pipe(true).unwrap();
+    a.close();
+    a.close();
+    assert!(a.closed());
+    assert!(a.fileno().is_none());
+    assert!(matches!(a.send(&1u8), Err(Error::Closed)));
+    assert!(matches!(a.recv::<u8>(), Err(Error::Closed)));
+    assert!(matches!(a.poll(Duration::ZERO), Err(Error::Closed)));
+    assert!(matches!(b.recv::<u8>(), Err(Error::Eof)));
+    // Sending to a closed peer is an error, not a SIGPIPE.
+    assert!(matches!(b.send(&1u8), Err(Error::Io(_))));
+}
+
+#[test]
+fn send_buffer_holds_messages_until_flush() {
+    let (mut r, mut w) = pipe(false).unwrap();
+    w.set_send_buffer(4096).unwrap();
+    for i in 0..10u32 {
+        w.send(&i).unwrap();
+    }
+    assert!(
+        !r.poll(Duration::ZERO).unwrap(),
+        "buffered messages leaked out early"
+    );
+    w.flush().unwrap();
+    for i in 0..10u32 {
+        assert_eq!(r.recv::<u32>().unwrap(), i);
+    }
+    // Filling the buffer writes it without an explicit flush.
+    for _ in 0..200 {
+        w.send_bytes(&[5; 60]).unwrap();
+    }
+    assert!(r.poll(Duration::from_secs(5)).unwrap());
+    // Drop flushes the rest, then the reader sees EOF.
+    drop(w);
+    let mut n = 0;
+    loop {
+        match r.recv_bytes() {
+            Ok(m) => {
+                assert_eq!(m, vec![5; 60]);
+                n += 1;
+            }
+            Err(Error::Eof) => break,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(n, 200);
+}
+
+#[test]
+fn buffered_duplex_flushes_before_blocking_in_recv() {
+    let (mut a, mut b) = pipe(true).unwrap();
+    a.set_send_buffer(1 << 16).unwrap();
+    let echo = std::thread::spawn(move || {
+        while let Ok(m) = b.recv_bytes() {
+            b.send_bytes(&m).unwrap();
+        }
+    });
+    for i in 0..50u32 {
+        a.send(&i).unwrap();
+        // Would deadlock if the request stayed in our buffer.
+        assert_eq!(a.recv::<u32>().unwrap(), i);
+    }
+    drop(a);
+    echo.join().unwrap();
+}

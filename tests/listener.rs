@@ -1,0 +1,156 @@
+//! `Listener` / `Client` with and without an authkey, over TCP and Unix.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use socketserver::process::{Address, Client, Listener};
+use socketserver::Error;
+
+fn tcp() -> Address {
+    Address::Tcp("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+}
+
+fn round_trip(address: Address, key: Option<&'static [u8]>) {
+    let listener = Listener::bind(address, key).unwrap();
+    let addr = listener.address().unwrap();
+    let client = thread::spawn(move || {
+        let mut c = Client::connect(&addr, key).unwrap();
+        c.send(&("question", 41u32)).unwrap();
+        c.recv::<u32>().unwrap()
+    });
+    let mut conn = listener.accept().unwrap();
+    let (q, n): (String, u32) = conn.recv().unwrap();
+    assert_eq!(q, "question");
+    conn.send(&(n + 1)).unwrap();
+    assert_eq!(client.join().unwrap(), 42);
+}
+
+#[test]
+fn tcp_round_trip_with_authkey() {
+    round_trip(tcp(), Some(b"secret key"));
+}
+
+#[test]
+fn tcp_round_trip_without_authkey() {
+    round_trip(tcp(), None);
+}
+
+#[test]
+fn unix_round_trip_with_authkey_and_path_removed_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("listener.sock");
+    round_trip(Address::Unix(path.clone()), Some(b"k"));
+    assert!(!path.exists(), "socket file left behind");
+}
+
+fn wrong_key_refused(address: Address) {
+    let listener = Listener::bind(address, Some(b"right key")).unwrap();
+    let addr = listener.address().unwrap();
+    let addr2 = addr.clone();
+    let client = thread::spawn(move || Client::connect(&addr2, Some(b"wrong key")));
+    match listener.accept() {
+        Err(Error::AuthenticationFailed(_)) => {}
+        other => panic!("server: expected AuthenticationFailed, got {other:?}"),
+    }
+    match client.join().unwrap() {
+        Err(Error::AuthenticationFailed(_)) => {}
+        other => panic!("client: expected AuthenticationFailed, got {other:?}"),
+    }
+    // The listener keeps working for a client with the right key.
+    let good = thread::spawn(move || {
+        let mut c = Client::connect(&addr, Some(b"right key")).unwrap();
+        c.send(&7u8).unwrap();
+    });
+    let mut conn = listener.accept().unwrap();
+    assert_eq!(conn.recv::<u8>().unwrap(), 7);
+    good.join().unwrap();
+}
+
+#[test]
+fn wrong_authkey_refused_tcp() {
+    wrong_key_refused(tcp());
+}
+
+#[test]
+fn wrong_authkey_refused_unix() {
+    let dir = tempfile::tempdir().unwrap();
+    wrong_key_refused(Address::Unix(dir.path().join("s")));
+}
+
+#[test]
+fn client_without_key_cannot_slip_a_message_in() {
+    let listener = Listener::bind(tcp(), Some(b"key")).unwrap();
+    let addr = listener.address().unwrap();
+    let client = thread::spawn(move || {
+        // No authkey: sends an application message straight away.
+        let mut c = Client::connect(&addr, None).unwrap();
+        c.send(&"let me in").unwrap();
+        // It then sees the challenge, not a reply.
+        c.recv_bytes()
+    });
+    assert!(matches!(
+        listener.accept(),
+        Err(Error::AuthenticationFailed(_))
+    ));
+    let first = client.join().unwrap().unwrap();
+    assert!(first.starts_with(b"#CHALLENGE#"));
+}
+
+#[test]
+fn listener_without_key_refused_by_client_with_key() {
+    let listener = Listener::bind(tcp(), None).unwrap();
+    let addr = listener.address().unwrap();
+    let client = thread::spawn(move || Client::connect(&addr, Some(b"key")));
+    let mut conn = listener.accept().unwrap();
+    conn.send(&"not a challenge").unwrap();
+    assert!(matches!(
+        client.join().unwrap(),
+        Err(Error::AuthenticationFailed(_))
+    ));
+}
+
+#[test]
+fn silent_peer_times_out_instead_of_hanging_accept() {
+    let mut listener = Listener::bind(tcp(), Some(b"key")).unwrap();
+    listener.set_handshake_timeout(Duration::from_millis(200));
+    let Address::Tcp(addr) = listener.address().unwrap() else {
+        unreachable!()
+    };
+    let silent = TcpStream::connect(addr).unwrap();
+    let t = Instant::now();
+    match listener.accept() {
+        Err(Error::Timeout(_)) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    drop(silent);
+}
+
+#[test]
+fn oversized_handshake_message_refused() {
+    let listener = Listener::bind(tcp(), Some(b"key")).unwrap();
+    let Address::Tcp(addr) = listener.address().unwrap() else {
+        unreachable!()
+    };
+    let evil = thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        // Claim a 1 GiB "digest".
+        s.write_all(&(1u32 << 30).to_be_bytes()).unwrap();
+        thread::sleep(Duration::from_millis(500));
+    });
+    assert!(matches!(
+        listener.accept(),
+        Err(Error::AuthenticationFailed(_))
+    ));
+    evil.join().unwrap();
+}
+
+#[test]
+fn empty_authkey_is_invalid() {
+    assert!(matches!(
+        Listener::bind(tcp(), Some(b"")),
+        Err(Error::InvalidArgument(_))
+    ));
+}

@@ -1,0 +1,335 @@
+//! The prefork strategy across real processes: crash replacement,
+//! recycling, growth and shrink under load, SIGTTIN/SIGTTOU, hung workers,
+//! and a SIGTERM drain of 100 in-flight requests.
+//!
+//! `harness = false`: each test starts the server as a separate process
+//! (this binary re-executed with `PREFORK_SERVER=<settings>`), so the
+//! server forks from a single-threaded process and its workers can be
+//! counted from `/proc/<server>/task/*/children`. All traffic is on
+//! 127.0.0.1 and every wait is bounded.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use socketserver::server::{shutdown_on_signals, PreforkTcpServer};
+use socketserver::{Request, RequestHandler};
+
+const T: Duration = Duration::from_secs(10);
+
+/// `pid` answers the worker's pid; `hold` answers `held` and keeps the
+/// connection; `hang` never answers; `slow` answers `started`, waits
+/// 500 ms, answers `done`. Anything else is echoed.
+struct Probe;
+
+impl RequestHandler for Probe {
+    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        let mut line = String::new();
+        while req.rfile().read_line(&mut line)? > 0 {
+            match line.trim() {
+                "pid" => writeln!(req.wfile(), "{}", std::process::id())?,
+                "hold" => writeln!(req.wfile(), "held")?,
+                "hang" => loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                },
+                "slow" => {
+                    writeln!(req.wfile(), "started")?;
+                    std::thread::sleep(Duration::from_millis(500));
+                    writeln!(req.wfile(), "done")?;
+                }
+                _ => req.wfile().write_all(line.as_bytes())?,
+            }
+            line.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Settings passed to the server process: `min,max_spare,max_workers,
+/// start,max_requests,hung_ms`.
+fn server_main(cfg: &str) {
+    let v: Vec<u64> = cfg.split(',').map(|x| x.parse().expect("cfg")).collect();
+    let mut b = PreforkTcpServer::builder();
+    b.min_spare(v[0] as usize)
+        .max_spare(v[1] as usize)
+        .max_workers(v[2] as usize)
+        .start_workers(v[3] as usize)
+        .max_requests(v[4], 0)
+        .drain_timeout(Duration::from_secs(20));
+    if v[5] > 0 {
+        b.hung_timeout(Some(Duration::from_millis(v[5])));
+    }
+    let mut server = b.bind("127.0.0.1:0", || Probe).expect("bind");
+    let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
+    println!("{}", server.server_address().port());
+    server.serve_forever().expect("serve_forever");
+    server.server_close();
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(cfg: &str) -> Server {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("PREFORK_SERVER", cfg)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", port.trim()).parse().unwrap();
+        Server { child, addr }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The server's child processes (its workers).
+    fn workers(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return out;
+        };
+        for t in tasks.flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(
+                kids.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+        out.sort_unstable();
+        out
+    }
+
+    fn wait_workers(&self, what: &str, ok: impl Fn(usize) -> bool) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let n = self.workers().len();
+            if ok(n) {
+                return t0.elapsed();
+            }
+            assert!(t0.elapsed() < T, "{what}: still {n} workers after {T:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn ask(&self, line: &str) -> String {
+        let c = TcpStream::connect(self.addr).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        (&c).write_all(line.as_bytes()).unwrap();
+        let mut r = BufReader::new(c);
+        let mut out = String::new();
+        r.read_line(&mut out).unwrap();
+        out.trim().to_string()
+    }
+
+    /// SIGTERM, then the server must drain and exit 0.
+    fn stop(mut self) {
+        kill(Pid::from_raw(self.pid()), Signal::SIGTERM).unwrap();
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "server exited with {st}");
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn worker_killed_is_replaced_and_requests_keep_succeeding() {
+    let s = Server::start("2,4,8,2,0,0");
+    s.wait_workers("start", |n| n == 2);
+    let victim: i32 = s.ask("pid\n").parse().unwrap();
+    assert!(s.workers().contains(&victim));
+    kill(Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    let t0 = Instant::now();
+    let replaced = loop {
+        let w = s.workers();
+        if !w.contains(&victim) && w.len() >= 2 {
+            break t0.elapsed();
+        }
+        assert!(t0.elapsed() < T, "killed worker never replaced");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    println!("  killed worker {victim} replaced after {replaced:?}");
+    for _ in 0..20 {
+        let pid: i32 = s.ask("pid\n").parse().unwrap();
+        assert_ne!(pid, victim);
+    }
+    s.stop();
+}
+
+fn max_requests_recycles_workers() {
+    let s = Server::start("1,2,4,2,3,0");
+    let mut served: HashMap<i32, usize> = HashMap::new();
+    for _ in 0..30 {
+        let pid: i32 = s.ask("pid\n").parse().unwrap();
+        *served.entry(pid).or_default() += 1;
+    }
+    assert!(
+        served.values().all(|&n| n <= 3),
+        "a worker served more than max_requests: {served:?}"
+    );
+    assert!(served.len() >= 10, "workers were not recycled: {served:?}");
+    s.stop();
+}
+
+fn pool_grows_under_load_and_shrinks_after() {
+    let s = Server::start("1,2,12,1,0,0");
+    s.wait_workers("start", |n| n >= 1);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        (&c).write_all(b"hold\n").unwrap();
+        held.push(BufReader::new(c));
+    }
+    for c in held.iter_mut() {
+        let mut line = String::new();
+        c.read_line(&mut line).unwrap();
+        assert_eq!(line, "held\n");
+    }
+    // 8 busy workers plus at least min_spare idle ones.
+    s.wait_workers("grow", |n| n >= 9);
+    drop(held);
+    s.wait_workers("shrink", |n| n <= 2);
+    s.stop();
+}
+
+fn sigttin_and_sigttou_resize_the_pool() {
+    let s = Server::start("1,1,8,1,0,0");
+    s.wait_workers("start", |n| n == 1);
+    let server = Pid::from_raw(s.pid());
+    for i in 2..=4 {
+        kill(server, Signal::SIGTTIN).unwrap();
+        s.wait_workers("SIGTTIN", |n| n == i);
+    }
+    for i in (2..=3).rev() {
+        kill(server, Signal::SIGTTOU).unwrap();
+        s.wait_workers("SIGTTOU", |n| n == i);
+    }
+    s.stop();
+}
+
+fn hung_worker_is_killed_and_replaced() {
+    let s = Server::start("1,2,4,1,0,300");
+    let c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    (&c).write_all(b"hang\n").unwrap();
+    let mut buf = String::new();
+    let n = BufReader::new(&c).read_line(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "hung connection got an answer");
+    assert_eq!(s.ask("ping\n"), "ping");
+    s.stop();
+}
+
+fn sigterm_drains_100_in_flight_requests() {
+    let s = Server::start("100,110,110,100,0,0");
+    s.wait_workers("start", |n| n >= 100);
+    let mut conns = Vec::new();
+    for _ in 0..100 {
+        let c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        (&c).write_all(b"slow\n").unwrap();
+        conns.push(BufReader::new(c));
+    }
+    for c in conns.iter_mut() {
+        let mut line = String::new();
+        c.read_line(&mut line).unwrap();
+        assert_eq!(line, "started\n");
+    }
+    // All 100 are being served: stop the server now.
+    kill(Pid::from_raw(s.pid()), Signal::SIGTERM).unwrap();
+    for c in conns.iter_mut() {
+        let mut line = String::new();
+        c.read_line(&mut line).unwrap();
+        assert_eq!(line, "done\n");
+    }
+    drop(conns);
+    s.stop_after_signal();
+}
+
+impl Server {
+    fn stop_after_signal(mut self) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "server exited with {st}");
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "server did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn main() {
+    if let Ok(cfg) = std::env::var("PREFORK_SERVER") {
+        server_main(&cfg);
+        return;
+    }
+    let tests: [(&str, fn()); 6] = [
+        (
+            "worker_killed_is_replaced_and_requests_keep_succeeding",
+            worker_killed_is_replaced_and_requests_keep_succeeding,
+        ),
+        (
+            "max_requests_recycles_workers",
+            max_requests_recycles_workers,
+        ),
+        (
+            "pool_grows_under_load_and_shrinks_after",
+            pool_grows_under_load_and_shrinks_after,
+        ),
+        (
+            "sigttin_and_sigttou_resize_the_pool",
+            sigttin_and_sigttou_resize_the_pool,
+        ),
+        (
+            "hung_worker_is_killed_and_replaced",
+            hung_worker_is_killed_and_replaced,
+        ),
+        (
+            "sigterm_drains_100_in_flight_requests",
+            sigterm_drains_100_in_flight_requests,
+        ),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    for (name, f) in tests {
+        if !filter.is_empty() && !filter.iter().any(|p| name.contains(p.as_str())) {
+            continue;
+        }
+        f();
+        println!("test {name} ... ok");
+    }
+}

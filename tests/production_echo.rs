@@ -1,0 +1,133 @@
+//! `examples/echo.rs --mode prefork|async`: the same command-line contract
+//! as the other modes (one ready line, byte-transparent echo, exit 0 on
+//! SIGTERM/SIGINT) and a clear error for `--udp`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `cargo test` builds examples next to the test binary's directory.
+fn echo_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("echo");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
+}
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    rest: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only reached when a test failed midway: do not leave it behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str], scheme: &str, mode: &str) -> Running {
+    let mut child = Command::new(echo_binary())
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let prefix = format!("listening on {scheme}://");
+    let suffix = format!(" (mode {mode})\n");
+    assert!(
+        line.starts_with(&prefix) && line.ends_with(&suffix),
+        "bad ready line {line:?}"
+    );
+    let addr: SocketAddr = line[prefix.len()..line.len() - suffix.len()]
+        .parse()
+        .unwrap();
+    assert_ne!(addr.port(), 0);
+    // Exactly one line: nothing else ever comes on stdout.
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = out.read_to_string(&mut rest);
+        rest
+    });
+    Running {
+        child,
+        addr,
+        rest: Some(rest),
+    }
+}
+
+fn stop(mut r: Running, sig: Signal) {
+    kill(Pid::from_raw(r.child.id() as i32), sig).unwrap();
+    let status = r.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let rest = r.rest.take().unwrap().join().unwrap();
+    assert!(rest.is_empty(), "extra stdout: {rest:?}");
+}
+
+fn tcp_echo(addr: SocketAddr) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // Byte-transparent and unbuffered: a chunk without a newline comes back
+    // while the connection stays open.
+    s.write_all(b"no newline \x00\xff").unwrap();
+    let mut buf = [0u8; 13];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"no newline \x00\xff");
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        let big = big.clone();
+        std::thread::spawn(move || {
+            s.write_all(&big).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+        })
+    };
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert_eq!(back, big);
+}
+
+#[test]
+fn echo_prefork_mode_sigterm_exits_0() {
+    let r = start(&["--mode", "prefork"], "tcp", "prefork");
+    tcp_echo(r.addr);
+    tcp_echo(r.addr);
+    stop(r, Signal::SIGTERM);
+}
+
+#[test]
+fn echo_async_mode_sigint_exits_0() {
+    let r = start(&["--mode", "async"], "tcp", "async");
+    tcp_echo(r.addr);
+    tcp_echo(r.addr);
+    stop(r, Signal::SIGINT);
+}
+
+#[test]
+fn echo_udp_is_refused_for_prefork_and_async() {
+    for mode in ["prefork", "async"] {
+        let out = Command::new(echo_binary())
+            .args(["--mode", mode, "--udp", "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--udp is not supported"), "{err}");
+    }
+}
