@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use socketserver::process::{Pool, ProcessPoolExecutor, Value};
+use socketserver::process::{Pool, Process, ProcessPoolExecutor, Value};
 use socketserver::Error;
 
 type TestResult = Result<(), String>;
@@ -394,6 +394,26 @@ fn dropping_pool_leaves_no_children() -> TestResult {
     Ok(())
 }
 
+fn pool_dropped_in_forked_child_does_not_hang() -> TestResult {
+    let pool = Pool::new(1).map_err(e)?;
+    check!(pool.apply(square, 2).map_err(e)? == 4);
+    let pids = pool.pids();
+    // The child gets a copy of the pool and drops it; the parent drops its
+    // own copy when `start` drops the closure.
+    let mut child = Process::new(move || drop(pool));
+    child.start().map_err(e)?;
+    let code = child.join_timeout(Duration::from_secs(10)).map_err(e)?;
+    if code.is_none() {
+        let _ = child.kill();
+        let _ = child.join();
+    }
+    check!(code == Some(0), "child exit {code:?}");
+    for pid in &pids {
+        check!(!exists(*pid), "worker {pid} left behind");
+    }
+    Ok(())
+}
+
 fn executor_results_map_and_cancel() -> TestResult {
     let mut ex = ProcessPoolExecutor::new(Some(1)).map_err(e)?;
     let f = ex.submit(square, 5).map_err(e)?;
@@ -502,6 +522,10 @@ fn main() {
         (
             "dropping_pool_leaves_no_children",
             dropping_pool_leaves_no_children,
+        ),
+        (
+            "pool_dropped_in_forked_child_does_not_hang",
+            pool_dropped_in_forked_child_does_not_hang,
         ),
         (
             "executor_results_map_and_cancel",

@@ -177,6 +177,9 @@ impl Shared {
 pub(crate) struct Engine {
     pub(crate) shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The process that started the engine: only there do the dispatcher
+    /// thread and the workers exist.
+    owner: u32,
 }
 
 impl Engine {
@@ -230,12 +233,19 @@ impl Engine {
         Ok(Engine {
             shared,
             thread: Mutex::new(Some(thread)),
+            owner: std::process::id(),
         })
     }
 
     /// Stops at once: pending jobs fail with [`Error::BrokenPool`], workers
     /// get SIGTERM (SIGKILL after a short grace) and are reaped.
     pub(crate) fn terminate(&self) {
+        if std::process::id() != self.owner {
+            // A forked child's copy: its dispatcher and workers belong to
+            // the parent, so there is nothing here to stop or join.
+            self.detach();
+            return;
+        }
         self.shared.lock().terminating = true;
         self.shared.wake();
         self.join_thread();
@@ -246,6 +256,11 @@ impl Engine {
     pub(crate) fn join_thread(&self) {
         let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
+            if std::process::id() != self.owner {
+                // No such thread in a forked child; never join it.
+                std::mem::forget(h);
+                return;
+            }
             if h.thread().id() == std::thread::current().id() {
                 // Called from a callback on the dispatcher itself: it will
                 // see the flag when the callback returns.
@@ -258,7 +273,12 @@ impl Engine {
     /// Lets the dispatcher thread finish on its own (executor
     /// `shutdown(wait = false)` followed by drop).
     pub(crate) fn detach(&self) {
-        self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if std::process::id() != self.owner {
+            // In a forked child the thread does not exist: do not touch it.
+            std::mem::forget(handle);
+        }
+        // In the owner, dropping the handle detaches the thread.
     }
 }
 
