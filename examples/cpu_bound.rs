@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use socketserver::process::{cpu_count, Pool};
 
 /// How far each job counts down.
-const COUNT: u64 = 200_000_000;
+const COUNT: u64 = 1_000_000_000;
 
 /// The CPU-bound job: count down, the way the seed's `countdown(n)` does.
 fn countdown(n: u64) -> u64 {
@@ -38,6 +38,9 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 fn main() -> anyhow::Result<()> {
     let jobs = cpu_count().max(2);
     println!("{jobs} jobs of countdown({COUNT}) on {} CPUs", cpu_count());
+
+    // Warm-up, so the CPU is at full clock before the sequential run.
+    black_box(countdown(COUNT));
 
     let (seq, t_seq) = timed(|| (0..jobs).map(|_| countdown(COUNT)).sum::<u64>());
     println!("sequential: {:>8.3} s", t_seq.as_secs_f64());
