@@ -41,6 +41,8 @@ const PREFETCH: usize = 2;
 /// Largest payload sent to a worker that is still busy: far below the
 /// socketpair's buffer (about 200 KiB), so such a send never blocks.
 const PREFETCH_MAX_BYTES: usize = 32 * 1024;
+/// How long the dispatcher polls without sleeping after each event.
+const SPIN: Duration = Duration::from_micros(50);
 /// How long terminated workers get after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(200);
 /// How long idle workers get to leave after a stop frame.
@@ -520,10 +522,24 @@ impl Dispatcher {
                     }
                 }
             }
-            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => return Ok(()),
-                Err(e) => return Err(e.into()),
+            // Right after some activity, the next event (a reply, or the
+            // caller's next submission) usually follows within
+            // microseconds: poll without sleeping for a short while, which
+            // saves a thread wake-up per hand-off, then block.
+            let spin_until = Instant::now() + SPIN;
+            loop {
+                let busy = Instant::now() < spin_until;
+                let timeout = if busy {
+                    PollTimeout::ZERO
+                } else {
+                    PollTimeout::NONE
+                };
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(0) if busy => std::hint::spin_loop(),
+                    Ok(_) => break,
+                    Err(nix::errno::Errno::EINTR) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             woken = woken || ready(&fds[0]);
