@@ -399,7 +399,9 @@ impl Connection {
 
     /// Whether a message (or end-of-file) can be read without blocking,
     /// waiting at most `timeout`: Python's `poll(timeout)`. A zero timeout
-    /// only checks.
+    /// only checks. It does not send messages held back by
+    /// [`set_send_buffer`](Self::set_send_buffer): call
+    /// [`flush`](Self::flush) first when the peer must answer them.
     ///
     /// # Errors
     /// [`Error::Closed`] after `close`; [`Error::InvalidArgument`] on a
