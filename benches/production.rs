@@ -13,13 +13,23 @@
 //!    tokio echo server written below (goal: ratio ≤ 1.1).
 //! 2. RSS of 10,000 idle connections under `AsyncTcpServer` (goal ≤ 30 MB),
 //!    with the bare tokio server's RSS for reference.
+//! 3. Connection churn (connect, one 4-byte round trip, close):
+//!    connections per second of `PreforkTcpServer` vs the forking and
+//!    threading strategies and Python's `socketserver.ForkingTCPServer` (goal: prefork
+//!    ≥ 10× Python forking).
+//! 4. Prefork crash replacement: a worker is SIGKILLed; time until the
+//!    pool is back to full strength without it (goal: within 100 ms).
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use socketserver::server::{raise_fd_limit, AsyncRequestHandler, AsyncTcpServer};
+use socketserver::server::{
+    raise_fd_limit, shutdown_on_signals, AsyncRequestHandler, AsyncTcpServer, ForkingTcpServer,
+    PreforkTcpServer, Server as _, ThreadingTcpServer,
+};
+use socketserver::{Request, RequestHandler};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -28,6 +38,88 @@ const ECHO_CONNS: usize = 32;
 const ECHO_MSGS_PER_CONN: usize = 2_000;
 const MSG: usize = 64;
 const IDLE_CONNS: usize = 10_000;
+const CHURN_THREADS: usize = 4;
+const CHURN_CONNS: usize = 4_000;
+const CHURN_CONNS_PYTHON: usize = 1_000;
+const CHURN_ROUNDS: usize = 3;
+
+/// Python's ForkingTCPServer echoing one message per connection; stops
+/// when stdin closes.
+const PY_FORKING: &str = r#"
+import socketserver, sys, threading
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        while True:
+            d = self.request.recv(4096)
+            if not d:
+                return
+            self.request.sendall(d)
+class S(socketserver.ForkingTCPServer):
+    allow_reuse_address = True
+    request_queue_size = 1024
+    max_children = 64
+s = S(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+t = threading.Thread(target=s.serve_forever, daemon=True)
+t.start()
+sys.stdin.read()
+s.shutdown()
+s.server_close()
+"#;
+
+/// The blocking handler the prefork and threading servers run.
+struct SyncEcho;
+
+impl RequestHandler for SyncEcho {
+    fn handle(&mut self, req: &mut Request) -> std::io::Result<()> {
+        let (mut r, mut w) = req.split();
+        std::io::copy(&mut r, &mut w)?;
+        Ok(())
+    }
+}
+
+fn serve_prefork() {
+    let mut server = PreforkTcpServer::builder()
+        .min_spare(8)
+        .max_spare(16)
+        .max_workers(32)
+        .start_workers(8)
+        .backlog(1024)
+        .bind("127.0.0.1:0", || SyncEcho)
+        .expect("bind");
+    println!("{}", server.server_address().port());
+    // SIGTERM stops it; no extra thread, so workers fork from a
+    // single-threaded process.
+    let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
+    server.serve_forever().expect("serve");
+    server.server_close();
+}
+
+fn serve_forking() {
+    let mut server = ForkingTcpServer::builder()
+        .allow_reuse_address(true)
+        .backlog(1024)
+        .max_children(64)
+        .bind("127.0.0.1:0", || SyncEcho)
+        .expect("bind");
+    println!("{}", server.server_address().port());
+    let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
+    server.serve_forever().expect("serve");
+    server.server_close();
+}
+
+fn serve_threading() {
+    let mut server = ThreadingTcpServer::builder()
+        .allow_reuse_address(true)
+        .backlog(1024)
+        .bind("127.0.0.1:0", || SyncEcho)
+        .expect("bind");
+    println!("{}", server.server_address().port());
+    let stop = server.shutdown_handle();
+    on_stdin_eof(move || stop.shutdown());
+    server.serve_forever().expect("serve");
+    server.server_close();
+}
 
 // ---------------------------------------------------------------- servers
 
@@ -113,8 +205,16 @@ struct Server {
 
 impl Server {
     fn start(role: &str) -> Server {
-        let mut child = Command::new(std::env::current_exe().expect("exe"))
-            .env("BENCH_ROLE", role)
+        let mut cmd = if role == "py-forking" {
+            let mut c = Command::new("python3");
+            c.args(["-c", PY_FORKING]);
+            c
+        } else {
+            let mut c = Command::new(std::env::current_exe().expect("exe"));
+            c.env("BENCH_ROLE", role);
+            c
+        };
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -150,6 +250,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -229,12 +331,130 @@ fn idle_rss(rt: &tokio::runtime::Runtime, server: &Server) -> (u64, u64) {
     (before, during)
 }
 
+/// `count` connections from `CHURN_THREADS` threads, each: connect,
+/// send 4 bytes, read them back, close. Returns connections per second.
+fn churn(server: &Server, count: usize) -> f64 {
+    use std::io::Write;
+    let addr = server.addr;
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..CHURN_THREADS)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..count / CHURN_THREADS {
+                    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(10)))
+                        .expect("timeout");
+                    s.write_all(b"ping").expect("write");
+                    let mut b = [0u8; 4];
+                    s.read_exact(&mut b).expect("read");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    (count / CHURN_THREADS * CHURN_THREADS) as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// The server process's children (its prefork workers).
+fn children(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(
+                kids.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+fn replacement_table() {
+    use nix::sys::signal::{kill, Signal};
+    const KILLS: usize = 20;
+    let server = Server::start("prefork");
+    let pid = server.child.id();
+    let full = 8;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children(pid).len() < full {
+        assert!(
+            Instant::now() < deadline,
+            "pool never reached {full} workers"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut times = Vec::with_capacity(KILLS);
+    for _ in 0..KILLS {
+        let victim = children(pid)[0];
+        let t0 = Instant::now();
+        kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).expect("kill worker");
+        loop {
+            let now = children(pid);
+            if !now.contains(&victim) && now.len() >= full {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "worker never replaced"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let max = times.iter().cloned().fold(0.0, f64::max);
+    let med = median(&mut times);
+    println!("prefork crash replacement: {KILLS} workers SIGKILLed one at a time");
+    println!("| median | max | goal |");
+    println!("|---:|---:|---|");
+    println!("| {med:.2} ms | {max:.2} ms | ≤ 100 ms |");
+    println!();
+}
+
+fn churn_table() {
+    println!(
+        "connection churn: connect + 4-byte round trip + close, {CHURN_THREADS} client threads, {CHURN_ROUNDS} rounds (medians)"
+    );
+    let roles = [
+        ("PreforkTcpServer", "prefork", CHURN_CONNS),
+        ("ForkingTcpServer", "forking", CHURN_CONNS),
+        ("ThreadingTcpServer", "threading", CHURN_CONNS),
+        ("Python ForkingTCPServer", "py-forking", CHURN_CONNS_PYTHON),
+    ];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); roles.len()];
+    for _ in 0..CHURN_ROUNDS {
+        for (i, (_, role, count)) in roles.iter().enumerate() {
+            let server = Server::start(role);
+            // Let the prefork pool reach its starting size.
+            std::thread::sleep(Duration::from_millis(200));
+            results[i].push(churn(&server, *count));
+        }
+    }
+    let medians: Vec<f64> = results.iter_mut().map(|v| median(v)).collect();
+    let py = medians[roles.len() - 1];
+    println!("| server | connections/s | vs Python forking |");
+    println!("|---|---:|---:|");
+    for ((name, _, _), m) in roles.iter().zip(&medians) {
+        println!("| {name} | {m:.0} | {:.1}× |", m / py);
+    }
+    println!("(goal: prefork ≥ 10× Python forking)");
+    println!();
+}
+
 fn main() {
     match std::env::var("BENCH_ROLE").as_deref() {
         Ok("ours") => return serve_ours(),
         Ok("tokio") => return serve_bare_tokio(),
+        Ok("prefork") => return serve_prefork(),
+        Ok("threading") => return serve_threading(),
+        Ok("forking") => return serve_forking(),
         _ => {}
     }
+    churn_table();
+    replacement_table();
     raise_fd_limit(IDLE_CONNS as u64 + 500).expect("RLIMIT_NOFILE");
     let rt = runtime();
 

@@ -331,6 +331,13 @@ impl Request {
         &self.peer
     }
 
+    /// Replaces the peer address, for a layer that learns the real client
+    /// from the connection itself (a PROXY protocol header behind a load
+    /// balancer).
+    pub fn set_peer_addr(&mut self, peer: impl Into<PeerAddr>) {
+        self.peer = peer.into();
+    }
+
     /// `true` for a datagram request.
     pub fn is_datagram(&self) -> bool {
         matches!(self.inner, Inner::Datagram { .. })

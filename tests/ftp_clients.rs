@@ -218,3 +218,22 @@ fn lftp_ls_put_get_mirror_rm_threading() {
 fn lftp_ls_put_get_mirror_rm_forking() {
     lftp_session("forking");
 }
+
+#[test]
+fn curl_over_ipv6_epsv_and_eprt() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback on this machine");
+        return;
+    }
+    let server = FtpServer::start_full("threading", "[::1]:0", &[], &[]);
+    assert!(server.addr.is_ipv6());
+    let body = pattern(70_000, 11);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("v6.bin");
+    fs::write(&src, &body).unwrap();
+    let url = server.url();
+    curl(&["-T", src.to_str().unwrap(), &format!("{url}/v6.bin")]);
+    assert_eq!(fs::read(server.root().join("v6.bin")).unwrap(), body);
+    assert_eq!(curl(&[&format!("{url}/v6.bin")]), body);
+    assert_eq!(curl(&["-P", "::1", &format!("{url}/v6.bin")]), body);
+}

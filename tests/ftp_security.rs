@@ -410,5 +410,97 @@ fn sigterm_shuts_down_with_status_0() {
         let status = server.terminate();
         assert_eq!(status.code(), Some(0), "{mode}: {status:?}");
         assert!(TcpStream::connect(server.addr).is_err(), "listener closed");
+        // A client that stays connected delays shutdown by at most the
+        // grace period (5 s), not the idle timeout.
+        let mut server = FtpServer::start(mode, &[]);
+        let _idle = Ctrl::login(server.addr);
+        let start = std::time::Instant::now();
+        let status = server.terminate();
+        assert_eq!(status.code(), Some(0), "{mode}: {status:?}");
+        assert!(start.elapsed() < Duration::from_secs(12), "{mode}");
     }
+}
+
+/// Pids whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|x| x.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn forking_mode_serves_each_session_in_its_own_child() {
+    let server = FtpServer::start("forking", &[]);
+    let mut a = Ctrl::login(server.addr);
+    let mut b = Ctrl::login(server.addr);
+    assert_eq!(children_of(server.pid()).len(), 2, "one child per session");
+    assert_eq!(a.cmd("QUIT").0, 221);
+    assert_eq!(b.cmd("QUIT").0, 221);
+    assert!(
+        wait_until(Duration::from_secs(10), || children_of(server.pid())
+            .is_empty()),
+        "children exit and are reaped after QUIT"
+    );
+    // More sessions than Python's default max_children (40) are served.
+    let many: Vec<Ctrl> = (0..50).map(|_| Ctrl::login(server.addr)).collect();
+    assert_eq!(children_of(server.pid()).len(), 50);
+    drop(many);
+    let threads = FtpServer::start("threading", &[]);
+    let _c = Ctrl::login(threads.addr);
+    assert!(
+        children_of(threads.pid()).is_empty(),
+        "threading mode does not fork"
+    );
+}
+
+#[test]
+fn abor_stops_a_download_and_the_session_goes_on() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        fs::write(server.root().join("big"), vec![7u8; 32 << 20]).unwrap();
+        let mut c = Ctrl::login(server.addr);
+        assert_eq!(c.cmd("TYPE I").0, 200);
+        let data = c.pasv();
+        assert_eq!(c.cmd("RETR big").0, 150);
+        // The client reads nothing, so the server stalls on a full socket
+        // until ABOR arrives.
+        std::thread::sleep(Duration::from_millis(200));
+        c.send_raw(b"ABOR\r\n");
+        assert_eq!(c.read_reply().0, 426, "{mode}");
+        assert_eq!(c.read_reply().0, 226, "{mode}");
+        drop(data);
+        assert_eq!(c.cmd("NOOP").0, 200);
+        let (code, got) = c.fetch("RETR big");
+        assert_eq!((code, got.len()), (226, 32 << 20), "{mode}");
+    }
+}
+
+#[test]
+fn passive_ports_come_from_the_configured_range() {
+    let server = FtpServer::start("threading", &["--passive-ports", "47100-47119"]);
+    let mut c = Ctrl::login(server.addr);
+    for _ in 0..5 {
+        let (code, text) = c.cmd("EPSV");
+        assert_eq!(code, 229, "{text}");
+        let port: u16 = text.split('|').nth(3).unwrap().parse().unwrap();
+        assert!((47100..=47119).contains(&port), "{port}");
+    }
+    // EPSV ALL forbids PORT and PASV afterwards.
+    assert_eq!(c.cmd("EPSV ALL").0, 200);
+    assert_eq!(c.cmd("PASV").0, 503);
+    assert_eq!(c.cmd("PORT 127,0,0,1,200,0").0, 503);
 }

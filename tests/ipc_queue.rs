@@ -145,7 +145,10 @@ fn queue_full_and_empty_after_timeouts() {
     assert_eq!(q.qsize().unwrap(), 2);
     let t = Instant::now();
     assert!(matches!(q.put_nowait(&3), Err(Error::Full)));
-    assert!(t.elapsed() < Duration::from_millis(100));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "nowait must not block"
+    );
     let t = Instant::now();
     assert!(matches!(
         q.put_timeout(&3, Duration::from_millis(200)),
@@ -160,7 +163,10 @@ fn queue_full_and_empty_after_timeouts() {
     assert_eq!(q.get_timeout(Duration::from_millis(10)).unwrap(), 2);
     let t = Instant::now();
     assert!(matches!(q.get_nowait(), Err(Error::Empty)));
-    assert!(t.elapsed() < Duration::from_millis(100));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "nowait must not block"
+    );
     let t = Instant::now();
     assert!(matches!(
         q.get_timeout(Duration::from_millis(200)),
@@ -193,6 +199,10 @@ fn queue_blocked_put_and_get_are_woken() {
     kids.join_all_ok();
     // A blocked put is woken by another process's get.
     q.put(&"first".to_string()).unwrap();
+    assert!(matches!(
+        q.put_nowait(&"second".to_string()),
+        Err(Error::Full)
+    ));
     kids.spawn(|| {
         sleep(Duration::from_millis(100));
         match q.get() {
@@ -202,7 +212,7 @@ fn queue_blocked_put_and_get_are_woken() {
     });
     let t = Instant::now();
     q.put_timeout(&"second".to_string(), LONG).unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(50) && t.elapsed() < LONG);
+    assert!(t.elapsed() < LONG);
     kids.join_all_ok();
     assert_eq!(q.get_nowait().unwrap(), "second");
 }

@@ -242,6 +242,18 @@ fn rlock_reentrancy() {
     let g3 = r.acquire_timeout(Duration::ZERO).unwrap();
     assert_eq!(r.depth(), 3);
     other_times_out(&mut kids);
+    // Recursion is per thread too: another thread of this process waits.
+    let r2 = r.clone();
+    let other_thread = std::thread::spawn(move || {
+        matches!(
+            r2.acquire_timeout(Duration::from_millis(100)),
+            Err(LockError::Timeout(_))
+        )
+    });
+    assert!(
+        other_thread.join().unwrap(),
+        "another thread must not get a held RLock"
+    );
     drop(g3);
     drop(g2);
     assert_eq!(r.depth(), 1);

@@ -14,7 +14,9 @@ use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use socketserver::server::{activation, AsyncRequestHandler, AsyncTcpServer, PidFile};
+use socketserver::server::{
+    activation, drop_privileges, refuse_root, AsyncRequestHandler, AsyncTcpServer, PidFile,
+};
 use socketserver::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -30,7 +32,7 @@ s.listen(16)
 print(s.getsockname()[1], flush=True)
 os.dup2(s.fileno(), 3)
 os.set_inheritable(3, True)
-env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=sys.argv[2])
+env = dict(os.environ, LISTEN_FDS=os.environ.get("TEST_LISTEN_FDS", "1"), LISTEN_PID=sys.argv[2])
 if env["LISTEN_PID"] == "self":
     env["LISTEN_PID"] = str(os.getpid())
 os.execve(sys.argv[1], [sys.argv[1]], env)
@@ -46,6 +48,12 @@ impl Drop for Reap {
 }
 
 fn child_activation() {
+    if std::env::var("OPERATING_CHILD").as_deref() == Ok("activation-bad") {
+        let err = activation::tcp_listeners().unwrap_err().to_string();
+        assert!(err.contains("LISTEN_FDS is not a count"), "{err}");
+        assert!(std::env::var_os("LISTEN_FDS").is_none());
+        return;
+    }
     let listeners = activation::tcp_listeners().expect("tcp_listeners");
     for var in ["LISTEN_FDS", "LISTEN_PID"] {
         assert!(std::env::var_os(var).is_none(), "{var} left in environment");
@@ -68,8 +76,10 @@ fn child_activation() {
 
 fn run_activation(listen_pid: &str, role: &str) -> (Reap, Option<u16>) {
     let exe = std::env::current_exe().unwrap();
+    let fds = if role == "activation-bad" { "x" } else { "1" };
     let mut child = Reap(
         Command::new("python3")
+            .env("TEST_LISTEN_FDS", fds)
             .args(["-c", ACTIVATE_PY])
             .arg(&exe)
             .arg(listen_pid)
@@ -91,6 +101,11 @@ fn socket_activation_serves_on_inherited_socket() {
     let mut got = String::new();
     c.read_to_string(&mut got).unwrap();
     assert_eq!(got, "activated\n");
+    assert!(child.0.wait().unwrap().success());
+}
+
+fn socket_activation_rejects_malformed_listen_fds() {
+    let (mut child, _port) = run_activation("self", "activation-bad");
     assert!(child.0.wait().unwrap().success());
 }
 
@@ -239,13 +254,61 @@ fn emfile_backs_off_and_recovers() {
     assert!(child.0.wait().unwrap().success());
 }
 
+/// In a child process (the switch is permanent): as root, switch to
+/// `nobody` and check root cannot be regained; otherwise the switch must
+/// fail with EPERM.
+fn child_privdrop() {
+    use nix::unistd::{geteuid, getuid, setuid, Uid};
+    let was_root = geteuid().is_root();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    match drop_privileges("nobody", None) {
+        Ok(id) => {
+            assert!(was_root, "a non-root process changed its uid");
+            assert_ne!(id.uid, 0);
+            assert_eq!(getuid().as_raw(), id.uid);
+            assert!(setuid(Uid::from_raw(0)).is_err(), "root regained");
+            assert!(refuse_root(false).is_ok());
+            // The socket bound as root still accepts.
+            let addr = l.local_addr().unwrap();
+            let _c = TcpStream::connect(addr).unwrap();
+            l.accept().unwrap();
+        }
+        Err(e) => {
+            assert!(!was_root, "root could not drop privileges: {e}");
+            assert!(
+                matches!(&e, Error::Io(io) if io.raw_os_error() == Some(libc::EPERM)),
+                "{e}"
+            );
+        }
+    }
+}
+
+fn privileges_are_dropped_for_good() {
+    let st = Command::new(std::env::current_exe().unwrap())
+        .env("OPERATING_CHILD", "privdrop")
+        .status()
+        .unwrap();
+    assert!(st.success(), "privilege-drop child failed: {st}");
+}
+
 fn main() {
     match std::env::var("OPERATING_CHILD").as_deref() {
-        Ok("activation") | Ok("activation-other") => return child_activation(),
+        Ok("activation") | Ok("activation-other") | Ok("activation-bad") => {
+            return child_activation()
+        }
         Ok("emfile") => return child_emfile(),
+        Ok("privdrop") => return child_privdrop(),
         _ => {}
     }
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 6] = [
+        (
+            "socket_activation_rejects_malformed_listen_fds",
+            socket_activation_rejects_malformed_listen_fds,
+        ),
+        (
+            "privileges_are_dropped_for_good",
+            privileges_are_dropped_for_good,
+        ),
         (
             "socket_activation_serves_on_inherited_socket",
             socket_activation_serves_on_inherited_socket,

@@ -35,8 +35,9 @@ pub struct Token {
 /// The verdict for one connection.
 #[derive(Debug)]
 pub enum Admission {
-    /// Serve it; keep the token for the whole session.
-    Admitted(Token),
+    /// Serve it; keep the token for the whole session (it is never read,
+    /// only held until it is dropped).
+    Admitted(#[allow(dead_code)] Token),
     /// Reply `421` with this text and close.
     Refused(&'static str),
 }
@@ -95,7 +96,6 @@ impl Limits {
     }
 
     /// The number of live connections (after forgetting finished ones).
-    #[cfg(test)]
     ///
     /// # Errors
     /// `poll` failed.
@@ -168,6 +168,23 @@ impl Gate {
             }
         };
         pending.insert(peer, verdict);
+    }
+
+    /// Waits until every admitted session has ended, or `grace` passed.
+    /// Returns the number of sessions still running. Used at shutdown,
+    /// after the accept loop stopped.
+    pub fn wait_idle(&self, grace: std::time::Duration) -> usize {
+        if self.forking {
+            lock(&self.pending).clear();
+        }
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            let live = lock(&self.limits).live().unwrap_or(0);
+            if live == 0 || std::time::Instant::now() >= deadline {
+                return live;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Takes the verdict [`verify`](Self::verify) left for `peer`. A

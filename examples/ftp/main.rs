@@ -16,11 +16,13 @@ mod command;
 mod config;
 mod confine;
 mod data;
+mod files;
 mod limits;
 mod listing;
 mod reply;
 mod session;
 mod transfer;
+mod upload;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -32,6 +34,12 @@ use socketserver::PeerAddr;
 use crate::config::{Args, Config, Mode};
 use crate::limits::{Gate, Limits};
 use crate::session::Session;
+
+/// Most forked sessions at once when --max-connections is not given.
+const DEFAULT_MAX_CHILDREN: usize = 1024;
+
+/// How long shutdown waits for open sessions to end.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the connection-limit check in the accept loop, before the
 /// connection goes to a thread or a forked child (see `limits.rs`).
@@ -55,8 +63,24 @@ where
     socketserver::server::SocketServer<TcpTransport, S>: Server<Address = std::net::SocketAddr>,
 {
     let mut builder = ServerBuilder::<TcpTransport, S>::new();
-    builder.hooks(LimitHooks { gate: gate.clone() });
-    let mut server = builder.bind(args.listen, move || Session::new(cfg.clone(), gate.clone()))?;
+    // Shutdown does not wait for sessions without end (an idle client could
+    // hold it for --idle-timeout); `Gate::wait_idle` gives them a grace
+    // period instead.
+    builder
+        .hooks(LimitHooks { gate: gate.clone() })
+        .block_on_close(false)
+        // Forking: the framework's cap on live children (Python's 40) would
+        // leave clients beyond it waiting unanswered. Allow every session
+        // --max-connections admits, plus room for the short-lived children
+        // that only send a 421.
+        .max_children(
+            args.max_connections
+                .map_or(DEFAULT_MAX_CHILDREN, |n| n.saturating_add(64)),
+        );
+    let session_gate = gate.clone();
+    let mut server = builder.bind(args.listen, move || {
+        Session::new(cfg.clone(), session_gate.clone())
+    })?;
     let _signals = socketserver::shutdown_on_signals(&server.shutdown_handle())?;
     let addr = server.server_address();
     {
@@ -66,6 +90,12 @@ where
     }
     server.serve_forever()?;
     server.server_close();
+    let left = gate.wait_idle(SHUTDOWN_GRACE);
+    if left > 0 {
+        // Threads end with the process; forked children finish their
+        // sessions on their own.
+        tracing::warn!(sessions = left, "shutting down with sessions still open");
+    }
     tracing::info!("server stopped");
     Ok(())
 }
@@ -87,6 +117,6 @@ fn main() -> anyhow::Result<()> {
     ));
     match args.mode {
         Mode::Threading => run::<socketserver::server::Threading>(&args, cfg, gate),
-        Mode::Forking => run::<socketserver::server::Threading>(&args, cfg, gate),
+        Mode::Forking => run::<socketserver::server::Forking>(&args, cfg, gate),
     }
 }

@@ -6,7 +6,6 @@
 //! the informational commands.
 
 use std::collections::VecDeque;
-use std::fs;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -20,8 +19,7 @@ use crate::command::Command;
 use crate::config::Config;
 use crate::confine::{Denied, Root};
 use crate::data::{self, ActiveError, DataSetup};
-use crate::limits::{Admission, Gate, Token};
-use crate::listing;
+use crate::limits::{Admission, Gate};
 use crate::reply::{self, quote_path};
 
 /// Longest command line accepted; longer lines get `500` and are dropped.
@@ -50,7 +48,9 @@ pub struct Account {
 pub struct Session {
     pub(crate) cfg: Arc<Config>,
     gate: Arc<Gate>,
-    _token: Option<Token>,
+    /// The connection-limit verdict, taken first thing in `setup` so an
+    /// admitted slot is never left behind in the hand-off map.
+    admission: Option<Admission>,
     pub(crate) peer: SocketAddr,
     pub(crate) local: SocketAddr,
     pending_user: Option<String>,
@@ -59,7 +59,7 @@ pub struct Session {
     pub(crate) cwd: String,
     pub(crate) data: DataSetup,
     pub(crate) rest: u64,
-    rename_from: Option<PathBuf>,
+    pub(crate) rename_from: Option<PathBuf>,
     pub(crate) binary: bool,
     epsv_all: bool,
     /// Command lines that arrived during a transfer, run after it.
@@ -74,7 +74,7 @@ impl Session {
         Session {
             cfg,
             gate,
-            _token: None,
+            admission: None,
             peer: unspecified,
             local: unspecified,
             pending_user: None,
@@ -352,170 +352,6 @@ impl Session {
         self.data = DataSetup::Active(addr);
         ok(w, 200, "PORT command successful.")
     }
-
-    fn size(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
-        let w = &mut req.wfile();
-        match self.vpath(arg).and_then(|v| self.root().existing(&v)) {
-            Ok(p) => match fs::metadata(&p) {
-                Ok(m) if m.is_file() => ok(w, 213, &m.len().to_string()),
-                Ok(_) => ok(w, 550, "Not a regular file."),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
-            Err(e) => denied(w, &e),
-        }
-    }
-
-    fn mdtm(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
-        let w = &mut req.wfile();
-        match self.vpath(arg).and_then(|v| self.root().existing(&v)) {
-            Ok(p) => match fs::metadata(&p) {
-                Ok(m) if m.is_file() => {
-                    let t = listing::Utc::from_unix(listing::mtime(&m)).timeval();
-                    ok(w, 213, &t)
-                }
-                Ok(_) => ok(w, 550, "Not a regular file."),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
-            Err(e) => denied(w, &e),
-        }
-    }
-
-    fn mlst(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
-        let writable = self.writable();
-        let w = &mut req.wfile();
-        let vpath = match self.vpath(arg) {
-            Ok(v) => v,
-            Err(e) => return denied(w, &e),
-        };
-        match self
-            .root()
-            .existing(&vpath)
-            .and_then(|p| fs::metadata(p).map_err(Denied::Io))
-        {
-            Ok(m) => {
-                let facts = listing::mlsx_line(&vpath, &m, None, writable);
-                ok(w, 250, &format!("Listing {vpath}\n{facts}\nEnd"))
-            }
-            Err(e) => denied(w, &e),
-        }
-    }
-
-    fn stat(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
-        if arg.is_empty() {
-            let user = self.account.as_ref().map(|a| a.name.as_str()).unwrap_or("");
-            let text = format!(
-                "FTP server status:\nConnected to {}\nLogged in as {user}\nTYPE: {}\nEnd of status",
-                self.peer.ip(),
-                if self.binary { "BINARY" } else { "ASCII" }
-            );
-            return ok(&mut req.wfile(), 211, &text);
-        }
-        match self.listing_bytes(arg, ListKind::Long) {
-            Ok(bytes) => {
-                let body = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
-                ok(
-                    &mut req.wfile(),
-                    213,
-                    &format!("Status of {arg}:\n{body}End of status"),
-                )
-            }
-            Err(e) => denied(&mut req.wfile(), &e),
-        }
-    }
-
-    /// Checks write permission, replying `550` when it is missing.
-    pub(crate) fn require_write(&self, req: &mut Request) -> io::Result<bool> {
-        if self.writable() {
-            return Ok(true);
-        }
-        reply::send(
-            &mut req.wfile(),
-            550,
-            "Permission denied: read-only session.",
-        )?;
-        Ok(false)
-    }
-
-    fn mkd(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
-        if !self.require_write(req)? {
-            return Ok(Flow::Continue);
-        }
-        let w = &mut req.wfile();
-        let vpath = match self.vpath(arg) {
-            Ok(v) => v,
-            Err(e) => return denied(w, &e),
-        };
-        match self.root().target(&vpath) {
-            Ok(p) => match fs::create_dir(&p) {
-                Ok(()) => ok(w, 257, &format!("{} created", quote_path(&vpath))),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
-            Err(e) => denied(w, &e),
-        }
-    }
-
-    fn rmd(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
-        if !self.require_write(req)? {
-            return Ok(Flow::Continue);
-        }
-        let w = &mut req.wfile();
-        match self.vpath(arg).and_then(|v| self.root().entry(&v)) {
-            Ok(p) => match fs::remove_dir(&p) {
-                Ok(()) => ok(w, 250, "Directory removed."),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
-            Err(e) => denied(w, &e),
-        }
-    }
-
-    fn dele(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
-        if !self.require_write(req)? {
-            return Ok(Flow::Continue);
-        }
-        let w = &mut req.wfile();
-        match self.vpath(arg).and_then(|v| self.root().entry(&v)) {
-            Ok(p) if p.symlink_metadata().is_ok_and(|m| m.is_dir()) => {
-                ok(w, 550, "Is a directory; use RMD.")
-            }
-            Ok(p) => match fs::remove_file(&p) {
-                Ok(()) => ok(w, 250, "File deleted."),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
-            Err(e) => denied(w, &e),
-        }
-    }
-
-    fn rnfr(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
-        if !self.require_write(req)? {
-            return Ok(Flow::Continue);
-        }
-        let w = &mut req.wfile();
-        match self.vpath(arg).and_then(|v| self.root().entry(&v)) {
-            Ok(p) if p.symlink_metadata().is_ok() => {
-                self.rename_from = Some(p);
-                ok(w, 350, "Ready for RNTO.")
-            }
-            Ok(_) => ok(w, 550, "No such file or directory"),
-            Err(e) => denied(w, &e),
-        }
-    }
-
-    fn rnto(&mut self, req: &mut Request, arg: &str, from: Option<PathBuf>) -> io::Result<Flow> {
-        if !self.require_write(req)? {
-            return Ok(Flow::Continue);
-        }
-        let w = &mut req.wfile();
-        let Some(from) = from else {
-            return ok(w, 503, "RNFR required first.");
-        };
-        match self.vpath(arg).and_then(|v| self.root().target(&v)) {
-            Ok(to) => match fs::rename(&from, &to) {
-                Ok(()) => ok(w, 250, "Rename successful."),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
-            Err(e) => denied(w, &e),
-        }
-    }
 }
 
 /// Which listing a data command produces.
@@ -558,6 +394,7 @@ impl RequestHandler for Session {
             .as_inet()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "FTP needs a TCP peer"))?;
         self.peer = peer;
+        self.admission = Some(self.gate.take(peer));
         self.local = req
             .stream()
             .and_then(|s| s.local_addr().transpose())
@@ -574,12 +411,11 @@ impl RequestHandler for Session {
     }
 
     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
-        match self.gate.take(self.peer) {
-            Admission::Admitted(token) => self._token = Some(token),
-            Admission::Refused(why) => {
-                tracing::info!(peer = %self.peer, why, "connection refused by limits");
-                return reply::send(&mut req.wfile(), 421, why);
-            }
+        // The token (if admitted) stays in `self.admission` for the whole
+        // session; dropping the session frees the slot.
+        if let Some(Admission::Refused(why)) = &self.admission {
+            tracing::info!(peer = %self.peer, why, "connection refused by limits");
+            return reply::send(&mut req.wfile(), 421, why);
         }
         tracing::info!(peer = %self.peer, "session start");
         reply::send(&mut req.wfile(), 220, "socketserver FTP ready.")?;

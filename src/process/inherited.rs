@@ -61,3 +61,70 @@ pub(crate) fn adopt_inherited_fds(first: RawFd, count: usize) -> Result<Vec<Owne
     }
     Ok(out)
 }
+
+/// Replaces the process image with `program` (keeping the pid), with
+/// `fds` open at descriptors 3, 4, … and `LISTEN_FDS`/`LISTEN_PID` set in
+/// the environment: the socket-activation protocol, spoken to ourselves.
+/// Returns only on failure.
+///
+/// The descriptors are first duplicated above the target range (so a
+/// listener already sitting at 3 or 4 is not clobbered before it is
+/// copied), then `dup2`'d into place, which also clears close-on-exec on
+/// the copies; every other descriptor this crate opened is close-on-exec
+/// and disappears with the old image.
+///
+/// # Errors
+/// `dup` or `execve` failed. Descriptors 3.. of this process may then
+/// have been replaced: the caller should exit rather than keep serving.
+pub(crate) fn exec_with_listen_fds(
+    program: &std::ffi::CStr,
+    args: &[std::ffi::CString],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<std::convert::Infallible> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    let n = fds.len() as RawFd;
+    let mut temps = Vec::with_capacity(fds.len());
+    for fd in fds {
+        let raw = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3 + n))?;
+        // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; we are
+        // its only owner.
+        temps.push(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+    for (i, t) in temps.iter().enumerate() {
+        let target = 3 + i as RawFd;
+        // SAFETY: dup2 onto 3+i silently closes whatever this process had
+        // there. We are about to exec, and no Rust code touches those
+        // descriptors again unless exec fails, in which case the caller is
+        // told to exit (documented above). dup2 clears FD_CLOEXEC on the
+        // new descriptor, which is what lets it survive the exec.
+        if unsafe { libc::dup2(t.as_raw_fd(), target) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| {
+            let k = k.as_bytes();
+            k != b"LISTEN_FDS" && k != b"LISTEN_PID" && k != b"LISTEN_FDNAMES"
+        })
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    env.push(
+        CString::new(format!("LISTEN_FDS={n}"))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+    );
+    env.push(
+        CString::new(format!("LISTEN_PID={}", std::process::id()))
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+    );
+    let err = nix::unistd::execve(program, args, &env);
+    drop(temps);
+    Ok(err?)
+}

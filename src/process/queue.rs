@@ -156,6 +156,20 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 /// A process-shared FIFO of `T`s (see the module docs for the design).
 ///
 /// Create it before forking; clones and forked copies are the same queue.
+///
+/// ```no_run
+/// use socketserver::process::{Process, Queue};
+///
+/// let q: Queue<(u32, String)> = Queue::with_maxsize(100)?;
+/// let tx = q.clone();
+/// let mut child = Process::new(move || {
+///     tx.put(&(1, "from the child".to_string())).unwrap();
+/// });
+/// child.start()?;
+/// let (n, text) = q.get()?; // delivered even though the child has exited
+/// child.join()?;
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 pub struct Queue<T> {
     shm: Shm<QueueShm>,
     _t: PhantomData<fn(T) -> T>,
@@ -267,6 +281,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
         let end = deadline(timeout);
         let mut held = self.lock()?;
+        let mut spun = false;
         loop {
             if self.fits(need) {
                 let tail = h.tail.load(Ordering::Relaxed);
@@ -278,7 +293,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 h.not_empty.notify_all();
                 return Ok(());
             }
-            if timeout.is_some_and(|t| t.is_zero()) || self.wait(&mut held, &h.not_full, end)? {
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(Error::Full);
+            }
+            if !spun {
+                spun = true;
+                self.spin(&mut held, end, || self.fits(need))?;
+                continue;
+            }
+            if self.wait(&mut held, &h.not_full, end)? {
                 if self.fits(need) {
                     continue;
                 }
@@ -291,6 +314,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let h = self.shm.header();
         let end = deadline(timeout);
         let mut held = self.lock()?;
+        let mut spun = false;
         let body = loop {
             let (head, tail) = (
                 h.head.load(Ordering::Relaxed),
@@ -313,7 +337,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 h.not_full.notify_all();
                 break body;
             }
-            if timeout.is_some_and(|t| t.is_zero()) || self.wait(&mut held, &h.not_empty, end)? {
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(Error::Empty);
+            }
+            if !spun {
+                spun = true;
+                let nonempty = || h.head.load(Ordering::Relaxed) != h.tail.load(Ordering::Relaxed);
+                self.spin(&mut held, end, nonempty)?;
+                continue;
+            }
+            if self.wait(&mut held, &h.not_empty, end)? {
                 if h.head.load(Ordering::Relaxed) != h.tail.load(Ordering::Relaxed) {
                     continue;
                 }
@@ -395,12 +428,29 @@ impl<T> Queue<T> {
         Ok(timed_out)
     }
 
-    /// Whether a record of `need` bytes can be appended now (lock held).
+    fn spin(
+        &self,
+        held: &mut Held<'_>,
+        end: Option<std::time::Instant>,
+        ready: impl Fn() -> bool,
+    ) -> Result<()> {
+        held.spin_until(end, ready)?;
+        if held.owner_died {
+            self.repair();
+            held.owner_died = false;
+        }
+        Ok(())
+    }
+
+    /// Whether a record of `need` bytes can be appended now. Exact under
+    /// the lock; without it (the spin hint) the reads may be from different
+    /// moments, hence the saturating arithmetic.
     fn fits(&self, need: u64) -> bool {
         let h = self.shm.header();
-        let used = h.tail.load(Ordering::Relaxed) - h.head.load(Ordering::Relaxed);
+        let head = h.head.load(Ordering::Relaxed);
+        let used = h.tail.load(Ordering::Relaxed).saturating_sub(head);
         let count_ok = h.maxsize == 0 || h.count.load(Ordering::Relaxed) < h.maxsize;
-        count_ok && h.capacity - used >= need
+        count_ok && h.capacity.saturating_sub(used) >= need
     }
 
     /// After a holder died: `head` and `tail` were each written in one
@@ -466,5 +516,50 @@ impl<T> Queue<T> {
                 dst.len() - first,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{fork_child, Event, ForkOptions};
+    use nix::sys::signal::Signal;
+
+    /// A producer killed inside `put`, between publishing `tail` and
+    /// bumping `count`, and in the middle of copying a second record: the
+    /// next user recovers the lock, recounts, sees exactly the published
+    /// record and none of the half-written one.
+    #[test]
+    fn killed_inside_put_is_repaired() {
+        let q: Queue<String> = Queue::builder().capacity_bytes(256).build().unwrap();
+        let inside = Event::new().unwrap();
+        let mut child = fork_child(&ForkOptions::new(), || {
+            let h = q.shm.header();
+            let held = q.lock().unwrap();
+            let body = postcard::to_allocvec(&"published".to_string()).unwrap();
+            let tail = h.tail.load(Ordering::Relaxed);
+            q.copy_in(tail, &(body.len() as u32).to_le_bytes());
+            q.copy_in(tail + PREFIX, &body);
+            h.tail
+                .store(tail + PREFIX + body.len() as u64, Ordering::Relaxed);
+            // Killed before `count` is bumped, and with a second record
+            // copied in but never published.
+            let tail = h.tail.load(Ordering::Relaxed);
+            q.copy_in(tail, &100u32.to_le_bytes());
+            q.copy_in(tail + PREFIX, b"torn");
+            inside.set().unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+            drop(held);
+            0
+        })
+        .unwrap();
+        assert!(inside.wait(Some(Duration::from_secs(20))).unwrap());
+        child.signal(Signal::SIGKILL).unwrap();
+        assert_eq!(child.wait().unwrap(), -9);
+        assert_eq!(q.qsize().unwrap(), 1, "count repaired from head/tail");
+        assert_eq!(q.get_nowait().unwrap(), "published");
+        assert!(matches!(q.get_nowait(), Err(Error::Empty)));
+        q.put_nowait(&"after".to_string()).unwrap();
+        assert_eq!(q.get_nowait().unwrap(), "after");
     }
 }

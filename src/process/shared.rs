@@ -232,13 +232,15 @@ impl<T: SharedData> Value<T> {
         Ok(Value { shm })
     }
 
-    /// Locks the value; the guard derefs to `&mut T`.
+    /// Locks the value; the guard derefs to `&mut T` (Python's
+    /// `with v.get_lock():`).
     ///
     /// # Errors
     /// [`LockError::OwnerDied`] (carrying the guard) if a process died
     /// while holding the lock: the lock is yours and usable, but the value
     /// may be half written. [`LockError::Other`] if the lock is already held
     /// by this thread (it would deadlock) or the OS fails.
+    #[doc(alias = "get_lock")]
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
         let h = self.shm.header();
         let guard = || ValueGuard {
@@ -258,6 +260,7 @@ impl<T: SharedData> Value<T> {
     /// [`Error::OwnerDied`] if a process died holding the lock: the lock has
     /// been recovered and released, the read was not done; calling again
     /// succeeds. [`Error::Io`] if locking fails.
+    #[doc(alias = "value")]
     pub fn get(&self) -> Result<T> {
         let g = self.lock().map_err(Error::from)?;
         Ok(*g)
@@ -410,6 +413,7 @@ impl<T: SharedData> Array<T> {
     ///
     /// # Errors
     /// As [`Value::lock`].
+    #[doc(alias = "get_lock")]
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
         let guard = || ArrayGuard {
             array: self,

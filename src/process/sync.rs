@@ -115,6 +115,18 @@ struct LockShm {
 /// `multiprocessing.Lock`, plus recovery from a holder that dies.
 ///
 /// Clones and forked copies all refer to the same lock.
+///
+/// ```no_run
+/// use socketserver::process::{Lock, LockError};
+///
+/// let lock = Lock::new()?;
+/// match lock.acquire() {
+///     Ok(_guard) => { /* critical section */ }
+///     Err(LockError::OwnerDied(_guard)) => { /* a holder was killed: repair, go on */ }
+///     Err(e) => return Err(e.into()),
+/// }
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Lock {
     shm: Shm<LockShm>,

@@ -119,3 +119,8 @@ pub mod proxy;
 pub use pidfile::PidFile;
 mod prefork;
 pub use prefork::{PreforkBuilder, PreforkTcpServer};
+mod privileges;
+pub use privileges::{drop_privileges, refuse_root, Identity};
+mod reexec;
+pub use reexec::{reexec, HangupRestart};
+pub mod layers;

@@ -36,6 +36,11 @@ impl FtpServer {
 
     /// Like [`start`](Self::start) with extra environment variables.
     pub fn start_env(mode: &str, extra: &[&str], env: &[(&str, &str)]) -> FtpServer {
+        Self::start_full(mode, "127.0.0.1:0", extra, env)
+    }
+
+    /// Starts the server listening on `listen`.
+    pub fn start_full(mode: &str, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> FtpServer {
         let base = tempfile::tempdir().expect("tempdir");
         let root = base.path().join("root");
         fs::create_dir(&root).unwrap();
@@ -44,14 +49,7 @@ impl FtpServer {
         let mut cmd = Command::new(ftp_binary());
         cmd.arg("--root")
             .arg(&root)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--mode",
-                mode,
-                "--user",
-                "bob:secret",
-            ])
+            .args(["--listen", listen, "--mode", mode, "--user", "bob:secret"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -99,7 +97,7 @@ impl FtpServer {
     }
 
     pub fn url(&self) -> String {
-        format!("ftp://127.0.0.1:{}", self.port())
+        format!("ftp://{}", self.addr)
     }
 
     pub fn pid(&self) -> i32 {

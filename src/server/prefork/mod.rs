@@ -36,6 +36,13 @@
 //!
 //! Fork from a single-threaded process: `serve_forever` forks from the
 //! calling thread, and the process layer warns when other threads exist.
+//!
+//! `PreforkTcpServer` keeps the `Server` trait's names where they mean the
+//! same (`serve_forever`, `shutdown_handle`, `server_address`,
+//! `server_close`) but does not implement the trait: its parent never
+//! accepts, so `get_request`, `process_request` and `handle_request` have
+//! nothing to do there. Per-request hooks (`verify_request`,
+//! `handle_error`, `shutdown_request`) run in the workers as usual.
 
 mod builder;
 mod worker;

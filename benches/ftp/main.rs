@@ -1,0 +1,266 @@
+//! FTP server benchmark: the `ftp` example against pyftpdlib and vsftpd,
+//! side by side in one run, on loopback.
+//!
+//! ```text
+//! cargo bench --bench ftp
+//! ```
+//!
+//! Measures, per server: RETR and STOR throughput of a 256 MiB file
+//! (median of 3), the wall time for 100 concurrent logins (median of 3),
+//! and the server's memory with 100 logged-in clients (RSS and PSS summed
+//! over the server's process tree, so per-connection processes count).
+//! A missing peer (`pip install pyftpdlib`, `apt-get install vsftpd`) is
+//! reported and skipped. Everything listens on 127.0.0.1 with port 0 or a
+//! free port, and every loop is bounded.
+mod client;
+mod peers;
+mod procfs;
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use client::{Client, Server};
+use peers::{start_ours, start_pyftpdlib, start_vsftpd};
+use procfs::{tree_cpu, tree_memory};
+
+const FILE_SIZE: usize = 256 << 20;
+const REPS: usize = 3;
+const CLIENTS: usize = 100;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Logs in CLIENTS clients at once; returns (seconds, connected clients,
+/// failed logins). A client that gets no greeting within 10 s counts as
+/// failed (a server whose accept backlog overflows drops connections).
+fn concurrent_logins(server: &Server) -> Result<(f64, Vec<Client>, usize)> {
+    let barrier = Arc::new(Barrier::new(CLIENTS + 1));
+    let handles: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let b = barrier.clone();
+            let (addr, user) = (server.addr, server.user);
+            std::thread::spawn(move || {
+                b.wait();
+                Client::login_within(addr, user, Duration::from_secs(10)).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let mut clients = Vec::new();
+    let mut failed = 0;
+    for h in handles {
+        match h.join().map_err(|_| "login thread panicked")? {
+            Ok(c) => clients.push(c),
+            Err(_) => failed += 1,
+        }
+    }
+    Ok((start.elapsed().as_secs_f64(), clients, failed))
+}
+
+#[derive(Debug, Default)]
+struct Row {
+    name: String,
+    retr: f64,
+    stor: f64,
+    logins_ms: f64,
+    rss_kib: u64,
+    pss_kib: u64,
+    login_failures: usize,
+    retr_cpu: f64,
+    stor_cpu: f64,
+}
+
+/// One RETR and one STOR of the big file; returns MiB/s for each.
+/// Also returns the server's CPU seconds per GiB for each.
+fn transfer_once(server: &Server, root: &Path, chunk: &[u8], i: usize) -> Result<[f64; 4]> {
+    let pid = server.child.id();
+    let gib = FILE_SIZE as f64 / (1u64 << 30) as f64;
+    let mut c = Client::login(server.addr, server.user).map_err(|e| format!("login: {e}"))?;
+    let cpu0 = tree_cpu(pid);
+    let retr = c.retr("big.bin").map_err(|e| format!("RETR: {e}"))?;
+    let cpu1 = tree_cpu(pid);
+    let name = format!("up/stor-{i}.bin");
+    let stor = c.stor(&name, chunk).map_err(|e| format!("STOR: {e}"))?;
+    let cpu2 = tree_cpu(pid);
+    let _ = c.cmd("QUIT", 221);
+    let _ = fs::remove_file(root.join(&name));
+    Ok([retr, stor, (cpu1 - cpu0) / gib, (cpu2 - cpu1) / gib])
+}
+
+/// The login timings and memory figures of one server.
+fn logins_and_memory(server: &Server, row: &mut Row) -> Result<()> {
+    let mut logins = Vec::new();
+    for i in 0..REPS {
+        let (secs, clients, failed) =
+            concurrent_logins(server).map_err(|e| format!("logins: {e}"))?;
+        logins.push(secs * 1000.0);
+        row.login_failures = row.login_failures.max(failed);
+        if i == REPS - 1 {
+            std::thread::sleep(Duration::from_millis(300));
+            (row.rss_kib, row.pss_kib) = tree_memory(server.child.id());
+        }
+        drop(clients);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    row.logins_ms = median(logins);
+    Ok(())
+}
+
+fn build_ours() -> Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(cargo)
+        .args(["build", "--release", "--example", "ftp"])
+        .status()?
+        .success();
+    if !ok {
+        return Err("cargo build --release --example ftp failed".into());
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(Path::parent).ok_or("target dir")?;
+    Ok(dir.join("examples").join("ftp"))
+}
+
+fn main() -> Result<()> {
+    let bin = build_ours()?;
+    let scratch = tempfile::tempdir()?;
+    let root = scratch.path().join("root");
+    fs::create_dir_all(root.join("up"))?;
+    {
+        let mut f = io::BufWriter::new(fs::File::create(root.join("big.bin"))?);
+        let block: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 253) as u8).collect();
+        for _ in 0..FILE_SIZE >> 20 {
+            f.write_all(&block)?;
+        }
+        // On disk before anyone reads it: write-back must not slow the
+        // first server measured.
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    type Starter<'a> = Box<dyn Fn() -> Result<Server> + 'a>;
+    let starters: Vec<(&str, Starter)> = vec![
+        (
+            "ours (threading)",
+            Box::new(|| start_ours(&bin, &root, "threading")),
+        ),
+        (
+            "ours (forking)",
+            Box::new(|| start_ours(&bin, &root, "forking")),
+        ),
+        (
+            "pyftpdlib",
+            Box::new(|| start_pyftpdlib(&root, scratch.path())),
+        ),
+        ("vsftpd", Box::new(|| start_vsftpd(&root, scratch.path()))),
+    ];
+    // `cargo bench --bench ftp -- vsftpd` runs only the matching servers.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut servers: Vec<(Server, Row, Vec<[f64; 4]>)> = Vec::new();
+    for (name, start) in starters {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        match start() {
+            Ok(s) => {
+                let row = Row {
+                    name: name.to_string(),
+                    ..Row::default()
+                };
+                servers.push((s, row, Vec::new()));
+            }
+            Err(e) => notes.push(format!("{name}: skipped: {e}")),
+        }
+    }
+    // Transfers round-robin across servers, so background noise on this
+    // shared machine hits every server alike.
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
+    for i in 0..REPS {
+        let mut k = 0;
+        while k < servers.len() {
+            let (server, row, samples) = &mut servers[k];
+            eprintln!("transfer round {} of {REPS}: {}", i + 1, row.name);
+            match transfer_once(server, &root, &chunk, i) {
+                Ok(sample) => {
+                    samples.push(sample);
+                    k += 1;
+                }
+                Err(e) => {
+                    notes.push(format!("{}: dropped: {e}", row.name));
+                    servers.remove(k);
+                }
+            }
+        }
+    }
+    for (server, mut row, samples) in servers {
+        eprintln!("{} concurrent logins: {}", CLIENTS, row.name);
+        let col = |j: usize| median(samples.iter().map(|s| s[j]).collect());
+        row.retr = col(0);
+        row.stor = col(1);
+        row.retr_cpu = col(2);
+        row.stor_cpu = col(3);
+        match logins_and_memory(&server, &mut row) {
+            Ok(()) => rows.push(row),
+            Err(e) => notes.push(format!("{}: dropped: {e}", row.name)),
+        }
+        drop(server);
+    }
+    println!();
+    println!(
+        "FTP benchmark, 127.0.0.1, {} MiB file, median of {REPS}, {CLIENTS} clients",
+        FILE_SIZE >> 20
+    );
+    println!();
+    println!("| server | RETR MiB/s | STOR MiB/s | server CPU s/GiB RETR / STOR | {CLIENTS} concurrent logins (ms) | memory with {CLIENTS} clients: RSS / PSS (MiB) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let failed = match r.login_failures {
+            0 => String::new(),
+            n => format!(" ({n} of {CLIENTS} got no greeting in 10 s)"),
+        };
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.1}{failed} | {:.1} / {:.1} |",
+            r.name,
+            r.retr,
+            r.stor,
+            r.retr_cpu,
+            r.stor_cpu,
+            r.logins_ms,
+            r.rss_kib as f64 / 1024.0,
+            r.pss_kib as f64 / 1024.0
+        );
+    }
+    println!();
+    let find = |n: &str| rows.iter().find(|r| r.name == n);
+    for ours in ["ours (threading)", "ours (forking)"] {
+        let Some(o) = find(ours) else { continue };
+        for peer in ["pyftpdlib", "vsftpd"] {
+            if let Some(p) = find(peer) {
+                println!(
+                    "{ours} vs {peer}: throughput RETR {:.2}x, STOR {:.2}x; server CPU per byte RETR {:.2}x, STOR {:.2}x less; logins {:.2}x faster",
+                    o.retr / p.retr,
+                    o.stor / p.stor,
+                    p.retr_cpu / o.retr_cpu.max(1e-9),
+                    p.stor_cpu / o.stor_cpu.max(1e-9),
+                    p.logins_ms / o.logins_ms
+                );
+            }
+        }
+    }
+    for n in notes {
+        println!("{n}");
+    }
+    Ok(())
+}

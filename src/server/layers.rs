@@ -1,0 +1,137 @@
+//! Handler layers for the blocking strategies: PROXY protocol and a
+//! per-client-IP connection limit, added around any [`RequestHandler`]
+//! without changing it.
+//!
+//! [`AsyncTcpServer`](super::AsyncTcpServer) has both built in
+//! (`set_proxy_protocol`, `set_per_ip_limit`). For `TcpServer`,
+//! `ThreadingTcpServer`, `ForkingTcpServer` and `PreforkTcpServer` wrap the
+//! handler factory instead:
+//!
+//! ```no_run
+//! use socketserver::server::{layers, Server, ThreadingTcpServer};
+//! # struct Echo;
+//! # impl socketserver::RequestHandler for Echo {
+//! #     fn handle(&mut self, _: &mut socketserver::Request) -> std::io::Result<()> { Ok(()) }
+//! # }
+//! let mut server = ThreadingTcpServer::builder()
+//!     .connection_timeout(std::time::Duration::from_secs(30))
+//!     .bind("127.0.0.1:9000", layers::proxy_protocol(|| Echo))?;
+//! server.serve_forever()?;
+//! # Ok::<(), socketserver::Error>(())
+//! ```
+
+use std::io;
+
+use crate::handler::{Request, RequestHandler};
+
+use super::per_ip::{IpPermit, PerIpLimiter};
+use super::proxy::read_proxy_header;
+
+/// Reads a PROXY v1/v2 header in `setup`, then runs the inner handler
+/// with [`Request::peer_addr`] set to the client address the header names.
+///
+/// The header is read through the request's buffered `rfile`, so client
+/// bytes that arrived with it stay buffered for the inner handler. A
+/// missing or malformed header fails `setup` (the connection is closed and
+/// the error reported through `handle_error`). Use a connection timeout so
+/// a peer that sends nothing cannot hold a worker.
+#[derive(Debug)]
+pub struct ProxyProtocol<H> {
+    inner: H,
+}
+
+/// Wraps a handler factory with [`ProxyProtocol`].
+pub fn proxy_protocol<F, H>(factory: F) -> impl Fn() -> ProxyProtocol<H> + Send + Sync + 'static
+where
+    F: Fn() -> H + Send + Sync + 'static,
+    H: RequestHandler,
+{
+    move || ProxyProtocol { inner: factory() }
+}
+
+impl<H: RequestHandler> RequestHandler for ProxyProtocol<H> {
+    fn setup(&mut self, req: &mut Request) -> io::Result<()> {
+        if req.is_datagram() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "PROXY protocol applies to stream connections only",
+            ));
+        }
+        let header = read_proxy_header(&mut req.rfile()).map_err(io::Error::from)?;
+        if let Some(source) = header.source {
+            req.set_peer_addr(source);
+        }
+        self.inner.setup(req)
+    }
+
+    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        self.inner.handle(req)
+    }
+
+    fn finish(&mut self, req: &mut Request) -> io::Result<()> {
+        self.inner.finish(req)
+    }
+}
+
+/// Refuses a connection in `setup` when its client address already has
+/// the maximum number of open connections; the slot is held until the
+/// handler is dropped at the end of the request.
+///
+/// The counts live in this process, so this suits the synchronous and
+/// threading strategies; each forked child or prefork worker would count
+/// only its own connections.
+#[derive(Debug)]
+pub struct PerIpLimit<H> {
+    inner: H,
+    limiter: PerIpLimiter,
+    permit: Option<IpPermit>,
+}
+
+/// Wraps a handler factory with [`PerIpLimit`], allowing `max_per_ip`
+/// simultaneous connections per client address.
+pub fn per_ip_limit<F, H>(
+    max_per_ip: usize,
+    factory: F,
+) -> impl Fn() -> PerIpLimit<H> + Send + Sync + 'static
+where
+    F: Fn() -> H + Send + Sync + 'static,
+    H: RequestHandler,
+{
+    let limiter = PerIpLimiter::new(max_per_ip);
+    move || PerIpLimit {
+        inner: factory(),
+        limiter: limiter.clone(),
+        permit: None,
+    }
+}
+
+impl<H: RequestHandler> RequestHandler for PerIpLimit<H> {
+    fn setup(&mut self, req: &mut Request) -> io::Result<()> {
+        if let Some(addr) = req.peer_addr().as_inet() {
+            match self.limiter.try_acquire(addr.ip()) {
+                Some(p) => self.permit = Some(p),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        format!(
+                            "{} already has {} connections (the per-IP limit)",
+                            addr.ip(),
+                            self.limiter.max_per_ip()
+                        ),
+                    ))
+                }
+            }
+        }
+        self.inner.setup(req)
+    }
+
+    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        self.inner.handle(req)
+    }
+
+    fn finish(&mut self, req: &mut Request) -> io::Result<()> {
+        let r = self.inner.finish(req);
+        self.permit = None;
+        r
+    }
+}

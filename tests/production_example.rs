@@ -1,0 +1,228 @@
+//! `examples/production.rs`: SIGHUP zero-downtime restart under load (no
+//! failed connection), the pid file against a second instance, privilege
+//! drop and the refusal to run prefork as root.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{geteuid, Pid};
+
+const T: Duration = Duration::from_secs(15);
+
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("production");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
+}
+
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn reader(out: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Parses `listening on tcp://ADDR (mode M, pid P)`.
+fn ready(r: &Running, mode: &str) -> (SocketAddr, u32) {
+    let line = r.lines.recv_timeout(T).expect("no ready line");
+    let rest = line.strip_prefix("listening on tcp://").expect(&line);
+    let (addr, tail) = rest.split_once(' ').expect(&line);
+    let tail = tail
+        .strip_prefix(&format!("(mode {mode}, pid "))
+        .and_then(|t| t.strip_suffix(')'))
+        .expect(&line);
+    (addr.parse().unwrap(), tail.parse().unwrap())
+}
+
+fn start(args: &[&str]) -> Running {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = reader(child.stdout.take().unwrap());
+    Running { child, lines }
+}
+
+fn echo_once(addr: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(T))?;
+    s.write_all(b"hi\n")?;
+    let mut b = [0u8; 3];
+    s.read_exact(&mut b)?;
+    if &b != b"hi\n" {
+        return Err(std::io::Error::other("wrong echo"));
+    }
+    Ok(())
+}
+
+fn wait_exit(r: &mut Running) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = r.child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(t0.elapsed() < T, "server did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn restart_under_load(mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_path = dir.path().join("echo.pid");
+    let pid_arg = pid_path.to_str().unwrap();
+    let mut r = start(&[
+        "--mode",
+        mode,
+        "--listen",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_arg,
+        "--allow-root",
+    ]);
+    let (addr, pid) = ready(&r, mode);
+    assert_eq!(pid, r.child.id());
+    assert_eq!(read_pid(&pid_path), pid);
+
+    // A second instance with the same pid file is refused, naming us.
+    let second = Command::new(binary())
+        .args([
+            "--mode",
+            mode,
+            "--listen",
+            "127.0.0.1:0",
+            "--pid-file",
+            pid_arg,
+        ])
+        .arg("--allow-root")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("already running") && err.contains(&pid.to_string()),
+        "{err}"
+    );
+
+    // Bounded load from 4 threads while the server restarts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                for _ in 0..5_000 {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    match echo_once(addr) {
+                        Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                        Err(_) => failed.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = ok.load(Ordering::SeqCst);
+    kill(Pid::from_raw(pid as i32), Signal::SIGHUP).unwrap();
+    let (addr2, pid2) = ready(&r, mode);
+    assert_eq!((addr2, pid2), (addr, pid), "restart changed address or pid");
+    let at_restart = ok.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for t in load {
+        t.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    println!("{mode}: {ok} ok ({before} before SIGHUP, {at_restart} at restart), {failed} failed");
+    assert_eq!(failed, 0, "connections failed during the restart");
+    assert!(ok > at_restart, "no connection served after the restart");
+    assert_eq!(read_pid(&pid_path), pid);
+
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let st = wait_exit(&mut r);
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    assert!(!pid_path.exists(), "pid file left behind");
+}
+
+fn read_pid(p: &Path) -> u32 {
+    std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn async_sighup_restart_under_load_fails_no_connection() {
+    restart_under_load("async");
+}
+
+#[test]
+fn prefork_sighup_restart_under_load_fails_no_connection() {
+    restart_under_load("prefork");
+}
+
+#[test]
+fn prefork_refuses_root_without_user_or_allow_root() {
+    let mut r = start(&["--mode", "prefork", "--listen", "127.0.0.1:0"]);
+    if geteuid().is_root() {
+        let st = wait_exit(&mut r);
+        assert!(!st.success(), "prefork ran as root");
+    } else {
+        let (addr, _) = ready(&r, "prefork");
+        echo_once(addr).unwrap();
+    }
+}
+
+#[test]
+fn user_switch_after_binding() {
+    let mut r = start(&[
+        "--mode",
+        "async",
+        "--listen",
+        "127.0.0.1:0",
+        "--user",
+        "nobody",
+    ]);
+    if geteuid().is_root() {
+        let (addr, pid) = ready(&r, "async");
+        echo_once(addr).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(
+            uid_line.split_whitespace().skip(1).all(|u| u != "0"),
+            "still root: {uid_line}"
+        );
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+        assert_eq!(wait_exit(&mut r).code(), Some(0));
+    } else {
+        assert!(!wait_exit(&mut r).success(), "non-root switched user");
+    }
+}
