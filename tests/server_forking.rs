@@ -192,7 +192,8 @@ fn crashing_children_are_reaped_and_the_server_serves_on() {
     server.server_close();
 }
 
-fn zombie_children() -> usize {
+/// Children of this process whose state satisfies `want` (from /proc).
+fn children_where(want: impl Fn(&str) -> bool) -> usize {
     let me = std::process::id().to_string();
     let mut n = 0;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -201,11 +202,20 @@ fn zombie_children() -> usize {
         };
         let Some(i) = stat.rfind(')') else { continue };
         let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
-        if f.len() > 1 && f[0] == "Z" && f[1] == me {
+        if f.len() > 1 && want(f[0]) && f[1] == me {
             n += 1;
         }
     }
     n
+}
+
+fn zombie_children() -> usize {
+    children_where(|state| state == "Z")
+}
+
+/// Children in any state: running, exited-but-unreaped, anything.
+fn all_children() -> usize {
+    children_where(|_| true)
 }
 
 fn does_not_reap_a_child_it_did_not_start() {
@@ -239,12 +249,16 @@ fn no_zombies_after_1000_connections() {
         assert_eq!(tcp_roundtrip(addr, msg.as_bytes()), msg.as_bytes());
     }
     // Children exit right after their connection closes; the loop reaps
-    // each as its pidfd fires, without waiting for another connection.
+    // each as its pidfd fires, without waiting for another connection. So
+    // every child must disappear entirely (exited *and* reaped) while the
+    // server keeps running: waiting only for zombies to clear would pass
+    // at once while the last child is still alive.
     let deadline = Instant::now() + TIMEOUT;
-    while zombie_children() > 0 {
+    while all_children() > 0 {
         assert!(
             Instant::now() < deadline,
-            "{} zombies left",
+            "{} children left ({} zombies)",
+            all_children(),
             zombie_children()
         );
         std::thread::sleep(Duration::from_millis(10));

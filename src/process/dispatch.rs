@@ -220,11 +220,7 @@ impl Engine {
         dispatcher.spawned = dispatcher.workers.len();
         let thread = std::thread::Builder::new()
             .name("pool-dispatcher".into())
-            .spawn(move || dispatcher.run());
-        let thread = match thread {
-            Ok(t) => t,
-            Err(e) => return Err(e.into()),
-        };
+            .spawn(move || dispatcher.run())?;
         Ok(Engine {
             shared,
             thread: Mutex::new(Some(thread)),
