@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use ftp_support::{tree, Ctrl, FtpServer};
 use hardening_support::{
-    children_of, connect_and_reset, fd_count, garbage, not_listening, wait_until, zombies_of,
+    children_of, connect_and_reset, fd_count, fd_list, garbage, not_listening, wait_until,
+    zombies_of,
 };
 use socket2::SockRef;
 
@@ -335,7 +336,34 @@ fn aborted_uploads(server: &FtpServer, w: &mut Ctrl) {
     alive(w, "aborted uploads");
 }
 
-/// Live descriptors of the server process and of the sessions' children.
+/// One short session that logs in and quits, waiting for the server to
+/// close it.
+fn short_session(addr: SocketAddr) {
+    let mut c = Ctrl::login(addr);
+    assert_eq!(c.cmd("QUIT").0, 221);
+    assert!(c.at_eof());
+}
+
+/// Waits (bounded) until the server holds no more descriptors than at
+/// `baseline`. The connection-limit table (`limits.rs`) forgets a finished
+/// session's pipe at the next admission, not when the session ends, so
+/// each round first runs one short session — exactly as the baseline was
+/// taken — and then counts.
+fn back_to_baseline(addr: SocketAddr, pid: i32, baseline: usize) -> bool {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        short_session(addr);
+        std::thread::sleep(Duration::from_millis(100));
+        if fd_count(pid) <= baseline {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// The server's descriptor count once it has stopped changing.
 fn settled(pid: i32) -> usize {
     let mut last = fd_count(pid);
     for _ in 0..20 {
@@ -376,8 +404,9 @@ fn scenario(mode: &str) {
     let mut w = Ctrl::login(server.addr);
     alive(&mut w, "login");
     // Baseline with the witness session open and one session come and gone.
-    drop(Ctrl::login(server.addr));
+    short_session(server.addr);
     let baseline = settled(pid);
+    let baseline_fds = fd_list(pid);
 
     garbage_lines(&server, &mut w);
     before_login(&server);
@@ -394,11 +423,11 @@ fn scenario(mode: &str) {
     assert_eq!(c.cmd("QUIT").0, 221);
     drop(c);
 
-    let ok = wait_until(SETTLE, || fd_count(pid) <= baseline);
+    let ok = back_to_baseline(server.addr, pid, baseline);
     assert!(
         ok,
-        "{mode}: {} descriptors, baseline {baseline}",
-        fd_count(pid)
+        "{mode}: descriptors {:?}, baseline {baseline_fds:?}",
+        fd_list(pid)
     );
     let ok = wait_until(SETTLE, || zombies_of(pid).is_empty());
     assert!(ok, "{mode}: zombies {:?}", zombies_of(pid));
@@ -477,4 +506,88 @@ fn pasv_port(c: &mut Ctrl) -> SocketAddr {
         [n[0] as u8, n[1] as u8, n[2] as u8, n[3] as u8],
         n[4] * 256 + n[5],
     ))
+}
+
+/// Clients that stop reading — a download nobody reads, a control
+/// connection flooded with commands whose replies are never read — block
+/// only their own session; resetting them frees everything at once.
+#[test]
+fn clients_that_stop_reading_block_only_themselves() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        plant(&server);
+        fs::write(server.root().join("big.bin"), garbage(16 << 20, 4)).unwrap();
+        let pid = server.pid();
+        let mut w = Ctrl::login(server.addr);
+        short_session(server.addr);
+        let baseline = settled(pid);
+
+        // 1. A download whose data connection is never read, then ABOR.
+        let mut c = Ctrl::login(server.addr);
+        assert_eq!(c.cmd("TYPE I").0, 200);
+        let data = c.pasv();
+        SockRef::from(&data).set_recv_buffer_size(4096).unwrap();
+        assert_eq!(c.cmd("RETR big.bin").0, 150);
+        std::thread::sleep(Duration::from_millis(300));
+        alive(&mut w, "unread download");
+        c.send_raw(b"ABOR\r\n");
+        let (code, text) = c.read_reply();
+        assert!(code == 426 || code == 226, "{mode}: ABOR -> {code} {text}");
+        if code == 426 {
+            assert_eq!(c.read_reply().0, 226, "{mode}: after 426");
+        }
+        drop(data);
+        assert_eq!(c.cmd("NOOP").0, 200, "{mode}: session after ABOR");
+
+        // 2. The same, but the client vanishes (both connections reset).
+        let data = c.pasv();
+        SockRef::from(&data).set_recv_buffer_size(4096).unwrap();
+        assert_eq!(c.cmd("RETR big.bin").0, 150);
+        std::thread::sleep(Duration::from_millis(300));
+        for s in [&data, &c.stream] {
+            SockRef::from(s).set_linger(Some(Duration::ZERO)).unwrap();
+        }
+        drop(data);
+        drop(c);
+        alive(&mut w, "vanished downloader");
+
+        // 3. Commands flooded without reading a single reply.
+        let mut flood = TcpStream::connect(server.addr).unwrap();
+        SockRef::from(&flood).set_recv_buffer_size(4096).unwrap();
+        flood
+            .set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let burst = b"HELP\r\n".repeat(1000);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut sent = 0usize;
+        while sent < 64 << 20 && Instant::now() < deadline {
+            match flood.write(&burst) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        assert!(
+            sent < 64 << 20,
+            "{mode}: server read 64 MiB of unanswered commands"
+        );
+        alive(&mut w, "command flood");
+        SockRef::from(&flood)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(flood);
+        alive(&mut w, "flood reset");
+
+        let ok = back_to_baseline(server.addr, pid, baseline);
+        assert!(
+            ok,
+            "{mode}: {} descriptors, baseline {baseline}",
+            fd_count(pid)
+        );
+        let ok = wait_until(SETTLE, || zombies_of(pid).is_empty());
+        assert!(ok, "{mode}: zombies {:?}", zombies_of(pid));
+        if mode == "forking" {
+            let ok = wait_until(SETTLE, || children_of(pid).len() == 1);
+            assert!(ok, "{mode}: children {:?}", children_of(pid));
+        }
+    }
 }

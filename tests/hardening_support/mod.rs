@@ -264,3 +264,21 @@ pub fn not_listening(addr: SocketAddr) -> bool {
         Ok(_) => false,
     }
 }
+
+/// What each descriptor of `pid` points to, for failure messages.
+pub fn fd_list(pid: i32) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let target = fs::read_link(e.path())
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default();
+                    format!("{}->{target}", e.file_name().to_string_lossy())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
