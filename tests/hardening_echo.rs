@@ -84,6 +84,8 @@ fn witness_round(w: &mut TcpStream, n: u8) {
 /// server had (forked handlers, prefork workers) is gone too.
 fn terminate_cleanly(mut srv: Guard) {
     let addr = srv.addr;
+    let log = srv.log();
+    assert!(!log.contains("panicked"), "server log: {log}");
     let kids: Vec<i32> = children_of(srv.pid()).into_iter().map(|(p, _)| p).collect();
     let status = srv.terminate();
     assert_eq!(status.code(), Some(0), "{status:?}");
@@ -262,6 +264,8 @@ fn udp_scenario(mode: &str) {
         assert!(ok, "forked children left: {:?}", children_of(pid));
     }
     let kids: Vec<i32> = children_of(pid).into_iter().map(|(p, _)| p).collect();
+    let log = srv.log();
+    assert!(!log.contains("panicked"), "server log: {log}");
     let mut srv = srv;
     let status = srv.terminate();
     assert_eq!(status.code(), Some(0), "{status:?}");

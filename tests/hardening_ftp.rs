@@ -439,6 +439,8 @@ fn scenario(mode: &str) {
 
     assert_eq!(w.cmd("QUIT").0, 221);
     drop(w);
+    let log = server.log();
+    assert!(!log.contains("panicked"), "{mode}: {log}");
     let addr: SocketAddr = server.addr;
     let kids: Vec<i32> = children_of(pid).into_iter().map(|(p, _)| p).collect();
     let status = server.terminate();
@@ -589,5 +591,75 @@ fn clients_that_stop_reading_block_only_themselves() {
             let ok = wait_until(SETTLE, || children_of(pid).len() == 1);
             assert!(ok, "{mode}: children {:?}", children_of(pid));
         }
+    }
+}
+
+/// Odd and out-of-range arguments get a reply each; nothing panics (the
+/// server log is checked) and the session goes on.
+#[test]
+fn odd_arguments_get_replies_not_panics() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        plant(&server);
+        let mut c = Ctrl::login(server.addr);
+        for cmd in [
+            "REST 18446744073709551615",
+            "REST 99999999999999999999999",
+            "REST -1",
+            "REST",
+            "TYPE",
+            "TYPE X Y Z",
+            "TYPE L 7",
+            "MODE Z",
+            "STRU R",
+            "OPTS",
+            "OPTS UTF8",
+            "OPTS MLST nonsense;;;",
+            "PORT",
+            "PORT 999,999,999,999,999,999",
+            "PORT 127,0,0,1,0,0",
+            "PORT 1,2,3",
+            "EPRT",
+            "EPRT |9|x|y|",
+            "EPRT |1|127.0.0.1|99999|",
+            "EPRT ||||",
+            "EPSV 7",
+            "EPSV ALL extra",
+            "SIZE",
+            "MDTM",
+            "CWD",
+            "MKD",
+            "RMD",
+            "DELE",
+            "RNFR",
+            "RNTO nowhere",
+            "MLST",
+            "STAT",
+            "HELP HELP HELP",
+            "SITE CHMOD 777 keep.txt",
+            "ABOR",
+            "ALLO 99999999999999999999",
+            "USER",
+            "PASS",
+            "XXXXXXXX",
+            "XXXXXXXXX arg",
+            "LIST -la",
+        ] {
+            let (code, text) = c.cmd(cmd);
+            assert!((100..600).contains(&code), "{mode}: {cmd} -> {code} {text}");
+        }
+        // REST past the end, then a download: an error or nothing, never a
+        // hang or a crash.
+        assert_eq!(c.cmd("TYPE I").0, 200);
+        assert_eq!(c.cmd("REST 1000000").0, 350);
+        let (code, got, end) = data_cmd(&mut c, "RETR keep.txt");
+        assert!(got.is_empty(), "{mode}: {code} {end} {got:?}");
+        assert!((100..600).contains(&end), "{mode}: {code} {end}");
+        assert_eq!(c.cmd("REST 3").0, 350);
+        let (_, got, end) = data_cmd(&mut c, "RETR keep.txt");
+        assert_eq!((end, &got[..]), (226, &KEEP[3..]), "{mode}");
+        assert_eq!(c.cmd("NOOP").0, 200);
+        let log = server.log();
+        assert!(!log.contains("panicked"), "{mode}: {log}");
     }
 }

@@ -30,6 +30,8 @@ pub fn example(name: &str) -> PathBuf {
 /// a test fails midway.
 pub struct Guard {
     child: Option<Child>,
+    /// Holds the server's stderr (`log()`).
+    logdir: tempfile::TempDir,
     /// The address from the server's ready line.
     pub addr: SocketAddr,
 }
@@ -38,16 +40,19 @@ impl Guard {
     /// Starts `bin` with `args`, waits (bounded) for its ready line
     /// `listening on SCHEME://ADDR (mode MODE)` and parses the address.
     pub fn start(bin: &Path, args: &[&str], scheme: &str) -> Guard {
+        let logdir = tempfile::tempdir().unwrap();
+        let log = fs::File::create(logdir.path().join("server.log")).unwrap();
         let mut child = Command::new(bin)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stdout = child.stdout.take().unwrap();
         let mut guard = Guard {
             child: Some(child),
+            logdir,
             addr: "127.0.0.1:0".parse().unwrap(),
         };
         let (tx, rx) = mpsc::channel();
@@ -67,6 +72,11 @@ impl Guard {
         let end = line[start..].find(' ').expect("ready line") + start;
         guard.addr = line[start..end].parse().expect("address in ready line");
         guard
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.logdir.path().join("server.log")).unwrap_or_default()
     }
 
     /// The server's pid.
