@@ -311,3 +311,37 @@ fn tcp_threading_half_close_without_data_and_unread_echo() {
     assert_back_to_baseline(pid, baseline, "threading");
     terminate_cleanly(srv);
 }
+
+/// SIGTERM while a client is connected: the listening socket closes at
+/// once (new clients are refused, not left hanging in the backlog), the
+/// open connection is still served to its end, then the exit status is 0.
+fn drain_scenario(mode: &str) {
+    let mut srv = start(mode, false);
+    let addr = srv.addr;
+    let mut open = connect(addr);
+    witness_round(&mut open, 1);
+    hardening_support::sigterm(srv.pid());
+    assert!(
+        wait_until(SETTLE, || not_listening(addr)),
+        "{mode}: still accepting after SIGTERM"
+    );
+    witness_round(&mut open, 2);
+    drop(open);
+    let status = srv.terminate_wait();
+    assert_eq!(status.code(), Some(0), "{mode}: {status:?}");
+}
+
+#[test]
+fn sigterm_drains_threading() {
+    drain_scenario("threading");
+}
+
+#[test]
+fn sigterm_drains_forking() {
+    drain_scenario("forking");
+}
+
+#[test]
+fn sigterm_drains_async() {
+    drain_scenario("async");
+}

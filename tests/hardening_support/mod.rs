@@ -86,8 +86,13 @@ impl Guard {
 
     /// Sends SIGTERM and waits (bounded, 10 s) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
+        sigterm(self.pid());
+        self.terminate_wait()
+    }
+
+    /// Waits (bounded, 10 s) for the exit status after a signal was sent.
+    pub fn terminate_wait(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("server running");
-        sigterm(child.id() as i32);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
