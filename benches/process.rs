@@ -10,12 +10,10 @@
 //! machine noise hits both sides. Iteration
 //! counts are fixed, so the run ends by itself (about 15 s).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
 use std::time::Instant;
 
-use nix::sys::wait::waitpid;
-use nix::unistd::{fork, ForkResult};
 use socketserver::process::{fork_child, pipe, Connection, ForkOptions, Process};
 
 const ROUNDS: usize = 5;
@@ -47,13 +45,7 @@ fn ours_start_join() -> f64 {
 /// One bare fork + `_exit(0)` + `waitpid`, in seconds.
 fn bare_fork_exit_waitpid() -> f64 {
     let t = Instant::now();
-    // SAFETY: the child only calls _exit.
-    match unsafe { fork() }.expect("fork") {
-        ForkResult::Child => unsafe { libc::_exit(0) },
-        ForkResult::Parent { child } => {
-            waitpid(child, None).expect("waitpid");
-        }
-    }
+    socketserver::process::baseline::bare_fork_exit_waitpid().expect("fork");
     t.elapsed().as_secs_f64()
 }
 
@@ -108,13 +100,10 @@ fn write_all(fd: &OwnedFd, buf: &[u8]) {
 fn raw_pipe_round_trip() -> f64 {
     let (req_r, req_w) = nix::unistd::pipe().expect("pipe");
     let (rep_r, rep_w) = nix::unistd::pipe().expect("pipe");
-    let parent_ends = [req_w.as_raw_fd(), rep_r.as_raw_fd()];
+    // The child keeps its copies of the parent's ends open (closing raw
+    // descriptors would need unsafe), so it never sees EOF: it is ended
+    // with SIGKILL once the timed loop is done.
     let mut child = fork_child(&ForkOptions::new(), move || {
-        for fd in parent_ends {
-            // SAFETY: closing the child's copies of the parent's ends, which
-            // this process never uses.
-            unsafe { libc::close(fd) };
-        }
         let mut buf = [0u8; MSG];
         while read_exact(&req_r, &mut buf) {
             write_all(&rep_w, &buf);
@@ -130,8 +119,11 @@ fn raw_pipe_round_trip() -> f64 {
             assert!(read_exact(&rep_r, &mut buf));
         }
     });
-    drop(req_w);
+    child
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
     child.wait().expect("wait");
+    drop(req_w);
     per
 }
 

@@ -154,3 +154,39 @@ fn empty_authkey_is_invalid() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn dribbling_peer_cannot_stretch_the_handshake() {
+    let mut listener = Listener::bind(tcp(), Some(b"key")).unwrap();
+    listener.set_handshake_timeout(Duration::from_millis(300));
+    let Address::Tcp(addr) = listener.address().unwrap() else {
+        unreachable!()
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let dribbler = thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        // A 36-byte "digest" frame, one byte every 50 ms (1.8 s in all),
+        // each byte well inside any per-read timeout.
+        let mut frame = 32u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0; 32]);
+        for b in frame {
+            if stop2.load(std::sync::atomic::Ordering::Relaxed) || s.write_all(&[b]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let t = Instant::now();
+    match listener.accept() {
+        Err(Error::Timeout(_)) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    dribbler.join().unwrap();
+}

@@ -337,7 +337,10 @@ fn connect_rate_limits_new_connections() {
         &["--churn", "-c", "4", "-d", "1s", "--connect-rate", "100"],
     );
     let opened = u(&v, "connections_opened");
-    assert!((80..=110).contains(&opened), "{v}");
+    // The limit is the upper bound: 100/s for 1 s (the limiter never bursts
+    // to catch up). The lower bound only shows connections still flow; it
+    // is loose because a busy 2-core machine can stall the client.
+    assert!((40..=110).contains(&opened), "{v}");
 }
 
 #[test]

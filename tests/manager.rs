@@ -204,7 +204,8 @@ fn remote_manager_wrong_authkey_refused() -> TestResult {
         Err(Error::AuthenticationFailed(_)) => {}
         other => return Err(format!("expected AuthenticationFailed, got {other:?}")),
     }
-    let client = Manager::connect(addr, b"right key").map_err(e)?;
+    check!(manager.authkey() == b"right key");
+    let client = Manager::connect(addr, manager.authkey()).map_err(e)?;
     let same = client.dict_named::<String>("shared").map_err(e)?;
     check!(same.get("greeting").map_err(e)?.as_deref() == Some("hello"));
     check!(matches!(
@@ -218,6 +219,12 @@ fn remote_manager_wrong_authkey_refused() -> TestResult {
 
 fn manager_stops_when_dropped_or_owner_dies() -> TestResult {
     let manager = Manager::new().map_err(e)?;
+    // The random default authkey is readable, so another program can be
+    // told how to connect; it is not empty and it really opens the server.
+    check!(manager.authkey().len() >= 16);
+    let other = Manager::connect(manager.address().clone(), manager.authkey()).map_err(e)?;
+    check!(other.dict::<i32>().map_err(e)?.len().map_err(e)? == 0);
+    drop(other);
     let pid = manager.server_pid().ok_or("no server pid")?;
     let Address::Unix(path) = manager.address().clone() else {
         return Err("default manager should use a Unix socket".into());

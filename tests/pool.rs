@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use socketserver::process::{Pool, ProcessPoolExecutor, Value};
+use socketserver::process::{Pool, Process, ProcessPoolExecutor, Value};
 use socketserver::Error;
 
 type TestResult = Result<(), String>;
@@ -107,6 +107,27 @@ fn map_and_starmap_keep_order() -> TestResult {
     check!(sums == (0..100i64).map(|i| 11 * i).collect::<Vec<_>>());
     check!(pool.apply(square, 12).map_err(e)? == 144);
     Ok(())
+}
+
+fn big_chunks_do_not_deadlock() -> TestResult {
+    // Chunks far larger than a socket buffer, both ways, with two chunks
+    // per worker: a blocking send queued behind a busy worker would wait
+    // forever for a worker that waits to send its reply.
+    let pool = Pool::new(2).map_err(e)?;
+    let base = 1u64 << 40;
+    let got = pool
+        .map_chunked(square_mod, (0..400_000u64).map(|x| x + base), 50_000)
+        .map_err(e)?;
+    check!(got.len() == 400_000);
+    check!(got
+        .iter()
+        .enumerate()
+        .all(|(i, &v)| v == square_mod(i as u64 + base)));
+    Ok(())
+}
+
+fn square_mod(x: u64) -> u64 {
+    x.wrapping_mul(x) | (1 << 40)
 }
 
 fn imap_is_ordered_and_unordered_returns_each_once() -> TestResult {
@@ -373,6 +394,26 @@ fn dropping_pool_leaves_no_children() -> TestResult {
     Ok(())
 }
 
+fn pool_dropped_in_forked_child_does_not_hang() -> TestResult {
+    let pool = Pool::new(1).map_err(e)?;
+    check!(pool.apply(square, 2).map_err(e)? == 4);
+    let pids = pool.pids();
+    // The child gets a copy of the pool and drops it; the parent drops its
+    // own copy when `start` drops the closure.
+    let mut child = Process::new(move || drop(pool));
+    child.start().map_err(e)?;
+    let code = child.join_timeout(Duration::from_secs(10)).map_err(e)?;
+    if code.is_none() {
+        let _ = child.kill();
+        let _ = child.join();
+    }
+    check!(code == Some(0), "child exit {code:?}");
+    for pid in &pids {
+        check!(!exists(*pid), "worker {pid} left behind");
+    }
+    Ok(())
+}
+
 fn executor_results_map_and_cancel() -> TestResult {
     let mut ex = ProcessPoolExecutor::new(Some(1)).map_err(e)?;
     let f = ex.submit(square, 5).map_err(e)?;
@@ -447,6 +488,7 @@ fn executor_broken_after_worker_death() -> TestResult {
 fn main() {
     let tests: &[Test] = &[
         ("map_and_starmap_keep_order", map_and_starmap_keep_order),
+        ("big_chunks_do_not_deadlock", big_chunks_do_not_deadlock),
         (
             "imap_is_ordered_and_unordered_returns_each_once",
             imap_is_ordered_and_unordered_returns_each_once,
@@ -480,6 +522,10 @@ fn main() {
         (
             "dropping_pool_leaves_no_children",
             dropping_pool_leaves_no_children,
+        ),
+        (
+            "pool_dropped_in_forked_child_does_not_hang",
+            pool_dropped_in_forked_child_does_not_hang,
         ),
         (
             "executor_results_map_and_cancel",

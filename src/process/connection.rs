@@ -10,7 +10,7 @@
 //! rejects the header before allocating anything.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
@@ -39,7 +39,6 @@ const READ_BUF: usize = 64 * 1024;
 /// ends; see [`close_on_fork`](Self::close_on_fork) for closing the
 /// parent's end in children, and move the child's end into the child's
 /// closure so that the parent drops it when the child starts.
-#[derive(Debug)]
 pub struct Connection {
     fd: Option<OwnedFd>,
     readable: bool,
@@ -60,6 +59,21 @@ pub struct Connection {
     read_broken: bool,
     /// `Some((pid, slot))` after `close_on_fork`: only `pid` may use the fd.
     parent_only: Option<(i32, Option<usize>)>,
+    /// Reads fail with `Error::Timeout` past this instant (the handshake).
+    deadline: Option<(Instant, Duration)>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.fd.as_ref().map(AsRawFd::as_raw_fd))
+            .field("readable", &self.readable)
+            .field("writable", &self.writable)
+            .field("max_message_size", &self.max)
+            .field("buffered_in", &(self.end - self.start))
+            .field("pending_out", &self.pending.len())
+            .finish()
+    }
 }
 
 /// Creates a connected pair: Python's `multiprocessing.Pipe(duplex)`.
@@ -124,6 +138,7 @@ impl Connection {
             pending_owner: 0,
             read_broken: false,
             parent_only: None,
+            deadline: None,
         }
     }
 
@@ -132,6 +147,24 @@ impl Connection {
     /// [`Client`](super::Client) use this after authenticating.
     pub fn from_socket(fd: OwnedFd) -> Self {
         Self::new(fd, true, true, true)
+    }
+
+    /// Makes every read fail with [`Error::Timeout`] once `timeout` from now
+    /// has passed (`None` lifts it). Bounds the whole authkey handshake, so
+    /// a peer dribbling one byte at a time cannot stretch it.
+    pub(crate) fn set_read_deadline(&mut self, timeout: Option<Duration>) {
+        self.deadline = timeout.map(|t| (Instant::now() + t, t));
+    }
+
+    /// Waits for readability until the deadline, if one is set.
+    fn await_deadline(&self) -> Result<()> {
+        if let (Some((at, total)), Some(fd)) = (self.deadline, self.fd.as_ref()) {
+            let left = at.saturating_duration_since(Instant::now());
+            if left.is_zero() || !sys::wait_readable(fd.as_fd(), Some(left))? {
+                return Err(Error::Timeout(total));
+            }
+        }
+        Ok(())
     }
 
     /// The largest message this end sends or accepts.
@@ -366,7 +399,9 @@ impl Connection {
 
     /// Whether a message (or end-of-file) can be read without blocking,
     /// waiting at most `timeout`: Python's `poll(timeout)`. A zero timeout
-    /// only checks.
+    /// only checks. It does not send messages held back by
+    /// [`set_send_buffer`](Self::set_send_buffer): call
+    /// [`flush`](Self::flush) first when the peer must answer them.
     ///
     /// # Errors
     /// [`Error::Closed`] after `close`; [`Error::InvalidArgument`] on a
@@ -438,8 +473,9 @@ impl Connection {
             self.end -= self.start;
             self.start = 0;
         }
-        let fd = self.fd.as_ref().ok_or(Error::Closed)?;
         loop {
+            self.await_deadline()?;
+            let fd = self.fd.as_ref().ok_or(Error::Closed)?;
             match nix::unistd::read(fd, &mut self.rbuf[self.end..]) {
                 Ok(n) => {
                     self.end += n;
@@ -495,8 +531,9 @@ impl Connection {
         }
         out.resize(len, 0);
         let mut got = buffered;
-        let fd = self.fd.as_ref().ok_or(Error::Closed)?;
         while got < len {
+            self.await_deadline()?;
+            let fd = self.fd.as_ref().ok_or(Error::Closed)?;
             match nix::unistd::read(fd, &mut out[got..]) {
                 Ok(0) => return Err(Error::TruncatedFrame { expected: len, got }),
                 Ok(n) => got += n,

@@ -20,7 +20,7 @@ pub(crate) struct ChildState {
     pub(crate) identity: String,
     /// Counter for default names of the children this child starts.
     pub(crate) next_child: AtomicU32,
-    /// Whether stdout/stderr may be flushed at exit (the fork happened while
+    /// Whether stdout may be flushed at exit (the fork happened while
     /// the parent had one thread, so no other thread can hold their locks).
     pub(crate) flush_stdio: bool,
 }

@@ -15,6 +15,9 @@
 //!
 //! Each worker holds at most [`PREFETCH`] jobs: the one it runs and one
 //! queued behind it, so it never waits for the dispatcher between jobs.
+//! Only a small job is queued behind a running one; a big one waits until
+//! the worker is idle (and so reading), otherwise the dispatcher's
+//! blocking send and the worker's blocking reply could wait on each other.
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
@@ -35,6 +38,11 @@ use crate::{Error, Result};
 /// until its reply arrives, so the ones behind a dead worker's running job
 /// can be queued again.
 const PREFETCH: usize = 2;
+/// Largest payload sent to a worker that is still busy: far below the
+/// socketpair's buffer (about 200 KiB), so such a send never blocks.
+const PREFETCH_MAX_BYTES: usize = 32 * 1024;
+/// How long the dispatcher polls without sleeping after each event.
+const SPIN: Duration = Duration::from_micros(50);
 /// How long terminated workers get after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(200);
 /// How long idle workers get to leave after a stop frame.
@@ -171,6 +179,9 @@ impl Shared {
 pub(crate) struct Engine {
     pub(crate) shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The process that started the engine: only there do the dispatcher
+    /// thread and the workers exist.
+    owner: u32,
 }
 
 impl Engine {
@@ -224,12 +235,19 @@ impl Engine {
         Ok(Engine {
             shared,
             thread: Mutex::new(Some(thread)),
+            owner: std::process::id(),
         })
     }
 
     /// Stops at once: pending jobs fail with [`Error::BrokenPool`], workers
     /// get SIGTERM (SIGKILL after a short grace) and are reaped.
     pub(crate) fn terminate(&self) {
+        if std::process::id() != self.owner {
+            // A forked child's copy: its dispatcher and workers belong to
+            // the parent, so there is nothing here to stop or join.
+            self.detach();
+            return;
+        }
         self.shared.lock().terminating = true;
         self.shared.wake();
         self.join_thread();
@@ -240,6 +258,11 @@ impl Engine {
     pub(crate) fn join_thread(&self) {
         let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
+            if std::process::id() != self.owner {
+                // No such thread in a forked child; never join it.
+                std::mem::forget(h);
+                return;
+            }
             if h.thread().id() == std::thread::current().id() {
                 // Called from a callback on the dispatcher itself: it will
                 // see the flag when the callback returns.
@@ -252,7 +275,12 @@ impl Engine {
     /// Lets the dispatcher thread finish on its own (executor
     /// `shutdown(wait = false)` followed by drop).
     pub(crate) fn detach(&self) {
-        self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if std::process::id() != self.owner {
+            // In a forked child the thread does not exist: do not touch it.
+            std::mem::forget(handle);
+        }
+        // In the owner, dropping the handle detaches the thread.
     }
 }
 
@@ -410,7 +438,16 @@ impl Dispatcher {
                         break;
                     }
                     let queued_here = batch.iter().filter(|(j, _)| *j == i).count();
-                    if w.inflight.len() + queued_here == depth
+                    // A job queued behind a running one must fit in the
+                    // socket buffer: otherwise our blocking send and the
+                    // worker's blocking reply would wait for each other.
+                    let fits = depth == 0
+                        || st
+                            .queue
+                            .front()
+                            .is_some_and(|q| q.job.payload.len() <= PREFETCH_MAX_BYTES);
+                    if fits
+                        && w.inflight.len() + queued_here == depth
                         && !w.eof
                         && max.is_none_or(|m| w.sent + queued_here < m)
                     {
@@ -485,10 +522,24 @@ impl Dispatcher {
                     }
                 }
             }
-            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => return Ok(()),
-                Err(e) => return Err(e.into()),
+            // Right after some activity, the next event (a reply, or the
+            // caller's next submission) usually follows within
+            // microseconds: poll without sleeping for a short while, which
+            // saves a thread wake-up per hand-off, then block.
+            let spin_until = Instant::now() + SPIN;
+            loop {
+                let busy = Instant::now() < spin_until;
+                let timeout = if busy {
+                    PollTimeout::ZERO
+                } else {
+                    PollTimeout::NONE
+                };
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(0) if busy => std::hint::spin_loop(),
+                    Ok(_) => break,
+                    Err(nix::errno::Errno::EINTR) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             woken = woken || ready(&fds[0]);

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::async_result::{slot_sink, Slot};
 use super::cpu_count;
 use super::dispatch::{Config, Engine, Job, OnDeath, Shared};
-use super::pool::{chunk_jobs, IMap};
+use super::pool::{submit_chunks, IMap};
 use super::task::{self, One};
 #[allow(unused_imports)]
 use crate::Error;
@@ -176,11 +176,8 @@ impl ProcessPoolExecutor {
     {
         let _ = f;
         let items: Vec<A> = items.into_iter().collect();
-        let (tx, rx) = std::sync::mpsc::channel();
         let trampoline = task::chunk_address::<One<F>, A>();
-        let jobs = chunk_jobs(trampoline, &items, chunksize, &tx)?;
-        let chunks = jobs.len();
-        self.engine.shared.submit(jobs)?;
+        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
         Ok(IMap::from_parts(rx, chunks))
     }
 

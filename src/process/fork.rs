@@ -12,7 +12,9 @@
 //!   you can; when the process has several threads, [`fork_child`] logs
 //!   `process N is multi-threaded, fork() may deadlock the child` (the
 //!   warning CPython 3.12 gives) and the child skips its exit-time flush of
-//!   stdout/stderr, because another thread might have held their locks.
+//!   stdout, because another thread might have held its lock. (The parent
+//!   flushes its own stdout before every fork, as CPython does, so a
+//!   partial line is never printed twice.)
 //! - The child never returns or unwinds into the caller's code: the body
 //!   runs under `catch_unwind` and the child always ends with `_exit`, so
 //!   the parent's destructors and `atexit` handlers never run twice.
@@ -388,7 +390,7 @@ fn child_main<F: FnOnce() -> i32>(
     leave_child(code)
 }
 
-/// Child exit path: terminate our own daemons, flush stdio when that is
+/// Child exit path: terminate our own daemons, flush stdout when that is
 /// safe, `_exit(code)`.
 pub(crate) fn leave_child(code: i32) -> ! {
     current::body_done();

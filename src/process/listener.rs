@@ -13,8 +13,9 @@
 //!
 //! A wrong key fails with [`Error::AuthenticationFailed`] on both sides
 //! before any application message is read. Handshake messages are limited
-//! to 256 bytes and every handshake read and write to a timeout (default
-//! 5 s), so a silent or garbage-sending peer cannot hang `accept`.
+//! to 256 bytes and the handshake's reads to one deadline (default 5 s;
+//! each write has the same timeout), so a silent, slow or garbage-sending
+//! peer cannot hang `accept`.
 //!
 //! Like Python's, this protocol authenticates peers; it does not encrypt
 //! the traffic that follows.
@@ -142,7 +143,7 @@ impl Listener {
         })
     }
 
-    /// Bounds each handshake read and write. Default is
+    /// Bounds the handshake: all its reads together, and each write. Default is
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (5 s).
     pub fn set_handshake_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout.max(Duration::from_millis(1));
@@ -247,7 +248,10 @@ fn with_timeout(
     timeout: Duration,
     handshake: impl FnOnce(&mut Connection) -> Result<()>,
 ) -> Result<()> {
+    // One deadline for all handshake reads (a peer dribbling bytes cannot
+    // stretch it); socket timeouts bound the writes.
     set_timeouts(conn, Some(timeout))?;
+    conn.set_read_deadline(Some(timeout));
     conn.set_max_message_size(HANDSHAKE_MAX);
     let result = handshake(conn).map_err(|e| match e {
         Error::Io(io)
@@ -267,6 +271,7 @@ fn with_timeout(
         other => other,
     });
     result?;
+    conn.set_read_deadline(None);
     conn.set_max_message_size(DEFAULT_MAX_MESSAGE_SIZE);
     set_timeouts(conn, None)
 }

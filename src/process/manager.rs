@@ -294,6 +294,14 @@ impl Manager {
         })
     }
 
+    /// The authkey clients must prove they know: the one given to
+    /// [`ManagerBuilder::authkey`], or the random default. Hand it (with
+    /// [`address`](Self::address)) to a process that was not forked from
+    /// this one so it can [`connect`](Self::connect).
+    pub fn authkey(&self) -> &[u8] {
+        self.remote.authkey()
+    }
+
     /// The address the server listens on (with the real port).
     pub fn address(&self) -> &Address {
         &self.remote.address

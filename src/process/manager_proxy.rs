@@ -35,6 +35,13 @@ pub(crate) struct Remote {
     idle: Mutex<Vec<Connection>>,
 }
 
+impl Remote {
+    /// The shared secret this handle proves when it connects.
+    pub(crate) fn authkey(&self) -> &[u8] {
+        &self.authkey
+    }
+}
+
 impl fmt::Debug for Remote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Remote")

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::async_result::{slot_sink, AsyncResult, Slot};
 use super::cpu_count;
-use super::dispatch::{Config, Engine, Job, OnDeath, Sink};
+use super::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
 use super::task::{self, One, Star, StarFn};
 use crate::{Error, Result};
 
@@ -140,35 +140,50 @@ pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
     len.div_ceil(processes.max(1) * 4).max(1)
 }
 
-/// Encodes `items` into chunk jobs for the trampoline at `trampoline`; each
-/// chunk's decoded results go to `tx` with the chunk's index.
-pub(crate) fn chunk_jobs<A, R>(
+/// Where a chunk's encoded results (or its error) arrive, by chunk index.
+pub(crate) type ChunkRx = mpsc::Receiver<(usize, Result<Vec<u8>>)>;
+
+/// Submit chunks in batches of about this many payload bytes, so workers
+/// start on the first chunks while the rest are still being encoded.
+const SUBMIT_BATCH_BYTES: usize = 256 * 1024;
+
+/// Encodes `items` in chunks of `chunksize` for the trampoline at
+/// `trampoline` and queues them; returns the receiver of the chunks'
+/// replies and the number of chunks. Decoding the results is left to the
+/// consumer ([`IMap`]), so the dispatcher thread only moves bytes.
+pub(crate) fn submit_chunks<A: Serialize>(
+    shared: &Shared,
     trampoline: usize,
     items: &[A],
     chunksize: usize,
-    tx: &mpsc::Sender<(usize, Result<Vec<R>>)>,
-) -> Result<Vec<Job>>
-where
-    A: Serialize,
-    R: DeserializeOwned + Send + 'static,
-{
-    let mut jobs = Vec::with_capacity(items.len().div_ceil(chunksize.max(1)));
+) -> Result<(ChunkRx, usize)> {
+    let (tx, rx) = mpsc::channel();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    let mut chunks = 0;
     for (index, chunk) in items.chunks(chunksize.max(1)).enumerate() {
         let payload = postcard::to_allocvec(chunk)?;
+        batch_bytes += payload.len();
         let tx = tx.clone();
         let sink: Sink = Box::new(move |reply: Result<Vec<u8>>| {
-            let decoded =
-                reply.and_then(|bytes| postcard::from_bytes::<Vec<R>>(&bytes).map_err(Error::from));
             // The receiver may be gone (the caller stopped iterating).
-            let _ = tx.send((index, decoded));
+            let _ = tx.send((index, reply));
         });
-        jobs.push(Job {
+        batch.push(Job {
             trampoline,
             payload,
             sink,
         });
+        chunks += 1;
+        if batch_bytes >= SUBMIT_BATCH_BYTES || chunks == 1 {
+            shared.submit(std::mem::take(&mut batch))?;
+            batch_bytes = 0;
+        }
     }
-    Ok(jobs)
+    if !batch.is_empty() {
+        shared.submit(batch)?;
+    }
+    Ok((rx, chunks))
 }
 
 impl Pool {
@@ -308,8 +323,9 @@ impl Pool {
     {
         let _ = f;
         let items: Vec<A> = items.into_iter().collect();
-        let rx = self.submit_chunks(task::chunk_address::<One<F>, A>(), &items, chunksize)?;
-        collect_in_order(rx, items.len())
+        let trampoline = task::chunk_address::<One<F>, A>();
+        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
+        collect_in_order::<R>(rx, chunks, items.len())
     }
 
     /// `f(a, b, …)` for every tuple `(a, b, …)`, in order: Python's
@@ -328,8 +344,8 @@ impl Pool {
         let items: Vec<Args> = items.into_iter().collect();
         let chunksize = default_chunksize(items.len(), self.processes);
         let trampoline = task::chunk_address::<Star<F, Args>, Args>();
-        let rx = self.submit_chunks(trampoline, &items, chunksize)?;
-        collect_in_order(rx, items.len())
+        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
+        collect_in_order::<F::Output>(rx, chunks, items.len())
     }
 
     /// A lazy, ordered `map`: Python's `imap`. Items are sent in chunks of
@@ -348,8 +364,8 @@ impl Pool {
     {
         let _ = f;
         let items: Vec<A> = items.into_iter().collect();
-        let chunks = items.len().div_ceil(chunksize.max(1));
-        let rx = self.submit_chunks(task::chunk_address::<One<F>, A>(), &items, chunksize)?;
+        let trampoline = task::chunk_address::<One<F>, A>();
+        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
         Ok(IMap::new(rx, chunks, true))
     }
 
@@ -367,25 +383,9 @@ impl Pool {
     {
         let _ = f;
         let items: Vec<A> = items.into_iter().collect();
-        let chunks = items.len().div_ceil(chunksize.max(1));
-        let rx = self.submit_chunks(task::chunk_address::<One<F>, A>(), &items, chunksize)?;
+        let trampoline = task::chunk_address::<One<F>, A>();
+        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
         Ok(IMap::new(rx, chunks, false))
-    }
-
-    fn submit_chunks<A, R>(
-        &self,
-        trampoline: usize,
-        items: &[A],
-        chunksize: usize,
-    ) -> Result<mpsc::Receiver<(usize, Result<Vec<R>>)>>
-    where
-        A: Serialize,
-        R: DeserializeOwned + Send + 'static,
-    {
-        let (tx, rx) = mpsc::channel();
-        let jobs = chunk_jobs(trampoline, items, chunksize, &tx)?;
-        self.engine.shared.submit(jobs)?;
-        Ok(rx)
     }
 
     /// Stops accepting tasks; the queued ones still run: Python's `close`.
@@ -424,36 +424,28 @@ impl Drop for Pool {
     }
 }
 
-/// Gathers every chunk, placing each by index.
-pub(crate) fn collect_in_order<R>(
-    rx: mpsc::Receiver<(usize, Result<Vec<R>>)>,
+/// Gathers every chunk in order.
+pub(crate) fn collect_in_order<R: DeserializeOwned>(
+    rx: ChunkRx,
+    chunks: usize,
     len: usize,
 ) -> Result<Vec<R>> {
-    let mut imap = IMap::new(rx, 0, true);
-    imap.chunks = usize::MAX; // counted by `len` below
+    let mut imap = IMap::<R>::new(rx, chunks, true);
     let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        match imap.next_chunk() {
-            Some(Ok(chunk)) => out.extend(chunk),
-            Some(Err(e)) => return Err(e),
-            None => {
-                return Err(Error::BrokenPool(
-                    "the pool stopped before all results arrived".into(),
-                ))
-            }
-        }
+    while let Some(chunk) = imap.next_chunk() {
+        out.extend(chunk?);
     }
     Ok(out)
 }
 
 /// The iterator [`Pool::imap`] and [`Pool::imap_unordered`] return.
 pub struct IMap<R> {
-    rx: mpsc::Receiver<(usize, Result<Vec<R>>)>,
+    rx: ChunkRx,
     /// Chunks not yet yielded.
     chunks: usize,
     ordered: bool,
     next_index: usize,
-    parked: BTreeMap<usize, Result<Vec<R>>>,
+    parked: BTreeMap<usize, Result<Vec<u8>>>,
     current: std::vec::IntoIter<R>,
 }
 
@@ -466,13 +458,13 @@ impl<R> fmt::Debug for IMap<R> {
     }
 }
 
-impl<R> IMap<R> {
+impl<R: DeserializeOwned> IMap<R> {
     /// An ordered iterator over `chunks` chunks arriving on `rx`.
-    pub(crate) fn from_parts(rx: mpsc::Receiver<(usize, Result<Vec<R>>)>, chunks: usize) -> Self {
+    pub(crate) fn from_parts(rx: ChunkRx, chunks: usize) -> Self {
         Self::new(rx, chunks, true)
     }
 
-    fn new(rx: mpsc::Receiver<(usize, Result<Vec<R>>)>, chunks: usize, ordered: bool) -> Self {
+    fn new(rx: ChunkRx, chunks: usize, ordered: bool) -> Self {
         IMap {
             rx,
             chunks,
@@ -507,7 +499,7 @@ impl<R> IMap<R> {
             }
         };
         self.chunks -= 1;
-        Some(chunk)
+        Some(chunk.and_then(|bytes| postcard::from_bytes::<Vec<R>>(&bytes).map_err(Error::from)))
     }
 
     /// Every sink was dropped before all chunks arrived.
@@ -519,7 +511,7 @@ impl<R> IMap<R> {
     }
 }
 
-impl<R> Iterator for IMap<R> {
+impl<R: DeserializeOwned> Iterator for IMap<R> {
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {

@@ -12,11 +12,33 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The example binary, next to the test executable's directory
-/// (`target/debug/deps/..` → `target/debug/examples/ftp`).
+/// (`target/debug/deps/..` → `target/debug/examples/ftp`), built fresh.
+///
+/// The `ftp` example is declared with `test = true` so that `cargo test`
+/// runs its unit tests, but then `cargo test` builds it only as a test
+/// harness and never writes the plain binary. So build it here, once per
+/// test process, with the same profile and target directory (cargo has
+/// released its build lock by the time tests run). This also keeps a
+/// stale binary from an earlier build from being tested by mistake.
 pub fn ftp_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    dir.join("examples").join("ftp")
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
+            let target_dir = profile_dir.parent().expect("target dir");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "--example", "ftp", "--manifest-path"])
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+                .env("CARGO_TARGET_DIR", target_dir);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build --example ftp");
+            assert!(status.success(), "cargo build --example ftp failed");
+            profile_dir.join("examples").join("ftp")
+        })
+        .clone()
 }
 
 /// A running server; killed and reaped on drop, even when a test fails.

@@ -1,0 +1,211 @@
+//! Pool, ProcessPoolExecutor and Manager against Python's
+//! `multiprocessing` (fork start method), in the same run.
+//!
+//! ```sh
+//! cargo bench --bench pool
+//! ```
+//!
+//! Each measurement runs several rounds and reports the median of the
+//! per-round figures; the ratio is Python's median over ours (higher is
+//! better for us). Every loop is bounded in count; Python is run with a
+//! 300 s limit.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use socketserver::process::{Manager, Pool, ProcessPoolExecutor};
+
+const WORKERS: usize = 2;
+const ROUNDS: usize = 5;
+const ROUND_TRIPS: usize = 2_000;
+const MAP_ITEMS: u64 = 1_000_000;
+const MANAGER_SETS: usize = 2_000;
+
+fn identity(x: u64) -> u64 {
+    x
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median over `ROUNDS` of (round time / ops), in seconds per op.
+fn per_op(ops: usize, mut round: impl FnMut()) -> f64 {
+    round(); // warm-up
+    median(
+        (0..ROUNDS)
+            .map(|_| {
+                let t = Instant::now();
+                round();
+                t.elapsed().as_secs_f64() / ops as f64
+            })
+            .collect(),
+    )
+}
+
+const PYTHON: &str = r#"
+import multiprocessing as mp, statistics, sys, time
+from concurrent.futures import ProcessPoolExecutor
+
+ROUNDS, TRIPS, ITEMS, SETS, WORKERS = [int(a) for a in sys.argv[1:6]]
+
+def identity(x):
+    return x
+
+def per_op(ops, fn, rounds=ROUNDS):
+    fn()
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) / ops)
+    return statistics.median(times)
+
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")
+    with ctx.Pool(WORKERS) as pool:
+        def trips():
+            for i in range(TRIPS):
+                pool.apply_async(identity, (i,)).get()
+        print("apply_async_get", per_op(TRIPS, trips))
+        print("map_1m", per_op(1, lambda: pool.map(identity, range(ITEMS)), rounds=3))
+    with ProcessPoolExecutor(WORKERS, mp_context=ctx) as ex:
+        def subs():
+            for i in range(TRIPS):
+                ex.submit(identity, i).result()
+        print("executor_submit_result", per_op(TRIPS, subs))
+    with ctx.Manager() as m:
+        d = m.dict()
+        def sets():
+            for i in range(SETS):
+                d[str(i)] = i
+        print("manager_dict_set", per_op(SETS, sets))
+"#;
+
+fn python() -> Vec<(String, f64)> {
+    let path = std::env::temp_dir().join(format!("pool-bench-{}.py", std::process::id()));
+    let written = std::fs::File::create(&path).and_then(|mut f| f.write_all(PYTHON.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("cannot write the Python script: {e}");
+        return Vec::new();
+    }
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg("python3")
+        .arg(&path)
+        .args(
+            [
+                ROUNDS,
+                ROUND_TRIPS,
+                MAP_ITEMS as usize,
+                MANAGER_SETS,
+                WORKERS,
+            ]
+            .map(|n| n.to_string()),
+        )
+        .output();
+    let _ = std::fs::remove_file(&path);
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_owned(), v.trim().parse().ok()?))
+            })
+            .collect(),
+        Ok(o) => {
+            eprintln!("python failed: {}", String::from_utf8_lossy(&o.stderr));
+            Vec::new()
+        }
+        Err(e) => {
+            eprintln!("cannot run python3: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn fmt_time(s: f64) -> String {
+    let d = Duration::from_secs_f64(s);
+    if d < Duration::from_millis(1) {
+        format!("{:.1} µs", s * 1e6)
+    } else {
+        format!("{:.1} ms", s * 1e3)
+    }
+}
+
+fn main() -> socketserver::Result<()> {
+    let mut ours: Vec<(&str, &str, f64, f64)> = Vec::new();
+    {
+        let pool = Pool::new(WORKERS)?;
+        let trip = per_op(ROUND_TRIPS, || {
+            for i in 0..ROUND_TRIPS as u64 {
+                let r = pool.apply_async(identity, i).and_then(|r| r.get());
+                assert_eq!(r.ok(), Some(i));
+            }
+        });
+        ours.push((
+            "apply_async_get",
+            "Pool.apply_async(f, x).get() round trip",
+            trip,
+            5.0,
+        ));
+        let map = per_op(1, || {
+            let v = pool.map(identity, 0..MAP_ITEMS).unwrap_or_default();
+            assert_eq!(v.len() as u64, MAP_ITEMS);
+        });
+        ours.push(("map_1m", "Pool.map(f, range(1_000_000))", map, 20.0));
+        pool.close();
+        pool.join()?;
+    }
+    {
+        let mut ex = ProcessPoolExecutor::new(Some(WORKERS))?;
+        let trip = per_op(ROUND_TRIPS, || {
+            for i in 0..ROUND_TRIPS as u64 {
+                let r = ex.submit(identity, i).and_then(|f| f.result());
+                assert_eq!(r.ok(), Some(i));
+            }
+        });
+        ours.push((
+            "executor_submit_result",
+            "ProcessPoolExecutor.submit(f, x).result()",
+            trip,
+            0.0,
+        ));
+        ex.shutdown(true);
+    }
+    {
+        let manager = Manager::new()?;
+        let d = manager.dict::<u64>()?;
+        let keys: Vec<String> = (0..MANAGER_SETS).map(|i| i.to_string()).collect();
+        let set = per_op(MANAGER_SETS, || {
+            for (i, k) in keys.iter().enumerate() {
+                d.set(k.as_str(), &(i as u64)).expect("manager dict set");
+            }
+        });
+        ours.push(("manager_dict_set", "Manager dict d[k] = v", set, 3.0));
+    }
+    let py = python();
+    println!();
+    println!("| operation | socketserver (median) | Python 3.11 multiprocessing (median) | ratio | goal |");
+    println!("|---|---|---|---|---|");
+    for (key, label, rust, goal) in ours {
+        let theirs = py.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+        let (py_s, ratio) = match theirs {
+            Some(p) => (fmt_time(p), format!("{:.1}x", p / rust)),
+            None => ("n/a".into(), "n/a".into()),
+        };
+        let goal = if goal > 0.0 {
+            format!("≥{goal:.0}x")
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {label} | {} | {py_s} | {ratio} | {goal} |",
+            fmt_time(rust)
+        );
+    }
+    println!("\n{WORKERS} workers, {ROUNDS} rounds (Python map: 3), {ROUND_TRIPS} round trips per round, {MANAGER_SETS} dict sets per round.");
+    Ok(())
+}
