@@ -258,6 +258,24 @@ fn udp_scenario(mode: &str) {
     for i in 0..BURST {
         udp_round(&s, addr, &garbage(1 + i % 300, 1000 + i as u64));
     }
+    // A flood sent without waiting for replies: replies may be dropped
+    // (it is UDP), but every one that comes back is exact, and the server
+    // answers normally afterwards.
+    let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..BURST as u32 {
+        flood.send_to(&i.to_be_bytes(), addr).unwrap();
+    }
+    flood
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let mut buf = [0u8; 64];
+    while let Ok((n, _)) = flood.recv_from(&mut buf) {
+        assert_eq!(n, 4, "flood reply of {n} bytes");
+        let i = u32::from_be_bytes(buf[..4].try_into().unwrap());
+        assert!(i < BURST as u32 && seen.insert(i), "unexpected reply {i}");
+    }
+    udp_round(&s, addr, b"after the flood");
     assert_back_to_baseline(pid, baseline, mode);
     if mode == "forking" {
         let ok = wait_until(SETTLE, || children_of(pid).is_empty());
