@@ -387,10 +387,24 @@ fn burst(server: &FtpServer, w: &mut Ctrl) {
                 assert_eq!(code, 220);
                 assert_eq!(c.cmd("QUIT").0, 221);
             }
-            _ => {
+            _ if i % 8 == 3 => {
                 let mut s = TcpStream::connect(server.addr).unwrap();
                 let _ = s.write_all(b"USER bob\r\n");
                 let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            _ => {
+                // Half-close in the middle of a command: the partial line
+                // is still answered, then the server closes.
+                let mut s = TcpStream::connect(server.addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"USER b").unwrap();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                let mut all = String::new();
+                s.read_to_string(&mut all).unwrap();
+                assert!(
+                    all.starts_with("220") && all.contains("\r\n331 "),
+                    "half-closed session got {all:?}"
+                );
             }
         }
     }
