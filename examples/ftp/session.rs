@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use socketserver::handler::Line;
 use socketserver::{Request, RequestHandler};
@@ -64,6 +65,9 @@ pub struct Session {
     epsv_all: bool,
     /// Command lines that arrived during a transfer, run after it.
     pub(crate) queued: VecDeque<Vec<u8>>,
+    /// When the passive listener in `data` (if any) stops waiting for a
+    /// connection, even if no transfer command ever comes.
+    passive_deadline: Option<Instant>,
 }
 
 impl Session {
@@ -87,6 +91,7 @@ impl Session {
             binary: false,
             epsv_all: false,
             queued: VecDeque::new(),
+            passive_deadline: None,
         }
     }
 
@@ -109,7 +114,47 @@ impl Session {
             *line = q;
             return Ok(Line::Complete(line.len()));
         }
-        req.rfile().read_line_bounded(line, MAX_LINE)
+        let idle_deadline = Instant::now() + self.cfg.idle_timeout;
+        loop {
+            // A passive listener nobody connected to is closed after the
+            // passive timeout even while the client sends no data command:
+            // wait for the next line no longer than until then.
+            let passive = match (&self.data, self.passive_deadline) {
+                (DataSetup::Passive(_), Some(d)) if d < idle_deadline => Some(d),
+                _ => None,
+            };
+            let Some(deadline) = passive else {
+                return req.rfile().read_line_bounded(line, MAX_LINE);
+            };
+            if Instant::now() >= deadline {
+                self.expire_passive();
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            req.set_timeout(Some(left.max(Duration::from_millis(1))))?;
+            let got = req.rfile().read_line_bounded(line, MAX_LINE);
+            req.set_timeout(Some(
+                idle_deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            ))?;
+            match got {
+                // Bytes of a partial line stay in `line`; the next read
+                // appends the rest of it.
+                Err(e) if is_timeout(&e) && Instant::now() >= deadline => self.expire_passive(),
+                other => {
+                    req.set_timeout(Some(self.cfg.idle_timeout))?;
+                    return other;
+                }
+            }
+        }
+    }
+
+    /// Closes a passive listener nobody connected to in time.
+    fn expire_passive(&mut self) {
+        tracing::info!(peer = %self.peer, "passive connection timed out");
+        self.data = DataSetup::None;
+        self.passive_deadline = None;
     }
 
     /// Runs one command.
@@ -321,6 +366,7 @@ impl Session {
             }
         };
         self.data = DataSetup::Passive(listener);
+        self.passive_deadline = Some(Instant::now() + self.cfg.passive_timeout);
         ok(w, if extended { 229 } else { 227 }, &text)
     }
 

@@ -26,18 +26,31 @@ pub(crate) struct Upload {
     temp: Option<PathBuf>,
     /// Length to cut back to if an append fails.
     pub(crate) rollback_len: Option<u64>,
+    /// The append created the target: a failed append removes it again.
+    created: bool,
 }
 
 impl Upload {
     pub(crate) fn open(target: &Path, append: bool, offset: u64) -> io::Result<Upload> {
         if append {
-            let file = OpenOptions::new().append(true).create(true).open(target)?;
+            let (file, created) = match OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .open(target)
+            {
+                Ok(file) => (file, true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    (OpenOptions::new().append(true).open(target)?, false)
+                }
+                Err(e) => return Err(e),
+            };
             let rollback_len = Some(file.metadata()?.len());
             return Ok(Upload {
                 file,
                 target: target.to_path_buf(),
                 temp: None,
                 rollback_len,
+                created,
             });
         }
         if offset > 0 {
@@ -54,6 +67,7 @@ impl Upload {
                 target: target.to_path_buf(),
                 temp: None,
                 rollback_len: None,
+                created: false,
             });
         }
         let dir = target
@@ -73,6 +87,7 @@ impl Upload {
                         target: target.to_path_buf(),
                         temp: Some(temp),
                         rollback_len: None,
+                        created: false,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -102,7 +117,12 @@ impl Upload {
             let _ = fs::remove_file(temp);
         }
         if let Some(len) = self.rollback_len.take() {
-            let _ = self.file.set_len(len);
+            if self.created {
+                // The append created it: the target did not exist before.
+                let _ = fs::remove_file(&self.target);
+            } else {
+                let _ = self.file.set_len(len);
+            }
         }
     }
 }
@@ -253,5 +273,11 @@ mod tests {
         up.commit().unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"0123ab");
         assert!(Upload::open(&target, false, 100).is_err());
+        // A failed append that created its target removes it again.
+        let fresh = dir.path().join("fresh");
+        let mut up = Upload::open(&fresh, true, 0).unwrap();
+        up.file.write_all(b"junk").unwrap();
+        up.discard();
+        assert!(!fresh.exists());
     }
 }
