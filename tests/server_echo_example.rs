@@ -1,6 +1,7 @@
 //! Drives `examples/echo.rs` through its command-line contract: the ready
 //! line, byte-transparent echo over TCP and UDP, and a graceful exit with
-//! status 0 on SIGTERM/SIGINT.
+//! status 0 on SIGTERM/SIGINT — in every mode, prefork and async included
+//! (which refuse `--udp` with a clear error).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
@@ -160,4 +161,34 @@ fn echo_rejects_unknown_mode() {
         .unwrap();
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn echo_prefork_mode_sigterm_exits_0() {
+    let r = start(&["--mode", "prefork"], "tcp", "prefork");
+    tcp_echo(r.addr);
+    tcp_echo(r.addr);
+    stop(r, Signal::SIGTERM);
+}
+
+#[test]
+fn echo_async_mode_sigint_exits_0() {
+    let r = start(&["--mode", "async"], "tcp", "async");
+    tcp_echo(r.addr);
+    tcp_echo(r.addr);
+    stop(r, Signal::SIGINT);
+}
+
+#[test]
+fn echo_udp_is_refused_for_prefork_and_async() {
+    for mode in ["prefork", "async"] {
+        let out = Command::new(echo_binary())
+            .args(["--mode", mode, "--udp", "--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--udp is not supported"), "{err}");
+    }
 }
