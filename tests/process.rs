@@ -10,59 +10,8 @@ use std::time::{Duration, Instant};
 use socketserver::process::{self, current_process, fork_child, ForkOptions, Process};
 use socketserver::Error;
 
-type TestResult = Result<(), String>;
-type Test = (&'static str, fn() -> TestResult);
-
-macro_rules! check {
-    ($cond:expr) => {
-        if !$cond {
-            return Err(format!("{}:{}: check failed: {}", file!(), line!(), stringify!($cond)));
-        }
-    };
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!("{}:{}: {}", file!(), line!(), format!($($fmt)+)));
-        }
-    };
-}
-
-fn e<E: std::fmt::Debug>(err: E) -> String {
-    format!("{err:?}")
-}
-
-/// `(pid, state)` of every direct child of this process, from `/proc`.
-fn children() -> Vec<(i32, char)> {
-    let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if let Some((state, ppid)) = stat(pid) {
-            if ppid == me {
-                out.push((pid, state));
-            }
-        }
-    }
-    out
-}
-
-/// `(state, ppid)` from `/proc/<pid>/stat`, `None` if the process is gone.
-fn stat(pid: i32) -> Option<(char, i32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
+mod forktest;
+use forktest::{children, e, run, stat, Test, TestResult};
 
 /// Whether `pid` is gone (or a zombie nobody of ours will reap) within `limit`.
 fn gone_within(pid: i32, limit: Duration) -> bool {
@@ -605,44 +554,4 @@ fn main() {
         ),
     ];
     run(tests);
-}
-
-fn run(tests: &[Test]) {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        ran += 1;
-        let started = Instant::now();
-        let outcome = std::panic::catch_unwind(test).unwrap_or_else(|_| Err("panicked".into()));
-        match outcome {
-            Ok(()) => println!("test {name} ... ok ({:?})", started.elapsed()),
-            Err(msg) => {
-                println!("test {name} ... FAILED: {msg}");
-                failed.push(*name);
-            }
-        }
-        // A failed test may leave its children running; they must not
-        // outlive the run (they would hold our stdout open).
-        let left = children();
-        if !left.is_empty() {
-            println!("  stray children after {name}: {left:?}; killing them");
-            for (pid, _) in left {
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                let _ = nix::sys::wait::waitpid(pid, None);
-            }
-            failed.push("no stray children");
-        }
-    }
-    println!("\n{ran} tests, {} failed", failed.len());
-    if !failed.is_empty() {
-        std::process::exit(1);
-    }
 }
