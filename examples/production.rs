@@ -81,6 +81,7 @@ fn main() -> anyhow::Result<()> {
     let inherited = activation::tcp_listeners().context("LISTEN_FDS")?;
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
