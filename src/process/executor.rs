@@ -175,10 +175,14 @@ impl ProcessPoolExecutor {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let items: Vec<A> = items.into_iter().collect();
         let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
-        Ok(IMap::from_parts(rx, chunks))
+        let (rx, counts) = submit_chunks(
+            &self.engine.shared,
+            trampoline,
+            items.into_iter(),
+            chunksize,
+        )?;
+        Ok(IMap::from_parts(rx, counts))
     }
 
     /// Stops accepting work: Python's `shutdown(wait)`. With `wait`, blocks

@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::async_result::{slot_sink, AsyncResult, Slot};
 use super::cpu_count;
@@ -147,23 +147,41 @@ pub(crate) type ChunkRx = mpsc::Receiver<(usize, Result<Vec<u8>>)>;
 /// start on the first chunks while the rest are still being encoded.
 const SUBMIT_BATCH_BYTES: usize = 256 * 1024;
 
-/// Encodes `items` in chunks of `chunksize` for the trampoline at
-/// `trampoline` and queues them; returns the receiver of the chunks'
-/// replies and the number of chunks. Decoding the results is left to the
-/// consumer ([`IMap`]), so the dispatcher thread only moves bytes.
-pub(crate) fn submit_chunks<A: Serialize>(
+/// Encodes `items` in chunks of `chunksize` (0 is taken as 1) for the
+/// trampoline at `trampoline` and queues them; returns the receiver of the
+/// chunks' replies and the number of items in each chunk. Each chunk is
+/// one postcard sequence (a count, then the items) written straight from
+/// the iterator into one buffer. Decoding the results is left to the
+/// consumer ([`collect_in_order`], [`IMap`]), so the dispatcher thread
+/// only moves bytes.
+pub(crate) fn submit_chunks<T: Serialize>(
     shared: &Shared,
     trampoline: usize,
-    items: &[A],
+    items: impl Iterator<Item = T>,
     chunksize: usize,
-) -> Result<(ChunkRx, usize)> {
+) -> Result<(ChunkRx, Vec<usize>)> {
+    let chunksize = chunksize.max(1);
+    let mut items = items.peekable();
     let (tx, rx) = mpsc::channel();
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
-    let mut chunks = 0;
-    for (index, chunk) in items.chunks(chunksize.max(1)).enumerate() {
-        let payload = postcard::to_allocvec(chunk)?;
+    let mut counts = Vec::new();
+    // Items are encoded here first: the count prefix is known only at the
+    // chunk's end (an iterator may yield fewer items than it announced).
+    let mut scratch = Vec::new();
+    while items.peek().is_some() {
+        scratch.clear();
+        let mut count = 0usize;
+        for item in items.by_ref().take(chunksize) {
+            task::append(&item, &mut scratch)?;
+            count += 1;
+        }
+        let mut payload = Vec::with_capacity(scratch.len() + 10);
+        task::append(&count, &mut payload)?;
+        payload.extend_from_slice(&scratch);
         batch_bytes += payload.len();
+        let index = counts.len();
+        counts.push(count);
         let tx = tx.clone();
         let sink: Sink = Box::new(move |reply: Result<Vec<u8>>| {
             // The receiver may be gone (the caller stopped iterating).
@@ -174,8 +192,7 @@ pub(crate) fn submit_chunks<A: Serialize>(
             payload,
             sink,
         });
-        chunks += 1;
-        if batch_bytes >= SUBMIT_BATCH_BYTES || chunks == 1 {
+        if batch_bytes >= SUBMIT_BATCH_BYTES || counts.len() == 1 {
             shared.submit(std::mem::take(&mut batch))?;
             batch_bytes = 0;
         }
@@ -183,7 +200,43 @@ pub(crate) fn submit_chunks<A: Serialize>(
     if !batch.is_empty() {
         shared.submit(batch)?;
     }
-    Ok((rx, chunks))
+    Ok((rx, counts))
+}
+
+/// Decodes one chunk's reply (a postcard sequence of `expected` results)
+/// and appends the results to `out`, without an intermediate `Vec`.
+///
+/// # Errors
+/// [`Error::Codec`] if the bytes are not exactly `expected` results.
+pub(crate) fn decode_chunk_into<R: DeserializeOwned>(
+    bytes: &[u8],
+    expected: usize,
+    out: &mut Vec<R>,
+) -> Result<()> {
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    let count = usize::deserialize(&mut de)?;
+    if count != expected {
+        return Err(Error::Codec(format!(
+            "a pool worker returned {count} results for a chunk of {expected} items"
+        )));
+    }
+    out.reserve(count);
+    for _ in 0..count {
+        out.push(R::deserialize(&mut de)?);
+    }
+    let rest = de.finalize()?;
+    if !rest.is_empty() {
+        return Err(Error::Codec(format!(
+            "a pool worker's chunk reply has {} bytes left over",
+            rest.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The error when every sink was dropped before all chunks arrived.
+fn lost() -> Error {
+    Error::BrokenPool("the pool stopped before all results arrived".into())
 }
 
 impl Pool {
@@ -304,9 +357,8 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let items: Vec<A> = items.into_iter().collect();
-        let chunksize = default_chunksize(items.len(), self.processes);
-        self.map_chunked(f, items, chunksize)
+        let _ = f;
+        self.run_map(task::chunk_address::<One<F>, A>(), items, None)
     }
 
     /// [`map`](Self::map) with an explicit chunk size (items per message
@@ -322,10 +374,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let items: Vec<A> = items.into_iter().collect();
-        let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
-        collect_in_order::<R>(rx, chunks, items.len())
+        self.run_map(task::chunk_address::<One<F>, A>(), items, Some(chunksize))
     }
 
     /// `f(a, b, …)` for every tuple `(a, b, …)`, in order: Python's
@@ -341,11 +390,38 @@ impl Pool {
         I: IntoIterator<Item = Args>,
     {
         let _ = f;
-        let items: Vec<Args> = items.into_iter().collect();
-        let chunksize = default_chunksize(items.len(), self.processes);
-        let trampoline = task::chunk_address::<Star<F, Args>, Args>();
-        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
-        collect_in_order::<F::Output>(rx, chunks, items.len())
+        self.run_map(task::chunk_address::<Star<F, Args>, Args>(), items, None)
+    }
+
+    /// The body of `map`, `map_chunked` and `starmap`. Items are encoded
+    /// straight from the iterator when it knows its exact length (the
+    /// default chunk size needs it), so a `0..n` range is never collected
+    /// into a `Vec` first.
+    fn run_map<T, R, I>(
+        &self,
+        trampoline: usize,
+        items: I,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>>
+    where
+        T: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        let items = items.into_iter();
+        let (rx, counts) = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => {
+                let cs = chunksize.unwrap_or_else(|| default_chunksize(lo, self.processes));
+                submit_chunks(&self.engine.shared, trampoline, items, cs)?
+            }
+            _ => {
+                let items: Vec<T> = items.collect();
+                let cs =
+                    chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes));
+                submit_chunks(&self.engine.shared, trampoline, items.into_iter(), cs)?
+            }
+        };
+        collect_in_order(rx, &counts)
     }
 
     /// A lazy, ordered `map`: Python's `imap`. Items are sent in chunks of
@@ -363,10 +439,14 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let items: Vec<A> = items.into_iter().collect();
         let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
-        Ok(IMap::new(rx, chunks, true))
+        let (rx, counts) = submit_chunks(
+            &self.engine.shared,
+            trampoline,
+            items.into_iter(),
+            chunksize,
+        )?;
+        Ok(IMap::new(rx, counts, true))
     }
 
     /// Like [`imap`](Self::imap), but yields results in completion order:
@@ -382,10 +462,14 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let items: Vec<A> = items.into_iter().collect();
         let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
-        Ok(IMap::new(rx, chunks, false))
+        let (rx, counts) = submit_chunks(
+            &self.engine.shared,
+            trampoline,
+            items.into_iter(),
+            chunksize,
+        )?;
+        Ok(IMap::new(rx, counts, false))
     }
 
     /// Stops accepting tasks; the queued ones still run: Python's `close`.
@@ -424,16 +508,27 @@ impl Drop for Pool {
     }
 }
 
-/// Gathers every chunk in order.
+/// Gathers every chunk in order, decoding each chunk's results straight
+/// into the output as soon as it is next in line.
 pub(crate) fn collect_in_order<R: DeserializeOwned>(
     rx: ChunkRx,
-    chunks: usize,
-    len: usize,
+    counts: &[usize],
 ) -> Result<Vec<R>> {
-    let mut imap = IMap::<R>::new(rx, chunks, true);
-    let mut out = Vec::with_capacity(len);
-    while let Some(chunk) = imap.next_chunk() {
-        out.extend(chunk?);
+    let mut out = Vec::with_capacity(counts.iter().sum());
+    let mut parked = BTreeMap::new();
+    for (index, &count) in counts.iter().enumerate() {
+        let reply = loop {
+            if let Some(c) = parked.remove(&index) {
+                break c;
+            }
+            match rx.recv() {
+                Ok((i, c)) => {
+                    parked.insert(i, c);
+                }
+                Err(_) => return Err(lost()),
+            }
+        };
+        decode_chunk_into(&reply?, count, &mut out)?;
     }
     Ok(out)
 }
@@ -441,6 +536,8 @@ pub(crate) fn collect_in_order<R: DeserializeOwned>(
 /// The iterator [`Pool::imap`] and [`Pool::imap_unordered`] return.
 pub struct IMap<R> {
     rx: ChunkRx,
+    /// Items in each chunk, by chunk index.
+    counts: Vec<usize>,
     /// Chunks not yet yielded.
     chunks: usize,
     ordered: bool,
@@ -459,15 +556,17 @@ impl<R> fmt::Debug for IMap<R> {
 }
 
 impl<R: DeserializeOwned> IMap<R> {
-    /// An ordered iterator over `chunks` chunks arriving on `rx`.
-    pub(crate) fn from_parts(rx: ChunkRx, chunks: usize) -> Self {
-        Self::new(rx, chunks, true)
+    /// An ordered iterator over the chunks (of `counts` items each)
+    /// arriving on `rx`.
+    pub(crate) fn from_parts(rx: ChunkRx, counts: Vec<usize>) -> Self {
+        Self::new(rx, counts, true)
     }
 
-    fn new(rx: ChunkRx, chunks: usize, ordered: bool) -> Self {
+    fn new(rx: ChunkRx, counts: Vec<usize>, ordered: bool) -> Self {
         IMap {
             rx,
-            chunks,
+            chunks: counts.len(),
+            counts,
             ordered,
             next_index: 0,
             parked: BTreeMap::new(),
@@ -479,11 +578,11 @@ impl<R: DeserializeOwned> IMap<R> {
         if self.chunks == 0 {
             return None;
         }
-        let chunk = if self.ordered {
+        let (index, chunk) = if self.ordered {
             loop {
                 if let Some(c) = self.parked.remove(&self.next_index) {
                     self.next_index += 1;
-                    break c;
+                    break (self.next_index - 1, c);
                 }
                 match self.rx.recv() {
                     Ok((i, c)) => {
@@ -494,20 +593,23 @@ impl<R: DeserializeOwned> IMap<R> {
             }
         } else {
             match self.rx.recv() {
-                Ok((_, c)) => c,
+                Ok(ic) => ic,
                 Err(_) => return self.lost(),
             }
         };
         self.chunks -= 1;
-        Some(chunk.and_then(|bytes| postcard::from_bytes::<Vec<R>>(&bytes).map_err(Error::from)))
+        let expected = self.counts.get(index).copied().unwrap_or(0);
+        Some(chunk.and_then(|bytes| {
+            let mut out = Vec::new();
+            decode_chunk_into(&bytes, expected, &mut out)?;
+            Ok(out)
+        }))
     }
 
     /// Every sink was dropped before all chunks arrived.
     fn lost(&mut self) -> Option<Result<Vec<R>>> {
         self.chunks = 0;
-        Some(Err(Error::BrokenPool(
-            "the pool stopped before all results arrived".into(),
-        )))
+        Some(Err(lost()))
     }
 }
 

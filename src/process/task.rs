@@ -26,7 +26,7 @@
 use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The trampoline's type: decode `payload`, run the task, append the
 /// encoded result to `out`. `Err` carries a decode/encode failure message.
@@ -126,15 +126,56 @@ pub(crate) const fn assert_zero_sized<C>() {
     );
 }
 
-fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    let buf = std::mem::take(out);
-    match postcard::to_extend(value, buf) {
-        Ok(buf) => {
-            *out = buf;
-            Ok(())
+/// A postcard output that appends to a `Vec<u8>`.
+///
+/// postcard's own `Vec` flavor hands every varint to `extend_from_slice`,
+/// which for one- to ten-byte pieces ends in a call to `memcpy`; for a
+/// chunk of a million small numbers that call was the parent's largest
+/// single cost. Pushing short pieces byte by byte compiles to plain stores.
+pub(crate) struct Append<'a>(pub(crate) &'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() <= 16 {
+            self.0.reserve(data.len());
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
         }
-        Err(e) => Err(format!("cannot encode the task's result: {e}")),
+        Ok(())
     }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends the postcard encoding of `value` to `out`.
+///
+/// # Errors
+/// postcard's, when `value` cannot be encoded (e.g. a map with a key
+/// that fails to serialize).
+#[inline]
+pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+    let mut ser = postcard::Serializer {
+        output: Append(out),
+    };
+    value.serialize(&mut ser)
+}
+
+fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    append(value, out).map_err(|e| format!("cannot encode the task's result: {e}"))
 }
 
 /// Runs one call: `payload` is the encoded argument.
@@ -150,19 +191,34 @@ where
     encode_into(&result, out)
 }
 
-/// Runs a chunk: `payload` is an encoded sequence of arguments; the result
-/// is the encoded sequence of results, in order.
+/// Runs a chunk. `payload` is a postcard sequence of arguments (a count,
+/// then the items); the result is the postcard sequence of the results,
+/// in order — the same bytes as encoding a `Vec` of them. Arguments are
+/// decoded, run and encoded one at a time, so a chunk needs no `Vec` of
+/// arguments or results in the worker.
 fn run_chunk<C, A>(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>
 where
     C: Invoke<A>,
     A: DeserializeOwned,
     C::Output: Serialize,
 {
-    let args: Vec<A> = postcard::from_bytes(payload)
-        .map_err(|e| format!("cannot decode the chunk's arguments: {e}"))?;
+    let bad = |e: postcard::Error| format!("cannot decode the chunk's arguments: {e}");
+    let mut de = postcard::Deserializer::from_bytes(payload);
+    let count = usize::deserialize(&mut de).map_err(bad)?;
+    encode_into(&count, out)?;
     let f = conjure::<C>();
-    let results: Vec<C::Output> = args.into_iter().map(|a| f.invoke(a)).collect();
-    encode_into(&results, out)
+    for _ in 0..count {
+        let arg = A::deserialize(&mut de).map_err(bad)?;
+        encode_into(&f.invoke(arg), out)?;
+    }
+    match de.finalize() {
+        Ok([]) => Ok(()),
+        Ok(rest) => Err(format!(
+            "cannot decode the chunk's arguments: {} bytes left over",
+            rest.len()
+        )),
+        Err(e) => Err(bad(e)),
+    }
 }
 
 /// The address of the single-call trampoline for `C`.
