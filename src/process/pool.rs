@@ -6,12 +6,13 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::async_result::{slot_sink, AsyncResult, Slot};
 use super::cpu_count;
 use super::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
 use super::task::{self, One, Star, StarFn};
+use super::worker;
 use crate::{Error, Result};
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
@@ -166,20 +167,14 @@ pub(crate) fn submit_chunks<T: Serialize>(
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut counts = Vec::new();
-    // Items are encoded here first: the count prefix is known only at the
-    // chunk's end (an iterator may yield fewer items than it announced).
-    let mut scratch = Vec::new();
+    let mut last_len = 0;
     while items.peek().is_some() {
-        scratch.clear();
-        let mut count = 0usize;
-        for item in items.by_ref().take(chunksize) {
-            task::append(&item, &mut scratch)?;
-            count += 1;
-        }
-        let mut payload = Vec::with_capacity(scratch.len() + 10);
-        task::append(&count, &mut payload)?;
-        payload.extend_from_slice(&scratch);
-        batch_bytes += payload.len();
+        // Chunks are about the same size: start at the last one's, so the
+        // buffer rarely grows (and is copied) while items are added.
+        let mut frame = worker::job_frame(last_len + last_len / 8);
+        let count = task::encode_chunk(&mut items, chunksize, &mut frame)?;
+        last_len = frame.len();
+        batch_bytes += frame.len();
         let index = counts.len();
         counts.push(count);
         let tx = tx.clone();
@@ -189,7 +184,7 @@ pub(crate) fn submit_chunks<T: Serialize>(
         });
         batch.push(Job {
             trampoline,
-            payload,
+            frame,
             sink,
         });
         if batch_bytes >= SUBMIT_BATCH_BYTES || counts.len() == 1 {
@@ -213,15 +208,15 @@ pub(crate) fn decode_chunk_into<R: DeserializeOwned>(
     expected: usize,
     out: &mut Vec<R>,
 ) -> Result<()> {
-    let mut de = postcard::Deserializer::from_bytes(bytes);
-    let count = usize::deserialize(&mut de)?;
-    if count != expected {
+    let (count, items) = task::split_count(bytes).map_err(Error::Codec)?;
+    if count != expected as u64 {
         return Err(Error::Codec(format!(
             "a pool worker returned {count} results for a chunk of {expected} items"
         )));
     }
-    out.reserve(count);
-    for _ in 0..count {
+    out.reserve(expected);
+    let mut de = postcard::Deserializer::from_bytes(items);
+    for _ in 0..expected {
         out.push(R::deserialize(&mut de)?);
     }
     let rest = de.finalize()?;
@@ -332,11 +327,12 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let payload = postcard::to_allocvec(&arg)?;
+        let mut frame = worker::job_frame(16);
+        task::append(&arg, &mut frame)?;
         let slot = Slot::new();
         let job = Job {
             trampoline: task::one_address::<One<F>, A>(),
-            payload,
+            frame,
             sink: slot_sink(slot.clone(), on_success, on_error),
         };
         self.engine.shared.submit([job])?;

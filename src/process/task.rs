@@ -26,7 +26,7 @@
 use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// The trampoline's type: decode `payload`, run the task, append the
 /// encoded result to `out`. `Err` carries a decode/encode failure message.
@@ -192,11 +192,50 @@ where
     encode_into(&result, out)
 }
 
-/// Runs a chunk. `payload` is a postcard sequence of arguments (a count,
-/// then the items); the result is the postcard sequence of the results,
-/// in order — the same bytes as encoding a `Vec` of them. Arguments are
-/// decoded, run and encoded one at a time, so a chunk needs no `Vec` of
-/// arguments or results in the worker.
+/// Bytes of the item count in front of a chunk (arguments or results).
+const COUNT: usize = 8;
+
+/// Appends up to `max` items from `items` to `out` as a chunk: a count
+/// (`u64` little-endian, patched in at the end, since an iterator may
+/// yield fewer items than it announced) followed by each item's postcard
+/// encoding. Returns the count. Kept out of line and small so the item's
+/// `serialize` is inlined into the loop.
+///
+/// # Errors
+/// postcard's, if an item cannot be encoded.
+#[inline(never)]
+pub(crate) fn encode_chunk<T: Serialize>(
+    items: &mut impl Iterator<Item = T>,
+    max: usize,
+    out: &mut Vec<u8>,
+) -> postcard::Result<usize> {
+    let at = out.len();
+    out.extend_from_slice(&[0; COUNT]);
+    let mut count = 0usize;
+    for item in items.take(max) {
+        append(&item, out)?;
+        count += 1;
+    }
+    out[at..at + COUNT].copy_from_slice(&(count as u64).to_le_bytes());
+    Ok(count)
+}
+
+/// Splits a chunk into its item count and the encoded items.
+///
+/// # Errors
+/// A message when the chunk is shorter than its count.
+pub(crate) fn split_count(chunk: &[u8]) -> Result<(u64, &[u8]), String> {
+    match chunk.split_first_chunk::<COUNT>() {
+        Some((count, items)) => Ok((u64::from_le_bytes(*count), items)),
+        None => Err(format!("a {}-byte chunk has no item count", chunk.len())),
+    }
+}
+
+/// Runs a chunk. `payload` is a count and the encoded arguments (see
+/// [`encode_chunk`]); the result has the same shape: the count, then the
+/// encoded results in order. Arguments are decoded, run and encoded one at
+/// a time, so a chunk needs no `Vec` of arguments or results in the
+/// worker.
 fn run_chunk<C, A>(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>
 where
     C: Invoke<A>,
@@ -204,9 +243,9 @@ where
     C::Output: Serialize,
 {
     let bad = |e: postcard::Error| format!("cannot decode the chunk's arguments: {e}");
-    let mut de = postcard::Deserializer::from_bytes(payload);
-    let count = usize::deserialize(&mut de).map_err(bad)?;
-    encode_into(&count, out)?;
+    let (count, items) = split_count(payload)?;
+    out.extend_from_slice(&count.to_le_bytes());
+    let mut de = postcard::Deserializer::from_bytes(items);
     let f = conjure::<C>();
     for _ in 0..count {
         let arg = A::deserialize(&mut de).map_err(bad)?;
