@@ -465,7 +465,7 @@ impl Dispatcher {
         let mut requeue = Vec::new();
         for (i, mut q) in batch {
             let w = &mut self.workers[i];
-            if q.job.frame.len() < worker::JOB_HEADER || q.job.frame.len() > MAX_FRAME {
+            if q.job.frame.len() > MAX_FRAME {
                 let len = q.job.frame.len();
                 deliver(
                     q.job.sink,
@@ -476,7 +476,16 @@ impl Dispatcher {
                 );
                 continue;
             }
-            worker::fill_job_header(&mut q.job.frame, q.id, q.job.trampoline);
+            if !worker::fill_job_header(&mut q.job.frame, q.id, q.job.trampoline) {
+                // Only a frame not made by `job_frame` could be this short.
+                deliver(
+                    q.job.sink,
+                    Err(Error::Codec(
+                        "a pool job frame has no room for its header".into(),
+                    )),
+                );
+                continue;
+            }
             match w.conn.send_bytes(&q.job.frame) {
                 Ok(()) => {
                     w.sent += 1;

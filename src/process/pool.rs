@@ -151,8 +151,9 @@ const SUBMIT_BATCH_BYTES: usize = 256 * 1024;
 /// Encodes `items` in chunks of `chunksize` (0 is taken as 1) for the
 /// trampoline at `trampoline` and queues them; returns the receiver of the
 /// chunks' replies and the number of items in each chunk. Each chunk is
-/// one postcard sequence (a count, then the items) written straight from
-/// the iterator into one buffer. Decoding the results is left to the
+/// an item count followed by the items' postcard encodings (see
+/// `task::encode_chunk`), written straight from the iterator into the
+/// frame the dispatcher sends. Decoding the results is left to the
 /// consumer ([`collect_in_order`], [`IMap`]), so the dispatcher thread
 /// only moves bytes.
 pub(crate) fn submit_chunks<T: Serialize>(
@@ -198,7 +199,7 @@ pub(crate) fn submit_chunks<T: Serialize>(
     Ok((rx, counts))
 }
 
-/// Decodes one chunk's reply (a postcard sequence of `expected` results)
+/// Decodes one chunk's reply (a count, then `expected` encoded results)
 /// and appends the results to `out`, without an intermediate `Vec`.
 ///
 /// # Errors

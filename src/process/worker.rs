@@ -43,14 +43,16 @@ pub(crate) fn job_frame(capacity: usize) -> Vec<u8> {
     frame
 }
 
-/// Writes the header of a frame made by [`job_frame`].
-///
-/// # Panics
-/// If `frame` is shorter than the header, which [`job_frame`] rules out.
-pub(crate) fn fill_job_header(frame: &mut [u8], id: u64, trampoline: usize) {
-    frame[0] = OP_JOB;
-    frame[1..9].copy_from_slice(&id.to_le_bytes());
-    frame[9..JOB_HEADER].copy_from_slice(&(trampoline as u64).to_le_bytes());
+/// Writes the header of a frame made by [`job_frame`]; returns `false`
+/// (and writes nothing) if `frame` is shorter than a header.
+pub(crate) fn fill_job_header(frame: &mut [u8], id: u64, trampoline: usize) -> bool {
+    let Some(header) = frame.get_mut(..JOB_HEADER) else {
+        return false;
+    };
+    header[0] = OP_JOB;
+    header[1..9].copy_from_slice(&id.to_le_bytes());
+    header[9..].copy_from_slice(&(trampoline as u64).to_le_bytes());
+    true
 }
 
 /// A decoded result frame.
