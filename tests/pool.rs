@@ -126,6 +126,69 @@ fn big_chunks_do_not_deadlock() -> TestResult {
     Ok(())
 }
 
+/// An iterator whose `size_hint` claims an exact length it does not have.
+struct Lying {
+    left: u64,
+    claimed: usize,
+}
+
+impl Iterator for Lying {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.left = self.left.checked_sub(1)?;
+        Some(self.left)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.claimed, Some(self.claimed))
+    }
+}
+
+fn unit_to_seven(_: ()) -> u8 {
+    7
+}
+
+fn double_string(s: String) -> String {
+    s.repeat(2)
+}
+
+fn chunks_are_exact_for_any_iterator_and_item_size() -> TestResult {
+    // `map` encodes straight from an iterator that reports an exact
+    // length and collects the others first; every chunk carries its item
+    // count, so items that encode to zero bytes and iterators that lie
+    // about their length still give every result once, in order.
+    let pool = Pool::new(2).map_err(e)?;
+    let odd: Vec<u64> = (0..2000u64).filter(|x| x % 2 == 1).collect();
+    let got = pool
+        .map(square, (0..2000u64).filter(|x| x % 2 == 1))
+        .map_err(e)?;
+    check!(got == odd.iter().map(|x| x * x).collect::<Vec<_>>());
+    for claimed in [0, 10, 100, 5000] {
+        let got = pool.map(square, Lying { left: 100, claimed }).map_err(e)?;
+        let want: Vec<u64> = (0..100u64).rev().map(|x| x * x).collect();
+        check!(got == want, "claimed {claimed}: {} results", got.len());
+    }
+    check!(pool.map(unit_to_seven, vec![(); 1000]).map_err(e)? == vec![7u8; 1000]);
+    check!(pool.map_chunked(unit_to_seven, vec![(); 5], 2).map_err(e)? == vec![7u8; 5]);
+    let words: Vec<String> = (0..300).map(|i| "x".repeat(i % 17)).collect();
+    let got = pool.map(double_string, words.clone()).map_err(e)?;
+    check!(got == words.iter().map(|w| w.repeat(2)).collect::<Vec<_>>());
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(
+            square,
+            Lying {
+                left: 50,
+                claimed: 3,
+            },
+            7,
+        )
+        .map_err(e)?
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    unordered.sort_unstable();
+    check!(unordered == (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    Ok(())
+}
+
 fn square_mod(x: u64) -> u64 {
     x.wrapping_mul(x) | (1 << 40)
 }
@@ -489,6 +552,10 @@ fn main() {
     let tests: &[Test] = &[
         ("map_and_starmap_keep_order", map_and_starmap_keep_order),
         ("big_chunks_do_not_deadlock", big_chunks_do_not_deadlock),
+        (
+            "chunks_are_exact_for_any_iterator_and_item_size",
+            chunks_are_exact_for_any_iterator_and_item_size,
+        ),
         (
             "imap_is_ordered_and_unordered_returns_each_once",
             imap_is_ordered_and_unordered_returns_each_once,

@@ -54,7 +54,9 @@ pub(crate) type Sink = Box<dyn FnOnce(Result<Vec<u8>>) + Send + 'static>;
 /// A job waiting for, or sent to, a worker.
 pub(crate) struct Job {
     pub(crate) trampoline: usize,
-    pub(crate) payload: Vec<u8>,
+    /// The whole frame: [`worker::JOB_HEADER`] bytes of room for the
+    /// header (made by [`worker::job_frame`]), then the payload.
+    pub(crate) frame: Vec<u8>,
     pub(crate) sink: Sink,
 }
 
@@ -226,7 +228,6 @@ impl Engine {
             config,
             workers,
             spawned: 0,
-            frame: Vec::new(),
         };
         dispatcher.spawned = dispatcher.workers.len();
         let thread = std::thread::Builder::new()
@@ -387,7 +388,6 @@ struct Dispatcher {
     config: Config,
     workers: Vec<Worker>,
     spawned: usize,
-    frame: Vec<u8>,
 }
 
 enum Step {
@@ -445,7 +445,7 @@ impl Dispatcher {
                         || st
                             .queue
                             .front()
-                            .is_some_and(|q| q.job.payload.len() <= PREFETCH_MAX_BYTES);
+                            .is_some_and(|q| q.job.frame.len() <= PREFETCH_MAX_BYTES);
                     if fits
                         && w.inflight.len() + queued_here == depth
                         && !w.eof
@@ -463,11 +463,10 @@ impl Dispatcher {
             }
         }
         let mut requeue = Vec::new();
-        for (i, q) in batch {
+        for (i, mut q) in batch {
             let w = &mut self.workers[i];
-            worker::encode_job(&mut self.frame, q.id, q.job.trampoline, &q.job.payload);
-            if self.frame.len() > MAX_FRAME {
-                let len = self.frame.len();
+            if q.job.frame.len() > MAX_FRAME {
+                let len = q.job.frame.len();
                 deliver(
                     q.job.sink,
                     Err(Error::MessageTooLarge {
@@ -477,7 +476,17 @@ impl Dispatcher {
                 );
                 continue;
             }
-            match w.conn.send_bytes(&self.frame) {
+            if !worker::fill_job_header(&mut q.job.frame, q.id, q.job.trampoline) {
+                // Only a frame not made by `job_frame` could be this short.
+                deliver(
+                    q.job.sink,
+                    Err(Error::Codec(
+                        "a pool job frame has no room for its header".into(),
+                    )),
+                );
+                continue;
+            }
+            match w.conn.send_bytes(&q.job.frame) {
                 Ok(()) => {
                     w.sent += 1;
                     w.inflight.push_back(q);
@@ -489,9 +498,6 @@ impl Dispatcher {
                     requeue.push(q);
                 }
             }
-        }
-        if self.frame.capacity() > 1 << 20 {
-            self.frame = Vec::new();
         }
         if !requeue.is_empty() {
             let mut st = self.shared.lock();

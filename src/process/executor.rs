@@ -14,6 +14,7 @@ use super::cpu_count;
 use super::dispatch::{Config, Engine, Job, OnDeath, Shared};
 use super::pool::{submit_chunks, IMap};
 use super::task::{self, One};
+use super::worker;
 #[allow(unused_imports)]
 use crate::Error;
 use crate::Result;
@@ -150,7 +151,11 @@ impl ProcessPoolExecutor {
         let slot = Slot::new();
         let job = Job {
             trampoline: task::one_address::<One<F>, A>(),
-            payload: postcard::to_allocvec(&arg)?,
+            frame: {
+                let mut frame = worker::job_frame(16);
+                task::append(&arg, &mut frame)?;
+                frame
+            },
             sink: slot_sink(slot.clone(), None, None),
         };
         let ids = self.engine.shared.submit([job])?;
@@ -175,10 +180,14 @@ impl ProcessPoolExecutor {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let items: Vec<A> = items.into_iter().collect();
         let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
-        Ok(IMap::from_parts(rx, chunks))
+        let (rx, counts) = submit_chunks(
+            &self.engine.shared,
+            trampoline,
+            items.into_iter(),
+            chunksize,
+        )?;
+        Ok(IMap::from_parts(rx, counts))
     }
 
     /// Stops accepting work: Python's `shutdown(wait)`. With `wait`, blocks

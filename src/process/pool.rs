@@ -12,6 +12,7 @@ use super::async_result::{slot_sink, AsyncResult, Slot};
 use super::cpu_count;
 use super::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
 use super::task::{self, One, Star, StarFn};
+use super::worker;
 use crate::{Error, Result};
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
@@ -147,23 +148,36 @@ pub(crate) type ChunkRx = mpsc::Receiver<(usize, Result<Vec<u8>>)>;
 /// start on the first chunks while the rest are still being encoded.
 const SUBMIT_BATCH_BYTES: usize = 256 * 1024;
 
-/// Encodes `items` in chunks of `chunksize` for the trampoline at
-/// `trampoline` and queues them; returns the receiver of the chunks'
-/// replies and the number of chunks. Decoding the results is left to the
-/// consumer ([`IMap`]), so the dispatcher thread only moves bytes.
-pub(crate) fn submit_chunks<A: Serialize>(
+/// Encodes `items` in chunks of `chunksize` (0 is taken as 1) for the
+/// trampoline at `trampoline` and queues them; returns the receiver of the
+/// chunks' replies and the number of items in each chunk. Each chunk is
+/// an item count followed by the items' postcard encodings (see
+/// `task::encode_chunk`), written straight from the iterator into the
+/// frame the dispatcher sends. Decoding the results is left to the
+/// consumer ([`collect_in_order`], [`IMap`]), so the dispatcher thread
+/// only moves bytes.
+pub(crate) fn submit_chunks<T: Serialize>(
     shared: &Shared,
     trampoline: usize,
-    items: &[A],
+    items: impl Iterator<Item = T>,
     chunksize: usize,
-) -> Result<(ChunkRx, usize)> {
+) -> Result<(ChunkRx, Vec<usize>)> {
+    let chunksize = chunksize.max(1);
+    let mut items = items.peekable();
     let (tx, rx) = mpsc::channel();
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
-    let mut chunks = 0;
-    for (index, chunk) in items.chunks(chunksize.max(1)).enumerate() {
-        let payload = postcard::to_allocvec(chunk)?;
-        batch_bytes += payload.len();
+    let mut counts = Vec::new();
+    let mut last_len = 0;
+    while items.peek().is_some() {
+        // Chunks are about the same size: start at the last one's, so the
+        // buffer rarely grows (and is copied) while items are added.
+        let mut frame = worker::job_frame(last_len + last_len / 8);
+        let count = task::encode_chunk(&mut items, chunksize, &mut frame)?;
+        last_len = frame.len();
+        batch_bytes += frame.len();
+        let index = counts.len();
+        counts.push(count);
         let tx = tx.clone();
         let sink: Sink = Box::new(move |reply: Result<Vec<u8>>| {
             // The receiver may be gone (the caller stopped iterating).
@@ -171,11 +185,10 @@ pub(crate) fn submit_chunks<A: Serialize>(
         });
         batch.push(Job {
             trampoline,
-            payload,
+            frame,
             sink,
         });
-        chunks += 1;
-        if batch_bytes >= SUBMIT_BATCH_BYTES || chunks == 1 {
+        if batch_bytes >= SUBMIT_BATCH_BYTES || counts.len() == 1 {
             shared.submit(std::mem::take(&mut batch))?;
             batch_bytes = 0;
         }
@@ -183,7 +196,43 @@ pub(crate) fn submit_chunks<A: Serialize>(
     if !batch.is_empty() {
         shared.submit(batch)?;
     }
-    Ok((rx, chunks))
+    Ok((rx, counts))
+}
+
+/// Decodes one chunk's reply (a count, then `expected` encoded results)
+/// and appends the results to `out`, without an intermediate `Vec`.
+///
+/// # Errors
+/// [`Error::Codec`] if the bytes are not exactly `expected` results.
+pub(crate) fn decode_chunk_into<R: DeserializeOwned>(
+    bytes: &[u8],
+    expected: usize,
+    out: &mut Vec<R>,
+) -> Result<()> {
+    let (count, items) = task::split_count(bytes).map_err(Error::Codec)?;
+    if count != expected as u64 {
+        return Err(Error::Codec(format!(
+            "a pool worker returned {count} results for a chunk of {expected} items"
+        )));
+    }
+    out.reserve(expected);
+    let mut de = postcard::Deserializer::from_bytes(items);
+    for _ in 0..expected {
+        out.push(R::deserialize(&mut de)?);
+    }
+    let rest = de.finalize()?;
+    if !rest.is_empty() {
+        return Err(Error::Codec(format!(
+            "a pool worker's chunk reply has {} bytes left over",
+            rest.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The error when every sink was dropped before all chunks arrived.
+fn lost() -> Error {
+    Error::BrokenPool("the pool stopped before all results arrived".into())
 }
 
 impl Pool {
@@ -279,11 +328,12 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let payload = postcard::to_allocvec(&arg)?;
+        let mut frame = worker::job_frame(16);
+        task::append(&arg, &mut frame)?;
         let slot = Slot::new();
         let job = Job {
             trampoline: task::one_address::<One<F>, A>(),
-            payload,
+            frame,
             sink: slot_sink(slot.clone(), on_success, on_error),
         };
         self.engine.shared.submit([job])?;
@@ -304,9 +354,8 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let items: Vec<A> = items.into_iter().collect();
-        let chunksize = default_chunksize(items.len(), self.processes);
-        self.map_chunked(f, items, chunksize)
+        let _ = f;
+        self.run_map(task::chunk_address::<One<F>, A>(), items, None)
     }
 
     /// [`map`](Self::map) with an explicit chunk size (items per message
@@ -322,10 +371,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let items: Vec<A> = items.into_iter().collect();
-        let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
-        collect_in_order::<R>(rx, chunks, items.len())
+        self.run_map(task::chunk_address::<One<F>, A>(), items, Some(chunksize))
     }
 
     /// `f(a, b, …)` for every tuple `(a, b, …)`, in order: Python's
@@ -341,11 +387,38 @@ impl Pool {
         I: IntoIterator<Item = Args>,
     {
         let _ = f;
-        let items: Vec<Args> = items.into_iter().collect();
-        let chunksize = default_chunksize(items.len(), self.processes);
-        let trampoline = task::chunk_address::<Star<F, Args>, Args>();
-        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
-        collect_in_order::<F::Output>(rx, chunks, items.len())
+        self.run_map(task::chunk_address::<Star<F, Args>, Args>(), items, None)
+    }
+
+    /// The body of `map`, `map_chunked` and `starmap`. Items are encoded
+    /// straight from the iterator when it knows its exact length (the
+    /// default chunk size needs it), so a `0..n` range is never collected
+    /// into a `Vec` first.
+    fn run_map<T, R, I>(
+        &self,
+        trampoline: usize,
+        items: I,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>>
+    where
+        T: Serialize,
+        R: DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        let items = items.into_iter();
+        let (rx, counts) = match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => {
+                let cs = chunksize.unwrap_or_else(|| default_chunksize(lo, self.processes));
+                submit_chunks(&self.engine.shared, trampoline, items, cs)?
+            }
+            _ => {
+                let items: Vec<T> = items.collect();
+                let cs =
+                    chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes));
+                submit_chunks(&self.engine.shared, trampoline, items.into_iter(), cs)?
+            }
+        };
+        collect_in_order(rx, &counts)
     }
 
     /// A lazy, ordered `map`: Python's `imap`. Items are sent in chunks of
@@ -363,10 +436,14 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let items: Vec<A> = items.into_iter().collect();
         let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
-        Ok(IMap::new(rx, chunks, true))
+        let (rx, counts) = submit_chunks(
+            &self.engine.shared,
+            trampoline,
+            items.into_iter(),
+            chunksize,
+        )?;
+        Ok(IMap::new(rx, counts, true))
     }
 
     /// Like [`imap`](Self::imap), but yields results in completion order:
@@ -382,10 +459,14 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = f;
-        let items: Vec<A> = items.into_iter().collect();
         let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, chunks) = submit_chunks(&self.engine.shared, trampoline, &items, chunksize)?;
-        Ok(IMap::new(rx, chunks, false))
+        let (rx, counts) = submit_chunks(
+            &self.engine.shared,
+            trampoline,
+            items.into_iter(),
+            chunksize,
+        )?;
+        Ok(IMap::new(rx, counts, false))
     }
 
     /// Stops accepting tasks; the queued ones still run: Python's `close`.
@@ -424,16 +505,27 @@ impl Drop for Pool {
     }
 }
 
-/// Gathers every chunk in order.
+/// Gathers every chunk in order, decoding each chunk's results straight
+/// into the output as soon as it is next in line.
 pub(crate) fn collect_in_order<R: DeserializeOwned>(
     rx: ChunkRx,
-    chunks: usize,
-    len: usize,
+    counts: &[usize],
 ) -> Result<Vec<R>> {
-    let mut imap = IMap::<R>::new(rx, chunks, true);
-    let mut out = Vec::with_capacity(len);
-    while let Some(chunk) = imap.next_chunk() {
-        out.extend(chunk?);
+    let mut out = Vec::with_capacity(counts.iter().sum());
+    let mut parked = BTreeMap::new();
+    for (index, &count) in counts.iter().enumerate() {
+        let reply = loop {
+            if let Some(c) = parked.remove(&index) {
+                break c;
+            }
+            match rx.recv() {
+                Ok((i, c)) => {
+                    parked.insert(i, c);
+                }
+                Err(_) => return Err(lost()),
+            }
+        };
+        decode_chunk_into(&reply?, count, &mut out)?;
     }
     Ok(out)
 }
@@ -441,6 +533,8 @@ pub(crate) fn collect_in_order<R: DeserializeOwned>(
 /// The iterator [`Pool::imap`] and [`Pool::imap_unordered`] return.
 pub struct IMap<R> {
     rx: ChunkRx,
+    /// Items in each chunk, by chunk index.
+    counts: Vec<usize>,
     /// Chunks not yet yielded.
     chunks: usize,
     ordered: bool,
@@ -459,15 +553,17 @@ impl<R> fmt::Debug for IMap<R> {
 }
 
 impl<R: DeserializeOwned> IMap<R> {
-    /// An ordered iterator over `chunks` chunks arriving on `rx`.
-    pub(crate) fn from_parts(rx: ChunkRx, chunks: usize) -> Self {
-        Self::new(rx, chunks, true)
+    /// An ordered iterator over the chunks (of `counts` items each)
+    /// arriving on `rx`.
+    pub(crate) fn from_parts(rx: ChunkRx, counts: Vec<usize>) -> Self {
+        Self::new(rx, counts, true)
     }
 
-    fn new(rx: ChunkRx, chunks: usize, ordered: bool) -> Self {
+    fn new(rx: ChunkRx, counts: Vec<usize>, ordered: bool) -> Self {
         IMap {
             rx,
-            chunks,
+            chunks: counts.len(),
+            counts,
             ordered,
             next_index: 0,
             parked: BTreeMap::new(),
@@ -479,11 +575,11 @@ impl<R: DeserializeOwned> IMap<R> {
         if self.chunks == 0 {
             return None;
         }
-        let chunk = if self.ordered {
+        let (index, chunk) = if self.ordered {
             loop {
                 if let Some(c) = self.parked.remove(&self.next_index) {
                     self.next_index += 1;
-                    break c;
+                    break (self.next_index - 1, c);
                 }
                 match self.rx.recv() {
                     Ok((i, c)) => {
@@ -494,20 +590,23 @@ impl<R: DeserializeOwned> IMap<R> {
             }
         } else {
             match self.rx.recv() {
-                Ok((_, c)) => c,
+                Ok(ic) => ic,
                 Err(_) => return self.lost(),
             }
         };
         self.chunks -= 1;
-        Some(chunk.and_then(|bytes| postcard::from_bytes::<Vec<R>>(&bytes).map_err(Error::from)))
+        let expected = self.counts.get(index).copied().unwrap_or(0);
+        Some(chunk.and_then(|bytes| {
+            let mut out = Vec::new();
+            decode_chunk_into(&bytes, expected, &mut out)?;
+            Ok(out)
+        }))
     }
 
     /// Every sink was dropped before all chunks arrived.
     fn lost(&mut self) -> Option<Result<Vec<R>>> {
         self.chunks = 0;
-        Some(Err(Error::BrokenPool(
-            "the pool stopped before all results arrived".into(),
-        )))
+        Some(Err(lost()))
     }
 }
 

@@ -126,15 +126,57 @@ pub(crate) const fn assert_zero_sized<C>() {
     );
 }
 
-fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    let buf = std::mem::take(out);
-    match postcard::to_extend(value, buf) {
-        Ok(buf) => {
-            *out = buf;
-            Ok(())
+/// A postcard output that appends to a `Vec<u8>`.
+///
+/// postcard's own `Vec` flavor hands every varint to `extend_from_slice`
+/// with a run-time length, which ends in a call to `memcpy` for one to
+/// ten bytes; for a chunk of a million small numbers that call was the
+/// parent's largest single cost. Here the common short lengths are
+/// matched to fixed-size copies, which compile to plain stores.
+pub(crate) struct Append<'a>(pub(crate) &'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let v = &mut *self.0;
+        match *data {
+            [a] => v.push(a),
+            [a, b] => v.extend_from_slice(&[a, b]),
+            [a, b, c] => v.extend_from_slice(&[a, b, c]),
+            [a, b, c, d] => v.extend_from_slice(&[a, b, c, d]),
+            _ => v.extend_from_slice(data),
         }
-        Err(e) => Err(format!("cannot encode the task's result: {e}")),
+        Ok(())
     }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends the postcard encoding of `value` to `out`.
+///
+/// # Errors
+/// postcard's, when `value` cannot be encoded (e.g. a map with a key
+/// that fails to serialize).
+#[inline]
+pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+    let mut ser = postcard::Serializer {
+        output: Append(out),
+    };
+    value.serialize(&mut ser)
+}
+
+fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    append(value, out).map_err(|e| format!("cannot encode the task's result: {e}"))
 }
 
 /// Runs one call: `payload` is the encoded argument.
@@ -150,19 +192,73 @@ where
     encode_into(&result, out)
 }
 
-/// Runs a chunk: `payload` is an encoded sequence of arguments; the result
-/// is the encoded sequence of results, in order.
+/// Bytes of the item count in front of a chunk (arguments or results).
+const COUNT: usize = 8;
+
+/// Appends up to `max` items from `items` to `out` as a chunk: a count
+/// (`u64` little-endian, patched in at the end, since an iterator may
+/// yield fewer items than it announced) followed by each item's postcard
+/// encoding. Returns the count. Kept out of line and small so the item's
+/// `serialize` is inlined into the loop.
+///
+/// # Errors
+/// postcard's, if an item cannot be encoded.
+#[inline(never)]
+pub(crate) fn encode_chunk<T: Serialize>(
+    items: &mut impl Iterator<Item = T>,
+    max: usize,
+    out: &mut Vec<u8>,
+) -> postcard::Result<usize> {
+    let at = out.len();
+    out.extend_from_slice(&[0; COUNT]);
+    let mut count = 0usize;
+    for item in items.take(max) {
+        append(&item, out)?;
+        count += 1;
+    }
+    out[at..at + COUNT].copy_from_slice(&(count as u64).to_le_bytes());
+    Ok(count)
+}
+
+/// Splits a chunk into its item count and the encoded items.
+///
+/// # Errors
+/// A message when the chunk is shorter than its count.
+pub(crate) fn split_count(chunk: &[u8]) -> Result<(u64, &[u8]), String> {
+    match chunk.split_first_chunk::<COUNT>() {
+        Some((count, items)) => Ok((u64::from_le_bytes(*count), items)),
+        None => Err(format!("a {}-byte chunk has no item count", chunk.len())),
+    }
+}
+
+/// Runs a chunk. `payload` is a count and the encoded arguments (see
+/// [`encode_chunk`]); the result has the same shape: the count, then the
+/// encoded results in order. Arguments are decoded, run and encoded one at
+/// a time, so a chunk needs no `Vec` of arguments or results in the
+/// worker.
 fn run_chunk<C, A>(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>
 where
     C: Invoke<A>,
     A: DeserializeOwned,
     C::Output: Serialize,
 {
-    let args: Vec<A> = postcard::from_bytes(payload)
-        .map_err(|e| format!("cannot decode the chunk's arguments: {e}"))?;
+    let bad = |e: postcard::Error| format!("cannot decode the chunk's arguments: {e}");
+    let (count, items) = split_count(payload)?;
+    out.extend_from_slice(&count.to_le_bytes());
+    let mut de = postcard::Deserializer::from_bytes(items);
     let f = conjure::<C>();
-    let results: Vec<C::Output> = args.into_iter().map(|a| f.invoke(a)).collect();
-    encode_into(&results, out)
+    for _ in 0..count {
+        let arg = A::deserialize(&mut de).map_err(bad)?;
+        encode_into(&f.invoke(arg), out)?;
+    }
+    match de.finalize() {
+        Ok([]) => Ok(()),
+        Ok(rest) => Err(format!(
+            "cannot decode the chunk's arguments: {} bytes left over",
+            rest.len()
+        )),
+        Err(e) => Err(bad(e)),
+    }
 }
 
 /// The address of the single-call trampoline for `C`.

@@ -23,7 +23,8 @@ pub(crate) const OP_STOP: u8 = 2;
 pub(crate) const ST_OK: u8 = 0;
 pub(crate) const ST_PANIC: u8 = 1;
 pub(crate) const ST_ERROR: u8 = 2;
-const JOB_HEADER: usize = 1 + 8 + 8;
+/// Bytes in front of a job's payload in its frame.
+pub(crate) const JOB_HEADER: usize = 1 + 8 + 8;
 pub(crate) const RESULT_HEADER: usize = 1 + 8;
 
 /// Largest frame on a pool connection: big `map` chunks are legitimate.
@@ -32,13 +33,26 @@ pub(crate) const MAX_FRAME: usize = 1 << 30;
 /// Runs once in each worker right after it starts (Python's `initializer`).
 pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync + 'static>;
 
-/// Encodes a job frame into `buf` (cleared first).
-pub(crate) fn encode_job(buf: &mut Vec<u8>, id: u64, trampoline: usize, payload: &[u8]) {
-    buf.clear();
-    buf.push(OP_JOB);
-    buf.extend_from_slice(&id.to_le_bytes());
-    buf.extend_from_slice(&(trampoline as u64).to_le_bytes());
-    buf.extend_from_slice(payload);
+/// A job frame under construction: room for the header, to which the
+/// caller appends the payload. The header is filled in by
+/// [`fill_job_header`] when the dispatcher sends the frame, so a large
+/// payload (a `map` chunk) is never copied into a second buffer.
+pub(crate) fn job_frame(capacity: usize) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(JOB_HEADER + capacity);
+    frame.resize(JOB_HEADER, 0);
+    frame
+}
+
+/// Writes the header of a frame made by [`job_frame`]; returns `false`
+/// (and writes nothing) if `frame` is shorter than a header.
+pub(crate) fn fill_job_header(frame: &mut [u8], id: u64, trampoline: usize) -> bool {
+    let Some(header) = frame.get_mut(..JOB_HEADER) else {
+        return false;
+    };
+    header[0] = OP_JOB;
+    header[1..9].copy_from_slice(&id.to_le_bytes());
+    header[9..].copy_from_slice(&(trampoline as u64).to_le_bytes());
+    true
 }
 
 /// A decoded result frame.
