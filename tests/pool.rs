@@ -13,25 +13,8 @@ use nix::unistd::Pid;
 use socketserver::process::{Pool, Process, ProcessPoolExecutor, Value};
 use socketserver::Error;
 
-type TestResult = Result<(), String>;
-type Test = (&'static str, fn() -> TestResult);
-
-macro_rules! check {
-    ($cond:expr) => {
-        if !$cond {
-            return Err(format!("{}:{}: check failed: {}", file!(), line!(), stringify!($cond)));
-        }
-    };
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
-            return Err(format!("{}:{}: {}", file!(), line!(), format!($($fmt)+)));
-        }
-    };
-}
-
-fn e<E: std::fmt::Debug>(err: E) -> String {
-    format!("{err:?}")
-}
+mod forktest;
+use forktest::{e, run, Test, TestResult};
 
 fn square(x: u64) -> u64 {
     x * x
@@ -604,32 +587,4 @@ fn main() {
         ),
     ];
     run(tests);
-}
-
-fn run(tests: &[Test]) {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        ran += 1;
-        let started = Instant::now();
-        let outcome = std::panic::catch_unwind(test).unwrap_or_else(|_| Err("panicked".into()));
-        match outcome {
-            Ok(()) => println!("test {name} ... ok ({:?})", started.elapsed()),
-            Err(msg) => {
-                println!("test {name} ... FAILED: {msg}");
-                failed.push(*name);
-            }
-        }
-    }
-    println!("\n{ran} tests, {} failed", failed.len());
-    if !failed.is_empty() {
-        std::process::exit(1);
-    }
 }
