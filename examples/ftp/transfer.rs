@@ -191,6 +191,49 @@ impl Session {
         self.finish_transfer(req, outcome)
     }
 
+    /// Waits until the data connection is ready for `flags` or the control
+    /// connection has input, which is read at once (so ABOR is seen during
+    /// a transfer). `Ok(true)`: the data side is ready; `Ok(false)`: poll
+    /// again (interrupted, or only a quiet control line); `Err`: the
+    /// transfer ends with that outcome (timeout, abort, client gone).
+    fn await_data(
+        &mut self,
+        req: &mut Request,
+        conn: &TcpStream,
+        flags: PollFlags,
+        timeout: PollTimeout,
+    ) -> Result<bool, Outcome> {
+        let (data_ready, ctl_ready) = {
+            let Some(ctl) = req.stream() else {
+                return Err(Outcome::ClientGone);
+            };
+            let mut fds = [
+                PollFd::new(conn.as_fd(), flags),
+                PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+            ];
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(0) => {
+                    return Err(Outcome::Failed(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "data connection timed out",
+                    )))
+                }
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => return Ok(false),
+                Err(e) => return Err(Outcome::Failed(e.into())),
+            }
+            (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false))
+        };
+        if ctl_ready {
+            match self.read_control(req) {
+                Ok(Ctl::Quiet) => {}
+                Ok(Ctl::Abort) => return Err(Outcome::Aborted),
+                Ok(Ctl::Gone) | Err(_) => return Err(Outcome::ClientGone),
+            }
+        }
+        Ok(data_ready)
+    }
+
     fn send_binary(
         &mut self,
         req: &mut Request,
@@ -217,35 +260,10 @@ impl Session {
                 Err(nix::errno::Errno::EAGAIN) => {}
                 Err(e) => return Outcome::Failed(e.into()),
             }
-            let (writable, ctl_ready) = {
-                let Some(ctl) = req.stream() else {
-                    return Outcome::ClientGone;
-                };
-                let mut fds = [
-                    PollFd::new(conn.as_fd(), PollFlags::POLLOUT),
-                    PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
-                ];
-                match nix::poll::poll(&mut fds, timeout) {
-                    Ok(0) => {
-                        return Outcome::Failed(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "data connection timed out",
-                        ))
-                    }
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Outcome::Failed(e.into()),
-                }
-                (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false))
-            };
-            if ctl_ready {
-                match self.read_control(req) {
-                    Ok(Ctl::Quiet) => {}
-                    Ok(Ctl::Abort) => return Outcome::Aborted,
-                    Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
-                }
+            // Room on the data socket or a quiet control line: send on.
+            if let Err(outcome) = self.await_data(req, conn, PollFlags::POLLOUT, timeout) {
+                return outcome;
             }
-            let _ = writable;
         }
         Outcome::Done
     }
@@ -340,34 +358,10 @@ impl Session {
         };
         let timeout = PollTimeout::try_from(self.cfg.data_timeout).unwrap_or(PollTimeout::MAX);
         loop {
-            let (data_ready, ctl_ready) = {
-                let Some(ctl) = req.stream() else {
-                    return Outcome::ClientGone;
-                };
-                let mut fds = [
-                    PollFd::new(conn.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
-                ];
-                match nix::poll::poll(&mut fds, timeout) {
-                    Ok(0) => {
-                        return Outcome::Failed(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "data connection timed out",
-                        ))
-                    }
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Outcome::Failed(e.into()),
-                }
-                (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false))
+            let data_ready = match self.await_data(req, &conn, PollFlags::POLLIN, timeout) {
+                Ok(ready) => ready,
+                Err(outcome) => return outcome,
             };
-            if ctl_ready {
-                match self.read_control(req) {
-                    Ok(Ctl::Quiet) => {}
-                    Ok(Ctl::Abort) => return Outcome::Aborted,
-                    Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
-                }
-            }
             if !data_ready {
                 continue;
             }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::async_result::{slot_sink, Slot};
 use super::cpu_count;
 use super::dispatch::{Config, Engine, Job, OnDeath, Shared};
-use super::pool::{submit_chunks, IMap};
+use super::pool::{submit_each, IMap};
 use super::task::{self, One};
 use super::worker;
 #[allow(unused_imports)]
@@ -179,14 +179,7 @@ impl ProcessPoolExecutor {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let _ = f;
-        let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, counts) = submit_chunks(
-            &self.engine.shared,
-            trampoline,
-            items.into_iter(),
-            chunksize,
-        )?;
+        let (rx, counts) = submit_each(&self.engine.shared, f, items, chunksize)?;
         Ok(IMap::from_parts(rx, counts))
     }
 

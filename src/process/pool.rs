@@ -148,6 +148,26 @@ pub(crate) type ChunkRx = mpsc::Receiver<(usize, Result<Vec<u8>>)>;
 /// start on the first chunks while the rest are still being encoded.
 const SUBMIT_BATCH_BYTES: usize = 256 * 1024;
 
+/// Submits `items` in chunks of `chunksize` for the one-argument task `f`
+/// (only its type is used: the worker calls the same function item at the
+/// same address). What `imap`, `imap_unordered` and the executor's `map`
+/// share.
+pub(crate) fn submit_each<F, A, R>(
+    shared: &Shared,
+    f: F,
+    items: impl IntoIterator<Item = A>,
+    chunksize: usize,
+) -> Result<(ChunkRx, Vec<usize>)>
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    let _ = f;
+    let trampoline = task::chunk_address::<One<F>, A>();
+    submit_chunks(shared, trampoline, items.into_iter(), chunksize)
+}
+
 /// Encodes `items` in chunks of `chunksize` (0 is taken as 1) for the
 /// trampoline at `trampoline` and queues them; returns the receiver of the
 /// chunks' replies and the number of items in each chunk. Each chunk is
@@ -435,14 +455,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let _ = f;
-        let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, counts) = submit_chunks(
-            &self.engine.shared,
-            trampoline,
-            items.into_iter(),
-            chunksize,
-        )?;
+        let (rx, counts) = submit_each(&self.engine.shared, f, items, chunksize)?;
         Ok(IMap::new(rx, counts, true))
     }
 
@@ -458,14 +471,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let _ = f;
-        let trampoline = task::chunk_address::<One<F>, A>();
-        let (rx, counts) = submit_chunks(
-            &self.engine.shared,
-            trampoline,
-            items.into_iter(),
-            chunksize,
-        )?;
+        let (rx, counts) = submit_each(&self.engine.shared, f, items, chunksize)?;
         Ok(IMap::new(rx, counts, false))
     }
 
