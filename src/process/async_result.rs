@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use super::codec;
 use super::dispatch::Sink;
 use crate::{Error, Result};
 
@@ -122,7 +123,7 @@ struct Writer<R> {
 impl<R: DeserializeOwned> Writer<R> {
     fn deliver(mut self, reply: Result<Vec<u8>>) {
         self.done = true;
-        let result = reply.and_then(|bytes| postcard::from_bytes::<R>(&bytes).map_err(Error::from));
+        let result = reply.and_then(|bytes| codec::from_bytes::<R>(&bytes).map_err(Error::from));
         match &result {
             Ok(v) => {
                 if let Some(cb) = self.on_success.take() {

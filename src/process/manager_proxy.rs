@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::manager_protocol::{failure_to_error, Kind, Op, Request, Response};
+use super::manager_protocol::{failure_to_error, Kind, Op, Request, Response, CLIENT_SPIN};
 use super::{Address, Client, Connection};
 use crate::{Error, Result};
 
@@ -100,6 +100,9 @@ impl Remote {
         let mut conn = self.checkout()?;
         let bytes = serde_json::to_vec(req).map_err(|e| Error::Codec(e.to_string()))?;
         conn.send_bytes(&bytes)?;
+        // The server answers a simple call within microseconds: wait for
+        // it actively first (see `Connection::poll_spin`).
+        conn.poll_spin(CLIENT_SPIN)?;
         let reply = conn.recv_bytes()?;
         let response: Response =
             serde_json::from_slice(&reply).map_err(|e| Error::Codec(e.to_string()))?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::manager_protocol::{Failure, Kind, Op, Request, Response};
+use super::manager_protocol::{Failure, Kind, Op, Request, Response, SERVER_SPIN};
 use super::Connection;
 
 enum Obj {
@@ -51,6 +51,10 @@ impl Store {
     pub(crate) fn serve(&self, mut conn: Connection) -> bool {
         let me = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let shutdown = loop {
+            // A client in a loop sends its next call within microseconds.
+            if conn.poll_spin(SERVER_SPIN).is_err() {
+                break false;
+            }
             let frame = match conn.recv_bytes() {
                 Ok(f) => f,
                 Err(_) => break false,

@@ -44,6 +44,7 @@ pub use atomics::SharedAtomics;
 
 // Pool, ProcessPoolExecutor and Manager (slice `pool`).
 mod async_result;
+mod codec;
 mod dispatch;
 mod executor;
 mod manager;

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::async_result::{slot_sink, AsyncResult, Slot};
+use super::codec::Decoder;
 use super::cpu_count;
 use super::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
 use super::task::{self, One, Star, StarFn};
@@ -236,18 +237,12 @@ pub(crate) fn decode_chunk_into<R: DeserializeOwned>(
         )));
     }
     out.reserve(expected);
-    let mut de = postcard::Deserializer::from_bytes(items);
+    let mut de = Decoder::new(items);
     for _ in 0..expected {
         out.push(R::deserialize(&mut de)?);
     }
-    let rest = de.finalize()?;
-    if !rest.is_empty() {
-        return Err(Error::Codec(format!(
-            "a pool worker's chunk reply has {} bytes left over",
-            rest.len()
-        )));
-    }
-    Ok(())
+    de.finish()
+        .map_err(|e| Error::Codec(format!("a pool worker's chunk reply: {e}")))
 }
 
 /// The error when every sink was dropped before all chunks arrived.

@@ -41,6 +41,43 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Re
     }
 }
 
+/// Every how many rounds [`spin_readable`] yields the CPU (starting with
+/// the first): the peer we wait for may have just been woken onto our CPU,
+/// and a pure busy loop would keep it from running.
+const SPIN_YIELD_EVERY: u32 = 4;
+
+/// Checks whether `fd` is readable again and again, without ever sleeping,
+/// for at most `budget`; returns `Ok(true)` as soon as it is.
+///
+/// A blocked reader costs a scheduler wake-up when data arrives: about
+/// 20 µs on each side of a round trip on the 2-core VMs we measure on
+/// (a blocking socketpair ping-pong between two processes takes ~46 µs,
+/// a polling one ~5 µs). Where the answer usually comes within
+/// microseconds (a worker waiting for its next job, a manager
+/// connection between two calls of a tight loop), a short active wait
+/// first saves that. The cost is at most `budget` of CPU per wait.
+pub(crate) fn spin_readable(fd: BorrowedFd<'_>, budget: Duration) -> Result<bool> {
+    let end = Instant::now() + budget;
+    let mut round = 0u32;
+    loop {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match nix::poll::poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= end {
+            return Ok(false);
+        }
+        if round % SPIN_YIELD_EVERY == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
+        round = round.wrapping_add(1);
+    }
+}
+
 /// Number of threads in this process (entries of `/proc/self/task`).
 /// procfs reports a directory's entries + 2 as its link count, which costs
 /// one `stat` instead of reading the directory; the listing is the

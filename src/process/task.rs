@@ -28,6 +28,8 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::codec::{self, Decoder, WireError};
+
 /// The trampoline's type: decode `payload`, run the task, append the
 /// encoded result to `out`. `Err` carries a decode/encode failure message.
 pub(crate) type Trampoline = fn(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>;
@@ -126,53 +128,14 @@ pub(crate) const fn assert_zero_sized<C>() {
     );
 }
 
-/// A postcard output that appends to a `Vec<u8>`.
-///
-/// postcard's own `Vec` flavor hands every varint to `extend_from_slice`
-/// with a run-time length, which ends in a call to `memcpy` for one to
-/// ten bytes; for a chunk of a million small numbers that call was the
-/// parent's largest single cost. Here the common short lengths are
-/// matched to fixed-size copies, which compile to plain stores.
-pub(crate) struct Append<'a>(pub(crate) &'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        let v = &mut *self.0;
-        match *data {
-            [a] => v.push(a),
-            [a, b] => v.extend_from_slice(&[a, b]),
-            [a, b, c] => v.extend_from_slice(&[a, b, c]),
-            [a, b, c, d] => v.extend_from_slice(&[a, b, c, d]),
-            _ => v.extend_from_slice(data),
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-/// Appends the postcard encoding of `value` to `out`.
+/// Appends the wire encoding (see [`codec`]) of `value` to `out`.
 ///
 /// # Errors
-/// postcard's, when `value` cannot be encoded (e.g. a map with a key
-/// that fails to serialize).
+/// The codec's, when `value` cannot be encoded (e.g. a sequence of
+/// unknown length).
 #[inline]
-pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
-    let mut ser = postcard::Serializer {
-        output: Append(out),
-    };
-    value.serialize(&mut ser)
+pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), WireError> {
+    codec::append(value, out)
 }
 
 fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
@@ -186,7 +149,7 @@ where
     A: DeserializeOwned,
     C::Output: Serialize,
 {
-    let arg: A = postcard::from_bytes(payload)
+    let arg: A = codec::from_bytes(payload)
         .map_err(|e| format!("cannot decode the task's argument: {e}"))?;
     let result = conjure::<C>().invoke(arg);
     encode_into(&result, out)
@@ -208,7 +171,7 @@ pub(crate) fn encode_chunk<T: Serialize>(
     items: &mut impl Iterator<Item = T>,
     max: usize,
     out: &mut Vec<u8>,
-) -> postcard::Result<usize> {
+) -> Result<usize, WireError> {
     let at = out.len();
     out.extend_from_slice(&[0; COUNT]);
     let mut count = 0usize;
@@ -242,23 +205,16 @@ where
     A: DeserializeOwned,
     C::Output: Serialize,
 {
-    let bad = |e: postcard::Error| format!("cannot decode the chunk's arguments: {e}");
+    let bad = |e: WireError| format!("cannot decode the chunk's arguments: {e}");
     let (count, items) = split_count(payload)?;
     out.extend_from_slice(&count.to_le_bytes());
-    let mut de = postcard::Deserializer::from_bytes(items);
+    let mut de = Decoder::new(items);
     let f = conjure::<C>();
     for _ in 0..count {
         let arg = A::deserialize(&mut de).map_err(bad)?;
         encode_into(&f.invoke(arg), out)?;
     }
-    match de.finalize() {
-        Ok([]) => Ok(()),
-        Ok(rest) => Err(format!(
-            "cannot decode the chunk's arguments: {} bytes left over",
-            rest.len()
-        )),
-        Err(e) => Err(bad(e)),
-    }
+    de.finish().map_err(bad)
 }
 
 /// The address of the single-call trampoline for `C`.

@@ -13,6 +13,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::task;
 use super::Connection;
@@ -29,6 +30,10 @@ pub(crate) const RESULT_HEADER: usize = 1 + 8;
 
 /// Largest frame on a pool connection: big `map` chunks are legitimate.
 pub(crate) const MAX_FRAME: usize = 1 << 30;
+
+/// How long an idle worker waits actively for its next job before it
+/// sleeps (see [`Connection::poll_spin`]).
+const WORKER_SPIN: Duration = Duration::from_micros(100);
 
 /// Runs once in each worker right after it starts (Python's `initializer`).
 pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync + 'static>;
@@ -124,6 +129,12 @@ pub(crate) fn worker_main(
     let mut out = Vec::with_capacity(256);
     let mut done = 0usize;
     loop {
+        // The next job usually follows a reply within microseconds (a
+        // caller in an `apply` loop, the next `map` chunk): wait for it
+        // actively before sleeping.
+        if conn.poll_spin(WORKER_SPIN).is_err() {
+            return 0;
+        }
         let frame = match conn.recv_bytes() {
             Ok(f) => f,
             // The pool is gone or closed our end: nothing more to do.
