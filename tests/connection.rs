@@ -232,3 +232,72 @@ fn buffered_duplex_flushes_before_blocking_in_recv() {
     drop(a);
     echo.join().unwrap();
 }
+
+#[test]
+fn recv_bytes_into_reuses_the_buffer_and_replaces_its_contents() {
+    let (mut a, mut b) = pipe(true).unwrap();
+    let big = vec![7u8; 300_000];
+    let writer = std::thread::spawn(move || {
+        a.send_bytes(&big).unwrap();
+        a.send_bytes(b"short").unwrap();
+        a.send_bytes(b"").unwrap();
+        a
+    });
+    let mut buf = Vec::new();
+    assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 300_000);
+    assert!(buf.len() == 300_000 && buf.iter().all(|&x| x == 7));
+    let cap = buf.capacity();
+    assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 5);
+    assert_eq!(buf, b"short");
+    assert_eq!(buf.capacity(), cap, "the buffer was reallocated");
+    assert_eq!(b.recv_bytes_into(&mut buf).unwrap(), 0);
+    assert!(buf.is_empty());
+    drop(writer.join().unwrap());
+    assert!(matches!(b.recv_bytes_into(&mut buf), Err(Error::Eof)));
+}
+
+#[test]
+fn recv_bytes_into_reports_a_truncated_payload() {
+    let (mut conn, mut raw) = raw_pair();
+    raw.write_all(&10u32.to_be_bytes()).unwrap();
+    raw.write_all(b"abc").unwrap();
+    drop(raw);
+    let mut buf = vec![1u8; 64];
+    match conn.recv_bytes_into(&mut buf) {
+        Err(Error::TruncatedFrame {
+            expected: 10,
+            got: 3,
+        }) => {}
+        other => panic!("expected TruncatedFrame, got {other:?}"),
+    }
+}
+
+#[test]
+fn poll_spin_gives_up_after_its_budget_and_sees_data_at_once() {
+    let (mut a, b) = pipe(true).unwrap();
+    let t = Instant::now();
+    assert!(!b.poll_spin(Duration::from_millis(20)).unwrap());
+    assert!(
+        t.elapsed() >= Duration::from_millis(20),
+        "{:?}",
+        t.elapsed()
+    );
+    a.send(&1u8).unwrap();
+    // Data already there: true on the first check, even with no budget.
+    assert!(b.poll_spin(Duration::ZERO).unwrap());
+    // A message sent while the reader spins is seen within the budget.
+    let (mut c, d) = pipe(true).unwrap();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(5));
+        c.send(&2u8).unwrap();
+        c
+    });
+    assert!(d.poll_spin(Duration::from_secs(10)).unwrap());
+    drop(sender.join().unwrap());
+    // The send-only end of a one-way pipe cannot be polled.
+    let (_reader, writer) = pipe(false).unwrap();
+    assert!(matches!(
+        writer.poll_spin(Duration::ZERO),
+        Err(Error::InvalidArgument(_))
+    ));
+}

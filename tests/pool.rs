@@ -172,6 +172,48 @@ fn chunks_are_exact_for_any_iterator_and_item_size() -> TestResult {
     Ok(())
 }
 
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Shape {
+    Dot,
+    Circle { r: f64 },
+    Label(String, Option<char>),
+}
+
+fn grow(s: Shape) -> Shape {
+    match s {
+        Shape::Dot => Shape::Circle { r: 1.0 },
+        Shape::Circle { r } => Shape::Circle { r: r * 2.0 },
+        Shape::Label(t, c) => Shape::Label(t.to_uppercase(), c.or(Some('!'))),
+    }
+}
+
+fn reused_buffers_never_leak_old_bytes() -> TestResult {
+    // Large messages' buffers are recycled (in the pool and in each
+    // worker) and hold the previous message's bytes: smaller and
+    // differently shaped messages afterwards must decode exactly.
+    let pool = Pool::new(2).map_err(e)?;
+    for round in 0..3u64 {
+        let big = pool.map(square, 0..300_000u64).map_err(e)?;
+        check!(big.len() == 300_000 && big[299_999] == 299_999 * 299_999);
+        let words: Vec<String> = (0..2000).map(|i| format!("w{i}-{round}")).collect();
+        let got = pool
+            .map_chunked(double_string, words.clone(), 500)
+            .map_err(e)?;
+        check!(got == words.iter().map(|w| w.repeat(2)).collect::<Vec<_>>());
+        let shapes: Vec<Shape> = (0..1000)
+            .map(|i| match i % 3 {
+                0 => Shape::Dot,
+                1 => Shape::Circle { r: i as f64 },
+                _ => Shape::Label(format!("l{i}"), (i % 2 == 0).then_some('x')),
+            })
+            .collect();
+        let got = pool.map(grow, shapes.clone()).map_err(e)?;
+        check!(got == shapes.into_iter().map(grow).collect::<Vec<_>>());
+        check!(pool.apply(square, round + 3).map_err(e)? == (round + 3) * (round + 3));
+    }
+    Ok(())
+}
+
 fn square_mod(x: u64) -> u64 {
     x.wrapping_mul(x) | (1 << 40)
 }
@@ -535,6 +577,10 @@ fn main() {
     let tests: &[Test] = &[
         ("map_and_starmap_keep_order", map_and_starmap_keep_order),
         ("big_chunks_do_not_deadlock", big_chunks_do_not_deadlock),
+        (
+            "reused_buffers_never_leak_old_bytes",
+            reused_buffers_never_leak_old_bytes,
+        ),
         (
             "chunks_are_exact_for_any_iterator_and_item_size",
             chunks_are_exact_for_any_iterator_and_item_size,

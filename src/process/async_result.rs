@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::codec;
 use super::dispatch::Sink;
+use super::worker::Body;
 use crate::{Error, Result};
 
 enum State<T> {
@@ -121,9 +122,10 @@ struct Writer<R> {
 }
 
 impl<R: DeserializeOwned> Writer<R> {
-    fn deliver(mut self, reply: Result<Vec<u8>>) {
+    fn deliver(mut self, reply: Result<Body>) {
         self.done = true;
-        let result = reply.and_then(|bytes| codec::from_bytes::<R>(&bytes).map_err(Error::from));
+        let result =
+            reply.and_then(|body| codec::from_bytes::<R>(body.bytes()).map_err(Error::from));
         match &result {
             Ok(v) => {
                 if let Some(cb) = self.on_success.take() {

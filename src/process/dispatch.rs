@@ -30,7 +30,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 
-use super::worker::{self, Initializer, MAX_FRAME, OP_STOP};
+use super::worker::{self, Body, Initializer, MAX_FRAME, OP_STOP};
 use super::{fork_child, pipe, Connection, ForkOptions, ForkedChild};
 use crate::{Error, Result};
 
@@ -49,7 +49,14 @@ const TERM_GRACE: Duration = Duration::from_millis(200);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Receives a job's outcome: the worker's encoded result or an error.
-pub(crate) type Sink = Box<dyn FnOnce(Result<Vec<u8>>) + Send + 'static>;
+pub(crate) type Sink = Box<dyn FnOnce(Result<Body>) + Send + 'static>;
+
+/// At most this many message buffers are kept for reuse ...
+const SPARE_BUFFERS: usize = 32;
+/// ... holding at most this many bytes in all.
+const SPARE_BYTES: usize = 64 << 20;
+/// Buffers smaller than this are not worth keeping.
+const SPARE_MIN: usize = 64 << 10;
 
 /// A job waiting for, or sent to, a worker.
 pub(crate) struct Job {
@@ -100,6 +107,16 @@ struct State {
 pub(crate) struct Shared {
     state: Mutex<State>,
     wake: EventFd,
+    /// Large message buffers (job frames, reply frames) kept for reuse:
+    /// a `map` over a million items moves megabytes each way, and fresh
+    /// memory for each call would cost a page fault per 4 KiB.
+    spare: Mutex<Spare>,
+}
+
+#[derive(Default)]
+struct Spare {
+    buffers: Vec<Vec<u8>>,
+    bytes: usize,
 }
 
 impl Shared {
@@ -174,6 +191,33 @@ impl Shared {
     pub(crate) fn pids(&self) -> Vec<i32> {
         self.lock().pids.clone()
     }
+
+    /// A buffer for one message: a recycled one (with its old contents)
+    /// if there is one, else a new empty one.
+    pub(crate) fn buffer(&self) -> Vec<u8> {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        match spare.buffers.pop() {
+            Some(b) => {
+                spare.bytes -= b.capacity();
+                b
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Keeps `buf` for [`buffer`](Self::buffer) if it is large enough to
+    /// be worth it and the spare set has room; frees it otherwise.
+    pub(crate) fn recycle(&self, buf: Vec<u8>) {
+        let cap = buf.capacity();
+        if cap < SPARE_MIN {
+            return;
+        }
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.buffers.len() < SPARE_BUFFERS && spare.bytes + cap <= SPARE_BYTES {
+            spare.bytes += cap;
+            spare.buffers.push(buf);
+        }
+    }
 }
 
 /// The caller's side of the engine: the shared state and the dispatcher
@@ -222,6 +266,7 @@ impl Engine {
                 ..State::default()
             }),
             wake,
+            spare: Mutex::default(),
         });
         let mut dispatcher = Dispatcher {
             shared: shared.clone(),
@@ -286,7 +331,7 @@ impl Engine {
 }
 
 /// Calls a sink, containing a panicking user callback.
-fn deliver(sink: Sink, outcome: Result<Vec<u8>>) {
+fn deliver(sink: Sink, outcome: Result<Body>) {
     if catch_unwind(AssertUnwindSafe(|| sink(outcome))).is_err() {
         tracing::error!("a pool result callback panicked");
     }
@@ -324,27 +369,30 @@ impl Worker {
     }
 
     /// Reads every reply that is available (blocking only to finish a frame
-    /// that has started). Sets `eof` when the connection ends.
-    fn read_replies(&mut self) {
+    /// that has started), into recycled buffers; recycles the frames of
+    /// the jobs answered. Sets `eof` when the connection ends.
+    fn read_replies(&mut self, shared: &Shared) {
         loop {
-            match self.conn.recv_bytes() {
-                Ok(frame) => match worker::decode_reply(frame) {
-                    Ok(reply) => {
-                        let pos = self.inflight.iter().position(|q| q.id == reply.id);
-                        match pos.and_then(|p| self.inflight.remove(p)) {
-                            Some(q) => deliver(q.job.sink, reply.outcome),
-                            None => tracing::warn!(id = reply.id, "pool: reply for unknown job"),
+            let mut frame = shared.buffer();
+            if self.conn.recv_bytes_into(&mut frame).is_err() {
+                self.eof = true;
+                return;
+            }
+            match worker::decode_reply(frame) {
+                Ok(reply) => {
+                    let pos = self.inflight.iter().position(|q| q.id == reply.id);
+                    match pos.and_then(|p| self.inflight.remove(p)) {
+                        Some(q) => {
+                            deliver(q.job.sink, reply.outcome);
+                            shared.recycle(q.job.frame);
                         }
+                        None => tracing::warn!(id = reply.id, "pool: reply for unknown job"),
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pool: bad reply frame; dropping worker");
-                        self.eof = true;
-                        let _ = self.child.signal(Signal::SIGKILL);
-                        return;
-                    }
-                },
-                Err(_) => {
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pool: bad reply frame; dropping worker");
                     self.eof = true;
+                    let _ = self.child.signal(Signal::SIGKILL);
                     return;
                 }
             }
@@ -532,7 +580,10 @@ impl Dispatcher {
             // caller's next submission) usually follows within
             // microseconds: poll without sleeping for a short while, which
             // saves a thread wake-up per hand-off, then block.
+            // Every few rounds the CPU is yielded: with more threads and
+            // workers than cores, the one we wait for may need ours.
             let spin_until = Instant::now() + SPIN;
+            let mut round = 0u32;
             loop {
                 let busy = Instant::now() < spin_until;
                 let timeout = if busy {
@@ -541,7 +592,12 @@ impl Dispatcher {
                     PollTimeout::NONE
                 };
                 match nix::poll::poll(&mut fds, timeout) {
-                    Ok(0) if busy => std::hint::spin_loop(),
+                    Ok(0) if busy => {
+                        if round % 4 == 0 {
+                            std::thread::yield_now();
+                        }
+                        round = round.wrapping_add(1);
+                    }
                     Ok(_) => break,
                     Err(nix::errno::Errno::EINTR) => return Ok(()),
                     Err(e) => return Err(e.into()),
@@ -565,7 +621,7 @@ impl Dispatcher {
         }
         for (i, w) in self.workers.iter_mut().enumerate() {
             if conn_ready[i] {
-                w.read_replies();
+                w.read_replies(&self.shared);
             }
         }
         // Handle exits from the back so indices stay valid.
@@ -591,7 +647,7 @@ impl Dispatcher {
         let pid = w.child.pid();
         // Replies written just before the exit are still in the socket.
         if !w.eof && matches!(w.conn.poll(Duration::ZERO), Ok(true)) {
-            w.read_replies();
+            w.read_replies(&self.shared);
         }
         let abnormal = code != 0 || !w.inflight.is_empty();
         let died = Error::WorkerDied {

@@ -152,7 +152,7 @@ impl ProcessPoolExecutor {
         let job = Job {
             trampoline: task::one_address::<One<F>, A>(),
             frame: {
-                let mut frame = worker::job_frame(16);
+                let mut frame = worker::job_frame(Vec::new(), 16);
                 task::append(&arg, &mut frame)?;
                 frame
             },
@@ -180,7 +180,7 @@ impl ProcessPoolExecutor {
         I: IntoIterator<Item = A>,
     {
         let (rx, counts) = submit_each(&self.engine.shared, f, items, chunksize)?;
-        Ok(IMap::from_parts(rx, counts))
+        Ok(IMap::from_parts(self.engine.shared.clone(), rx, counts))
     }
 
     /// Stops accepting work: Python's `shutdown(wait)`. With `wait`, blocks

@@ -13,7 +13,7 @@ use super::codec::Decoder;
 use super::cpu_count;
 use super::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
 use super::task::{self, One, Star, StarFn};
-use super::worker;
+use super::worker::{self, Body};
 use crate::{Error, Result};
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
@@ -143,7 +143,7 @@ pub(crate) fn default_chunksize(len: usize, processes: usize) -> usize {
 }
 
 /// Where a chunk's encoded results (or its error) arrive, by chunk index.
-pub(crate) type ChunkRx = mpsc::Receiver<(usize, Result<Vec<u8>>)>;
+pub(crate) type ChunkRx = mpsc::Receiver<(usize, Result<Body>)>;
 
 /// Submit chunks in batches of about this many payload bytes, so workers
 /// start on the first chunks while the rest are still being encoded.
@@ -193,14 +193,14 @@ pub(crate) fn submit_chunks<T: Serialize>(
     while items.peek().is_some() {
         // Chunks are about the same size: start at the last one's, so the
         // buffer rarely grows (and is copied) while items are added.
-        let mut frame = worker::job_frame(last_len + last_len / 8);
+        let mut frame = worker::job_frame(shared.buffer(), last_len + last_len / 8);
         let count = task::encode_chunk(&mut items, chunksize, &mut frame)?;
         last_len = frame.len();
         batch_bytes += frame.len();
         let index = counts.len();
         counts.push(count);
         let tx = tx.clone();
-        let sink: Sink = Box::new(move |reply: Result<Vec<u8>>| {
+        let sink: Sink = Box::new(move |reply: Result<Body>| {
             // The receiver may be gone (the caller stopped iterating).
             let _ = tx.send((index, reply));
         });
@@ -343,7 +343,7 @@ impl Pool {
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let mut frame = worker::job_frame(16);
+        let mut frame = worker::job_frame(Vec::new(), 16);
         task::append(&arg, &mut frame)?;
         let slot = Slot::new();
         let job = Job {
@@ -433,7 +433,7 @@ impl Pool {
                 submit_chunks(&self.engine.shared, trampoline, items.into_iter(), cs)?
             }
         };
-        collect_in_order(rx, &counts)
+        collect_in_order(&self.engine.shared, rx, &counts)
     }
 
     /// A lazy, ordered `map`: Python's `imap`. Items are sent in chunks of
@@ -451,7 +451,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let (rx, counts) = submit_each(&self.engine.shared, f, items, chunksize)?;
-        Ok(IMap::new(rx, counts, true))
+        Ok(IMap::new(self.engine.shared.clone(), rx, counts, true))
     }
 
     /// Like [`imap`](Self::imap), but yields results in completion order:
@@ -467,7 +467,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let (rx, counts) = submit_each(&self.engine.shared, f, items, chunksize)?;
-        Ok(IMap::new(rx, counts, false))
+        Ok(IMap::new(self.engine.shared.clone(), rx, counts, false))
     }
 
     /// Stops accepting tasks; the queued ones still run: Python's `close`.
@@ -509,6 +509,7 @@ impl Drop for Pool {
 /// Gathers every chunk in order, decoding each chunk's results straight
 /// into the output as soon as it is next in line.
 pub(crate) fn collect_in_order<R: DeserializeOwned>(
+    shared: &Shared,
     rx: ChunkRx,
     counts: &[usize],
 ) -> Result<Vec<R>> {
@@ -526,7 +527,9 @@ pub(crate) fn collect_in_order<R: DeserializeOwned>(
                 Err(_) => return Err(lost()),
             }
         };
-        decode_chunk_into(&reply?, count, &mut out)?;
+        let body = reply?;
+        decode_chunk_into(body.bytes(), count, &mut out)?;
+        shared.recycle(body.into_buffer());
     }
     Ok(out)
 }
@@ -540,7 +543,9 @@ pub struct IMap<R> {
     chunks: usize,
     ordered: bool,
     next_index: usize,
-    parked: BTreeMap<usize, Result<Vec<u8>>>,
+    parked: BTreeMap<usize, Result<Body>>,
+    /// Where decoded chunks' buffers go back for reuse.
+    shared: Arc<Shared>,
     current: std::vec::IntoIter<R>,
 }
 
@@ -556,12 +561,13 @@ impl<R> fmt::Debug for IMap<R> {
 impl<R: DeserializeOwned> IMap<R> {
     /// An ordered iterator over the chunks (of `counts` items each)
     /// arriving on `rx`.
-    pub(crate) fn from_parts(rx: ChunkRx, counts: Vec<usize>) -> Self {
-        Self::new(rx, counts, true)
+    pub(crate) fn from_parts(shared: Arc<Shared>, rx: ChunkRx, counts: Vec<usize>) -> Self {
+        Self::new(shared, rx, counts, true)
     }
 
-    fn new(rx: ChunkRx, counts: Vec<usize>, ordered: bool) -> Self {
+    fn new(shared: Arc<Shared>, rx: ChunkRx, counts: Vec<usize>, ordered: bool) -> Self {
         IMap {
+            shared,
             rx,
             chunks: counts.len(),
             counts,
@@ -597,9 +603,10 @@ impl<R: DeserializeOwned> IMap<R> {
         };
         self.chunks -= 1;
         let expected = self.counts.get(index).copied().unwrap_or(0);
-        Some(chunk.and_then(|bytes| {
+        Some(chunk.and_then(|body| {
             let mut out = Vec::new();
-            decode_chunk_into(&bytes, expected, &mut out)?;
+            decode_chunk_into(body.bytes(), expected, &mut out)?;
+            self.shared.recycle(body.into_buffer());
             Ok(out)
         }))
     }

@@ -8,7 +8,7 @@
 //! is [`ST_OK`] (body = encoded result), [`ST_PANIC`] (body = the panic
 //! message) or [`ST_ERROR`] (body = a codec error message).
 //!
-//! Frames go through [`Connection::send_bytes`] / `recv_bytes`, so framing,
+//! Frames go through [`Connection::send_bytes`] / `recv_bytes_into`, so framing,
 //! truncation and size limits are the connection's.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -35,17 +35,22 @@ pub(crate) const MAX_FRAME: usize = 1 << 30;
 /// sleeps (see [`Connection::poll_spin`]).
 const WORKER_SPIN: Duration = Duration::from_micros(100);
 
+/// Largest buffer a worker keeps between jobs.
+const KEEP_BUFFER: usize = 16 << 20;
+
 /// Runs once in each worker right after it starts (Python's `initializer`).
 pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync + 'static>;
 
-/// A job frame under construction: room for the header, to which the
-/// caller appends the payload. The header is filled in by
-/// [`fill_job_header`] when the dispatcher sends the frame, so a large
-/// payload (a `map` chunk) is never copied into a second buffer.
-pub(crate) fn job_frame(capacity: usize) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(JOB_HEADER + capacity);
-    frame.resize(JOB_HEADER, 0);
-    frame
+/// A job frame under construction in `buf` (a recycled buffer or a new
+/// one): room for the header, to which the caller appends the payload.
+/// The header is filled in by [`fill_job_header`] when the dispatcher
+/// sends the frame, so a large payload (a `map` chunk) is never copied
+/// into a second buffer.
+pub(crate) fn job_frame(mut buf: Vec<u8>, capacity: usize) -> Vec<u8> {
+    buf.clear();
+    buf.reserve(JOB_HEADER + capacity);
+    buf.resize(JOB_HEADER, 0);
+    buf
 }
 
 /// Writes the header of a frame made by [`job_frame`]; returns `false`
@@ -60,11 +65,30 @@ pub(crate) fn fill_job_header(frame: &mut [u8], id: u64, trampoline: usize) -> b
     true
 }
 
+/// A task's encoded result: a worker's reply frame, read past its header
+/// (kept whole so the buffer can be recycled, and never shifted).
+#[derive(Debug)]
+pub(crate) struct Body {
+    frame: Vec<u8>,
+}
+
+impl Body {
+    /// The encoded result.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.frame[RESULT_HEADER..]
+    }
+
+    /// The whole buffer, for reuse.
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
+        self.frame
+    }
+}
+
 /// A decoded result frame.
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub(crate) id: u64,
-    pub(crate) outcome: Result<Vec<u8>>,
+    pub(crate) outcome: Result<Body>,
 }
 
 /// Decodes a worker's result frame.
@@ -72,24 +96,22 @@ pub(crate) struct Reply {
 /// # Errors
 /// [`Error::Codec`] when the frame is shorter than its header or has an
 /// unknown status byte.
-pub(crate) fn decode_reply(mut frame: Vec<u8>) -> Result<Reply> {
-    if frame.len() < RESULT_HEADER {
+pub(crate) fn decode_reply(frame: Vec<u8>) -> Result<Reply> {
+    let Some((header, _)) = frame.split_first_chunk::<RESULT_HEADER>() else {
         return Err(Error::Codec(format!(
             "pool worker sent a {}-byte frame, shorter than a result header",
             frame.len()
         )));
-    }
-    let status = frame[0];
+    };
+    let status = header[0];
     let mut id = [0u8; 8];
-    id.copy_from_slice(&frame[1..RESULT_HEADER]);
+    id.copy_from_slice(&header[1..]);
     let id = u64::from_le_bytes(id);
-    frame.drain(..RESULT_HEADER);
+    let text = |frame: &[u8]| String::from_utf8_lossy(&frame[RESULT_HEADER..]).into_owned();
     let outcome = match status {
-        ST_OK => Ok(frame),
-        ST_PANIC => Err(Error::Panicked(
-            String::from_utf8_lossy(&frame).into_owned(),
-        )),
-        ST_ERROR => Err(Error::Codec(String::from_utf8_lossy(&frame).into_owned())),
+        ST_OK => Ok(Body { frame }),
+        ST_PANIC => Err(Error::Panicked(text(&frame))),
+        ST_ERROR => Err(Error::Codec(text(&frame))),
         other => {
             return Err(Error::Codec(format!(
                 "pool worker sent unknown status {other}"
@@ -127,6 +149,7 @@ pub(crate) fn worker_main(
         }
     }
     let mut out = Vec::with_capacity(256);
+    let mut frame = Vec::new();
     let mut done = 0usize;
     loop {
         // The next job usually follows a reply within microseconds (a
@@ -135,11 +158,12 @@ pub(crate) fn worker_main(
         if conn.poll_spin(WORKER_SPIN).is_err() {
             return 0;
         }
-        let frame = match conn.recv_bytes() {
-            Ok(f) => f,
+        // One buffer for every job: a large chunk's pages are faulted in
+        // once, not once per chunk.
+        if conn.recv_bytes_into(&mut frame).is_err() {
             // The pool is gone or closed our end: nothing more to do.
-            Err(_) => return 0,
-        };
+            return 0;
+        }
         match frame.first() {
             Some(&OP_STOP) => return 0,
             Some(&OP_JOB) if frame.len() >= JOB_HEADER => {}
@@ -187,8 +211,12 @@ pub(crate) fn worker_main(
         if max_tasks.is_some_and(|m| done >= m) {
             return 0;
         }
-        if out.capacity() > 1 << 20 {
+        // Keep the buffers for the next job unless one was huge.
+        if out.capacity() > KEEP_BUFFER {
             out = Vec::with_capacity(256);
+        }
+        if frame.capacity() > KEEP_BUFFER {
+            frame = Vec::new();
         }
     }
 }
