@@ -348,6 +348,13 @@ impl<'de> Decoder<'de> {
         Ok(u64::from_le_bytes(self.take()?))
     }
 
+    /// The elements of a sequence or map, after reading their count.
+    #[inline]
+    fn counted(&mut self) -> Result<Elements<'_, 'de>> {
+        let left = self.len()?;
+        Ok(Elements { de: self, left })
+    }
+
     #[inline]
     fn tag(&mut self, what: &str) -> Result<bool> {
         match self.take::<1>()? {
@@ -450,11 +457,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
 
     #[inline]
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let len = self.len()?;
-        visitor.visit_seq(Elements {
-            de: self,
-            left: len,
-        })
+        visitor.visit_seq(self.counted()?)
     }
 
     #[inline]
@@ -475,11 +478,7 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let len = self.len()?;
-        visitor.visit_map(Elements {
-            de: self,
-            left: len,
-        })
+        visitor.visit_map(self.counted()?)
     }
 
     #[inline]
