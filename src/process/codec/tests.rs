@@ -1,0 +1,150 @@
+//! Unit tests of the codec.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum Shape {
+    Empty,
+    Circle(f64),
+    Rect { w: u32, h: u32 },
+    Pair(i8, char),
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Record {
+    id: u64,
+    name: String,
+    tags: Vec<String>,
+    score: Option<i128>,
+    shapes: Vec<Shape>,
+    by_key: BTreeMap<String, (u16, bool)>,
+    raw: serde_bytes_like::Bytes,
+    unit: (),
+}
+
+/// A byte buffer that serializes through `serialize_bytes`.
+mod serde_bytes_like {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Debug, PartialEq)]
+    pub struct Bytes(pub Vec<u8>);
+
+    impl Serialize for Bytes {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Bytes {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Bytes, E> {
+                    Ok(Bytes(v.to_vec()))
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+}
+
+fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug>(v: &T) {
+    let mut out = Vec::new();
+    append(v, &mut out).expect("encode");
+    assert_eq!(&from_bytes::<T>(&out).expect("decode"), v);
+}
+
+#[test]
+fn every_kind_of_value_round_trips() {
+    round_trip(&0u64);
+    round_trip(&u64::MAX);
+    round_trip(&i64::MIN);
+    round_trip(&(-1i8, 2u16, -3i32, 4u128, 1.5f32, -2.25f64, 'é', true));
+    round_trip(&String::from("héllo"));
+    round_trip(&Some(Some(3u8)));
+    round_trip(&None::<u8>);
+    round_trip(&vec![vec![1u32, 2], vec![], vec![3]]);
+    let mut hm = HashMap::new();
+    hm.insert(7u8, "seven".to_owned());
+    round_trip(&hm);
+    round_trip(&Record {
+        id: 42,
+        name: "n".into(),
+        tags: vec!["a".into(), "bc".into()],
+        score: Some(-5),
+        shapes: vec![
+            Shape::Empty,
+            Shape::Circle(1.0),
+            Shape::Rect { w: 3, h: 4 },
+            Shape::Pair(-1, 'x'),
+        ],
+        by_key: [("k".to_owned(), (9u16, false))].into_iter().collect(),
+        raw: serde_bytes_like::Bytes(vec![0, 255, 7]),
+        unit: (),
+    });
+}
+
+#[test]
+fn integers_are_fixed_width_little_endian() {
+    let mut out = Vec::new();
+    append(&(1u64, 2u32, -1i16), &mut out).expect("encode");
+    assert_eq!(out, [1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0xff, 0xff]);
+}
+
+#[test]
+fn truncated_input_is_an_error_not_a_panic() {
+    let mut out = Vec::new();
+    append(&(7u64, "abc".to_owned(), vec![1u16, 2, 3]), &mut out).expect("encode");
+    for cut in 0..out.len() {
+        let r = from_bytes::<(u64, String, Vec<u16>)>(&out[..cut]);
+        assert!(r.is_err(), "a {cut}-byte prefix decoded");
+    }
+}
+
+#[test]
+fn leftover_bytes_are_an_error() {
+    let e = from_bytes::<u8>(&[1, 2]).expect_err("two bytes for one u8");
+    assert!(e.0.contains("1 bytes left over"), "{e}");
+}
+
+#[test]
+fn forged_lengths_and_bad_tags_are_refused() {
+    // A string claiming u64::MAX bytes.
+    let mut out = u64::MAX.to_le_bytes().to_vec();
+    out.extend_from_slice(b"abc");
+    assert!(from_bytes::<String>(&out).is_err());
+    // A vector claiming 2^40 elements preallocates nothing big and
+    // fails at the end of the input.
+    let out = (1u64 << 40).to_le_bytes();
+    assert!(from_bytes::<Vec<u64>>(&out).is_err());
+    assert!(from_bytes::<bool>(&[2]).is_err());
+    assert!(from_bytes::<Option<u8>>(&[9, 1]).is_err());
+    assert!(from_bytes::<char>(&0xD800u32.to_le_bytes()).is_err());
+    assert!(from_bytes::<String>(&[2, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe]).is_err());
+    assert!(from_bytes::<Shape>(&9u32.to_le_bytes()).is_err());
+}
+
+#[test]
+fn unknown_lengths_and_self_describing_types_are_refused() {
+    struct Unsized;
+    impl Serialize for Unsized {
+        fn serialize<S: ser::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            use ser::SerializeSeq;
+            let mut seq = s.serialize_seq(None)?;
+            seq.serialize_element(&1u8)?;
+            seq.end()
+        }
+    }
+    let e = append(&Unsized, &mut Vec::new()).expect_err("unknown length");
+    assert!(e.0.contains("know its length"), "{e}");
+    let e = from_bytes::<serde_json::Value>(&[0]).expect_err("deserialize_any");
+    assert!(e.0.contains("not self-describing"), "{e}");
+}
