@@ -223,6 +223,20 @@ fn good_echo_server_counts_requests_without_errors() {
 }
 
 #[test]
+fn every_connection_runs_whatever_the_thread_count() {
+    // Connections are split over the load threads: with 1, 3 or more
+    // threads than connections, every connection opens once and works.
+    let srv = Server::tcp(Behaviour::Echo);
+    for (threads, expect) in [("1", 1), ("3", 3), ("16", 5)] {
+        let v = json_run(srv.addr, &["-c", "5", "-t", threads, "-d", "500ms"]);
+        assert_eq!(u(&v, "threads"), expect, "{v}");
+        assert_eq!(u(&v, "connections_opened"), 5, "{v}");
+        assert!(u(&v, "requests") > 50, "{v}");
+        assert_eq!(errors(&v, "total"), 0, "{v}");
+    }
+}
+
+#[test]
 fn json_numbers_agree_with_each_other() {
     let srv = Server::tcp(Behaviour::Echo);
     let start = Instant::now();

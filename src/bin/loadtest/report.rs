@@ -110,6 +110,7 @@ impl Summary<'_> {
             "protocol": if self.args.udp { "udp" } else { "tcp" },
             "mode": self.args.mode(),
             "connections": self.args.connections,
+            "threads": self.args.load_threads(),
             "size": self.args.size,
             "rate": self.args.rate,
             "duration_s": self.secs(),
@@ -155,10 +156,11 @@ impl Summary<'_> {
         let rate = a.rate.map(|r| format!(" at {r} req/s")).unwrap_or_default();
         let _ = writeln!(
             s,
-            "loadtest {}: {}{rate}, {} connections, {}-byte messages, {:.2} s measured{warm}",
+            "loadtest {}: {}{rate}, {} connections on {} threads, {}-byte messages, {:.2} s measured{warm}",
             self.target,
             a.mode(),
             a.connections,
+            a.load_threads(),
             a.size,
             self.secs()
         );
