@@ -236,6 +236,76 @@ fn every_connection_runs_whatever_the_thread_count() {
     }
 }
 
+/// Kills (SIGKILL) and reaps the child if a test fails before waiting.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn interrupt_after(args: &[&str], after: Duration) -> (Output, Duration) {
+    let child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run loadtest");
+    let mut guard = KillOnDrop(Some(child));
+    std::thread::sleep(after);
+    let pid = guard.0.as_ref().map(|c| c.id()).unwrap_or_default() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT our own child");
+    let sent = Instant::now();
+    let out = guard
+        .0
+        .take()
+        .expect("child")
+        .wait_with_output()
+        .expect("wait");
+    (out, sent.elapsed())
+}
+
+#[test]
+fn ctrl_c_stops_at_once_and_reports_what_was_measured() {
+    let srv = Server::tcp(Behaviour::Echo);
+    let a = srv.addr.to_string();
+    let (out, took) = interrupt_after(
+        &[&a, "--json", "-c", "4", "-d", "60s"],
+        Duration::from_millis(1500),
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?} after SIGINT");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["interrupted"], Value::Bool(true), "{v}");
+    let secs = f(&v, "duration_s");
+    assert!((1.0..5.0).contains(&secs), "{v}");
+    assert!(u(&v, "requests") > 100, "{v}");
+    assert_eq!(errors(&v, "total"), 0, "{v}");
+    assert!(
+        (f(&v, "rps") * secs - u(&v, "requests") as f64).abs() <= 1.0,
+        "{v}"
+    );
+    assert!(srv.echoed.load(Ordering::SeqCst) >= u(&v, "requests") * 64);
+
+    // Interrupted during the warm-up: nothing to report, still 130.
+    let (out, _) = interrupt_after(
+        &[&a, "-c", "2", "--warmup", "30s", "-d", "10s"],
+        Duration::from_millis(500),
+    );
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing was measured"));
+}
+
 #[test]
 fn json_numbers_agree_with_each_other() {
     let srv = Server::tcp(Behaviour::Echo);

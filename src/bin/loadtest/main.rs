@@ -53,7 +53,9 @@ fn main() -> ExitCode {
     let result = rt.block_on(run(&args));
     rt.shutdown_timeout(Duration::from_millis(200));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Complete) => ExitCode::SUCCESS,
+        // As a shell reports a program ended by SIGINT.
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
         Err(e) => {
             eprintln!("loadtest: error: {e:#}");
             ExitCode::FAILURE
@@ -93,11 +95,15 @@ enum Job {
 /// a request's wake-up never crosses threads and no work is stolen: with
 /// one multi-threaded runtime, the client cost up to 1.3× a blocking
 /// client's CPU per request.
+///
+/// When `stop` turns true (Ctrl-C) every worker is cancelled at once;
+/// what they counted reaches the shared totals through their recorders.
 fn run_thread(
     job: &Job,
     shared: &Arc<Shared>,
     ids: Vec<u32>,
     hard_stop: std::time::Instant,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Totals> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -114,7 +120,17 @@ fn run_thread(
         }
         let mut totals = Totals::new();
         loop {
-            match tokio::time::timeout_at(hard_stop.into(), tasks.join_next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(hard_stop.into(), tasks.join_next()) => next,
+                _ = stop.wait_for(|stop| *stop) => {
+                    tasks.abort_all();
+                    // Joining drops the cancelled workers here, on their
+                    // own thread, which hands their counts over.
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            };
+            match next {
                 Ok(Some(Ok(t))) => totals.merge(&t),
                 Ok(Some(Err(e))) => bail!("a worker failed: {e}"),
                 Ok(None) => break,
@@ -146,7 +162,15 @@ async fn resolve(addr: &str) -> anyhow::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
-async fn run(args: &Args) -> anyhow::Result<()> {
+/// How a run ended.
+enum Outcome {
+    /// The whole window was measured.
+    Complete,
+    /// Ctrl-C cut it short; a summary of what was measured was printed.
+    Interrupted,
+}
+
+async fn run(args: &Args) -> anyhow::Result<Outcome> {
     let addrs = resolve(&args.addr).await?;
     let size = args.size as usize;
 
@@ -208,32 +232,58 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         }))
     };
     let threads = args.load_threads();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     for t in 0..threads {
         let ids: Vec<u32> = (0..args.connections)
             .filter(|id| *id as usize % threads == t)
             .collect();
         let (job, shared, done) = (job.clone(), shared.clone(), done_tx.clone());
+        let stop = stop_rx.clone();
         std::thread::Builder::new()
             .name(format!("loadtest-{t}"))
             .spawn(move || {
-                let _ = done.send(run_thread(&job, &shared, ids, hard_stop));
+                let _ = done.send(run_thread(&job, &shared, ids, hard_stop, stop));
             })
             .context("cannot start a load thread")?;
     }
     drop(done_tx);
     let mut totals = Totals::new();
-    while let Some(result) = done_rx.recv().await {
+    let mut interrupted = None;
+    loop {
+        let result = tokio::select! {
+            r = done_rx.recv() => r,
+            signal = tokio::signal::ctrl_c(), if interrupted.is_none() => {
+                if signal.is_ok() {
+                    interrupted = Some(std::time::Instant::now());
+                    let _ = stop_tx.send(true);
+                }
+                continue;
+            }
+        };
         match result {
-            Ok(t) => totals.merge(&t),
-            Err(e) => {
+            Some(Ok(t)) => totals.merge(&t),
+            Some(Err(e)) => {
                 progress.finish();
                 bail!("{e}");
             }
+            None => break,
         }
     }
     progress.finish();
+    totals.merge(&shared.take_dropped());
 
+    // An interrupted run reports the part of the window it measured.
+    let duration = match interrupted {
+        None => args.duration,
+        Some(at) => at
+            .saturating_duration_since(window.measure)
+            .min(args.duration),
+    };
+    if duration.is_zero() {
+        eprintln!("loadtest: interrupted during the warm-up: nothing was measured");
+        return Ok(Outcome::Interrupted);
+    }
     let (hist, timeline) = shared.latencies();
     totals.hist = hist;
     let summary = report::Summary {
@@ -241,7 +291,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         target: addr.to_string(),
         totals,
         timeline,
-        duration: args.duration,
+        duration,
+        interrupted: interrupted.is_some(),
     };
     if let Some(path) = &args.plot {
         let svg = plot::render(&summary);
@@ -256,5 +307,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             println!("  plot         {}", path.display());
         }
     }
-    Ok(())
+    Ok(if interrupted.is_some() {
+        Outcome::Interrupted
+    } else {
+        Outcome::Complete
+    })
 }

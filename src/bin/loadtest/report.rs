@@ -61,8 +61,11 @@ pub struct Summary<'a> {
     pub totals: Totals,
     /// Per-second timeline of the measured window.
     pub timeline: Vec<Second>,
-    /// Length of the measured window.
+    /// Length of the measured window (shorter than `--duration` when the
+    /// run was interrupted).
     pub duration: Duration,
+    /// Ctrl-C ended the run early.
+    pub interrupted: bool,
 }
 
 impl Summary<'_> {
@@ -114,6 +117,7 @@ impl Summary<'_> {
             "size": self.args.size,
             "rate": self.args.rate,
             "duration_s": self.secs(),
+            "interrupted": self.interrupted,
             "warmup_s": self.args.warmup.as_secs_f64(),
             "requests": t.requests,
             "rps": self.rps(),
@@ -154,13 +158,19 @@ impl Summary<'_> {
             format!(" after {} warm-up", humantime::format_duration(a.warmup))
         };
         let rate = a.rate.map(|r| format!(" at {r} req/s")).unwrap_or_default();
+        let warm = if self.interrupted {
+            format!("{warm} (interrupted)")
+        } else {
+            warm
+        };
         let _ = writeln!(
             s,
-            "loadtest {}: {}{rate}, {} connections on {} threads, {}-byte messages, {:.2} s measured{warm}",
+            "loadtest {}: {}{rate}, {} connections on {} thread{}, {}-byte messages, {:.2} s measured{warm}",
             self.target,
             a.mode(),
             a.connections,
             a.load_threads(),
+            if a.load_threads() == 1 { "" } else { "s" },
             a.size,
             self.secs()
         );

@@ -182,6 +182,9 @@ pub struct Shared {
     pub window: Window,
     id: u64,
     threads: Mutex<Vec<Slot>>,
+    /// Totals of workers dropped before they finished (the run was
+    /// interrupted): what they had counted is kept, not lost.
+    dropped: Mutex<Totals>,
 }
 
 impl Shared {
@@ -192,7 +195,17 @@ impl Shared {
             window,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             threads: Mutex::new(Vec::new()),
+            dropped: Mutex::new(Totals::new()),
         })
+    }
+
+    /// The totals of workers that were dropped unfinished (see
+    /// [`Recorder`]'s `Drop`), taken out.
+    pub fn take_dropped(&self) -> Totals {
+        match self.dropped.lock() {
+            Ok(mut d) => std::mem::replace(&mut *d, Totals::new()),
+            Err(_) => Totals::new(),
+        }
     }
 
     /// Runs `f` on the calling thread's latencies for this run.
@@ -373,8 +386,19 @@ impl Recorder {
     }
 
     /// This worker's totals.
-    pub fn finish(self) -> Totals {
-        self.totals
+    pub fn finish(mut self) -> Totals {
+        std::mem::replace(&mut self.totals, Totals::new())
+    }
+}
+
+impl Drop for Recorder {
+    /// A worker cancelled mid-run (Ctrl-C) never calls `finish`: its
+    /// counts go to the shared totals instead. After `finish` this adds
+    /// empty totals, i.e. nothing.
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.shared.dropped.lock() {
+            d.merge(&self.totals);
+        }
     }
 }
 
@@ -405,6 +429,21 @@ mod tests {
         assert_eq!(tl.len(), 2);
         assert_eq!((tl[0].requests, tl[1].requests, tl[1].errors), (1, 1, 1));
         assert_eq!(shared.live(), (4, 1));
+        // finish() took the totals: nothing is left to merge on drop.
+        assert_eq!(shared.take_dropped().requests, 0);
+    }
+
+    #[test]
+    fn a_dropped_recorder_keeps_its_counts() {
+        let w = Window::new(Duration::ZERO, Duration::from_secs(3));
+        let shared = Shared::new(w);
+        let mut r = Recorder::new(shared.clone());
+        r.ok(w.measure, Duration::from_micros(10));
+        r.error(w.measure, ErrorKind::Reset);
+        drop(r);
+        let t = shared.take_dropped();
+        assert_eq!((t.requests, t.errors.total()), (1, 1));
+        assert_eq!(shared.take_dropped().requests, 0, "taken once");
     }
 
     #[test]
