@@ -1,17 +1,21 @@
 //! A byte-transparent echo server over TCP or UDP, in any strategy.
 //!
 //! ```text
-//! cargo run --release --example echo -- [--mode sync|threading|forking|prefork|async] [--udp] [--listen ADDR]
+//! cargo run --release --example echo -- [--mode sync|threading|forking|prefork|async] [--udp] [--listen ADDR] [--idle-timeout 60s]
 //! ```
 //!
 //! Defaults: `--mode threading`, `--listen 127.0.0.1:9000` (port 0 picks a
-//! free port). When ready it prints exactly one line to stdout,
+//! free port), `--idle-timeout 60s`: a TCP client that sends nothing (or
+//! reads nothing) for that long is disconnected, so idle connections
+//! cannot hold the server's slots or its shutdown forever (`0s` turns
+//! that off). When ready it prints exactly one line to stdout,
 //! `listening on tcp://HOST:PORT (mode MODE)` (or `udp://`). TCP echoes
 //! every byte as it arrives; UDP answers each datagram. SIGINT/SIGTERM shut
 //! it down gracefully (exit status 0). Logs go to stderr (`RUST_LOG`).
 
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use socketserver::server::{
@@ -22,12 +26,19 @@ use socketserver::{Request, RequestHandler};
 
 /// Echoes whatever is available, without waiting for newlines. The same
 /// handler serves TCP connections and UDP datagrams.
-struct Echo;
+struct Echo {
+    /// Read/write timeout of a connection (`None`: wait forever).
+    idle: Option<Duration>,
+}
 
 impl RequestHandler for Echo {
+    fn setup(&mut self, req: &mut Request) -> io::Result<()> {
+        req.set_timeout(self.idle)
+    }
+
     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
         let (mut rfile, mut wfile) = req.split();
-        loop {
+        let result = (|| loop {
             let chunk = match rfile.fill_buf() {
                 Ok(c) => c,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -39,8 +50,24 @@ impl RequestHandler for Echo {
             let n = chunk.len();
             wfile.write_all(chunk)?;
             rfile.consume(n);
+        })();
+        match result {
+            // The idle timeout: an expected end, not a failure.
+            Err(e) if timed_out(&e) => {
+                tracing::debug!("closing an idle connection");
+                Ok(())
+            }
+            other => other,
         }
     }
+}
+
+/// Whether `e` is a socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` expiring).
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// The concurrency strategy. New strategies (prefork, async) are new
@@ -84,6 +111,17 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
+    /// Disconnect a TCP client after this long without progress in either
+    /// direction (e.g. 60s, 500ms; 0s waits forever).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+}
+
+impl Args {
+    /// The connections' timeout: `None` for `--idle-timeout 0s`.
+    fn idle(&self) -> Option<Duration> {
+        (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
+    }
 }
 
 fn serve<T, S>(args: &Args) -> anyhow::Result<()>
@@ -94,7 +132,10 @@ where
 {
     let mut server = SocketServer::<T, S>::builder()
         .allow_reuse_address(true)
-        .bind(args.listen, || Echo)?;
+        .bind(args.listen, {
+            let idle = args.idle();
+            move || Echo { idle }
+        })?;
     let _signals = shutdown_on_signals(&server.shutdown_handle())?;
     {
         let mut out = io::stdout().lock();
@@ -120,7 +161,8 @@ fn announce(args: &Args, addr: SocketAddr) -> io::Result<()> {
 }
 
 fn serve_prefork(args: &Args) -> anyhow::Result<()> {
-    let mut server = PreforkTcpServer::builder().bind(args.listen, || Echo)?;
+    let idle = args.idle();
+    let mut server = PreforkTcpServer::builder().bind(args.listen, move || Echo { idle })?;
     let _signals = shutdown_on_signals(&server.shutdown_handle())?;
     announce(args, server.server_address())?;
     server.serve_forever()?;
@@ -130,7 +172,8 @@ fn serve_prefork(args: &Args) -> anyhow::Result<()> {
 }
 
 fn serve_async(args: &Args) -> anyhow::Result<()> {
-    let mut server = AsyncTcpServer::bind(args.listen, Blocking::new(|| Echo))?;
+    let idle = args.idle();
+    let mut server = AsyncTcpServer::bind(args.listen, Blocking::new(move || Echo { idle }))?;
     server.set_shutdown_on_signals(true);
     announce(args, server.local_addr()?)?;
     let report = server.serve_forever()?;

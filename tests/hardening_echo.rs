@@ -19,10 +19,15 @@ const BURST: usize = 200;
 const SETTLE: Duration = Duration::from_secs(5);
 
 fn start(mode: &str, udp: bool) -> Guard {
+    start_with(mode, udp, &[])
+}
+
+fn start_with(mode: &str, udp: bool, extra: &[&str]) -> Guard {
     let mut args = vec!["--mode", mode, "--listen", "127.0.0.1:0"];
     if udp {
         args.push("--udp");
     }
+    args.extend_from_slice(extra);
     Guard::start(&example("echo"), &args, if udp { "udp" } else { "tcp" })
 }
 
@@ -362,4 +367,60 @@ fn sigterm_drains_forking() {
 #[test]
 fn sigterm_drains_async() {
     drain_scenario("async");
+}
+
+/// `--idle-timeout`: a client that goes quiet is disconnected after the
+/// timeout (its slot is free again, and SIGTERM need not wait for it),
+/// while one that keeps talking with shorter pauses is not.
+fn idle_scenario(mode: &str) {
+    let srv = start_with(mode, false, &["--idle-timeout", "1s"]);
+    let addr = srv.addr;
+    let mut quiet = connect(addr);
+    witness_round(&mut quiet, 1);
+    let went_quiet = std::time::Instant::now();
+    let mut buf = [0u8; 8];
+    // `connect` set a 5 s read timeout: EOF must come well before it.
+    let n = quiet
+        .read(&mut buf)
+        .expect("EOF from the server, not a timeout");
+    assert_eq!(n, 0, "{mode}: expected EOF");
+    let waited = went_quiet.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{mode}: closed after {waited:?}"
+    );
+    // The sync server serves one client at a time: this one is served
+    // only because the quiet one was dropped.
+    let mut chatty = connect(addr);
+    for n in 2..7 {
+        witness_round(&mut chatty, n);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    drop(chatty);
+    terminate_cleanly(srv);
+}
+
+#[test]
+fn idle_clients_are_disconnected_sync() {
+    idle_scenario("sync");
+}
+
+#[test]
+fn idle_clients_are_disconnected_threading() {
+    idle_scenario("threading");
+}
+
+#[test]
+fn idle_clients_are_disconnected_forking() {
+    idle_scenario("forking");
+}
+
+#[test]
+fn idle_clients_are_disconnected_prefork() {
+    idle_scenario("prefork");
+}
+
+#[test]
+fn idle_clients_are_disconnected_async() {
+    idle_scenario("async");
 }
