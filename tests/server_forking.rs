@@ -96,7 +96,10 @@ impl FileLog {
             .append(true)
             .open(&self.0)
             .unwrap();
-        writeln!(f, "{line}").unwrap();
+        // One write per line: `writeln!` on a `File` issues the text and
+        // the newline as two writes, which children appending at the same
+        // moment interleave ("closedclosed\n\n").
+        f.write_all(format!("{line}\n").as_bytes()).unwrap();
     }
 }
 
