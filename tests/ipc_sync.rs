@@ -48,6 +48,14 @@ fn main() {
         ("condition_wait_timeout", condition_wait_timeout),
         ("barrier_of_three_processes", barrier_of_three_processes),
         (
+            "barrier_action_runs_once_per_round_before_release",
+            barrier_action_runs_once_per_round_before_release,
+        ),
+        (
+            "barrier_action_panic_breaks_it",
+            barrier_action_panic_breaks_it,
+        ),
+        (
             "barrier_timeout_breaks_and_reset",
             barrier_timeout_breaks_and_reset,
         ),
@@ -466,6 +474,62 @@ fn barrier_of_three_processes() {
         vec![1; ROUNDS * 3],
         "each index once per round"
     );
+    assert!(!b.broken());
+}
+
+fn barrier_action_runs_once_per_round_before_release() {
+    const ROUNDS: u32 = 4;
+    let runs = Value::new(0u32).unwrap();
+    let counter = runs.clone();
+    let b = Barrier::with_action(3, move || {
+        *counter.lock().unwrap() += 1;
+    })
+    .unwrap();
+    let mut kids = Kids::new();
+    for k in 0..2u64 {
+        kids.spawn(|| {
+            for round in 1..=ROUNDS {
+                sleep(Duration::from_millis(5 * k));
+                if b.wait_timeout(LONG).is_err() {
+                    return 1;
+                }
+                // The action of this round ran before anyone was released.
+                if runs.get().unwrap() < round {
+                    return 2;
+                }
+            }
+            0
+        });
+    }
+    for round in 1..=ROUNDS {
+        b.wait_timeout(LONG).unwrap();
+        assert!(runs.get().unwrap() >= round);
+    }
+    kids.join_all_ok();
+    assert_eq!(runs.get().unwrap(), ROUNDS, "exactly once per round");
+    assert!(!b.broken());
+}
+
+fn barrier_action_panic_breaks_it() {
+    let b = Barrier::with_action(2, || panic!("action failed on purpose")).unwrap();
+    let mut kids = Kids::new();
+    let first = kids.spawn(|| match b.wait_timeout(LONG) {
+        Err(Error::BrokenBarrier) => 0,
+        _ => 1,
+    });
+    // Arrive second, so the action runs here.
+    let deadline = std::time::Instant::now() + LONG;
+    while b.n_waiting() < 1 {
+        assert!(std::time::Instant::now() < deadline, "child never arrived");
+        sleep(Duration::from_millis(1));
+    }
+    match b.wait_timeout(LONG) {
+        Err(Error::Panicked(msg)) => assert!(msg.contains("on purpose"), "{msg}"),
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    assert_eq!(kids.join(first), 0);
+    assert!(b.broken());
+    b.reset().unwrap();
     assert!(!b.broken());
 }
 

@@ -6,12 +6,15 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::{deadline, Acquired, RawCondvar, RawMutex};
 use super::shared::Shm;
 use super::sync::{acquire_raw, LockResult};
+use super::worker::panic_message;
 use crate::{Error, Result};
 
 #[repr(C)]
@@ -190,10 +193,12 @@ struct BarrierShm {
 }
 
 /// A rendezvous for a fixed number of processes: Python's
-/// `multiprocessing.Barrier` (without the `action` callable).
+/// `multiprocessing.Barrier`.
 ///
 /// Each of `parties` processes calls [`Barrier::wait`]; all return once
-/// the last one arrives. A timeout, an [`abort`](Barrier::abort), or a
+/// the last one arrives. A barrier made with
+/// [`with_action`](Barrier::with_action) has the last arriver run the
+/// action first, before anyone is released. A timeout, an [`abort`](Barrier::abort), or a
 /// process dying inside the barrier's critical section *breaks* it: every
 /// waiter, present and future, gets [`Error::BrokenBarrier`] until
 /// [`reset`](Barrier::reset). A process killed while *waiting* is not
@@ -202,6 +207,9 @@ struct BarrierShm {
 #[derive(Clone)]
 pub struct Barrier {
     shm: Shm<BarrierShm>,
+    /// Run by the last arriver of each round. Each process has its own
+    /// copy: the closure was forked along with the `Barrier`.
+    action: Option<Arc<dyn Fn() + Send + Sync + 'static>>,
 }
 
 impl Barrier {
@@ -224,7 +232,23 @@ impl Barrier {
             }
             Ok(())
         })?;
-        Ok(Barrier { shm })
+        Ok(Barrier { shm, action: None })
+    }
+
+    /// A barrier for `parties` processes whose last arriver in each round
+    /// runs `action` before anyone is released: Python's
+    /// `Barrier(parties, action)`. The action runs in whichever process
+    /// arrives last, so it must make sense in every process that waits
+    /// (create the barrier before forking). If it panics, the barrier
+    /// breaks: that caller gets [`Error::Panicked`], the others
+    /// [`Error::BrokenBarrier`].
+    ///
+    /// # Errors
+    /// As [`Barrier::new`].
+    pub fn with_action(parties: u32, action: impl Fn() + Send + Sync + 'static) -> Result<Barrier> {
+        let mut b = Barrier::new(parties)?;
+        b.action = Some(Arc::new(action));
+        Ok(b)
     }
 
     /// Waits for all parties; returns this caller's arrival index,
@@ -232,7 +256,8 @@ impl Barrier {
     ///
     /// # Errors
     /// [`Error::BrokenBarrier`] if the barrier is or becomes broken or is
-    /// reset while waiting; [`Error::Io`] if the lock fails.
+    /// reset while waiting; [`Error::Panicked`] for the caller whose
+    /// action panicked; [`Error::Io`] if the lock fails.
     pub fn wait(&self) -> Result<u32> {
         self.wait_inner(None)
     }
@@ -263,6 +288,18 @@ impl Barrier {
         }
         let idx = h.count.load(Ordering::Relaxed);
         if idx + 1 >= h.parties {
+            if let Some(action) = &self.action {
+                // Under the barrier's lock and before the release, as in
+                // Python. A process that dies here leaves the lock to be
+                // recovered as owner-died, which breaks the barrier.
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| action())) {
+                    let msg = panic_message(payload.as_ref());
+                    // Dropping a payload may itself panic.
+                    std::mem::forget(payload);
+                    break_it();
+                    return Err(Error::Panicked(msg));
+                }
+            }
             h.count.store(0, Ordering::Relaxed);
             h.generation.fetch_add(1, Ordering::Relaxed);
             h.cond.notify_all();
@@ -337,6 +374,7 @@ impl fmt::Debug for Barrier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Barrier")
             .field("parties", &self.parties())
+            .field("action", &self.action.is_some())
             .field("n_waiting", &self.n_waiting())
             .field("broken", &self.broken())
             .finish()
