@@ -1,6 +1,7 @@
 //! The FTP example driven by real clients: Python's ftplib, curl and lftp,
 //! in threading and forking mode.
 
+mod common_support;
 mod ftp_support;
 
 use std::fs;

@@ -2,6 +2,7 @@
 //! protection, bounded command lines, atomic uploads, login throttling,
 //! connection limits, timeouts, log hygiene and graceful shutdown.
 
+mod common_support;
 mod ftp_support;
 
 use std::fs;

@@ -3,6 +3,7 @@
 //! bursts of short connections (descriptors back to baseline, no zombies)
 //! and a clean SIGTERM exit afterwards.
 
+mod common_support;
 mod hardening_support;
 
 use std::io::{Read, Write};

@@ -4,6 +4,7 @@
 //! tricks and symlink loops, bursts of short sessions — while a second
 //! client keeps being served — and a clean SIGTERM exit afterwards.
 
+mod common_support;
 mod ftp_support;
 mod hardening_support;
 

@@ -31,7 +31,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 
 use super::worker::{self, Body, Initializer, MAX_FRAME, OP_STOP};
-use super::{fork_child, pipe, Connection, ForkOptions, ForkedChild};
+use super::{fork_child, pipe, sys, Connection, ForkOptions, ForkedChild};
 use crate::{Error, Result};
 
 /// Jobs handed to one worker at a time. A job stays with its payload
@@ -593,9 +593,7 @@ impl Dispatcher {
                 };
                 match nix::poll::poll(&mut fds, timeout) {
                     Ok(0) if busy => {
-                        if round % 4 == 0 {
-                            std::thread::yield_now();
-                        }
+                        sys::spin_pause(round);
                         round = round.wrapping_add(1);
                     }
                     Ok(_) => break,

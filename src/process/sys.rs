@@ -41,10 +41,20 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Re
     }
 }
 
-/// Every how many rounds [`spin_readable`] yields the CPU (starting with
-/// the first): the peer we wait for may have just been woken onto our CPU,
+/// Every how many rounds an active wait yields the CPU (starting with the
+/// first): the peer we wait for may have just been woken onto our CPU,
 /// and a pure busy loop would keep it from running.
 const SPIN_YIELD_EVERY: u32 = 4;
+
+/// One pause of an active wait, in round `round` (counted from 0):
+/// yields the CPU every [`SPIN_YIELD_EVERY`] rounds, else a spin hint.
+pub(crate) fn spin_pause(round: u32) {
+    if round % SPIN_YIELD_EVERY == 0 {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
 
 /// Checks whether `fd` is readable again and again, without ever sleeping,
 /// for at most `budget`; returns `Ok(true)` as soon as it is.
@@ -69,11 +79,7 @@ pub(crate) fn spin_readable(fd: BorrowedFd<'_>, budget: Duration) -> Result<bool
         if Instant::now() >= end {
             return Ok(false);
         }
-        if round % SPIN_YIELD_EVERY == 0 {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
+        spin_pause(round);
         round = round.wrapping_add(1);
     }
 }

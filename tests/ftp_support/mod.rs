@@ -3,6 +3,11 @@
 //! it, and run real clients (Python ftplib, curl, lftp).
 #![allow(dead_code)]
 
+// Re-exported under the names these tests use (a test crate that uses
+// only some of the helpers would otherwise warn).
+#[allow(unused_imports)]
+pub use crate::common_support::{wait_until, xorshift_bytes as pattern};
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -312,31 +317,6 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
             );
         }
     }
-}
-
-/// Polls `cond` every 20 ms for up to `limit`.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so no test needs an RNG.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Every file under `dir`, relative, sorted.

@@ -3,6 +3,11 @@
 //! client (reset, half-close, stop reading).
 #![allow(dead_code)]
 
+// Re-exported under the names these tests use (a test crate that uses
+// only some of the helpers would otherwise warn).
+#[allow(unused_imports)]
+pub use crate::common_support::{wait_until, xorshift_bytes as garbage};
+
 use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -166,31 +171,6 @@ pub fn zombies_of(ppid: i32) -> Vec<i32> {
         .into_iter()
         .filter(|&(_, s)| s == 'Z')
         .map(|(p, _)| p)
-        .collect()
-}
-
-/// Polls `cond` every 20 ms for up to `limit`.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cond()
-}
-
-/// Deterministic pseudo-random bytes (xorshift), NULs and all.
-pub fn garbage(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
         .collect()
 }
 
