@@ -171,6 +171,7 @@ enum Outcome {
 }
 
 async fn run(args: &Args) -> anyhow::Result<Outcome> {
+    let started = std::time::SystemTime::now();
     let addrs = resolve(&args.addr).await?;
     let size = args.size as usize;
 
@@ -293,6 +294,7 @@ async fn run(args: &Args) -> anyhow::Result<Outcome> {
         timeline,
         duration,
         interrupted: interrupted.is_some(),
+        started,
     };
     if let Some(path) = &args.plot {
         let svg = plot::render(&summary);

@@ -193,7 +193,7 @@ fn fmt_count(v: f64) -> String {
 
 /// Renders the whole chart.
 pub fn render(s: &Summary<'_>) -> String {
-    let height = 1080.0;
+    let height = 1110.0;
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -205,13 +205,18 @@ pub fn render(s: &Summary<'_>) -> String {
         esc(&s.target),
         esc(s.args.mode())
     );
+    let target_rate = match s.args.rate {
+        Some(r) => format!(", target {} req/s (open loop)", fmt_count(r)),
+        None => String::new(),
+    };
     let _ = writeln!(
         svg,
-        r##"<text x="{LEFT}" y="48" font-size="12" fill="#444">{} connections, {}-byte messages, {} requests, {:.0} req/s, {} errors</text>"##,
+        r##"<text x="{LEFT}" y="48" font-size="12" fill="#444">{} connections, {}-byte messages, {} requests, {:.0} req/s{}, {} errors</text>"##,
         s.args.connections,
         s.args.size,
         s.totals.requests,
         s.rps(),
+        esc(&target_rate),
         s.totals.errors.total()
     );
 
@@ -279,7 +284,13 @@ pub fn render(s: &Summary<'_>) -> String {
     }
 
     // Panel 2: throughput over time.
-    let max_rps = tl.iter().map(|s| s.requests as f64).fold(0.0, f64::max);
+    let max_rps = tl
+        .iter()
+        .map(|s| s.requests as f64)
+        .chain(s.args.rate)
+        .fold(0.0, f64::max)
+        // Headroom, so a target line at the top does not hit the title.
+        * 1.1;
     let (ymax, ystep) = lin_axis(max_rps);
     let p = Panel {
         top: 420.0,
@@ -321,13 +332,30 @@ pub fn render(s: &Summary<'_>) -> String {
             );
         }
     }
+    if let Some(rate) = s.args.rate {
+        let (xl, xr, y) = (p.px(0.0), p.px(secs), p.py(rate));
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{xl:.1}" y1="{y:.1}" x2="{xr:.1}" y2="{y:.1}" stroke="#000" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}" font-size="11">target {}/s</text>"##,
+            xl + 4.0,
+            y - 4.0,
+            fmt_count(rate)
+        );
+    }
+    // A request lands in the second its reply arrived: a server that
+    // stalls at t = 4 s shows its backlog in the bar where the stall ends.
+    let _ = writeln!(
+        svg,
+        r##"<text x="{LEFT}" y="{:.1}" font-size="11" fill="#444">each request is counted in the second its reply arrived, so a stall shows as a gap and then a burst where it ends</text>"##,
+        p.top + p.height + 54.0
+    );
     legend(&mut svg, &p, 0, "requests", "#2ca02c");
     legend(&mut svg, &p, 1, "errors", "#d62728");
 
     // Panel 3: percentile distribution.
     let h = &s.totals.hist;
     let mut p = Panel {
-        top: 690.0,
+        top: 720.0,
         height: 300.0,
         x0: 0.0,
         x1: 1.0,
@@ -344,8 +372,11 @@ pub fn render(s: &Summary<'_>) -> String {
         p.no_data(&mut svg);
     } else {
         // x = log10(1 / (1 - q)): 0 → p0, 1 → p90, 2 → p99, …
-        let nines = (h.len() as f64).log10().clamp(1.0, 6.0).ceil();
-        p.x1 = nines;
+        // At least up to p99.9, so p50..p99.9 always has room; further
+        // when there are enough samples to say something there.
+        let nines = (h.len() as f64).log10().clamp(3.0, 6.0).ceil();
+        // A little room right of the last tick for its marker's label.
+        p.x1 = nines + 0.35;
         let pts: Vec<(f64, f64)> = (0..=(nines as usize * 50))
             .map(|i| {
                 let x = i as f64 / 50.0;

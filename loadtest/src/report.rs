@@ -66,6 +66,8 @@ pub struct Summary<'a> {
     pub duration: Duration,
     /// Ctrl-C ended the run early.
     pub interrupted: bool,
+    /// When the run started (wall clock), for the JSON record.
+    pub started: std::time::SystemTime,
 }
 
 impl Summary<'_> {
@@ -109,6 +111,12 @@ impl Summary<'_> {
             })
             .collect();
         let mut v = json!({
+            // Enough to compare a saved result with a later one: which
+            // client, when, and exactly how it was run.
+            "tool": "loadtest",
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_utc": humantime::format_rfc3339_seconds(self.started).to_string(),
+            "command_line": std::env::args().collect::<Vec<_>>(),
             "target": self.target,
             "protocol": if self.args.udp { "udp" } else { "tcp" },
             "mode": self.args.mode(),

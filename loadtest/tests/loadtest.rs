@@ -201,6 +201,33 @@ fn errors(v: &Value, kind: &str) -> u64 {
 fn good_echo_server_counts_requests_without_errors() {
     let srv = Server::tcp(Behaviour::Echo);
     let v = json_run(srv.addr, &["-c", "4", "-d", "1s", "-s", "100"]);
+    // The record says which client made it, when, and how it was run.
+    assert_eq!(v["tool"], "loadtest");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let started = v["started_utc"].as_str().unwrap();
+    assert!(
+        started.len() == 20 && started.ends_with('Z') && started.as_bytes()[10] == b'T',
+        "{started}"
+    );
+    let cmd: Vec<&str> = v["command_line"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &cmd[1..],
+        &[
+            &srv.addr.to_string(),
+            "--json",
+            "-c",
+            "4",
+            "-d",
+            "1s",
+            "-s",
+            "100"
+        ]
+    );
     let requests = u(&v, "requests");
     assert!(requests > 100, "{v}");
     assert_eq!(errors(&v, "total"), 0, "{v}");
@@ -431,9 +458,17 @@ fn connect_rate_limits_new_connections() {
 fn human_summary_and_plot() {
     let srv = Server::tcp(Behaviour::Echo);
     let dir = tempfile::tempdir().unwrap();
-    let svg = dir.path().join("run.svg");
+    let svg_path = dir.path().join("run.svg");
     let a = srv.addr.to_string();
-    let out = loadtest(&[&a, "-c", "2", "-d", "1s", "--plot", svg.to_str().unwrap()]);
+    let out = loadtest(&[
+        &a,
+        "-c",
+        "2",
+        "-d",
+        "1s",
+        "--plot",
+        svg_path.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
@@ -447,16 +482,37 @@ fn human_summary_and_plot() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let svg = std::fs::read_to_string(&svg).unwrap();
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     for needle in [
         "Latency over time",
         "Latency by percentile",
         "polyline",
         "p99",
+        "p99.9",
+        "counted in the second its reply arrived",
     ] {
         assert!(svg.contains(needle), "{needle} missing from the SVG");
     }
+    assert!(!svg.contains("target"), "closed loop has no target rate");
+
+    // An open-loop run states its target rate, in the subtitle and as a
+    // line on the throughput panel.
+    let out = loadtest(&[
+        &a,
+        "-c",
+        "2",
+        "-d",
+        "1s",
+        "--rate",
+        "200",
+        "--plot",
+        svg_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.contains("target 200 req/s (open loop)"), "{svg}");
+    assert!(svg.contains("target 200/s"), "{svg}");
 }
 
 #[test]
