@@ -33,7 +33,9 @@ fn v2(command_family: [u8; 2], addr: &[u8], tlvs: &[u8]) -> Vec<u8> {
 fn headers() -> Vec<(&'static str, Vec<u8>)> {
     let v4 = [192, 0, 2, 10, 127, 0, 0, 1, 0xd4, 0x31, 0x1f, 0x90];
     let mut v6 = Vec::new();
-    v6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a]);
+    v6.extend_from_slice(&[
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a,
+    ]);
     v6.extend_from_slice(&[0; 15]);
     v6.push(1);
     v6.extend_from_slice(&[0xd4, 0x31, 0x1f, 0x90]);
@@ -111,9 +113,6 @@ fn main() {
             them.push(time(theirs, &h));
         }
         let (us, them) = (median(us), median(them));
-        println!(
-            "{name:<16} {us:>10.1} {them:>10.1} {:>13.2}x",
-            them / us
-        );
+        println!("{name:<16} {us:>10.1} {them:>10.1} {:>13.2}x", them / us);
     }
 }

@@ -1,0 +1,467 @@
+//! Our servers against minimal hand-written ones, in the same run.
+//!
+//! ```sh
+//! cargo bench --bench bare                         # every table
+//! BARE_BENCH_ONLY=churn cargo bench --bench bare   # rows whose name contains "churn"
+//! BARE_BENCH_ROUNDS=3 BARE_BENCH_SECS=1 cargo bench --bench bare   # quicker, noisier
+//! ```
+//!
+//! The bare servers are one C file (`benches/bare/bare.c`, compiled here
+//! with the system's `cc -O2`): fork per connection, N pre-forked workers
+//! blocking in `accept`, a thread per connection, and a single-threaded
+//! epoll loop. They echo and nothing else: no logging, no timeouts, no
+//! limits. Ours is the echo example (`examples/echo.rs`, release build,
+//! default logging) in the matching `--mode`. Both are driven by the same
+//! `loadtest` client (release build), rounds alternating ours / bare;
+//! each figure is the median of the rounds, and the ratio is ours / bare
+//! (for CPU per message and RSS: bare / ours, so above 1 is always
+//! better for us). System calls per connection come from `strace -f -c`
+//! over a separate short churn run (skipped when strace is missing).
+//!
+//! Every server listens on 127.0.0.1 port 0; every load run is bounded by
+//! `--duration`; every server is ended by pid when its row is done.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rounds() -> usize {
+    env_or("BARE_BENCH_ROUNDS", 5)
+}
+
+fn secs() -> u64 {
+    env_or("BARE_BENCH_SECS", 2)
+}
+
+fn wanted(name: &str) -> bool {
+    std::env::var("BARE_BENCH_ONLY").map_or(true, |f| name.contains(&f))
+}
+
+/// The binaries this bench runs.
+struct Bins {
+    echo: PathBuf,
+    loadtest: PathBuf,
+    bare: PathBuf,
+}
+
+fn build() -> Bins {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for args in [
+        &["build", "--release", "--example", "echo"][..],
+        &["build", "--release", "-p", "loadtest"][..],
+    ] {
+        let ok = Command::new(&cargo)
+            .args(args)
+            .current_dir(root)
+            .status()
+            .expect("run cargo");
+        assert!(ok.success(), "cargo {args:?} failed");
+    }
+    let release = root.join("target").join("release");
+    let bare = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bare-echo");
+    let ok = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&bare)
+        .arg(root.join("benches/bare/bare.c"))
+        .status()
+        .expect("run cc");
+    assert!(ok.success(), "cc benches/bare/bare.c failed");
+    Bins {
+        echo: release.join("examples").join("echo"),
+        loadtest: release.join("loadtest"),
+        bare,
+    }
+}
+
+/// A running server: ended by pid (SIGTERM, then SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!("server exited before it listened");
+            }
+            if let Some(rest) = line.split("tcp://").nth(1) {
+                let a = rest.split_whitespace().next().unwrap();
+                break a.parse().expect("listening address");
+            }
+        };
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        Server { child, addr }
+    }
+
+    fn ours(bins: &Bins, mode: &str) -> Server {
+        let mut cmd = Command::new(&bins.echo);
+        cmd.args(["--mode", mode, "--listen", "127.0.0.1:0"]);
+        Server::start(cmd)
+    }
+
+    fn bare(bins: &Bins, mode: &str) -> Server {
+        let mut cmd = Command::new(&bins.bare);
+        cmd.args(mode.split_whitespace());
+        Server::start(cmd)
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// utime + stime in seconds (this process only).
+    fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        ticks / 100.0
+    }
+
+    fn rss_kib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `loadtest --json` run against `addr`.
+fn load(bins: &Bins, addr: SocketAddr, extra: &[&str]) -> Value {
+    let d = format!("{}s", secs());
+    let out = Command::new(&bins.loadtest)
+        .arg(addr.to_string())
+        .args(["--json", "-d", &d])
+        .args(extra)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run loadtest");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("loadtest JSON: {e}: {text}"))
+}
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut v = v;
+    for k in path {
+        v = &v[*k];
+    }
+    v.as_f64().unwrap_or(0.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Row {
+    name: String,
+    ours: f64,
+    bare: f64,
+    /// Ours relative to bare, "higher is better" for every row.
+    ratio: f64,
+    goal: f64,
+    unit: &'static str,
+}
+
+fn print(rows: &[Row]) {
+    println!(
+        "{:<44} {:>12} {:>12} {:>8} {:>7}  met?",
+        "workload", "ours", "bare", "ratio", "goal"
+    );
+    for r in rows {
+        println!(
+            "{:<44} {:>12.1} {:>12.1} {:>7.2}x {:>6.2}x  {}  ({})",
+            r.name,
+            r.ours,
+            r.bare,
+            r.ratio,
+            r.goal,
+            if r.ratio >= r.goal { "yes" } else { "NO" },
+            r.unit
+        );
+    }
+}
+
+/// Alternating rounds of `measure` against ours and bare; medians.
+fn compare(
+    bins: &Bins,
+    ours_mode: &str,
+    bare_mode: &str,
+    measure: impl Fn(&Server) -> f64,
+) -> (f64, f64) {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..rounds() {
+        a.push(measure(&Server::ours(bins, ours_mode)));
+        b.push(measure(&Server::bare(bins, bare_mode)));
+    }
+    (median(a), median(b))
+}
+
+fn churn_rows(bins: &Bins, rows: &mut Vec<Row>) {
+    let churn = |s: &Server| {
+        let v = load(bins, s.addr, &["--churn", "-c", "4"]);
+        num(&v, &["connections_per_s"])
+    };
+    for (ours, bare, goal) in [
+        ("forking", "fork", 0.8),
+        ("threading", "thread", 1.0),
+        ("prefork", "prefork 4", 1.0),
+        ("async", "epoll", 0.9),
+    ] {
+        let name = format!("churn, {ours} vs {bare}");
+        if !wanted(&name) {
+            continue;
+        }
+        let (o, b) = compare(bins, ours, bare, churn);
+        rows.push(Row {
+            name,
+            ours: o,
+            bare: b,
+            ratio: o / b,
+            goal,
+            unit: "conn/s",
+        });
+    }
+}
+
+fn persistent_rows(bins: &Bins, rows: &mut Vec<Row>) {
+    for (ours, bare) in [("async", "epoll"), ("threading", "thread")] {
+        let name = format!("persistent 50 conns, {ours} vs {bare}");
+        if !wanted(&name) {
+            continue;
+        }
+        let (mut rate, mut cpu) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for _ in 0..rounds() {
+            for (is_ours, s) in [
+                (true, Server::ours(bins, ours)),
+                (false, Server::bare(bins, bare)),
+            ] {
+                let before = s.cpu_secs();
+                let v = load(bins, s.addr, &["-c", "50"]);
+                let msgs = num(&v, &["requests"]);
+                let us_per_msg = (s.cpu_secs() - before) * 1e6 / msgs.max(1.0);
+                let (r, c) = if is_ours {
+                    (&mut rate.0, &mut cpu.0)
+                } else {
+                    (&mut rate.1, &mut cpu.1)
+                };
+                r.push(num(&v, &["rps"]));
+                c.push(us_per_msg);
+            }
+        }
+        let (ro, rb) = (median(rate.0), median(rate.1));
+        let (co, cb) = (median(cpu.0), median(cpu.1));
+        rows.push(Row {
+            name: name.clone(),
+            ours: ro,
+            bare: rb,
+            ratio: ro / rb,
+            goal: 0.9,
+            unit: "msg/s",
+        });
+        rows.push(Row {
+            name: format!("{name}, server CPU"),
+            ours: co,
+            bare: cb,
+            ratio: cb / co,
+            goal: 0.9,
+            unit: "µs per message; ratio bare/ours",
+        });
+    }
+}
+
+/// Throughput, p99 and RSS per connection at N concurrent connections.
+fn scaling_rows(bins: &Bins, rows: &mut Vec<Row>) {
+    for n in [10usize, 100, 1000, 5000] {
+        for (ours, bare) in [("threading", "thread"), ("async", "epoll")] {
+            let name = format!("{n} conns, {ours} vs {bare}");
+            if !wanted(&name) {
+                continue;
+            }
+            let c = n.to_string();
+            let mut m: [Vec<f64>; 6] = Default::default();
+            for _ in 0..rounds() {
+                for (k, s) in [(0, Server::ours(bins, ours)), (3, Server::bare(bins, bare))] {
+                    let idle = s.rss_kib();
+                    // Sample RSS in the middle of the run.
+                    let pid = s.pid();
+                    let sampler = std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(secs() * 500));
+                        std::fs::read_to_string(format!("/proc/{pid}/status"))
+                            .ok()
+                            .and_then(|st| {
+                                st.lines()
+                                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                                    .and_then(|v| v.split_whitespace().next())
+                                    .and_then(|v| v.parse::<f64>().ok())
+                            })
+                            .unwrap_or(0.0)
+                    });
+                    let v = load(bins, s.addr, &["-c", &c]);
+                    let loaded = sampler.join().unwrap();
+                    m[k].push(num(&v, &["rps"]));
+                    m[k + 1].push(num(&v, &["latency_us", "p99"]));
+                    m[k + 2].push((loaded - idle).max(0.0) / n as f64);
+                    let errors = num(&v, &["errors", "total"]);
+                    if errors > 0.0 {
+                        println!(
+                            "  {name}: {} had {errors} errors",
+                            if k == 0 { "ours" } else { "bare" }
+                        );
+                    }
+                }
+            }
+            let med: Vec<f64> = m.into_iter().map(median).collect();
+            // Within 1.2x of bare: ratio >= 1/1.2 for every figure.
+            rows.push(Row {
+                name: format!("{name}: throughput"),
+                ours: med[0],
+                bare: med[3],
+                ratio: med[0] / med[3],
+                goal: 1.0 / 1.2,
+                unit: "msg/s",
+            });
+            rows.push(Row {
+                name: format!("{name}: p99"),
+                ours: med[1],
+                bare: med[4],
+                ratio: med[4] / med[1],
+                goal: 1.0 / 1.2,
+                unit: "µs; ratio bare/ours",
+            });
+            rows.push(Row {
+                name: format!("{name}: RSS per connection"),
+                ours: med[2],
+                bare: med[5],
+                ratio: if med[2] > 0.0 { med[5] / med[2] } else { 1.0 },
+                goal: 1.0 / 1.2,
+                unit: "KiB; ratio bare/ours",
+            });
+        }
+    }
+}
+
+/// System calls per connection under `strace -f -c`, ours and bare.
+fn syscall_rows(bins: &Bins) {
+    if Command::new("strace").arg("-V").output().is_err() {
+        println!("system calls per connection: skipped (strace is not installed)");
+        return;
+    }
+    println!("system calls per connection (strace -f -c over a 1 s churn run, 2 client connections at a time):");
+    for (ours, bare) in [
+        ("forking", "fork"),
+        ("threading", "thread"),
+        ("prefork", "prefork 4"),
+        ("async", "epoll"),
+    ] {
+        let name = format!("syscalls, {ours} vs {bare}");
+        if !wanted(&name) {
+            continue;
+        }
+        let mut per_conn = Vec::new();
+        for (bin, args) in [
+            (&bins.echo, vec!["--mode", ours, "--listen", "127.0.0.1:0"]),
+            (&bins.bare, bare.split_whitespace().collect()),
+        ] {
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("strace.txt");
+            let mut cmd = Command::new("strace");
+            cmd.args(["-f", "-c", "-o"]).arg(&out).arg(bin).args(&args);
+            let s = Server::start(cmd);
+            let v = Command::new(&bins.loadtest)
+                .arg(s.addr.to_string())
+                .args(["--json", "-d", "1s", "--churn", "-c", "2"])
+                .stderr(Stdio::null())
+                .output()
+                .expect("run loadtest");
+            let v: Value = serde_json::from_str(String::from_utf8_lossy(&v.stdout).trim())
+                .expect("loadtest JSON");
+            // End the traced server (strace's child) first, so strace
+            // writes its summary and exits with it.
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", s.pid()))
+                .unwrap_or_default();
+            for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            drop(s);
+            let conns = num(&v, &["connections_opened"]).max(1.0);
+            let calls = std::fs::read_to_string(&out)
+                .ok()
+                .and_then(|t| {
+                    t.lines()
+                        .find(|l| l.trim_end().ends_with("total"))
+                        // % time, seconds, usecs/call, calls, errors, "total"
+                        .and_then(|l| l.split_whitespace().nth(3))
+                        .and_then(|c| c.parse::<f64>().ok())
+                })
+                .unwrap_or(f64::NAN);
+            per_conn.push(calls / conns);
+        }
+        println!(
+            "  {ours:<10} {:>6.1}   {bare:<10} {:>6.1}",
+            per_conn[0], per_conn[1]
+        );
+    }
+}
+
+fn main() {
+    let bins = build();
+    println!(
+        "ours (examples/echo.rs) vs bare C servers (benches/bare/bare.c), loadtest client, {} s per run, median of {} alternating rounds",
+        secs(),
+        rounds()
+    );
+    let mut rows = Vec::new();
+    churn_rows(&bins, &mut rows);
+    persistent_rows(&bins, &mut rows);
+    scaling_rows(&bins, &mut rows);
+    print(&rows);
+    syscall_rows(&bins);
+}

@@ -1,0 +1,166 @@
+/* Minimal hand-written echo servers: the "bare" side of benches/bare.rs.
+ *
+ *   bare fork|prefork N|thread|epoll
+ *
+ * Each listens on 127.0.0.1 port 0 (backlog 4096, SO_REUSEADDR), prints
+ * "listening on tcp://127.0.0.1:PORT" on stdout, and echoes every byte it
+ * reads until the peer closes. No logging, no timeouts, no limits: the
+ * least a server of each model must do, so the ratio shows what the
+ * framework costs. SIGTERM ends it (and, for prefork, its workers).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int listen_any(void) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    if (fd < 0) { perror("socket"); exit(1); }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror("bind"); exit(1); }
+    if (listen(fd, 4096) < 0) { perror("listen"); exit(1); }
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    printf("listening on tcp://127.0.0.1:%d\n", ntohs(a.sin_port));
+    fflush(stdout);
+    return fd;
+}
+
+/* Echo until EOF or an error, then close. */
+static void echo(int fd) {
+    char buf[65536];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf), off = 0;
+        if (n <= 0) break;
+        while (off < n) {
+            ssize_t w = write(fd, buf + off, n - off);
+            if (w <= 0) goto out;
+            off += w;
+        }
+    }
+out:
+    close(fd);
+}
+
+static void serve_fork(int lfd) {
+    signal(SIGCHLD, SIG_IGN); /* the kernel reaps the children */
+    for (;;) {
+        int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) continue;
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(lfd);
+            echo(c);
+            _exit(0);
+        }
+        close(c);
+    }
+}
+
+static void serve_prefork(int lfd, int n) {
+    pid_t *kids = calloc(n, sizeof *kids);
+    for (int i = 0; i < n; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            for (;;) {
+                int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+                if (c >= 0) echo(c);
+            }
+        }
+        kids[i] = pid;
+    }
+    sigset_t set;
+    int sig;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    sigwait(&set, &sig);
+    for (int i = 0; i < n; i++) kill(kids[i], SIGKILL);
+    for (int i = 0; i < n; i++) waitpid(kids[i], NULL, 0);
+    exit(0);
+}
+
+static void *thread_main(void *arg) {
+    echo((int)(long)arg);
+    return NULL;
+}
+
+static void serve_thread(int lfd) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (;;) {
+        pthread_t t;
+        int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) continue;
+        if (pthread_create(&t, &attr, thread_main, (void *)(long)c) != 0) close(c);
+    }
+}
+
+static void serve_epoll(int lfd) {
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd}, evs[256];
+    static char buf[65536];
+    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+    for (;;) {
+        int n = epoll_wait(ep, evs, 256, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == lfd) {
+                for (;;) {
+                    int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                    if (c < 0) break;
+                    struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
+                }
+                continue;
+            }
+            ssize_t r = read(fd, buf, sizeof buf);
+            if (r <= 0) {
+                if (r < 0 && errno == EAGAIN) continue;
+                close(fd); /* also leaves the epoll set */
+                continue;
+            }
+            /* Echo replies are small; a client that stops reading is not
+             * part of this benchmark, so a short write just closes. */
+            if (write(fd, buf, r) != r) close(fd);
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: bare fork|prefork N|thread|epoll\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    int lfd = listen_any();
+    if (!strcmp(argv[1], "fork")) serve_fork(lfd);
+    else if (!strcmp(argv[1], "prefork")) serve_prefork(lfd, argc > 2 ? atoi(argv[2]) : 4);
+    else if (!strcmp(argv[1], "thread")) serve_thread(lfd);
+    else if (!strcmp(argv[1], "epoll")) {
+        fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) | O_NONBLOCK);
+        serve_epoll(lfd);
+    } else {
+        fprintf(stderr, "unknown mode %s\n", argv[1]);
+        return 2;
+    }
+    return 0;
+}
