@@ -1,0 +1,371 @@
+//! Test hosts behind a real load balancer: network namespaces, HAProxy and
+//! backends, each removed when dropped, also when the test fails.
+//!
+//! Backends run in network namespaces this module creates (`ip netns`),
+//! one per host, joined to the test's own namespace by a veth pair with
+//! addresses in 10.77.N.0/24 that exist only inside this machine. Where
+//! namespaces cannot be made (not root, no `ip`), the hosts fall back to
+//! 127.0.0.2, 127.0.0.3, … on loopback; [`Hosts::kind`] says which ran.
+//! HAProxy listens on 127.0.0.1 in the test's namespace, so every address
+//! a test sends to is on loopback or inside namespaces it made.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Whether a program is on `PATH` (`prog -v`/`--version` ran at all).
+pub fn installed(prog: &str) -> bool {
+    Command::new(prog)
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn run(cmd: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Where the backends live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// One network namespace per host.
+    Namespaces,
+    /// 127.0.0.2, 127.0.0.3, … in the test's own namespace.
+    Loopback,
+}
+
+/// N test hosts; their namespaces are deleted on drop.
+#[derive(Debug)]
+pub struct Hosts {
+    /// How the hosts were made.
+    pub kind: HostKind,
+    /// Each host's address, as the balancer reaches it.
+    pub addrs: Vec<IpAddr>,
+    namespaces: Vec<String>,
+}
+
+impl Hosts {
+    /// Makes `n` hosts (at most 200), in namespaces when possible.
+    pub fn new(n: usize) -> Hosts {
+        assert!(n <= 200);
+        let mut hosts = Hosts {
+            kind: HostKind::Namespaces,
+            addrs: Vec::new(),
+            namespaces: Vec::new(),
+        };
+        let tag = std::process::id() % 100_000;
+        for i in 1..=n {
+            let ns = format!("ssrs{tag}h{i}");
+            let veth = format!("ssv{tag}h{i}");
+            let outer = format!("10.77.{i}.1/24");
+            let inner = format!("10.77.{i}.2/24");
+            let made = run(&["ip", "netns", "add", &ns]).and_then(|()| {
+                hosts.namespaces.push(ns.clone());
+                run(&[
+                    "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                    &ns,
+                ])?;
+                run(&["ip", "addr", "add", &outer, "dev", &veth])?;
+                run(&["ip", "link", "set", &veth, "up"])?;
+                for cmd in [
+                    &[
+                        "ip", "netns", "exec", &ns, "ip", "addr", "add", &inner, "dev", "eth0",
+                    ][..],
+                    &[
+                        "ip", "netns", "exec", &ns, "ip", "link", "set", "eth0", "up",
+                    ],
+                    &["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"],
+                ] {
+                    run(cmd)?;
+                }
+                Ok(())
+            });
+            match made {
+                Ok(()) => hosts
+                    .addrs
+                    .push(IpAddr::V4(Ipv4Addr::new(10, 77, i as u8, 2))),
+                Err(why) => {
+                    eprintln!("network namespaces unavailable ({why}); using 127.0.0.x hosts");
+                    hosts.remove_namespaces();
+                    return Hosts {
+                        kind: HostKind::Loopback,
+                        addrs: (2..2 + n as u8)
+                            .map(|k| IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
+                            .collect(),
+                        namespaces: Vec::new(),
+                    };
+                }
+            }
+        }
+        hosts
+    }
+
+    /// A command that runs `program` on host `i` (inside its namespace).
+    pub fn command(&self, i: usize, program: &Path) -> Command {
+        match self.kind {
+            HostKind::Namespaces => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &self.namespaces[i]]).arg(program);
+                c
+            }
+            HostKind::Loopback => Command::new(program),
+        }
+    }
+
+    fn remove_namespaces(&mut self) {
+        // Deleting a namespace also deletes its end of the veth pair,
+        // and with it the pair.
+        for ns in self.namespaces.drain(..) {
+            let _ = run(&["ip", "netns", "del", &ns]);
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        self.remove_namespaces();
+    }
+}
+
+/// The names of this test run's namespaces still present (for the
+/// "nothing left behind" check).
+pub fn leftover_namespaces() -> Vec<String> {
+    let tag = format!("ssrs{}h", std::process::id() % 100_000);
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&tag))
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; fine for a test).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process ended by pid when dropped (SIGTERM, then SIGKILL),
+/// with its stdout and stderr lines collected.
+#[derive(Debug)]
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every line seen so far (stdout and stderr).
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `cmd` with piped output.
+    pub fn start(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(l);
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `limit` for a line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> Option<String> {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Some(l.clone());
+        }
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return Some(l);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// Collects the lines that arrived so far.
+    pub fn drain(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `sig` to the process (only ever one this test started).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Waits up to `limit` for the process to exit; its status code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            if self.wait_exit(Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// One backend server line of the HAProxy configuration.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Where HAProxy connects.
+    pub addr: SocketAddr,
+    /// The agent-check port on the same host, if any.
+    pub agent_port: Option<u16>,
+}
+
+/// HAProxy in TCP mode on 127.0.0.1:`port`, round robin over `backends`,
+/// with health checks every 200 ms (`fall 2 rise 2`), `retries 3` and
+/// `option redispatch`; `send-proxy-v2` when `proxy` is set.
+pub fn haproxy(dir: &Path, port: u16, backends: &[Backend], proxy: bool) -> Proc {
+    let mut cfg = format!(
+        "global\n  maxconn 8000\n  stats socket {}/haproxy.sock mode 600 level admin\n\
+         defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+         backend be\n  balance roundrobin\n",
+        dir.display()
+    );
+    for (i, b) in backends.iter().enumerate() {
+        let _ = writeln!(
+            cfg,
+            "  server b{i} {} check inter 200ms fall 2 rise 2{}{}",
+            b.addr,
+            if proxy {
+                " send-proxy-v2 check-send-proxy"
+            } else {
+                ""
+            },
+            match b.agent_port {
+                Some(p) => format!(" agent-check agent-port {p} agent-inter 200ms"),
+                None => String::new(),
+            }
+        );
+    }
+    let path: PathBuf = dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-db").arg("-f").arg(&path);
+    let mut p = Proc::start(cmd);
+    // HAProxy logs nothing on a good start in -db mode without a log
+    // target: wait until the port accepts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "haproxy did not start: {:?}",
+            p.drain()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
+}
+
+/// One backend server's line of HAProxy's `show stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStat {
+    /// `b0`, `b1`, …
+    pub name: String,
+    /// `UP`, `DOWN`, `DRAIN`, `MAINT`, `UP 1/2`, …
+    pub status: String,
+    /// Sessions (connections) it was given in total.
+    pub sessions: u64,
+}
+
+/// The backend servers' state, from HAProxy's stats socket in `dir`.
+pub fn haproxy_stats(dir: &Path) -> Vec<ServerStat> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(dir.join("haproxy.sock"))
+        .expect("haproxy stats socket");
+    s.write_all(b"show stat\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (px, sv, st, stot) = (col("pxname"), col("svname"), col("status"), col("stot"));
+    lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.len() > stot && f[px] == "be" && f[sv].starts_with('b'))
+        .map(|f| ServerStat {
+            name: f[sv].to_string(),
+            status: f[st].to_string(),
+            sessions: f[stot].parse().unwrap_or(0),
+        })
+        .collect()
+}
