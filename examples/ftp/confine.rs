@@ -68,7 +68,8 @@ pub enum Denied {
     Exists,
     /// RMD of a directory that is not empty.
     NotEmpty,
-    /// The final name is unusable (the root itself).
+    /// The name is unusable: the root itself, or longer than the file
+    /// system allows (`NAME_MAX`).
     BadName,
     /// Any other failure (I/O error, no space, rename into itself ...).
     Other(io::Error),
@@ -90,13 +91,14 @@ impl Denied {
             || errno == Errno::NOTDIR
             || errno == Errno::LOOP
             || errno == Errno::XDEV
-            || errno == Errno::NAMETOOLONG
             || errno == Errno::INVAL
             || errno == Errno::AGAIN
         {
             Denied::NotFound
         } else if errno == Errno::ACCESS || errno == Errno::PERM || errno == Errno::ROFS {
             Denied::Forbidden
+        } else if errno == Errno::NAMETOOLONG {
+            Denied::BadName
         } else if errno == Errno::ISDIR {
             Denied::IsADirectory
         } else if errno == Errno::EXIST {
@@ -601,7 +603,7 @@ mod tests {
         root.mkdir(&long).unwrap();
         assert!(root.metadata(&long).unwrap().is_dir());
         let too_long = format!("/{}", "n".repeat(256));
-        assert!(matches!(root.mkdir(&too_long), Err(Denied::NotFound)));
+        assert!(matches!(root.mkdir(&too_long), Err(Denied::BadName)));
         // Creation flags are refused by the fuzzing entry point.
         assert!(matches!(
             resolve(root.as_fd(), "/", "new", OFlags::CREATE | OFlags::WRONLY),

@@ -139,6 +139,13 @@ impl Upload {
             return Err(Denied::IsADirectory);
         }
         let parent = root.parent(vpath)?;
+        // A name the file system cannot hold is refused now, not after the
+        // transfer (only the lookup's ENAMETOOLONG matters here).
+        if let Err(rustix::io::Errno::NAMETOOLONG) =
+            rustix::fs::statat(&parent.dir, parent.name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        {
+            return Err(Denied::BadName);
+        }
         let mode = Mode::from_raw_mode(0o666);
         match rustix::fs::openat(
             &parent.dir,
@@ -407,6 +414,11 @@ mod tests {
         assert!(matches!(
             Upload::open(&root, "/missing/x", false, 0),
             Err(Denied::NotFound)
+        ));
+        let too_long = format!("/{}", "L".repeat(256));
+        assert!(matches!(
+            Upload::open(&root, &too_long, false, 0),
+            Err(Denied::BadName)
         ));
     }
 
