@@ -627,8 +627,9 @@ fn plant_canary(base: &Path) -> PathBuf {
 }
 
 /// The rename race of issue 11: session A swaps a real directory `d` with
-/// a symlink (one pointing inside the root, `sub/up -> ..`, whose meaning
-/// changes when it is moved to `/d`, and two pointing outside) using
+/// a symlink (`sub/up -> ..`, whose meaning changes when it is moved to
+/// `/d`; `mirror`, an absolute link to the root's parent; and two links
+/// pointing outside, which are hidden and cannot be moved) using
 /// pipelined RNFR/RNTO; session B works through `d` with MKD, STOR, RETR,
 /// SIZE, MDTM, MLST, STAT, LIST, DELE, RMD, RNFR/RNTO. The canary next to
 /// the root must be byte-for-byte unchanged and nothing of it may reach B.
@@ -643,6 +644,13 @@ fn rename_race(mode: &str, run_for: Duration) {
     symlink("..", root.join("sub/up")).unwrap();
     symlink("../canary", root.join("out_rel")).unwrap();
     symlink(&canary, root.join("out_abs")).unwrap();
+    // `mirror -> <base>` (absolute) names the canary's parent on the host,
+    // but beneath the root it means `<root>/<base>`, where a decoy waits:
+    // a visible link whose two readings differ, so session A can move it.
+    let decoy = root.join(base.strip_prefix("/").unwrap()).join("canary");
+    fs::create_dir_all(&decoy).unwrap();
+    fs::write(decoy.join("probe"), b"decoy inside the root").unwrap();
+    symlink(&base, root.join("mirror")).unwrap();
     let canary_before = snapshot(&canary);
     let base_before = names(&base);
 
@@ -656,9 +664,11 @@ fn rename_race(mode: &str, run_for: Duration) {
         let mut a = Ctrl::login(addr);
         let mut swaps = 0u64;
         let mut ok = 0u64;
-        let links = ["sub/up", "out_rel", "out_abs"];
+        // The outside-pointing links are hidden: RNFR answers 550 for
+        // them, and the swap goes on with the next link.
+        let links = ["sub/up", "out_rel", "mirror", "out_abs"];
         while std::time::Instant::now() < deadline && !a_stop.load(Ordering::Relaxed) {
-            let link = links[(swaps % 3) as usize];
+            let link = links[(swaps % 4) as usize];
             let batch = format!(
                 "RNFR d\r\nRNTO real\r\nRNFR {link}\r\nRNTO d\r\nRNFR d\r\nRNTO {link}\r\nRNFR real\r\nRNTO d\r\n"
             );
@@ -683,6 +693,7 @@ fn rename_race(mode: &str, run_for: Duration) {
         assert_eq!(b.cmd("TYPE I").0, 200);
         let mut rounds = 0u64;
         let mut created = 0u64;
+        let mut decoys = 0u64;
         let size_leak = format!("213 {CANARY_SIZE}");
         let leaked = |what: &str, bytes: &[u8]| {
             let text = String::from_utf8_lossy(bytes);
@@ -723,6 +734,9 @@ fn rename_race(mode: &str, run_for: Duration) {
                 let (code, got) = b.fetch(&cmd);
                 assert!(code == 226 || code == 550, "{cmd} -> {code}");
                 leaked(&cmd, &got);
+                if got == b"decoy inside the root" {
+                    decoys += 1;
+                }
             }
             for cmd in [
                 format!("STOR d/s{k}"),
@@ -742,14 +756,15 @@ fn rename_race(mode: &str, run_for: Duration) {
             rounds += 1;
         }
         b.cmd("QUIT");
-        (rounds, created)
+        (rounds, created, decoys)
     });
     let (swaps, swapped_ok) = swapper.join().unwrap();
-    let (rounds, created) = worker.join().unwrap();
+    let (rounds, created, decoys) = worker.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     eprintln!(
         "{mode}: A ran {swaps} swap cycles ({swapped_ok} renames succeeded), \
-         B ran {rounds} rounds ({created} directories created inside the root)"
+         B ran {rounds} rounds ({created} directories created inside the root, \
+         {decoys} reads of the decoy through `mirror`)"
     );
     assert!(swaps >= 10 && rounds >= 5, "{mode}: the race barely ran");
     assert!(swapped_ok > 0 && created > 0, "{mode}: nothing happened");
