@@ -1230,3 +1230,48 @@ fn names_of_255_bytes_upload_download_rename_delete() {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+#[test]
+fn links_inside_the_root_are_followed_inside_it() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        let root = server.root();
+        fs::create_dir(root.join("pub")).unwrap();
+        fs::write(root.join("pub/a.txt"), b"A").unwrap();
+        fs::create_dir(root.join("sub")).unwrap();
+        symlink("pub/a.txt", root.join("rel")).unwrap();
+        symlink("/pub/a.txt", root.join("abs")).unwrap();
+        symlink("/pub", root.join("dirlink")).unwrap();
+        symlink("..", root.join("sub/up")).unwrap();
+        let mut c = Ctrl::login(server.addr);
+        for path in ["rel", "abs", "dirlink/a.txt", "sub/up/sub/up/rel"] {
+            let (code, got) = c.fetch(&format!("RETR {path}"));
+            assert_eq!((code, got.as_slice()), (226, &b"A"[..]), "{mode}: {path}");
+            assert_eq!(c.cmd(&format!("SIZE {path}")).1.trim_end(), "213 1");
+        }
+        let (_, list) = c.fetch("NLST");
+        assert_eq!(list, b"abs\r\ndirlink\r\npub\r\nrel\r\nsub\r\n", "{mode}");
+        assert_eq!(c.cmd("CWD dirlink").0, 250);
+        assert!(c.cmd("PWD").1.contains("\"/dirlink\""));
+        assert_eq!(c.fetch("RETR a.txt").1, b"A");
+        assert_eq!(c.cmd("CWD /sub/up/sub/up").0, 250, "{mode}");
+        assert_eq!(c.cmd("CWD /").0, 250);
+        // Entry commands act on the link itself.
+        assert_eq!(c.cmd("DELE abs").0, 250);
+        assert!(fs::symlink_metadata(root.join("abs")).is_err());
+        assert!(root.join("pub/a.txt").exists());
+        // Moving a relative link changes what it means: pub/rel2 ->
+        // pub/a.txt is <root>/pub/pub/a.txt, which does not exist, so it
+        // is hidden and answers like a missing name.
+        assert_eq!(c.cmd("RNFR rel").0, 350);
+        assert_eq!(c.cmd("RNTO pub/rel2").0, 250);
+        assert_eq!(
+            c.cmd("SIZE pub/rel2").1,
+            c.cmd("SIZE pub/nothing").1,
+            "{mode}"
+        );
+        assert_eq!(c.cmd("RNFR pub/rel2").0, 550, "{mode}: hidden from RNFR");
+        let (_, list) = c.fetch("NLST pub");
+        assert_eq!(list, b"a.txt\r\n", "{mode}");
+    }
+}

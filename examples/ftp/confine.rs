@@ -384,15 +384,28 @@ impl Root {
             .map_err(Denied::from)
     }
 
-    /// Lists the directory `vpath`: each entry's name and metadata
-    /// (symlinks followed inside the root; hidden ones left out), sorted
-    /// by name. `None` when `vpath` is not a directory.
+    /// What `vpath` names, for a listing: a directory's entries (each with
+    /// its metadata; symlinks followed inside the root, hidden ones left
+    /// out; sorted by name), or a single non-directory's metadata. The path
+    /// is resolved once; the directory is read through that descriptor.
     ///
     /// # Errors
     /// As [`open_at`](Self::open_at).
-    pub fn list_dir(&self, vpath: &str) -> Result<Vec<(String, Metadata)>, Denied> {
-        let fd = self.open_at(vpath, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        let dir = rustix::fs::Dir::new(fd)?;
+    pub fn list(&self, vpath: &str) -> Result<Listing, Denied> {
+        let fd = self.open_at(vpath, OFlags::PATH)?;
+        let file = File::from(fd);
+        let meta = file.metadata()?;
+        if !meta.is_dir() {
+            return Ok(Listing::Single(meta));
+        }
+        // "." of the resolved descriptor: the same directory, no lookup.
+        let dfd = rustix::fs::openat(
+            &file,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let dir = rustix::fs::Dir::read_from(&dfd)?;
         let base = vpath.trim_end_matches('/');
         let mut out = Vec::new();
         for entry in dir {
@@ -405,16 +418,40 @@ impl Root {
             let Ok(name) = std::str::from_utf8(bytes) else {
                 continue;
             };
-            // Resolved beneath the root again: a link that leads nowhere
-            // inside the root is hidden.
-            match self.metadata(&format!("{base}/{name}")) {
-                Ok(m) => out.push((name.to_string(), m)),
-                Err(_) => continue,
+            // One plain component of this directory, not followed.
+            let Ok(efd) = rustix::fs::openat(
+                &dfd,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            let Ok(m) = File::from(efd).metadata() else {
+                continue;
+            };
+            if m.file_type().is_symlink() {
+                // Followed beneath the root: a link that leads nowhere
+                // inside it is hidden.
+                if let Ok(m) = self.metadata(&format!("{base}/{name}")) {
+                    out.push((name.to_string(), m));
+                }
+            } else {
+                out.push((name.to_string(), m));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        Ok(Listing::Dir(out))
     }
+}
+
+/// What a listing shows: see [`Root::list`].
+#[derive(Debug)]
+pub enum Listing {
+    /// A directory's entries, sorted by name.
+    Dir(Vec<(String, Metadata)>),
+    /// A single file (or other non-directory).
+    Single(Metadata),
 }
 
 /// Splits a normalized virtual path into parent and final name; `None`
@@ -441,6 +478,13 @@ mod tests {
         let mut out = Vec::new();
         File::from(fd).read_to_end(&mut out).map_err(Denied::from)?;
         Ok(out)
+    }
+
+    fn names_in(root: &Root, vpath: &str) -> Vec<String> {
+        match root.list(vpath).unwrap() {
+            Listing::Dir(entries) => entries.into_iter().map(|e| e.0).collect(),
+            Listing::Single(_) => panic!("{vpath} is not a directory"),
+        }
     }
 
     #[test]
@@ -509,12 +553,7 @@ mod tests {
         assert!(root.metadata("/up").unwrap().is_dir());
         // Hidden links are left out of listings and look missing to
         // entry commands; nothing outside is touched.
-        let names: Vec<String> = root
-            .list_dir("/")
-            .unwrap()
-            .into_iter()
-            .map(|e| e.0)
-            .collect();
+        let names = names_in(&root, "/");
         assert_eq!(names, ["up"]);
         assert!(matches!(
             root.entry_exists("/escape_file"),
@@ -562,12 +601,7 @@ mod tests {
         assert_eq!(read(&root, "/rel").unwrap(), b"f");
         assert_eq!(read(&root, "/abs").unwrap(), b"f");
         assert_eq!(read(&root, "/sub/up/sub/up/rel").unwrap(), b"f");
-        let names: Vec<String> = root
-            .list_dir("/")
-            .unwrap()
-            .into_iter()
-            .map(|e| e.0)
-            .collect();
+        let names = names_in(&root, "/");
         assert_eq!(names, ["abs", "rel", "sub"]);
         // Entry commands act on the link itself.
         root.rename("/abs", "/abs2").unwrap();

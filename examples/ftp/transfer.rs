@@ -28,7 +28,7 @@ use socketserver::handler::Line;
 use socketserver::Request;
 
 use crate::command::Command;
-use crate::confine::Denied;
+use crate::confine::{Denied, Listing};
 use crate::data::{self, DataSetup};
 use crate::listing;
 use crate::reply;
@@ -438,20 +438,21 @@ impl Session {
             .collect::<Vec<_>>()
             .join(" ");
         let vpath = self.vpath(&path_arg);
-        let meta = self.root().metadata(&vpath)?;
         let writable = self.writable();
         let now = listing::now();
-        let entries = if meta.is_dir() {
-            self.root().list_dir(&vpath)?
-        } else if kind == ListKind::Machine {
-            return Err(Denied::NotADirectory);
-        } else {
-            let name = if kind == ListKind::Names {
-                path_arg.clone()
-            } else {
-                vpath.rsplit('/').next().unwrap_or("").to_string()
-            };
-            vec![(name, meta)]
+        let entries = match self.root().list(&vpath)? {
+            Listing::Dir(entries) => entries,
+            Listing::Single(_) if kind == ListKind::Machine => {
+                return Err(Denied::NotADirectory);
+            }
+            Listing::Single(meta) => {
+                let name = if kind == ListKind::Names {
+                    path_arg.clone()
+                } else {
+                    vpath.rsplit('/').next().unwrap_or("").to_string()
+                };
+                vec![(name, meta)]
+            }
         };
         let mut out = Vec::new();
         for (name, m) in &entries {

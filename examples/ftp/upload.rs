@@ -146,26 +146,35 @@ impl Upload {
         {
             return Err(Denied::BadName);
         }
+        Upload::new_file(parent, true)
+    }
+
+    /// A new, not yet visible file in `parent`: unnamed (`O_TMPFILE`) when
+    /// `tmpfile` is set and the file system supports it, else a short
+    /// named temporary file.
+    fn new_file(parent: Parent, tmpfile: bool) -> Result<Upload, Denied> {
         let mode = Mode::from_raw_mode(0o666);
-        match rustix::fs::openat(
-            &parent.dir,
-            ".",
-            OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-            mode,
-        ) {
-            Ok(fd) => {
-                return Ok(Upload {
-                    file: File::from(fd),
-                    publish: Some(Publish { parent, temp: None }),
-                    rollback_len: None,
-                    committed: false,
-                })
+        if tmpfile {
+            match rustix::fs::openat(
+                &parent.dir,
+                ".",
+                OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+                mode,
+            ) {
+                Ok(fd) => {
+                    return Ok(Upload {
+                        file: File::from(fd),
+                        publish: Some(Publish { parent, temp: None }),
+                        rollback_len: None,
+                        committed: false,
+                    })
+                }
+                Err(e)
+                    if e == rustix::io::Errno::OPNOTSUPP
+                        || e == rustix::io::Errno::ISDIR
+                        || e == rustix::io::Errno::INVAL => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e)
-                if e == rustix::io::Errno::OPNOTSUPP
-                    || e == rustix::io::Errno::ISDIR
-                    || e == rustix::io::Errno::INVAL => {}
-            Err(e) => return Err(e.into()),
         }
         // No O_TMPFILE here: a short named temporary file, removed on drop.
         loop {
@@ -420,6 +429,44 @@ mod tests {
             Upload::open(&root, &too_long, false, 0),
             Err(Denied::BadName)
         ));
+    }
+
+    #[test]
+    fn without_o_tmpfile_a_named_temporary_file_is_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("f"), b"old").unwrap();
+        // Not committed: the temporary name goes away with the upload.
+        let mut up = Upload::new_file(root.parent("/new").unwrap(), false).unwrap();
+        up.file.write_all(b"partial").unwrap();
+        let during = names(dir.path());
+        assert_eq!(during.len(), 2, "{during:?}");
+        let temp = during.iter().find(|n| *n != "f").unwrap();
+        assert!(
+            temp.starts_with(".ftp-upload-") && temp.len() == 28,
+            "{temp}"
+        );
+        drop(up);
+        assert_eq!(names(dir.path()), ["f"]);
+        // Committed over an existing file: renamed into place.
+        let mut up = Upload::new_file(root.parent("/f").unwrap(), false).unwrap();
+        up.file.write_all(b"new").unwrap();
+        up.commit().unwrap();
+        drop(up);
+        assert_eq!(names(dir.path()), ["f"]);
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"new");
+        // A commit that fails (a directory holds the name) leaves nothing.
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/x"), b"").unwrap();
+        let mut up = Upload::new_file(root.parent("/d").unwrap(), false).unwrap();
+        assert!(up.commit().is_err());
+        drop(up);
+        assert_eq!(names(dir.path()), ["d", "f"]);
+        // The same with O_TMPFILE: the link-then-rename name is removed.
+        let mut up = Upload::new_file(root.parent("/d").unwrap(), true).unwrap();
+        assert!(up.commit().is_err());
+        drop(up);
+        assert_eq!(names(dir.path()), ["d", "f"]);
     }
 
     #[test]
