@@ -1131,6 +1131,11 @@ fn vanishing_clients_leave_no_litter() {
                 ("STOR", "existing.bin"),
                 ("APPE", "new6.bin"),
             ] {
+                // Earlier sessions' children have exited.
+                assert!(wait_until(Duration::from_secs(10), || children_of(
+                    server.pid()
+                )
+                .is_empty()));
                 let mut c = Ctrl::login(server.addr);
                 assert_eq!(c.cmd("TYPE I").0, 200);
                 let mut data = c.pasv();
