@@ -668,116 +668,154 @@ fn rename_race(mode: &str, run_for: Duration) {
         // them, and the swap goes on with the next link.
         let links = ["sub/up", "out_rel", "mirror", "out_abs"];
         while std::time::Instant::now() < deadline && !a_stop.load(Ordering::Relaxed) {
-            let link = links[(swaps % 4) as usize];
-            let batch = format!(
-                "RNFR d\r\nRNTO real\r\nRNFR {link}\r\nRNTO d\r\nRNFR d\r\nRNTO {link}\r\nRNFR real\r\nRNTO d\r\n"
-            );
+            // Four swap cycles per write, one for each link, so `d` flips
+            // without waiting for replies in between.
+            let batch: String = links
+                .iter()
+                .map(|link| {
+                    format!(
+                        "RNFR d\r\nRNTO real\r\nRNFR {link}\r\nRNTO d\r\nRNFR d\r\nRNTO {link}\r\nRNFR real\r\nRNTO d\r\n"
+                    )
+                })
+                .collect();
             a.send_raw(batch.as_bytes());
-            for _ in 0..8 {
+            for _ in 0..32 {
                 let (code, _) = a.read_reply();
                 assert_ne!(code, 0, "session A lost its connection");
                 if code == 250 {
                     ok += 1;
                 }
             }
-            swaps += 1;
+            swaps += 4;
         }
         a.cmd("QUIT");
         (swaps, ok)
     });
 
-    // Session B: work through `d`.
-    let b_stop = stop.clone();
-    let worker = std::thread::spawn(move || {
-        let mut b = Ctrl::login(addr);
-        assert_eq!(b.cmd("TYPE I").0, 200);
-        let mut rounds = 0u64;
-        let mut created = 0u64;
-        let mut decoys = 0u64;
-        let size_leak = format!("213 {CANARY_SIZE}");
-        let leaked = |what: &str, bytes: &[u8]| {
-            let text = String::from_utf8_lossy(bytes);
-            assert!(
-                !contains(bytes, CANARY_MARK) && !text.contains(CANARY_NAME),
-                "{what} read the canary: {text}"
-            );
-        };
-        while std::time::Instant::now() < deadline && !b_stop.load(Ordering::Relaxed) {
-            let k = rounds;
-            let batch = format!(
-                "MKD d/N{k}\r\nMKD d/canary/N{k}\r\nSIZE d/probe\r\nSIZE d/canary/probe\r\n\
+    // Sessions B (two of them): work through `d`.
+    let worker = |w: u64| {
+        let b_stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut b = Ctrl::login(addr);
+            assert_eq!(b.cmd("TYPE I").0, 200);
+            let mut rounds = 0u64;
+            let mut created = 0u64;
+            let mut decoys = 0u64;
+            let size_leak = format!("213 {CANARY_SIZE}");
+            // Everything of the canary that reached B (checked after the run).
+            let mut leaks: Vec<String> = Vec::new();
+            let mut leaked = |what: &str, bytes: &[u8]| {
+                let text = String::from_utf8_lossy(bytes);
+                if contains(bytes, CANARY_MARK) || text.contains(CANARY_NAME) {
+                    leaks.push(format!(
+                        "{what}: {}",
+                        text.chars().take(200).collect::<String>()
+                    ));
+                }
+            };
+            while std::time::Instant::now() < deadline && !b_stop.load(Ordering::Relaxed) {
+                let k = rounds;
+                // Many MKDs per round: the cheapest probe of the race.
+                let mut batch: String =
+                    (0..20).map(|i| format!("MKD d/N{w}_{k}_{i}\r\n")).collect();
+                batch.push_str(&format!(
+                    "MKD d/canary/N{w}_{k}\r\nSIZE d/probe\r\nSIZE d/canary/probe\r\n\
                  MDTM d/canary/probe\r\nMLST d/probe\r\nMLST d/canary/{CANARY_NAME}\r\n\
                  STAT d\r\nSTAT d/canary\r\nDELE d/canary/probe\r\nDELE d/{CANARY_NAME}\r\n\
                  RMD d/sub_c\r\nRMD d/canary/sub_c\r\nRNFR d/probe\r\nRNTO d/moved\r\n\
                  RNFR d/moved\r\nRNTO d/probe\r\nRNFR d/canary/probe\r\nRNTO d/canary/moved\r\n\
                  RNFR d/full\r\nRNTO moved_full\r\n"
-            );
-            b.send_raw(batch.as_bytes());
-            for _ in 0..21 {
-                let (code, text) = b.read_reply();
-                assert_ne!(code, 0, "session B lost its connection");
-                assert!(!text.starts_with(&size_leak), "SIZE of the canary: {text}");
-                leaked("a reply", text.as_bytes());
-                if code == 257 {
-                    created += 1;
+                ));
+                b.send_raw(batch.as_bytes());
+                for _ in 0..batch.matches("\r\n").count() {
+                    let (code, text) = b.read_reply();
+                    assert_ne!(code, 0, "session B lost its connection");
+                    if text.starts_with(&size_leak) {
+                        leaked("SIZE of the canary", CANARY_MARK);
+                    }
+                    leaked("a reply", text.as_bytes());
+                    if code == 257 {
+                        created += 1;
+                    }
+                }
+                rounds += 1;
+                if k % 4 != 0 {
+                    continue;
+                }
+                // Data commands through `d`, one at a time, every 4th round.
+                for cmd in [
+                    "RETR d/probe".to_string(),
+                    "RETR d/canary/probe".to_string(),
+                    format!("RETR d/{CANARY_NAME}"),
+                    "LIST d".to_string(),
+                    "NLST d/canary".to_string(),
+                    "MLSD d".to_string(),
+                ] {
+                    // Codes vary with the race; what matters is what came back.
+                    let (_, got) = b.fetch(&cmd);
+                    leaked(&cmd, &got);
+                    if got == b"decoy inside the root" {
+                        decoys += 1;
+                    }
+                }
+                for cmd in [
+                    format!("STOR d/s{w}_{k}"),
+                    format!("STOR d/canary/s{w}_{k}"),
+                    "APPE d/canary/probe".to_string(),
+                ] {
+                    let mut data = b.pasv();
+                    let (code, _) = b.cmd(&cmd);
+                    if code == 150 {
+                        let _ = data.write_all(b"written by B");
+                        drop(data);
+                        assert_ne!(b.read_reply().0, 0, "session B lost its connection");
+                    }
                 }
             }
-            // Data commands through `d`, one at a time.
-            for cmd in [
-                "RETR d/probe".to_string(),
-                "RETR d/canary/probe".to_string(),
-                format!("RETR d/{CANARY_NAME}"),
-                "LIST d".to_string(),
-                "NLST d/canary".to_string(),
-                "MLSD d".to_string(),
-            ] {
-                let (code, got) = b.fetch(&cmd);
-                assert!(code == 226 || code == 550, "{cmd} -> {code}");
-                leaked(&cmd, &got);
-                if got == b"decoy inside the root" {
-                    decoys += 1;
-                }
-            }
-            for cmd in [
-                format!("STOR d/s{k}"),
-                format!("STOR d/canary/s{k}"),
-                "APPE d/canary/probe".to_string(),
-            ] {
-                let mut data = b.pasv();
-                let (code, _) = b.cmd(&cmd);
-                if code == 150 {
-                    data.write_all(b"written by B").unwrap();
-                    drop(data);
-                    assert_eq!(b.read_reply().0, 226, "{cmd}");
-                } else {
-                    assert_eq!(code, 550, "{cmd}");
-                }
-            }
-            rounds += 1;
-        }
-        b.cmd("QUIT");
-        (rounds, created, decoys)
-    });
+            b.cmd("QUIT");
+            (rounds, created, decoys, leaks)
+        })
+    };
+    let workers = [worker(0), worker(1)];
     let (swaps, swapped_ok) = swapper.join().unwrap();
-    let (rounds, created, decoys) = worker.join().unwrap();
+    let (mut rounds, mut created, mut decoys, mut leaks) = (0, 0, 0, Vec::new());
+    for w in workers {
+        let (r, c, d, l) = w.join().unwrap();
+        rounds += r;
+        created += c;
+        decoys += d;
+        leaks.extend(l);
+    }
     stop.store(true, Ordering::Relaxed);
     eprintln!(
         "{mode}: A ran {swaps} swap cycles ({swapped_ok} renames succeeded), \
          B ran {rounds} rounds ({created} directories created inside the root, \
          {decoys} reads of the decoy through `mirror`)"
     );
-    assert!(swaps >= 10 && rounds >= 5, "{mode}: the race barely ran");
-    assert!(swapped_ok > 0 && created > 0, "{mode}: nothing happened");
-    assert_eq!(
-        snapshot(&canary),
-        canary_before,
-        "{mode}: the canary changed"
+    let after = snapshot(&canary);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|e| !canary_before.contains(e))
+        .chain(canary_before.iter().filter(|e| !after.contains(e)))
+        .map(|(name, kind, _)| format!("{name} ({kind})"))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "{mode}: the canary changed: {changed:?}"
     );
     assert_eq!(
         names(&base),
         base_before,
         "{mode}: something appeared next to the root"
     );
+    assert!(
+        leaks.is_empty(),
+        "{mode}: {} replies or transfers read the canary, first: {:?}",
+        leaks.len(),
+        leaks.first()
+    );
+    assert!(swaps >= 10 && rounds >= 5, "{mode}: the race barely ran");
+    assert!(swapped_ok > 0 && created > 0, "{mode}: nothing happened");
     assert!(!server.log().contains("panicked"), "{mode}");
 }
 
