@@ -1318,3 +1318,43 @@ fn links_inside_the_root_are_followed_inside_it() {
         assert_eq!(list, b"a.txt\r\n", "{mode}");
     }
 }
+
+#[test]
+fn parallel_guesses_cannot_pass_the_limit() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        let addr = server.addr;
+        // 16 connections, logged in to USER, then all send PASS at once.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let (mut c, code, _) = Ctrl::connect(addr);
+                    assert_eq!(code, 220);
+                    assert_eq!(c.cmd("USER bob").0, 331);
+                    barrier.wait();
+                    c.cmd(&format!("PASS wrong{i}")).0
+                })
+            })
+            .collect();
+        let codes: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let evaluated = failed_logins(&server);
+        assert!(
+            (1..=5).contains(&evaluated),
+            "{mode}: {evaluated} guesses evaluated at once ({codes:?})"
+        );
+        assert!(
+            codes.iter().all(|&c| c == 530 || c == 421),
+            "{mode}: {codes:?}"
+        );
+        // The address is locked out now, right password or not.
+        let (mut c, code, _) = Ctrl::connect(addr);
+        if code == 220 {
+            c.cmd("USER bob");
+            assert_eq!(c.cmd("PASS secret").0, 421, "{mode}");
+        } else {
+            assert_eq!(code, 421, "{mode}");
+        }
+    }
+}

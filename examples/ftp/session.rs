@@ -265,7 +265,10 @@ impl Session {
         let answer_at = Instant::now() + self.cfg.login_delay;
         let wait = || thread::sleep(answer_at.saturating_duration_since(Instant::now()));
         let ip = self.peer.ip();
-        if let Some(left) = self.cfg.throttle.locked(ip) {
+        // Counted as a failure before the password is even checked (and
+        // taken back on success): a guess abandoned before its answer
+        // still counts, and parallel guesses cannot pass the limit.
+        if let Err(left) = self.cfg.throttle.begin(ip) {
             tracing::info!(peer = %self.peer, %user, left_secs = left.as_secs(), "login refused: address locked out");
             wait();
             reply::send(&mut req.wfile(), 421, LOCKED_OUT)?;
@@ -273,6 +276,7 @@ impl Session {
         }
         match self.cfg.check_login(&user, arg) {
             Some(writable) => {
+                self.cfg.throttle.end(ip, true);
                 wait();
                 tracing::info!(peer = %self.peer, %user, writable, "login");
                 self.account = Some(Account {
@@ -283,9 +287,7 @@ impl Session {
             }
             None => {
                 self.failures += 1;
-                // Counted before waiting: a client that hangs up before the
-                // answer has still spent a guess.
-                let verdict = self.cfg.throttle.record_failure(ip);
+                let verdict = self.cfg.throttle.end(ip, false);
                 tracing::warn!(peer = %self.peer, %user, failures = self.failures, "failed login");
                 if verdict == Failure::LockedOut {
                     tracing::warn!(

@@ -131,9 +131,46 @@ impl LoginThrottle {
         .unwrap_or(Some(self.lockout))
     }
 
-    /// Counts a failed login from `ip`. Call it *before* waiting or
-    /// replying, so an abandoned guess counts too.
-    pub fn record_failure(&self, ip: IpAddr) -> Failure {
+    /// Starts a login attempt from `ip`: counts it as a failure *before*
+    /// the password is checked, so a guess whose client hangs up early
+    /// counts, and concurrent guesses cannot exceed the limit (failed plus
+    /// pending attempts never pass `max_failures`). `Err` with the time
+    /// left when the address is locked out (or its remaining attempts are
+    /// all in flight): the password must not be checked.
+    pub fn begin(&self, ip: IpAddr) -> Result<(), Duration> {
+        if self.table.is_none() {
+            return Ok(());
+        }
+        let (hi, lo) = key(ip);
+        let now = now_ms();
+        let window = self.window.as_millis() as u64;
+        let max = self.max_failures;
+        let verdict = self.with_slots(|slots| {
+            let i = slot_for(slots, hi, lo, now, window);
+            let s = &mut slots[i];
+            if s[UNTIL] > now {
+                return Err(Duration::from_millis(s[UNTIL] - now));
+            }
+            if s[SINCE] + window <= now {
+                // The old window is over: start a new one.
+                s[SINCE] = now;
+                s[COUNT] = 0;
+                s[UNTIL] = 0;
+            }
+            if s[COUNT] >= max {
+                // Every remaining attempt is in flight right now.
+                return Err(self.lockout);
+            }
+            s[COUNT] += 1;
+            Ok(())
+        });
+        verdict.unwrap_or(Err(self.lockout))
+    }
+
+    /// Ends an attempt [`begin`](Self::begin) allowed. A success takes its
+    /// count back; a failure keeps it and, if it reached the limit, locks
+    /// the address out: then `Failure::LockedOut` (log it).
+    pub fn end(&self, ip: IpAddr, success: bool) -> Failure {
         if self.table.is_none() {
             return Failure::Counted(0);
         }
@@ -143,41 +180,15 @@ impl LoginThrottle {
         let lockout = self.lockout.as_millis() as u64;
         let max = self.max_failures;
         let verdict = self.with_slots(|slots| {
-            let expired = |s: &Slot| s[SINCE] == 0 || (s[UNTIL] <= now && s[SINCE] + window <= now);
-            let i = match slots
-                .iter()
-                .position(|s| s[SINCE] != 0 && s[IP_HI] == hi && s[IP_LO] == lo)
-            {
-                Some(i) => i,
-                None => {
-                    let i = slots.iter().position(expired).unwrap_or_else(|| {
-                        // Full: reuse the oldest slot that is not locked
-                        // out, or the oldest of all.
-                        let pick = |locked: bool| {
-                            slots
-                                .iter()
-                                .enumerate()
-                                .filter(|(_, s)| (s[UNTIL] > now) == locked)
-                                .min_by_key(|(_, s)| s[SINCE])
-                                .map(|(i, _)| i)
-                        };
-                        pick(false).or_else(|| pick(true)).unwrap_or(0)
-                    });
-                    slots[i] = [hi, lo, now, 0, 0];
-                    i
-                }
-            };
+            let i = slot_for(slots, hi, lo, now, window);
             let s = &mut slots[i];
             if s[UNTIL] > now {
                 return Failure::LockedOut;
             }
-            if s[SINCE] + window <= now {
-                // The old window is over: start a new one.
-                s[SINCE] = now;
-                s[COUNT] = 0;
-                s[UNTIL] = 0;
+            if success {
+                s[COUNT] = s[COUNT].saturating_sub(1);
+                return Failure::Counted(s[COUNT]);
             }
-            s[COUNT] += 1;
             if s[COUNT] >= max {
                 s[UNTIL] = now + lockout;
                 // The lock-out runs from now; its window ends with it.
@@ -187,11 +198,43 @@ impl LoginThrottle {
             }
             Failure::Counted(s[COUNT])
         });
-        match verdict {
-            Some(v) => v,
-            None => Failure::LockedOut,
+        verdict.unwrap_or(Failure::LockedOut)
+    }
+
+    /// A failed login from `ip` ([`begin`](Self::begin) then
+    /// [`end`](Self::end)); `LockedOut` if it was refused or locked out.
+    #[cfg(test)]
+    fn record_failure(&self, ip: IpAddr) -> Failure {
+        match self.begin(ip) {
+            Ok(()) => self.end(ip, false),
+            Err(_) => Failure::LockedOut,
         }
     }
+}
+
+/// The slot of `(hi, lo)`, claimed if it has none: a free or expired slot,
+/// else the oldest one not locked out, else the oldest of all.
+fn slot_for(slots: &mut [Slot], hi: u64, lo: u64, now: u64, window: u64) -> usize {
+    if let Some(i) = slots
+        .iter()
+        .position(|s| s[SINCE] != 0 && s[IP_HI] == hi && s[IP_LO] == lo)
+    {
+        return i;
+    }
+    let expired = |s: &Slot| s[SINCE] == 0 || (s[UNTIL] <= now && s[SINCE] + window <= now);
+    let i = slots.iter().position(expired).unwrap_or_else(|| {
+        let pick = |locked: bool| {
+            slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| (s[UNTIL] > now) == locked)
+                .min_by_key(|(_, s)| s[SINCE])
+                .map(|(i, _)| i)
+        };
+        pick(false).or_else(|| pick(true)).unwrap_or(0)
+    });
+    slots[i] = [hi, lo, now, 0, 0];
+    i
 }
 
 #[cfg(test)]
@@ -218,6 +261,26 @@ mod tests {
         std::thread::sleep(Duration::from_millis(400));
         assert!(t.locked(a).is_none(), "lock-out expired");
         assert_eq!(t.record_failure(a), Failure::Counted(1));
+    }
+
+    #[test]
+    fn attempts_in_flight_count_and_successes_are_taken_back() {
+        let t = LoginThrottle::new(3, Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        let a = ip("10.0.0.9");
+        // Three attempts at once: a fourth is refused before any ends.
+        for _ in 0..3 {
+            t.begin(a).unwrap();
+        }
+        assert!(t.begin(a).is_err(), "no more than 3 guesses in flight");
+        // Two succeed (taken back), one fails: 1 failure counted.
+        assert_eq!(t.end(a, true), Failure::Counted(2));
+        assert_eq!(t.end(a, true), Failure::Counted(1));
+        assert_eq!(t.end(a, false), Failure::Counted(1));
+        assert!(t.locked(a).is_none());
+        assert_eq!(t.record_failure(a), Failure::Counted(2));
+        assert_eq!(t.record_failure(a), Failure::LockedOut);
+        assert!(t.begin(a).is_err());
+        assert!(t.locked(a).is_some());
     }
 
     #[test]
