@@ -1324,21 +1324,19 @@ fn parallel_guesses_cannot_pass_the_limit() {
     for mode in MODES {
         let server = FtpServer::start(mode, &[]);
         let addr = server.addr;
-        // 16 connections, logged in to USER, then all send PASS at once.
-        let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
-        let threads: Vec<_> = (0..16)
-            .map(|i| {
-                let barrier = barrier.clone();
-                std::thread::spawn(move || {
-                    let (mut c, code, _) = Ctrl::connect(addr);
-                    assert_eq!(code, 220);
-                    assert_eq!(c.cmd("USER bob").0, 331);
-                    barrier.wait();
-                    c.cmd(&format!("PASS wrong{i}")).0
-                })
+        // 16 connections at USER, then every PASS sent back to back.
+        let mut conns: Vec<Ctrl> = (0..16)
+            .map(|_| {
+                let (mut c, code, _) = Ctrl::connect(addr);
+                assert_eq!(code, 220);
+                assert_eq!(c.cmd("USER bob").0, 331);
+                c
             })
             .collect();
-        let codes: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.send_raw(format!("PASS wrong{i}\r\n").as_bytes());
+        }
+        let codes: Vec<u16> = conns.iter_mut().map(|c| c.read_reply().0).collect();
         let evaluated = failed_logins(&server);
         assert!(
             (1..=5).contains(&evaluated),
