@@ -6,8 +6,10 @@
 //! lock), so a client cannot reset its count by reconnecting, and in the
 //! forking mode every child sees the failures counted by the others.
 //!
-//! - A failed login is counted *before* the server waits and replies, so a
-//!   guess whose client hangs up before the answer still counts.
+//! - Every login attempt is counted as a failure *before* the password is
+//!   checked ([`LoginThrottle::begin`]) and taken back if it was right
+//!   ([`LoginThrottle::end`]): a guess whose client hangs up before the
+//!   answer still counts, and parallel guesses cannot pass the limit.
 //! - `max_failures` failures from one IP within `window` lock that IP out
 //!   for `lockout`: new connections and logins get `421` (logged once at
 //!   warn level). Failures older than `window` are forgotten; a successful
