@@ -1,6 +1,8 @@
-//! Security and robustness of the FTP example: path confinement, bounce
-//! protection, bounded command lines, atomic uploads, login throttling,
-//! connection limits, timeouts, log hygiene and graceful shutdown.
+//! Security and robustness of the FTP example: path confinement (including
+//! the rename race of issue 11 and the existence oracle), bounce
+//! protection, bounded command lines, atomic uploads without litter, long
+//! names, login throttling per IP, connection limits, timeouts, log hygiene
+//! and graceful shutdown.
 
 mod common_support;
 mod ftp_support;
@@ -8,10 +10,13 @@ mod ftp_support;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ftp_support::{tree, wait_until, Ctrl, FtpServer};
+use socket2::SockRef;
 
 const MODES: [&str; 2] = ["threading", "forking"];
 
@@ -32,15 +37,20 @@ fn plant_outside(server: &FtpServer) -> std::path::PathBuf {
 }
 
 #[test]
-fn traversal_attempts_are_refused() {
+fn traversal_stays_inside_the_root() {
     for mode in MODES {
         let server = FtpServer::start(mode, &[]);
         let outside = plant_outside(&server);
         let mut c = Ctrl::login(server.addr);
+        // `..` clamps at the root, as in a chroot: these stay at `/`.
+        for cmd in ["CWD ../../..", "CWD ..", "CWD /../..", "CDUP"] {
+            let (code, text) = c.cmd(cmd);
+            assert!(code == 250 || code == 200, "{mode}: {cmd} -> {text}");
+            assert!(c.cmd("PWD").1.contains("\"/\""), "{mode}: {cmd}");
+        }
+        // Links that lead outside resolve inside the root, where their
+        // targets do not exist: like missing names.
         for cmd in [
-            "CWD ../../..",
-            "CWD ..",
-            "CWD /../..",
             "CWD escape_dir",
             "CWD evil",
             "SIZE ../../etc/passwd",
@@ -50,14 +60,16 @@ fn traversal_attempts_are_refused() {
             "SIZE evil/secret",
             "MDTM escape_file",
             "MLST escape_file",
-            "MLST ../",
-            "MKD ../newdir",
             "MKD escape_dir/newdir",
             "DELE escape_dir/secret",
             "RMD ../outside",
         ] {
             let (code, text) = c.cmd(cmd);
             assert_eq!(code, 550, "{mode}: {cmd} -> {text}");
+            assert!(
+                text.contains("No such file or directory"),
+                "{mode}: {cmd} -> {text}"
+            );
         }
         assert!(c.cmd("PWD").1.contains("\"/\""));
         for cmd in [
@@ -67,26 +79,34 @@ fn traversal_attempts_are_refused() {
             "RETR escape_dir/secret",
             "RETR evil/secret",
             "LIST escape_dir",
-            "LIST ../",
             "MLSD escape_dir",
             "STOR escape_dir/new",
-            "STOR ../new",
-            "APPE escape_file",
+            "STOR ../nodir/new",
         ] {
             let _data = c.pasv();
             let (code, text) = c.cmd(cmd);
             assert_eq!(code, 550, "{mode}: {cmd} -> {text}");
         }
-        // The listing of / hides links that lead outside.
-        let (code, listing) = c.fetch("NLST");
+        // `MLST ../` and `LIST ../` name the root itself.
+        assert_eq!(c.cmd("MLST ../").0, 250, "{mode}");
+        // `MKD ../newdir` creates /newdir inside the root.
+        assert_eq!(c.cmd("MKD ../newdir").0, 257, "{mode}");
+        assert!(server.root().join("newdir").is_dir());
+        assert_eq!(c.cmd("RMD /../newdir").0, 250, "{mode}");
+        // The listing of / hides links that lead nowhere inside the root.
+        let (code, listing) = c.fetch("NLST ../");
         assert_eq!(code, 226);
         assert_eq!(String::from_utf8(listing).unwrap(), "inside.txt\r\n");
-        // RNTO outside the root.
-        assert_eq!(c.cmd("RNFR inside.txt").0, 350);
-        assert_eq!(c.cmd("RNTO ../x").0, 550);
+        // RNTO through an outside link: like a missing directory.
         assert_eq!(c.cmd("RNFR inside.txt").0, 350);
         assert_eq!(c.cmd("RNTO escape_dir/x").0, 550);
         assert_eq!(c.cmd("RNTO x").0, 503, "RNTO needs a fresh RNFR");
+        // RNTO ../x renames to /x inside the root.
+        assert_eq!(c.cmd("RNFR inside.txt").0, 350);
+        assert_eq!(c.cmd("RNTO ../x").0, 250);
+        assert!(server.root().join("x").exists());
+        assert_eq!(c.cmd("RNFR x").0, 350);
+        assert_eq!(c.cmd("RNTO inside.txt").0, 250);
         assert!(server.root().join("inside.txt").exists());
         // Nothing outside changed.
         assert_eq!(tree(&outside), ["secret"]);
@@ -99,6 +119,32 @@ fn traversal_attempts_are_refused() {
         assert_eq!(top, ["outside", "root", "root_evil", "server.log"]);
         assert_eq!(tree(&server.base.path().join("root_evil")), ["secret"]);
         assert_eq!(c.cmd("QUIT").0, 221);
+    }
+}
+
+#[test]
+fn cdup_and_cwd_dotdot_at_the_root_stay_at_the_root() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        fs::create_dir(server.root().join("sub")).unwrap();
+        let mut c = Ctrl::login(server.addr);
+        for cmd in ["CDUP", "XCUP", "CWD ..", "CWD /..", "CWD ../..", "XCWD .."] {
+            let (code, text) = c.cmd(cmd);
+            assert!(code == 250 || code == 200, "{mode}: {cmd} -> {text}");
+            let (code, pwd) = c.cmd("PWD");
+            assert_eq!(
+                (code, pwd.trim_end()),
+                (257, "257 \"/\" is the current directory")
+            );
+        }
+        assert_eq!(c.cmd("CWD sub").0, 250);
+        assert_eq!(c.cmd("CDUP").0, 250);
+        assert!(c.cmd("PWD").1.contains("\"/\""));
+        assert_eq!(c.cmd("CWD sub/../../../sub").0, 250);
+        assert!(c.cmd("PWD").1.contains("\"/sub\""), "{mode}");
+        // A listing after climbing "above" the root is the root's.
+        let (code, names) = c.fetch("NLST ../../..");
+        assert_eq!((code, names.as_slice()), (226, &b"sub\r\n"[..]), "{mode}");
     }
 }
 
@@ -315,8 +361,8 @@ fn three_failed_logins_disconnect() {
             assert_eq!(code, want, "{mode} attempt {attempt}: {text}");
         }
         assert!(
-            start.elapsed() >= Duration::from_millis(1400),
-            "failures are delayed"
+            start.elapsed() >= Duration::from_millis(850),
+            "every PASS is answered after --login-delay (300 ms)"
         );
         assert!(c.at_eof(), "{mode}: connection closed after 3 failures");
         // Unknown users fail the same way and need login for commands.
@@ -457,7 +503,14 @@ fn forking_mode_serves_each_session_in_its_own_child() {
         "children exit and are reaped after QUIT"
     );
     // More sessions than Python's default max_children (40) are served.
-    let many: Vec<Ctrl> = (0..50).map(|_| Ctrl::login(server.addr)).collect();
+    // Logged in from 10 threads at once (every PASS takes --login-delay).
+    let addr = server.addr;
+    let many: Vec<Ctrl> = (0..10)
+        .map(|_| std::thread::spawn(move || (0..5).map(|_| Ctrl::login(addr)).collect::<Vec<_>>()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     assert_eq!(children_of(server.pid()).len(), 50);
     drop(many);
     let threads = FtpServer::start("threading", &[]);
@@ -504,4 +557,802 @@ fn passive_ports_come_from_the_configured_range() {
     assert_eq!(c.cmd("EPSV ALL").0, 200);
     assert_eq!(c.cmd("PASV").0, 503);
     assert_eq!(c.cmd("PORT 127,0,0,1,200,0").0, 503);
+}
+
+// ---------------------------------------------------------------------
+// Issue 11: the root jail against a racing client, the existence oracle,
+// brute force, litter, long names.
+// ---------------------------------------------------------------------
+
+/// Every entry under `dir` (not following links) with its content: file
+/// bytes, a link's target, or nothing for a directory.
+fn snapshot(dir: &Path) -> Vec<(String, String, Vec<u8>)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, String, Vec<u8>)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.file_type().is_symlink() {
+                let to = fs::read_link(&p).unwrap();
+                out.push((
+                    rel,
+                    "link".into(),
+                    to.as_os_str().as_encoded_bytes().to_vec(),
+                ));
+            } else if m.is_dir() {
+                out.push((rel, format!("dir {:o}", m.permissions().mode()), Vec::new()));
+                walk(base, &p, out);
+            } else {
+                let mode = format!("file {:o}", m.permissions().mode());
+                out.push((rel, mode, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Names directly in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Bytes in the canary's probe: nothing a client gets may contain them.
+const CANARY_MARK: &[u8] = b"CANARY-7f3a9c-OUTSIDE-THE-ROOT";
+/// A name only the canary directory holds: no listing may show it.
+const CANARY_NAME: &str = "canary_only_name_q8z";
+/// The canary probe's size, distinct from anything inside the root.
+const CANARY_SIZE: usize = 4243;
+
+/// `base/canary/` next to the root, full of things a jail escape would
+/// create, change, delete or read.
+fn plant_canary(base: &Path) -> PathBuf {
+    let canary = base.join("canary");
+    fs::create_dir(&canary).unwrap();
+    let mut probe = CANARY_MARK.to_vec();
+    probe.resize(CANARY_SIZE, b'#');
+    fs::write(canary.join("probe"), &probe).unwrap();
+    fs::write(canary.join(CANARY_NAME), CANARY_MARK).unwrap();
+    fs::create_dir(canary.join("sub_c")).unwrap();
+    fs::create_dir(canary.join("full")).unwrap();
+    fs::write(canary.join("full/deep"), CANARY_MARK).unwrap();
+    canary
+}
+
+/// The rename race of issue 11: session A swaps a real directory `d` with
+/// a symlink (`sub/up -> ..`, whose meaning changes when it is moved to
+/// `/d`; `mirror`, an absolute link to the root's parent; and two links
+/// pointing outside, which are hidden and cannot be moved) using
+/// pipelined RNFR/RNTO; session B works through `d` with MKD, STOR, RETR,
+/// SIZE, MDTM, MLST, STAT, LIST, DELE, RMD, RNFR/RNTO. The canary next to
+/// the root must be byte-for-byte unchanged and nothing of it may reach B.
+fn rename_race(mode: &str, run_for: Duration) {
+    let server = FtpServer::start(mode, &[]);
+    let base = server.base.path().to_path_buf();
+    let canary = plant_canary(&base);
+    let root = server.root();
+    fs::create_dir(root.join("d")).unwrap();
+    fs::write(root.join("d/probe"), b"inside probe").unwrap();
+    fs::create_dir(root.join("sub")).unwrap();
+    symlink("..", root.join("sub/up")).unwrap();
+    symlink("../canary", root.join("out_rel")).unwrap();
+    symlink(&canary, root.join("out_abs")).unwrap();
+    // `mirror -> <base>` (absolute) names the canary's parent on the host,
+    // but beneath the root it means `<root>/<base>`, where a decoy waits:
+    // a visible link whose two readings differ, so session A can move it.
+    let decoy = root.join(base.strip_prefix("/").unwrap()).join("canary");
+    fs::create_dir_all(&decoy).unwrap();
+    fs::write(decoy.join("probe"), b"decoy inside the root").unwrap();
+    symlink(&base, root.join("mirror")).unwrap();
+    let canary_before = snapshot(&canary);
+    let base_before = names(&base);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline = std::time::Instant::now() + run_for;
+    let addr = server.addr;
+
+    // Session A: swap `d` between the real directory and each link.
+    let a_stop = stop.clone();
+    let swapper = std::thread::spawn(move || {
+        let mut a = Ctrl::login(addr);
+        let mut swaps = 0u64;
+        let mut ok = 0u64;
+        // The outside-pointing links are hidden: RNFR answers 550 for
+        // them, and the swap goes on with the next link.
+        let links = ["sub/up", "out_rel", "mirror", "out_abs"];
+        while std::time::Instant::now() < deadline && !a_stop.load(Ordering::Relaxed) {
+            // Four swap cycles per write, one for each link, so `d` flips
+            // without waiting for replies in between.
+            let batch: String = links
+                .iter()
+                .map(|link| {
+                    format!(
+                        "RNFR d\r\nRNTO real\r\nRNFR {link}\r\nRNTO d\r\nRNFR d\r\nRNTO {link}\r\nRNFR real\r\nRNTO d\r\n"
+                    )
+                })
+                .collect();
+            a.send_raw(batch.as_bytes());
+            for _ in 0..32 {
+                let (code, _) = a.read_reply();
+                assert_ne!(code, 0, "session A lost its connection");
+                if code == 250 {
+                    ok += 1;
+                }
+            }
+            swaps += 4;
+        }
+        a.cmd("QUIT");
+        (swaps, ok)
+    });
+
+    // Sessions B (two of them): work through `d`.
+    let worker = |w: u64| {
+        let b_stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut b = Ctrl::login(addr);
+            assert_eq!(b.cmd("TYPE I").0, 200);
+            let mut rounds = 0u64;
+            let mut created = 0u64;
+            let mut decoys = 0u64;
+            let size_leak = format!("213 {CANARY_SIZE}");
+            // Everything of the canary that reached B (checked after the run).
+            let mut leaks: Vec<String> = Vec::new();
+            let mut leaked = |what: &str, bytes: &[u8]| {
+                let text = String::from_utf8_lossy(bytes);
+                if contains(bytes, CANARY_MARK) || text.contains(CANARY_NAME) {
+                    leaks.push(format!(
+                        "{what}: {}",
+                        text.chars().take(200).collect::<String>()
+                    ));
+                }
+            };
+            while std::time::Instant::now() < deadline && !b_stop.load(Ordering::Relaxed) {
+                let k = rounds;
+                // Many MKDs per round: the cheapest probe of the race.
+                let mut batch: String =
+                    (0..20).map(|i| format!("MKD d/N{w}_{k}_{i}\r\n")).collect();
+                batch.push_str(&format!(
+                    "MKD d/canary/N{w}_{k}\r\nSIZE d/probe\r\nSIZE d/canary/probe\r\n\
+                 MDTM d/canary/probe\r\nMLST d/probe\r\nMLST d/canary/{CANARY_NAME}\r\n\
+                 STAT d\r\nSTAT d/canary\r\nDELE d/canary/probe\r\nDELE d/{CANARY_NAME}\r\n\
+                 RMD d/sub_c\r\nRMD d/canary/sub_c\r\nRNFR d/probe\r\nRNTO d/moved\r\n\
+                 RNFR d/moved\r\nRNTO d/probe\r\nRNFR d/canary/probe\r\nRNTO d/canary/moved\r\n\
+                 RNFR d/full\r\nRNTO moved_full\r\n"
+                ));
+                b.send_raw(batch.as_bytes());
+                for _ in 0..batch.matches("\r\n").count() {
+                    let (code, text) = b.read_reply();
+                    assert_ne!(code, 0, "session B lost its connection");
+                    if text.starts_with(&size_leak) {
+                        leaked("SIZE of the canary", CANARY_MARK);
+                    }
+                    leaked("a reply", text.as_bytes());
+                    if code == 257 {
+                        created += 1;
+                    }
+                }
+                rounds += 1;
+                if k % 4 != 0 {
+                    continue;
+                }
+                // Data commands through `d`, one at a time, every 4th round.
+                for cmd in [
+                    "RETR d/probe".to_string(),
+                    "RETR d/canary/probe".to_string(),
+                    format!("RETR d/{CANARY_NAME}"),
+                    "LIST d".to_string(),
+                    "NLST d/canary".to_string(),
+                    "MLSD d".to_string(),
+                ] {
+                    // Codes vary with the race; what matters is what came back.
+                    let (_, got) = b.fetch(&cmd);
+                    leaked(&cmd, &got);
+                    if got == b"decoy inside the root" {
+                        decoys += 1;
+                    }
+                }
+                for cmd in [
+                    format!("STOR d/s{w}_{k}"),
+                    format!("STOR d/canary/s{w}_{k}"),
+                    "APPE d/canary/probe".to_string(),
+                ] {
+                    let mut data = b.pasv();
+                    let (code, _) = b.cmd(&cmd);
+                    if code == 150 {
+                        let _ = data.write_all(b"written by B");
+                        drop(data);
+                        assert_ne!(b.read_reply().0, 0, "session B lost its connection");
+                    }
+                }
+            }
+            b.cmd("QUIT");
+            (rounds, created, decoys, leaks)
+        })
+    };
+    let workers = [worker(0), worker(1)];
+    let (swaps, swapped_ok) = swapper.join().unwrap();
+    let (mut rounds, mut created, mut decoys, mut leaks) = (0, 0, 0, Vec::new());
+    for w in workers {
+        let (r, c, d, l) = w.join().unwrap();
+        rounds += r;
+        created += c;
+        decoys += d;
+        leaks.extend(l);
+    }
+    stop.store(true, Ordering::Relaxed);
+    eprintln!(
+        "{mode}: A ran {swaps} swap cycles ({swapped_ok} renames succeeded), \
+         B ran {rounds} rounds ({created} directories created inside the root, \
+         {decoys} reads of the decoy through `mirror`)"
+    );
+    let after = snapshot(&canary);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|e| !canary_before.contains(e))
+        .chain(canary_before.iter().filter(|e| !after.contains(e)))
+        .map(|(name, kind, _)| format!("{name} ({kind})"))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "{mode}: the canary changed: {changed:?}"
+    );
+    assert_eq!(
+        names(&base),
+        base_before,
+        "{mode}: something appeared next to the root"
+    );
+    assert!(
+        leaks.is_empty(),
+        "{mode}: {} replies or transfers read the canary, first: {:?}",
+        leaks.len(),
+        leaks.first()
+    );
+    assert!(swaps >= 10 && rounds >= 5, "{mode}: the race barely ran");
+    assert!(swapped_ok > 0 && created > 0, "{mode}: nothing happened");
+    assert!(!server.log().contains("panicked"), "{mode}");
+}
+
+#[test]
+fn rename_race_cannot_leave_the_root_threading() {
+    rename_race("threading", Duration::from_secs(6));
+}
+
+#[test]
+fn rename_race_cannot_leave_the_root_forking() {
+    rename_race("forking", Duration::from_secs(6));
+}
+
+/// The reply to `verb path`, with the path itself replaced by `<P>`. Data
+/// commands get a passive connection first (and complete, empty, if they
+/// start); RNTO gets an RNFR of a real file first.
+fn answer(c: &mut Ctrl, verb: &str, path: &str) -> String {
+    let text = match verb {
+        "RETR" | "LIST" | "NLST" | "MLSD" | "STOR" | "APPE" => {
+            let mut data = c.pasv();
+            let (code, mut text) = c.cmd(&format!("{verb} {path}"));
+            if code == 150 {
+                if verb == "STOR" || verb == "APPE" {
+                    drop(data);
+                } else {
+                    let mut sink = Vec::new();
+                    data.read_to_end(&mut sink).unwrap();
+                }
+                text.push_str(&c.read_reply().1);
+            }
+            text
+        }
+        "RNTO" => {
+            assert_eq!(c.cmd("RNFR real.txt").0, 350);
+            c.cmd(&format!("RNTO {path}")).1
+        }
+        _ => c.cmd(&format!("{verb} {path}")).1,
+    };
+    text.replace(path, "<P>")
+}
+
+/// Lays out the oracle test's root anew: a real file and links that lead
+/// outside, to an outside file that exists and to one that does not.
+fn oracle_root(server: &FtpServer) {
+    let root = server.root();
+    for name in names(&root) {
+        let p = root.join(&name);
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            fs::remove_dir_all(&p).unwrap();
+        } else {
+            fs::remove_file(&p).unwrap();
+        }
+    }
+    let outside = server.base.path().join("outside");
+    fs::write(root.join("real.txt"), b"real").unwrap();
+    symlink(&outside, root.join("escape_dir")).unwrap();
+    symlink(outside.join("secret"), root.join("escape_file")).unwrap();
+    symlink("../outside", root.join("rel_escape")).unwrap();
+    // The oracle proper: an existing and a missing outside target.
+    symlink(outside.join("secret"), root.join("probe_yes")).unwrap();
+    symlink(outside.join("no_such_file"), root.join("probe_no")).unwrap();
+}
+
+#[test]
+fn outside_links_answer_exactly_like_missing_names() {
+    let verbs = [
+        "CWD", "SIZE", "MDTM", "MLST", "STAT", "RETR", "LIST", "NLST", "MLSD", "DELE", "RMD",
+        "RNFR", "MKD", "STOR", "APPE", "RNTO",
+    ];
+    let pairs = [
+        ("escape_file", "nofile"),
+        ("escape_dir", "nodir"),
+        ("escape_dir/secret", "nodir/secret"),
+        ("rel_escape/secret", "nodir/secret"),
+        ("escape_dir/new", "nodir/new"),
+        ("probe_yes", "probe_no"),
+        ("probe_yes", "nofile"),
+    ];
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        let outside = server.base.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), b"top secret").unwrap();
+        let before = snapshot(&outside);
+        let mut c = Ctrl::login(server.addr);
+        for verb in verbs {
+            for (hidden, missing) in pairs {
+                oracle_root(&server);
+                let got_hidden = answer(&mut c, verb, hidden);
+                oracle_root(&server);
+                let got_missing = answer(&mut c, verb, missing);
+                assert_eq!(
+                    got_hidden, got_missing,
+                    "{mode}: {verb} {hidden} vs {verb} {missing}"
+                );
+            }
+        }
+        // The listing does not show the hidden links either.
+        oracle_root(&server);
+        let (code, list) = c.fetch("NLST");
+        assert_eq!(
+            (code, list.as_slice()),
+            (226, &b"real.txt\r\n"[..]),
+            "{mode}"
+        );
+        assert_eq!(snapshot(&outside), before, "{mode}: outside changed");
+    }
+}
+
+/// Connects from `source` (another loopback address) instead of 127.0.0.1.
+fn connect_from(addr: SocketAddr, source: [u8; 4]) -> (Ctrl, u16) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut c = Ctrl { reader, stream };
+    let code = c.read_reply().0;
+    (c, code)
+}
+
+/// Failed logins the server evaluated, from its log (the lock-out line
+/// says "failed logins:").
+fn failed_logins(server: &FtpServer) -> usize {
+    server.log().matches("failed login ").count()
+}
+
+/// One IP guesses passwords for a fixed time, reconnecting after every
+/// guess, abandoning every other guess before its reply; then four
+/// connections at once keep guessing, the right password among the
+/// guesses. The server evaluates at most `--max-login-failures` (5)
+/// guesses, however the client times them, and never lets the right
+/// password in once the address is locked out.
+fn brute_force(mode: &str) {
+    let server = FtpServer::start(mode, &[]);
+    let addr = server.addr;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let (mut sent, mut refused, mut n) = (0usize, 0usize, 0usize);
+    while std::time::Instant::now() < deadline {
+        n += 1;
+        let (mut c, code, _) = Ctrl::connect(addr);
+        if code == 421 {
+            refused += 1;
+            continue;
+        }
+        assert_eq!(code, 220);
+        if c.cmd("USER bob").0 != 331 {
+            continue;
+        }
+        c.send_raw(format!("PASS wrong{n}\r\n").as_bytes());
+        sent += 1;
+        if n % 2 == 0 {
+            let (code, text) = c.read_reply();
+            assert!(code == 530 || code == 421, "{mode}: {code} {text}");
+        } else {
+            // Hang up before the answer (sent after --login-delay).
+            std::thread::sleep(Duration::from_millis(50));
+            SockRef::from(&c.stream)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(c);
+        }
+    }
+    // The abandoned guesses were counted too: at most 5 were evaluated,
+    // and the address is locked out.
+    assert!(
+        wait_until(Duration::from_secs(5), || failed_logins(&server) >= 5),
+        "{mode}: {} failures logged, {sent} guesses sent",
+        failed_logins(&server)
+    );
+    assert_eq!(failed_logins(&server), 5, "{mode}: {sent} guesses sent");
+    assert!(refused > 0, "{mode}: never refused ({sent} guesses)");
+    eprintln!(
+        "{mode}: 3 s of guessing: {sent} guesses sent, 5 evaluated, {refused} connections refused"
+    );
+    // Four connections at once, with the right password: all refused.
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..5 {
+                    let (mut c, code, _) = Ctrl::connect(addr);
+                    if code != 220 {
+                        assert_eq!(code, 421);
+                        continue;
+                    }
+                    c.cmd("USER bob");
+                    let pass = if (t + i) % 2 == 0 { "secret" } else { "wrong" };
+                    let (code, text) = c.cmd(&format!("PASS {pass}"));
+                    assert_ne!(code, 230, "logged in while locked out: {text}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(failed_logins(&server), 5, "{mode}");
+    let log = server.log();
+    assert!(
+        log.contains("address locked out"),
+        "{mode}: lock-out not logged: {log}"
+    );
+    // Another address is not affected.
+    let (mut c, code) = connect_from(addr, [127, 0, 0, 2]);
+    assert_eq!(code, 220, "{mode}");
+    c.cmd("USER bob");
+    assert_eq!(c.cmd("PASS secret").0, 230, "{mode}");
+}
+
+#[test]
+fn failed_logins_are_limited_per_ip_across_connections_threading() {
+    brute_force("threading");
+}
+
+#[test]
+fn failed_logins_are_limited_per_ip_across_processes_forking() {
+    brute_force("forking");
+}
+
+#[test]
+fn lockout_expires_and_right_and_wrong_passwords_take_as_long() {
+    for mode in MODES {
+        let server = FtpServer::start(
+            mode,
+            &[
+                "--max-login-failures",
+                "2",
+                "--login-lockout",
+                "1s",
+                "--login-delay",
+                "400ms",
+            ],
+        );
+        // The right password is answered no sooner than a wrong one.
+        let (mut c, _, _) = Ctrl::connect(server.addr);
+        c.cmd("USER bob");
+        let t = std::time::Instant::now();
+        assert_eq!(c.cmd("PASS secret").0, 230);
+        let right = t.elapsed();
+        let (mut c, _, _) = Ctrl::connect(server.addr);
+        c.cmd("USER bob");
+        let t = std::time::Instant::now();
+        assert_eq!(c.cmd("PASS wrong").0, 530);
+        let wrong = t.elapsed();
+        assert!(
+            right >= Duration::from_millis(390) && wrong >= Duration::from_millis(390),
+            "{mode}: right {right:?}, wrong {wrong:?}"
+        );
+        // The second failure locks the address out.
+        c.cmd("USER bob");
+        let (code, text) = c.cmd("PASS wrong");
+        assert_eq!(code, 421, "{mode}: {text}");
+        assert!(c.at_eof());
+        let (_c, code, _) = Ctrl::connect(server.addr);
+        assert_eq!(code, 421, "{mode}: locked out at the greeting");
+        std::thread::sleep(Duration::from_millis(1200));
+        let mut c = Ctrl::login(server.addr);
+        assert_eq!(c.cmd("NOOP").0, 200, "{mode}: the lock-out expired");
+    }
+}
+
+#[test]
+fn the_limit_can_be_turned_off() {
+    let server = FtpServer::start(
+        "threading",
+        &["--max-login-failures", "0", "--login-delay", "0s"],
+    );
+    for _ in 0..4 {
+        let (mut c, _, _) = Ctrl::connect(server.addr);
+        for _ in 0..2 {
+            c.cmd("USER bob");
+            assert_eq!(c.cmd("PASS wrong").0, 530);
+        }
+    }
+    let _ = Ctrl::login(server.addr);
+}
+
+/// A STOR or APPE whose client resets the control connection while the
+/// server waits for the passive data connection.
+fn vanish_before_data(server: &FtpServer, verb: &str, name: &str) {
+    let before = failed_data(server);
+    let mut c = Ctrl::login(server.addr);
+    let _ = c.cmd("PASV");
+    c.send_raw(format!("{verb} {name}\r\n").as_bytes());
+    std::thread::sleep(Duration::from_millis(100));
+    SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    // The server gives up on the data connection after the passive
+    // timeout (the 1 s idle timeout here).
+    assert!(
+        wait_until(Duration::from_secs(10), || failed_data(server) > before),
+        "the server never gave up waiting: {}",
+        server.log()
+    );
+}
+
+fn failed_data(server: &FtpServer) -> usize {
+    server.log().matches("data connection failed").count()
+}
+
+#[test]
+fn vanishing_clients_leave_no_litter() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &["--idle-timeout", "1s"]);
+        let old = ftp_support::pattern(50_000, 11);
+        fs::write(server.root().join("existing.bin"), &old).unwrap();
+        let baseline = names(&server.root());
+        let clean = || names(&server.root()) == baseline;
+
+        // Reset before the data connection: STOR new, STOR over existing,
+        // APPE new.
+        vanish_before_data(&server, "STOR", "new1.bin");
+        vanish_before_data(&server, "STOR", "existing.bin");
+        vanish_before_data(&server, "APPE", "new2.bin");
+        assert!(clean(), "{mode}: {:?}", names(&server.root()));
+
+        // ABOR and a data reset during uploads to new names.
+        let mut c = Ctrl::login(server.addr);
+        assert_eq!(c.cmd("TYPE I").0, 200);
+        for verb in ["STOR", "APPE"] {
+            let mut data = c.pasv();
+            assert_eq!(c.cmd(&format!("{verb} new3.bin")).0, 150);
+            data.write_all(&vec![1u8; 100_000]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            c.send_raw(b"ABOR\r\n");
+            assert_eq!(c.read_reply().0, 426, "{mode} {verb}");
+            assert_eq!(c.read_reply().0, 226, "{mode} {verb}");
+            drop(data);
+            assert!(clean(), "{mode} {verb} ABOR: {:?}", names(&server.root()));
+
+            let mut data = c.pasv();
+            assert_eq!(c.cmd(&format!("{verb} new4.bin")).0, 150);
+            data.write_all(&vec![2u8; 100_000]).unwrap();
+            SockRef::from(&data)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+            drop(data);
+            assert_eq!(c.read_reply().0, 426, "{mode} {verb}");
+            assert!(clean(), "{mode} {verb} reset: {:?}", names(&server.root()));
+        }
+        drop(c);
+        if mode == "forking" {
+            // The session's process is killed mid-upload.
+            for (verb, name) in [
+                ("STOR", "new5.bin"),
+                ("STOR", "existing.bin"),
+                ("APPE", "new6.bin"),
+            ] {
+                // Earlier sessions' children have exited.
+                assert!(wait_until(Duration::from_secs(10), || children_of(
+                    server.pid()
+                )
+                .is_empty()));
+                let mut c = Ctrl::login(server.addr);
+                assert_eq!(c.cmd("TYPE I").0, 200);
+                let mut data = c.pasv();
+                assert_eq!(c.cmd(&format!("{verb} {name}")).0, 150);
+                data.write_all(&vec![3u8; 200_000]).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+                let kids = children_of(server.pid());
+                assert_eq!(kids.len(), 1, "one session child");
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(kids[0]),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                assert!(wait_until(Duration::from_secs(10), || children_of(
+                    server.pid()
+                )
+                .is_empty()));
+                drop(data);
+                assert!(
+                    clean(),
+                    "{mode} {verb} {name} killed: {:?}",
+                    names(&server.root())
+                );
+            }
+        }
+        assert_eq!(
+            fs::read(server.root().join("existing.bin")).unwrap(),
+            old,
+            "{mode}"
+        );
+        // A completed APPE to a new name creates it.
+        let mut c = Ctrl::login(server.addr);
+        let mut data = c.pasv();
+        assert_eq!(c.cmd("APPE made.bin").0, 150);
+        data.write_all(b"made").unwrap();
+        drop(data);
+        assert_eq!(c.read_reply().0, 226);
+        assert_eq!(fs::read(server.root().join("made.bin")).unwrap(), b"made");
+    }
+}
+
+#[test]
+fn names_of_255_bytes_upload_download_rename_delete() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        let ascii = format!("{}.bin", "n".repeat(251));
+        let utf8 = format!("{}x", "é".repeat(127));
+        assert_eq!((ascii.len(), utf8.len()), (255, 255));
+        let mut c = Ctrl::login(server.addr);
+        assert_eq!(c.cmd("TYPE I").0, 200);
+        let body = ftp_support::pattern(70_000, 3);
+        for name in [&ascii, &utf8] {
+            let mut data = c.pasv();
+            let (code, text) = c.cmd(&format!("STOR {name}"));
+            assert_eq!(code, 150, "{mode}: {text}");
+            data.write_all(&body).unwrap();
+            drop(data);
+            assert_eq!(c.read_reply().0, 226, "{mode}");
+            assert_eq!(
+                c.cmd(&format!("SIZE {name}")).1.trim_end(),
+                format!("213 {}", body.len())
+            );
+            let (code, got) = c.fetch(&format!("RETR {name}"));
+            assert_eq!((code, got == body), (226, true), "{mode}");
+            let (_, list) = c.fetch("NLST");
+            assert!(
+                String::from_utf8_lossy(&list).contains(name.as_str()),
+                "{mode}"
+            );
+        }
+        assert_eq!(names(&server.root()), {
+            let mut v = vec![ascii.clone(), utf8.clone()];
+            v.sort();
+            v
+        });
+        let other = format!("{}.ren", "r".repeat(251));
+        assert_eq!(c.cmd(&format!("RNFR {ascii}")).0, 350);
+        assert_eq!(c.cmd(&format!("RNTO {other}")).0, 250);
+        assert_eq!(c.cmd(&format!("DELE {other}")).0, 250, "{mode}");
+        assert_eq!(c.cmd(&format!("DELE {utf8}")).0, 250, "{mode}");
+        let dir = "d".repeat(255);
+        assert_eq!(c.cmd(&format!("MKD {dir}")).0, 257);
+        assert_eq!(c.cmd(&format!("RMD {dir}")).0, 250);
+        assert!(
+            names(&server.root()).is_empty(),
+            "{mode}: {:?}",
+            names(&server.root())
+        );
+        // One byte more is more than the file system takes.
+        let _data = c.pasv();
+        let (code, text) = c.cmd(&format!("STOR {}", "x".repeat(256)));
+        assert_eq!(code, 553, "{mode}: {text}");
+        assert!(names(&server.root()).is_empty());
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn links_inside_the_root_are_followed_inside_it() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        let root = server.root();
+        fs::create_dir(root.join("pub")).unwrap();
+        fs::write(root.join("pub/a.txt"), b"A").unwrap();
+        fs::create_dir(root.join("sub")).unwrap();
+        symlink("pub/a.txt", root.join("rel")).unwrap();
+        symlink("/pub/a.txt", root.join("abs")).unwrap();
+        symlink("/pub", root.join("dirlink")).unwrap();
+        symlink("..", root.join("sub/up")).unwrap();
+        let mut c = Ctrl::login(server.addr);
+        for path in ["rel", "abs", "dirlink/a.txt", "sub/up/sub/up/rel"] {
+            let (code, got) = c.fetch(&format!("RETR {path}"));
+            assert_eq!((code, got.as_slice()), (226, &b"A"[..]), "{mode}: {path}");
+            assert_eq!(c.cmd(&format!("SIZE {path}")).1.trim_end(), "213 1");
+        }
+        let (_, list) = c.fetch("NLST");
+        assert_eq!(list, b"abs\r\ndirlink\r\npub\r\nrel\r\nsub\r\n", "{mode}");
+        assert_eq!(c.cmd("CWD dirlink").0, 250);
+        assert!(c.cmd("PWD").1.contains("\"/dirlink\""));
+        assert_eq!(c.fetch("RETR a.txt").1, b"A");
+        assert_eq!(c.cmd("CWD /sub/up/sub/up").0, 250, "{mode}");
+        assert_eq!(c.cmd("CWD /").0, 250);
+        // Entry commands act on the link itself.
+        assert_eq!(c.cmd("DELE abs").0, 250);
+        assert!(fs::symlink_metadata(root.join("abs")).is_err());
+        assert!(root.join("pub/a.txt").exists());
+        // Moving a relative link changes what it means: pub/rel2 ->
+        // pub/a.txt is <root>/pub/pub/a.txt, which does not exist, so it
+        // is hidden and answers like a missing name.
+        assert_eq!(c.cmd("RNFR rel").0, 350);
+        assert_eq!(c.cmd("RNTO pub/rel2").0, 250);
+        assert_eq!(
+            c.cmd("SIZE pub/rel2").1,
+            c.cmd("SIZE pub/nothing").1,
+            "{mode}"
+        );
+        assert_eq!(c.cmd("RNFR pub/rel2").0, 550, "{mode}: hidden from RNFR");
+        let (_, list) = c.fetch("NLST pub");
+        assert_eq!(list, b"a.txt\r\n", "{mode}");
+    }
+}
+
+#[test]
+fn parallel_guesses_cannot_pass_the_limit() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        let addr = server.addr;
+        // 16 connections at USER, then every PASS sent back to back.
+        let mut conns: Vec<Ctrl> = (0..16)
+            .map(|_| {
+                let (mut c, code, _) = Ctrl::connect(addr);
+                assert_eq!(code, 220);
+                assert_eq!(c.cmd("USER bob").0, 331);
+                c
+            })
+            .collect();
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.send_raw(format!("PASS wrong{i}\r\n").as_bytes());
+        }
+        let codes: Vec<u16> = conns.iter_mut().map(|c| c.read_reply().0).collect();
+        let evaluated = failed_logins(&server);
+        assert!(
+            (1..=5).contains(&evaluated),
+            "{mode}: {evaluated} guesses evaluated at once ({codes:?})"
+        );
+        assert!(
+            codes.iter().all(|&c| c == 530 || c == 421),
+            "{mode}: {codes:?}"
+        );
+        // The address is locked out now, right password or not.
+        let (mut c, code, _) = Ctrl::connect(addr);
+        if code == 220 {
+            c.cmd("USER bob");
+            assert_eq!(c.cmd("PASS secret").0, 421, "{mode}");
+        } else {
+            assert_eq!(code, 421, "{mode}");
+        }
+    }
 }

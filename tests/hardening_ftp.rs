@@ -42,11 +42,28 @@ fn plant(server: &FtpServer) {
 }
 
 /// Puts back whatever the previous trick legitimately removed or replaced
-/// inside the root (`DELE escape_dir/.` deletes the link itself, `STOR
-/// keep.txt/.` writes keep.txt), so every trick meets the same tree.
+/// inside the root (`STOR escape_dir/.` replaces the hidden link with a
+/// file, `STOR keep.txt/.` writes keep.txt), so every trick meets the same
+/// tree.
 fn replant(server: &FtpServer) {
     let root = server.root();
-    let missing = |name: &str| fs::symlink_metadata(root.join(name)).is_err();
+    // A hidden link's name counts as free: STOR, APPE or MKD may have put
+    // a file or directory in its place.
+    let missing = |name: &str| {
+        let p = root.join(name);
+        match fs::symlink_metadata(&p) {
+            Err(_) => true,
+            Ok(m) if m.file_type().is_symlink() => false,
+            Ok(m) if m.is_dir() => {
+                fs::remove_dir_all(&p).unwrap();
+                true
+            }
+            Ok(_) => {
+                fs::remove_file(&p).unwrap();
+                true
+            }
+        }
+    };
     if missing("escape_dir") {
         symlink(server.base.path().join("outside"), root.join("escape_dir")).unwrap();
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::confine::Root;
+use crate::throttle::LoginThrottle;
 
 /// Which server strategy runs the sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -62,6 +63,21 @@ pub struct Args {
     /// Close a control connection idle this long (`300s`, `5m`, ...).
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// Failed logins one client IP may make within --login-failure-window
+    /// (counted across connections and processes) before it is locked out;
+    /// 0 turns the limit off.
+    #[arg(long, default_value_t = 5)]
+    pub max_login_failures: u32,
+    /// The window in which failed logins are counted.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub login_failure_window: Duration,
+    /// How long a locked-out IP is refused (421) after too many failures.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub login_lockout: Duration,
+    /// Every PASS (right or wrong) is answered this long after it arrived,
+    /// so the reply time does not tell a right password from a wrong one.
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    pub login_delay: Duration,
 }
 
 fn parse_user(s: &str) -> Result<(String, String), String> {
@@ -103,10 +119,12 @@ pub struct Config {
     pub passive_timeout: Duration,
     /// Longest stall of a data connection (no byte moved).
     pub data_timeout: Duration,
-    /// Pause before answering a wrong password.
+    /// Time from a PASS to its reply, right or wrong (`--login-delay`).
     pub login_delay: Duration,
-    /// Wrong passwords before the connection is closed.
+    /// Wrong passwords on one connection before it is closed.
     pub max_login_failures: u32,
+    /// Failed logins per IP, shared across connections and processes.
+    pub throttle: LoginThrottle,
 }
 
 impl Config {
@@ -114,11 +132,18 @@ impl Config {
     /// data timeouts are 30 s and 60 s, or the idle timeout if shorter.
     ///
     /// # Errors
-    /// `--root` is not an existing directory.
+    /// `--root` is not an existing directory, or the shared failed-login
+    /// table cannot be mapped.
     pub fn from_args(args: &Args) -> std::io::Result<Config> {
+        let throttle = LoginThrottle::new(
+            args.max_login_failures,
+            args.login_failure_window,
+            args.login_lockout,
+        )
+        .map_err(std::io::Error::other)?;
         let idle = args.idle_timeout.max(Duration::from_millis(100));
         Ok(Config {
-            root: Root::new(&args.root)?,
+            root: Root::open(&args.root)?,
             users: args.users.iter().cloned().collect(),
             anonymous: args.anonymous,
             anonymous_write: args.anonymous_write,
@@ -126,8 +151,9 @@ impl Config {
             idle_timeout: idle,
             passive_timeout: idle.min(Duration::from_secs(30)),
             data_timeout: idle.min(Duration::from_secs(60)),
-            login_delay: Duration::from_millis(500),
+            login_delay: args.login_delay,
             max_login_failures: 3,
+            throttle,
         })
     }
 
@@ -160,6 +186,10 @@ mod tests {
         assert_eq!(a.mode, Mode::Threading);
         assert!(!a.anonymous && !a.anonymous_write);
         assert_eq!(a.idle_timeout, Duration::from_secs(300));
+        assert_eq!(a.max_login_failures, 5);
+        assert_eq!(a.login_failure_window, Duration::from_secs(60));
+        assert_eq!(a.login_lockout, Duration::from_secs(60));
+        assert_eq!(a.login_delay, Duration::from_millis(300));
         let a = Args::try_parse_from([
             "ftp",
             "--root",
@@ -182,6 +212,10 @@ mod tests {
             "2",
             "--idle-timeout",
             "2s",
+            "--max-login-failures",
+            "0",
+            "--login-lockout",
+            "5m",
         ])
         .unwrap();
         assert_eq!(a.mode, Mode::Forking);
@@ -191,6 +225,8 @@ mod tests {
         );
         assert_eq!(a.passive_ports, Some((40000, 40010)));
         assert_eq!(a.idle_timeout, Duration::from_secs(2));
+        assert_eq!(a.max_login_failures, 0);
+        assert_eq!(a.login_lockout, Duration::from_secs(300));
         assert!(Args::try_parse_from(["ftp"]).is_err());
         assert!(Args::try_parse_from(["ftp", "--root", "/", "--user", "nopass"]).is_err());
         assert!(Args::try_parse_from(["ftp", "--root", "/", "--passive-ports", "9-5"]).is_err());

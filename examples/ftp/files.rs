@@ -1,10 +1,9 @@
 //! File-management and information commands: SIZE, MDTM, MLST, STAT,
-//! MKD, RMD, DELE, RNFR, RNTO. Every path goes through `confine.rs`; every
-//! change needs a writable session.
+//! MKD, RMD, DELE, RNFR, RNTO. Every path is resolved beneath the root
+//! descriptor by `confine.rs` (nothing is checked and then reopened by
+//! name); every change needs a writable session.
 
-use std::fs;
 use std::io;
-use std::path::PathBuf;
 
 use socketserver::Request;
 
@@ -14,29 +13,32 @@ use crate::reply::{self, quote_path};
 use crate::session::{denied, ok, Flow, ListKind, Session};
 
 impl Session {
+    /// The metadata of a regular file the client names.
+    fn regular_file(&self, arg: &str) -> Result<std::fs::Metadata, Denied> {
+        let m = self.root().metadata(&self.vpath(arg))?;
+        if m.is_file() {
+            Ok(m)
+        } else {
+            Err(Denied::NotAFile)
+        }
+    }
+
     pub(crate) fn size(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
         let w = &mut req.wfile();
-        match self.vpath(arg).and_then(|v| self.root().existing(&v)) {
-            Ok(p) => match fs::metadata(&p) {
-                Ok(m) if m.is_file() => ok(w, 213, &m.len().to_string()),
-                Ok(_) => ok(w, 550, "Not a regular file."),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
+        match self.regular_file(arg) {
+            Ok(m) => ok(w, 213, &m.len().to_string()),
             Err(e) => denied(w, &e),
         }
     }
 
     pub(crate) fn mdtm(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
         let w = &mut req.wfile();
-        match self.vpath(arg).and_then(|v| self.root().existing(&v)) {
-            Ok(p) => match fs::metadata(&p) {
-                Ok(m) if m.is_file() => {
-                    let t = listing::Utc::from_unix(listing::mtime(&m)).timeval();
-                    ok(w, 213, &t)
-                }
-                Ok(_) => ok(w, 550, "Not a regular file."),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
+        match self.regular_file(arg) {
+            Ok(m) => ok(
+                w,
+                213,
+                &listing::Utc::from_unix(listing::mtime(&m)).timeval(),
+            ),
             Err(e) => denied(w, &e),
         }
     }
@@ -44,15 +46,8 @@ impl Session {
     pub(crate) fn mlst(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
         let writable = self.writable();
         let w = &mut req.wfile();
-        let vpath = match self.vpath(arg) {
-            Ok(v) => v,
-            Err(e) => return denied(w, &e),
-        };
-        match self
-            .root()
-            .existing(&vpath)
-            .and_then(|p| fs::metadata(p).map_err(Denied::Io))
-        {
+        let vpath = self.vpath(arg);
+        match self.root().metadata(&vpath) {
             Ok(m) => {
                 let facts = listing::mlsx_line(&vpath, &m, None, writable);
                 ok(w, 250, &format!("Listing {vpath}\n{facts}\nEnd"))
@@ -101,16 +96,10 @@ impl Session {
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
+        let vpath = self.vpath(arg);
         let w = &mut req.wfile();
-        let vpath = match self.vpath(arg) {
-            Ok(v) => v,
-            Err(e) => return denied(w, &e),
-        };
-        match self.root().target(&vpath) {
-            Ok(p) => match fs::create_dir(&p) {
-                Ok(()) => ok(w, 257, &format!("{} created", quote_path(&vpath))),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
+        match self.root().mkdir(&vpath) {
+            Ok(()) => ok(w, 257, &format!("{} created", quote_path(&vpath))),
             Err(e) => denied(w, &e),
         }
     }
@@ -119,12 +108,10 @@ impl Session {
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
+        let vpath = self.vpath(arg);
         let w = &mut req.wfile();
-        match self.vpath(arg).and_then(|v| self.root().entry(&v)) {
-            Ok(p) => match fs::remove_dir(&p) {
-                Ok(()) => ok(w, 250, "Directory removed."),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
+        match self.root().remove_dir(&vpath) {
+            Ok(()) => ok(w, 250, "Directory removed."),
             Err(e) => denied(w, &e),
         }
     }
@@ -133,15 +120,10 @@ impl Session {
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
+        let vpath = self.vpath(arg);
         let w = &mut req.wfile();
-        match self.vpath(arg).and_then(|v| self.root().entry(&v)) {
-            Ok(p) if p.symlink_metadata().is_ok_and(|m| m.is_dir()) => {
-                ok(w, 550, "Is a directory; use RMD.")
-            }
-            Ok(p) => match fs::remove_file(&p) {
-                Ok(()) => ok(w, 250, "File deleted."),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
+        match self.root().remove_file(&vpath) {
+            Ok(()) => ok(w, 250, "File deleted."),
             Err(e) => denied(w, &e),
         }
     }
@@ -150,13 +132,15 @@ impl Session {
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
+        // Only the virtual path is kept: RNTO resolves both ends again,
+        // beneath the root, at the moment of the rename.
+        let vpath = self.vpath(arg);
         let w = &mut req.wfile();
-        match self.vpath(arg).and_then(|v| self.root().entry(&v)) {
-            Ok(p) if p.symlink_metadata().is_ok() => {
-                self.rename_from = Some(p);
+        match self.root().entry_exists(&vpath) {
+            Ok(()) => {
+                self.rename_from = Some(vpath);
                 ok(w, 350, "Ready for RNTO.")
             }
-            Ok(_) => ok(w, 550, "No such file or directory"),
             Err(e) => denied(w, &e),
         }
     }
@@ -165,7 +149,7 @@ impl Session {
         &mut self,
         req: &mut Request,
         arg: &str,
-        from: Option<PathBuf>,
+        from: Option<String>,
     ) -> io::Result<Flow> {
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
@@ -174,11 +158,9 @@ impl Session {
         let Some(from) = from else {
             return ok(w, 503, "RNFR required first.");
         };
-        match self.vpath(arg).and_then(|v| self.root().target(&v)) {
-            Ok(to) => match fs::rename(&from, &to) {
-                Ok(()) => ok(w, 250, "Rename successful."),
-                Err(e) => denied(w, &Denied::Io(e)),
-            },
+        let to = self.vpath(arg);
+        match self.root().rename(&from, &to) {
+            Ok(()) => ok(w, 250, "Rename successful."),
             Err(e) => denied(w, &e),
         }
     }

@@ -5,6 +5,8 @@
 //! cargo run --release --example ftp -- --root DIR [--listen ADDR] [--mode threading|forking]
 //!         [--user NAME:PASSWORD]... [--anonymous] [--anonymous-write] [--passive-ports LOW-HIGH]
 //!         [--max-connections N] [--max-per-ip N] [--idle-timeout 300s]
+//!         [--max-login-failures 5] [--login-failure-window 60s] [--login-lockout 60s]
+//!         [--login-delay 300ms]
 //! ```
 //!
 //! When ready it prints `listening on ftp://HOST:PORT (mode MODE)` on
@@ -21,6 +23,7 @@ mod limits;
 mod listing;
 mod reply;
 mod session;
+mod throttle;
 mod transfer;
 mod upload;
 

@@ -8,7 +8,6 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use crate::confine::{Denied, Root};
 use crate::data::{self, ActiveError, DataSetup};
 use crate::limits::{Admission, Gate};
 use crate::reply::{self, quote_path};
+use crate::throttle::Failure;
 
 /// Longest command line accepted; longer lines get `500` and are dropped.
 pub const MAX_LINE: usize = 4096;
@@ -60,7 +60,7 @@ pub struct Session {
     pub(crate) cwd: String,
     pub(crate) data: DataSetup,
     pub(crate) rest: u64,
-    pub(crate) rename_from: Option<PathBuf>,
+    pub(crate) rename_from: Option<String>,
     pub(crate) binary: bool,
     epsv_all: bool,
     /// Command lines that arrived during a transfer, run after it.
@@ -103,8 +103,9 @@ impl Session {
         self.account.as_ref().is_some_and(|a| a.writable)
     }
 
-    /// Resolves a client path to a normalized virtual path.
-    pub(crate) fn vpath(&self, arg: &str) -> Result<String, Denied> {
+    /// Resolves a client path to a normalized virtual path (lexically;
+    /// `..` clamps at `/`).
+    pub(crate) fn vpath(&self, arg: &str) -> String {
         Root::virtual_path(&self.cwd, arg)
     }
 
@@ -259,8 +260,24 @@ impl Session {
         let Some(user) = self.pending_user.take() else {
             return ok(&mut req.wfile(), 503, "Login with USER first.");
         };
+        // Every answer to PASS leaves at the same time after it arrived,
+        // right or wrong, so the reply time tells nothing.
+        let answer_at = Instant::now() + self.cfg.login_delay;
+        let wait = || thread::sleep(answer_at.saturating_duration_since(Instant::now()));
+        let ip = self.peer.ip();
+        // Counted as a failure before the password is even checked (and
+        // taken back on success): a guess abandoned before its answer
+        // still counts, and parallel guesses cannot pass the limit.
+        if let Err(left) = self.cfg.throttle.begin(ip) {
+            tracing::info!(peer = %self.peer, %user, left_secs = left.as_secs(), "login refused: address locked out");
+            wait();
+            reply::send(&mut req.wfile(), 421, LOCKED_OUT)?;
+            return Ok(Flow::Close);
+        }
         match self.cfg.check_login(&user, arg) {
             Some(writable) => {
+                self.cfg.throttle.end(ip, true);
+                wait();
                 tracing::info!(peer = %self.peer, %user, writable, "login");
                 self.account = Some(Account {
                     name: user,
@@ -270,8 +287,20 @@ impl Session {
             }
             None => {
                 self.failures += 1;
+                let verdict = self.cfg.throttle.end(ip, false);
                 tracing::warn!(peer = %self.peer, %user, failures = self.failures, "failed login");
-                thread::sleep(self.cfg.login_delay);
+                if verdict == Failure::LockedOut {
+                    tracing::warn!(
+                        ip = %ip,
+                        lockout_secs = self.cfg.throttle.lockout().as_secs_f64(),
+                        "too many failed logins: address locked out"
+                    );
+                }
+                wait();
+                if verdict == Failure::LockedOut {
+                    reply::send(&mut req.wfile(), 421, LOCKED_OUT)?;
+                    return Ok(Flow::Close);
+                }
                 if self.failures >= self.cfg.max_login_failures {
                     reply::send(
                         &mut req.wfile(),
@@ -299,16 +328,13 @@ impl Session {
 
     fn cwd(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
         let w = &mut req.wfile();
-        let vpath = match self.vpath(arg) {
-            Ok(v) => v,
-            Err(e) => return denied(w, &e),
-        };
-        match self.root().existing(&vpath) {
-            Ok(p) if p.is_dir() => {
+        let vpath = self.vpath(arg);
+        match self.root().metadata(&vpath) {
+            Ok(m) if m.is_dir() => {
                 self.cwd = vpath;
                 ok(w, 250, "Directory successfully changed.")
             }
-            Ok(_) => ok(w, 550, "Not a directory."),
+            Ok(_) => denied(w, &Denied::NotADirectory),
             Err(e) => denied(w, &e),
         }
     }
@@ -417,10 +443,15 @@ pub(crate) fn ok(w: &mut impl io::Write, code: u16, text: &str) -> io::Result<Fl
     Ok(Flow::Continue)
 }
 
-/// Sends the `550` for a refused path and continues.
+/// Sends the reply for a refused path and continues: every path error
+/// becomes a reply here, through [`Denied::reply`].
 pub(crate) fn denied(w: &mut impl io::Write, e: &Denied) -> io::Result<Flow> {
-    ok(w, 550, &e.to_string())
+    let (code, text) = e.reply();
+    ok(w, code, text)
 }
+
+/// The reply to a client whose address is locked out.
+const LOCKED_OUT: &str = "Too many failed logins from your address, try again later.";
 
 const FEATURES: &str = "Features:\nEPRT\nEPSV\nMDTM\nMLST type*;size*;modify*;perm*;unix.mode*;\nPASV\nREST STREAM\nSIZE\nTVFS\nUTF8\nEnd";
 
@@ -462,6 +493,10 @@ impl RequestHandler for Session {
         if let Some(Admission::Refused(why)) = &self.admission {
             tracing::info!(peer = %self.peer, why, "connection refused by limits");
             return reply::send(&mut req.wfile(), 421, why);
+        }
+        if let Some(left) = self.cfg.throttle.locked(self.peer.ip()) {
+            tracing::info!(peer = %self.peer, left_secs = left.as_secs(), "connection refused: address locked out");
+            return reply::send(&mut req.wfile(), 421, LOCKED_OUT);
         }
         tracing::info!(peer = %self.peer, "session start");
         reply::send(&mut req.wfile(), 220, "socketserver FTP ready.")?;

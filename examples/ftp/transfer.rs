@@ -4,27 +4,31 @@
 //!   small slices release the socket lock often, which measured faster on
 //!   loopback than large blocking ones) or converts
 //!   LF to CRLF in 256 KiB chunks (TYPE A): the file is never loaded whole.
-//! - STOR writes to a temporary file in the target's directory and renames
-//!   it over the target only when the transfer completed, so an aborted or
-//!   failed upload leaves the old file untouched. `REST n` + STOR (resume)
-//!   and APPE write in place, as resuming requires; a failed APPE is cut
-//!   back to the file's original length.
+//! - STOR writes to an unnamed (`O_TMPFILE`) file in the target's
+//!   directory and links it over the target only when the transfer
+//!   completed, so an aborted or failed upload leaves the old file
+//!   untouched and no temporary file behind (upload.rs). `REST n` + STOR
+//!   (resume) and APPE to an existing file write in place, as resuming
+//!   requires; a failed APPE is cut back to the file's original length;
+//!   APPE to a new name creates it only when the transfer completed.
+//! - Every path is opened beneath the root descriptor (confine.rs).
 //! - Between slices the control connection is checked: `ABOR` stops the
 //!   transfer (`426` then `226`), a vanished client stops it and ends the
 //!   session, other commands wait until the transfer is over.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use rustix::fs::OFlags;
 use socketserver::handler::Line;
 use socketserver::Request;
 
 use crate::command::Command;
-use crate::confine::Denied;
+use crate::confine::{Denied, Listing};
 use crate::data::{self, DataSetup};
 use crate::listing;
 use crate::reply;
@@ -157,18 +161,21 @@ impl Session {
 
     pub(crate) fn retr(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
         let offset = std::mem::take(&mut self.rest);
-        let path = match self.vpath(arg).and_then(|v| self.root().existing(&v)) {
-            Ok(p) => p,
+        let vpath = self.vpath(arg);
+        // Opened beneath the root descriptor (see confine.rs); O_NONBLOCK
+        // so a FIFO cannot hang the session (it is refused below).
+        let file = match self
+            .root()
+            .open_at(&vpath, OFlags::RDONLY | OFlags::NONBLOCK)
+        {
+            Ok(fd) => File::from(fd),
             Err(e) => return denied(&mut req.wfile(), &e),
         };
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => return denied(&mut req.wfile(), &Denied::Io(e)),
-        };
-        let len = file.metadata()?.len();
-        if !file.metadata()?.is_file() {
-            return ok(&mut req.wfile(), 550, "Not a regular file.");
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return denied(&mut req.wfile(), &Denied::NotAFile);
         }
+        let len = meta.len();
         if offset > len {
             return ok(&mut req.wfile(), 554, "Restart offset beyond end of file.");
         }
@@ -187,7 +194,7 @@ impl Session {
             self.send_ascii(req, file, &mut conn, offset)
         };
         drop(conn);
-        tracing::info!(peer = %self.peer, path = %path.display(), ?outcome, "RETR");
+        tracing::info!(peer = %self.peer, path = %vpath, ?outcome, "RETR");
         self.finish_transfer(req, outcome)
     }
 
@@ -310,19 +317,14 @@ impl Session {
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
-        let target = match self.vpath(arg).and_then(|v| self.root().target(&v)) {
-            Ok(p) => p,
+        let vpath = self.vpath(arg);
+        // Dropping `upload` on any early return (no data connection, the
+        // client gone) undoes it: see upload.rs.
+        let mut upload = match Upload::open(self.root(), &vpath, append, offset) {
+            Ok(u) => u,
             Err(e) => return denied(&mut req.wfile(), &e),
         };
-        if target.is_dir() {
-            return ok(&mut req.wfile(), 550, "Is a directory.");
-        }
-        let mut upload = match Upload::open(&target, append, offset) {
-            Ok(u) => u,
-            Err(e) => return denied(&mut req.wfile(), &Denied::Io(e)),
-        };
         let Some(conn) = self.open_data(req)? else {
-            upload.discard();
             return Ok(Flow::Continue);
         };
         let mode = if self.binary { "BINARY" } else { "ASCII" };
@@ -336,10 +338,9 @@ impl Session {
             if let Err(e) = upload.commit() {
                 outcome = Outcome::Failed(e);
             }
-        } else {
-            upload.discard();
         }
-        tracing::info!(peer = %self.peer, path = %target.display(), ?outcome, "STOR");
+        drop(upload);
+        tracing::info!(peer = %self.peer, path = %vpath, ?outcome, "STOR");
         self.finish_transfer(req, outcome)
     }
 
@@ -427,8 +428,8 @@ impl Session {
     }
 
     /// Builds a listing of the directory (or single file) `arg` names.
-    /// Symlinks are shown as what they point to when that is inside the
-    /// root, and hidden when it is not.
+    /// Symlinks are followed inside the root; links that lead nowhere
+    /// inside it are hidden (see confine.rs).
     pub(crate) fn listing_bytes(&self, arg: &str, kind: ListKind) -> Result<Vec<u8>, Denied> {
         // Clients send `ls` options ("LIST -la"); they are ignored.
         let path_arg = arg
@@ -436,42 +437,23 @@ impl Session {
             .filter(|w| !w.starts_with('-') && !w.is_empty())
             .collect::<Vec<_>>()
             .join(" ");
-        let vpath = self.vpath(&path_arg)?;
-        let dir = self.root().existing(&vpath)?;
-        let meta = fs::metadata(&dir).map_err(Denied::Io)?;
+        let vpath = self.vpath(&path_arg);
         let writable = self.writable();
         let now = listing::now();
-        let mut entries: Vec<(String, fs::Metadata)> = Vec::new();
-        if meta.is_dir() {
-            for entry in fs::read_dir(&dir).map_err(Denied::Io)? {
-                let Ok(entry) = entry else { continue };
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let path = entry.path();
-                let Ok(m) = entry.metadata() else { continue };
-                let m = if m.file_type().is_symlink() {
-                    match path.canonicalize() {
-                        Ok(c) if c.starts_with(self.root().real()) => match fs::metadata(&c) {
-                            Ok(m) => m,
-                            Err(_) => continue,
-                        },
-                        _ => continue,
-                    }
-                } else {
-                    m
-                };
-                entries.push((name, m));
+        let entries = match self.root().list(&vpath)? {
+            Listing::Dir(entries) => entries,
+            Listing::Single(_) if kind == ListKind::Machine => {
+                return Err(Denied::NotADirectory);
             }
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-        } else if kind == ListKind::Machine {
-            return Err(Denied::Io(io::Error::other("not a directory")));
-        } else {
-            let name = if kind == ListKind::Names {
-                path_arg.clone()
-            } else {
-                vpath.rsplit('/').next().unwrap_or("").to_string()
-            };
-            entries.push((name, meta));
-        }
+            Listing::Single(meta) => {
+                let name = if kind == ListKind::Names {
+                    path_arg.clone()
+                } else {
+                    vpath.rsplit('/').next().unwrap_or("").to_string()
+                };
+                vec![(name, meta)]
+            }
+        };
         let mut out = Vec::new();
         for (name, m) in &entries {
             let line = match kind {

@@ -1,128 +1,269 @@
-//! Where uploaded bytes go: the atomic temporary file (or the resumed /
-//! appended target), the splice path from socket to file, and ASCII
-//! line-ending conversion.
+//! Where uploaded bytes go: the new file (an anonymous `O_TMPFILE` in the
+//! target's directory, linked into place when the transfer completed), or
+//! the resumed / appended target itself; the splice path from socket to
+//! file; ASCII line-ending conversion.
 //!
-//! A replacing STOR writes to `.<name>.upload-<pid>-<n>` in the target's
-//! directory (same file system, so the final `rename` is atomic) and renames
-//! it over the target only after the transfer completed; anything else
-//! removes the temporary file and leaves the old file as it was.
+//! A replacing `STOR` (and an `APPE` to a name that does not exist yet)
+//! writes to an *unnamed* file created with `O_TMPFILE` in the target's
+//! directory, opened beneath the root (see `confine.rs`). Only when the
+//! transfer completed is it given a name: `linkat` straight to the target
+//! name when that is free, otherwise `linkat` to a short fixed-length
+//! temporary name and `renameat` over the target (atomic: readers see the
+//! old file or the new one). However a transfer ends before that (reset,
+//! timeout, `ABOR`, the session's process killed), the unnamed file simply
+//! disappears with its descriptor: nothing is left behind and no empty file
+//! is created. No temporary name is derived from the client's name, so
+//! every name the file system accepts (up to `NAME_MAX`, 255 bytes) can be
+//! uploaded.
+//!
+//! File systems without `O_TMPFILE` get a short named temporary file
+//! (`.ftp-upload-<16 hex digits>`) instead, removed by [`Upload`]'s `Drop`
+//! whenever the upload is not committed (only a `SIGKILL` of the session
+//! process can leave one behind there).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
 
-/// A unique suffix for temporary upload files within this process.
-static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
+use rustix::fs::{AtFlags, Mode, OFlags};
 
-/// A file being uploaded: a temporary file to rename into place, or the
-/// target itself when resuming or appending.
+use crate::confine::{Denied, Parent, Root};
+
+/// A file being uploaded: a new file to link into place, or the target
+/// itself when resuming or appending. Dropping an upload that was not
+/// committed undoes it.
 #[derive(Debug)]
 pub(crate) struct Upload {
     pub(crate) file: File,
-    target: PathBuf,
-    /// The temporary file, for a replacing upload.
-    temp: Option<PathBuf>,
+    /// For a new file: where it goes at commit.
+    publish: Option<Publish>,
     /// Length to cut back to if an append fails.
     pub(crate) rollback_len: Option<u64>,
-    /// The append created the target: a failed append removes it again.
-    created: bool,
+    /// `commit` succeeded: nothing to undo.
+    committed: bool,
+}
+
+/// Where a new file is linked at commit.
+#[derive(Debug)]
+struct Publish {
+    parent: Parent,
+    /// A named temporary file in `parent` (the fallback without
+    /// `O_TMPFILE`, or during the link-then-rename of a commit); removed on
+    /// drop.
+    temp: Option<String>,
+}
+
+/// A short temporary name, unrelated to the client's name.
+fn temp_name() -> String {
+    let mut bytes = [0u8; 8];
+    // A failure leaves zeros; `O_EXCL`/`EEXIST` loops pick another name.
+    let _ = getrandom::fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(".ftp-upload-{hex}")
+}
+
+/// Opens a regular file beneath the root for writing in place.
+fn open_existing(root: &Root, vpath: &str, flags: OFlags) -> Result<File, Denied> {
+    // O_NONBLOCK: opening a FIFO must not hang the session (it is refused
+    // below); regular files ignore the flag.
+    let fd = root.open_at(vpath, flags | OFlags::WRONLY | OFlags::NONBLOCK)?;
+    let file = File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(Denied::NotAFile);
+    }
+    Ok(file)
+}
+
+/// Gives the unnamed `O_TMPFILE` file `file` the name `name` in `dir`.
+fn link_tmpfile(file: &File, dir: &Parent, name: &str) -> rustix::io::Result<()> {
+    match rustix::fs::linkat(file, "", &dir.dir, name, AtFlags::EMPTY_PATH) {
+        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it the kernel
+        // says ENOENT. The /proc link of our own descriptor works for all.
+        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::PERM) => rustix::fs::linkat(
+            rustix::fs::CWD,
+            format!("/proc/self/fd/{}", file.as_raw_fd()).as_str(),
+            &dir.dir,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        ),
+        other => other,
+    }
 }
 
 impl Upload {
-    pub(crate) fn open(target: &Path, append: bool, offset: u64) -> io::Result<Upload> {
+    /// Opens the upload for the virtual path `vpath` beneath `root`:
+    /// `append` for APPE, `offset > 0` for a resumed STOR (REST).
+    ///
+    /// # Errors
+    /// [`Denied`] for a missing parent, a directory or other non-file at
+    /// `vpath`, a resume offset beyond the end, or a creation failure.
+    pub(crate) fn open(
+        root: &Root,
+        vpath: &str,
+        append: bool,
+        offset: u64,
+    ) -> Result<Upload, Denied> {
         if append {
-            let (file, created) = match OpenOptions::new()
-                .append(true)
-                .create_new(true)
-                .open(target)
-            {
-                Ok(file) => (file, true),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    (OpenOptions::new().append(true).open(target)?, false)
-                }
-                Err(e) => return Err(e),
-            };
-            let rollback_len = Some(file.metadata()?.len());
-            return Ok(Upload {
-                file,
-                target: target.to_path_buf(),
-                temp: None,
-                rollback_len,
-                created,
-            });
-        }
-        if offset > 0 {
-            let mut file = OpenOptions::new().write(true).open(target)?;
-            if offset > file.metadata()?.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "restart offset beyond end of file",
-                ));
-            }
-            file.seek(SeekFrom::Start(offset))?;
-            return Ok(Upload {
-                file,
-                target: target.to_path_buf(),
-                temp: None,
-                rollback_len: None,
-                created: false,
-            });
-        }
-        let dir = target
-            .parent()
-            .ok_or_else(|| io::Error::other("no parent directory"))?;
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        loop {
-            let seq = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
-            let temp = dir.join(format!(".{name}.upload-{}-{seq}", std::process::id()));
-            match OpenOptions::new().write(true).create_new(true).open(&temp) {
+            match open_existing(root, vpath, OFlags::APPEND) {
                 Ok(file) => {
+                    let rollback_len = Some(file.metadata()?.len());
                     return Ok(Upload {
                         file,
-                        target: target.to_path_buf(),
-                        temp: Some(temp),
+                        publish: None,
+                        rollback_len,
+                        committed: false,
+                    });
+                }
+                // A new name: created only when the upload completes.
+                Err(Denied::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        } else if offset > 0 {
+            let mut file = open_existing(root, vpath, OFlags::empty())?;
+            if offset > file.metadata()?.len() {
+                return Err(Denied::Other(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "restart offset beyond end of file",
+                )));
+            }
+            file.seek(io::SeekFrom::Start(offset))?;
+            return Ok(Upload {
+                file,
+                publish: None,
+                rollback_len: None,
+                committed: false,
+            });
+        }
+        if root.metadata(vpath).is_ok_and(|m| m.is_dir()) {
+            return Err(Denied::IsADirectory);
+        }
+        let parent = root.parent(vpath)?;
+        // A name the file system cannot hold is refused now, not after the
+        // transfer (only the lookup's ENAMETOOLONG matters here).
+        if let Err(rustix::io::Errno::NAMETOOLONG) =
+            rustix::fs::statat(&parent.dir, parent.name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        {
+            return Err(Denied::BadName);
+        }
+        Upload::new_file(parent, true)
+    }
+
+    /// A new, not yet visible file in `parent`: unnamed (`O_TMPFILE`) when
+    /// `tmpfile` is set and the file system supports it, else a short
+    /// named temporary file.
+    fn new_file(parent: Parent, tmpfile: bool) -> Result<Upload, Denied> {
+        let mode = Mode::from_raw_mode(0o666);
+        if tmpfile {
+            match rustix::fs::openat(
+                &parent.dir,
+                ".",
+                OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+                mode,
+            ) {
+                Ok(fd) => {
+                    return Ok(Upload {
+                        file: File::from(fd),
+                        publish: Some(Publish { parent, temp: None }),
                         rollback_len: None,
-                        created: false,
+                        committed: false,
                     })
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
+                Err(e)
+                    if e == rustix::io::Errno::OPNOTSUPP
+                        || e == rustix::io::Errno::ISDIR
+                        || e == rustix::io::Errno::INVAL => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // No O_TMPFILE here: a short named temporary file, removed on drop.
+        loop {
+            let temp = temp_name();
+            match rustix::fs::openat(
+                &parent.dir,
+                temp.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                mode,
+            ) {
+                Ok(fd) => {
+                    return Ok(Upload {
+                        file: File::from(fd),
+                        publish: Some(Publish {
+                            parent,
+                            temp: Some(temp),
+                        }),
+                        rollback_len: None,
+                        committed: false,
+                    })
+                }
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Makes a completed upload visible.
+    /// Makes a completed upload visible. On failure the upload is undone
+    /// when it is dropped.
     pub(crate) fn commit(&mut self) -> io::Result<()> {
-        if let Some(temp) = self.temp.take() {
-            if let Err(e) = fs::rename(&temp, &self.target) {
-                let _ = fs::remove_file(&temp);
-                return Err(e);
+        if let Some(p) = &mut self.publish {
+            if p.temp.is_none() {
+                // The unnamed file: straight to the target name if free.
+                match link_tmpfile(&self.file, &p.parent, &p.parent.name) {
+                    Ok(()) => {
+                        self.committed = true;
+                        return Ok(());
+                    }
+                    Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                loop {
+                    let temp = temp_name();
+                    match link_tmpfile(&self.file, &p.parent, &temp) {
+                        Ok(()) => {
+                            p.temp = Some(temp);
+                            break;
+                        }
+                        Err(rustix::io::Errno::EXIST) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if let Some(temp) = &p.temp {
+                // Replaces whatever holds the name (a directory is refused
+                // by rename(2) and the temporary name removed on drop).
+                rustix::fs::renameat(
+                    &p.parent.dir,
+                    temp.as_str(),
+                    &p.parent.dir,
+                    p.parent.name.as_str(),
+                )?;
+                p.temp = None;
             }
         } else if self.rollback_len.is_none() {
             // Resumed upload: drop any stale tail past what was written.
             let end = self.file.stream_position()?;
             self.file.set_len(end)?;
         }
+        self.committed = true;
         Ok(())
     }
+}
 
-    /// Undoes an upload that did not complete: the old file stays as it was.
-    pub(crate) fn discard(&mut self) {
-        if let Some(temp) = self.temp.take() {
-            let _ = fs::remove_file(temp);
-        }
-        if let Some(len) = self.rollback_len.take() {
-            if self.created {
-                // The append created it: the target did not exist before.
-                let _ = fs::remove_file(&self.target);
-            } else {
-                let _ = self.file.set_len(len);
+impl Drop for Upload {
+    /// Undoes an upload that was not committed: a named temporary file is
+    /// removed (an unnamed one vanishes with its descriptor), an append is
+    /// cut back to the old length.
+    fn drop(&mut self) {
+        if let Some(p) = &self.publish {
+            if let Some(temp) = &p.temp {
+                let _ = rustix::fs::unlinkat(&p.parent.dir, temp.as_str(), AtFlags::empty());
             }
+        }
+        if self.committed {
+            return;
+        }
+        if let Some(len) = self.rollback_len {
+            let _ = self.file.set_len(len);
         }
     }
 }
@@ -238,46 +379,121 @@ mod tests {
         assert!(!held);
     }
 
+    /// A root with `f` (holding `old`) and the names in the directory.
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
     #[test]
     fn aborted_replacing_upload_keeps_old_file() {
         let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
         let target = dir.path().join("f");
-        fs::write(&target, b"old").unwrap();
-        let mut up = Upload::open(&target, false, 0).unwrap();
+        std::fs::write(&target, b"old").unwrap();
+        let mut up = Upload::open(&root, "/f", false, 0).unwrap();
         up.file.write_all(b"new partial").unwrap();
-        up.discard();
-        assert_eq!(fs::read(&target).unwrap(), b"old");
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "temp file removed"
-        );
-        let mut up = Upload::open(&target, false, 0).unwrap();
+        drop(up);
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        assert_eq!(names(dir.path()), ["f"], "no temporary file");
+        let mut up = Upload::open(&root, "/f", false, 0).unwrap();
         up.file.write_all(b"new").unwrap();
         up.commit().unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"new");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        drop(up);
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(names(dir.path()), ["f"]);
+        // A new name appears only at commit; 255-byte names work.
+        let long = "L".repeat(255);
+        let mut up = Upload::open(&root, &format!("/{long}"), false, 0).unwrap();
+        up.file.write_all(b"long").unwrap();
+        assert_eq!(names(dir.path()), ["f"], "nothing visible before commit");
+        up.commit().unwrap();
+        drop(up);
+        assert_eq!(std::fs::read(dir.path().join(&long)).unwrap(), b"long");
+        // A directory is not replaced.
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        assert!(matches!(
+            Upload::open(&root, "/d", false, 0),
+            Err(Denied::IsADirectory)
+        ));
+        assert!(matches!(
+            Upload::open(&root, "/missing/x", false, 0),
+            Err(Denied::NotFound)
+        ));
+        let too_long = format!("/{}", "L".repeat(256));
+        assert!(matches!(
+            Upload::open(&root, &too_long, false, 0),
+            Err(Denied::BadName)
+        ));
+    }
+
+    #[test]
+    fn without_o_tmpfile_a_named_temporary_file_is_removed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("f"), b"old").unwrap();
+        // Not committed: the temporary name goes away with the upload.
+        let mut up = Upload::new_file(root.parent("/new").unwrap(), false).unwrap();
+        up.file.write_all(b"partial").unwrap();
+        let during = names(dir.path());
+        assert_eq!(during.len(), 2, "{during:?}");
+        let temp = during.iter().find(|n| *n != "f").unwrap();
+        assert!(
+            temp.starts_with(".ftp-upload-") && temp.len() == 28,
+            "{temp}"
+        );
+        drop(up);
+        assert_eq!(names(dir.path()), ["f"]);
+        // Committed over an existing file: renamed into place.
+        let mut up = Upload::new_file(root.parent("/f").unwrap(), false).unwrap();
+        up.file.write_all(b"new").unwrap();
+        up.commit().unwrap();
+        drop(up);
+        assert_eq!(names(dir.path()), ["f"]);
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"new");
+        // A commit that fails (a directory holds the name) leaves nothing.
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/x"), b"").unwrap();
+        let mut up = Upload::new_file(root.parent("/d").unwrap(), false).unwrap();
+        assert!(up.commit().is_err());
+        drop(up);
+        assert_eq!(names(dir.path()), ["d", "f"]);
+        // The same with O_TMPFILE: the link-then-rename name is removed.
+        let mut up = Upload::new_file(root.parent("/d").unwrap(), true).unwrap();
+        assert!(up.commit().is_err());
+        drop(up);
+        assert_eq!(names(dir.path()), ["d", "f"]);
     }
 
     #[test]
     fn failed_append_is_cut_back_and_resume_truncates_tail() {
         let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
         let target = dir.path().join("f");
-        fs::write(&target, b"0123456789").unwrap();
-        let mut up = Upload::open(&target, true, 0).unwrap();
+        std::fs::write(&target, b"0123456789").unwrap();
+        let mut up = Upload::open(&root, "/f", true, 0).unwrap();
         up.file.write_all(b"junk").unwrap();
-        up.discard();
-        assert_eq!(fs::read(&target).unwrap(), b"0123456789");
-        let mut up = Upload::open(&target, false, 4).unwrap();
+        drop(up);
+        assert_eq!(std::fs::read(&target).unwrap(), b"0123456789");
+        let mut up = Upload::open(&root, "/f", false, 4).unwrap();
         up.file.write_all(b"ab").unwrap();
         up.commit().unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"0123ab");
-        assert!(Upload::open(&target, false, 100).is_err());
-        // A failed append that created its target removes it again.
-        let fresh = dir.path().join("fresh");
-        let mut up = Upload::open(&fresh, true, 0).unwrap();
+        drop(up);
+        assert_eq!(std::fs::read(&target).unwrap(), b"0123ab");
+        assert!(Upload::open(&root, "/f", false, 100).is_err());
+        // An append to a new name creates nothing unless it completes.
+        let mut up = Upload::open(&root, "/fresh", true, 0).unwrap();
         up.file.write_all(b"junk").unwrap();
-        up.discard();
-        assert!(!fresh.exists());
+        drop(up);
+        assert_eq!(names(dir.path()), ["f"]);
+        let mut up = Upload::open(&root, "/fresh", true, 0).unwrap();
+        up.file.write_all(b"done").unwrap();
+        up.commit().unwrap();
+        drop(up);
+        assert_eq!(std::fs::read(dir.path().join("fresh")).unwrap(), b"done");
     }
 }

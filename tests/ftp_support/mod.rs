@@ -339,3 +339,27 @@ pub fn tree(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Whether `program` is an executable file on `PATH`.
+pub fn installed(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        fs::metadata(dir.join(program))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// For a test that needs the external client `program`: `true` when it is
+/// installed; otherwise prints `skipped: PROGRAM not installed` to stderr
+/// and returns `false` (the test then returns, passing). When the program
+/// is installed the test runs in full and can fail.
+pub fn require_client(program: &str) -> bool {
+    if installed(program) {
+        return true;
+    }
+    eprintln!("skipped: {program} not installed");
+    false
+}
