@@ -287,6 +287,77 @@ fn daemon_dies_when_parent_is_sigkilled() -> TestResult {
     Ok(())
 }
 
+/// A daemon belongs to the process, not to the thread that started it: it
+/// outlives a helper thread that ended (with `PR_SET_PDEATHSIG` it died
+/// with the thread), and still dies when the process is SIGKILLed.
+fn daemon_from_ended_thread_lives_until_process_dies() -> TestResult {
+    let (r, w) = nix::unistd::pipe().map_err(e)?;
+    let mut middle = Process::new(move || {
+        let helper = std::thread::spawn(|| {
+            let mut d = Process::builder()
+                .daemon(true)
+                .target(|| std::thread::sleep(Duration::from_secs(60)));
+            d.start().map(|()| d)
+        });
+        let Ok(Ok(d)) = helper.join() else {
+            process::exit(2);
+        };
+        // The helper thread is gone now; the daemon must not be.
+        let pid = d.pid().unwrap_or(0);
+        let _ = nix::unistd::write(&w, &pid.to_ne_bytes());
+        std::thread::sleep(Duration::from_secs(60));
+        drop(d);
+    });
+    middle.start().map_err(e)?;
+    let daemon = read_pid(r.as_fd())?;
+    check!(daemon > 0);
+    std::thread::sleep(Duration::from_millis(300));
+    check!(
+        stat(daemon).is_some_and(|(s, _)| s != 'Z'),
+        "daemon {daemon} died with the thread that started it: {:?}",
+        stat(daemon)
+    );
+    middle.kill().map_err(e)?;
+    check!(middle.join().map_err(e)? == -9);
+    check!(
+        gone_within(daemon, Duration::from_secs(5)),
+        "daemon {daemon} survived its parent: {:?}",
+        stat(daemon)
+    );
+    Ok(())
+}
+
+/// The window the issue saw: the starting thread ends at once and the
+/// parent is killed right after; every daemon must still die.
+fn daemons_die_with_parent_killed_right_after_start() -> TestResult {
+    for round in 0..20 {
+        let (r, w) = nix::unistd::pipe().map_err(e)?;
+        let mut middle = Process::new(move || {
+            let helper = std::thread::spawn(move || {
+                let mut d = Process::builder()
+                    .daemon(true)
+                    .target(|| std::thread::sleep(Duration::from_secs(60)));
+                if d.start().is_ok() {
+                    let _ = nix::unistd::write(&w, &d.pid().unwrap_or(0).to_ne_bytes());
+                    std::mem::forget(d);
+                }
+            });
+            let _ = helper.join();
+            std::thread::sleep(Duration::from_secs(60));
+        });
+        middle.start().map_err(e)?;
+        let daemon = read_pid(r.as_fd())?;
+        middle.kill().map_err(e)?;
+        check!(middle.join().map_err(e)? == -9);
+        check!(
+            gone_within(daemon, Duration::from_secs(5)),
+            "round {round}: daemon {daemon} survived its parent: {:?}",
+            stat(daemon)
+        );
+    }
+    Ok(())
+}
+
 fn leaked_daemon_terminated_when_child_exits() -> TestResult {
     // The middle process forgets its daemon's Process (no drop runs): the
     // exit-time registry must still terminate it.
@@ -526,6 +597,14 @@ fn main() {
         (
             stringify!(daemon_dies_when_parent_is_sigkilled),
             daemon_dies_when_parent_is_sigkilled,
+        ),
+        (
+            stringify!(daemon_from_ended_thread_lives_until_process_dies),
+            daemon_from_ended_thread_lives_until_process_dies,
+        ),
+        (
+            stringify!(daemons_die_with_parent_killed_right_after_start),
+            daemons_die_with_parent_killed_right_after_start,
         ),
         (
             stringify!(leaked_daemon_terminated_when_child_exits),

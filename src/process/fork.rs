@@ -24,8 +24,30 @@
 //!   the body is dropped there, which is the easy way to close "the child's
 //!   end" of a pipe in the parent.
 //! - Only `waitpid(pid)` on our own children, never `waitpid(-1)`.
+//!
+//! # Daemons die with the parent process
+//!
+//! `PR_SET_PDEATHSIG` is not used: Linux sends that signal when the
+//! *thread* that forked exits, so a daemon started from a helper thread
+//! died with the thread, and one whose thread ended before the child
+//! armed the signal survived the parent. Instead each daemon gets a
+//! *lifeline*: a pipe created just before the fork. The parent keeps the
+//! write end (in its [`ForkedChild`], registered close-on-fork so no other
+//! child of ours inherits it); the child keeps the read end, marked
+//! `O_ASYNC` with itself as owner and `SIGKILL` as the I/O signal
+//! (`F_SETOWN`, `F_SETSIG`). When the last write end closes — the parent
+//! process exits or is killed, whatever thread forked — the kernel sends
+//! that `SIGKILL`. No race: the child arms the read end *before* it closes
+//! its own inherited copy of the write end, so if the parent is already
+//! gone, that close itself fires the signal.
+//!
+//! Consequences: dropping the [`ForkedChild`] of a running daemon kills it
+//! (a [`Process`](super::Process) terminates its daemons on drop anyway);
+//! a process forked by other code than this crate (a plain `fork()` that
+//! does not `exec`) inherits the write end and keeps daemons alive until it
+//! exits; a daemon that `exec`s drops its lifeline (`O_CLOEXEC`).
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -62,12 +84,23 @@ impl ForkOptions {
         self
     }
 
-    /// Makes the child a daemon: it gets `PR_SET_PDEATHSIG(SIGKILL)`, so it
-    /// dies when the parent dies, even by SIGKILL, and it may not start
+    /// Makes the child a daemon: it dies when the parent *process* dies,
+    /// even by SIGKILL, lives as long as the parent lives whichever thread
+    /// forked it (and whenever that thread ends), and may not start
     /// children of its own. Default is `false`.
     ///
-    /// Linux delivers the death signal when the *thread* that forked exits,
-    /// so start daemons from a thread that lives as long as they should.
+    /// How: not `PR_SET_PDEATHSIG`, which fires when the forking *thread*
+    /// exits, but a *lifeline* pipe. The parent's [`ForkedChild`] holds the
+    /// write end (closed in every other child this crate forks); the child
+    /// holds the read end, set `O_ASYNC` with itself as owner and `SIGKILL`
+    /// as its I/O signal. When the last write end closes — the parent
+    /// exits or is killed — the kernel sends the child `SIGKILL`. The child
+    /// arms it before closing its own inherited copy of the write end, so a
+    /// parent that died right after `fork` is noticed too: there is no
+    /// window. Dropping the `ForkedChild` of a running daemon therefore
+    /// kills it; a process forked by code other than this crate (a plain
+    /// `fork()` without `exec`) holds a copy of the write end until it
+    /// exits, and a daemon that `exec`s drops its lifeline.
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
         self
@@ -92,6 +125,59 @@ pub struct ForkedChild {
     /// pidfd, or the read end of a pipe whose write end only the child has.
     sentinel: OwnedFd,
     status: Option<i32>,
+    /// A daemon's lifeline: the write end whose closing kills the child.
+    lifeline: Option<Lifeline>,
+}
+
+/// The parent's end of a daemon's lifeline (see the module docs). Kept as
+/// a raw number: forked copies of a `ForkedChild` in other processes must
+/// not close it (the close-on-fork pass already did, and the number may
+/// have been reused there).
+#[derive(Debug)]
+struct Lifeline {
+    fd: RawFd,
+    slot: Option<usize>,
+}
+
+impl Lifeline {
+    /// Creates the pipe; returns the parent's end and the child's end.
+    fn new() -> Result<(Lifeline, OwnedFd)> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let fd = w.into_raw_fd();
+        // Registered before the fork, so a sibling forked at the same time
+        // from another thread closes its copy too.
+        let slot = closefork::register(current::cached_pid(), fd);
+        Ok((Lifeline { fd, slot }, r))
+    }
+
+    /// Closes the write end (only ever in the process that created it).
+    fn close(self) {
+        if let Some(slot) = self.slot {
+            closefork::unregister(slot);
+        }
+        // SAFETY: `fd` is the write end this process created in `new` and
+        // has not closed; it is unregistered from close-on-fork above.
+        drop(unsafe { OwnedFd::from_raw_fd(self.fd) });
+    }
+}
+
+/// `F_SETSIG` from `<asm-generic/fcntl.h>` (the `libc` crate does not
+/// export it; its value is 10 on every Linux architecture).
+const F_SETSIG: libc::c_int = 10;
+
+/// In the child, before anything else: arm the read end so that the
+/// kernel sends us SIGKILL when the last write end closes. Returns whether
+/// arming worked.
+fn arm_lifeline(read_end: &OwnedFd, pid: i32) -> bool {
+    let fd = read_end.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0
+            && libc::fcntl(fd, libc::F_SETOWN, pid) == 0
+            && libc::fcntl(fd, F_SETSIG, libc::SIGKILL) == 0
+            && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC | libc::O_NONBLOCK) == 0
+    }
 }
 
 impl ForkedChild {
@@ -186,6 +272,13 @@ impl ForkedChild {
         }
     }
 
+    fn reaped(&mut self, code: i32) {
+        self.status = Some(code);
+        if let Some(l) = self.lifeline.take() {
+            l.close();
+        }
+    }
+
     fn reap(&mut self, nohang: bool) -> Result<Option<i32>> {
         if let Some(code) = self.status {
             return Ok(Some(code));
@@ -195,12 +288,12 @@ impl ForkedChild {
         loop {
             match waitpid(self.pid, flags) {
                 Ok(WaitStatus::Exited(_, code)) => {
-                    self.status = Some(code);
+                    self.reaped(code);
                     return Ok(Some(code));
                 }
                 Ok(WaitStatus::Signaled(_, sig, _)) => {
                     let code = -(sig as i32);
-                    self.status = Some(code);
+                    self.reaped(code);
                     return Ok(Some(code));
                 }
                 Ok(WaitStatus::StillAlive) => return Ok(None),
@@ -224,6 +317,11 @@ impl Drop for ForkedChild {
         }
         if let Ok(Some(_)) = self.reap(true) {
             return;
+        }
+        // A running daemon whose handle goes away loses its lifeline: it is
+        // killed, and the reaper thread below collects it.
+        if let Some(l) = self.lifeline.take() {
+            l.close();
         }
         detach(self.pid);
     }
@@ -289,6 +387,11 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
             parent
         );
     }
+    let lifeline = if options.daemon {
+        Some(Lifeline::new()?)
+    } else {
+        None
+    };
     let pipe = if pidfd_supported() {
         None
     } else {
@@ -314,14 +417,36 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => {
             let pid = current::refresh_pid();
+            // Arm the lifeline before the close-on-fork pass closes our
+            // inherited copy of its write end (see the module docs).
+            // The parent's end (a plain number) is closed by the
+            // close-on-fork pass below.
+            let lifeline = lifeline.map(|(parent_end, read_end)| {
+                if !arm_lifeline(&read_end, pid) {
+                    // A daemon that cannot watch its parent must not run.
+                    // SAFETY: _exit ends the process without running Rust code.
+                    unsafe { libc::_exit(1) };
+                }
+                if parent_end.slot.is_none() {
+                    // The close-on-fork table was full: close it here.
+                    // SAFETY: our inherited copy of the write end, which
+                    // nothing else in this new process refers to.
+                    unsafe { libc::close(parent_end.fd) };
+                }
+                read_end
+            });
             closefork::close_in_child(parent_cached);
             let keep = pipe.map(|(r, w)| {
                 drop(r);
                 w
             });
-            child_main(parent, pid, options.daemon, state, keep, body)
+            child_main(parent, pid, lifeline, state, keep, body)
         }
         ForkResult::Parent { child } => {
+            let lifeline = lifeline.map(|(parent_end, read_end)| {
+                drop(read_end);
+                parent_end
+            });
             let sentinel = match pipe {
                 Some((r, w)) => {
                     drop(w);
@@ -333,6 +458,9 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                         // Without a sentinel the child cannot be managed.
                         let _ = kill(child, Signal::SIGKILL);
                         let _ = waitpid(child, None);
+                        if let Some(l) = lifeline {
+                            l.close();
+                        }
                         return Err(e);
                     }
                 },
@@ -344,6 +472,7 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                 owner: parent,
                 sentinel,
                 status: None,
+                lifeline,
             })
         }
     }
@@ -352,28 +481,20 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
 fn child_main<F: FnOnce() -> i32>(
     parent: Pid,
     pid: i32,
-    daemon: bool,
+    lifeline: Option<OwnedFd>,
     state: Box<current::ChildState>,
     sentinel_end: Option<OwnedFd>,
     body: F,
 ) -> ! {
-    if daemon {
-        // SAFETY: prctl(PR_SET_PDEATHSIG, sig) takes plain integers.
-        unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
-        // The parent may have died between fork and prctl: then no signal
-        // will ever come, so leave now.
+    if let Some(read_end) = lifeline {
+        // Belt and braces: the lifeline already fired if the parent died
+        // before we closed our copy of its write end.
         if getppid() != parent {
             // SAFETY: _exit ends the process without running any Rust code.
             unsafe { libc::_exit(1) };
         }
+        // Open until _exit: the kernel watches it for us.
+        std::mem::forget(read_end);
     }
     // The write end stays open until _exit closes it: that is the sentinel.
     std::mem::forget(sentinel_end);

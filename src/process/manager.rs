@@ -57,8 +57,9 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// Python.
 ///
 /// # Lifetime
-/// The server is a daemon child: it is killed when the thread that started
-/// it ends or the owning process dies (`PR_SET_PDEATHSIG`), and stopped
+/// The server is a daemon child: it is killed when the owning process dies
+/// (SIGKILL included; see [`ForkOptions::daemon`](super::ForkOptions::daemon)),
+/// whichever thread started it, and stopped
 /// (SIGTERM, then SIGKILL) when the owning `Manager` is dropped or
 /// [`shutdown`](Self::shutdown) is called.
 pub struct Manager {

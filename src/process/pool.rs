@@ -55,9 +55,9 @@ use crate::{Error, Result};
 /// Results are collected by one dispatcher thread, which also runs the
 /// callbacks of [`apply_async_with`](Self::apply_async_with) and forks
 /// replacement workers. The first workers are forked from the thread that
-/// calls `new`/`build`. Workers are daemons: they are killed when the
-/// thread that forked them ends (Linux `PR_SET_PDEATHSIG`), so create the
-/// pool on a thread that outlives it.
+/// calls `new`/`build`. Workers are daemons: they die when this process
+/// dies (SIGKILL included) and live as long as it does, whichever thread
+/// forked them (see [`ForkOptions::daemon`](super::ForkOptions::daemon)).
 ///
 /// Dropping the pool terminates it (Python's `__exit__`): call
 /// [`close`](Self::close) and [`join`](Self::join) first to let queued

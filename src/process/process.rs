@@ -40,8 +40,10 @@ type Target = Box<dyn FnMut() + Send + 'static>;
 ///   joins non-daemon children when the parent exits; call
 ///   [`join`](Self::join) for that.)
 ///
-/// Daemon children also die when the parent dies abruptly (SIGKILL
-/// included, via `PR_SET_PDEATHSIG`) and are terminated when the parent
+/// Daemon children also die when the parent process dies abruptly (SIGKILL
+/// included, via a lifeline pipe: see
+/// [`ForkOptions::daemon`](super::ForkOptions::daemon)), whichever thread
+/// started them, and are terminated when the parent
 /// exits normally, including through `std::process::exit` (an `atexit`
 /// hook).
 pub struct Process {

@@ -47,7 +47,7 @@ static HOOK_INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// Records a running daemon child; returns its slot, or `None` when the
 /// registry is full (the child is then only covered by its `Process` drop
-/// and by `PR_SET_PDEATHSIG`).
+/// and by its lifeline).
 pub(crate) fn register(pid: i32, sentinel: RawFd) -> Option<usize> {
     install_hook();
     let me = getpid().as_raw();
@@ -82,7 +82,7 @@ fn install_hook() {
         // (it only makes system calls); atexit has no other precondition.
         let rc = unsafe { libc::atexit(at_exit) };
         if rc != 0 {
-            tracing::warn!("atexit registration failed; daemons rely on drop and PDEATHSIG");
+            tracing::warn!("atexit registration failed; daemons rely on drop and their lifeline");
         }
     }
 }
