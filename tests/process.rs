@@ -558,7 +558,97 @@ fn buffered_messages_are_not_sent_twice_after_fork() -> TestResult {
     Ok(())
 }
 
+/// Environment variable that makes this binary run one exit scenario
+/// (`return` or `exit`) instead of the tests; `EXIT_SCENARIO_DIR` names
+/// the directory it reports into.
+const SCENARIO: &str = "SOCKETSERVER_EXIT_SCENARIO";
+
+/// Run in a re-executed copy of this binary: start a non-daemon worker
+/// that writes `done` after 400 ms and a daemon that would sleep a minute,
+/// forget both handles (so no destructor helps), then leave `main` the
+/// way the scenario says.
+fn exit_scenario(how: &str) {
+    let dir = std::path::PathBuf::from(std::env::var_os("EXIT_SCENARIO_DIR").unwrap_or_default());
+    let done = dir.join("done");
+    let mut worker = Process::new(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        let _ = std::fs::write(&done, b"done");
+    });
+    let mut daemon = Process::builder()
+        .daemon(true)
+        .target(|| std::thread::sleep(Duration::from_secs(60)));
+    if worker.start().is_err() || daemon.start().is_err() {
+        std::process::exit(3);
+    }
+    let _ = std::fs::write(dir.join("daemon"), daemon.pid().unwrap_or(0).to_string());
+    std::mem::forget(worker);
+    std::mem::forget(daemon);
+    if how == "exit" {
+        process::exit(0);
+    }
+}
+
+/// Python joins non-daemon children at normal exit and ends the daemons:
+/// a program that returns from `main` (or calls `exit`) while a worker
+/// runs ends only after the worker finished.
+fn non_daemon_children_joined_at_exit() -> TestResult {
+    for how in ["return", "exit"] {
+        let dir = tempfile::tempdir().map_err(e)?;
+        let started = Instant::now();
+        let status = std::process::Command::new(std::env::current_exe().map_err(e)?)
+            .env(SCENARIO, how)
+            .env("EXIT_SCENARIO_DIR", dir.path())
+            .status()
+            .map_err(e)?;
+        check!(status.success(), "{how}: scenario failed: {status:?}");
+        check!(
+            dir.path().join("done").exists(),
+            "{how}: main ended after {:?}, before its non-daemon child finished",
+            started.elapsed()
+        );
+        let daemon: i32 = std::fs::read_to_string(dir.path().join("daemon"))
+            .map_err(e)?
+            .parse()
+            .map_err(e)?;
+        check!(
+            gone_within(daemon, Duration::from_secs(5)),
+            "{how}: daemon {daemon} survived: {:?}",
+            stat(daemon)
+        );
+    }
+    Ok(())
+}
+
+/// The same inside a child started by us: its target returns, and it
+/// waits for its own non-daemon child before it `_exit`s.
+fn child_joins_its_non_daemon_children() -> TestResult {
+    let dir = tempfile::tempdir().map_err(e)?;
+    let done = dir.path().join("done");
+    let inner_done = done.clone();
+    let mut middle = Process::new(move || {
+        let mut inner = Process::new(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = std::fs::write(&inner_done, b"done");
+        });
+        if inner.start().is_err() {
+            process::exit(3);
+        }
+        drop(inner);
+    });
+    middle.start().map_err(e)?;
+    check!(middle.join().map_err(e)? == 0);
+    check!(
+        done.exists(),
+        "the child exited before its non-daemon child finished"
+    );
+    Ok(())
+}
+
 fn main() {
+    if let Ok(how) = std::env::var(SCENARIO) {
+        exit_scenario(&how);
+        return;
+    }
     let tests: &[Test] = &[
         (stringify!(exit_codes), exit_codes),
         (
@@ -609,6 +699,14 @@ fn main() {
         (
             stringify!(leaked_daemon_terminated_when_child_exits),
             leaked_daemon_terminated_when_child_exits,
+        ),
+        (
+            stringify!(non_daemon_children_joined_at_exit),
+            non_daemon_children_joined_at_exit,
+        ),
+        (
+            stringify!(child_joins_its_non_daemon_children),
+            child_joins_its_non_daemon_children,
         ),
         (stringify!(fork_child_primitive), fork_child_primitive),
         (

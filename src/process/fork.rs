@@ -127,6 +127,8 @@ pub struct ForkedChild {
     status: Option<i32>,
     /// A daemon's lifeline: the write end whose closing kills the child.
     lifeline: Option<Lifeline>,
+    /// Slot in the exit-time registry (children of a `Process`).
+    exit_slot: Option<usize>,
 }
 
 /// The parent's end of a daemon's lifeline (see the module docs). Kept as
@@ -272,8 +274,24 @@ impl ForkedChild {
         }
     }
 
+    /// Registers the child to be handled at this process's normal exit:
+    /// waited for (non-daemon) or terminated (daemon). `Process` does this.
+    pub(crate) fn handle_at_exit(&mut self, daemon: bool) {
+        if self.exit_slot.is_none() && self.status.is_none() {
+            let sentinel = if daemon {
+                self.sentinel.as_raw_fd()
+            } else {
+                -1
+            };
+            self.exit_slot = registry::register(self.pid.as_raw(), sentinel, daemon);
+        }
+    }
+
     fn reaped(&mut self, code: i32) {
         self.status = Some(code);
+        if let Some(slot) = self.exit_slot.take() {
+            registry::unregister(slot);
+        }
         if let Some(l) = self.lifeline.take() {
             l.close();
         }
@@ -323,16 +341,27 @@ impl Drop for ForkedChild {
         if let Some(l) = self.lifeline.take() {
             l.close();
         }
-        detach(self.pid);
+        // The sentinel closes now; the registry keeps the pid (so a
+        // non-daemon is still waited for at exit) until the reaper reaps.
+        if let Some(slot) = self.exit_slot {
+            registry::forget_sentinel(slot);
+        }
+        detach(self.pid, self.exit_slot.take());
     }
 }
 
-/// Hands a still-running child to a thread that waits for exactly its pid.
-fn detach(pid: Pid) {
+/// Hands a still-running child to a thread that waits for exactly its pid,
+/// then frees its exit-registry slot.
+fn detach(pid: Pid, exit_slot: Option<usize>) {
     let spawned = std::thread::Builder::new()
         .name(format!("reaper-{pid}"))
         .stack_size(64 * 1024)
-        .spawn(move || while let Err(Errno::EINTR) = waitpid(pid, None) {});
+        .spawn(move || {
+            while let Err(Errno::EINTR) = waitpid(pid, None) {}
+            if let Some(slot) = exit_slot {
+                registry::unregister(slot);
+            }
+        });
     if let Err(e) = spawned {
         tracing::warn!(%pid, error = %e, "cannot spawn reaper thread; child may linger as a zombie");
     }
@@ -473,6 +502,7 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                 sentinel,
                 status: None,
                 lifeline,
+                exit_slot: None,
             })
         }
     }
@@ -511,12 +541,12 @@ fn child_main<F: FnOnce() -> i32>(
     leave_child(code)
 }
 
-/// Child exit path: terminate our own daemons, flush stdout when that is
-/// safe, `_exit(code)`.
+/// Child exit path: wait for our own non-daemon children, terminate our own
+/// daemons, flush stdout when that is safe, `_exit(code)`.
 pub(crate) fn leave_child(code: i32) -> ! {
     current::body_done();
     let _ = catch_unwind(|| {
-        registry::terminate_own_daemons();
+        registry::at_normal_exit();
         if current::child_state().is_some_and(|s| s.flush_stdio) {
             use std::io::Write;
             let _ = std::io::stdout().flush();

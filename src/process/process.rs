@@ -1,7 +1,7 @@
 //! `Process`: Python's `multiprocessing.Process`, started with `fork()`.
 
 use std::fmt;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -36,9 +36,8 @@ type Target = Box<dyn FnMut() + Send + 'static>;
 /// - **daemon**: it is terminated (SIGTERM, SIGKILL after one second) and
 ///   reaped, as Python does for daemons at exit;
 /// - **non-daemon**: it keeps running, detached; a small thread waits for
-///   exactly its pid so that it never lingers as a zombie. (Python instead
-///   joins non-daemon children when the parent exits; call
-///   [`join`](Self::join) for that.)
+///   exactly its pid so that it never lingers as a zombie, and the parent
+///   still waits for it at exit (see [`start`](Self::start)).
 ///
 /// Daemon children also die when the parent process dies abruptly (SIGKILL
 /// included, via a lifeline pipe: see
@@ -52,7 +51,6 @@ pub struct Process {
     daemon: bool,
     target: Option<Target>,
     child: Option<ForkedChild>,
-    slot: Option<usize>,
 }
 
 impl fmt::Debug for Process {
@@ -96,7 +94,6 @@ impl ProcessBuilder {
             daemon: self.daemon,
             target: Some(once(target)),
             child: None,
-            slot: None,
         }
     }
 }
@@ -147,6 +144,21 @@ impl Process {
     /// Forks the child, which runs the target. The target's captured values
     /// are dropped in the parent afterwards.
     ///
+    /// # At exit
+    /// As in Python, when this process exits *normally* — returns from
+    /// `main`, calls [`std::process::exit`] or [`exit`](super::exit), or
+    /// (in a child started by this crate) its target returns — it first
+    /// waits for every non-daemon child it started with `Process` that is
+    /// still running (joined or dropped or not), then terminates its
+    /// daemons (SIGTERM, SIGKILL after one second). So a program that
+    /// starts workers and returns from `main` ends when the work is done.
+    /// `std::process::abort`, a fatal signal or `_exit` do not wait: that
+    /// is the way out that leaves non-daemon children running (daemons
+    /// still die with their lifeline, see
+    /// [`ForkOptions::daemon`](super::ForkOptions::daemon)). Children
+    /// started with [`fork_child`](super::fork_child) directly (the forking
+    /// server's) are not waited for.
+    ///
     /// # Errors
     /// [`Error::AlreadyStarted`] on a second call; [`Error::DaemonicChildren`]
     /// inside a daemon child; [`Error::Io`] when `fork` fails (the target is
@@ -168,9 +180,8 @@ impl Process {
         })?;
         // Fork succeeded: the parent's copy of the target is not needed.
         self.target = None;
-        if self.daemon {
-            self.slot = registry::register(child.pid(), child.sentinel().as_raw_fd());
-        }
+        let mut child = child;
+        child.handle_at_exit(self.daemon);
         self.child = Some(child);
         Ok(())
     }
@@ -193,7 +204,6 @@ impl Process {
     /// called from a process other than the parent.
     pub fn join(&mut self) -> Result<i32> {
         let code = self.child_mut()?.wait()?;
-        self.forget_slot();
         Ok(code)
     }
 
@@ -204,9 +214,6 @@ impl Process {
     /// As [`join`](Self::join).
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
         let code = self.child_mut()?.wait_timeout(timeout)?;
-        if code.is_some() {
-            self.forget_slot();
-        }
         Ok(code)
     }
 
@@ -217,9 +224,6 @@ impl Process {
     /// As [`join`](Self::join).
     pub fn try_wait(&mut self) -> Result<Option<i32>> {
         let code = self.child_mut()?.try_wait()?;
-        if code.is_some() {
-            self.forget_slot();
-        }
         Ok(code)
     }
 
@@ -257,12 +261,6 @@ impl Process {
     fn child_mut(&mut self) -> Result<&mut ForkedChild> {
         self.child.as_mut().ok_or(Error::NotStarted)
     }
-
-    fn forget_slot(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            registry::unregister(slot);
-        }
-    }
 }
 
 impl Drop for Process {
@@ -277,8 +275,7 @@ impl Drop for Process {
                 let _ = child.wait();
             }
         }
-        // Unregister before the sentinel closes. A non-daemon child still
-        // running is handed to a reaper thread by ForkedChild's drop.
-        self.forget_slot();
+        // A non-daemon child still running is handed to a reaper thread by
+        // ForkedChild's drop, and is still waited for at exit.
     }
 }
