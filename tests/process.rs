@@ -7,7 +7,9 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use socketserver::process::{self, current_process, fork_child, ForkOptions, Process};
+use socketserver::process::{
+    self, current_process, fork_child, ForkOptions, Process, ProcessState,
+};
 use socketserver::Error;
 
 mod forktest;
@@ -644,6 +646,53 @@ fn child_joins_its_non_daemon_children() -> TestResult {
     Ok(())
 }
 
+/// Polls `p.state()` until it is `want` (at most 10 s).
+fn wait_state(p: &Process, want: Option<ProcessState>) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = p.state();
+        if now == want {
+            return Ok(());
+        }
+        check!(
+            Instant::now() < deadline,
+            "state stayed {now:?}, expected {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The states of the classic diagram, observed on one child: running
+/// (spinning), blocked (waiting on a pipe), zombie (exited, not joined),
+/// gone after `join`.
+fn state_running_blocked_zombie_gone() -> TestResult {
+    let (mut parent, mut child_end) = process::pipe(true).map_err(e)?;
+    let mut p = Process::new(move || {
+        // Spin until told to stop: running.
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until && !matches!(child_end.poll(Duration::ZERO), Ok(true)) {
+            std::hint::spin_loop();
+        }
+        let _: u8 = child_end.recv().unwrap_or(0);
+        let _ = child_end.send(&1u8);
+        // Blocked on the pipe until the parent speaks again.
+        let _: u8 = child_end.recv().unwrap_or(0);
+    });
+    check!(p.state().is_none(), "state before start");
+    p.start().map_err(e)?;
+    wait_state(&p, Some(ProcessState::Running))?;
+    parent.send(&0u8).map_err(e)?;
+    check!(parent.recv::<u8>().map_err(e)? == 1);
+    wait_state(&p, Some(ProcessState::Blocked))?;
+    parent.send(&0u8).map_err(e)?;
+    wait_state(&p, Some(ProcessState::Zombie))?;
+    // state() does not reap: still a zombie.
+    check!(p.state() == Some(ProcessState::Zombie));
+    check!(p.join().map_err(e)? == 0);
+    check!(p.state().is_none(), "state after join: {:?}", p.state());
+    Ok(())
+}
+
 fn main() {
     if let Ok(how) = std::env::var(SCENARIO) {
         exit_scenario(&how);
@@ -707,6 +756,10 @@ fn main() {
         (
             stringify!(child_joins_its_non_daemon_children),
             child_joins_its_non_daemon_children,
+        ),
+        (
+            stringify!(state_running_blocked_zombie_gone),
+            state_running_blocked_zombie_gone,
         ),
         (stringify!(fork_child_primitive), fork_child_primitive),
         (

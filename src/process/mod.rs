@@ -19,7 +19,7 @@ pub use connection::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};
 pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
 pub use fork::{fork_child, ForkOptions, ForkedChild};
 pub use listener::{Address, Client, Listener, DEFAULT_HANDSHAKE_TIMEOUT};
-pub use process::{Process, ProcessBuilder};
+pub use process::{Process, ProcessBuilder, ProcessState};
 
 // Shared memory and synchronisation (slice `sync`).
 mod condition;

@@ -64,6 +64,39 @@ impl fmt::Debug for Process {
     }
 }
 
+/// The scheduling state of a child process, from the state letter of
+/// `/proc/<pid>/stat` (see `proc(5)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProcessState {
+    /// Ready or running on a CPU (`R`).
+    Running,
+    /// Blocked: sleeping on I/O, a lock, a pipe or a timer (`S`, `D`, `I`).
+    Blocked,
+    /// Stopped by a signal or a tracer (`T`, `t`).
+    Stopped,
+    /// Exited but not reaped yet (`Z`, `X`): `join` will return at once.
+    Zombie,
+}
+
+impl ProcessState {
+    /// Reads the state of `pid`; `None` if it is gone or `/proc` is
+    /// unreadable.
+    pub(crate) fn of_pid(pid: i32) -> Option<ProcessState> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may contain spaces and parentheses: the state
+        // is the first field after the *last* ')'.
+        let rest = &text[text.rfind(')')? + 1..];
+        Some(match rest.split_whitespace().next()?.chars().next()? {
+            'R' => ProcessState::Running,
+            'S' | 'D' | 'I' | 'W' | 'K' | 'P' => ProcessState::Blocked,
+            'T' | 't' => ProcessState::Stopped,
+            'Z' | 'X' | 'x' => ProcessState::Zombie,
+            _ => return None,
+        })
+    }
+}
+
 /// Builds a [`Process`] with a name and daemon flag, like Python's
 /// `Process(target=…, name=…, daemon=…)`.
 #[derive(Debug, Clone, Default)]
@@ -184,6 +217,19 @@ impl Process {
         child.handle_at_exit(self.daemon);
         self.child = Some(child);
         Ok(())
+    }
+
+    /// What the child is doing now, read from `/proc/<pid>/stat` without
+    /// reaping it: the process states of the classic state diagram.
+    /// `None` before [`start`](Self::start), once the child was reaped
+    /// ([`join`](Self::join), [`try_wait`](Self::try_wait), …: it is gone),
+    /// or when `/proc` cannot be read.
+    pub fn state(&self) -> Option<ProcessState> {
+        let child = self.child.as_ref()?;
+        if child.exitcode().is_some() {
+            return None;
+        }
+        ProcessState::of_pid(child.pid())
     }
 
     /// The child's pid, once started.
