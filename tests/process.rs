@@ -646,6 +646,63 @@ fn child_joins_its_non_daemon_children() -> TestResult {
     Ok(())
 }
 
+/// `len` bytes of a pattern that a shifted or torn copy does not match.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut v = (0..=250u8).collect::<Vec<u8>>().repeat(len / 251 + 1);
+    v.truncate(len);
+    v
+}
+
+/// A `Connection` carries frames up to its documented maximum (32 MiB by
+/// default) between processes, over a socketpair and over a one-way pipe,
+/// as raw bytes and as a serde value; one byte more is refused on both
+/// sides; a sender killed mid-frame gives the receiver `TruncatedFrame`,
+/// never a hang.
+fn connection_frames_up_to_the_maximum() -> TestResult {
+    let max = process::DEFAULT_MAX_MESSAGE_SIZE;
+    for duplex in [true, false] {
+        let (mut rx, mut tx) = process::pipe(duplex).map_err(e)?;
+        let mut p = Process::new(move || {
+            let raw = pattern(max);
+            let ok = tx.send_bytes(&raw).is_ok()
+                // A string encodes as a varint length (4 bytes here) + bytes.
+                && tx.send(&"x".repeat(max - 4)).is_ok()
+                && matches!(
+                    tx.send_bytes(&vec![0; max + 1]),
+                    Err(Error::MessageTooLarge { .. })
+                );
+            if !ok {
+                process::exit(2);
+            }
+        });
+        p.start().map_err(e)?;
+        let got = rx.recv_bytes().map_err(e)?;
+        check!(got.len() == max, "duplex {duplex}: {} bytes", got.len());
+        check!(got == pattern(max), "duplex {duplex}: bytes differ");
+        let got: String = rx.recv().map_err(e)?;
+        check!(got.len() == max - 4 && got.bytes().all(|b| b == b'x'));
+        check!(p.join().map_err(e)? == 0, "duplex {duplex}: sender failed");
+        check!(matches!(rx.recv_bytes(), Err(Error::Eof)));
+    }
+    // A sender killed in the middle of a frame.
+    let (mut rx, mut tx) = process::pipe(true).map_err(e)?;
+    let mut p = Process::new(move || {
+        let _ = tx.send_bytes(&vec![7u8; 16 << 20]);
+    });
+    p.start().map_err(e)?;
+    // Wait until the frame has started arriving, then kill the sender.
+    check!(rx.poll(Duration::from_secs(10)).map_err(e)?);
+    p.kill().map_err(e)?;
+    check!(p.join().map_err(e)? == -9);
+    match rx.recv_bytes() {
+        Err(Error::TruncatedFrame { expected, got }) => {
+            check!(expected == 16 << 20 && got < expected)
+        }
+        other => return Err(format!("expected TruncatedFrame, got {other:?}")),
+    }
+    Ok(())
+}
+
 /// Polls `p.state()` until it is `want` (at most 10 s).
 fn wait_state(p: &Process, want: Option<ProcessState>) -> TestResult {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -760,6 +817,10 @@ fn main() {
         (
             stringify!(state_running_blocked_zombie_gone),
             state_running_blocked_zombie_gone,
+        ),
+        (
+            stringify!(connection_frames_up_to_the_maximum),
+            connection_frames_up_to_the_maximum,
         ),
         (stringify!(fork_child_primitive), fork_child_primitive),
         (

@@ -27,6 +27,7 @@ mod queue;
 mod raw;
 mod semaphore;
 mod shared;
+mod spill;
 mod sync;
 pub use condition::{Barrier, Condition, ConditionGuard};
 pub use queue::{Queue, QueueBuilder, DEFAULT_CAPACITY as QUEUE_DEFAULT_CAPACITY};
