@@ -30,6 +30,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 
+use super::forkserver::{self, StartMethod};
 use super::worker::{self, Body, Initializer, MAX_FRAME, OP_STOP};
 use super::{fork_child, pipe, sys, Connection, ForkOptions, ForkedChild};
 use crate::{Error, Result};
@@ -89,6 +90,8 @@ pub(crate) struct Config {
     pub(crate) max_tasks: Option<usize>,
     pub(crate) on_death: OnDeath,
     pub(crate) name: &'static str,
+    /// How workers (and replacements) are started.
+    pub(crate) method: StartMethod,
 }
 
 #[derive(Default)]
@@ -330,6 +333,18 @@ impl Engine {
     }
 }
 
+/// A pool worker's entry in a child of the fork server: the payload is
+/// `maxtasksperchild` (0 = none), the one descriptor its connection.
+fn served_worker(payload: &[u8], mut fds: Vec<std::os::fd::OwnedFd>, _out: &mut Vec<u8>) -> i32 {
+    let Some(fd) = fds.pop() else { return 1 };
+    let max = payload
+        .get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    let mut conn = Connection::from_socket(fd);
+    conn.set_max_message_size(MAX_FRAME);
+    worker::worker_main(conn, None, (max > 0).then_some(max as usize))
+}
+
 /// Calls a sink, containing a panicking user callback.
 fn deliver(sink: Sink, outcome: Result<Body>) {
     if catch_unwind(AssertUnwindSafe(|| sink(outcome))).is_err() {
@@ -348,6 +363,9 @@ struct Worker {
 
 impl Worker {
     fn spawn(config: &Config, n: usize) -> Result<Worker> {
+        if config.method == StartMethod::ForkServer {
+            return Self::spawn_served(config, n);
+        }
         let (mut conn, mut child_end) = pipe(true)?;
         conn.set_max_message_size(MAX_FRAME);
         child_end.set_max_message_size(MAX_FRAME);
@@ -359,6 +377,33 @@ impl Worker {
             .name(format!("{}-{n}", config.name))
             .daemon(true);
         let child = fork_child(&options, move || worker::worker_main(child_end, init, max))?;
+        Ok(Worker {
+            child,
+            conn,
+            inflight: VecDeque::new(),
+            sent: 0,
+            eof: false,
+        })
+    }
+
+    /// Asks the fork server for the worker: it is forked from the server's
+    /// clean single-threaded image, never from this (multi-threaded)
+    /// process; its end of the connection travels with the request.
+    fn spawn_served(config: &Config, n: usize) -> Result<Worker> {
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )?;
+        let mut conn = Connection::from_socket(ours);
+        conn.set_max_message_size(MAX_FRAME);
+        conn.close_on_fork();
+        let max = config.max_tasks.map_or(0u64, |m| m as u64);
+        let options = ForkOptions::new()
+            .name(format!("{}-{n}", config.name))
+            .daemon(true);
+        let child = forkserver::spawn(&options, served_worker, &max.to_le_bytes(), vec![theirs])?;
         Ok(Worker {
             child,
             conn,

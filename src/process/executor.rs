@@ -2,6 +2,7 @@
 //! on the pool's engine, with its stricter failure rule: a worker that
 //! dies breaks the executor.
 
+use super::forkserver::get_start_method;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +124,7 @@ impl ProcessPoolExecutor {
     ) -> Result<Self> {
         let max_workers = max_workers.unwrap_or_else(cpu_count);
         let engine = Engine::start(Config {
+            method: get_start_method(),
             processes: max_workers,
             initializer: None,
             max_tasks: max_tasks_per_child,

@@ -57,6 +57,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, getppid, ForkResult, Pid};
 
+use super::connection::Connection;
 use super::current::{self, ExitRequest};
 use super::{closefork, registry, sys};
 use crate::{Error, Result};
@@ -105,6 +106,14 @@ impl ForkOptions {
         self.daemon = daemon;
         self
     }
+
+    pub(crate) fn name_ref(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    pub(crate) fn is_daemon(&self) -> bool {
+        self.daemon
+    }
 }
 
 /// A child started by [`fork_child`]: its pid, a sentinel descriptor that
@@ -129,6 +138,15 @@ pub struct ForkedChild {
     lifeline: Option<Lifeline>,
     /// Slot in the exit-time registry (children of a `Process`).
     exit_slot: Option<usize>,
+    /// Set for a child of the fork server (not our child: the server
+    /// reaps it and reports its exit code on this status connection).
+    served: Option<Box<Served>>,
+}
+
+#[derive(Debug)]
+struct Served {
+    status: Connection,
+    result: Option<Vec<u8>>,
 }
 
 /// The parent's end of a daemon's lifeline (see the module docs). Kept as
@@ -136,14 +154,14 @@ pub struct ForkedChild {
 /// not close it (the close-on-fork pass already did, and the number may
 /// have been reused there).
 #[derive(Debug)]
-struct Lifeline {
+pub(crate) struct Lifeline {
     fd: RawFd,
     slot: Option<usize>,
 }
 
 impl Lifeline {
     /// Creates the pipe; returns the parent's end and the child's end.
-    fn new() -> Result<(Lifeline, OwnedFd)> {
+    pub(crate) fn new() -> Result<(Lifeline, OwnedFd)> {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let fd = w.into_raw_fd();
         // Registered before the fork, so a sibling forked at the same time
@@ -170,7 +188,7 @@ const F_SETSIG: libc::c_int = 10;
 /// In the child, before anything else: arm the read end so that the
 /// kernel sends us SIGKILL when the last write end closes. Returns whether
 /// arming worked.
-fn arm_lifeline(read_end: &OwnedFd, pid: i32) -> bool {
+pub(crate) fn arm_lifeline(read_end: &OwnedFd, pid: i32) -> bool {
     let fd = read_end.as_raw_fd();
     // SAFETY: fcntl on a descriptor we own, with integer arguments only.
     unsafe {
@@ -241,6 +259,47 @@ impl ForkedChild {
         Ok(None)
     }
 
+    /// A child of the fork server: `status` already delivered the pid;
+    /// `exited` is its exit code if the server reported it already.
+    pub(crate) fn served(
+        pid: Pid,
+        status: Connection,
+        lifeline: Option<Lifeline>,
+        exited: Option<i32>,
+    ) -> Result<ForkedChild> {
+        // A pidfd works for any process, not only our children. If the
+        // child is already gone, the status socket (which carries the
+        // exit report) stands in.
+        let sentinel = match exited.map_or_else(|| pidfd_open(pid).ok(), |_| None) {
+            Some(fd) => fd,
+            None => match status.fileno() {
+                Some(fd) => fd.try_clone_to_owned()?,
+                None => return Err(Error::Closed),
+            },
+        };
+        let mut child = ForkedChild {
+            pid,
+            owner: getpid(),
+            sentinel,
+            status: None,
+            lifeline,
+            exit_slot: None,
+            served: Some(Box::new(Served {
+                status,
+                result: None,
+            })),
+        };
+        if let Some(code) = exited {
+            child.reaped(code);
+        }
+        Ok(child)
+    }
+
+    /// The encoded result a fork-server child sent, once (after it exited).
+    pub(crate) fn take_result(&mut self) -> Option<Vec<u8>> {
+        self.served.as_mut().and_then(|s| s.result.take())
+    }
+
     /// Sends `signal` to the child. Does nothing once the child was reaped,
     /// so a recycled pid is never signalled.
     ///
@@ -252,6 +311,26 @@ impl ForkedChild {
             return Ok(());
         }
         self.check_owner()?;
+        if self.served.is_some() {
+            // Through the pidfd: the server may already have reaped the
+            // child and its pid been reused.
+            // SAFETY: pidfd_send_signal with a descriptor we own, a signal
+            // number and a null siginfo; no memory is written.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.sentinel.as_raw_fd(),
+                    signal as libc::c_int,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            let err = std::io::Error::last_os_error();
+            return match (rc, err.raw_os_error()) {
+                (0, _) | (_, Some(libc::ESRCH | libc::EBADF | libc::EINVAL)) => Ok(()),
+                _ => Err(err.into()),
+            };
+        }
         match kill(self.pid, signal) {
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(e) => Err(e.into()),
@@ -297,11 +376,45 @@ impl ForkedChild {
         }
     }
 
+    /// Reads the status connection of a fork-server child: its result
+    /// and, once the server reaped it, its exit code.
+    fn reap_served(&mut self, nohang: bool) -> Result<Option<i32>> {
+        loop {
+            let Some(s) = self.served.as_mut() else {
+                return Ok(None);
+            };
+            if nohang && !s.status.poll(Duration::ZERO)? {
+                return Ok(None);
+            }
+            let frame = match s.status.recv_bytes() {
+                Ok(frame) => frame,
+                Err(Error::Eof | Error::TruncatedFrame { .. }) => {
+                    return Err(Error::Io(std::io::Error::other(
+                        "the fork server ended before reporting the child's exit",
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
+            match frame.first() {
+                Some(b'R') => s.result = Some(frame[1..].to_vec()),
+                Some(b'X') => {
+                    let code = super::forkserver::exit_code_of(&frame);
+                    self.reaped(code);
+                    return Ok(Some(code));
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn reap(&mut self, nohang: bool) -> Result<Option<i32>> {
         if let Some(code) = self.status {
             return Ok(Some(code));
         }
         self.check_owner()?;
+        if self.served.is_some() {
+            return self.reap_served(nohang);
+        }
         let flags = nohang.then_some(WaitPidFlag::WNOHANG);
         loop {
             match waitpid(self.pid, flags) {
@@ -346,6 +459,13 @@ impl Drop for ForkedChild {
         if let Some(slot) = self.exit_slot {
             registry::forget_sentinel(slot);
         }
+        if self.served.is_some() {
+            // Not our child: the fork server reaps it.
+            if let Some(slot) = self.exit_slot.take() {
+                registry::unregister(slot);
+            }
+            return;
+        }
         detach(self.pid, self.exit_slot.take());
     }
 }
@@ -370,7 +490,7 @@ fn detach(pid: Pid, exit_slot: Option<usize>) {
 /// 0 = unknown, 1 = pidfd_open works, 2 = use a pipe.
 static PIDFD: AtomicU8 = AtomicU8::new(0);
 
-fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // or -1; no memory is passed.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
@@ -503,6 +623,7 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                 status: None,
                 lifeline,
                 exit_slot: None,
+                served: None,
             })
         }
     }

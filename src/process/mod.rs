@@ -18,6 +18,11 @@ mod sys;
 pub use connection::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};
 pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
 pub use fork::{fork_child, ForkOptions, ForkedChild};
+mod forkserver;
+pub use forkserver::{
+    get_context, get_start_method, set_start_method, start_forkserver, Context, StartMethod,
+    MAX_REQUEST as FORKSERVER_MAX_REQUEST,
+};
 pub use listener::{Address, Client, Listener, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use process::{Process, ProcessBuilder, ProcessState};
 

@@ -12,6 +12,7 @@ use super::async_result::{slot_sink, AsyncResult, Slot};
 use super::codec::Decoder;
 use super::cpu_count;
 use super::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
+use super::forkserver::{get_start_method, StartMethod};
 use super::task::{self, One, Star, StarFn};
 use super::worker::{self, Body};
 use crate::{Error, Result};
@@ -83,6 +84,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     initializer: Option<Arc<dyn Fn() + Send + Sync + 'static>>,
     max_tasks: Option<usize>,
+    method: Option<StartMethod>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -91,6 +93,7 @@ impl fmt::Debug for PoolBuilder {
             .field("processes", &self.processes)
             .field("initializer", &self.initializer.is_some())
             .field("maxtasksperchild", &self.max_tasks)
+            .field("start_method", &self.method)
             .finish()
     }
 }
@@ -118,15 +121,38 @@ impl PoolBuilder {
         self
     }
 
+    /// How workers and their replacements are started. With
+    /// [`StartMethod::ForkServer`] they are forked by the fork server (see
+    /// [`start_forkserver`](super::start_forkserver)), never from this
+    /// process, so a pool is safe to create and keep in a multi-threaded
+    /// program (a tokio runtime). Tasks already are function items with
+    /// serialisable arguments, so nothing else changes; an
+    /// [`initializer`](Self::initializer) closure cannot be sent there and
+    /// is refused. Default is [`get_start_method()`](super::get_start_method)
+    /// (`Fork` unless changed).
+    #[doc(alias = "context")]
+    pub fn start_method(&mut self, method: StartMethod) -> &mut Self {
+        self.method = Some(method);
+        self
+    }
+
     /// Forks the workers and starts the pool.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for 0 processes or
-    /// `maxtasksperchild = Some(0)`; [`Error::DaemonicChildren`] inside a
-    /// pool worker or other daemon; [`Error::Io`] if `fork` fails.
+    /// [`Error::InvalidArgument`] for 0 processes,
+    /// `maxtasksperchild = Some(0)`, or an initializer with the fork
+    /// server; [`Error::DaemonicChildren`] inside a pool worker or other
+    /// daemon; [`Error::Io`] if `fork` (or the fork server) fails.
     pub fn build(&self) -> Result<Pool> {
         let processes = self.processes.unwrap_or_else(cpu_count);
+        let method = self.method.unwrap_or_else(get_start_method);
+        if method == StartMethod::ForkServer && self.initializer.is_some() {
+            return Err(Error::InvalidArgument(
+                "a pool initializer closure cannot be sent to the fork server".into(),
+            ));
+        }
         let engine = Engine::start(Config {
+            method,
             processes,
             initializer: self.initializer.clone(),
             max_tasks: self.max_tasks,

@@ -6,9 +6,18 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use std::os::fd::OwnedFd;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::codec;
+use super::connection::{pipe, Connection};
 use super::current;
 use super::fork::{fork_child, ForkOptions, ForkedChild};
+use super::forkserver::{self, get_start_method, Entry, StartMethod};
 use super::registry;
+use super::task;
 use crate::{Error, Result};
 
 /// The target, wrapped so the child can call it through `&mut` and never
@@ -50,7 +59,44 @@ pub struct Process {
     identity: String,
     daemon: bool,
     target: Option<Target>,
+    /// A function item and its encoded argument ([`Process::from_fn`]).
+    sendable: Option<Sendable>,
     child: Option<ForkedChild>,
+    /// Under `fork`, where a `from_fn` child sends its result.
+    result_conn: Option<Connection>,
+    /// The encoded result of a `from_fn` child, once received.
+    result: Option<Vec<u8>>,
+}
+
+/// A target that can travel to the fork server.
+struct Sendable {
+    method: StartMethod,
+    entry: Entry,
+    payload: std::result::Result<Vec<u8>, String>,
+}
+
+/// The fork-server entry of `Process::from_fn::<F, A, R>`.
+fn run_fn<F, A, R>(payload: &[u8], _fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> i32
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let arg: A = match codec::from_bytes(payload) {
+        Ok(arg) => arg,
+        Err(e) => {
+            eprintln!("cannot decode the process's argument: {e}");
+            return 1;
+        }
+    };
+    let result = task::conjure::<F>()(arg);
+    match task::append(&result, out) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cannot encode the process's result: {e}");
+            1
+        }
+    }
 }
 
 impl fmt::Debug for Process {
@@ -126,7 +172,10 @@ impl ProcessBuilder {
             identity,
             daemon: self.daemon,
             target: Some(once(target)),
+            sendable: None,
             child: None,
+            result_conn: None,
+            result: None,
         }
     }
 }
@@ -145,6 +194,116 @@ impl Process {
     /// [`start`](Self::start) to fork it.
     pub fn new<F: FnOnce() + Send + 'static>(target: F) -> Process {
         Self::builder().target(target)
+    }
+
+    /// A process that runs the function item `f` with `arg` and keeps its
+    /// return value (see [`result`](Self::result)): Python's
+    /// `Process(target=f, args=(arg,))`, startable with either
+    /// [`StartMethod`](super::StartMethod). It uses the process-wide
+    /// default ([`set_start_method`](super::set_start_method)); a
+    /// [`Context`](super::Context) picks one explicitly.
+    ///
+    /// Under the fork server the function must be sent, so `f` is a
+    /// function item or a closure that captures nothing (checked at
+    /// compile time, as for pool tasks), and the argument and result are
+    /// serialised (the encoded argument at most
+    /// [`FORKSERVER_MAX_REQUEST`](super::FORKSERVER_MAX_REQUEST) bytes).
+    ///
+    /// ```
+    /// use socketserver::process::{get_context, Process, StartMethod};
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let mut p = Process::from_fn(square, 7);
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 0);
+    /// assert_eq!(p.result::<u64>()?, Some(49));
+    ///
+    /// let mut q = get_context(StartMethod::ForkServer)?.process(square, 8);
+    /// q.start()?;
+    /// assert_eq!(q.join()?, 0);
+    /// assert_eq!(q.result::<u64>()?, Some(64));
+    /// # Ok::<(), socketserver::Error>(())
+    /// ```
+    pub fn from_fn<F, A, R>(f: F, arg: A) -> Process
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + 'static,
+    {
+        Self::from_fn_with(get_start_method(), f, arg)
+    }
+
+    pub(crate) fn from_fn_with<F, A, R>(method: StartMethod, f: F, arg: A) -> Process
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + 'static,
+    {
+        const { task::assert_zero_sized::<F>() };
+        let _ = f;
+        let mut payload = Vec::new();
+        let payload = task::append(&arg, &mut payload)
+            .map(|()| payload)
+            .map_err(|e| e.to_string());
+        let identity = current::next_identity();
+        Process {
+            name: format!("Process-{identity}"),
+            identity,
+            daemon: false,
+            target: None,
+            sendable: Some(Sendable {
+                method,
+                entry: run_fn::<F, A, R>,
+                payload,
+            }),
+            child: None,
+            result_conn: None,
+            result: None,
+        }
+    }
+
+    /// The return value of a [`from_fn`](Self::from_fn) target, decoded as
+    /// `R`, once the child has been joined: `Ok(None)` before that, for a
+    /// closure target, or when the child did not return normally.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] when the bytes do not decode as `R` (use the
+    /// function's return type).
+    pub fn result<R: DeserializeOwned>(&mut self) -> Result<Option<R>> {
+        if self.result.is_none() && self.exitcode().is_some() {
+            self.pull_result(Some(Duration::ZERO))?;
+        }
+        if self.result.is_none() {
+            self.result = self.child.as_mut().and_then(ForkedChild::take_result);
+        }
+        match &self.result {
+            None => Ok(None),
+            Some(bytes) => codec::from_bytes(bytes)
+                .map(Some)
+                .map_err(|e| Error::Codec(e.to_string())),
+        }
+    }
+
+    /// Under `fork`, receives a `from_fn` child's result (it must be read
+    /// before waiting: a large one fills the socket and the child waits
+    /// for us). Waits at most `timeout` for it to start arriving.
+    fn pull_result(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let Some(conn) = self.result_conn.as_mut() else {
+            return Ok(());
+        };
+        if let Some(t) = timeout {
+            if !conn.poll(t)? {
+                return Ok(());
+            }
+        }
+        match conn.recv_bytes() {
+            Ok(bytes) => self.result = Some(bytes),
+            Err(Error::Eof | Error::TruncatedFrame { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.result_conn = None;
+        Ok(())
     }
 
     /// A builder for a named or daemon process.
@@ -197,13 +356,40 @@ impl Process {
     /// inside a daemon child; [`Error::Io`] when `fork` fails (the target is
     /// kept, so `start` may be retried).
     pub fn start(&mut self) -> Result<()> {
-        if self.child.is_some() || self.target.is_none() {
+        if self.child.is_some() || (self.target.is_none() && self.sendable.is_none()) {
             return Err(Error::AlreadyStarted);
         }
         let mut options = ForkOptions::new()
             .name(self.name.clone())
             .daemon(self.daemon);
         options.identity = Some(self.identity.clone());
+        if let Some(s) = &self.sendable {
+            let payload = s.payload.clone().map_err(Error::Codec)?;
+            let mut child = match s.method {
+                StartMethod::ForkServer => {
+                    forkserver::spawn(&options, s.entry, &payload, Vec::new())?
+                }
+                _ => {
+                    let (mut mine, mut theirs) = pipe(true)?;
+                    mine.close_on_fork();
+                    let entry = s.entry;
+                    let child = fork_child(&options, move || {
+                        let mut out = Vec::new();
+                        let code = entry(&payload, Vec::new(), &mut out);
+                        if code == 0 && theirs.send_bytes(&out).is_err() {
+                            return 1;
+                        }
+                        code
+                    })?;
+                    self.result_conn = Some(mine);
+                    child
+                }
+            };
+            self.sendable = None;
+            child.handle_at_exit(self.daemon);
+            self.child = Some(child);
+            return Ok(());
+        }
         let target = &mut self.target;
         let child = fork_child(&options, || {
             if let Some(t) = target.as_mut() {
@@ -249,6 +435,8 @@ impl Process {
     /// [`Error::NotStarted`] before `start`; [`Error::InvalidArgument`] when
     /// called from a process other than the parent.
     pub fn join(&mut self) -> Result<i32> {
+        self.child_mut()?;
+        self.pull_result(None)?;
         let code = self.child_mut()?.wait()?;
         Ok(code)
     }
@@ -259,6 +447,8 @@ impl Process {
     /// # Errors
     /// As [`join`](Self::join).
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        self.child_mut()?;
+        self.pull_result(Some(timeout))?;
         let code = self.child_mut()?.wait_timeout(timeout)?;
         Ok(code)
     }

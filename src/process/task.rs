@@ -109,7 +109,7 @@ where
 }
 
 /// Rebuilds a zero-sized `Copy` value out of nothing.
-fn conjure<C: Copy + 'static>() -> C {
+pub(crate) fn conjure<C: Copy + 'static>() -> C {
     const { assert!(size_of::<C>() == 0, "pool tasks must be zero-sized") };
     // SAFETY: `C` is zero-sized (checked at compile time above), so reading
     // it touches no memory; a dangling, well-aligned pointer is valid for
