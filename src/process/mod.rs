@@ -68,7 +68,3 @@ pub use manager_proxy::{
 };
 pub use pool::{IMap, Pool, PoolBuilder};
 pub use task::StarFn;
-
-// Bare fork/_exit/waitpid for the benchmarks (keeps their unsafe here).
-#[doc(hidden)]
-pub mod baseline;
