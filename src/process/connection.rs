@@ -445,7 +445,7 @@ impl Connection {
         if self.end > self.start {
             return Ok(true);
         }
-        sys::spin_readable(self.live_fd()?, budget)
+        super::spin::spin_readable(self.live_fd()?, budget)
     }
 
     fn check_len(&self, len: usize) -> Result<()> {

@@ -32,7 +32,7 @@ use nix::sys::signal::Signal;
 
 use super::forkserver::{self, StartMethod};
 use super::worker::{self, Body, Initializer, MAX_FRAME, OP_STOP};
-use super::{fork_child, pipe, sys, Connection, ForkOptions, ForkedChild};
+use super::{fork_child, pipe, spin, Connection, ForkOptions, ForkedChild};
 use crate::{Error, Result};
 
 /// Jobs handed to one worker at a time. A job stays with its payload
@@ -42,8 +42,6 @@ const PREFETCH: usize = 2;
 /// Largest payload sent to a worker that is still busy: far below the
 /// socketpair's buffer (about 200 KiB), so such a send never blocks.
 const PREFETCH_MAX_BYTES: usize = 32 * 1024;
-/// How long the dispatcher polls without sleeping after each event.
-const SPIN: Duration = Duration::from_micros(50);
 /// How long terminated workers get after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(200);
 /// How long idle workers get to leave after a stop frame.
@@ -627,7 +625,7 @@ impl Dispatcher {
             // saves a thread wake-up per hand-off, then block.
             // Every few rounds the CPU is yielded: with more threads and
             // workers than cores, the one we wait for may need ours.
-            let spin_until = Instant::now() + SPIN;
+            let spin_until = Instant::now() + spin::DISPATCHER_SPIN;
             let mut round = 0u32;
             loop {
                 let busy = Instant::now() < spin_until;
@@ -638,7 +636,7 @@ impl Dispatcher {
                 };
                 match nix::poll::poll(&mut fds, timeout) {
                     Ok(0) if busy => {
-                        sys::spin_pause(round);
+                        spin::pause(round, 1);
                         round = round.wrapping_add(1);
                     }
                     Ok(_) => break,

@@ -13,6 +13,7 @@ mod listener;
 #[allow(clippy::module_inception)]
 mod process;
 mod registry;
+mod spin;
 mod sys;
 
 pub use connection::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};

@@ -13,7 +13,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::task;
 use super::Connection;
@@ -31,9 +30,7 @@ pub(crate) const RESULT_HEADER: usize = 1 + 8;
 /// Largest frame on a pool connection: big `map` chunks are legitimate.
 pub(crate) const MAX_FRAME: usize = 1 << 30;
 
-/// How long an idle worker waits actively for its next job before it
-/// sleeps (see [`Connection::poll_spin`]).
-const WORKER_SPIN: Duration = Duration::from_micros(100);
+use super::spin::WORKER_SPIN;
 
 /// Largest buffer a worker keeps between jobs.
 const KEEP_BUFFER: usize = 16 << 20;
@@ -121,16 +118,7 @@ pub(crate) fn decode_reply(frame: Vec<u8>) -> Result<Reply> {
     Ok(Reply { id, outcome })
 }
 
-/// The text of a panic payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "task panicked with a non-string payload".to_owned()
-    }
-}
+pub(crate) use super::sys::panic_message;
 
 /// The worker's main loop; returns the exit code.
 ///
