@@ -17,8 +17,8 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use super::raw::{Acquired, RawMutex};
-use super::sync::{LockError, LockResult};
+use crate::process::raw::{Acquired, RawMutex};
+use crate::process::sync::{LockError, LockResult};
 use crate::{Error, Result};
 
 /// An anonymous, shared (`MAP_SHARED | MAP_ANONYMOUS`) memory mapping,

@@ -17,8 +17,8 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::raw::{deadline, Acquired, RawMutex};
-use super::shared::Shm;
+use crate::process::raw::{deadline, Acquired, RawMutex};
+use crate::process::shared::Shm;
 use crate::{Error, Result};
 
 /// Why an acquire did not simply succeed.

@@ -30,7 +30,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::connection::{Connection, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::process::connection::{Connection, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::{Error, Result};
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";

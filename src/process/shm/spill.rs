@@ -1,4 +1,4 @@
-//! Messages too large for a [`Queue`](super::Queue)'s ring.
+//! Messages too large for a [`Queue`](crate::process::Queue)'s ring.
 //!
 //! A message whose record does not fit in the ring is written to its own
 //! `memfd`, and the descriptor travels through a Unix datagram socketpair

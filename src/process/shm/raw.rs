@@ -356,7 +356,7 @@ impl Held<'_> {
     }
 }
 
-use super::spin::SHM_SPIN as SPIN;
+use crate::process::spin::SHM_SPIN as SPIN;
 
 impl Held<'_> {
     /// Unlocks, waits actively (yielding, then spinning, see `spin.rs`)
@@ -375,7 +375,7 @@ impl Held<'_> {
         if let Some(d) = deadline {
             end = end.min(d);
         }
-        super::spin::spin_while_not(end, ready);
+        crate::process::spin::spin_while_not(end, ready);
         match self.mutex.lock() {
             Ok(a) => {
                 self.owner_died |= a == Acquired::OwnerDied;

@@ -2,7 +2,7 @@
 //! on the pool's engine, with its stricter failure rule: a worker that
 //! dies breaks the executor.
 
-use super::forkserver::get_start_method;
+use crate::process::forkserver::get_start_method;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,12 +10,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::async_result::{slot_sink, Slot};
-use super::cpu_count;
-use super::dispatch::{Config, Engine, Job, OnDeath, Shared};
-use super::pool::{submit_each, IMap};
-use super::task::{self, One};
-use super::worker;
+use crate::process::async_result::{slot_sink, Slot};
+use crate::process::cpu_count;
+use crate::process::dispatch::{Config, Engine, Job, OnDeath, Shared};
+use crate::process::pool::pool::{submit_each, IMap};
+use crate::process::task::{self, One};
+use crate::process::worker;
 #[allow(unused_imports)]
 use crate::Error;
 use crate::Result;
@@ -23,7 +23,7 @@ use crate::Result;
 /// Runs functions in worker processes and returns [`Future`]s: Python's
 /// `concurrent.futures.ProcessPoolExecutor` (fork start method).
 ///
-/// Tasks are the same as for [`Pool`](super::Pool): a function item or
+/// Tasks are the same as for [`Pool`](crate::process::Pool): a function item or
 /// non-capturing closure with serde arguments and result.
 ///
 /// Unlike `Pool`, when a worker dies abruptly (killed, crashed, its

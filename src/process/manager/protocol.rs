@@ -1,17 +1,16 @@
 //! The manager's wire protocol: one JSON request, one JSON response, each
-//! in one [`Connection`](super::Connection) frame.
+//! in one [`Connection`](crate::process::Connection) frame.
 //!
 //! JSON rather than postcard because shared values are stored as
 //! `serde_json::Value` (postcard cannot decode self-describing values), so
 //! the server never needs the clients' Rust types.
-
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Error;
 
-pub(crate) use super::spin::{
+pub(crate) use crate::process::spin::{
     MANAGER_CLIENT_SPIN as CLIENT_SPIN, MANAGER_SERVER_SPIN as SERVER_SPIN,
 };
 

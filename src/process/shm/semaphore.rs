@@ -8,14 +8,14 @@
 //!
 //! A semaphore permit has no owner: a process that dies after `acquire`
 //! without `release` takes its permit with it, exactly as in Python. Use
-//! [`Lock`](super::Lock) when you need death to be noticed.
+//! [`Lock`](crate::process::Lock) when you need death to be noticed.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::raw::{deadline, RawCondvar, RawMutex};
-use super::shared::Shm;
+use crate::process::raw::{deadline, RawCondvar, RawMutex};
+use crate::process::shared::Shm;
 use crate::{Error, Result};
 
 #[repr(C)]

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::async_result::{slot_sink, AsyncResult, Slot};
-use super::codec::Decoder;
-use super::cpu_count;
-use super::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
-use super::forkserver::{get_start_method, StartMethod};
-use super::task::{self, One, Star, StarFn};
-use super::worker::{self, Body};
+use crate::process::async_result::{slot_sink, AsyncResult, Slot};
+use crate::process::codec::Decoder;
+use crate::process::cpu_count;
+use crate::process::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
+use crate::process::forkserver::{get_start_method, StartMethod};
+use crate::process::task::{self, One, Star, StarFn};
+use crate::process::worker::{self, Body};
 use crate::{Error, Result};
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
@@ -58,7 +58,7 @@ use crate::{Error, Result};
 /// replacement workers. The first workers are forked from the thread that
 /// calls `new`/`build`. Workers are daemons: they die when this process
 /// dies (SIGKILL included) and live as long as it does, whichever thread
-/// forked them (see [`ForkOptions::daemon`](super::ForkOptions::daemon)).
+/// forked them (see [`ForkOptions::daemon`](crate::process::ForkOptions::daemon)).
 ///
 /// Dropping the pool terminates it (Python's `__exit__`): call
 /// [`close`](Self::close) and [`join`](Self::join) first to let queued
@@ -99,7 +99,7 @@ impl fmt::Debug for PoolBuilder {
 }
 
 impl PoolBuilder {
-    /// Number of worker processes. Default is [`cpu_count()`](super::cpu_count).
+    /// Number of worker processes. Default is [`cpu_count()`](crate::process::cpu_count).
     pub fn processes(&mut self, n: usize) -> &mut Self {
         self.processes = Some(n);
         self
@@ -123,12 +123,12 @@ impl PoolBuilder {
 
     /// How workers and their replacements are started. With
     /// [`StartMethod::ForkServer`] they are forked by the fork server (see
-    /// [`start_forkserver`](super::start_forkserver)), never from this
+    /// [`start_forkserver`](crate::process::start_forkserver)), never from this
     /// process, so a pool is safe to create and keep in a multi-threaded
     /// program (a tokio runtime). Tasks already are function items with
     /// serialisable arguments, so nothing else changes; an
     /// [`initializer`](Self::initializer) closure cannot be sent there and
-    /// is refused. Default is [`get_start_method()`](super::get_start_method)
+    /// is refused. Default is [`get_start_method()`](crate::process::get_start_method)
     /// (`Fork` unless changed).
     #[doc(alias = "context")]
     pub fn start_method(&mut self, method: StartMethod) -> &mut Self {
@@ -361,8 +361,8 @@ impl Pool {
         &self,
         _f: F,
         arg: A,
-        on_success: Option<super::async_result::OnSuccess<R>>,
-        on_error: Option<super::async_result::OnError>,
+        on_success: Option<crate::process::async_result::OnSuccess<R>>,
+        on_error: Option<crate::process::async_result::OnError>,
     ) -> Result<AsyncResult<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,

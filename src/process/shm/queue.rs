@@ -57,9 +57,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::raw::{deadline, Held, RawCondvar, RawMutex};
-use super::shared::Shm;
-use super::spill::Spill;
+use crate::process::raw::{deadline, Held, RawCondvar, RawMutex};
+use crate::process::shared::Shm;
+use crate::process::spill::Spill;
 use crate::{Error, Result};
 
 /// Bytes of the length prefix in front of every record.

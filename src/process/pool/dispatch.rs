@@ -1,5 +1,5 @@
-//! The engine under [`Pool`](super::Pool) and
-//! [`ProcessPoolExecutor`](super::ProcessPoolExecutor): a set of forked
+//! The engine under [`Pool`](crate::process::Pool) and
+//! [`ProcessPoolExecutor`](crate::process::ProcessPoolExecutor): a set of forked
 //! workers, one private socketpair each, and one dispatcher thread in the
 //! parent that hands out jobs and collects results.
 //!
@@ -30,9 +30,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 
-use super::forkserver::{self, StartMethod};
-use super::worker::{self, Body, Initializer, MAX_FRAME, OP_STOP};
-use super::{fork_child, pipe, spin, Connection, ForkOptions, ForkedChild};
+use crate::process::forkserver::{self, StartMethod};
+use crate::process::worker::{self, Body, Initializer, MAX_FRAME, OP_STOP};
+use crate::process::{fork_child, pipe, spin, Connection, ForkOptions, ForkedChild};
 use crate::{Error, Result};
 
 /// Jobs handed to one worker at a time. A job stays with its payload
@@ -60,8 +60,8 @@ const SPARE_MIN: usize = 64 << 10;
 /// A job waiting for, or sent to, a worker.
 pub(crate) struct Job {
     pub(crate) trampoline: usize,
-    /// The whole frame: [`worker::JOB_HEADER`] bytes of room for the
-    /// header (made by [`worker::job_frame`]), then the payload.
+    /// The whole frame: [`JOB_HEADER`](super::wire::JOB_HEADER) bytes of
+    /// room for the header (made by [`worker::job_frame`]), then the payload.
     pub(crate) frame: Vec<u8>,
     pub(crate) sink: Sink,
 }

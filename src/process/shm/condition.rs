@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::{deadline, Acquired, RawCondvar, RawMutex};
-use super::shared::Shm;
-use super::sync::{acquire_raw, thread_ident, LockError, LockResult};
-use super::worker::panic_message;
+use crate::process::raw::{deadline, Acquired, RawCondvar, RawMutex};
+use crate::process::shared::Shm;
+use crate::process::sync::{acquire_raw, thread_ident, LockError, LockResult};
+use crate::process::worker::panic_message;
 use crate::{Error, Result};
 
 #[repr(C)]
@@ -34,7 +34,7 @@ struct CondShm {
 /// Acquire it to get a [`ConditionGuard`]; wait and notify through the
 /// guard, so "notify without holding the lock" (a `RuntimeError` in
 /// Python) cannot be written. Its lock is robust and **re-entrant**, like
-/// the [`RLock`](super::RLock) Python's `Condition()` uses by default: the
+/// the [`RLock`](crate::process::RLock) Python's `Condition()` uses by default: the
 /// holding thread may acquire it again (nested guards), and
 /// [`wait`](ConditionGuard::wait) releases every level and restores them
 /// when it wakes.
@@ -79,8 +79,8 @@ impl Condition {
     /// Takes the condition's lock, or deepens this thread's hold on it.
     ///
     /// # Errors
-    /// As [`Lock::acquire`](super::Lock::acquire): the guard comes back in
-    /// [`LockError::OwnerDied`](super::LockError::OwnerDied) if the last
+    /// As [`Lock::acquire`](crate::process::Lock::acquire): the guard comes back in
+    /// [`LockError::OwnerDied`](crate::process::LockError::OwnerDied) if the last
     /// holder died holding it (the depth restarts at 1).
     pub fn acquire(&self) -> LockResult<ConditionGuard<'_>> {
         self.acquire_inner(None)
@@ -89,7 +89,7 @@ impl Condition {
     /// Takes the lock, waiting at most `timeout`.
     ///
     /// # Errors
-    /// [`LockError::Timeout`](super::LockError::Timeout) if it stayed busy;
+    /// [`LockError::Timeout`](crate::process::LockError::Timeout) if it stayed busy;
     /// otherwise as [`Condition::acquire`].
     pub fn acquire_timeout(&self, timeout: Duration) -> LockResult<ConditionGuard<'_>> {
         self.acquire_inner(Some(timeout))
