@@ -153,22 +153,26 @@ pub struct ProcessBuilder {
 
 impl ProcessBuilder {
     /// The process name. Default is `Process-<n>`, numbered per parent.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
+    pub fn name(&mut self, name: impl Into<String>) -> &mut Self {
         self.name = Some(name.into());
         self
     }
 
     /// Whether the process is a daemon (see [`Process`]). Default is `false`.
-    pub fn daemon(mut self, daemon: bool) -> Self {
+    pub fn daemon(&mut self, daemon: bool) -> &mut Self {
         self.daemon = daemon;
         self
     }
 
-    /// Finishes the builder with the closure the child runs.
-    pub fn target<F: FnOnce() + Send + 'static>(self, target: F) -> Process {
+    /// Finishes the builder with the closure the child runs. The builder
+    /// can be used again for another process.
+    pub fn target<F: FnOnce() + Send + 'static>(&self, target: F) -> Process {
         let identity = current::next_identity();
         Process {
-            name: self.name.unwrap_or_else(|| format!("Process-{identity}")),
+            name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("Process-{identity}")),
             identity,
             daemon: self.daemon,
             target: Some(once(target)),

@@ -178,7 +178,9 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
     }
 }
 
-/// A process-shared FIFO of `T`s (see the module docs for the design).
+/// A process-shared FIFO of `T`s (see the module docs for the design):
+/// Python's `multiprocessing.Queue`, and its `SimpleQueue` too (there is
+/// no feeder thread to leave out). `JoinableQueue` is not provided.
 ///
 /// Create it before forking; clones and forked copies are the same queue.
 ///
@@ -195,6 +197,7 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 /// child.join()?;
 /// # Ok::<(), socketserver::Error>(())
 /// ```
+#[doc(alias = "SimpleQueue")]
 pub struct Queue<T> {
     shm: Shm<QueueShm>,
     spill: Arc<Spill>,
