@@ -26,7 +26,7 @@ type Target = Box<dyn FnMut() + Send + 'static>;
 
 /// A closure run in a child process: Python's `multiprocessing.Process`.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::Process;
 ///
 /// let mut p = Process::new(|| println!("hello from the child"));

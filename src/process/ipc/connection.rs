@@ -82,7 +82,7 @@ impl std::fmt::Debug for Connection {
 /// With `duplex = false` the first end only receives and the second only
 /// sends (a pipe), as in Python.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::{pipe, Process};
 ///
 /// let (mut parent, mut child) = pipe(true)?;

@@ -87,7 +87,7 @@ enum Inner {
 /// Accepts authenticated [`Connection`]s: Python's
 /// `multiprocessing.connection.Listener`.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::{Address, Client, Listener};
 ///
 /// let listener = Listener::bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), Some(b"secret"))?;

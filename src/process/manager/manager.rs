@@ -27,7 +27,7 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// A server process holding shared dicts, lists, values, namespaces, locks
 /// and queues: Python's `multiprocessing.Manager()` (a `SyncManager`).
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::{Manager, Process};
 ///
 /// let manager = Manager::new()?;

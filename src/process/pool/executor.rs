@@ -34,6 +34,19 @@ use crate::Result;
 /// Dropping the executor is `shutdown(true)` (Python's `with` block),
 /// unless [`shutdown(false)`](Self::shutdown) was called, in which case
 /// queued work finishes in the background.
+///
+/// ```
+/// use socketserver::process::ProcessPoolExecutor;
+///
+/// fn cube(x: i64) -> i64 { x * x * x }
+///
+/// let mut ex = ProcessPoolExecutor::new(Some(2))?;
+/// let f = ex.submit(cube, 3)?;
+/// assert_eq!(f.result()?, 27);
+/// ex.shutdown(true);
+/// # Ok::<(), socketserver::Error>(())
+/// ```
+#[doc(alias = "BrokenProcessPool")]
 pub struct ProcessPoolExecutor {
     engine: Engine,
     max_workers: usize,

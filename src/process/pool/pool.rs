@@ -19,7 +19,7 @@ use crate::{Error, Result};
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::Pool;
 ///
 /// fn square(x: u64) -> u64 { x * x }

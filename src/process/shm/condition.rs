@@ -39,7 +39,7 @@ struct CondShm {
 /// [`wait`](ConditionGuard::wait) releases every level and restores them
 /// when it wakes.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::Condition;
 ///
 /// let cond = Condition::new()?;

@@ -184,7 +184,7 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 ///
 /// Create it before forking; clones and forked copies are the same queue.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::{Process, Queue};
 ///
 /// let q: Queue<(u32, String)> = Queue::with_maxsize(100)?;
@@ -194,6 +194,7 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 /// });
 /// child.start()?;
 /// let (n, text) = q.get()?; // delivered even though the child has exited
+/// assert_eq!((n, text.as_str()), (1, "from the child"));
 /// child.join()?;
 /// # Ok::<(), socketserver::Error>(())
 /// ```
