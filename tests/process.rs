@@ -329,6 +329,56 @@ fn daemon_from_ended_thread_lives_until_process_dies() -> TestResult {
     Ok(())
 }
 
+/// Pool workers and the Manager server are daemons too: created on a
+/// helper thread that then ends, they keep running, and they die with
+/// their process when it is SIGKILLed.
+fn pool_and_manager_from_ended_thread_live_until_process_dies() -> TestResult {
+    let (r, w) = nix::unistd::pipe().map_err(e)?;
+    let mut middle = Process::new(move || {
+        let helper = std::thread::spawn(|| {
+            let pool = process::Pool::new(2)?;
+            let manager = process::Manager::new()?;
+            Ok::<_, Error>((pool, manager))
+        });
+        let Ok(Ok((pool, manager))) = helper.join() else {
+            process::exit(2);
+        };
+        let mut pids = pool.pids();
+        pids.extend(manager.server_pid());
+        let _ = nix::unistd::write(&w, &(pids.len() as i32).to_ne_bytes());
+        for pid in pids {
+            let _ = nix::unistd::write(&w, &pid.to_ne_bytes());
+        }
+        std::thread::sleep(Duration::from_secs(60));
+        drop((pool, manager));
+    });
+    middle.start().map_err(e)?;
+    let n = read_pid(r.as_fd())?;
+    check!(n == 3, "{n} pids");
+    let mut pids = Vec::new();
+    for _ in 0..n {
+        pids.push(read_pid(r.as_fd())?);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for &pid in &pids {
+        check!(
+            stat(pid).is_some_and(|(s, _)| s != 'Z'),
+            "{pid} died with the thread that started it: {:?}",
+            stat(pid)
+        );
+    }
+    middle.kill().map_err(e)?;
+    check!(middle.join().map_err(e)? == -9);
+    for &pid in &pids {
+        check!(
+            gone_within(pid, Duration::from_secs(5)),
+            "{pid} survived its parent: {:?}",
+            stat(pid)
+        );
+    }
+    Ok(())
+}
+
 /// The window the issue saw: the starting thread ends at once and the
 /// parent is killed right after; every daemon must still die.
 fn daemons_die_with_parent_killed_right_after_start() -> TestResult {
@@ -797,6 +847,10 @@ fn main() {
         (
             stringify!(daemon_from_ended_thread_lives_until_process_dies),
             daemon_from_ended_thread_lives_until_process_dies,
+        ),
+        (
+            stringify!(pool_and_manager_from_ended_thread_live_until_process_dies),
+            pool_and_manager_from_ended_thread_live_until_process_dies,
         ),
         (
             stringify!(daemons_die_with_parent_killed_right_after_start),
