@@ -7,14 +7,20 @@
 //!
 //! Fork figures are medians of single start+join times, ours and bare
 //! alternating; message figures are medians of rounds, alternating too, so
-//! machine noise hits both sides. Iteration
-//! counts are fixed, so the run ends by itself (about 15 s).
+//! machine noise hits both sides. Start methods: `Process::from_fn`
+//! start+join with fork and with the fork server, alternating, against
+//! Python's `forkserver` and `spawn` start methods. Iteration counts are
+//! fixed, so the run ends by itself (about a minute, most of it Python's
+//! `spawn`).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
 use std::time::Instant;
 
-use socketserver::process::{fork_child, pipe, Connection, ForkOptions, Process};
+use socketserver::process::{
+    fork_child, get_context, pipe, start_forkserver, Connection, Context, ForkOptions, Process,
+    StartMethod,
+};
 
 const ROUNDS: usize = 5;
 const FORKS_PER_ROUND: usize = 200;
@@ -42,11 +48,66 @@ fn ours_start_join() -> f64 {
     t.elapsed().as_secs_f64()
 }
 
-/// One bare fork + `_exit(0)` + `waitpid`, in seconds.
+/// One bare fork + `_exit(0)` + `waitpid`, in seconds: the floor that
+/// `Process::start` + `join` is measured against. The only `unsafe` in the
+/// benchmarks, kept here so the library has no bench-only public API.
+#[allow(unsafe_code)]
 fn bare_fork_exit_waitpid() -> f64 {
     let t = Instant::now();
-    socketserver::process::baseline::bare_fork_exit_waitpid().expect("fork");
+    // SAFETY: the child calls only the async-signal-safe `_exit`, so it
+    // touches no lock or allocator state another thread may have held.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        // SAFETY: `_exit` ends the child at once without running the
+        // parent's destructors or atexit handlers.
+        nix::unistd::ForkResult::Child => unsafe { libc::_exit(0) },
+        nix::unistd::ForkResult::Parent { child } => {
+            nix::sys::wait::waitpid(child, None).expect("waitpid");
+        }
+    }
     t.elapsed().as_secs_f64()
+}
+
+fn noop(_: ()) {}
+
+/// One `Process::from_fn` start+join with `method`, in seconds.
+fn from_fn_start_join(ctx: &Context) -> f64 {
+    let t = Instant::now();
+    let mut p = ctx.process(noop, ());
+    p.start().expect("start");
+    assert_eq!(p.join().expect("join"), 0);
+    t.elapsed().as_secs_f64()
+}
+
+/// Python start+join with `method` ("forkserver", "spawn"), median of
+/// `rounds` rounds of `per_round`; `None` when python3 is unavailable.
+fn python_method_start_join(method: &str, rounds: usize, per_round: usize) -> Option<f64> {
+    let script = format!(
+        r#"
+import multiprocessing as mp, statistics, time
+def f():
+    pass
+if __name__ == "__main__":
+    mp.set_start_method("{method}")
+    if "{method}" == "forkserver":
+        mp.set_forkserver_preload([])
+    p = mp.Process(target=f); p.start(); p.join()  # start the server, warm up
+    res = []
+    for _ in range({rounds}):
+        t = time.perf_counter()
+        for _ in range({per_round}):
+            p = mp.Process(target=f)
+            p.start()
+            p.join()
+        res.append((time.perf_counter() - t) / {per_round})
+    print(statistics.median(res))
+"#
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// Python `multiprocessing.Process` start+join with the fork start method;
@@ -218,6 +279,8 @@ fn fmt_time(s: f64) -> String {
 }
 
 fn main() {
+    // While this process has one thread: the fork server copies this image.
+    start_forkserver().expect("fork server");
     let started = Instant::now();
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
     let (mut rt_ours, mut rt_raw, mut rt_duplex) = (Vec::new(), Vec::new(), Vec::new());
@@ -237,6 +300,17 @@ fn main() {
         rates.push(ours_one_way_rate(0));
         buffered_rates.push(ours_one_way_rate(64 * 1024));
     }
+    // Start methods, alternating: fork vs forkserver, both `from_fn`.
+    let fork_ctx = get_context(StartMethod::Fork).expect("fork context");
+    let server_ctx = get_context(StartMethod::ForkServer).expect("forkserver context");
+    let (mut via_fork, mut via_server) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS * FORKS_PER_ROUND / 2 {
+        via_fork.push(from_fn_start_join(&fork_ctx));
+        via_server.push(from_fn_start_join(&server_ctx));
+    }
+    let (via_fork, via_server) = (median(via_fork), median(via_server));
+    let py_server = python_method_start_join("forkserver", ROUNDS, 100);
+    let py_spawn = python_method_start_join("spawn", 3, 10);
     let python = python_start_join();
     let (ours, bare) = (median(ours), median(bare));
     let (rt_ours, rt_duplex, rt_raw) = (median(rt_ours), median(rt_duplex), median(rt_raw));
@@ -260,6 +334,27 @@ fn main() {
             py / ours
         ),
         None => println!("| `Process` start+join vs Python | {} | python3 not found | – | ≥ 10× faster |", fmt_time(ours)),
+    }
+    println!(
+        "| `from_fn` start+join: forkserver vs fork (ours) | {} | {} | {:.2}× | – |",
+        fmt_time(via_server),
+        fmt_time(via_fork),
+        via_server / via_fork
+    );
+    for (name, py) in [("forkserver", py_server), ("spawn", py_spawn)] {
+        match py {
+            Some(py) => println!(
+                "| forkserver start+join (ours) vs Python `{name}` | {} | {} | {:.3}× ({:.1}× faster) | – |",
+                fmt_time(via_server),
+                fmt_time(py),
+                via_server / py,
+                py / via_server
+            ),
+            None => println!(
+                "| forkserver start+join (ours) vs Python `{name}` | {} | python3 not found | – | – |",
+                fmt_time(via_server)
+            ),
+        }
     }
     println!(
         "| 64 B round trip: two `pipe(false)` vs two raw pipes | {} | {} | {:.2}× | ≤ 1.5× |",

@@ -1,5 +1,8 @@
 //! The seed documents' pool program: a `Pool` runs tasks with
-//! `apply_async`, then `close` and `join`; then `map` over a range.
+//! `apply_async`, then `close` and `join`; then `map` over a range. Last,
+//! the same `map` on a pool whose workers come from the fork server,
+//! while this process runs a busy thread (the multi-threaded program that
+//! `fork()` is not safe for).
 //!
 //! ```sh
 //! cargo run --release --example pool
@@ -7,7 +10,10 @@
 
 use std::time::Duration;
 
-use socketserver::process::{current_process, Pool};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use socketserver::process::{current_process, start_forkserver, Pool, StartMethod};
 
 /// A task: pretends to work for a moment, reports who ran it.
 fn work(n: u64) -> (u64, u64, String) {
@@ -20,6 +26,9 @@ fn square(x: u64) -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First thing, while this process has one thread: the fork server is
+    // a copy of this image, and so is every child it forks later.
+    start_forkserver()?;
     let pool = Pool::new(4)?;
     println!("pool of {} workers: {:?}", pool.processes(), pool.pids());
 
@@ -40,5 +49,27 @@ fn main() -> anyhow::Result<()> {
     pool.close();
     pool.join()?;
     println!("pool closed and joined");
+
+    // A multi-threaded program: workers from the fork server never inherit
+    // this thread (or a lock it might hold at the wrong moment).
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::black_box(vec![0u8; 4096]);
+            }
+        }
+    });
+    let served = Pool::builder()
+        .processes(2)
+        .start_method(StartMethod::ForkServer)
+        .build()?;
+    let squares = served.map(square, 0..20u64)?;
+    println!("forkserver pool: map(square, 0..20) = {squares:?}");
+    served.close();
+    served.join()?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = busy.join();
     Ok(())
 }

@@ -38,6 +38,7 @@ fn main() {
             value_recovered_after_holder_sigkilled,
         ),
         ("rlock_reentrancy", rlock_reentrancy),
+        ("condition_is_reentrant", condition_is_reentrant),
         ("semaphore_counts", semaphore_counts),
         (
             "bounded_semaphore_over_release",
@@ -419,6 +420,48 @@ fn condition_notify_all_and_one() {
     }
     kids.join_all_ok();
     assert_eq!(tokens.get().unwrap(), 0);
+}
+
+/// Python's `Condition()` is built on an `RLock`: the holder may acquire
+/// again, and `wait` at depth 2 releases both levels (so another process
+/// can notify) and restores them.
+fn condition_is_reentrant() {
+    let cond = Condition::new().unwrap();
+    let flag = Value::new(0u32).unwrap();
+    let outer = cond.acquire().unwrap();
+    let mut inner = cond.acquire_timeout(Duration::from_millis(200)).unwrap();
+    assert_eq!(cond.depth(), 2);
+    let mut kids = Kids::new();
+    let notifier = kids.spawn(|| {
+        // Only possible if the waiter below released both levels.
+        let Ok(g) = cond.acquire_timeout(LONG) else {
+            return 1;
+        };
+        if flag.set(1).is_err() {
+            return 2;
+        }
+        g.notify_all();
+        0
+    });
+    assert!(inner
+        .wait_for(|| flag.get().unwrap() == 1, Some(LONG))
+        .unwrap());
+    assert_eq!(cond.depth(), 2, "depth restored after wait");
+    assert_eq!(kids.join(notifier), 0);
+    drop(inner);
+    // Still held by `outer`: another process cannot take it.
+    let busy = kids.spawn(|| match cond.acquire_timeout(Duration::from_millis(50)) {
+        Err(LockError::Timeout(_)) => 0,
+        _ => 1,
+    });
+    assert_eq!(kids.join(busy), 0);
+    drop(outer);
+    assert_eq!(cond.depth(), 0);
+    let free = kids.spawn(|| match cond.acquire_timeout(LONG) {
+        Ok(_) => 0,
+        _ => 1,
+    });
+    assert_eq!(kids.join(free), 0);
 }
 
 fn condition_wait_timeout() {

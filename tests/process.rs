@@ -7,7 +7,9 @@
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use socketserver::process::{self, current_process, fork_child, ForkOptions, Process};
+use socketserver::process::{
+    self, current_process, fork_child, ForkOptions, Process, ProcessState,
+};
 use socketserver::Error;
 
 mod forktest;
@@ -287,6 +289,127 @@ fn daemon_dies_when_parent_is_sigkilled() -> TestResult {
     Ok(())
 }
 
+/// A daemon belongs to the process, not to the thread that started it: it
+/// outlives a helper thread that ended (with `PR_SET_PDEATHSIG` it died
+/// with the thread), and still dies when the process is SIGKILLed.
+fn daemon_from_ended_thread_lives_until_process_dies() -> TestResult {
+    let (r, w) = nix::unistd::pipe().map_err(e)?;
+    let mut middle = Process::new(move || {
+        let helper = std::thread::spawn(|| {
+            let mut d = Process::builder()
+                .daemon(true)
+                .target(|| std::thread::sleep(Duration::from_secs(60)));
+            d.start().map(|()| d)
+        });
+        let Ok(Ok(d)) = helper.join() else {
+            process::exit(2);
+        };
+        // The helper thread is gone now; the daemon must not be.
+        let pid = d.pid().unwrap_or(0);
+        let _ = nix::unistd::write(&w, &pid.to_ne_bytes());
+        std::thread::sleep(Duration::from_secs(60));
+        drop(d);
+    });
+    middle.start().map_err(e)?;
+    let daemon = read_pid(r.as_fd())?;
+    check!(daemon > 0);
+    std::thread::sleep(Duration::from_millis(300));
+    check!(
+        stat(daemon).is_some_and(|(s, _)| s != 'Z'),
+        "daemon {daemon} died with the thread that started it: {:?}",
+        stat(daemon)
+    );
+    middle.kill().map_err(e)?;
+    check!(middle.join().map_err(e)? == -9);
+    check!(
+        gone_within(daemon, Duration::from_secs(5)),
+        "daemon {daemon} survived its parent: {:?}",
+        stat(daemon)
+    );
+    Ok(())
+}
+
+/// Pool workers and the Manager server are daemons too: created on a
+/// helper thread that then ends, they keep running, and they die with
+/// their process when it is SIGKILLed.
+fn pool_and_manager_from_ended_thread_live_until_process_dies() -> TestResult {
+    let (r, w) = nix::unistd::pipe().map_err(e)?;
+    let mut middle = Process::new(move || {
+        let helper = std::thread::spawn(|| {
+            let pool = process::Pool::new(2)?;
+            let manager = process::Manager::new()?;
+            Ok::<_, Error>((pool, manager))
+        });
+        let Ok(Ok((pool, manager))) = helper.join() else {
+            process::exit(2);
+        };
+        let mut pids = pool.pids();
+        pids.extend(manager.server_pid());
+        let _ = nix::unistd::write(&w, &(pids.len() as i32).to_ne_bytes());
+        for pid in pids {
+            let _ = nix::unistd::write(&w, &pid.to_ne_bytes());
+        }
+        std::thread::sleep(Duration::from_secs(60));
+        drop((pool, manager));
+    });
+    middle.start().map_err(e)?;
+    let n = read_pid(r.as_fd())?;
+    check!(n == 3, "{n} pids");
+    let mut pids = Vec::new();
+    for _ in 0..n {
+        pids.push(read_pid(r.as_fd())?);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for &pid in &pids {
+        check!(
+            stat(pid).is_some_and(|(s, _)| s != 'Z'),
+            "{pid} died with the thread that started it: {:?}",
+            stat(pid)
+        );
+    }
+    middle.kill().map_err(e)?;
+    check!(middle.join().map_err(e)? == -9);
+    for &pid in &pids {
+        check!(
+            gone_within(pid, Duration::from_secs(5)),
+            "{pid} survived its parent: {:?}",
+            stat(pid)
+        );
+    }
+    Ok(())
+}
+
+/// The window the issue saw: the starting thread ends at once and the
+/// parent is killed right after; every daemon must still die.
+fn daemons_die_with_parent_killed_right_after_start() -> TestResult {
+    for round in 0..20 {
+        let (r, w) = nix::unistd::pipe().map_err(e)?;
+        let mut middle = Process::new(move || {
+            let helper = std::thread::spawn(move || {
+                let mut d = Process::builder()
+                    .daemon(true)
+                    .target(|| std::thread::sleep(Duration::from_secs(60)));
+                if d.start().is_ok() {
+                    let _ = nix::unistd::write(&w, &d.pid().unwrap_or(0).to_ne_bytes());
+                    std::mem::forget(d);
+                }
+            });
+            let _ = helper.join();
+            std::thread::sleep(Duration::from_secs(60));
+        });
+        middle.start().map_err(e)?;
+        let daemon = read_pid(r.as_fd())?;
+        middle.kill().map_err(e)?;
+        check!(middle.join().map_err(e)? == -9);
+        check!(
+            gone_within(daemon, Duration::from_secs(5)),
+            "round {round}: daemon {daemon} survived its parent: {:?}",
+            stat(daemon)
+        );
+    }
+    Ok(())
+}
+
 fn leaked_daemon_terminated_when_child_exits() -> TestResult {
     // The middle process forgets its daemon's Process (no drop runs): the
     // exit-time registry must still terminate it.
@@ -487,7 +610,201 @@ fn buffered_messages_are_not_sent_twice_after_fork() -> TestResult {
     Ok(())
 }
 
+/// Environment variable that makes this binary run one exit scenario
+/// (`return` or `exit`) instead of the tests; `EXIT_SCENARIO_DIR` names
+/// the directory it reports into.
+const SCENARIO: &str = "SOCKETSERVER_EXIT_SCENARIO";
+
+/// Run in a re-executed copy of this binary: start a non-daemon worker
+/// that writes `done` after 400 ms and a daemon that would sleep a minute,
+/// forget both handles (so no destructor helps), then leave `main` the
+/// way the scenario says.
+fn exit_scenario(how: &str) {
+    let dir = std::path::PathBuf::from(std::env::var_os("EXIT_SCENARIO_DIR").unwrap_or_default());
+    let done = dir.join("done");
+    let mut worker = Process::new(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        let _ = std::fs::write(&done, b"done");
+    });
+    let mut daemon = Process::builder()
+        .daemon(true)
+        .target(|| std::thread::sleep(Duration::from_secs(60)));
+    if worker.start().is_err() || daemon.start().is_err() {
+        std::process::exit(3);
+    }
+    let _ = std::fs::write(dir.join("daemon"), daemon.pid().unwrap_or(0).to_string());
+    std::mem::forget(worker);
+    std::mem::forget(daemon);
+    if how == "exit" {
+        process::exit(0);
+    }
+}
+
+/// Python joins non-daemon children at normal exit and ends the daemons:
+/// a program that returns from `main` (or calls `exit`) while a worker
+/// runs ends only after the worker finished.
+fn non_daemon_children_joined_at_exit() -> TestResult {
+    for how in ["return", "exit"] {
+        let dir = tempfile::tempdir().map_err(e)?;
+        let started = Instant::now();
+        let status = std::process::Command::new(std::env::current_exe().map_err(e)?)
+            .env(SCENARIO, how)
+            .env("EXIT_SCENARIO_DIR", dir.path())
+            .status()
+            .map_err(e)?;
+        check!(status.success(), "{how}: scenario failed: {status:?}");
+        check!(
+            dir.path().join("done").exists(),
+            "{how}: main ended after {:?}, before its non-daemon child finished",
+            started.elapsed()
+        );
+        let daemon: i32 = std::fs::read_to_string(dir.path().join("daemon"))
+            .map_err(e)?
+            .parse()
+            .map_err(e)?;
+        check!(
+            gone_within(daemon, Duration::from_secs(5)),
+            "{how}: daemon {daemon} survived: {:?}",
+            stat(daemon)
+        );
+    }
+    Ok(())
+}
+
+/// The same inside a child started by us: its target returns, and it
+/// waits for its own non-daemon child before it `_exit`s.
+fn child_joins_its_non_daemon_children() -> TestResult {
+    let dir = tempfile::tempdir().map_err(e)?;
+    let done = dir.path().join("done");
+    let inner_done = done.clone();
+    let mut middle = Process::new(move || {
+        let mut inner = Process::new(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = std::fs::write(&inner_done, b"done");
+        });
+        if inner.start().is_err() {
+            process::exit(3);
+        }
+        drop(inner);
+    });
+    middle.start().map_err(e)?;
+    check!(middle.join().map_err(e)? == 0);
+    check!(
+        done.exists(),
+        "the child exited before its non-daemon child finished"
+    );
+    Ok(())
+}
+
+/// `len` bytes of a pattern that a shifted or torn copy does not match.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut v = (0..=250u8).collect::<Vec<u8>>().repeat(len / 251 + 1);
+    v.truncate(len);
+    v
+}
+
+/// A `Connection` carries frames up to its documented maximum (32 MiB by
+/// default) between processes, over a socketpair and over a one-way pipe,
+/// as raw bytes and as a serde value; one byte more is refused on both
+/// sides; a sender killed mid-frame gives the receiver `TruncatedFrame`,
+/// never a hang.
+fn connection_frames_up_to_the_maximum() -> TestResult {
+    let max = process::DEFAULT_MAX_MESSAGE_SIZE;
+    for duplex in [true, false] {
+        let (mut rx, mut tx) = process::pipe(duplex).map_err(e)?;
+        let mut p = Process::new(move || {
+            let raw = pattern(max);
+            let ok = tx.send_bytes(&raw).is_ok()
+                // A string encodes as a varint length (4 bytes here) + bytes.
+                && tx.send(&"x".repeat(max - 4)).is_ok()
+                && matches!(
+                    tx.send_bytes(&vec![0; max + 1]),
+                    Err(Error::MessageTooLarge { .. })
+                );
+            if !ok {
+                process::exit(2);
+            }
+        });
+        p.start().map_err(e)?;
+        let got = rx.recv_bytes().map_err(e)?;
+        check!(got.len() == max, "duplex {duplex}: {} bytes", got.len());
+        check!(got == pattern(max), "duplex {duplex}: bytes differ");
+        let got: String = rx.recv().map_err(e)?;
+        check!(got.len() == max - 4 && got.bytes().all(|b| b == b'x'));
+        check!(p.join().map_err(e)? == 0, "duplex {duplex}: sender failed");
+        check!(matches!(rx.recv_bytes(), Err(Error::Eof)));
+    }
+    // A sender killed in the middle of a frame.
+    let (mut rx, mut tx) = process::pipe(true).map_err(e)?;
+    let mut p = Process::new(move || {
+        let _ = tx.send_bytes(&vec![7u8; 16 << 20]);
+    });
+    p.start().map_err(e)?;
+    // Wait until the frame has started arriving, then kill the sender.
+    check!(rx.poll(Duration::from_secs(10)).map_err(e)?);
+    p.kill().map_err(e)?;
+    check!(p.join().map_err(e)? == -9);
+    match rx.recv_bytes() {
+        Err(Error::TruncatedFrame { expected, got }) => {
+            check!(expected == 16 << 20 && got < expected)
+        }
+        other => return Err(format!("expected TruncatedFrame, got {other:?}")),
+    }
+    Ok(())
+}
+
+/// Polls `p.state()` until it is `want` (at most 10 s).
+fn wait_state(p: &Process, want: Option<ProcessState>) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = p.state();
+        if now == want {
+            return Ok(());
+        }
+        check!(
+            Instant::now() < deadline,
+            "state stayed {now:?}, expected {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The states of the classic diagram, observed on one child: running
+/// (spinning), blocked (waiting on a pipe), zombie (exited, not joined),
+/// gone after `join`.
+fn state_running_blocked_zombie_gone() -> TestResult {
+    let (mut parent, mut child_end) = process::pipe(true).map_err(e)?;
+    let mut p = Process::new(move || {
+        // Spin until told to stop: running.
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until && !matches!(child_end.poll(Duration::ZERO), Ok(true)) {
+            std::hint::spin_loop();
+        }
+        let _: u8 = child_end.recv().unwrap_or(0);
+        let _ = child_end.send(&1u8);
+        // Blocked on the pipe until the parent speaks again.
+        let _: u8 = child_end.recv().unwrap_or(0);
+    });
+    check!(p.state().is_none(), "state before start");
+    p.start().map_err(e)?;
+    wait_state(&p, Some(ProcessState::Running))?;
+    parent.send(&0u8).map_err(e)?;
+    check!(parent.recv::<u8>().map_err(e)? == 1);
+    wait_state(&p, Some(ProcessState::Blocked))?;
+    parent.send(&0u8).map_err(e)?;
+    wait_state(&p, Some(ProcessState::Zombie))?;
+    // state() does not reap: still a zombie.
+    check!(p.state() == Some(ProcessState::Zombie));
+    check!(p.join().map_err(e)? == 0);
+    check!(p.state().is_none(), "state after join: {:?}", p.state());
+    Ok(())
+}
+
 fn main() {
+    if let Ok(how) = std::env::var(SCENARIO) {
+        exit_scenario(&how);
+        return;
+    }
     let tests: &[Test] = &[
         (stringify!(exit_codes), exit_codes),
         (
@@ -528,8 +845,36 @@ fn main() {
             daemon_dies_when_parent_is_sigkilled,
         ),
         (
+            stringify!(daemon_from_ended_thread_lives_until_process_dies),
+            daemon_from_ended_thread_lives_until_process_dies,
+        ),
+        (
+            stringify!(pool_and_manager_from_ended_thread_live_until_process_dies),
+            pool_and_manager_from_ended_thread_live_until_process_dies,
+        ),
+        (
+            stringify!(daemons_die_with_parent_killed_right_after_start),
+            daemons_die_with_parent_killed_right_after_start,
+        ),
+        (
             stringify!(leaked_daemon_terminated_when_child_exits),
             leaked_daemon_terminated_when_child_exits,
+        ),
+        (
+            stringify!(non_daemon_children_joined_at_exit),
+            non_daemon_children_joined_at_exit,
+        ),
+        (
+            stringify!(child_joins_its_non_daemon_children),
+            child_joins_its_non_daemon_children,
+        ),
+        (
+            stringify!(state_running_blocked_zombie_gone),
+            state_running_blocked_zombie_gone,
+        ),
+        (
+            stringify!(connection_frames_up_to_the_maximum),
+            connection_frames_up_to_the_maximum,
         ),
         (stringify!(fork_child_primitive), fork_child_primitive),
         (

@@ -24,8 +24,30 @@
 //!   the body is dropped there, which is the easy way to close "the child's
 //!   end" of a pipe in the parent.
 //! - Only `waitpid(pid)` on our own children, never `waitpid(-1)`.
+//!
+//! # Daemons die with the parent process
+//!
+//! `PR_SET_PDEATHSIG` is not used: Linux sends that signal when the
+//! *thread* that forked exits, so a daemon started from a helper thread
+//! died with the thread, and one whose thread ended before the child
+//! armed the signal survived the parent. Instead each daemon gets a
+//! *lifeline*: a pipe created just before the fork. The parent keeps the
+//! write end (in its [`ForkedChild`], registered close-on-fork so no other
+//! child of ours inherits it); the child keeps the read end, marked
+//! `O_ASYNC` with itself as owner and `SIGKILL` as the I/O signal
+//! (`F_SETOWN`, `F_SETSIG`). When the last write end closes — the parent
+//! process exits or is killed, whatever thread forked — the kernel sends
+//! that `SIGKILL`. No race: the child arms the read end *before* it closes
+//! its own inherited copy of the write end, so if the parent is already
+//! gone, that close itself fires the signal.
+//!
+//! Consequences: dropping the [`ForkedChild`] of a running daemon kills it
+//! (a [`Process`](super::Process) terminates its daemons on drop anyway);
+//! a process forked by other code than this crate (a plain `fork()` that
+//! does not `exec`) inherits the write end and keeps daemons alive until it
+//! exits; a daemon that `exec`s drops its lifeline (`O_CLOEXEC`).
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -35,6 +57,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, getppid, ForkResult, Pid};
 
+use super::connection::Connection;
 use super::current::{self, ExitRequest};
 use super::{closefork, registry, sys};
 use crate::{Error, Result};
@@ -62,15 +85,34 @@ impl ForkOptions {
         self
     }
 
-    /// Makes the child a daemon: it gets `PR_SET_PDEATHSIG(SIGKILL)`, so it
-    /// dies when the parent dies, even by SIGKILL, and it may not start
+    /// Makes the child a daemon: it dies when the parent *process* dies,
+    /// even by SIGKILL, lives as long as the parent lives whichever thread
+    /// forked it (and whenever that thread ends), and may not start
     /// children of its own. Default is `false`.
     ///
-    /// Linux delivers the death signal when the *thread* that forked exits,
-    /// so start daemons from a thread that lives as long as they should.
+    /// How: not `PR_SET_PDEATHSIG`, which fires when the forking *thread*
+    /// exits, but a *lifeline* pipe. The parent's [`ForkedChild`] holds the
+    /// write end (closed in every other child this crate forks); the child
+    /// holds the read end, set `O_ASYNC` with itself as owner and `SIGKILL`
+    /// as its I/O signal. When the last write end closes — the parent
+    /// exits or is killed — the kernel sends the child `SIGKILL`. The child
+    /// arms it before closing its own inherited copy of the write end, so a
+    /// parent that died right after `fork` is noticed too: there is no
+    /// window. Dropping the `ForkedChild` of a running daemon therefore
+    /// kills it; a process forked by code other than this crate (a plain
+    /// `fork()` without `exec`) holds a copy of the write end until it
+    /// exits, and a daemon that `exec`s drops its lifeline.
     pub fn daemon(mut self, daemon: bool) -> Self {
         self.daemon = daemon;
         self
+    }
+
+    pub(crate) fn name_ref(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    pub(crate) fn is_daemon(&self) -> bool {
+        self.daemon
     }
 }
 
@@ -92,6 +134,70 @@ pub struct ForkedChild {
     /// pidfd, or the read end of a pipe whose write end only the child has.
     sentinel: OwnedFd,
     status: Option<i32>,
+    /// A daemon's lifeline: the write end whose closing kills the child.
+    lifeline: Option<Lifeline>,
+    /// Slot in the exit-time registry (children of a `Process`).
+    exit_slot: Option<usize>,
+    /// Set for a child of the fork server (not our child: the server
+    /// reaps it and reports its exit code on this status connection).
+    served: Option<Box<Served>>,
+}
+
+#[derive(Debug)]
+struct Served {
+    status: Connection,
+    result: Option<Vec<u8>>,
+}
+
+/// The parent's end of a daemon's lifeline (see the module docs). Kept as
+/// a raw number: forked copies of a `ForkedChild` in other processes must
+/// not close it (the close-on-fork pass already did, and the number may
+/// have been reused there).
+#[derive(Debug)]
+pub(crate) struct Lifeline {
+    fd: RawFd,
+    slot: Option<usize>,
+}
+
+impl Lifeline {
+    /// Creates the pipe; returns the parent's end and the child's end.
+    pub(crate) fn new() -> Result<(Lifeline, OwnedFd)> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let fd = w.into_raw_fd();
+        // Registered before the fork, so a sibling forked at the same time
+        // from another thread closes its copy too.
+        let slot = closefork::register(current::cached_pid(), fd);
+        Ok((Lifeline { fd, slot }, r))
+    }
+
+    /// Closes the write end (only ever in the process that created it).
+    fn close(self) {
+        if let Some(slot) = self.slot {
+            closefork::unregister(slot);
+        }
+        // SAFETY: `fd` is the write end this process created in `new` and
+        // has not closed; it is unregistered from close-on-fork above.
+        drop(unsafe { OwnedFd::from_raw_fd(self.fd) });
+    }
+}
+
+/// `F_SETSIG` from `<asm-generic/fcntl.h>` (the `libc` crate does not
+/// export it; its value is 10 on every Linux architecture).
+const F_SETSIG: libc::c_int = 10;
+
+/// In the child, before anything else: arm the read end so that the
+/// kernel sends us SIGKILL when the last write end closes. Returns whether
+/// arming worked.
+pub(crate) fn arm_lifeline(read_end: &OwnedFd, pid: i32) -> bool {
+    let fd = read_end.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0
+            && libc::fcntl(fd, libc::F_SETOWN, pid) == 0
+            && libc::fcntl(fd, F_SETSIG, libc::SIGKILL) == 0
+            && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC | libc::O_NONBLOCK) == 0
+    }
 }
 
 impl ForkedChild {
@@ -153,6 +259,47 @@ impl ForkedChild {
         Ok(None)
     }
 
+    /// A child of the fork server: `status` already delivered the pid;
+    /// `exited` is its exit code if the server reported it already.
+    pub(crate) fn served(
+        pid: Pid,
+        status: Connection,
+        lifeline: Option<Lifeline>,
+        exited: Option<i32>,
+    ) -> Result<ForkedChild> {
+        // A pidfd works for any process, not only our children. If the
+        // child is already gone, the status socket (which carries the
+        // exit report) stands in.
+        let sentinel = match exited.map_or_else(|| pidfd_open(pid).ok(), |_| None) {
+            Some(fd) => fd,
+            None => match status.fileno() {
+                Some(fd) => fd.try_clone_to_owned()?,
+                None => return Err(Error::Closed),
+            },
+        };
+        let mut child = ForkedChild {
+            pid,
+            owner: getpid(),
+            sentinel,
+            status: None,
+            lifeline,
+            exit_slot: None,
+            served: Some(Box::new(Served {
+                status,
+                result: None,
+            })),
+        };
+        if let Some(code) = exited {
+            child.reaped(code);
+        }
+        Ok(child)
+    }
+
+    /// The encoded result a fork-server child sent, once (after it exited).
+    pub(crate) fn take_result(&mut self) -> Option<Vec<u8>> {
+        self.served.as_mut().and_then(|s| s.result.take())
+    }
+
     /// Sends `signal` to the child. Does nothing once the child was reaped,
     /// so a recycled pid is never signalled.
     ///
@@ -164,6 +311,26 @@ impl ForkedChild {
             return Ok(());
         }
         self.check_owner()?;
+        if self.served.is_some() {
+            // Through the pidfd: the server may already have reaped the
+            // child and its pid been reused.
+            // SAFETY: pidfd_send_signal with a descriptor we own, a signal
+            // number and a null siginfo; no memory is written.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    self.sentinel.as_raw_fd(),
+                    signal as libc::c_int,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            let err = std::io::Error::last_os_error();
+            return match (rc, err.raw_os_error()) {
+                (0, _) | (_, Some(libc::ESRCH | libc::EBADF | libc::EINVAL)) => Ok(()),
+                _ => Err(err.into()),
+            };
+        }
         match kill(self.pid, signal) {
             Ok(()) | Err(Errno::ESRCH) => Ok(()),
             Err(e) => Err(e.into()),
@@ -186,21 +353,78 @@ impl ForkedChild {
         }
     }
 
+    /// Registers the child to be handled at this process's normal exit:
+    /// waited for (non-daemon) or terminated (daemon). `Process` does this.
+    pub(crate) fn handle_at_exit(&mut self, daemon: bool) {
+        if self.exit_slot.is_none() && self.status.is_none() {
+            let sentinel = if daemon {
+                self.sentinel.as_raw_fd()
+            } else {
+                -1
+            };
+            self.exit_slot = registry::register(self.pid.as_raw(), sentinel, daemon);
+        }
+    }
+
+    fn reaped(&mut self, code: i32) {
+        self.status = Some(code);
+        if let Some(slot) = self.exit_slot.take() {
+            registry::unregister(slot);
+        }
+        if let Some(l) = self.lifeline.take() {
+            l.close();
+        }
+    }
+
+    /// Reads the status connection of a fork-server child: its result
+    /// and, once the server reaped it, its exit code.
+    fn reap_served(&mut self, nohang: bool) -> Result<Option<i32>> {
+        loop {
+            let Some(s) = self.served.as_mut() else {
+                return Ok(None);
+            };
+            if nohang && !s.status.poll(Duration::ZERO)? {
+                return Ok(None);
+            }
+            let frame = match s.status.recv_bytes() {
+                Ok(frame) => frame,
+                Err(Error::Eof | Error::TruncatedFrame { .. }) => {
+                    return Err(Error::Io(std::io::Error::other(
+                        "the fork server ended before reporting the child's exit",
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
+            match frame.first() {
+                Some(b'R') => s.result = Some(frame[1..].to_vec()),
+                Some(b'X') => {
+                    let code = super::forkserver::exit_code_of(&frame);
+                    self.reaped(code);
+                    return Ok(Some(code));
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn reap(&mut self, nohang: bool) -> Result<Option<i32>> {
         if let Some(code) = self.status {
             return Ok(Some(code));
         }
         self.check_owner()?;
+        if self.served.is_some() {
+            return self.reap_served(nohang);
+        }
         let flags = nohang.then_some(WaitPidFlag::WNOHANG);
         loop {
             match waitpid(self.pid, flags) {
                 Ok(WaitStatus::Exited(_, code)) => {
-                    self.status = Some(code);
+                    self.reaped(code);
                     return Ok(Some(code));
                 }
                 Ok(WaitStatus::Signaled(_, sig, _)) => {
                     let code = -(sig as i32);
-                    self.status = Some(code);
+                    self.reaped(code);
                     return Ok(Some(code));
                 }
                 Ok(WaitStatus::StillAlive) => return Ok(None),
@@ -225,16 +449,39 @@ impl Drop for ForkedChild {
         if let Ok(Some(_)) = self.reap(true) {
             return;
         }
-        detach(self.pid);
+        // A running daemon whose handle goes away loses its lifeline: it is
+        // killed, and the reaper thread below collects it.
+        if let Some(l) = self.lifeline.take() {
+            l.close();
+        }
+        // The sentinel closes now; the registry keeps the pid (so a
+        // non-daemon is still waited for at exit) until the reaper reaps.
+        if let Some(slot) = self.exit_slot {
+            registry::forget_sentinel(slot);
+        }
+        if self.served.is_some() {
+            // Not our child: the fork server reaps it.
+            if let Some(slot) = self.exit_slot.take() {
+                registry::unregister(slot);
+            }
+            return;
+        }
+        detach(self.pid, self.exit_slot.take());
     }
 }
 
-/// Hands a still-running child to a thread that waits for exactly its pid.
-fn detach(pid: Pid) {
+/// Hands a still-running child to a thread that waits for exactly its pid,
+/// then frees its exit-registry slot.
+fn detach(pid: Pid, exit_slot: Option<usize>) {
     let spawned = std::thread::Builder::new()
         .name(format!("reaper-{pid}"))
         .stack_size(64 * 1024)
-        .spawn(move || while let Err(Errno::EINTR) = waitpid(pid, None) {});
+        .spawn(move || {
+            while let Err(Errno::EINTR) = waitpid(pid, None) {}
+            if let Some(slot) = exit_slot {
+                registry::unregister(slot);
+            }
+        });
     if let Err(e) = spawned {
         tracing::warn!(%pid, error = %e, "cannot spawn reaper thread; child may linger as a zombie");
     }
@@ -243,7 +490,7 @@ fn detach(pid: Pid) {
 /// 0 = unknown, 1 = pidfd_open works, 2 = use a pipe.
 static PIDFD: AtomicU8 = AtomicU8::new(0);
 
-fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // or -1; no memory is passed.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
@@ -289,6 +536,11 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
             parent
         );
     }
+    let lifeline = if options.daemon {
+        Some(Lifeline::new()?)
+    } else {
+        None
+    };
     let pipe = if pidfd_supported() {
         None
     } else {
@@ -314,14 +566,36 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => {
             let pid = current::refresh_pid();
+            // Arm the lifeline before the close-on-fork pass closes our
+            // inherited copy of its write end (see the module docs).
+            // The parent's end (a plain number) is closed by the
+            // close-on-fork pass below.
+            let lifeline = lifeline.map(|(parent_end, read_end)| {
+                if !arm_lifeline(&read_end, pid) {
+                    // A daemon that cannot watch its parent must not run.
+                    // SAFETY: _exit ends the process without running Rust code.
+                    unsafe { libc::_exit(1) };
+                }
+                if parent_end.slot.is_none() {
+                    // The close-on-fork table was full: close it here.
+                    // SAFETY: our inherited copy of the write end, which
+                    // nothing else in this new process refers to.
+                    unsafe { libc::close(parent_end.fd) };
+                }
+                read_end
+            });
             closefork::close_in_child(parent_cached);
             let keep = pipe.map(|(r, w)| {
                 drop(r);
                 w
             });
-            child_main(parent, pid, options.daemon, state, keep, body)
+            child_main(parent, pid, lifeline, state, keep, body)
         }
         ForkResult::Parent { child } => {
+            let lifeline = lifeline.map(|(parent_end, read_end)| {
+                drop(read_end);
+                parent_end
+            });
             let sentinel = match pipe {
                 Some((r, w)) => {
                     drop(w);
@@ -333,6 +607,9 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                         // Without a sentinel the child cannot be managed.
                         let _ = kill(child, Signal::SIGKILL);
                         let _ = waitpid(child, None);
+                        if let Some(l) = lifeline {
+                            l.close();
+                        }
                         return Err(e);
                     }
                 },
@@ -344,6 +621,9 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                 owner: parent,
                 sentinel,
                 status: None,
+                lifeline,
+                exit_slot: None,
+                served: None,
             })
         }
     }
@@ -352,28 +632,20 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
 fn child_main<F: FnOnce() -> i32>(
     parent: Pid,
     pid: i32,
-    daemon: bool,
+    lifeline: Option<OwnedFd>,
     state: Box<current::ChildState>,
     sentinel_end: Option<OwnedFd>,
     body: F,
 ) -> ! {
-    if daemon {
-        // SAFETY: prctl(PR_SET_PDEATHSIG, sig) takes plain integers.
-        unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
-        // The parent may have died between fork and prctl: then no signal
-        // will ever come, so leave now.
+    if let Some(read_end) = lifeline {
+        // Belt and braces: the lifeline already fired if the parent died
+        // before we closed our copy of its write end.
         if getppid() != parent {
             // SAFETY: _exit ends the process without running any Rust code.
             unsafe { libc::_exit(1) };
         }
+        // Open until _exit: the kernel watches it for us.
+        std::mem::forget(read_end);
     }
     // The write end stays open until _exit closes it: that is the sentinel.
     std::mem::forget(sentinel_end);
@@ -390,12 +662,12 @@ fn child_main<F: FnOnce() -> i32>(
     leave_child(code)
 }
 
-/// Child exit path: terminate our own daemons, flush stdout when that is
-/// safe, `_exit(code)`.
+/// Child exit path: wait for our own non-daemon children, terminate our own
+/// daemons, flush stdout when that is safe, `_exit(code)`.
 pub(crate) fn leave_child(code: i32) -> ! {
     current::body_done();
     let _ = catch_unwind(|| {
-        registry::terminate_own_daemons();
+        registry::at_normal_exit();
         if current::child_state().is_some_and(|s| s.flush_stdio) {
             use std::io::Write;
             let _ = std::io::stdout().flush();

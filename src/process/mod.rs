@@ -1,68 +1,73 @@
 //! The process layer: Python's `multiprocessing`, Rust-shaped.
 //!
-//! Every child is started with `fork()`, runs its closure under
-//! `catch_unwind` and leaves with `_exit`, so it never unwinds into the
-//! parent's code. See the crate README for the fork-safety rules.
+//! Every child is started with `fork()` (directly, or by the fork server:
+//! see [`StartMethod`]), runs its closure under `catch_unwind` and leaves
+//! with `_exit`, so it never unwinds into the parent's code. See the crate
+//! README for the fork-safety rules.
+//!
+//! # Layout
+//! - this folder: fork and the process life cycle — `fork` (the fork
+//!   point, daemon lifelines), `process` ([`Process`]), `current`
+//!   (who am I, `exit`), `registry` (what happens at exit), `closefork`,
+//!   `forkserver` (start methods), `inherited`, `sys` and `spin` (the one
+//!   spin/wait policy);
+//! - `ipc/`: [`Connection`] frames and [`pipe`], [`Listener`]/[`Client`];
+//! - `shm/`: robust mutex, locks, semaphore, condition, atomics, queue,
+//!   `Value`/`Array`, all in shared memory;
+//! - `pool/`: [`Pool`], [`ProcessPoolExecutor`], async results, the
+//!   dispatcher, the worker, task trampolines, the wire codec;
+//! - `manager/`: the [`Manager`] server, its proxies and protocol.
+//!
+//! Public paths stay flat (`process::Pool`, `process::Lock`, …).
 #![allow(unsafe_code)]
 
 mod closefork;
-mod connection;
 mod current;
 mod fork;
-mod listener;
+mod forkserver;
 #[allow(clippy::module_inception)]
 mod process;
 mod registry;
+mod spin;
 mod sys;
 
-pub use connection::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};
-pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
-pub use fork::{fork_child, ForkOptions, ForkedChild};
-pub use listener::{Address, Client, Listener, DEFAULT_HANDSHAKE_TIMEOUT};
-pub use process::{Process, ProcessBuilder};
-
-// Shared memory and synchronisation (slice `sync`).
-mod condition;
-mod queue;
-mod raw;
-mod semaphore;
-mod shared;
-mod sync;
-pub use condition::{Barrier, Condition, ConditionGuard};
-pub use queue::{Queue, QueueBuilder, DEFAULT_CAPACITY as QUEUE_DEFAULT_CAPACITY};
-pub use semaphore::{BoundedSemaphore, Event, Semaphore, SemaphoreGuard};
-pub use shared::{Array, ArrayGuard, SharedData, SharedMemory, Value, ValueGuard};
-pub use sync::{Lock, LockError, LockGuard, LockResult, RLock, RLockGuard};
+pub(crate) mod ipc;
+pub(crate) mod manager;
+pub(crate) mod pool;
+pub(crate) mod shm;
 
 // Descriptors inherited across exec (socket activation, re-exec): the
 // unsafe `from_raw_fd` lives here.
 pub(crate) mod inherited;
 
-// Lock-free counters in shared memory (the prefork scoreboard).
-mod atomics;
-pub use atomics::SharedAtomics;
+// The parts' modules under their old names, for paths inside the crate.
+use ipc::connection;
+use manager::{protocol as manager_protocol, proxy as manager_proxy, server as manager_server};
+use pool::{async_result, codec, dispatch, task, worker};
+use shm::{raw, shared, spill, sync};
 
-// Pool, ProcessPoolExecutor and Manager (slice `pool`).
-mod async_result;
-mod codec;
-mod dispatch;
-mod executor;
-mod manager;
-mod manager_protocol;
-mod manager_proxy;
-mod manager_server;
-mod pool;
-mod task;
-mod worker;
-pub use async_result::AsyncResult;
-pub use executor::{Future, ProcessPoolExecutor};
-pub use manager::{Manager, ManagerBuilder};
-pub use manager_proxy::{
-    DictProxy, ListProxy, LockProxy, LockProxyGuard, NamespaceProxy, QueueProxy, ValueProxy,
+pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
+pub use fork::{fork_child, ForkOptions, ForkedChild};
+pub use forkserver::{
+    get_context, get_start_method, set_start_method, start_forkserver, Context, StartMethod,
+    MAX_REQUEST as FORKSERVER_MAX_REQUEST,
 };
-pub use pool::{IMap, Pool, PoolBuilder};
-pub use task::StarFn;
+pub use process::{Process, ProcessBuilder, ProcessState};
 
-// Bare fork/_exit/waitpid for the benchmarks (keeps their unsafe here).
-#[doc(hidden)]
-pub mod baseline;
+pub use ipc::{
+    pipe, Address, Client, Connection, Listener, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+};
+
+pub use shm::{
+    Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
+    LockError, LockGuard, LockResult, Queue, QueueBuilder, RLock, RLockGuard, Semaphore,
+    SemaphoreGuard, SharedAtomics, SharedData, SharedMemory, Value, ValueGuard,
+    QUEUE_DEFAULT_CAPACITY,
+};
+
+pub use manager::{
+    DictProxy, ListProxy, LockProxy, LockProxyGuard, Manager, ManagerBuilder, NamespaceProxy,
+    QueueProxy, ValueProxy,
+};
+pub use pool::{AsyncResult, Future, IMap, Pool, PoolBuilder, ProcessPoolExecutor, StarFn};

@@ -1,14 +1,23 @@
 //! `Process`: Python's `multiprocessing.Process`, started with `fork()`.
 
 use std::fmt;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use std::os::fd::OwnedFd;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::codec;
+use super::connection::{pipe, Connection};
 use super::current;
 use super::fork::{fork_child, ForkOptions, ForkedChild};
+use super::forkserver::{self, get_start_method, Entry, StartMethod};
 use super::registry;
+use super::task;
 use crate::{Error, Result};
 
 /// The target, wrapped so the child can call it through `&mut` and never
@@ -17,7 +26,7 @@ type Target = Box<dyn FnMut() + Send + 'static>;
 
 /// A closure run in a child process: Python's `multiprocessing.Process`.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::Process;
 ///
 /// let mut p = Process::new(|| println!("hello from the child"));
@@ -36,12 +45,13 @@ type Target = Box<dyn FnMut() + Send + 'static>;
 /// - **daemon**: it is terminated (SIGTERM, SIGKILL after one second) and
 ///   reaped, as Python does for daemons at exit;
 /// - **non-daemon**: it keeps running, detached; a small thread waits for
-///   exactly its pid so that it never lingers as a zombie. (Python instead
-///   joins non-daemon children when the parent exits; call
-///   [`join`](Self::join) for that.)
+///   exactly its pid so that it never lingers as a zombie, and the parent
+///   still waits for it at exit (see [`start`](Self::start)).
 ///
-/// Daemon children also die when the parent dies abruptly (SIGKILL
-/// included, via `PR_SET_PDEATHSIG`) and are terminated when the parent
+/// Daemon children also die when the parent process dies abruptly (SIGKILL
+/// included, via a lifeline pipe: see
+/// [`ForkOptions::daemon`](super::ForkOptions::daemon)), whichever thread
+/// started them, and are terminated when the parent
 /// exits normally, including through `std::process::exit` (an `atexit`
 /// hook).
 pub struct Process {
@@ -49,8 +59,44 @@ pub struct Process {
     identity: String,
     daemon: bool,
     target: Option<Target>,
+    /// A function item and its encoded argument ([`Process::from_fn`]).
+    sendable: Option<Sendable>,
     child: Option<ForkedChild>,
-    slot: Option<usize>,
+    /// Under `fork`, where a `from_fn` child sends its result.
+    result_conn: Option<Connection>,
+    /// The encoded result of a `from_fn` child, once received.
+    result: Option<Vec<u8>>,
+}
+
+/// A target that can travel to the fork server.
+struct Sendable {
+    method: StartMethod,
+    entry: Entry,
+    payload: std::result::Result<Vec<u8>, String>,
+}
+
+/// The fork-server entry of `Process::from_fn::<F, A, R>`.
+fn run_fn<F, A, R>(payload: &[u8], _fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> i32
+where
+    F: Fn(A) -> R + Copy + 'static,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let arg: A = match codec::from_bytes(payload) {
+        Ok(arg) => arg,
+        Err(e) => {
+            eprintln!("cannot decode the process's argument: {e}");
+            return 1;
+        }
+    };
+    let result = task::conjure::<F>()(arg);
+    match task::append(&result, out) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cannot encode the process's result: {e}");
+            1
+        }
+    }
 }
 
 impl fmt::Debug for Process {
@@ -64,6 +110,39 @@ impl fmt::Debug for Process {
     }
 }
 
+/// The scheduling state of a child process, from the state letter of
+/// `/proc/<pid>/stat` (see `proc(5)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProcessState {
+    /// Ready or running on a CPU (`R`).
+    Running,
+    /// Blocked: sleeping on I/O, a lock, a pipe or a timer (`S`, `D`, `I`).
+    Blocked,
+    /// Stopped by a signal or a tracer (`T`, `t`).
+    Stopped,
+    /// Exited but not reaped yet (`Z`, `X`): `join` will return at once.
+    Zombie,
+}
+
+impl ProcessState {
+    /// Reads the state of `pid`; `None` if it is gone or `/proc` is
+    /// unreadable.
+    pub(crate) fn of_pid(pid: i32) -> Option<ProcessState> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may contain spaces and parentheses: the state
+        // is the first field after the *last* ')'.
+        let rest = &text[text.rfind(')')? + 1..];
+        Some(match rest.split_whitespace().next()?.chars().next()? {
+            'R' => ProcessState::Running,
+            'S' | 'D' | 'I' | 'W' | 'K' | 'P' => ProcessState::Blocked,
+            'T' | 't' => ProcessState::Stopped,
+            'Z' | 'X' | 'x' => ProcessState::Zombie,
+            _ => return None,
+        })
+    }
+}
+
 /// Builds a [`Process`] with a name and daemon flag, like Python's
 /// `Process(target=…, name=…, daemon=…)`.
 #[derive(Debug, Clone, Default)]
@@ -74,27 +153,33 @@ pub struct ProcessBuilder {
 
 impl ProcessBuilder {
     /// The process name. Default is `Process-<n>`, numbered per parent.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
+    pub fn name(&mut self, name: impl Into<String>) -> &mut Self {
         self.name = Some(name.into());
         self
     }
 
     /// Whether the process is a daemon (see [`Process`]). Default is `false`.
-    pub fn daemon(mut self, daemon: bool) -> Self {
+    pub fn daemon(&mut self, daemon: bool) -> &mut Self {
         self.daemon = daemon;
         self
     }
 
-    /// Finishes the builder with the closure the child runs.
-    pub fn target<F: FnOnce() + Send + 'static>(self, target: F) -> Process {
+    /// Finishes the builder with the closure the child runs. The builder
+    /// can be used again for another process.
+    pub fn target<F: FnOnce() + Send + 'static>(&self, target: F) -> Process {
         let identity = current::next_identity();
         Process {
-            name: self.name.unwrap_or_else(|| format!("Process-{identity}")),
+            name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("Process-{identity}")),
             identity,
             daemon: self.daemon,
             target: Some(once(target)),
+            sendable: None,
             child: None,
-            slot: None,
+            result_conn: None,
+            result: None,
         }
     }
 }
@@ -113,6 +198,116 @@ impl Process {
     /// [`start`](Self::start) to fork it.
     pub fn new<F: FnOnce() + Send + 'static>(target: F) -> Process {
         Self::builder().target(target)
+    }
+
+    /// A process that runs the function item `f` with `arg` and keeps its
+    /// return value (see [`result`](Self::result)): Python's
+    /// `Process(target=f, args=(arg,))`, startable with either
+    /// [`StartMethod`](super::StartMethod). It uses the process-wide
+    /// default ([`set_start_method`](super::set_start_method)); a
+    /// [`Context`](super::Context) picks one explicitly.
+    ///
+    /// Under the fork server the function must be sent, so `f` is a
+    /// function item or a closure that captures nothing (checked at
+    /// compile time, as for pool tasks), and the argument and result are
+    /// serialised (the encoded argument at most
+    /// [`FORKSERVER_MAX_REQUEST`](super::FORKSERVER_MAX_REQUEST) bytes).
+    ///
+    /// ```
+    /// use socketserver::process::{get_context, Process, StartMethod};
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let mut p = Process::from_fn(square, 7);
+    /// p.start()?;
+    /// assert_eq!(p.join()?, 0);
+    /// assert_eq!(p.result::<u64>()?, Some(49));
+    ///
+    /// let mut q = get_context(StartMethod::ForkServer)?.process(square, 8);
+    /// q.start()?;
+    /// assert_eq!(q.join()?, 0);
+    /// assert_eq!(q.result::<u64>()?, Some(64));
+    /// # Ok::<(), socketserver::Error>(())
+    /// ```
+    pub fn from_fn<F, A, R>(f: F, arg: A) -> Process
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + 'static,
+    {
+        Self::from_fn_with(get_start_method(), f, arg)
+    }
+
+    pub(crate) fn from_fn_with<F, A, R>(method: StartMethod, f: F, arg: A) -> Process
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: Serialize + 'static,
+    {
+        const { task::assert_zero_sized::<F>() };
+        let _ = f;
+        let mut payload = Vec::new();
+        let payload = task::append(&arg, &mut payload)
+            .map(|()| payload)
+            .map_err(|e| e.to_string());
+        let identity = current::next_identity();
+        Process {
+            name: format!("Process-{identity}"),
+            identity,
+            daemon: false,
+            target: None,
+            sendable: Some(Sendable {
+                method,
+                entry: run_fn::<F, A, R>,
+                payload,
+            }),
+            child: None,
+            result_conn: None,
+            result: None,
+        }
+    }
+
+    /// The return value of a [`from_fn`](Self::from_fn) target, decoded as
+    /// `R`, once the child has been joined: `Ok(None)` before that, for a
+    /// closure target, or when the child did not return normally.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] when the bytes do not decode as `R` (use the
+    /// function's return type).
+    pub fn result<R: DeserializeOwned>(&mut self) -> Result<Option<R>> {
+        if self.result.is_none() && self.exitcode().is_some() {
+            self.pull_result(Some(Duration::ZERO))?;
+        }
+        if self.result.is_none() {
+            self.result = self.child.as_mut().and_then(ForkedChild::take_result);
+        }
+        match &self.result {
+            None => Ok(None),
+            Some(bytes) => codec::from_bytes(bytes)
+                .map(Some)
+                .map_err(|e| Error::Codec(e.to_string())),
+        }
+    }
+
+    /// Under `fork`, receives a `from_fn` child's result (it must be read
+    /// before waiting: a large one fills the socket and the child waits
+    /// for us). Waits at most `timeout` for it to start arriving.
+    fn pull_result(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let Some(conn) = self.result_conn.as_mut() else {
+            return Ok(());
+        };
+        if let Some(t) = timeout {
+            if !conn.poll(t)? {
+                return Ok(());
+            }
+        }
+        match conn.recv_bytes() {
+            Ok(bytes) => self.result = Some(bytes),
+            Err(Error::Eof | Error::TruncatedFrame { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.result_conn = None;
+        Ok(())
     }
 
     /// A builder for a named or daemon process.
@@ -145,18 +340,60 @@ impl Process {
     /// Forks the child, which runs the target. The target's captured values
     /// are dropped in the parent afterwards.
     ///
+    /// # At exit
+    /// As in Python, when this process exits *normally* — returns from
+    /// `main`, calls [`std::process::exit`] or [`exit`](super::exit), or
+    /// (in a child started by this crate) its target returns — it first
+    /// waits for every non-daemon child it started with `Process` that is
+    /// still running (joined or dropped or not), then terminates its
+    /// daemons (SIGTERM, SIGKILL after one second). So a program that
+    /// starts workers and returns from `main` ends when the work is done.
+    /// `std::process::abort`, a fatal signal or `_exit` do not wait: that
+    /// is the way out that leaves non-daemon children running (daemons
+    /// still die with their lifeline, see
+    /// [`ForkOptions::daemon`](super::ForkOptions::daemon)). Children
+    /// started with [`fork_child`](super::fork_child) directly (the forking
+    /// server's) are not waited for.
+    ///
     /// # Errors
     /// [`Error::AlreadyStarted`] on a second call; [`Error::DaemonicChildren`]
     /// inside a daemon child; [`Error::Io`] when `fork` fails (the target is
     /// kept, so `start` may be retried).
     pub fn start(&mut self) -> Result<()> {
-        if self.child.is_some() || self.target.is_none() {
+        if self.child.is_some() || (self.target.is_none() && self.sendable.is_none()) {
             return Err(Error::AlreadyStarted);
         }
         let mut options = ForkOptions::new()
             .name(self.name.clone())
             .daemon(self.daemon);
         options.identity = Some(self.identity.clone());
+        if let Some(s) = &self.sendable {
+            let payload = s.payload.clone().map_err(Error::Codec)?;
+            let mut child = match s.method {
+                StartMethod::ForkServer => {
+                    forkserver::spawn(&options, s.entry, &payload, Vec::new())?
+                }
+                _ => {
+                    let (mut mine, mut theirs) = pipe(true)?;
+                    mine.close_on_fork();
+                    let entry = s.entry;
+                    let child = fork_child(&options, move || {
+                        let mut out = Vec::new();
+                        let code = entry(&payload, Vec::new(), &mut out);
+                        if code == 0 && theirs.send_bytes(&out).is_err() {
+                            return 1;
+                        }
+                        code
+                    })?;
+                    self.result_conn = Some(mine);
+                    child
+                }
+            };
+            self.sendable = None;
+            child.handle_at_exit(self.daemon);
+            self.child = Some(child);
+            return Ok(());
+        }
         let target = &mut self.target;
         let child = fork_child(&options, || {
             if let Some(t) = target.as_mut() {
@@ -166,11 +403,23 @@ impl Process {
         })?;
         // Fork succeeded: the parent's copy of the target is not needed.
         self.target = None;
-        if self.daemon {
-            self.slot = registry::register(child.pid(), child.sentinel().as_raw_fd());
-        }
+        let mut child = child;
+        child.handle_at_exit(self.daemon);
         self.child = Some(child);
         Ok(())
+    }
+
+    /// What the child is doing now, read from `/proc/<pid>/stat` without
+    /// reaping it: the process states of the classic state diagram.
+    /// `None` before [`start`](Self::start), once the child was reaped
+    /// ([`join`](Self::join), [`try_wait`](Self::try_wait), …: it is gone),
+    /// or when `/proc` cannot be read.
+    pub fn state(&self) -> Option<ProcessState> {
+        let child = self.child.as_ref()?;
+        if child.exitcode().is_some() {
+            return None;
+        }
+        ProcessState::of_pid(child.pid())
     }
 
     /// The child's pid, once started.
@@ -190,8 +439,9 @@ impl Process {
     /// [`Error::NotStarted`] before `start`; [`Error::InvalidArgument`] when
     /// called from a process other than the parent.
     pub fn join(&mut self) -> Result<i32> {
+        self.child_mut()?;
+        self.pull_result(None)?;
         let code = self.child_mut()?.wait()?;
-        self.forget_slot();
         Ok(code)
     }
 
@@ -201,10 +451,9 @@ impl Process {
     /// # Errors
     /// As [`join`](Self::join).
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        self.child_mut()?;
+        self.pull_result(Some(timeout))?;
         let code = self.child_mut()?.wait_timeout(timeout)?;
-        if code.is_some() {
-            self.forget_slot();
-        }
         Ok(code)
     }
 
@@ -215,9 +464,6 @@ impl Process {
     /// As [`join`](Self::join).
     pub fn try_wait(&mut self) -> Result<Option<i32>> {
         let code = self.child_mut()?.try_wait()?;
-        if code.is_some() {
-            self.forget_slot();
-        }
         Ok(code)
     }
 
@@ -255,12 +501,6 @@ impl Process {
     fn child_mut(&mut self) -> Result<&mut ForkedChild> {
         self.child.as_mut().ok_or(Error::NotStarted)
     }
-
-    fn forget_slot(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            registry::unregister(slot);
-        }
-    }
 }
 
 impl Drop for Process {
@@ -275,8 +515,7 @@ impl Drop for Process {
                 let _ = child.wait();
             }
         }
-        // Unregister before the sentinel closes. A non-daemon child still
-        // running is handed to a reaper thread by ForkedChild's drop.
-        self.forget_slot();
+        // A non-daemon child still running is handed to a reaper thread by
+        // ForkedChild's drop, and is still waited for at exit.
     }
 }

@@ -1,6 +1,10 @@
-//! Process-global registry of running daemon children, so they are
-//! terminated when their parent exits normally — also via
-//! `std::process::exit`, which skips destructors.
+//! Process-global registry of the running children a [`Process`] started,
+//! so that at normal exit — return from `main`, `std::process::exit`
+//! (which skips destructors), or a child of ours leaving — the non-daemon
+//! ones are waited for and then the daemons are terminated, as Python's
+//! `multiprocessing` does at exit.
+//!
+//! [`Process`]: super::Process
 //!
 //! The registry is a fixed array of atomic slots rather than a
 //! `Mutex<Vec<_>>`: a child forked while another thread holds a mutex would
@@ -25,6 +29,7 @@ struct Slot {
     owner: AtomicI32,
     pid: AtomicI32,
     sentinel: AtomicI32,
+    daemon: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -32,6 +37,7 @@ const FREE: Slot = Slot {
     owner: AtomicI32::new(0),
     pid: AtomicI32::new(0),
     sentinel: AtomicI32::new(-1),
+    daemon: AtomicBool::new(false),
 };
 
 static DAEMONS: [Slot; SLOTS] = [FREE; SLOTS];
@@ -45,10 +51,11 @@ fn used() -> &'static [Slot] {
 }
 static HOOK_INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// Records a running daemon child; returns its slot, or `None` when the
-/// registry is full (the child is then only covered by its `Process` drop
-/// and by `PR_SET_PDEATHSIG`).
-pub(crate) fn register(pid: i32, sentinel: RawFd) -> Option<usize> {
+/// Records a running child (`sentinel` is used for daemons only; -1 for
+/// none); returns its slot, or `None` when the registry is full (a daemon
+/// is then only covered by its `Process` drop and by its lifeline; a
+/// non-daemon is not waited for at exit).
+pub(crate) fn register(pid: i32, sentinel: RawFd, daemon: bool) -> Option<usize> {
     install_hook();
     let me = getpid().as_raw();
     for (i, slot) in DAEMONS.iter().enumerate() {
@@ -59,15 +66,24 @@ pub(crate) fn register(pid: i32, sentinel: RawFd) -> Option<usize> {
         {
             HIGH.fetch_max(i + 1, Ordering::AcqRel);
             slot.sentinel.store(sentinel, Ordering::Release);
+            slot.daemon.store(daemon, Ordering::Release);
             slot.pid.store(pid, Ordering::Release);
             return Some(i);
         }
     }
-    tracing::warn!(pid, "daemon registry full; daemon not terminated at exit");
+    tracing::warn!(pid, "child registry full; child not handled at exit");
     None
 }
 
-/// Forgets a slot (the `Process` reaped or dropped its child).
+/// Forgets a slot's sentinel before the descriptor is closed (the child
+/// may still run; at exit it is then signalled without waiting on it).
+pub(crate) fn forget_sentinel(slot: usize) {
+    if let Some(s) = DAEMONS.get(slot) {
+        s.sentinel.store(-1, Ordering::Release);
+    }
+}
+
+/// Forgets a slot (the child was reaped).
 pub(crate) fn unregister(slot: usize) {
     if let Some(s) = DAEMONS.get(slot) {
         s.pid.store(0, Ordering::Release);
@@ -82,13 +98,40 @@ fn install_hook() {
         // (it only makes system calls); atexit has no other precondition.
         let rc = unsafe { libc::atexit(at_exit) };
         if rc != 0 {
-            tracing::warn!("atexit registration failed; daemons rely on drop and PDEATHSIG");
+            tracing::warn!("atexit registration failed; daemons rely on drop and their lifeline");
         }
     }
 }
 
 extern "C" fn at_exit() {
+    at_normal_exit();
+}
+
+/// What a process does at normal exit: wait for the non-daemon children it
+/// started that still run, then terminate its daemons.
+pub(crate) fn at_normal_exit() {
+    join_own_children();
     terminate_own_daemons();
+}
+
+/// Waits until every non-daemon child this process registered has exited
+/// (Python joins them at exit). Waits with `WNOWAIT`, so it never reaps a
+/// child that a `Process` or a reaper thread will reap: no exit status is
+/// stolen from a concurrent `join`.
+fn join_own_children() {
+    let me = getpid().as_raw();
+    for slot in used() {
+        if slot.owner.load(Ordering::Acquire) != me || slot.daemon.load(Ordering::Acquire) {
+            continue;
+        }
+        let pid = slot.pid.load(Ordering::Acquire);
+        if pid <= 0 {
+            continue;
+        }
+        let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
+        let id = || nix::sys::wait::Id::Pid(Pid::from_raw(pid));
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitid(id(), flags) {}
+    }
 }
 
 /// Terminates and reaps every daemon this process registered: SIGTERM,
@@ -98,7 +141,7 @@ pub(crate) fn terminate_own_daemons() {
     let me = getpid().as_raw();
     let mut mine: Vec<(usize, i32, RawFd)> = Vec::new();
     for (i, slot) in used().iter().enumerate() {
-        if slot.owner.load(Ordering::Acquire) == me {
+        if slot.owner.load(Ordering::Acquire) == me && slot.daemon.load(Ordering::Acquire) {
             let pid = slot.pid.load(Ordering::Acquire);
             if pid > 0 {
                 mine.push((i, pid, slot.sentinel.load(Ordering::Acquire)));

@@ -1,5 +1,6 @@
 //! Small system helpers shared by the process layer: waiting for a
-//! descriptor with a deadline, counting threads, restarting on `EINTR`.
+//! descriptor with a deadline, counting threads, restarting on `EINTR`,
+//! the text of a panic.
 
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
@@ -41,49 +42,6 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Re
     }
 }
 
-/// Every how many rounds an active wait yields the CPU (starting with the
-/// first): the peer we wait for may have just been woken onto our CPU,
-/// and a pure busy loop would keep it from running.
-const SPIN_YIELD_EVERY: u32 = 4;
-
-/// One pause of an active wait, in round `round` (counted from 0):
-/// yields the CPU every [`SPIN_YIELD_EVERY`] rounds, else a spin hint.
-pub(crate) fn spin_pause(round: u32) {
-    if round % SPIN_YIELD_EVERY == 0 {
-        std::thread::yield_now();
-    } else {
-        std::hint::spin_loop();
-    }
-}
-
-/// Checks whether `fd` is readable again and again, without ever sleeping,
-/// for at most `budget`; returns `Ok(true)` as soon as it is.
-///
-/// A blocked reader costs a scheduler wake-up when data arrives: about
-/// 20 µs on each side of a round trip on the 2-core VMs we measure on
-/// (a blocking socketpair ping-pong between two processes takes ~46 µs,
-/// a polling one ~5 µs). Where the answer usually comes within
-/// microseconds (a worker waiting for its next job, a manager
-/// connection between two calls of a tight loop), a short active wait
-/// first saves that. The cost is at most `budget` of CPU per wait.
-pub(crate) fn spin_readable(fd: BorrowedFd<'_>, budget: Duration) -> Result<bool> {
-    let end = Instant::now() + budget;
-    let mut round = 0u32;
-    loop {
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match nix::poll::poll(&mut fds, PollTimeout::ZERO) {
-            Ok(0) | Err(Errno::EINTR) => {}
-            Ok(_) => return Ok(true),
-            Err(e) => return Err(e.into()),
-        }
-        if Instant::now() >= end {
-            return Ok(false);
-        }
-        spin_pause(round);
-        round = round.wrapping_add(1);
-    }
-}
-
 /// Number of threads in this process (entries of `/proc/self/task`).
 /// procfs reports a directory's entries + 2 as its link count, which costs
 /// one `stat` instead of reading the directory; the listing is the
@@ -98,5 +56,18 @@ pub(crate) fn thread_count() -> usize {
     match std::fs::read_dir("/proc/self/task") {
         Ok(dir) => dir.count().max(1),
         Err(_) => 1,
+    }
+}
+
+/// The text of a panic payload: the one helper for every place that
+/// reports a caught panic (pool tasks, barrier actions, the forking
+/// server's handlers).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
     }
 }

@@ -8,14 +8,14 @@
 //!
 //! A semaphore permit has no owner: a process that dies after `acquire`
 //! without `release` takes its permit with it, exactly as in Python. Use
-//! [`Lock`](super::Lock) when you need death to be noticed.
+//! [`Lock`](crate::process::Lock) when you need death to be noticed.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::raw::{deadline, RawCondvar, RawMutex};
-use super::shared::Shm;
+use crate::process::raw::{deadline, RawCondvar, RawMutex};
+use crate::process::shared::Shm;
 use crate::{Error, Result};
 
 #[repr(C)]
@@ -30,6 +30,22 @@ struct SemShm {
 /// A counting semaphore shared between processes: Python's
 /// `multiprocessing.Semaphore`. `acquire` takes a permit (waiting while
 /// there is none), `release` returns one.
+///
+/// ```
+/// use std::time::Duration;
+/// use socketserver::process::{Process, Semaphore};
+///
+/// let permits = Semaphore::new(1)?;
+/// permits.acquire()?; // the only permit
+/// let mut p = Process::new({
+///     let permits = permits.clone();
+///     move || permits.release().unwrap()
+/// });
+/// p.start()?;
+/// assert_eq!(p.join()?, 0);
+/// assert!(permits.acquire_timeout(Duration::from_secs(5))?); // given back by the child
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Semaphore {
     shm: Shm<SemShm>,
@@ -208,6 +224,22 @@ struct EventShm {
 }
 
 /// A flag processes can wait for: Python's `multiprocessing.Event`.
+///
+/// ```
+/// use std::time::Duration;
+/// use socketserver::process::{Event, Process};
+///
+/// let ready = Event::new()?;
+/// let mut p = Process::new({
+///     let ready = ready.clone();
+///     move || ready.set().unwrap()
+/// });
+/// p.start()?;
+/// assert!(ready.wait(Some(Duration::from_secs(10)))?);
+/// assert!(ready.is_set());
+/// p.join()?;
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Event {
     shm: Shm<EventShm>,

@@ -7,20 +7,25 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::{deadline, Acquired, RawCondvar, RawMutex};
-use super::shared::Shm;
-use super::sync::{acquire_raw, LockResult};
-use super::worker::panic_message;
+use crate::process::raw::{deadline, Acquired, RawCondvar, RawMutex};
+use crate::process::shared::Shm;
+use crate::process::sync::{acquire_raw, thread_ident, LockError, LockResult};
+use crate::process::worker::panic_message;
 use crate::{Error, Result};
 
 #[repr(C)]
 struct CondShm {
     mutex: RawMutex,
     cond: RawCondvar,
+    /// `pid << 32 | tid` of the holder, 0 when free (the lock is
+    /// re-entrant, as Python's default `RLock`).
+    owner: AtomicU64,
+    /// Recursion depth; only the holder touches it.
+    count: AtomicU32,
 }
 
 /// A condition variable with its own lock, shared between processes:
@@ -28,8 +33,23 @@ struct CondShm {
 ///
 /// Acquire it to get a [`ConditionGuard`]; wait and notify through the
 /// guard, so "notify without holding the lock" (a `RuntimeError` in
-/// Python) cannot be written. Its lock is a robust, non-reentrant
-/// [`Lock`](super::Lock)-style mutex (Python defaults to an `RLock`).
+/// Python) cannot be written. Its lock is robust and **re-entrant**, like
+/// the [`RLock`](crate::process::RLock) Python's `Condition()` uses by default: the
+/// holding thread may acquire it again (nested guards), and
+/// [`wait`](ConditionGuard::wait) releases every level and restores them
+/// when it wakes.
+///
+/// ```
+/// use socketserver::process::Condition;
+///
+/// let cond = Condition::new()?;
+/// let outer = cond.acquire()?;
+/// let mut inner = cond.acquire()?; // same thread: no deadlock
+/// assert!(!inner.wait(Some(std::time::Duration::from_millis(10)))?);
+/// drop(inner);
+/// drop(outer); // released here
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Condition {
     shm: Shm<CondShm>,
@@ -56,23 +76,49 @@ impl Condition {
         }
     }
 
-    /// Takes the condition's lock.
+    /// Takes the condition's lock, or deepens this thread's hold on it.
     ///
     /// # Errors
-    /// As [`Lock::acquire`](super::Lock::acquire): the guard comes back in
-    /// [`LockError::OwnerDied`](super::LockError::OwnerDied) if the last
-    /// holder died holding it.
+    /// As [`Lock::acquire`](crate::process::Lock::acquire): the guard comes back in
+    /// [`LockError::OwnerDied`](crate::process::LockError::OwnerDied) if the last
+    /// holder died holding it (the depth restarts at 1).
     pub fn acquire(&self) -> LockResult<ConditionGuard<'_>> {
-        acquire_raw(&self.shm.header().mutex, None, || self.guard())
+        self.acquire_inner(None)
     }
 
     /// Takes the lock, waiting at most `timeout`.
     ///
     /// # Errors
-    /// [`LockError::Timeout`](super::LockError::Timeout) if it stayed busy;
+    /// [`LockError::Timeout`](crate::process::LockError::Timeout) if it stayed busy;
     /// otherwise as [`Condition::acquire`].
     pub fn acquire_timeout(&self, timeout: Duration) -> LockResult<ConditionGuard<'_>> {
-        acquire_raw(&self.shm.header().mutex, Some(timeout), || self.guard())
+        self.acquire_inner(Some(timeout))
+    }
+
+    /// How deep the current holder's recursion is (0 when free).
+    pub fn depth(&self) -> u32 {
+        self.shm.header().count.load(Ordering::Relaxed)
+    }
+
+    fn acquire_inner(&self, timeout: Option<Duration>) -> LockResult<ConditionGuard<'_>> {
+        let h = self.shm.header();
+        let me = thread_ident();
+        if h.owner.load(Ordering::Acquire) == me {
+            // Only the holder writes `owner == me`, so this is our hold.
+            h.count.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.guard());
+        }
+        let take = || {
+            h.owner.store(me, Ordering::Release);
+            h.count.store(1, Ordering::Relaxed);
+            self.guard()
+        };
+        match acquire_raw(&h.mutex, timeout, || ()) {
+            Ok(()) => Ok(take()),
+            Err(LockError::OwnerDied(())) => Err(LockError::OwnerDied(take())),
+            Err(LockError::Timeout(d)) => Err(LockError::Timeout(d)),
+            Err(LockError::Other(e)) => Err(LockError::Other(e)),
+        }
     }
 }
 
@@ -90,8 +136,9 @@ pub struct ConditionGuard<'a> {
 }
 
 impl ConditionGuard<'_> {
-    /// Releases the lock, sleeps until notified (or `timeout`; `None`
-    /// waits forever), and takes the lock back. `Ok(false)` means the
+    /// Releases the lock (every level of a re-entrant hold), sleeps until
+    /// notified (or `timeout`; `None` waits forever), and takes the lock
+    /// back at the same depth. `Ok(false)` means the
     /// timeout passed (Python's `wait()` returning `False`). Wake-ups can
     /// be spurious: re-check your predicate, or use
     /// [`ConditionGuard::wait_for`].
@@ -108,8 +155,18 @@ impl ConditionGuard<'_> {
         if timeout.is_some_and(|t| t.is_zero()) {
             return Ok(false);
         }
+        // Python's `_release_save` / `_acquire_restore`: give up every
+        // level while asleep, take them all back on waking.
+        let me = thread_ident();
+        let depth = h.count.swap(0, Ordering::Relaxed);
+        h.owner.store(0, Ordering::Release);
         // SAFETY: `held` means this thread holds the mutex.
-        match unsafe { h.cond.wait(&h.mutex, deadline(timeout)) } {
+        let woke = unsafe { h.cond.wait(&h.mutex, deadline(timeout)) };
+        if woke.is_ok() {
+            h.owner.store(me, Ordering::Release);
+            h.count.store(depth, Ordering::Relaxed);
+        }
+        match woke {
             Ok(w) if w.acquired == Acquired::OwnerDied => Err(Error::OwnerDied),
             Ok(w) => Ok(!w.timed_out),
             Err(e) => {
@@ -163,9 +220,12 @@ impl ConditionGuard<'_> {
 
 impl Drop for ConditionGuard<'_> {
     fn drop(&mut self) {
-        if self.held {
-            // SAFETY: `held` means this thread holds the mutex.
-            unsafe { self.cond.shm.header().mutex.unlock() }
+        let h = self.cond.shm.header();
+        if self.held && h.count.fetch_sub(1, Ordering::Relaxed) == 1 {
+            h.owner.store(0, Ordering::Release);
+            // SAFETY: `held` means this thread holds the mutex, and this
+            // was its last level.
+            unsafe { h.mutex.unlock() }
         }
     }
 }

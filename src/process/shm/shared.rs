@@ -17,8 +17,8 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use super::raw::{Acquired, RawMutex};
-use super::sync::{LockError, LockResult};
+use crate::process::raw::{Acquired, RawMutex};
+use crate::process::sync::{LockError, LockResult};
 use crate::{Error, Result};
 
 /// An anonymous, shared (`MAP_SHARED | MAP_ANONYMOUS`) memory mapping,
@@ -203,6 +203,26 @@ struct ValueHeader<T> {
 /// refer to the same value. Read and write it with [`Value::get`] /
 /// [`Value::set`], or hold [`Value::lock`] for a read-modify-write such as
 /// `*v.lock()? += 1` (Python's `with v.get_lock(): v.value += 1`).
+///
+/// ```
+/// use socketserver::process::{Process, Value};
+///
+/// let hits = Value::new(0u64)?;
+/// let mut kids: Vec<Process> = (0..4)
+///     .map(|_| {
+///         let hits = hits.clone();
+///         Process::new(move || {
+///             for _ in 0..100 {
+///                 *hits.lock().unwrap() += 1;
+///             }
+///         })
+///     })
+///     .collect();
+/// for k in &mut kids { k.start()?; }
+/// for k in &mut kids { assert_eq!(k.join()?, 0); }
+/// assert_eq!(hits.get()?, 400);
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 pub struct Value<T: SharedData> {
     shm: Shm<ValueHeader<T>>,
 }
@@ -332,6 +352,24 @@ struct ArrayHeader {
 /// Create it before forking. Element access ([`Array::get`],
 /// [`Array::set`]) takes the lock per call; hold [`Array::lock`] to work on
 /// the whole slice at once.
+///
+/// ```
+/// use socketserver::process::{Array, Process};
+///
+/// let squares = Array::new(8, 0u32)?;
+/// let mut p = Process::new({
+///     let squares = squares.clone();
+///     move || {
+///         for i in 0..8 {
+///             squares.set(i, (i * i) as u32).unwrap();
+///         }
+///     }
+/// });
+/// p.start()?;
+/// assert_eq!(p.join()?, 0);
+/// assert_eq!(squares.get(7)?, 49);
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 pub struct Array<T: SharedData> {
     shm: Shm<ArrayHeader>,
     _t: PhantomData<T>,

@@ -8,17 +8,18 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::async_result::{slot_sink, AsyncResult, Slot};
-use super::codec::Decoder;
-use super::cpu_count;
-use super::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
-use super::task::{self, One, Star, StarFn};
-use super::worker::{self, Body};
+use crate::process::async_result::{slot_sink, AsyncResult, Slot};
+use crate::process::codec::Decoder;
+use crate::process::cpu_count;
+use crate::process::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
+use crate::process::forkserver::{get_start_method, StartMethod};
+use crate::process::task::{self, One, Star, StarFn};
+use crate::process::worker::{self, Body};
 use crate::{Error, Result};
 
 /// A pool of worker processes: Python's `multiprocessing.Pool`.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::Pool;
 ///
 /// fn square(x: u64) -> u64 { x * x }
@@ -55,9 +56,9 @@ use crate::{Error, Result};
 /// Results are collected by one dispatcher thread, which also runs the
 /// callbacks of [`apply_async_with`](Self::apply_async_with) and forks
 /// replacement workers. The first workers are forked from the thread that
-/// calls `new`/`build`. Workers are daemons: they are killed when the
-/// thread that forked them ends (Linux `PR_SET_PDEATHSIG`), so create the
-/// pool on a thread that outlives it.
+/// calls `new`/`build`. Workers are daemons: they die when this process
+/// dies (SIGKILL included) and live as long as it does, whichever thread
+/// forked them (see [`ForkOptions::daemon`](crate::process::ForkOptions::daemon)).
 ///
 /// Dropping the pool terminates it (Python's `__exit__`): call
 /// [`close`](Self::close) and [`join`](Self::join) first to let queued
@@ -83,6 +84,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     initializer: Option<Arc<dyn Fn() + Send + Sync + 'static>>,
     max_tasks: Option<usize>,
+    method: Option<StartMethod>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -91,12 +93,13 @@ impl fmt::Debug for PoolBuilder {
             .field("processes", &self.processes)
             .field("initializer", &self.initializer.is_some())
             .field("maxtasksperchild", &self.max_tasks)
+            .field("start_method", &self.method)
             .finish()
     }
 }
 
 impl PoolBuilder {
-    /// Number of worker processes. Default is [`cpu_count()`](super::cpu_count).
+    /// Number of worker processes. Default is [`cpu_count()`](crate::process::cpu_count).
     pub fn processes(&mut self, n: usize) -> &mut Self {
         self.processes = Some(n);
         self
@@ -118,15 +121,38 @@ impl PoolBuilder {
         self
     }
 
+    /// How workers and their replacements are started. With
+    /// [`StartMethod::ForkServer`] they are forked by the fork server (see
+    /// [`start_forkserver`](crate::process::start_forkserver)), never from this
+    /// process, so a pool is safe to create and keep in a multi-threaded
+    /// program (a tokio runtime). Tasks already are function items with
+    /// serialisable arguments, so nothing else changes; an
+    /// [`initializer`](Self::initializer) closure cannot be sent there and
+    /// is refused. Default is [`get_start_method()`](crate::process::get_start_method)
+    /// (`Fork` unless changed).
+    #[doc(alias = "context")]
+    pub fn start_method(&mut self, method: StartMethod) -> &mut Self {
+        self.method = Some(method);
+        self
+    }
+
     /// Forks the workers and starts the pool.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for 0 processes or
-    /// `maxtasksperchild = Some(0)`; [`Error::DaemonicChildren`] inside a
-    /// pool worker or other daemon; [`Error::Io`] if `fork` fails.
+    /// [`Error::InvalidArgument`] for 0 processes,
+    /// `maxtasksperchild = Some(0)`, or an initializer with the fork
+    /// server; [`Error::DaemonicChildren`] inside a pool worker or other
+    /// daemon; [`Error::Io`] if `fork` (or the fork server) fails.
     pub fn build(&self) -> Result<Pool> {
         let processes = self.processes.unwrap_or_else(cpu_count);
+        let method = self.method.unwrap_or_else(get_start_method);
+        if method == StartMethod::ForkServer && self.initializer.is_some() {
+            return Err(Error::InvalidArgument(
+                "a pool initializer closure cannot be sent to the fork server".into(),
+            ));
+        }
         let engine = Engine::start(Config {
+            method,
             processes,
             initializer: self.initializer.clone(),
             max_tasks: self.max_tasks,
@@ -335,8 +361,8 @@ impl Pool {
         &self,
         _f: F,
         arg: A,
-        on_success: Option<super::async_result::OnSuccess<R>>,
-        on_error: Option<super::async_result::OnError>,
+        on_success: Option<crate::process::async_result::OnSuccess<R>>,
+        on_error: Option<crate::process::async_result::OnError>,
     ) -> Result<AsyncResult<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,

@@ -11,12 +11,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::manager_protocol::{Kind, Request};
-use super::manager_proxy::{
+use crate::process::manager_protocol::{Kind, Request};
+use crate::process::manager_proxy::{
     DictProxy, ListProxy, LockProxy, NamespaceProxy, QueueProxy, Remote, ValueProxy,
 };
-use super::manager_server::Store;
-use super::{fork_child, pipe, Address, ForkOptions, ForkedChild, Listener};
+use crate::process::manager_server::Store;
+use crate::process::{fork_child, pipe, Address, ForkOptions, ForkedChild, Listener};
 use crate::{Error, Result};
 
 /// How long `Manager::new` waits for the server to report its address.
@@ -27,7 +27,7 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// A server process holding shared dicts, lists, values, namespaces, locks
 /// and queues: Python's `multiprocessing.Manager()` (a `SyncManager`).
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::{Manager, Process};
 ///
 /// let manager = Manager::new()?;
@@ -57,8 +57,9 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// Python.
 ///
 /// # Lifetime
-/// The server is a daemon child: it is killed when the thread that started
-/// it ends or the owning process dies (`PR_SET_PDEATHSIG`), and stopped
+/// The server is a daemon child: it is killed when the owning process dies
+/// (SIGKILL included; see [`ForkOptions::daemon`](crate::process::ForkOptions::daemon)),
+/// whichever thread started it, and stopped
 /// (SIGTERM, then SIGKILL) when the owning `Manager` is dropped or
 /// [`shutdown`](Self::shutdown) is called.
 pub struct Manager {
@@ -243,7 +244,7 @@ fn serve_forever(listener: &Listener) -> i32 {
                     .spawn(move || {
                         if store.serve(conn) {
                             // A client asked for shutdown.
-                            super::exit(0);
+                            crate::process::exit(0);
                         }
                     });
                 if let Err(e) = spawned {

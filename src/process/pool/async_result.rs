@@ -1,6 +1,6 @@
 //! `AsyncResult`: the handle `Pool::apply_async` returns (Python's
 //! `multiprocessing.pool.AsyncResult`), and the one-shot slot it shares
-//! with [`Future`](super::Future).
+//! with [`Future`](crate::process::Future).
 
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
-use super::codec;
-use super::dispatch::Sink;
-use super::worker::Body;
+use crate::process::codec;
+use crate::process::dispatch::Sink;
+use crate::process::worker::Body;
 use crate::{Error, Result};
 
 enum State<T> {
@@ -107,7 +107,7 @@ impl<T> Slot<T> {
     }
 }
 
-/// Success and error callbacks for [`Pool::apply_async_with`](super::Pool::apply_async_with).
+/// Success and error callbacks for [`Pool::apply_async_with`](crate::process::Pool::apply_async_with).
 pub(crate) type OnSuccess<R> = Box<dyn FnOnce(&R) + Send + 'static>;
 pub(crate) type OnError = Box<dyn FnOnce(&Error) + Send + 'static>;
 
@@ -166,7 +166,7 @@ pub(crate) fn slot_sink<R: DeserializeOwned + Send + 'static>(
     Box::new(move |reply| writer.deliver(reply))
 }
 
-/// The pending result of [`Pool::apply_async`](super::Pool::apply_async):
+/// The pending result of [`Pool::apply_async`](crate::process::Pool::apply_async):
 /// Python's `AsyncResult`.
 ///
 /// The result is *taken* by the first successful [`get`](Self::get) (or

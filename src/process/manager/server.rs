@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::manager_protocol::{Failure, Kind, Op, Request, Response, SERVER_SPIN};
-use super::Connection;
+use crate::process::manager_protocol::{Failure, Kind, Op, Request, Response, SERVER_SPIN};
+use crate::process::Connection;
 
 enum Obj {
     /// Dict and Namespace.

@@ -17,7 +17,7 @@ use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{closefork, current, sys};
+use crate::process::{closefork, current, sys};
 use crate::{Error, Result};
 
 /// The default largest message a [`Connection`] sends or accepts: 32 MiB.
@@ -26,8 +26,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 32 << 20;
 const HEADER: usize = 4;
 const READ_BUF: usize = 64 * 1024;
 
-/// One end of a [`pipe`] (or of a [`Listener`](super::Listener) /
-/// [`Client`](super::Client) connection): Python's
+/// One end of a [`pipe`] (or of a [`Listener`](crate::process::Listener) /
+/// [`Client`](crate::process::Client) connection): Python's
 /// `multiprocessing.connection.Connection`.
 ///
 /// Messages are whole frames: `recv` returns exactly what one `send` sent,
@@ -82,7 +82,7 @@ impl std::fmt::Debug for Connection {
 /// With `duplex = false` the first end only receives and the second only
 /// sends (a pipe), as in Python.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::{pipe, Process};
 ///
 /// let (mut parent, mut child) = pipe(true)?;
@@ -143,8 +143,8 @@ impl Connection {
     }
 
     /// Wraps a connected stream socket (TCP or Unix), without any
-    /// handshake. [`Listener`](super::Listener) and
-    /// [`Client`](super::Client) use this after authenticating.
+    /// handshake. [`Listener`](crate::process::Listener) and
+    /// [`Client`](crate::process::Client) use this after authenticating.
     pub fn from_socket(fd: OwnedFd) -> Self {
         Self::new(fd, true, true, true)
     }
@@ -203,7 +203,7 @@ impl Connection {
     }
 
     /// Marks this end as the parent's: every child forked afterwards through
-    /// this crate ([`Process`](super::Process), [`fork_child`](super::fork_child))
+    /// this crate ([`Process`](crate::process::Process), [`fork_child`](crate::process::fork_child))
     /// closes it right after the fork. Linux has no `O_CLOFORK`; this is
     /// that flag for our own forks. Without it, a child waiting for
     /// end-of-file on its end would wait forever, since it holds the
@@ -445,7 +445,7 @@ impl Connection {
         if self.end > self.start {
             return Ok(true);
         }
-        sys::spin_readable(self.live_fd()?, budget)
+        crate::process::spin::spin_readable(self.live_fd()?, budget)
     }
 
     fn check_len(&self, len: usize) -> Result<()> {

@@ -24,13 +24,23 @@
 //!   the kernel removes it from the futex queue, and every wake-up is a
 //!   broadcast, so no wake-up can be spent on a dead process.
 //!
+//! - **Messages of any size.** A message whose record (4 + encoded bytes)
+//!   is larger than the whole ring goes through a side channel instead: its
+//!   bytes in a `memfd`, the descriptor in flight in a datagram socketpair
+//!   the queue shares, and a 20-byte *spill record* in the ring in its
+//!   place, so it keeps its place in the order and survives its producer
+//!   as soon as `put` returns (see `spill.rs`).
+//!
 //! # Limits
 //!
 //! - Capacity is in bytes (default 1 MiB, set with
 //!   [`QueueBuilder::capacity_bytes`]) as well as, optionally, in messages
-//!   ([`QueueBuilder::maxsize`]). A message whose record (4 + encoded bytes)
-//!   is larger than the whole ring can never fit: `put` fails at once with
-//!   [`Error::MessageTooLarge`] instead of blocking for ever.
+//!   ([`QueueBuilder::maxsize`]). Large messages take 20 bytes of the ring
+//!   each; how many can be pending at once is also bounded by the side
+//!   channel's socket buffer (a few hundred), beyond which `put` waits as
+//!   for a full ring. A ring under 20 bytes cannot hold a spill record:
+//!   there a message larger than the ring fails with
+//!   [`Error::MessageTooLarge`].
 //! - A consumer killed *after* `get` took a message from the ring (but
 //!   before it used it) loses that message, as with any queue.
 //! - Both sides must agree on `T`: the encoding carries no type tag. A
@@ -39,18 +49,29 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::raw::{deadline, Held, RawCondvar, RawMutex};
-use super::shared::Shm;
+use crate::process::raw::{deadline, Held, RawCondvar, RawMutex};
+use crate::process::shared::Shm;
+use crate::process::spill::Spill;
 use crate::{Error, Result};
 
 /// Bytes of the length prefix in front of every record.
 const PREFIX: u64 = 4;
+
+/// Set in a record's length prefix when the record is a spill record (the
+/// message itself went through the side channel). Inline records are
+/// always shorter than this.
+const SPILLED: u32 = 1 << 31;
+
+/// Body of a spill record: sequence number and message length, both `u64`.
+const SPILL_BODY: u64 = 16;
 
 /// Default ring size in bytes.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
@@ -70,6 +91,9 @@ struct QueueShm {
     maxsize: u64,
     /// Ring size in bytes.
     capacity: u64,
+    /// Sequence number of the next large message sent through the side
+    /// channel.
+    next_seq: AtomicU64,
 }
 
 /// Configures a [`Queue`] before it is created (Python's `Queue(maxsize)`
@@ -148,16 +172,19 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
         })?;
         Ok(Queue {
             shm,
+            spill: Arc::new(Spill::new()?),
             _t: PhantomData,
         })
     }
 }
 
-/// A process-shared FIFO of `T`s (see the module docs for the design).
+/// A process-shared FIFO of `T`s (see the module docs for the design):
+/// Python's `multiprocessing.Queue`, and its `SimpleQueue` too (there is
+/// no feeder thread to leave out). `JoinableQueue` is not provided.
 ///
 /// Create it before forking; clones and forked copies are the same queue.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::{Process, Queue};
 ///
 /// let q: Queue<(u32, String)> = Queue::with_maxsize(100)?;
@@ -167,11 +194,14 @@ impl<T: Serialize + DeserializeOwned> QueueBuilder<T> {
 /// });
 /// child.start()?;
 /// let (n, text) = q.get()?; // delivered even though the child has exited
+/// assert_eq!((n, text.as_str()), (1, "from the child"));
 /// child.join()?;
 /// # Ok::<(), socketserver::Error>(())
 /// ```
+#[doc(alias = "SimpleQueue")]
 pub struct Queue<T> {
     shm: Shm<QueueShm>,
+    spill: Arc<Spill>,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -179,6 +209,7 @@ impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
         Queue {
             shm: self.shm.clone(),
+            spill: self.spill.clone(),
             _t: PhantomData,
         }
     }
@@ -217,10 +248,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         QueueBuilder::default()
     }
 
-    /// Puts `item`, waiting as long as it takes for room.
+    /// Puts `item`, waiting as long as it takes for room. Returns once the
+    /// message is in shared memory (or, for a message larger than the
+    /// ring, in flight in the side channel): the caller may exit at once.
     ///
     /// # Errors
-    /// [`Error::MessageTooLarge`] if it could never fit; [`Error::Codec`]
+    /// [`Error::MessageTooLarge`] only for a ring under 20 bytes that the
+    /// message does not fit; [`Error::Codec`]
     /// if it cannot be encoded; [`Error::Io`] if locking fails.
     pub fn put(&self, item: &T) -> Result<()> {
         self.put_inner(item, None)
@@ -273,25 +307,68 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let body = postcard::to_allocvec(item)?;
         let h = self.shm.header();
         let need = PREFIX + body.len() as u64;
-        if body.len() > u32::MAX as usize || need > h.capacity {
+        if body.len() < SPILLED as usize && need <= h.capacity {
+            return self.put_record(need, timeout, |tail| {
+                self.copy_in(tail, &(body.len() as u32).to_le_bytes());
+                self.copy_in(tail + PREFIX, &body);
+                Ok(true)
+            });
+        }
+        if PREFIX + SPILL_BODY > h.capacity {
             return Err(Error::MessageTooLarge {
                 len: body.len(),
                 max: (h.capacity - PREFIX) as usize,
             });
         }
+        // Too large for the ring: the bytes go to a memfd (outside the
+        // lock), the ring gets a spill record naming it.
+        let len = body.len() as u64;
+        let memfd = Spill::stash(&body)?;
+        drop(body);
+        self.put_record(PREFIX + SPILL_BODY, timeout, |tail| {
+            let seq = h.next_seq.load(Ordering::Relaxed);
+            // Taken before sending: a producer that dies after `sendmsg`
+            // leaves a stray that no later record can be confused with.
+            h.next_seq.store(seq + 1, Ordering::Relaxed);
+            if !self.spill.send(seq, memfd.as_fd())? {
+                return Ok(false);
+            }
+            self.copy_in(tail, &(SPILLED | SPILL_BODY as u32).to_le_bytes());
+            self.copy_in(tail + PREFIX, &seq.to_le_bytes());
+            self.copy_in(tail + PREFIX + 8, &len.to_le_bytes());
+            Ok(true)
+        })
+    }
+
+    /// Appends one record of `need` bytes, written by `write` at ring
+    /// position `tail` (which returns `false` if the side channel had no
+    /// room: then we wait as for a full ring).
+    fn put_record(
+        &self,
+        need: u64,
+        timeout: Option<Duration>,
+        mut write: impl FnMut(u64) -> Result<bool>,
+    ) -> Result<()> {
+        let h = self.shm.header();
         let end = deadline(timeout);
         let mut held = self.lock()?;
         let mut spun = false;
         loop {
             if self.fits(need) {
                 let tail = h.tail.load(Ordering::Relaxed);
-                self.copy_in(tail, &(body.len() as u32).to_le_bytes());
-                self.copy_in(tail + PREFIX, &body);
-                // The commit point: the record exists from this store on.
-                h.tail.store(tail + need, Ordering::Relaxed);
-                h.count.fetch_add(1, Ordering::Relaxed);
-                h.not_empty.notify_all();
-                return Ok(());
+                if write(tail)? {
+                    // The commit point: the record exists from this store on.
+                    h.tail.store(tail + need, Ordering::Relaxed);
+                    h.count.fetch_add(1, Ordering::Relaxed);
+                    h.not_empty.notify_all();
+                    return Ok(());
+                }
+                // The side channel is full: consumers make room there as
+                // they take records, and notify `not_full`.
+                if timeout.is_some_and(|t| t.is_zero()) || self.wait(&mut held, &h.not_full, end)? {
+                    return Err(Error::Full);
+                }
+                continue;
             }
             if timeout.is_some_and(|t| t.is_zero()) {
                 return Err(Error::Full);
@@ -315,7 +392,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let end = deadline(timeout);
         let mut held = self.lock()?;
         let mut spun = false;
-        let body = loop {
+        let (body, spilled) = loop {
             let (head, tail) = (
                 h.head.load(Ordering::Relaxed),
                 h.tail.load(Ordering::Relaxed),
@@ -323,7 +400,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             if head != tail {
                 let mut len = [0u8; 4];
                 self.copy_out(head, &mut len);
-                let len = u64::from(u32::from_le_bytes(len));
+                let (len, spilled) = record_len(u32::from_le_bytes(len));
                 if head + PREFIX + len > tail {
                     // Only reachable if the ring was scribbled on.
                     self.repair();
@@ -335,7 +412,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 h.head.store(head + PREFIX + len, Ordering::Relaxed);
                 h.count.fetch_sub(1, Ordering::Relaxed);
                 h.not_full.notify_all();
-                break body;
+                if !spilled {
+                    break (body, None);
+                }
+                // Take the matching descriptor while we still hold the
+                // lock, so consumers take them in ring order.
+                let (seq, big) = spill_record(&body)?;
+                break (body, Some((self.spill.take(seq), big)));
             }
             if timeout.is_some_and(|t| t.is_zero()) {
                 return Err(Error::Empty);
@@ -354,6 +437,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             }
         };
         drop(held);
+        let body = match spilled {
+            None => body,
+            Some((memfd, len)) => Spill::read(memfd?, len)?,
+        };
         Ok(postcard::from_bytes(&body)?)
     }
 
@@ -468,7 +555,7 @@ impl<T> Queue<T> {
         while pos < tail {
             let mut len = [0u8; 4];
             self.copy_out(pos, &mut len);
-            let next = pos + PREFIX + u64::from(u32::from_le_bytes(len));
+            let next = pos + PREFIX + record_len(u32::from_le_bytes(len)).0;
             if next > tail {
                 tracing::warn!(
                     "shared queue: corrupt record at {pos}; dropping {} bytes",
@@ -519,6 +606,25 @@ impl<T> Queue<T> {
     }
 }
 
+/// A record's body length and whether it is a spill record.
+fn record_len(prefix: u32) -> (u64, bool) {
+    (u64::from(prefix & !SPILLED), prefix & SPILLED != 0)
+}
+
+/// Parses a spill record's body: sequence number and message length.
+fn spill_record(body: &[u8]) -> Result<(u64, u64)> {
+    match (body.get(..8), body.get(8..16)) {
+        (Some(seq), Some(len)) if body.len() == SPILL_BODY as usize => Ok((
+            u64::from_le_bytes(seq.try_into().unwrap_or_default()),
+            u64::from_le_bytes(len.try_into().unwrap_or_default()),
+        )),
+        _ => Err(Error::Codec(format!(
+            "queue: spill record of {} bytes",
+            body.len()
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,5 +667,37 @@ mod tests {
         assert!(matches!(q.get_nowait(), Err(Error::Empty)));
         q.put_nowait(&"after".to_string()).unwrap();
         assert_eq!(q.get_nowait().unwrap(), "after");
+    }
+
+    /// A producer of a large message killed after sending its descriptor
+    /// but before publishing its record: the stray is skipped, the next
+    /// large message arrives whole and in order.
+    #[test]
+    fn killed_between_send_and_publish_leaves_no_trace() {
+        let q: Queue<Vec<u8>> = Queue::builder().capacity_bytes(256).build().unwrap();
+        q.put(&vec![1u8; 10]).unwrap();
+        let inside = Event::new().unwrap();
+        let mut child = fork_child(&ForkOptions::new(), || {
+            let h = q.shm.header();
+            let held = q.lock().unwrap();
+            let seq = h.next_seq.load(Ordering::Relaxed);
+            h.next_seq.store(seq + 1, Ordering::Relaxed);
+            let body = postcard::to_allocvec(&vec![9u8; 1000]).unwrap();
+            let memfd = Spill::stash(&body).unwrap();
+            assert!(q.spill.send(seq, memfd.as_fd()).unwrap());
+            inside.set().unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+            drop(held);
+            0
+        })
+        .unwrap();
+        assert!(inside.wait(Some(Duration::from_secs(20))).unwrap());
+        child.signal(Signal::SIGKILL).unwrap();
+        assert_eq!(child.wait().unwrap(), -9);
+        q.put(&vec![2u8; 1000]).unwrap();
+        assert_eq!(q.qsize().unwrap(), 2);
+        assert_eq!(q.get_nowait().unwrap(), vec![1u8; 10]);
+        assert_eq!(q.get_nowait().unwrap(), vec![2u8; 1000]);
+        assert!(matches!(q.get_nowait(), Err(Error::Empty)));
     }
 }

@@ -28,7 +28,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::codec::{self, Decoder, WireError};
+use crate::process::codec::{self, Decoder, WireError};
 
 /// The trampoline's type: decode `payload`, run the task, append the
 /// encoded result to `out`. `Err` carries a decode/encode failure message.
@@ -109,7 +109,7 @@ where
 }
 
 /// Rebuilds a zero-sized `Copy` value out of nothing.
-fn conjure<C: Copy + 'static>() -> C {
+pub(crate) fn conjure<C: Copy + 'static>() -> C {
     const { assert!(size_of::<C>() == 0, "pool tasks must be zero-sized") };
     // SAFETY: `C` is zero-sized (checked at compile time above), so reading
     // it touches no memory; a dangling, well-aligned pointer is valid for
@@ -155,44 +155,7 @@ where
     encode_into(&result, out)
 }
 
-/// Bytes of the item count in front of a chunk (arguments or results).
-const COUNT: usize = 8;
-
-/// Appends up to `max` items from `items` to `out` as a chunk: a count
-/// (`u64` little-endian, patched in at the end, since an iterator may
-/// yield fewer items than it announced) followed by each item's postcard
-/// encoding. Returns the count. Kept out of line and small so the item's
-/// `serialize` is inlined into the loop.
-///
-/// # Errors
-/// postcard's, if an item cannot be encoded.
-#[inline(never)]
-pub(crate) fn encode_chunk<T: Serialize>(
-    items: &mut impl Iterator<Item = T>,
-    max: usize,
-    out: &mut Vec<u8>,
-) -> Result<usize, WireError> {
-    let at = out.len();
-    out.extend_from_slice(&[0; COUNT]);
-    let mut count = 0usize;
-    for item in items.take(max) {
-        append(&item, out)?;
-        count += 1;
-    }
-    out[at..at + COUNT].copy_from_slice(&(count as u64).to_le_bytes());
-    Ok(count)
-}
-
-/// Splits a chunk into its item count and the encoded items.
-///
-/// # Errors
-/// A message when the chunk is shorter than its count.
-pub(crate) fn split_count(chunk: &[u8]) -> Result<(u64, &[u8]), String> {
-    match chunk.split_first_chunk::<COUNT>() {
-        Some((count, items)) => Ok((u64::from_le_bytes(*count), items)),
-        None => Err(format!("a {}-byte chunk has no item count", chunk.len())),
-    }
-}
+pub(crate) use super::wire::{encode_chunk, split_count};
 
 /// Runs a chunk. `payload` is a count and the encoded arguments (see
 /// [`encode_chunk`]); the result has the same shape: the count, then the

@@ -356,25 +356,11 @@ impl Held<'_> {
     }
 }
 
-/// How long [`Held::spin_until`] busy-waits before the caller sleeps.
-///
-/// A futex sleep + wake-up costs several microseconds of scheduler latency
-/// on each side; when the other process answers within a few microseconds
-/// (a queue consumer keeping up with its producer, a round trip), waiting
-/// actively avoids the sleep and, because an active waiter is not counted
-/// as a sleeper, spares the notifier its `FUTEX_WAKE` call too.
-const SPIN: Duration = Duration::from_micros(10);
-
-/// Every how many rounds of the busy-wait [`Held::spin_until`] yields the
-/// CPU, starting with the first. The yield matters on a busy machine: the
-/// peer we wait for was often just woken onto *our* CPU, and spinning would
-/// keep it from running (measured: ~25 µs round trips spinning first, 2–4 µs
-/// yielding first, on a loaded 2-core box).
-const SPIN_YIELD_EVERY: u32 = 4;
+use crate::process::spin::SHM_SPIN as SPIN;
 
 impl Held<'_> {
-    /// Unlocks, waits actively (yielding, then spinning, see
-    /// [`SPIN_YIELD_EVERY`]) until `ready()` turns true (a lock-free hint
+    /// Unlocks, waits actively (yielding, then spinning, see `spin.rs`)
+    /// until `ready()` turns true (a lock-free hint
     /// read from atomics), [`SPIN`] has passed or the deadline comes, then
     /// re-locks. The caller re-checks its predicate under the lock and, if
     /// it still does not hold, sleeps with [`Held::wait`].
@@ -389,17 +375,7 @@ impl Held<'_> {
         if let Some(d) = deadline {
             end = end.min(d);
         }
-        let mut round = 0u32;
-        while !ready() && Instant::now() < end {
-            if round % SPIN_YIELD_EVERY == 0 {
-                std::thread::yield_now();
-            } else {
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                }
-            }
-            round += 1;
-        }
+        crate::process::spin::spin_while_not(end, ready);
         match self.mutex.lock() {
             Ok(a) => {
                 self.owner_died |= a == Acquired::OwnerDied;

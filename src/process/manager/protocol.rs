@@ -1,23 +1,18 @@
 //! The manager's wire protocol: one JSON request, one JSON response, each
-//! in one [`Connection`](super::Connection) frame.
+//! in one [`Connection`](crate::process::Connection) frame.
 //!
 //! JSON rather than postcard because shared values are stored as
 //! `serde_json::Value` (postcard cannot decode self-describing values), so
 //! the server never needs the clients' Rust types.
-
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::Error;
 
-/// How long a proxy waits actively for the manager's reply before it
-/// sleeps: long enough to cover a reply from a server that was asleep.
-pub(crate) const CLIENT_SPIN: Duration = Duration::from_micros(50);
-/// How long a server connection thread waits actively for the next call
-/// after answering one, before it sleeps.
-pub(crate) const SERVER_SPIN: Duration = Duration::from_micros(100);
+pub(crate) use crate::process::spin::{
+    MANAGER_CLIENT_SPIN as CLIENT_SPIN, MANAGER_SERVER_SPIN as SERVER_SPIN,
+};
 
 /// The kinds of shared object a manager holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! Proxies: handles to objects living in a [`Manager`](super::Manager)'s
+//! Proxies: handles to objects living in a [`Manager`](crate::process::Manager)'s
 //! server process, usable from any process that can reach it.
 //!
 //! Values travel as JSON (`serde_json::Value`), so each proxy is generic
@@ -24,8 +24,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::manager_protocol::{failure_to_error, Kind, Op, Request, Response, CLIENT_SPIN};
-use super::{Address, Client, Connection};
+use crate::process::manager_protocol::{
+    failure_to_error, Kind, Op, Request, Response, CLIENT_SPIN,
+};
+use crate::process::{Address, Client, Connection};
 use crate::{Error, Result};
 
 /// The client side of one manager: address, key, idle connections.

@@ -17,8 +17,8 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::raw::{deadline, Acquired, RawMutex};
-use super::shared::Shm;
+use crate::process::raw::{deadline, Acquired, RawMutex};
+use crate::process::shared::Shm;
 use crate::{Error, Result};
 
 /// Why an acquire did not simply succeed.
@@ -116,13 +116,28 @@ struct LockShm {
 ///
 /// Clones and forked copies all refer to the same lock.
 ///
-/// ```no_run
-/// use socketserver::process::{Lock, LockError};
+/// ```
+/// use std::time::Duration;
+/// use socketserver::process::{Lock, LockError, Process};
 ///
 /// let lock = Lock::new()?;
+/// // A child takes the lock and is killed while holding it.
+/// let mut holder = Process::new({
+///     let lock = lock.clone();
+///     move || {
+///         let _guard = lock.acquire().unwrap();
+///         std::thread::sleep(Duration::from_secs(60));
+///     }
+/// });
+/// holder.start()?;
+/// while lock.try_acquire().is_ok() {
+///     std::thread::sleep(Duration::from_millis(1)); // until the child holds it
+/// }
+/// holder.kill()?;
+/// assert_eq!(holder.join()?, -9);
 /// match lock.acquire() {
-///     Ok(_guard) => { /* critical section */ }
-///     Err(LockError::OwnerDied(_guard)) => { /* a holder was killed: repair, go on */ }
+///     Ok(_guard) => unreachable!("the holder died holding it"),
+///     Err(LockError::OwnerDied(_guard)) => { /* repair the shared state, go on */ }
 ///     Err(e) => return Err(e.into()),
 /// }
 /// # Ok::<(), socketserver::Error>(())
@@ -226,6 +241,19 @@ pub(crate) fn thread_ident() -> u64 {
 /// `multiprocessing.RLock`. The thread holding it may acquire it again;
 /// it is released when every guard is dropped. Recursion is counted per
 /// (process, thread).
+///
+/// ```
+/// use socketserver::process::RLock;
+///
+/// let lock = RLock::new()?;
+/// let outer = lock.acquire()?;
+/// let inner = lock.acquire()?; // the same thread may take it again
+/// assert_eq!(lock.depth(), 2);
+/// drop(inner);
+/// drop(outer);
+/// assert_eq!(lock.depth(), 0);
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct RLock {
     shm: Shm<RLockShm>,

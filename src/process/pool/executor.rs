@@ -2,6 +2,7 @@
 //! on the pool's engine, with its stricter failure rule: a worker that
 //! dies breaks the executor.
 
+use crate::process::forkserver::get_start_method;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +10,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::async_result::{slot_sink, Slot};
-use super::cpu_count;
-use super::dispatch::{Config, Engine, Job, OnDeath, Shared};
-use super::pool::{submit_each, IMap};
-use super::task::{self, One};
-use super::worker;
+use crate::process::async_result::{slot_sink, Slot};
+use crate::process::cpu_count;
+use crate::process::dispatch::{Config, Engine, Job, OnDeath, Shared};
+use crate::process::pool::pool::{submit_each, IMap};
+use crate::process::task::{self, One};
+use crate::process::worker;
 #[allow(unused_imports)]
 use crate::Error;
 use crate::Result;
@@ -22,7 +23,7 @@ use crate::Result;
 /// Runs functions in worker processes and returns [`Future`]s: Python's
 /// `concurrent.futures.ProcessPoolExecutor` (fork start method).
 ///
-/// Tasks are the same as for [`Pool`](super::Pool): a function item or
+/// Tasks are the same as for [`Pool`](crate::process::Pool): a function item or
 /// non-capturing closure with serde arguments and result.
 ///
 /// Unlike `Pool`, when a worker dies abruptly (killed, crashed, its
@@ -33,6 +34,19 @@ use crate::Result;
 /// Dropping the executor is `shutdown(true)` (Python's `with` block),
 /// unless [`shutdown(false)`](Self::shutdown) was called, in which case
 /// queued work finishes in the background.
+///
+/// ```
+/// use socketserver::process::ProcessPoolExecutor;
+///
+/// fn cube(x: i64) -> i64 { x * x * x }
+///
+/// let mut ex = ProcessPoolExecutor::new(Some(2))?;
+/// let f = ex.submit(cube, 3)?;
+/// assert_eq!(f.result()?, 27);
+/// ex.shutdown(true);
+/// # Ok::<(), socketserver::Error>(())
+/// ```
+#[doc(alias = "BrokenProcessPool")]
 pub struct ProcessPoolExecutor {
     engine: Engine,
     max_workers: usize,
@@ -123,6 +137,7 @@ impl ProcessPoolExecutor {
     ) -> Result<Self> {
         let max_workers = max_workers.unwrap_or_else(cpu_count);
         let engine = Engine::start(Config {
+            method: get_start_method(),
             processes: max_workers,
             initializer: None,
             max_tasks: max_tasks_per_child,

@@ -1,5 +1,5 @@
-//! The engine under [`Pool`](super::Pool) and
-//! [`ProcessPoolExecutor`](super::ProcessPoolExecutor): a set of forked
+//! The engine under [`Pool`](crate::process::Pool) and
+//! [`ProcessPoolExecutor`](crate::process::ProcessPoolExecutor): a set of forked
 //! workers, one private socketpair each, and one dispatcher thread in the
 //! parent that hands out jobs and collects results.
 //!
@@ -30,8 +30,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 
-use super::worker::{self, Body, Initializer, MAX_FRAME, OP_STOP};
-use super::{fork_child, pipe, sys, Connection, ForkOptions, ForkedChild};
+use crate::process::forkserver::{self, StartMethod};
+use crate::process::worker::{self, Body, Initializer, MAX_FRAME, OP_STOP};
+use crate::process::{fork_child, pipe, spin, Connection, ForkOptions, ForkedChild};
 use crate::{Error, Result};
 
 /// Jobs handed to one worker at a time. A job stays with its payload
@@ -41,8 +42,6 @@ const PREFETCH: usize = 2;
 /// Largest payload sent to a worker that is still busy: far below the
 /// socketpair's buffer (about 200 KiB), so such a send never blocks.
 const PREFETCH_MAX_BYTES: usize = 32 * 1024;
-/// How long the dispatcher polls without sleeping after each event.
-const SPIN: Duration = Duration::from_micros(50);
 /// How long terminated workers get after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(200);
 /// How long idle workers get to leave after a stop frame.
@@ -61,8 +60,8 @@ const SPARE_MIN: usize = 64 << 10;
 /// A job waiting for, or sent to, a worker.
 pub(crate) struct Job {
     pub(crate) trampoline: usize,
-    /// The whole frame: [`worker::JOB_HEADER`] bytes of room for the
-    /// header (made by [`worker::job_frame`]), then the payload.
+    /// The whole frame: [`JOB_HEADER`](super::wire::JOB_HEADER) bytes of
+    /// room for the header (made by [`worker::job_frame`]), then the payload.
     pub(crate) frame: Vec<u8>,
     pub(crate) sink: Sink,
 }
@@ -89,6 +88,8 @@ pub(crate) struct Config {
     pub(crate) max_tasks: Option<usize>,
     pub(crate) on_death: OnDeath,
     pub(crate) name: &'static str,
+    /// How workers (and replacements) are started.
+    pub(crate) method: StartMethod,
 }
 
 #[derive(Default)]
@@ -330,6 +331,18 @@ impl Engine {
     }
 }
 
+/// A pool worker's entry in a child of the fork server: the payload is
+/// `maxtasksperchild` (0 = none), the one descriptor its connection.
+fn served_worker(payload: &[u8], mut fds: Vec<std::os::fd::OwnedFd>, _out: &mut Vec<u8>) -> i32 {
+    let Some(fd) = fds.pop() else { return 1 };
+    let max = payload
+        .get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    let mut conn = Connection::from_socket(fd);
+    conn.set_max_message_size(MAX_FRAME);
+    worker::worker_main(conn, None, (max > 0).then_some(max as usize))
+}
+
 /// Calls a sink, containing a panicking user callback.
 fn deliver(sink: Sink, outcome: Result<Body>) {
     if catch_unwind(AssertUnwindSafe(|| sink(outcome))).is_err() {
@@ -348,6 +361,9 @@ struct Worker {
 
 impl Worker {
     fn spawn(config: &Config, n: usize) -> Result<Worker> {
+        if config.method == StartMethod::ForkServer {
+            return Self::spawn_served(config, n);
+        }
         let (mut conn, mut child_end) = pipe(true)?;
         conn.set_max_message_size(MAX_FRAME);
         child_end.set_max_message_size(MAX_FRAME);
@@ -359,6 +375,33 @@ impl Worker {
             .name(format!("{}-{n}", config.name))
             .daemon(true);
         let child = fork_child(&options, move || worker::worker_main(child_end, init, max))?;
+        Ok(Worker {
+            child,
+            conn,
+            inflight: VecDeque::new(),
+            sent: 0,
+            eof: false,
+        })
+    }
+
+    /// Asks the fork server for the worker: it is forked from the server's
+    /// clean single-threaded image, never from this (multi-threaded)
+    /// process; its end of the connection travels with the request.
+    fn spawn_served(config: &Config, n: usize) -> Result<Worker> {
+        let (ours, theirs) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )?;
+        let mut conn = Connection::from_socket(ours);
+        conn.set_max_message_size(MAX_FRAME);
+        conn.close_on_fork();
+        let max = config.max_tasks.map_or(0u64, |m| m as u64);
+        let options = ForkOptions::new()
+            .name(format!("{}-{n}", config.name))
+            .daemon(true);
+        let child = forkserver::spawn(&options, served_worker, &max.to_le_bytes(), vec![theirs])?;
         Ok(Worker {
             child,
             conn,
@@ -582,7 +625,7 @@ impl Dispatcher {
             // saves a thread wake-up per hand-off, then block.
             // Every few rounds the CPU is yielded: with more threads and
             // workers than cores, the one we wait for may need ours.
-            let spin_until = Instant::now() + SPIN;
+            let spin_until = Instant::now() + spin::DISPATCHER_SPIN;
             let mut round = 0u32;
             loop {
                 let busy = Instant::now() < spin_until;
@@ -593,7 +636,7 @@ impl Dispatcher {
                 };
                 match nix::poll::poll(&mut fds, timeout) {
                     Ok(0) if busy => {
-                        sys::spin_pause(round);
+                        spin::pause(round, 1);
                         round = round.wrapping_add(1);
                     }
                     Ok(_) => break,

@@ -30,7 +30,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::connection::{Connection, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::process::connection::{Connection, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::{Error, Result};
 
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
@@ -87,7 +87,7 @@ enum Inner {
 /// Accepts authenticated [`Connection`]s: Python's
 /// `multiprocessing.connection.Listener`.
 ///
-/// ```no_run
+/// ```
 /// use socketserver::process::{Address, Client, Listener};
 ///
 /// let listener = Listener::bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), Some(b"secret"))?;

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 
-use super::shared::SharedMemory;
+use crate::process::shared::SharedMemory;
 use crate::{Error, Result};
 
 /// `len` zero-initialised `AtomicU64`s shared with children forked later.
