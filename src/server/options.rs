@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ use crate::error::Result;
 use crate::handler::RequestHandler;
 
 use super::base::SocketServer;
+use super::core::Factory;
 use super::hooks::{DefaultHooks, Hooks};
+use super::middleware::layers;
 use super::strategy::Strategy;
 use super::transport::{BindAddress, Transport};
 
@@ -21,7 +24,7 @@ use super::transport::{BindAddress, Transport};
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub(crate) bind_and_activate: bool,
-    pub(crate) allow_reuse_address: bool,
+    pub(crate) allow_reuse_address: Option<bool>,
     pub(crate) allow_reuse_port: bool,
     pub(crate) backlog: i32,
     pub(crate) daemon_threads: bool,
@@ -31,13 +34,51 @@ pub struct ServerOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) connection_timeout: Option<Duration>,
     pub(crate) max_packet_size: usize,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) proxy_protocol: Option<Duration>,
+    pub(crate) per_ip_limit: Option<usize>,
+    pub(crate) pool: PoolOptions,
+    pub(crate) max_connections: usize,
+    pub(crate) max_blocking: usize,
+}
+
+/// The prefork pool's settings (Apache's `StartServers`,
+/// `MinSpareServers`, `MaxSpareServers`, `MaxRequestWorkers`,
+/// `MaxConnectionsPerChild`).
+#[derive(Debug, Clone)]
+pub(crate) struct PoolOptions {
+    pub(crate) min_spare: usize,
+    pub(crate) max_spare: usize,
+    pub(crate) max_workers: usize,
+    pub(crate) start_workers: usize,
+    pub(crate) max_requests: u64,
+    pub(crate) max_requests_jitter: u64,
+    pub(crate) hung_timeout: Option<Duration>,
+    pub(crate) offer_timeout: Duration,
+    pub(crate) resize_signals: bool,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            min_spare: 2,
+            max_spare: 8,
+            max_workers: 32,
+            start_workers: 2,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            hung_timeout: Some(Duration::from_secs(300)),
+            offer_timeout: Duration::from_secs(2),
+            resize_signals: true,
+        }
+    }
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             bind_and_activate: true,
-            allow_reuse_address: false,
+            allow_reuse_address: None,
             allow_reuse_port: false,
             backlog: libc::SOMAXCONN,
             daemon_threads: false,
@@ -47,6 +88,12 @@ impl Default for ServerOptions {
             timeout: None,
             connection_timeout: None,
             max_packet_size: 65536,
+            drain_timeout: Duration::from_secs(30),
+            proxy_protocol: None,
+            per_ip_limit: None,
+            pool: PoolOptions::default(),
+            max_connections: 10_000,
+            max_blocking: 512,
         }
     }
 }
@@ -67,6 +114,10 @@ impl ServerOptions {
     /// The cap on concurrent children.
     pub fn max_children(&self) -> usize {
         self.max_children
+    }
+    /// How long `server_close` lets requests in flight finish.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
     }
 }
 
@@ -93,8 +144,8 @@ impl ServerOptions {
 /// # Ok::<(), socketserver::Error>(())
 /// ```
 pub struct ServerBuilder<T, S> {
-    options: ServerOptions,
-    hooks: Arc<dyn Hooks>,
+    pub(crate) options: ServerOptions,
+    pub(crate) hooks: Arc<dyn Hooks>,
     _types: PhantomData<fn() -> (T, S)>,
 }
 
@@ -133,9 +184,13 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
     }
 
     /// Sets `SO_REUSEADDR` before binding, so a restarted server can bind
-    /// while old connections sit in `TIME_WAIT`. Default is `false`.
+    /// while old connections sit in `TIME_WAIT`. Default is `true` for TCP
+    /// and `false` for the other transports. (Python's default is `False`
+    /// everywhere, which makes a restarted TCP server fail with "address
+    /// already in use" for a minute; on Linux `SO_REUSEADDR` never lets two
+    /// live listeners share a port, that is `SO_REUSEPORT`.)
     pub fn allow_reuse_address(&mut self, yes: bool) -> &mut Self {
-        self.options.allow_reuse_address = yes;
+        self.options.allow_reuse_address = Some(yes);
         self
     }
 
@@ -161,8 +216,9 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
         self
     }
 
-    /// Threading and forking: `server_close` waits for running handlers
-    /// (threads or children) to finish. Default is `true`.
+    /// `server_close` waits for running handlers (threads, children,
+    /// prefork workers, async tasks) to finish, up to the
+    /// [`drain_timeout`](Self::drain_timeout). Default is `true`.
     pub fn block_on_close(&mut self, yes: bool) -> &mut Self {
         self.options.block_on_close = yes;
         self
@@ -205,6 +261,113 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
         self
     }
 
+    /// How long `server_close` lets requests in flight finish (after the
+    /// listening socket is closed) before it ends them: shuts their
+    /// connections down (threading, async), kills their processes
+    /// (forking, prefork) or aborts their tasks (async). Default is 30
+    /// seconds.
+    pub fn drain_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.options.drain_timeout = timeout;
+        self
+    }
+
+    /// Expects a PROXY protocol v1 or v2 header at the start of every
+    /// stream connection (for servers behind HAProxy) and hands the
+    /// handler the client address it carries; a connection without a
+    /// valid header within `timeout` is closed. Applies to every strategy
+    /// (the blocking handlers through [`layers::ProxyProtocol`]). Default
+    /// is off.
+    pub fn proxy_protocol(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.options.proxy_protocol = timeout;
+        self
+    }
+
+    /// At most `max` simultaneous connections per client IP address; an
+    /// over-limit client is closed at once. The counts live in one process:
+    /// exact for the sync, threading and async strategies; per child or
+    /// per worker under forking and prefork. Default is no limit.
+    pub fn per_ip_limit(&mut self, max: Option<usize>) -> &mut Self {
+        self.options.per_ip_limit = max;
+        self
+    }
+
+    /// Prefork: fewest idle workers to keep; below it the parent forks
+    /// more. Default is 2.
+    pub fn min_spare(&mut self, n: usize) -> &mut Self {
+        self.options.pool.min_spare = n;
+        self
+    }
+
+    /// Prefork: most idle workers to keep; above it the parent retires one
+    /// per tick. Default is 8.
+    pub fn max_spare(&mut self, n: usize) -> &mut Self {
+        self.options.pool.max_spare = n;
+        self
+    }
+
+    /// Prefork: hard cap on worker processes, and so on connections served
+    /// at once; at the cap connections wait in the backlog. Default is 32.
+    pub fn max_workers(&mut self, n: usize) -> &mut Self {
+        self.options.pool.max_workers = n.max(1);
+        self
+    }
+
+    /// Prefork: workers forked before serving starts. Default is 2.
+    pub fn start_workers(&mut self, n: usize) -> &mut Self {
+        self.options.pool.start_workers = n;
+        self
+    }
+
+    /// Prefork: connections a worker serves before it is recycled (`0` =
+    /// never), plus a random jitter in `0..=jitter` so workers do not all
+    /// restart together. Default is 0 (never) with no jitter.
+    pub fn max_requests(&mut self, n: u64, jitter: u64) -> &mut Self {
+        self.options.pool.max_requests = n;
+        self.options.pool.max_requests_jitter = jitter;
+        self
+    }
+
+    /// Prefork: kill (SIGKILL) and replace a worker busy with one
+    /// connection for longer than this (`None`: never). Default is 5
+    /// minutes, so a stopped or wedged worker cannot hold a slot forever.
+    pub fn hung_timeout(&mut self, t: Option<Duration>) -> &mut Self {
+        self.options.pool.hung_timeout = t;
+        self
+    }
+
+    /// Prefork: when a connection waits in the backlog this long while
+    /// workers are idle and none of them takes it, those workers are not
+    /// serving (stopped with SIGSTOP, wedged): they are killed and
+    /// replaced. Default is 2 seconds.
+    pub fn offer_timeout(&mut self, t: Duration) -> &mut Self {
+        self.options.pool.offer_timeout = t.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Prefork: whether `serve_forever` grows (SIGTTIN) and shrinks
+    /// (SIGTTOU) the pool bounds by one per signal. Default is `true`.
+    pub fn resize_signals(&mut self, yes: bool) -> &mut Self {
+        self.options.pool.resize_signals = yes;
+        self
+    }
+
+    /// Async: most connections (or datagrams) in flight; at the limit
+    /// `accept` waits until one finishes. Default is 10,000.
+    pub fn max_connections(&mut self, n: usize) -> &mut Self {
+        self.options.max_connections = n.max(1);
+        self
+    }
+
+    /// Async: most blocking [`RequestHandler`]s running at once, each on a
+    /// thread of the runtime's blocking pool. At the bound `accept` is
+    /// deferred (connections wait in the backlog, as at every other
+    /// strategy's cap) instead of queueing accepted clients behind a full
+    /// pool where they time out unanswered. Default is 512.
+    pub fn max_blocking(&mut self, n: usize) -> &mut Self {
+        self.options.max_blocking = n.max(1);
+        self
+    }
+
     /// The hooks (`verify_request`, `handle_error`, …) to use instead of
     /// Python's defaults. Default is [`DefaultHooks`].
     pub fn hooks(&mut self, hooks: impl Hooks) -> &mut Self {
@@ -218,7 +381,8 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
     ///
     /// # Errors
     /// Resolving the address, creating, binding or listening on the socket
-    /// failed (for example `AddrInUse`). Nothing is leaked on failure.
+    /// failed (for example `AddrInUse`); the error names the address.
+    /// Nothing is leaked on failure.
     pub fn bind<A, F, H>(&self, address: A, factory: F) -> Result<SocketServer<T, S>>
     where
         A: BindAddress<T>,
@@ -228,9 +392,55 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
         let address = address.into_address()?;
         SocketServer::create(
             address,
-            Box::new(move || Box::new(factory()) as Box<dyn RequestHandler>),
+            self.factory(factory),
             self.hooks.clone(),
             self.options.clone(),
         )
+    }
+
+    /// Serves on a socket that is already bound (and, for streams,
+    /// listening): one inherited through systemd socket activation
+    /// ([`activation`](super::activation)) or a re-exec. The socket is
+    /// made non-blocking; it is closed with the server, but a Unix socket
+    /// file is left in place (whoever bound it owns it).
+    ///
+    /// # Errors
+    /// The descriptor is not a socket of this transport, or its address
+    /// cannot be read.
+    pub fn from_socket<F, H>(&self, socket: impl Into<OwnedFd>, factory: F) -> Result<SocketServer<T, S>>
+    where
+        F: Fn() -> H + Send + Sync + 'static,
+        H: RequestHandler,
+    {
+        SocketServer::adopt(
+            socket.into(),
+            self.factory(factory),
+            self.hooks.clone(),
+            self.options.clone(),
+        )
+    }
+
+    /// The boxed factory, with the PROXY protocol and per-IP layers the
+    /// options ask for.
+    fn factory<F, H>(&self, factory: F) -> Factory
+    where
+        F: Fn() -> H + Send + Sync + 'static,
+        H: RequestHandler,
+    {
+        match (self.options.proxy_protocol, self.options.per_ip_limit) {
+            (None, None) => Some(Box::new(move || Box::new(factory()) as Box<dyn RequestHandler>)),
+            (Some(t), None) => {
+                let f = layers::proxy_protocol_within(t, factory);
+                Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
+            }
+            (None, Some(n)) => {
+                let f = layers::per_ip_limit(n, factory);
+                Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
+            }
+            (Some(t), Some(n)) => {
+                let f = layers::proxy_protocol_within(t, layers::per_ip_limit(n, factory));
+                Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
+            }
+        }
     }
 }

@@ -20,6 +20,7 @@
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+#[cfg(feature = "async")]
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{Error, Result};
@@ -277,6 +278,7 @@ pub fn read_proxy_header<R: Read + ?Sized>(r: &mut R) -> Result<ProxyHeader> {
 ///
 /// # Errors
 /// As [`read_proxy_header`].
+#[cfg(feature = "async")]
 pub async fn read_proxy_header_async<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
 ) -> Result<ProxyHeader> {

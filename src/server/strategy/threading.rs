@@ -5,28 +5,45 @@
 //! holds only running threads, not one handle per past connection. An
 //! optional cap (`max_threads`) makes the loop stop accepting while that
 //! many handlers run; the last thread out of a full house wakes the loop.
+//! At close, a handler still running at the drain deadline has its
+//! connection shut down, so a handler blocked in `read` returns.
 
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::handler::PeerAddr;
+use crate::handler::{PeerAddr, Stream};
 
-use super::core::ServerCore;
-use super::incoming::Incoming;
-use super::options::ServerOptions;
-use super::strategy::{LoopWaker, Strategy};
-use super::transport::ServerSocket;
+use super::{LoopWaker, Strategy};
+use crate::server::core::ServerCore;
+use crate::server::drain::DrainReport;
+use crate::server::incoming::Incoming;
+use crate::server::options::ServerOptions;
+use crate::server::transport::ServerSocket;
+
+/// How long threads get after their connections were shut down at the
+/// drain deadline before they are left running.
+const GRACE: Duration = Duration::from_secs(1);
 
 /// One thread per request (Python's `ThreadingMixIn`).
 #[derive(Debug)]
 pub struct Threading {
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<Tracked>,
     active: Arc<AtomicUsize>,
     max_threads: Option<usize>,
     daemon_threads: bool,
     waker: LoopWaker,
+}
+
+/// A running handler thread and a handle on its connection, to end it at
+/// the drain deadline.
+#[derive(Debug)]
+struct Tracked {
+    thread: JoinHandle<()>,
+    stream: Option<Stream>,
 }
 
 /// Decrements the running count when a worker ends, however it ends, and
@@ -59,15 +76,30 @@ impl Threading {
         self.active.load(Ordering::SeqCst)
     }
 
-    fn join_finished(&mut self) {
+    fn join_finished(&mut self) -> usize {
+        let mut joined = 0;
         let mut i = 0;
         while i < self.threads.len() {
-            if self.threads[i].is_finished() {
+            if self.threads[i].thread.is_finished() {
                 // The body catches panics, so join cannot report one.
-                let _ = self.threads.swap_remove(i).join();
+                let _ = self.threads.swap_remove(i).thread.join();
+                joined += 1;
             } else {
                 i += 1;
             }
+        }
+        joined
+    }
+
+    /// Joins finished threads until none is left or `deadline` passes.
+    fn join_until(&mut self, deadline: Instant) -> usize {
+        let mut joined = 0;
+        loop {
+            joined += self.join_finished();
+            if self.threads.is_empty() || Instant::now() >= deadline {
+                return joined;
+            }
+            thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -104,6 +136,10 @@ impl Strategy for Threading {
             max: self.max_threads,
             waker: self.waker.clone(),
         };
+        let stream = match (&request, self.daemon_threads) {
+            (Incoming::Stream(s), false) => s.try_clone().ok(),
+            _ => None,
+        };
         let worker_core = core.clone();
         // The request moves into the thread; if spawning fails we need it
         // back to close it, so park it in a slot both sides can reach.
@@ -119,9 +155,9 @@ impl Strategy for Threading {
                 }
             });
         match spawned {
-            Ok(handle) => {
+            Ok(thread) => {
                 if !self.daemon_threads {
-                    self.threads.push(handle);
+                    self.threads.push(Tracked { thread, stream });
                 }
             }
             Err(e) => {
@@ -138,12 +174,30 @@ impl Strategy for Threading {
         self.join_finished();
     }
 
-    fn server_close(&mut self, block_on_close: bool) {
-        let threads = std::mem::take(&mut self.threads);
-        if block_on_close {
-            for t in threads {
-                let _ = t.join();
-            }
+    fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
+        self.join_finished();
+        let mut report = DrainReport::default();
+        if !block_on_close {
+            report.detached = self.active_threads();
+            self.threads.clear();
+            return report;
         }
+        report.drained = self.join_until(Instant::now() + timeout);
+        report.aborted = self.threads.len();
+        if report.aborted > 0 {
+            tracing::warn!(
+                threads = report.aborted,
+                "drain timeout reached; shutting their connections down"
+            );
+            for t in &self.threads {
+                if let Some(s) = &t.stream {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
+            self.join_until(Instant::now() + GRACE);
+            // A handler that ignores its closed connection is left to run.
+            self.threads.clear();
+        }
+        report
     }
 }

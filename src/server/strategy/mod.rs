@@ -3,21 +3,41 @@
 //! Python's `ThreadingMixIn` and `ForkingMixIn` override exactly one thing,
 //! `process_request` (plus `server_close` to wait for their workers). A
 //! [`Strategy`] is that mixin as a type parameter of
-//! [`SocketServer`](super::SocketServer): the transport and the loop stay
-//! the same, and one handler type works under every strategy.
+//! [`SocketServer`](super::SocketServer): the transport, the loop and the
+//! handler stay the same. Five strategies, one file each:
+//!
+//! | strategy | where a request runs | `serve_forever` |
+//! |---|---|---|
+//! | [`Synchronous`] | the serving thread | the accept loop |
+//! | [`Threading`] | a thread per request | the accept loop |
+//! | [`Forking`] | a child process per request (**the fork point**: `process_request`) | the accept loop |
+//! | [`Prefork`] | a pool of worker processes, each running the accept loop on the shared socket | manages the pool |
+//! | `Async` | a tokio task per request (blocking handlers on a bounded thread pool) | a tokio accept loop |
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::Result;
 use crate::handler::PeerAddr;
 
+use super::base::Serving;
 use super::core::ServerCore;
+use super::drain::DrainReport;
 use super::incoming::Incoming;
 use super::options::ServerOptions;
 use super::transport::ServerSocket;
 use super::wakeup::Wakeup;
+
+#[cfg(feature = "async")]
+pub(crate) mod asynchronous;
+pub(crate) mod forking;
+pub(crate) mod prefork;
+mod synchronous;
+pub(crate) mod threading;
+
+pub use synchronous::Synchronous;
 
 /// Wakes the serving loop, for example when a worker frees a slot that a
 /// capped strategy is waiting for.
@@ -40,8 +60,8 @@ impl fmt::Debug for LoopWaker {
 
 /// How a server processes each request (Python's mixins).
 pub trait Strategy: Send + Sized + 'static {
-    /// The name used in logs and by the echo example: `sync`, `threading`,
-    /// `forking`.
+    /// The name used in logs, spans and by the echo example: `sync`,
+    /// `threading`, `forking`, `prefork`, `async`.
     const NAME: &'static str;
 
     /// Creates the strategy for a server with these options.
@@ -83,32 +103,23 @@ pub trait Strategy: Send + Sized + 'static {
     /// exited children. Default does nothing.
     fn service_actions(&mut self) {}
 
-    /// Called once by `server_close`: wait for running workers when
-    /// `block_on_close`. Default does nothing.
-    fn server_close(&mut self, block_on_close: bool) {
-        let _ = block_on_close;
-    }
-}
-
-/// Python's plain `TCPServer` behaviour: each request is handled to the end
-/// on the serving thread before the next is accepted.
-#[derive(Debug, Default)]
-pub struct Synchronous;
-
-impl Strategy for Synchronous {
-    const NAME: &'static str = "sync";
-
-    fn new(_: &ServerOptions, _: LoopWaker) -> Result<Self> {
-        Ok(Synchronous)
+    /// Serves until a shutdown is requested. Default is
+    /// [`Serving::accept_loop`] in this thread; the prefork strategy
+    /// manages its worker pool here instead (each worker runs the accept
+    /// loop), the async strategy runs the loop on tokio.
+    ///
+    /// # Errors
+    /// As [`Server::serve_forever`](super::Server::serve_forever).
+    fn serve_forever(&mut self, serving: &mut Serving<'_>) -> Result<()> {
+        serving.accept_loop(self)
     }
 
-    fn process_request(
-        &mut self,
-        core: &Arc<ServerCore>,
-        _: &mut Option<ServerSocket>,
-        request: Incoming,
-        peer: PeerAddr,
-    ) {
-        core.process(request, &peer);
+    /// Called once by `server_close`, after the listening socket is
+    /// closed: with `block_on_close`, waits for the requests in flight up
+    /// to `timeout`, then ends the rest; without, leaves them running.
+    /// Default has nothing in flight.
+    fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
+        let _ = (block_on_close, timeout);
+        DrainReport::default()
     }
 }
