@@ -33,6 +33,12 @@ impl UnixPath {
     }
 }
 
+impl AsRef<Path> for UnixPath {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl fmt::Display for UnixPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0.display())
