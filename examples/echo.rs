@@ -23,10 +23,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+#[cfg(feature = "async")]
+use socketserver::server::Async;
 use socketserver::server::{
-    shutdown_on_signals, Async, BindAddress, Forking, Prefork, Server, SocketServer, Strategy,
-    Synchronous, TcpTransport, Threading, Transport, UdpTransport, UnixDatagramTransport,
-    UnixPath, UnixStreamTransport,
+    shutdown_on_signals, BindAddress, Forking, Prefork, Server, SocketServer, Strategy,
+    Synchronous, TcpTransport, Threading, Transport, UdpTransport, UnixDatagramTransport, UnixPath,
+    UnixStreamTransport,
 };
 use socketserver::{Request, RequestHandler};
 
@@ -99,7 +101,7 @@ impl Mode {
             Mode::Threading => Threading::NAME,
             Mode::Forking => Forking::NAME,
             Mode::Prefork => Prefork::NAME,
-            Mode::Async => Async::NAME,
+            Mode::Async => "async",
         }
     }
 }
@@ -191,6 +193,9 @@ fn main() -> anyhow::Result<()> {
         Mode::Threading => serve_with::<Threading>(&args),
         Mode::Forking => serve_with::<Forking>(&args),
         Mode::Prefork => serve_with::<Prefork>(&args),
+        #[cfg(feature = "async")]
         Mode::Async => serve_with::<Async>(&args),
+        #[cfg(not(feature = "async"))]
+        Mode::Async => anyhow::bail!("built without the `async` feature"),
     }
 }

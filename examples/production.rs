@@ -29,8 +29,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use socketserver::server::{
-    activation, drop_privileges, reexec, refuse_root, shutdown_on_signals, Async, HangupRestart,
-    PidFile, Prefork, Server, ServerBuilder, SocketServer, Strategy, TcpTransport,
+    activation, drop_privileges, reexec, refuse_root, shutdown_on_signals, HangupRestart, PidFile,
+    Prefork, Server, ServerBuilder, SocketServer, Strategy, TcpTransport,
 };
 use socketserver::{Request, RequestHandler};
 
@@ -57,7 +57,12 @@ impl RequestHandler for Echo {
         })();
         match result {
             // The idle timeout: an expected end, not a failure.
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 tracing::debug!("closing an idle connection");
                 Ok(())
             }
@@ -169,7 +174,10 @@ fn main() -> anyhow::Result<()> {
     let inherited = inherited.into_iter().next();
     let restart = match args.mode {
         Mode::Prefork => serve::<Prefork>(&args, inherited)?,
-        Mode::Async => serve::<Async>(&args, inherited)?,
+        #[cfg(feature = "async")]
+        Mode::Async => serve::<socketserver::server::Async>(&args, inherited)?,
+        #[cfg(not(feature = "async"))]
+        Mode::Async => anyhow::bail!("built without the `async` feature"),
     };
     if let Some(keep) = restart {
         tracing::info!("SIGHUP: re-executing with the listening socket");

@@ -102,7 +102,10 @@ pub(crate) struct Lifecycle {
 /// The one handler life cycle every strategy runs (through
 /// [`run_handler`] or the server core): `setup`, then `handle` and
 /// `finish`, with `finish` always run once `setup` succeeded.
-pub(crate) fn lifecycle<H: RequestHandler + ?Sized>(handler: &mut H, req: &mut Request) -> Lifecycle {
+pub(crate) fn lifecycle<H: RequestHandler + ?Sized>(
+    handler: &mut H,
+    req: &mut Request,
+) -> Lifecycle {
     if let Err(e) = handler.setup(req) {
         return Lifecycle {
             setup_ok: false,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use socketserver::server::{shutdown_on_signals, PreforkTcpServer};
+use socketserver::server::{shutdown_on_signals, PreforkTcpServer, Server as _};
 use socketserver::{Request, RequestHandler};
 
 const T: Duration = Duration::from_secs(10);

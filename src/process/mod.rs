@@ -16,8 +16,8 @@ mod registry;
 mod sys;
 
 pub use connection::{pipe, Connection, DEFAULT_MAX_MESSAGE_SIZE};
-pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
 pub(crate) use current::resume_exit_request;
+pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
 pub use fork::{fork_child, ForkOptions, ForkedChild};
 pub use listener::{Address, Client, Listener, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use process::{Process, ProcessBuilder};

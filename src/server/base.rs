@@ -107,7 +107,8 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
         hooks: Arc<dyn Hooks>,
         options: ServerOptions,
     ) -> Result<Self> {
-        let socket = T::socket(&address).map_err(|e| at_address(e, "create a socket for", &address))?;
+        let socket =
+            T::socket(&address).map_err(|e| at_address(e, "create a socket for", &address))?;
         let mut server = Self::assemble(socket, address, factory, hooks, options)?;
         if server.options.bind_and_activate {
             // On error `server` drops here, which closes the socket.
@@ -207,7 +208,10 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
 /// Adds the address to an error, keeping its kind (`AddrInUse` stays
 /// `AddrInUse`).
 fn at_address(e: io::Error, what: &str, address: &dyn fmt::Display) -> Error {
-    Error::Io(io::Error::new(e.kind(), format!("cannot {what} {address}: {e}")))
+    Error::Io(io::Error::new(
+        e.kind(),
+        format!("cannot {what} {address}: {e}"),
+    ))
 }
 
 /// What the accept loop asks of whoever processes requests: the

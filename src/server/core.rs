@@ -106,8 +106,7 @@ impl ServerCore {
     fn run(&self, request: Incoming, peer: &PeerAddr) -> (Option<Incoming>, Result<()>, Traffic) {
         let Some(factory) = &self.factory else {
             let e = Error::InvalidArgument(
-                "this server serves a native async handler; only the async strategy runs it"
-                    .into(),
+                "this server serves a native async handler; only the async strategy runs it".into(),
             );
             return (Some(request), Err(e), Traffic::default());
         };

@@ -407,7 +407,11 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
     /// # Errors
     /// The descriptor is not a socket of this transport, or its address
     /// cannot be read.
-    pub fn from_socket<F, H>(&self, socket: impl Into<OwnedFd>, factory: F) -> Result<SocketServer<T, S>>
+    pub fn from_socket<F, H>(
+        &self,
+        socket: impl Into<OwnedFd>,
+        factory: F,
+    ) -> Result<SocketServer<T, S>>
     where
         F: Fn() -> H + Send + Sync + 'static,
         H: RequestHandler,
@@ -428,7 +432,9 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
         H: RequestHandler,
     {
         match (self.options.proxy_protocol, self.options.per_ip_limit) {
-            (None, None) => Some(Box::new(move || Box::new(factory()) as Box<dyn RequestHandler>)),
+            (None, None) => Some(Box::new(move || {
+                Box::new(factory()) as Box<dyn RequestHandler>
+            })),
             (Some(t), None) => {
                 let f = layers::proxy_protocol_within(t, factory);
                 Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))

@@ -407,6 +407,7 @@ mod tests {
         assert_eq!(parse(&full[..16]).unwrap(), Parsed::Incomplete { need: 12 });
     }
 
+    #[cfg(feature = "async")]
     #[tokio::test]
     async fn async_reader_matches_sync() {
         let mut msg = b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 2000\r\n".to_vec();

@@ -154,7 +154,11 @@ impl RateLimited {
                 false
             }
             Some((since, repeats)) => {
-                tracing::error!(repeats = *repeats + 1, "{key} (repeated in the last {:?})", now.duration_since(*since));
+                tracing::error!(
+                    repeats = *repeats + 1,
+                    "{key} (repeated in the last {:?})",
+                    now.duration_since(*since)
+                );
                 *since = now;
                 *repeats = 0;
                 true
@@ -253,7 +257,10 @@ mod tests {
         assert_eq!(b.on_error(&os(Errno::EINVAL)), AcceptAction::Fatal);
         assert_eq!(b.on_error(&os(Errno::EOPNOTSUPP)), AcceptAction::Fatal);
         assert_eq!(b.on_error(&os(Errno::ECONNRESET)), AcceptAction::Retry);
-        assert_eq!(b.on_error(&os(Errno::ENOBUFS)), AcceptAction::Backoff(Duration::from_millis(5)));
+        assert_eq!(
+            b.on_error(&os(Errno::ENOBUFS)),
+            AcceptAction::Backoff(Duration::from_millis(5))
+        );
         b.on_success();
         assert_eq!(b.exhausted_count(), 1);
     }

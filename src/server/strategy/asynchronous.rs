@@ -454,7 +454,9 @@ enum Reactor {
 impl Reactor {
     fn register(socket: &ServerSocket) -> io::Result<Reactor> {
         Ok(match socket {
-            ServerSocket::Tcp(l) => Reactor::Tcp(tokio::net::TcpListener::from_std(l.try_clone()?)?),
+            ServerSocket::Tcp(l) => {
+                Reactor::Tcp(tokio::net::TcpListener::from_std(l.try_clone()?)?)
+            }
             ServerSocket::UnixStream(l) => {
                 Reactor::Unix(tokio::net::UnixListener::from_std(l.try_clone()?)?)
             }
@@ -601,7 +603,11 @@ impl ServerBuilder<TcpTransport, Async> {
     ///
     /// # Errors
     /// As [`bind`](Self::bind).
-    pub fn bind_async<A, H>(&self, address: A, handler: H) -> Result<SocketServer<TcpTransport, Async>>
+    pub fn bind_async<A, H>(
+        &self,
+        address: A,
+        handler: H,
+    ) -> Result<SocketServer<TcpTransport, Async>>
     where
         A: BindAddress<TcpTransport>,
         H: AsyncRequestHandler,

@@ -179,7 +179,10 @@ impl Strategy for Forking {
                 }
                 Ok(None) => {
                     report.aborted += 1;
-                    tracing::warn!(pid = child.pid(), "child did not finish in the drain timeout; killing it");
+                    tracing::warn!(
+                        pid = child.pid(),
+                        "child did not finish in the drain timeout; killing it"
+                    );
                     let _ = child.signal(Signal::SIGKILL);
                     let _ = child.wait();
                 }

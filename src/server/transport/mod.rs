@@ -104,7 +104,11 @@ pub enum ServerSocket {
 
 /// Checks that `fd` is a socket of `ty` (and, for streams, listening),
 /// and makes it non-blocking.
-pub(crate) fn check_adopted(fd: OwnedFd, ty: socket2::Type, kind: SocketKind) -> io::Result<ServerSocket> {
+pub(crate) fn check_adopted(
+    fd: OwnedFd,
+    ty: socket2::Type,
+    kind: SocketKind,
+) -> io::Result<ServerSocket> {
     let socket = Socket::from(fd);
     if socket.r#type()? != ty {
         return Err(io::Error::new(

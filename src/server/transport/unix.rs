@@ -55,7 +55,12 @@ fn adopted_path(socket: &ServerSocket) -> io::Result<UnixPath> {
     let addr = socket.sock_ref().local_addr()?;
     addr.as_pathname()
         .map(|p| UnixPath(p.to_path_buf()))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "inherited Unix socket has no path"))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "inherited Unix socket has no path",
+            )
+        })
 }
 
 fn cleanup(address: &UnixPath) {

@@ -217,12 +217,19 @@ impl Prefork {
         let now = now_ms(self.epoch);
         for (slot, w) in self.workers.iter_mut().enumerate() {
             let Some(w) = w else { continue };
-            let word = |i| self.board.get(slot * WORDS + i).map_or(0, |a| a.load(Ordering::SeqCst));
+            let word = |i| {
+                self.board
+                    .get(slot * WORDS + i)
+                    .map_or(0, |a| a.load(Ordering::SeqCst))
+            };
             if word(W_STATE) != BUSY {
                 continue;
             }
             if now.saturating_sub(word(W_BUSY_SINCE)) > limit.as_millis() as u64 {
-                tracing::warn!(pid = w.child.pid(), "prefork worker busy past the hung timeout; killing it");
+                tracing::warn!(
+                    pid = w.child.pid(),
+                    "prefork worker busy past the hung timeout; killing it"
+                );
                 let _ = w.child.signal(Signal::SIGKILL);
                 w.retiring = true;
             }
@@ -237,7 +244,10 @@ impl Prefork {
                 self.workers[s].as_ref().is_some_and(|w| !w.retiring) && self.state(s) == IDLE
             })
             .collect();
-        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(socket), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(socket),
+            PollFlags::POLLIN,
+        )];
         let pending = matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0);
         if !pending || idle.is_empty() {
             self.offered = None;
@@ -436,7 +446,9 @@ impl Strategy for Prefork {
     fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
         self.stop_accepting();
         let mut report = DrainReport::default();
-        let busy: Vec<bool> = (0..self.workers.len()).map(|s| self.state(s) == BUSY).collect();
+        let busy: Vec<bool> = (0..self.workers.len())
+            .map(|s| self.state(s) == BUSY)
+            .collect();
         if !block_on_close {
             report.detached = busy.iter().filter(|b| **b).count();
             // Dropping a running ForkedChild hands it to a reaper thread.
@@ -452,7 +464,10 @@ impl Strategy for Prefork {
             if matches!(w.child.wait_timeout(left), Ok(Some(_))) {
                 report.drained += usize::from(busy[slot]);
             } else {
-                tracing::warn!(pid = w.child.pid(), "prefork worker did not drain in time; killing it");
+                tracing::warn!(
+                    pid = w.child.pid(),
+                    "prefork worker did not drain in time; killing it"
+                );
                 let _ = w.child.signal(Signal::SIGKILL);
                 let _ = w.child.wait();
                 report.aborted += 1;
