@@ -18,7 +18,8 @@ pub struct DrainReport {
     pub drained: usize,
     /// Requests still running at the deadline, which were ended.
     pub aborted: usize,
-    /// Requests left running because `block_on_close` was off (Python's
-    /// `block_on_close = False`: the server does not wait for them).
+    /// Requests left running: `block_on_close` was off (Python's
+    /// `block_on_close = False`: the server does not wait for them), or a
+    /// handler thread was still running at the drain deadline.
     pub detached: usize,
 }

@@ -262,10 +262,10 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
     }
 
     /// How long `server_close` lets requests in flight finish (after the
-    /// listening socket is closed) before it ends them: shuts their
-    /// connections down (threading, async), kills their processes
-    /// (forking, prefork) or aborts their tasks (async). Default is 30
-    /// seconds.
+    /// listening socket is closed) before it ends them: kills their
+    /// processes (forking, prefork) or aborts their tasks and shuts their
+    /// connections down (async); threads cannot be ended and are left
+    /// running. Default is 30 seconds.
     pub fn drain_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.options.drain_timeout = timeout;
         self

@@ -5,17 +5,17 @@
 //! holds only running threads, not one handle per past connection. An
 //! optional cap (`max_threads`) makes the loop stop accepting while that
 //! many handlers run; the last thread out of a full house wakes the loop.
-//! At close, a handler still running at the drain deadline has its
-//! connection shut down, so a handler blocked in `read` returns.
+//! At close a thread cannot be ended from outside: one still running at
+//! the drain deadline is left to finish on its own and reported as
+//! `detached` (a per-connection `timeout` bounds how long that can be).
 
-use std::net::Shutdown;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::handler::{PeerAddr, Stream};
+use crate::handler::PeerAddr;
 
 use super::{LoopWaker, Strategy};
 use crate::server::core::ServerCore;
@@ -23,10 +23,6 @@ use crate::server::drain::DrainReport;
 use crate::server::incoming::Incoming;
 use crate::server::options::ServerOptions;
 use crate::server::transport::ServerSocket;
-
-/// How long threads get after their connections were shut down at the
-/// drain deadline before they are left running.
-const GRACE: Duration = Duration::from_secs(1);
 
 /// One thread per request (Python's `ThreadingMixIn`).
 #[derive(Debug)]
@@ -38,12 +34,10 @@ pub struct Threading {
     waker: LoopWaker,
 }
 
-/// A running handler thread and a handle on its connection, to end it at
-/// the drain deadline.
+/// A running handler thread.
 #[derive(Debug)]
 struct Tracked {
     thread: JoinHandle<()>,
-    stream: Option<Stream>,
 }
 
 /// Decrements the running count when a worker ends, however it ends, and
@@ -136,10 +130,6 @@ impl Strategy for Threading {
             max: self.max_threads,
             waker: self.waker.clone(),
         };
-        let stream = match (&request, self.daemon_threads) {
-            (Incoming::Stream(s), false) => s.try_clone().ok(),
-            _ => None,
-        };
         let worker_core = core.clone();
         // The request moves into the thread; if spawning fails we need it
         // back to close it, so park it in a slot both sides can reach.
@@ -157,7 +147,7 @@ impl Strategy for Threading {
         match spawned {
             Ok(thread) => {
                 if !self.daemon_threads {
-                    self.threads.push(Tracked { thread, stream });
+                    self.threads.push(Tracked { thread });
                 }
             }
             Err(e) => {
@@ -183,19 +173,12 @@ impl Strategy for Threading {
             return report;
         }
         report.drained = self.join_until(Instant::now() + timeout);
-        report.aborted = self.threads.len();
-        if report.aborted > 0 {
+        report.detached = self.threads.len();
+        if report.detached > 0 {
             tracing::warn!(
-                threads = report.aborted,
-                "drain timeout reached; shutting their connections down"
+                threads = report.detached,
+                "drain timeout reached; leaving the handler threads still running"
             );
-            for t in &self.threads {
-                if let Some(s) = &t.stream {
-                    let _ = s.shutdown(Shutdown::Both);
-                }
-            }
-            self.join_until(Instant::now() + GRACE);
-            // A handler that ignores its closed connection is left to run.
             self.threads.clear();
         }
         report
