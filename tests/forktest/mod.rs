@@ -70,9 +70,36 @@ pub fn children() -> Vec<(i32, char)> {
     out
 }
 
+/// A named test of either kind, ready to run.
+type Boxed = (&'static str, Box<dyn Fn() -> TestResult>);
+
 /// Runs the tests (all, or those whose name contains a command-line
 /// filter) and exits with status 1 if any failed.
 pub fn run(tests: &[Test]) {
+    let tests: Vec<Boxed> = tests
+        .iter()
+        .map(|&(name, test)| (name, Box::new(test) as Box<dyn Fn() -> TestResult>))
+        .collect();
+    run_boxed(&tests);
+}
+
+/// [`run`] for tests that fail by panicking (`assert!`) instead of
+/// returning an `Err`.
+pub fn run_plain(tests: &[(&'static str, fn())]) {
+    let tests: Vec<Boxed> = tests
+        .iter()
+        .map(|&(name, test)| {
+            let run = move || -> TestResult {
+                test();
+                Ok(())
+            };
+            (name, Box::new(run) as Box<dyn Fn() -> TestResult>)
+        })
+        .collect();
+    run_boxed(&tests);
+}
+
+fn run_boxed(tests: &[Boxed]) {
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -85,7 +112,8 @@ pub fn run(tests: &[Test]) {
         }
         ran += 1;
         let started = Instant::now();
-        let outcome = std::panic::catch_unwind(test).unwrap_or_else(|_| Err("panicked".into()));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(test))
+            .unwrap_or_else(|_| Err("panicked".into()));
         match outcome {
             Ok(()) => println!("test {name} ... ok ({:?})", started.elapsed()),
             Err(msg) => {

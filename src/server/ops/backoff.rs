@@ -143,32 +143,52 @@ impl RateLimited {
         }
     }
 
-    /// Logs `what: error` at error level, or counts it when the same line
-    /// was logged less than the interval ago. Returns whether it was logged.
-    pub(crate) fn error(&mut self, what: &str, error: &dyn std::fmt::Display) -> bool {
-        let key = format!("{what}: {error}");
+    /// Logs `what: detail` at error level, or counts it when the same
+    /// line was logged less than the interval ago. Returns whether it was
+    /// logged.
+    pub(crate) fn error(&mut self, what: &str, detail: &dyn std::fmt::Display) -> bool {
+        self.log(true, what, detail)
+    }
+
+    /// As [`error`](Self::error), at warn level.
+    pub(crate) fn warn(&mut self, what: &str, detail: &dyn std::fmt::Display) -> bool {
+        self.log(false, what, detail)
+    }
+
+    fn log(&mut self, error: bool, what: &str, detail: &dyn std::fmt::Display) -> bool {
+        let key = format!("{what}: {detail}");
         let now = Instant::now();
-        match self.seen.get_mut(&key) {
+        let repeats = match self.seen.get_mut(&key) {
             Some((since, repeats)) if now.duration_since(*since) < self.every => {
                 *repeats += 1;
-                false
+                return false;
             }
             Some((since, repeats)) => {
-                tracing::error!(
-                    repeats = *repeats + 1,
-                    "{key} (repeated in the last {:?})",
-                    now.duration_since(*since)
-                );
+                let n = *repeats;
                 *since = now;
                 *repeats = 0;
-                true
+                n
             }
             None => {
-                tracing::error!("{key}");
-                self.seen.insert(key, (now, 0));
-                true
+                self.seen.insert(key.clone(), (now, 0));
+                0
             }
+        };
+        match (error, repeats) {
+            (true, 0) => tracing::error!("{key}"),
+            (true, n) => tracing::error!(
+                repeats = n,
+                "{key} (and {n} more times in {:?})",
+                self.every
+            ),
+            (false, 0) => tracing::warn!("{key}"),
+            (false, n) => tracing::warn!(
+                repeats = n,
+                "{key} (and {n} more times in {:?})",
+                self.every
+            ),
         }
+        true
     }
 }
 

@@ -196,7 +196,11 @@ impl Prefork {
                     let retiring = w.retiring;
                     let exiting = self.state(slot) == EXITING;
                     if code != 0 || !(retiring || exiting) {
-                        tracing::warn!(pid, code, slot, "prefork worker died; replacing it");
+                        tracing::debug!(pid, code, slot, "prefork worker died");
+                        self.log.warn(
+                            "prefork worker died; replacing it",
+                            &format!("exit code {code}"),
+                        );
                     }
                     self.workers[slot] = None;
                     self.control[slot] = None;
@@ -417,7 +421,15 @@ impl Strategy for Prefork {
         let signals = Resize::install(serving.wakeup, self.pool.resize_signals)?;
         let first = self.pool.start_workers.max(self.pool.min_spare);
         for _ in 0..first.min(self.pool.max_workers) {
-            self.spawn(serving)?;
+            if let Err(e) = self.spawn(serving) {
+                // Without a single worker nothing would be served; with
+                // some, the pool keeps trying to grow on every tick.
+                if self.workers.iter().all(Option::is_none) {
+                    return Err(e);
+                }
+                self.log.error("cannot fork prefork worker", &e);
+                break;
+            }
         }
         let result = loop {
             if serving.wakeup.shutdown_requested() {
