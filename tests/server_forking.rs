@@ -83,6 +83,12 @@ impl RequestHandler for Picky {
             }
             "abort" => std::process::abort(),
             "exit" => socketserver::process::exit(7),
+            "twice" => {
+                req.wfile().write_all(line.as_bytes())?;
+                line.clear();
+                req.rfile().read_line(&mut line)?;
+                req.wfile().write_all(line.as_bytes())
+            }
             _ => req.wfile().write_all(line.as_bytes()),
         }
     }
@@ -280,10 +286,16 @@ fn process_exit_in_a_forked_handler_ends_the_child() {
 /// Runs as a child process: a synchronous server whose handler fails
 /// once, with or without a `tracing` subscriber (`STDERR_ROLE`).
 fn stderr_child(role: &str) {
-    if role == "subscriber" {
+    let level = match role {
+        "subscriber" | "reset-info" => Some(tracing::Level::INFO),
+        "reset-debug" => Some(tracing::Level::DEBUG),
+        _ => None,
+    };
+    if let Some(level) = level {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_ansi(false)
+            .with_max_level(level)
             .init();
     }
     let mut server = socketserver::TcpServer::bind("127.0.0.1:0", || Picky).unwrap();
@@ -337,6 +349,61 @@ fn handler_errors_reach_stderr_with_or_without_a_subscriber() {
     );
 }
 
+/// A peer that resets mid-request is normal traffic: nothing at info
+/// level; at debug one "went away" line, inside the connection's span
+/// (peer, strategy), and the per-connection line with duration and bytes.
+fn peer_resets_are_debug_and_connections_are_spanned() {
+    let reset = |role: &str| {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("STDERR_ROLE", role)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        let mut c = TcpStream::connect(("127.0.0.1", port.trim().parse::<u16>().unwrap())).unwrap();
+        let client_port = c.local_addr().unwrap().port();
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        c.write_all(b"twice\n").unwrap();
+        let mut echo = [0u8; 6];
+        c.read_exact(&mut echo).unwrap();
+        // Reset: close with SO_LINGER 0 while the handler waits for more.
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        (
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            client_port,
+        )
+    };
+    let (info, _) = reset("reset-info");
+    assert_eq!(info, "", "a peer reset was logged above debug");
+    let (debug, port) = reset("reset-debug");
+    let span = format!("conn{{peer=127.0.0.1:{port} strategy=sync}}");
+    let went = debug
+        .lines()
+        .find(|l| l.contains("peer went away mid-request"))
+        .unwrap_or_else(|| panic!("no debug line for the reset: {debug}"));
+    assert!(went.contains("DEBUG") && went.contains(&span), "{went}");
+    let closed = debug
+        .lines()
+        .find(|l| l.contains("connection closed"))
+        .unwrap_or_else(|| panic!("no per-connection line: {debug}"));
+    assert!(
+        closed.contains(&span)
+            && closed.contains("duration=")
+            && closed.contains("bytes_in=6")
+            && closed.contains("bytes_out=6"),
+        "{closed}"
+    );
+}
+
 fn main() {
     if let Ok(role) = std::env::var("STDERR_ROLE") {
         return stderr_child(&role);
@@ -369,6 +436,10 @@ fn main() {
                 Ok(())
             },
         ),
+        ("peer_resets_are_debug_and_connections_are_spanned", || {
+            peer_resets_are_debug_and_connections_are_spanned();
+            Ok(())
+        }),
         ("max_children_defers_accept", || {
             max_children_defers_accept();
             Ok(())

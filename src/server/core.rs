@@ -176,7 +176,7 @@ impl ServerCore {
     /// the duration and the bytes in and out. Returns `true` when the
     /// handler succeeded (a forked child's exit status).
     pub fn process(&self, request: Incoming, peer: &PeerAddr) -> bool {
-        let span = tracing::debug_span!("conn", peer = %peer, strategy = self.strategy);
+        let span = tracing::debug_span!("conn", peer = %peer, strategy = %self.strategy);
         let _entered = span.enter();
         let started = Instant::now();
         let (request, result, traffic) = self.run(request, peer);

@@ -221,13 +221,13 @@ impl Async {
         permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
     ) {
         let handle = self.handle.clone();
-        let span = tracing::debug_span!("conn", peer = %peer, strategy = Async::NAME);
         match (&self.native, request) {
             (Some(native), Incoming::Stream(Stream::Tcp(stream))) => {
                 let native = native.clone();
                 let core = core.clone();
                 let per_ip = self.per_ip.clone();
                 let proxy = self.proxy;
+                let span = tracing::debug_span!("conn", peer = %peer, strategy = %Async::NAME);
                 let task = async move {
                     let _permits = permits;
                     let Some(addr) = peer.as_inet() else { return };
@@ -241,22 +241,19 @@ impl Async {
                     Incoming::Stream(s) => s.try_clone().ok(),
                     Incoming::Datagram(_) => None,
                 };
+                // The core opens the connection's span on the handler's thread.
                 let task = async move {
                     let _permits = permits;
                     let mut guard = ShutdownOnDrop(guard);
                     let peer2 = peer.clone();
-                    let span = tracing::Span::current();
-                    let joined = tokio::task::spawn_blocking(move || {
-                        let _entered = span.enter();
-                        core.process(request, &peer2);
-                    })
-                    .await;
+                    let joined =
+                        tokio::task::spawn_blocking(move || core.process(request, &peer2)).await;
                     guard.0 = None;
                     if let Err(e) = joined {
                         tracing::error!(peer = %peer, error = %e, "blocking handler task failed");
                     }
                 };
-                self.tasks.spawn_on(task.instrument(span), &handle);
+                self.tasks.spawn_on(task, &handle);
             }
         }
     }
