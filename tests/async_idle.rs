@@ -10,6 +10,8 @@
 //! `harness = false`: a plain `main` so the re-executed child is not run
 //! as a libtest binary.
 
+mod support;
+
 #[cfg(not(feature = "async"))]
 fn main() {
     println!("async_idle: the `async` feature is off; nothing to test");
@@ -17,7 +19,14 @@ fn main() {
 
 #[cfg(feature = "async")]
 fn main() {
-    imp::main();
+    if std::env::var_os("ASYNC_IDLE_SERVER").is_some() {
+        imp::server_main();
+        return;
+    }
+    support::run_plain(&[(
+        "async_idle_holds_10000_connections",
+        imp::holds_10000_connections,
+    )]);
 }
 
 #[cfg(feature = "async")]
@@ -50,7 +59,7 @@ mod imp {
         }
     }
 
-    fn server_main() {
+    pub fn server_main() {
         raise_fd_limit(CONNS as u64 + 200).expect("raise RLIMIT_NOFILE");
         let mut server = AsyncTcpServer::builder()
             .max_connections(CONNS + 100)
@@ -87,11 +96,7 @@ mod imp {
             .unwrap_or(0)
     }
 
-    pub fn main() {
-        if std::env::var_os("ASYNC_IDLE_SERVER").is_some() {
-            server_main();
-            return;
-        }
+    pub fn holds_10000_connections() {
         let limit = raise_fd_limit(CONNS as u64 + 200).expect("raise RLIMIT_NOFILE");
         assert!(
             limit >= CONNS as u64 + 100,
@@ -155,6 +160,5 @@ mod imp {
         drop(child.0.stdin.take());
         let status = child.0.wait().expect("wait server");
         assert!(status.success(), "server child exited with {status}");
-        println!("test async_idle_holds_10000_connections ... ok");
     }
 }

@@ -8,6 +8,8 @@
 //! (through Python, which sets up the descriptors) with `OPERATING_CHILD`
 //! naming the role to play.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
@@ -346,8 +348,5 @@ fn main() {
             emfile_backs_off_and_recovers_async,
         ),
     ];
-    for (name, f) in tests {
-        f();
-        println!("test {name} ... ok");
-    }
+    support::run_plain(tests);
 }

@@ -20,7 +20,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use socketserver::server::{shutdown_on_signals, PreforkTcpServer, Server as _};
 
-mod forktest;
+mod support;
 use socketserver::{Request, RequestHandler};
 
 const T: Duration = Duration::from_secs(10);
@@ -128,19 +128,13 @@ impl Server {
         self.child.id() as i32
     }
 
-    /// The server's child processes (its workers).
+    /// The server's child processes (its workers), reaped or not.
     fn workers(&self) -> Vec<i32> {
-        let mut out = Vec::new();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
-            return out;
-        };
-        for t in tasks.flatten() {
-            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(
-                kids.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
+        let mut out: Vec<i32> = support::children_of(self.pid())
+            .into_iter()
+            .filter(|&(_, state)| state != 'Z')
+            .map(|(pid, _)| pid)
+            .collect();
         out.sort_unstable();
         out
     }
@@ -309,7 +303,7 @@ fn sigterm_drains_100_in_flight_requests() {
 
 fn alive(pid: i32) -> bool {
     // A zombie has exited; only its parent's wait is missing.
-    forktest::stat(pid).is_some_and(|(state, _)| state != 'Z')
+    support::stat(pid).is_some_and(|(state, _)| state != 'Z')
 }
 
 fn gone_within(pid: i32, limit: Duration) -> bool {
@@ -534,5 +528,5 @@ fn main() {
             process_exit_in_a_handler_ends_the_worker,
         ),
     ];
-    forktest::run_plain(tests);
+    support::run_plain(tests);
 }

@@ -7,7 +7,6 @@
 //! thread, after the client has connected and sent (the kernel queues
 //! both), so the process forks while single-threaded.
 
-mod forktest;
 mod strategies;
 mod support;
 
@@ -146,30 +145,16 @@ fn crashing_children_are_reaped_and_the_server_serves_on() {
     server.server_close();
 }
 
-/// Children of this process whose state satisfies `want` (from /proc).
-fn children_where(want: impl Fn(&str) -> bool) -> usize {
-    let me = std::process::id().to_string();
-    let mut n = 0;
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let Some(i) = stat.rfind(')') else { continue };
-        let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
-        if f.len() > 1 && want(f[0]) && f[1] == me {
-            n += 1;
-        }
-    }
-    n
-}
-
 fn zombie_children() -> usize {
-    children_where(|state| state == "Z")
+    support::children()
+        .iter()
+        .filter(|&&(_, s)| s == 'Z')
+        .count()
 }
 
 /// Children in any state: running, exited-but-unreaped, anything.
 fn all_children() -> usize {
-    children_where(|_| true)
+    support::children().len()
 }
 
 fn does_not_reap_a_child_it_did_not_start() {
@@ -408,7 +393,7 @@ fn main() {
     if let Ok(role) = std::env::var("STDERR_ROLE") {
         return stderr_child(&role);
     }
-    let mut tests: Vec<forktest::Test> = strategies::ALL.to_vec();
+    let mut tests: Vec<support::Test> = strategies::ALL.to_vec();
     tests.extend_from_slice(&[
         ("handler_error_in_forking_server_and_close_waits", || {
             handler_error_in_forking_server_and_close_waits();
@@ -449,5 +434,5 @@ fn main() {
             Ok(())
         }),
     ]);
-    forktest::run(&tests);
+    support::run(&tests);
 }

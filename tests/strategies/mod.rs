@@ -28,7 +28,7 @@ use socketserver::server::{
 use socketserver::{Error, PeerAddr, Request, RequestHandler};
 
 use crate::check;
-use crate::forktest::{Test, TestResult};
+use crate::support::{Test, TestResult};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// CPython's `TEST_STR`.

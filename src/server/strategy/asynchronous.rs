@@ -231,7 +231,7 @@ impl Async {
                 let task = async move {
                     let _permits = permits;
                     let Some(addr) = peer.as_inet() else { return };
-                    serve_native(native, &core, stream, addr, per_ip, proxy).await;
+                    serve_native(&*native, &core, stream, addr, per_ip, proxy).await;
                 };
                 self.tasks.spawn_on(task.instrument(span), &handle);
             }
@@ -259,18 +259,29 @@ impl Async {
     }
 }
 
-/// Aborts a task when dropped: a native handler's task ends with the task
-/// that awaits it (aborted at the drain deadline).
-struct AbortOnDrop(tokio::task::JoinHandle<io::Result<()>>);
+/// Polls a handler's future under `catch_unwind`, so a panic is reported
+/// with the peer like any handler error — without a second task per
+/// connection (a task costs memory that 10,000 idle connections feel).
+struct CatchUnwind<'a>(BoxFuture<'a>);
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Future for CatchUnwind<'_> {
+    type Output = std::result::Result<io::Result<()>, String>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(r)) => std::task::Poll::Ready(Ok(r)),
+            Err(payload) => std::task::Poll::Ready(Err(panic_message(&*payload))),
+        }
     }
 }
 
 async fn serve_native(
-    handler: Arc<dyn DynHandler>,
+    handler: &dyn DynHandler,
     core: &ServerCore,
     stream: StdTcpStream,
     mut peer: SocketAddr,
@@ -315,15 +326,10 @@ async fn serve_native(
         },
         None => None,
     };
-    // Its own task, so a panic is reported with the peer like any
-    // handler error, and the server serves on.
-    let task = async move { handler.call(stream, peer).await };
-    let mut inner = AbortOnDrop(tokio::spawn(task.instrument(tracing::Span::current())));
-    let failed = match (&mut inner.0).await {
+    let failed = match CatchUnwind(handler.call(stream, peer)).await {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(Error::from(e)),
-        Err(e) if e.is_panic() => Some(Error::Panicked(panic_message(&*e.into_panic()))),
-        Err(_) => None,
+        Err(message) => Some(Error::Panicked(message)),
     };
     if let Some(e) = failed {
         core.handle_error(&PeerAddr::Inet(peer), &e);
