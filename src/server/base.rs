@@ -27,10 +27,10 @@ use super::drain::DrainReport;
 use super::hooks::Hooks;
 use super::incoming::Incoming;
 use super::ops::backoff::{AcceptAction, AcceptBackoff};
-use super::options::{ServerBuilder, ServerOptions};
-use super::strategy::{LoopWaker, Strategy};
+use super::options::ServerOptions;
+use super::strategy::{LoopWaker, Processor, Serving, Strategy};
 use super::traits::Server;
-use super::transport::{BindAddress, ServerSocket, Transport};
+use super::transport::{ServerSocket, Transport};
 use super::wakeup::{ShutdownHandle, Wakeup};
 
 /// Most requests taken per wake-up before housekeeping runs again.
@@ -69,38 +69,6 @@ impl<T: Transport, S: Strategy> fmt::Debug for SocketServer<T, S> {
 }
 
 impl<T: Transport, S: Strategy> SocketServer<T, S> {
-    /// Binds a server with default options; `factory` makes one handler per
-    /// request.
-    ///
-    /// ```no_run
-    /// use socketserver::server::{Server, ThreadingTcpServer};
-    /// # struct Echo;
-    /// # impl socketserver::RequestHandler for Echo {
-    /// #     fn handle(&mut self, _: &mut socketserver::Request) -> std::io::Result<()> { Ok(()) }
-    /// # }
-    /// let mut server = ThreadingTcpServer::bind("127.0.0.1:0", || Echo)?;
-    /// println!("listening on {}", server.server_address());
-    /// server.serve_forever()?;
-    /// # Ok::<(), socketserver::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// Resolving, creating, binding or listening failed; the error names
-    /// the address. Nothing leaks.
-    pub fn bind<A, F, H>(address: A, factory: F) -> Result<Self>
-    where
-        A: BindAddress<T>,
-        F: Fn() -> H + Send + Sync + 'static,
-        H: crate::handler::RequestHandler,
-    {
-        ServerBuilder::<T, S>::new().bind(address, factory)
-    }
-
-    /// A builder for the options Python sets as class attributes.
-    pub fn builder() -> ServerBuilder<T, S> {
-        ServerBuilder::new()
-    }
-
     pub(crate) fn create(
         address: T::Address,
         factory: Factory,
@@ -212,63 +180,6 @@ fn at_address(e: io::Error, what: &str, address: &dyn fmt::Display) -> Error {
         e.kind(),
         format!("cannot {what} {address}: {e}"),
     ))
-}
-
-/// What the accept loop asks of whoever processes requests: the
-/// [`Strategy`] methods it calls. Every strategy is one; a prefork worker
-/// is one too, without being a strategy a user can pick.
-pub(crate) trait Processor {
-    fn at_capacity(&mut self) -> bool;
-    fn process_request(
-        &mut self,
-        core: &Arc<ServerCore>,
-        server_socket: &mut Option<ServerSocket>,
-        request: Incoming,
-        peer: PeerAddr,
-    );
-    fn wait_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>>;
-    fn service_actions(&mut self);
-}
-
-impl<S: Strategy> Processor for S {
-    fn at_capacity(&mut self) -> bool {
-        Strategy::at_capacity(self)
-    }
-    fn process_request(
-        &mut self,
-        core: &Arc<ServerCore>,
-        server_socket: &mut Option<ServerSocket>,
-        request: Incoming,
-        peer: PeerAddr,
-    ) {
-        Strategy::process_request(self, core, server_socket, request, peer)
-    }
-    fn wait_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
-        Strategy::wait_fds(self)
-    }
-    fn service_actions(&mut self) {
-        Strategy::service_actions(self)
-    }
-}
-
-/// What a strategy's `serve_forever` works with: the server socket, the
-/// shared request core, the wake-up descriptor and the options. Handed to
-/// [`Strategy::serve_forever`]; [`accept_loop`](Self::accept_loop) is the
-/// loop every process-local strategy (and every prefork worker) runs.
-pub struct Serving<'a> {
-    pub(crate) socket: &'a mut Option<ServerSocket>,
-    pub(crate) core: &'a Arc<ServerCore>,
-    pub(crate) wakeup: &'a Arc<Wakeup>,
-    pub(crate) options: &'a ServerOptions,
-    pub(crate) buf: &'a mut Vec<u8>,
-}
-
-impl fmt::Debug for Serving<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Serving")
-            .field("open", &self.socket.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 impl Serving<'_> {

@@ -53,7 +53,7 @@
 //! - The core, read first: [`base`](SocketServer) (the server and **the
 //!   accept loop**, [`Serving::accept_loop`]), `core` (**where a request
 //!   becomes a handler call**, [`ServerCore::process`]), `hooks`,
-//!   `options` (the builder), `wakeup` (shutdown without polling),
+//!   `builder` and `options` (the settings), `wakeup` (shutdown without polling),
 //!   `signals`, `drain` (the one drain report), `incoming` (what
 //!   `get_request` returns), `traits` (the [`Server`] trait).
 //! - `strategy/`: one file per strategy; the fork points are
@@ -67,6 +67,7 @@
 //!   per-IP limits ([`PerIpLimiter`]) and the handler [`layers`].
 
 mod base;
+mod builder;
 mod core;
 mod drain;
 mod hooks;
@@ -80,17 +81,18 @@ mod traits;
 mod transport;
 mod wakeup;
 
-pub use base::{Serving, SocketServer};
+pub use base::SocketServer;
+pub use builder::ServerBuilder;
 pub use core::ServerCore;
 pub use drain::DrainReport;
 pub use hooks::{report_error, DefaultHooks, Hooks};
 pub use incoming::{Datagram, Incoming};
-pub use options::{ServerBuilder, ServerOptions};
+pub use options::ServerOptions;
 pub use signals::{shutdown_on_signals, SignalGuard};
 pub use strategy::forking::Forking;
 pub use strategy::prefork::Prefork;
 pub use strategy::threading::Threading;
-pub use strategy::{LoopWaker, Strategy, Synchronous};
+pub use strategy::{LoopWaker, Serving, Strategy, Synchronous};
 pub use traits::Server;
 pub use transport::{
     BindAddress, ServerSocket, TcpTransport, Transport, UdpTransport, UnixDatagramTransport,

@@ -47,14 +47,16 @@ use tracing::Instrument;
 use super::{LoopWaker, Strategy};
 use crate::error::{Error, Result};
 use crate::handler::{run_handler, PeerAddr, Request, RequestHandler, Stream};
-use crate::server::base::{Serving, SocketServer};
+use crate::server::base::SocketServer;
+use crate::server::builder::ServerBuilder;
 use crate::server::core::{panic_message, ServerCore};
 use crate::server::drain::DrainReport;
 use crate::server::incoming::Incoming;
 use crate::server::middleware::per_ip::PerIpLimiter;
 use crate::server::middleware::proxy::read_proxy_header_async;
 use crate::server::ops::backoff::{AcceptAction, AcceptBackoff};
-use crate::server::options::{ServerBuilder, ServerOptions};
+use crate::server::options::ServerOptions;
+use crate::server::strategy::Serving;
 use crate::server::transport::{BindAddress, ServerSocket, TcpTransport};
 
 /// A native async connection handler, for the async strategy over TCP.

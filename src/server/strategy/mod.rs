@@ -22,7 +22,6 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::handler::PeerAddr;
 
-use super::base::Serving;
 use super::core::ServerCore;
 use super::drain::DrainReport;
 use super::incoming::Incoming;
@@ -121,5 +120,62 @@ pub trait Strategy: Send + Sized + 'static {
     fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
         let _ = (block_on_close, timeout);
         DrainReport::default()
+    }
+}
+
+/// What the accept loop asks of whoever processes requests: the
+/// [`Strategy`] methods it calls. Every strategy is one; a prefork worker
+/// is one too, without being a strategy a user can pick.
+pub(crate) trait Processor {
+    fn at_capacity(&mut self) -> bool;
+    fn process_request(
+        &mut self,
+        core: &Arc<ServerCore>,
+        server_socket: &mut Option<ServerSocket>,
+        request: Incoming,
+        peer: PeerAddr,
+    );
+    fn wait_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>>;
+    fn service_actions(&mut self);
+}
+
+impl<S: Strategy> Processor for S {
+    fn at_capacity(&mut self) -> bool {
+        Strategy::at_capacity(self)
+    }
+    fn process_request(
+        &mut self,
+        core: &Arc<ServerCore>,
+        server_socket: &mut Option<ServerSocket>,
+        request: Incoming,
+        peer: PeerAddr,
+    ) {
+        Strategy::process_request(self, core, server_socket, request, peer)
+    }
+    fn wait_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        Strategy::wait_fds(self)
+    }
+    fn service_actions(&mut self) {
+        Strategy::service_actions(self)
+    }
+}
+
+/// What a strategy's `serve_forever` works with: the server socket, the
+/// shared request core, the wake-up descriptor and the options. Handed to
+/// [`Strategy::serve_forever`]; [`accept_loop`](Self::accept_loop) is the
+/// loop every process-local strategy (and every prefork worker) runs.
+pub struct Serving<'a> {
+    pub(crate) socket: &'a mut Option<ServerSocket>,
+    pub(crate) core: &'a Arc<ServerCore>,
+    pub(crate) wakeup: &'a Arc<Wakeup>,
+    pub(crate) options: &'a ServerOptions,
+    pub(crate) buf: &'a mut Vec<u8>,
+}
+
+impl fmt::Debug for Serving<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Serving")
+            .field("open", &self.socket.is_some())
+            .finish_non_exhaustive()
     }
 }

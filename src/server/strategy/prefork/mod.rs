@@ -61,8 +61,8 @@ use crate::handler::PeerAddr;
 use crate::process::{fork_child, ForkOptions, ForkedChild, SharedAtomics};
 use crate::{Error, Result};
 
+use super::Serving;
 use super::{LoopWaker, Strategy};
-use crate::server::base::Serving;
 use crate::server::core::ServerCore;
 use crate::server::drain::DrainReport;
 use crate::server::incoming::Incoming;

@@ -21,9 +21,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::handler::PeerAddr;
 use crate::process::SharedAtomics;
-use crate::server::base::{Processor, Serving};
 use crate::server::core::ServerCore;
 use crate::server::incoming::Incoming;
+use crate::server::strategy::{Processor, Serving};
 use crate::server::transport::ServerSocket;
 use crate::server::wakeup::Wakeup;
 
