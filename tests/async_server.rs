@@ -133,6 +133,53 @@ async fn connection_limit_defers_the_next_connection() {
 }
 
 #[tokio::test]
+async fn blocking_handlers_beyond_max_blocking_wait_in_the_backlog() {
+    /// Counts the requests accepted (`verify_request` runs right after
+    /// `accept`).
+    #[derive(Clone, Default)]
+    struct Accepted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl socketserver::server::Hooks for Accepted {
+        fn verify_request(
+            &self,
+            _: &socketserver::server::Incoming,
+            _: &socketserver::PeerAddr,
+        ) -> bool {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            true
+        }
+    }
+    let accepted = Accepted::default();
+    let server = AsyncTcpServer::builder()
+        .max_blocking(1)
+        .hooks(accepted.clone())
+        .bind("127.0.0.1:0", || SyncUpper)
+        .unwrap();
+    let (addr, stop, served) = start(server);
+    let mut a = connect(addr).await;
+    assert_eq!(ask(&mut a, "a\n").await, "A\n");
+    // The only blocking slot is taken by `a`: `b` is not even accepted.
+    let mut b = connect(addr).await;
+    b.get_mut().write_all(b"b\n").await.unwrap();
+    let mut out = String::new();
+    assert!(
+        timeout(Duration::from_millis(400), b.read_line(&mut out))
+            .await
+            .is_err(),
+        "a second blocking handler ran beyond max_blocking"
+    );
+    let n = accepted.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(n, 1, "accepted while every blocking slot was taken");
+    // When `a` ends, `b` is accepted and served, nothing lost.
+    drop(a);
+    timeout(T, b.read_line(&mut out)).await.unwrap().unwrap();
+    assert_eq!(out, "B\n");
+    drop(b);
+    stop.shutdown();
+    let report = finish(served).await;
+    assert_eq!(report.aborted, 0);
+}
+
+#[tokio::test]
 async fn blocking_request_handler_runs_on_async_server() {
     let server = AsyncTcpServer::bind("127.0.0.1:0", || SyncUpper).unwrap();
     let (addr, stop, served) = start(server);
