@@ -4,12 +4,11 @@
 //! children, prefork workers and async tasks share: the handler factory,
 //! the hooks and the per-connection settings. Every strategy runs a
 //! request through [`ServerCore::process`]: Python's `finish_request`
-//! (make a handler, run its life cycle — [`handler::lifecycle`], the one
-//! place `setup`/`handle`/`finish` are called — send a datagram reply),
+//! (make a handler, run its life cycle — the one in `handler.rs` behind
+//! [`run_handler`](crate::handler::run_handler), the only place
+//! `setup`/`handle`/`finish` are called — send a datagram reply),
 //! `handle_error` on failure and `shutdown_request` at the end, all inside
 //! a `tracing` span naming the peer and the strategy.
-//!
-//! [`handler::lifecycle`]: crate::handler::run_handler
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};

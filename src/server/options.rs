@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-/// Every setting a server reads. Built by [`ServerBuilder`].
+/// Every setting a server reads. Built by [`ServerBuilder`](super::ServerBuilder).
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub(crate) bind_and_activate: bool,
