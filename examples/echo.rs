@@ -90,7 +90,8 @@ enum Mode {
     /// A managed pool of pre-forked worker processes.
     Prefork,
     /// tokio tasks; the same blocking handler runs on the bounded blocking
-    /// pool.
+    /// pool (needs the `async` feature).
+    #[cfg(feature = "async")]
     Async,
 }
 
@@ -101,7 +102,8 @@ impl Mode {
             Mode::Threading => Threading::NAME,
             Mode::Forking => Forking::NAME,
             Mode::Prefork => Prefork::NAME,
-            Mode::Async => "async",
+            #[cfg(feature = "async")]
+            Mode::Async => Async::NAME,
         }
     }
 }
@@ -195,7 +197,5 @@ fn main() -> anyhow::Result<()> {
         Mode::Prefork => serve_with::<Prefork>(&args),
         #[cfg(feature = "async")]
         Mode::Async => serve_with::<Async>(&args),
-        #[cfg(not(feature = "async"))]
-        Mode::Async => anyhow::bail!("built without the `async` feature"),
     }
 }

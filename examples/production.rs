@@ -75,7 +75,9 @@ impl RequestHandler for Echo {
 enum Mode {
     /// A pool of pre-forked worker processes.
     Prefork,
-    /// tokio, running the blocking handler on its bounded blocking pool.
+    /// tokio, running the blocking handler on its bounded blocking pool
+    /// (needs the `async` feature).
+    #[cfg(feature = "async")]
     Async,
 }
 
@@ -176,8 +178,6 @@ fn main() -> anyhow::Result<()> {
         Mode::Prefork => serve::<Prefork>(&args, inherited)?,
         #[cfg(feature = "async")]
         Mode::Async => serve::<socketserver::server::Async>(&args, inherited)?,
-        #[cfg(not(feature = "async"))]
-        Mode::Async => anyhow::bail!("built without the `async` feature"),
     };
     if let Some(keep) = restart {
         tracing::info!("SIGHUP: re-executing with the listening socket");
