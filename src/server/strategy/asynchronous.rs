@@ -230,9 +230,13 @@ impl Async {
                 let per_ip = self.per_ip.clone();
                 let proxy = self.proxy;
                 let span = tracing::debug_span!("conn", peer = %peer, strategy = %Async::NAME);
+                let Some(addr) = peer.as_inet() else {
+                    return;
+                };
+                // Only what the connection needs lives in its task (an idle
+                // connection is its task's size, times 10,000).
                 let task = async move {
                     let _permits = permits;
-                    let Some(addr) = peer.as_inet() else { return };
                     serve_native(&*native, &core, stream, addr, per_ip, proxy).await;
                 };
                 self.tasks.spawn_on(task.instrument(span), &handle);
@@ -302,7 +306,13 @@ async fn serve_native(
         }
     };
     if let Some(t) = proxy {
-        match tokio::time::timeout(t, read_proxy_header_async(&mut stream)).await {
+        // Boxed: the timer and read buffer are needed only here, and an
+        // inline future would make every connection's task that much larger.
+        let header = Box::pin(tokio::time::timeout(
+            t,
+            read_proxy_header_async(&mut stream),
+        ));
+        match header.await {
             Ok(Ok(header)) => {
                 if let Some(src) = header.source {
                     peer = src;
