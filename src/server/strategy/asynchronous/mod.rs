@@ -13,12 +13,16 @@
 //! then starved in a queue behind tokio's hidden 512-thread limit.
 //!
 //! The loop is the crate's accept loop on tokio: readiness of the server
-//! socket comes from tokio's reactor ([`AsyncFd`]), the request is read by
-//! the same `get_request` and classified by the same
+//! socket comes from tokio's reactor (a duplicate of the socket registered
+//! for the length of `serve_forever`, `reactor.rs`), requests are
+//! classified by the same
 //! [`AcceptBackoff`](crate::server::AcceptBackoff) as everywhere else. A
 //! connection limit ([`max_connections`](crate::server::ServerBuilder::max_connections))
 //! is a semaphore whose permit is taken *before* `accept` and moved into
 //! the request's task (as in tokio's mini-redis).
+//!
+//! The handler side — the native trait, the adapters, a connection's life
+//! — is `handler.rs`.
 //!
 //! ## Why `fn handle(..) -> impl Future + Send` and not a boxed future
 //!
@@ -30,156 +34,34 @@
 //! server stores the handler behind one small object-safe adapter that
 //! boxes the future of each connection.
 
-use std::future::Future;
-use std::io;
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
+mod handler;
+mod reactor;
+
 use std::os::fd::OwnedFd;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::{LoopWaker, Strategy};
 use crate::error::{Error, Result};
-use crate::handler::{run_handler, PeerAddr, Request, RequestHandler, Stream};
+use crate::handler::{PeerAddr, Stream};
 use crate::server::base::SocketServer;
 use crate::server::builder::ServerBuilder;
-use crate::server::core::{panic_message, ServerCore};
+use crate::server::core::ServerCore;
 use crate::server::drain::DrainReport;
 use crate::server::incoming::Incoming;
 use crate::server::middleware::per_ip::PerIpLimiter;
-use crate::server::middleware::proxy::read_proxy_header_async;
 use crate::server::ops::backoff::{AcceptAction, AcceptBackoff};
 use crate::server::options::ServerOptions;
 use crate::server::strategy::Serving;
 use crate::server::transport::{BindAddress, ServerSocket, TcpTransport};
 
-/// A native async connection handler, for the async strategy over TCP.
-///
-/// One value serves every connection (it is shared through an `Arc`), so
-/// per-connection state lives in the future `handle` returns. Implement it
-/// with `async fn` and serve it with [`SocketServer::bind_async`]:
-///
-/// ```no_run
-/// use std::{io, net::SocketAddr};
-/// use socketserver::server::{AsyncRequestHandler, AsyncTcpServer, Server};
-/// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-/// use tokio::net::TcpStream;
-///
-/// struct Echo;
-///
-/// impl AsyncRequestHandler for Echo {
-///     async fn handle(&self, stream: TcpStream, _peer: SocketAddr) -> io::Result<()> {
-///         let (r, mut w) = stream.into_split();
-///         let mut r = BufReader::new(r);
-///         let mut line = Vec::new();
-///         while r.read_until(b'\n', &mut line).await? > 0 {
-///             w.write_all(&line).await?;
-///             line.clear();
-///         }
-///         Ok(())
-///     }
-/// }
-///
-/// let mut server = AsyncTcpServer::bind_async("127.0.0.1:9000", Echo)?;
-/// server.serve_forever()?;
-/// server.server_close();
-/// # Ok::<(), socketserver::Error>(())
-/// ```
-pub trait AsyncRequestHandler: Send + Sync + 'static {
-    /// Serves one connection. `peer` is the client's address (the real one
-    /// from the PROXY header when PROXY protocol is enabled).
-    ///
-    /// # Errors
-    /// Any error goes to the server's `handle_error` hook and the
-    /// connection is closed; the server keeps serving. A panic is treated
-    /// the same way.
-    fn handle(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-    ) -> impl Future<Output = io::Result<()>> + Send;
-}
-
-type BoxFuture<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
-
-/// The object-safe face of an [`AsyncRequestHandler`].
-trait DynHandler: Send + Sync + 'static {
-    fn call(&self, stream: TcpStream, peer: SocketAddr) -> BoxFuture<'_>;
-}
-
-impl<H: AsyncRequestHandler> DynHandler for H {
-    fn call(&self, stream: TcpStream, peer: SocketAddr) -> BoxFuture<'_> {
-        Box::pin(self.handle(stream, peer))
-    }
-}
-
-/// Runs a blocking [`RequestHandler`] as an [`AsyncRequestHandler`], on
-/// tokio's blocking pool.
-///
-/// Prefer the plain `bind(addr, || Handler)`, which serves a blocking
-/// handler under the async strategy with the explicit
-/// [`max_blocking`](crate::server::ServerBuilder::max_blocking) bound and
-/// over every transport. `Blocking` exists for mixing blocking code into
-/// a native handler's server; its requests share the runtime's blocking
-/// pool (sized `max_blocking`), and when the server gives up on one at the
-/// drain deadline its socket is shut down so the handler returns.
-pub struct Blocking<F> {
-    factory: F,
-}
-
-impl<F> std::fmt::Debug for Blocking<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Blocking")
-    }
-}
-
-impl<F> Blocking<F> {
-    /// Wraps a handler factory such as `|| Echo`.
-    pub fn new(factory: F) -> Self {
-        Blocking { factory }
-    }
-}
-
-/// Shuts a connection down when dropped unless disarmed: wakes a blocking
-/// handler whose async task was aborted at the drain deadline.
-struct ShutdownOnDrop(Option<Stream>);
-
-impl Drop for ShutdownOnDrop {
-    fn drop(&mut self) {
-        if let Some(s) = self.0.take() {
-            let _ = s.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-impl<F, H> AsyncRequestHandler for Blocking<F>
-where
-    F: Fn() -> H + Send + Sync + 'static,
-    H: RequestHandler,
-{
-    async fn handle(&self, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-        let stream = stream.into_std()?;
-        stream.set_nonblocking(false)?;
-        let mut guard = ShutdownOnDrop(Some(Stream::Tcp(stream.try_clone()?)));
-        let mut handler = (self.factory)();
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut req = Request::from_stream(stream, peer);
-            run_handler(&mut handler, &mut req)
-        })
-        .await;
-        guard.0 = None;
-        match joined {
-            Ok(result) => result,
-            Err(e) => Err(io::Error::other(format!("blocking handler failed: {e}"))),
-        }
-    }
-}
+use handler::{serve_native, DynHandler, ShutdownOnDrop};
+pub use handler::{AsyncRequestHandler, Blocking};
+use reactor::Reactor;
 
 /// One tokio task per request (the async strategy). See the module docs.
 pub struct Async {
@@ -263,90 +145,6 @@ impl Async {
             }
         }
     }
-}
-
-/// Polls a handler's future under `catch_unwind`, so a panic is reported
-/// with the peer like any handler error — without a second task per
-/// connection (a task costs memory that 10,000 idle connections feel).
-struct CatchUnwind<'a>(BoxFuture<'a>);
-
-impl Future for CatchUnwind<'_> {
-    type Output = std::result::Result<io::Result<()>, String>;
-
-    fn poll(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let inner = &mut self.0;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(r)) => std::task::Poll::Ready(Ok(r)),
-            Err(payload) => std::task::Poll::Ready(Err(panic_message(&*payload))),
-        }
-    }
-}
-
-async fn serve_native(
-    handler: &dyn DynHandler,
-    core: &ServerCore,
-    stream: StdTcpStream,
-    mut peer: SocketAddr,
-    per_ip: Option<PerIpLimiter>,
-    proxy: Option<Duration>,
-) {
-    let started = std::time::Instant::now();
-    let mut stream = match stream
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(stream))
-    {
-        Ok(s) => s,
-        Err(e) => {
-            core.handle_error(&PeerAddr::Inet(peer), &e.into());
-            return;
-        }
-    };
-    if let Some(t) = proxy {
-        // Boxed: the timer and read buffer are needed only here, and an
-        // inline future would make every connection's task that much larger.
-        let header = Box::pin(tokio::time::timeout(
-            t,
-            read_proxy_header_async(&mut stream),
-        ));
-        match header.await {
-            Ok(Ok(header)) => {
-                if let Some(src) = header.source {
-                    peer = src;
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(%peer, error = %e, "closing connection: bad PROXY header");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(%peer, "closing connection: no PROXY header in time");
-                return;
-            }
-        }
-    }
-    let _ip_permit = match &per_ip {
-        Some(lim) => match lim.try_acquire(peer.ip()) {
-            Some(p) => Some(p),
-            None => {
-                tracing::debug!(%peer, "closing connection: per-IP limit reached");
-                return;
-            }
-        },
-        None => None,
-    };
-    let failed = match CatchUnwind(handler.call(stream, peer)).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(Error::from(e)),
-        Err(message) => Some(Error::Panicked(message)),
-    };
-    if let Some(e) = failed {
-        core.handle_error(&PeerAddr::Inet(peer), &e);
-    }
-    tracing::debug!(duration = ?started.elapsed(), "connection closed");
 }
 
 /// A request task itself never panics (handlers run in their own task
@@ -453,72 +251,6 @@ impl Strategy for Async {
             }
         });
         report
-    }
-}
-
-/// The server socket's duplicate registered with tokio for the length of
-/// `serve_forever` (dropped when it returns, so the drain holds no extra
-/// copy of the listening socket).
-enum Reactor {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
-    Udp(tokio::net::UdpSocket),
-    UnixDatagram(tokio::net::UnixDatagram),
-}
-
-impl Reactor {
-    fn register(socket: &ServerSocket) -> io::Result<Reactor> {
-        Ok(match socket {
-            ServerSocket::Tcp(l) => {
-                Reactor::Tcp(tokio::net::TcpListener::from_std(l.try_clone()?)?)
-            }
-            ServerSocket::UnixStream(l) => {
-                Reactor::Unix(tokio::net::UnixListener::from_std(l.try_clone()?)?)
-            }
-            ServerSocket::Udp(s) => Reactor::Udp(tokio::net::UdpSocket::from_std(s.try_clone()?)?),
-            ServerSocket::UnixDatagram(s) => {
-                Reactor::UnixDatagram(tokio::net::UnixDatagram::from_std(s.try_clone()?)?)
-            }
-        })
-    }
-
-    /// Python's `get_request`, awaited: a connection with blocking I/O
-    /// for the handler, or a datagram read by the server socket's own
-    /// `receive`.
-    async fn get_request(
-        &self,
-        socket: &ServerSocket,
-        buf: &mut [u8],
-    ) -> io::Result<(Incoming, PeerAddr)> {
-        match self {
-            Reactor::Tcp(l) => {
-                let (s, peer) = l.accept().await?;
-                let s = s.into_std()?;
-                s.set_nonblocking(false)?;
-                Ok((Incoming::Stream(Stream::Tcp(s)), peer.into()))
-            }
-            Reactor::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                let s = s.into_std()?;
-                s.set_nonblocking(false)?;
-                let peer = s.peer_addr()?;
-                Ok((Incoming::Stream(Stream::Unix(s)), peer.into()))
-            }
-            Reactor::Udp(u) => loop {
-                u.readable().await?;
-                match u.try_io(Interest::READABLE, || socket.receive(buf)) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    other => return other,
-                }
-            },
-            Reactor::UnixDatagram(u) => loop {
-                u.readable().await?;
-                match u.try_io(Interest::READABLE, || socket.receive(buf)) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    other => return other,
-                }
-            },
-        }
     }
 }
 
