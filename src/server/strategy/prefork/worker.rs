@@ -155,25 +155,24 @@ impl Processor for Worker<'_, '_> {
     }
 
     fn service_actions(&mut self) {
-        let mut buf = [0u8; 16];
-        let mut finished = 0;
-        while let Ok(n) = (&self.done).read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            finished += n;
-        }
-        if finished > 0 && self.busy {
-            self.busy = false;
-            self.served += 1;
-            if let Some(a) = self.ctx.board.get(self.ctx.slot * WORDS + W_REQUESTS) {
-                a.fetch_add(1, Ordering::SeqCst);
-            }
-            if self.ctx.limit > 0 && self.served >= self.ctx.limit {
-                self.stop();
+        // One request at a time: at most one "done" byte, and only while
+        // busy. A wake-up it explains needs no look at the control pipe
+        // (if that fired too, the next poll returns at once for it).
+        if self.busy {
+            let mut byte = [0u8; 1];
+            if matches!((&self.done).read(&mut byte), Ok(1)) {
+                self.busy = false;
+                self.served += 1;
+                if let Some(a) = self.ctx.board.get(self.ctx.slot * WORDS + W_REQUESTS) {
+                    a.fetch_add(1, Ordering::SeqCst);
+                }
+                if self.ctx.limit > 0 && self.served >= self.ctx.limit {
+                    self.stop();
+                } else {
+                    self.ctx.set(W_STATE, IDLE);
+                }
                 return;
             }
-            self.ctx.set(W_STATE, IDLE);
         }
         let mut fds = [PollFd::new(self.control.as_fd(), PollFlags::POLLIN)];
         if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
