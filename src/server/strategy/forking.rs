@@ -159,8 +159,9 @@ impl Strategy for Forking {
         self.collect_children();
     }
 
+    /// Every child not yet reaped counts as in flight (the loop reaps an
+    /// exited child at once, so these are the requests of the shutdown).
     fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
-        self.collect_children();
         let mut report = DrainReport::default();
         if !block_on_close {
             // Dropping a running ForkedChild hands its pid to a reaper

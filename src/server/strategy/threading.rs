@@ -164,8 +164,9 @@ impl Strategy for Threading {
         self.join_finished();
     }
 
+    /// Every tracked thread counts as in flight (the loop joins finished
+    /// threads as it goes, so these are the requests of the shutdown).
     fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
-        self.join_finished();
         let mut report = DrainReport::default();
         if !block_on_close {
             report.detached = self.active_threads();

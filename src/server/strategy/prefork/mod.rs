@@ -150,6 +150,9 @@ pub struct Prefork {
     /// Since when a request has waited on the socket while workers were
     /// idle, and the pool's request count then.
     offered: Option<(Instant, u64)>,
+    /// Which slots were busy when the workers were told to stop: the
+    /// requests in flight at shutdown, for the drain report.
+    busy_at_stop: Option<Vec<bool>>,
 }
 
 impl Prefork {
@@ -373,6 +376,12 @@ impl Prefork {
     /// Tells every worker to stop: each closes its listening socket at
     /// once and leaves after its current request.
     fn stop_accepting(&mut self) {
+        if self.busy_at_stop.is_none() {
+            let busy = (0..self.workers.len())
+                .map(|s| self.workers[s].is_some() && self.state(s) == BUSY)
+                .collect();
+            self.busy_at_stop = Some(busy);
+        }
         for c in &mut self.control {
             *c = None;
         }
@@ -396,6 +405,7 @@ impl Strategy for Prefork {
             epoch: Instant::now(),
             log: RateLimited::new(LOG_EVERY),
             offered: None,
+            busy_at_stop: None,
             pool,
         })
     }
@@ -421,6 +431,7 @@ impl Strategy for Prefork {
             return Err(Error::Closed);
         }
         let signals = Resize::install(serving.wakeup, self.pool.resize_signals)?;
+        self.busy_at_stop = None;
         let first = self.pool.start_workers.max(self.pool.min_spare);
         for _ in 0..first.min(self.pool.max_workers) {
             if let Err(e) = self.spawn(serving) {
@@ -460,11 +471,10 @@ impl Strategy for Prefork {
     fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
         self.stop_accepting();
         let mut report = DrainReport::default();
-        let busy: Vec<bool> = (0..self.workers.len())
-            .map(|s| self.state(s) == BUSY)
-            .collect();
+        let busy = self.busy_at_stop.take().unwrap_or_default();
+        let busy = |slot: usize| busy.get(slot).copied().unwrap_or(false);
         if !block_on_close {
-            report.detached = busy.iter().filter(|b| **b).count();
+            report.detached = (0..self.workers.len()).filter(|&s| busy(s)).count();
             // Dropping a running ForkedChild hands it to a reaper thread.
             for w in &mut self.workers {
                 *w = None;
@@ -476,7 +486,7 @@ impl Strategy for Prefork {
             let Some(w) = w else { continue };
             let left = deadline.saturating_duration_since(Instant::now());
             if matches!(w.child.wait_timeout(left), Ok(Some(_))) {
-                report.drained += usize::from(busy[slot]);
+                report.drained += usize::from(busy(slot));
             } else {
                 tracing::warn!(
                     pid = w.child.pid(),
