@@ -1,26 +1,34 @@
-//! A byte-transparent echo server over TCP or UDP, in any strategy.
+//! A byte-transparent echo server over TCP, UDP, Unix stream or Unix
+//! datagram sockets, in any of the five strategies.
 //!
 //! ```text
-//! cargo run --release --example echo -- [--mode sync|threading|forking|prefork|async] [--udp] [--listen ADDR] [--idle-timeout 60s]
+//! cargo run --release --example echo -- [--mode sync|threading|forking|prefork|async]
+//!     [--udp] [--unix PATH] [--listen ADDR] [--idle-timeout 60s] [--backlog 4096]
 //! ```
 //!
 //! Defaults: `--mode threading`, `--listen 127.0.0.1:9000` (port 0 picks a
-//! free port), `--idle-timeout 60s`: a TCP client that sends nothing (or
-//! reads nothing) for that long is disconnected, so idle connections
-//! cannot hold the server's slots or its shutdown forever (`0s` turns
-//! that off). When ready it prints exactly one line to stdout,
-//! `listening on tcp://HOST:PORT (mode MODE)` (or `udp://`). TCP echoes
-//! every byte as it arrives; UDP answers each datagram. SIGINT/SIGTERM shut
-//! it down gracefully (exit status 0). Logs go to stderr (`RUST_LOG`).
+//! free port), `--idle-timeout 60s`: a client that sends nothing (or reads
+//! nothing) for that long is disconnected, so idle connections cannot
+//! hold the server's slots or its shutdown forever (`0s` turns that off).
+//! `--unix PATH` serves a Unix stream socket at PATH (with `--udp`, a Unix
+//! datagram socket). When ready it prints exactly one line to stdout,
+//! `listening on SCHEME://ADDRESS (mode MODE)` with SCHEME `tcp`, `udp`,
+//! `unix` or `unixgram`. Streams echo every byte as it arrives; datagrams
+//! are answered one by one. SIGINT/SIGTERM shut it down gracefully (exit
+//! status 0). Logs go to stderr (`RUST_LOG`).
 
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+#[cfg(feature = "async")]
+use socketserver::server::Async;
 use socketserver::server::{
-    shutdown_on_signals, AsyncTcpServer, BindAddress, Blocking, Forking, PreforkTcpServer, Server,
-    SocketServer, Strategy, Synchronous, TcpTransport, Threading, Transport, UdpTransport,
+    shutdown_on_signals, BindAddress, Forking, Prefork, Server, SocketServer, Strategy,
+    Synchronous, TcpTransport, Threading, Transport, UdpTransport, UnixDatagramTransport, UnixPath,
+    UnixStreamTransport,
 };
 use socketserver::{Request, RequestHandler};
 
@@ -70,8 +78,7 @@ fn timed_out(e: &io::Error) -> bool {
     )
 }
 
-/// The concurrency strategy. New strategies (prefork, async) are new
-/// variants here and a new arm in `main`.
+/// The concurrency strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     /// One request at a time on the main thread.
@@ -80,10 +87,11 @@ enum Mode {
     Threading,
     /// One child process per connection (or datagram).
     Forking,
-    /// A managed pool of pre-forked worker processes (TCP only).
+    /// A managed pool of pre-forked worker processes.
     Prefork,
-    /// tokio tasks; the same blocking handler runs on the blocking pool
-    /// through `Blocking` (TCP only).
+    /// tokio tasks; the same blocking handler runs on the bounded blocking
+    /// pool (needs the `async` feature).
+    #[cfg(feature = "async")]
     Async,
 }
 
@@ -93,8 +101,9 @@ impl Mode {
             Mode::Sync => Synchronous::NAME,
             Mode::Threading => Threading::NAME,
             Mode::Forking => Forking::NAME,
-            Mode::Prefork => "prefork",
-            Mode::Async => "async",
+            Mode::Prefork => Prefork::NAME,
+            #[cfg(feature = "async")]
+            Mode::Async => Async::NAME,
         }
     }
 }
@@ -105,12 +114,19 @@ struct Args {
     /// Concurrency strategy.
     #[arg(long, value_enum, default_value_t = Mode::Threading)]
     mode: Mode,
-    /// Serve UDP instead of TCP.
+    /// Serve datagrams (UDP, or Unix datagrams with --unix) instead of a
+    /// stream.
     #[arg(long)]
     udp: bool,
+    /// Serve a Unix socket at this path instead of TCP/UDP.
+    #[arg(long)]
+    unix: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
+    /// The listen backlog of stream sockets.
+    #[arg(long, default_value_t = 4096)]
+    backlog: i32,
     /// Disconnect a TCP client after this long without progress in either
     /// direction (e.g. 60s, 500ms; 0s waits forever).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -124,15 +140,15 @@ impl Args {
     }
 }
 
-fn serve<T, S>(args: &Args) -> anyhow::Result<()>
+fn serve<T, S>(args: &Args, address: T::Address) -> anyhow::Result<()>
 where
-    T: Transport<Address = SocketAddr>,
+    T: Transport,
     S: Strategy,
-    SocketAddr: BindAddress<T>,
+    T::Address: BindAddress<T>,
 {
     let mut server = SocketServer::<T, S>::builder()
-        .allow_reuse_address(true)
-        .bind(args.listen, {
+        .backlog(args.backlog)
+        .bind(address, {
             let idle = args.idle();
             move || Echo { idle }
         })?;
@@ -150,35 +166,18 @@ where
     }
     server.serve_forever()?;
     server.server_close();
-    tracing::info!("server closed");
+    tracing::info!(report = ?server.drain_report(), "server closed");
     Ok(())
 }
 
-fn announce(args: &Args, addr: SocketAddr) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    writeln!(out, "listening on tcp://{addr} (mode {})", args.mode.name())?;
-    out.flush()
-}
-
-fn serve_prefork(args: &Args) -> anyhow::Result<()> {
-    let idle = args.idle();
-    let mut server = PreforkTcpServer::builder().bind(args.listen, move || Echo { idle })?;
-    let _signals = shutdown_on_signals(&server.shutdown_handle())?;
-    announce(args, server.server_address())?;
-    server.serve_forever()?;
-    server.server_close();
-    tracing::info!("server closed");
-    Ok(())
-}
-
-fn serve_async(args: &Args) -> anyhow::Result<()> {
-    let idle = args.idle();
-    let mut server = AsyncTcpServer::bind(args.listen, Blocking::new(move || Echo { idle }))?;
-    server.set_shutdown_on_signals(true);
-    announce(args, server.local_addr()?)?;
-    let report = server.serve_forever()?;
-    tracing::info!(?report, "server closed");
-    Ok(())
+/// Picks the transport for strategy `S`.
+fn serve_with<S: Strategy>(args: &Args) -> anyhow::Result<()> {
+    match (&args.unix, args.udp) {
+        (None, false) => serve::<TcpTransport, S>(args, args.listen),
+        (None, true) => serve::<UdpTransport, S>(args, args.listen),
+        (Some(path), false) => serve::<UnixStreamTransport, S>(args, UnixPath(path.clone())),
+        (Some(path), true) => serve::<UnixDatagramTransport, S>(args, UnixPath(path.clone())),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -191,17 +190,12 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    match (args.mode, args.udp) {
-        (Mode::Sync, false) => serve::<TcpTransport, Synchronous>(&args),
-        (Mode::Sync, true) => serve::<UdpTransport, Synchronous>(&args),
-        (Mode::Threading, false) => serve::<TcpTransport, Threading>(&args),
-        (Mode::Threading, true) => serve::<UdpTransport, Threading>(&args),
-        (Mode::Forking, false) => serve::<TcpTransport, Forking>(&args),
-        (Mode::Forking, true) => serve::<UdpTransport, Forking>(&args),
-        (Mode::Prefork | Mode::Async, true) => {
-            anyhow::bail!("--udp is not supported with --mode {}", args.mode.name())
-        }
-        (Mode::Prefork, false) => serve_prefork(&args),
-        (Mode::Async, false) => serve_async(&args),
+    match args.mode {
+        Mode::Sync => serve_with::<Synchronous>(&args),
+        Mode::Threading => serve_with::<Threading>(&args),
+        Mode::Forking => serve_with::<Forking>(&args),
+        Mode::Prefork => serve_with::<Prefork>(&args),
+        #[cfg(feature = "async")]
+        Mode::Async => serve_with::<Async>(&args),
     }
 }

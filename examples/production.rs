@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example production -- [--mode prefork|async] [--listen ADDR]
 //!     [--pid-file PATH] [--user USER [--group GROUP]] [--allow-root]
+//!     [--idle-timeout 60s] [--backlog 4096]
 //! ```
 //!
 //! When ready it prints `listening on tcp://HOST:PORT (mode MODE, pid PID)`
@@ -12,27 +13,40 @@
 //! pid. Under systemd socket activation (`LISTEN_FDS`) it serves the
 //! inherited socket instead of binding. A prefork server refuses to run as
 //! root unless `--user` or `--allow-root` is given. Logs go to stderr.
+//!
+//! The defaults are the echo example's: a client idle for `--idle-timeout`
+//! is disconnected (so idle connections cannot hold every worker), the
+//! backlog is 4096. On SIGTERM the listening socket is closed before the
+//! drain (new clients are refused, not reset at exit); on SIGHUP a copy is
+//! kept across the re-exec so new clients wait in the backlog.
 
 use std::io::{self, BufRead, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsFd;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use socketserver::server::{
-    activation, drop_privileges, reexec, refuse_root, shutdown_on_signals, AsyncTcpServer,
-    Blocking, HangupRestart, PidFile, PreforkTcpServer,
+    activation, drop_privileges, reexec, refuse_root, shutdown_on_signals, HangupRestart, PidFile,
+    Prefork, Server, ServerBuilder, SocketServer, Strategy, TcpTransport,
 };
 use socketserver::{Request, RequestHandler};
 
-/// Echoes whatever arrives.
-struct Echo;
+/// Echoes whatever arrives; a client idle for the timeout is closed.
+struct Echo {
+    idle: Option<Duration>,
+}
 
 impl RequestHandler for Echo {
+    fn setup(&mut self, req: &mut Request) -> io::Result<()> {
+        req.set_timeout(self.idle)
+    }
+
     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
         let (mut rfile, mut wfile) = req.split();
-        loop {
+        let result: io::Result<()> = (|| loop {
             let chunk = rfile.fill_buf()?;
             if chunk.is_empty() {
                 return Ok(());
@@ -40,6 +54,19 @@ impl RequestHandler for Echo {
             let n = chunk.len();
             wfile.write_all(chunk)?;
             rfile.consume(n);
+        })();
+        match result {
+            // The idle timeout: an expected end, not a failure.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                tracing::debug!("closing an idle connection");
+                Ok(())
+            }
+            other => other,
         }
     }
 }
@@ -48,7 +75,9 @@ impl RequestHandler for Echo {
 enum Mode {
     /// A pool of pre-forked worker processes.
     Prefork,
-    /// tokio, running the blocking handler through `Blocking`.
+    /// tokio, running the blocking handler on its bounded blocking pool
+    /// (needs the `async` feature).
+    #[cfg(feature = "async")]
     Async,
 }
 
@@ -73,12 +102,64 @@ struct Args {
     /// Allow serving as root without --user.
     #[arg(long)]
     allow_root: bool,
+    /// Disconnect a client after this long without progress (0s: never).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// The listen backlog (when not socket-activated).
+    #[arg(long, default_value_t = 4096)]
+    backlog: i32,
+}
+
+/// Serves until SIGTERM/SIGINT (returns `None`) or SIGHUP (returns the
+/// listening socket to hand to the new image).
+fn serve<S: Strategy>(args: &Args, inherited: Option<OwnedFd>) -> anyhow::Result<Option<OwnedFd>> {
+    let idle = (!args.idle_timeout.is_zero()).then_some(args.idle_timeout);
+    let mut builder = ServerBuilder::<TcpTransport, S>::new();
+    builder.backlog(args.backlog);
+    let factory = move || Echo { idle };
+    let mut server: SocketServer<TcpTransport, S> = match inherited {
+        Some(fd) => builder.from_socket(fd, factory)?,
+        None => builder.bind(args.listen, factory)?,
+    };
+    match &args.user {
+        Some(user) => {
+            drop_privileges(user, args.group.as_deref())?;
+        }
+        None if args.mode == Mode::Prefork => refuse_root(args.allow_root)?,
+        None => {}
+    }
+    {
+        let mut out = io::stdout().lock();
+        writeln!(
+            out,
+            "listening on tcp://{} (mode {}, pid {})",
+            server.server_address(),
+            S::NAME,
+            std::process::id()
+        )?;
+        out.flush()?;
+    }
+    let _signals = shutdown_on_signals(&server.shutdown_handle())?;
+    let hup = HangupRestart::for_server(&server.shutdown_handle())?;
+    server.serve_forever()?;
+    // Only a restart keeps a copy of the socket through the drain (new
+    // clients wait in the backlog for the new image); a stop closes it, so
+    // new clients are refused at once.
+    let keep = if hup.requested() {
+        let socket = server.socket().context("server socket")?;
+        Some(OwnedFd::from(socket.try_clone()?))
+    } else {
+        None
+    };
+    server.server_close();
+    tracing::info!(report = ?server.drain_report(), "drained");
+    Ok(keep)
 }
 
 fn main() -> anyhow::Result<()> {
     // Take inherited sockets first: it edits the environment, which is
     // only sound before other threads exist.
-    let inherited = activation::tcp_listeners().context("LISTEN_FDS")?;
+    let inherited = activation::listen_fds().context("LISTEN_FDS")?;
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
@@ -88,57 +169,17 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let listener = match inherited.into_iter().next() {
-        Some(l) => l,
-        None => TcpListener::bind(args.listen).with_context(|| format!("bind {}", args.listen))?,
-    };
     let pid_file = match &args.pid_file {
         Some(p) => Some(PidFile::create(p)?),
         None => None,
     };
-    match &args.user {
-        Some(user) => {
-            drop_privileges(user, args.group.as_deref())?;
-        }
-        None if args.mode == Mode::Prefork => refuse_root(args.allow_root)?,
-        None => {}
-    }
-    // A second handle on the socket: it stays open (new connections wait
-    // in the backlog) while the server drains and the binary re-execs.
-    let keep = listener.try_clone()?;
-    {
-        let mut out = io::stdout().lock();
-        let mode = match args.mode {
-            Mode::Prefork => "prefork",
-            Mode::Async => "async",
-        };
-        writeln!(
-            out,
-            "listening on tcp://{} (mode {mode}, pid {})",
-            listener.local_addr()?,
-            std::process::id()
-        )?;
-        out.flush()?;
-    }
+    let inherited = inherited.into_iter().next();
     let restart = match args.mode {
-        Mode::Prefork => {
-            let mut server = PreforkTcpServer::builder().from_listener(listener, || Echo)?;
-            let _signals = shutdown_on_signals(&server.shutdown_handle())?;
-            let hup = HangupRestart::for_server(&server.shutdown_handle())?;
-            server.serve_forever()?;
-            server.server_close();
-            hup.requested()
-        }
-        Mode::Async => {
-            let mut server = AsyncTcpServer::from_listener(listener, Blocking::new(|| Echo))?;
-            server.set_shutdown_on_signals(true);
-            let hup = HangupRestart::for_async(&server.shutdown_handle())?;
-            let report = server.serve_forever()?;
-            tracing::info!(?report, "drained");
-            hup.requested()
-        }
+        Mode::Prefork => serve::<Prefork>(&args, inherited)?,
+        #[cfg(feature = "async")]
+        Mode::Async => serve::<socketserver::server::Async>(&args, inherited)?,
     };
-    if restart {
+    if let Some(keep) = restart {
         tracing::info!("SIGHUP: re-executing with the listening socket");
         // The pid file's lock goes with the old image (close-on-exec); the
         // new image takes it again. Not dropping it keeps the file.

@@ -127,6 +127,26 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// `true` when the peer reset or hung up (connection reset or
+    /// aborted, broken pipe, end of file mid-message): normal traffic for
+    /// a server, logged at `debug` rather than `error`.
+    pub fn is_disconnect(&self) -> bool {
+        match self {
+            Error::Eof | Error::TruncatedFrame { .. } => true,
+            Error::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::NotConnected
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl From<nix::Error> for Error {
     fn from(e: nix::Error) -> Self {
         Error::Io(io::Error::from(e))

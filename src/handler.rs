@@ -86,10 +86,38 @@ pub fn run_handler<H: RequestHandler + ?Sized>(
     handler: &mut H,
     req: &mut Request,
 ) -> io::Result<()> {
-    handler.setup(req)?;
+    lifecycle(handler, req).result
+}
+
+/// How one run of the handler life cycle ended.
+#[derive(Debug)]
+pub(crate) struct Lifecycle {
+    /// `setup` succeeded, so `handle` and `finish` ran (a datagram reply is
+    /// then sent, as Python's `DatagramRequestHandler.finish` does).
+    pub(crate) setup_ok: bool,
+    /// The first error of `setup`, `handle` or `finish`.
+    pub(crate) result: io::Result<()>,
+}
+
+/// The one handler life cycle every strategy runs (through
+/// [`run_handler`] or the server core): `setup`, then `handle` and
+/// `finish`, with `finish` always run once `setup` succeeded.
+pub(crate) fn lifecycle<H: RequestHandler + ?Sized>(
+    handler: &mut H,
+    req: &mut Request,
+) -> Lifecycle {
+    if let Err(e) = handler.setup(req) {
+        return Lifecycle {
+            setup_ok: false,
+            result: Err(e),
+        };
+    }
     let handled = handler.handle(req);
     let finished = handler.finish(req);
-    handled.and(finished)
+    Lifecycle {
+        setup_ok: true,
+        result: handled.and(finished),
+    }
 }
 
 /// A connected stream socket: TCP or Unix.
@@ -116,6 +144,17 @@ impl Stream {
                 s.set_read_timeout(timeout)?;
                 s.set_write_timeout(timeout)
             }
+        }
+    }
+
+    /// The read timeout (`None`: reads block forever).
+    ///
+    /// # Errors
+    /// The `getsockopt` failed.
+    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        match self {
+            Stream::Tcp(s) => s.read_timeout(),
+            Stream::Unix(s) => s.read_timeout(),
         }
     }
 
@@ -149,6 +188,18 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.shutdown(how),
             Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+
+    /// A second handle on the same connection (`dup`), for example to shut
+    /// it down from another thread.
+    ///
+    /// # Errors
+    /// `dup` failed (out of descriptors).
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        match self {
+            Stream::Tcp(s) => s.try_clone().map(Stream::Tcp),
+            Stream::Unix(s) => s.try_clone().map(Stream::Unix),
         }
     }
 
@@ -283,6 +334,10 @@ enum Inner {
 pub struct Request {
     inner: Inner,
     peer: PeerAddr,
+    /// Bytes read from the peer so far (the whole packet for a datagram).
+    rx: u64,
+    /// Bytes written to the peer (or into the datagram reply) so far.
+    tx: u64,
 }
 
 impl fmt::Debug for Request {
@@ -311,12 +366,16 @@ impl Request {
                 },
             },
             peer: peer.into(),
+            rx: 0,
+            tx: 0,
         }
     }
 
     /// Wraps a received datagram; the reply starts empty.
     pub fn from_datagram(packet: Vec<u8>, peer: impl Into<PeerAddr>) -> Self {
         Request {
+            rx: packet.len() as u64,
+            tx: 0,
             inner: Inner::Datagram {
                 packet,
                 pos: 0,
@@ -324,6 +383,18 @@ impl Request {
             },
             peer: peer.into(),
         }
+    }
+
+    /// Bytes received from the peer so far: what `rfile` read from the
+    /// connection, or the whole packet of a datagram.
+    pub fn bytes_received(&self) -> u64 {
+        self.rx
+    }
+
+    /// Bytes sent to the peer so far through `wfile` (for a datagram: put
+    /// into the reply).
+    pub fn bytes_sent(&self) -> u64 {
+        self.tx
     }
 
     /// Who sent the request.
@@ -415,12 +486,13 @@ impl Request {
                 RFile(RInner::Stream {
                     stream: &*stream,
                     rbuf,
+                    rx: &mut self.rx,
                 }),
-                WFile(WInner::Stream(&*stream)),
+                WFile(WInner::Stream(&*stream), &mut self.tx),
             ),
             Inner::Datagram { packet, pos, reply } => (
                 RFile(RInner::Datagram { packet, pos }),
-                WFile(WInner::Datagram(reply)),
+                WFile(WInner::Datagram(reply), &mut self.tx),
             ),
         }
     }
@@ -439,6 +511,7 @@ enum RInner<'a> {
     Stream {
         stream: &'a Stream,
         rbuf: &'a mut ReadBuf,
+        rx: &'a mut u64,
     },
     Datagram {
         packet: &'a [u8],
@@ -521,10 +594,12 @@ impl RFile<'_> {
 
 impl Read for RFile<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let RInner::Stream { stream, rbuf } = &mut self.0 {
+        if let RInner::Stream { stream, rbuf, rx } = &mut self.0 {
             // Large reads with an empty buffer bypass it.
             if rbuf.pos == rbuf.len && buf.len() >= rbuf.buf.len() {
-                return { &**stream }.read(buf);
+                let n = { &**stream }.read(buf)?;
+                **rx += n as u64;
+                return Ok(n);
             }
         }
         let avail = self.fill_buf()?;
@@ -538,9 +613,10 @@ impl Read for RFile<'_> {
 impl BufRead for RFile<'_> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         match &mut self.0 {
-            RInner::Stream { stream, rbuf } => {
+            RInner::Stream { stream, rbuf, rx } => {
                 if rbuf.pos == rbuf.len {
                     let n = { &**stream }.read(&mut rbuf.buf)?;
+                    **rx += n as u64;
                     rbuf.pos = 0;
                     rbuf.len = n;
                 }
@@ -567,7 +643,7 @@ enum WInner<'a> {
 ///
 /// For streams every `write` sends the whole buffer before returning (like
 /// Python's `_SocketWriter`), so nothing waits in a buffer for a `flush`.
-pub struct WFile<'a>(WInner<'a>);
+pub struct WFile<'a>(WInner<'a>, &'a mut u64);
 
 impl fmt::Debug for WFile<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -580,13 +656,11 @@ impl Write for WFile<'_> {
         match &mut self.0 {
             WInner::Stream(s) => {
                 { &**s }.write_all(buf)?;
-                Ok(buf.len())
             }
-            WInner::Datagram(reply) => {
-                reply.extend_from_slice(buf);
-                Ok(buf.len())
-            }
+            WInner::Datagram(reply) => reply.extend_from_slice(buf),
         }
+        *self.1 += buf.len() as u64;
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {

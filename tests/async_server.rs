@@ -1,14 +1,17 @@
 //! The async strategy: echo, limits, blocking handlers, PROXY, shutdown.
 
+#![cfg(feature = "async")]
+
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use socketserver::server::{AsyncRequestHandler, AsyncTcpServer, Blocking, DrainReport};
+use socketserver::server::{
+    AsyncRequestHandler, AsyncTcpServer, DrainReport, Server, ShutdownHandle,
+};
 use socketserver::{Request, RequestHandler};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 /// Echoes lines; a line "sleep" waits 300 ms first; "addr" answers the
@@ -50,16 +53,28 @@ impl RequestHandler for SyncUpper {
 
 const T: Duration = Duration::from_secs(10);
 
-fn start<H: AsyncRequestHandler>(
-    server: AsyncTcpServer<H>,
+/// Serves on a plain thread (the server runs its own runtime); the thread
+/// closes the server after the shutdown and hands back its drain report.
+fn start(
+    mut server: AsyncTcpServer,
 ) -> (
     SocketAddr,
-    socketserver::server::AsyncShutdownHandle,
-    JoinHandle<socketserver::Result<DrainReport>>,
+    ShutdownHandle,
+    std::thread::JoinHandle<DrainReport>,
 ) {
-    let addr = server.local_addr().unwrap();
+    let addr = server.server_address();
     let handle = server.shutdown_handle();
-    (addr, handle, tokio::spawn(server.serve()))
+    let thread = std::thread::spawn(move || {
+        server.serve_forever().expect("serve_forever");
+        server.server_close();
+        server.drain_report().expect("closed")
+    });
+    (addr, handle, thread)
+}
+
+async fn finish(served: std::thread::JoinHandle<DrainReport>) -> DrainReport {
+    let joined = tokio::task::spawn_blocking(move || served.join().expect("server thread"));
+    timeout(T, joined).await.unwrap().unwrap()
 }
 
 async fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> String {
@@ -75,7 +90,7 @@ async fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
 
 #[tokio::test]
 async fn async_echo_round_trip() {
-    let (addr, stop, served) = start(AsyncTcpServer::bind("127.0.0.1:0", Echo).unwrap());
+    let (addr, stop, served) = start(AsyncTcpServer::bind_async("127.0.0.1:0", Echo).unwrap());
     let mut c = connect(addr).await;
     for i in 0..100 {
         let msg = format!("message {i}\n");
@@ -83,14 +98,16 @@ async fn async_echo_round_trip() {
     }
     drop(c);
     stop.shutdown();
-    let report = timeout(T, served).await.unwrap().unwrap().unwrap();
+    let report = finish(served).await;
     assert_eq!(report.aborted, 0);
 }
 
 #[tokio::test]
 async fn connection_limit_defers_the_next_connection() {
-    let mut server = AsyncTcpServer::bind("127.0.0.1:0", Echo).unwrap();
-    server.set_max_connections(2);
+    let server = AsyncTcpServer::builder()
+        .max_connections(2)
+        .bind_async("127.0.0.1:0", Echo)
+        .unwrap();
     let (addr, stop, served) = start(server);
     let mut a = connect(addr).await;
     let mut b = connect(addr).await;
@@ -112,12 +129,59 @@ async fn connection_limit_defers_the_next_connection() {
     assert_eq!(out, "c\n");
     drop((b, c));
     stop.shutdown();
-    timeout(T, served).await.unwrap().unwrap().unwrap();
+    finish(served).await;
+}
+
+#[tokio::test]
+async fn blocking_handlers_beyond_max_blocking_wait_in_the_backlog() {
+    /// Counts the requests accepted (`verify_request` runs right after
+    /// `accept`).
+    #[derive(Clone, Default)]
+    struct Accepted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    impl socketserver::server::Hooks for Accepted {
+        fn verify_request(
+            &self,
+            _: &socketserver::server::Incoming,
+            _: &socketserver::PeerAddr,
+        ) -> bool {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            true
+        }
+    }
+    let accepted = Accepted::default();
+    let server = AsyncTcpServer::builder()
+        .max_blocking(1)
+        .hooks(accepted.clone())
+        .bind("127.0.0.1:0", || SyncUpper)
+        .unwrap();
+    let (addr, stop, served) = start(server);
+    let mut a = connect(addr).await;
+    assert_eq!(ask(&mut a, "a\n").await, "A\n");
+    // The only blocking slot is taken by `a`: `b` is not even accepted.
+    let mut b = connect(addr).await;
+    b.get_mut().write_all(b"b\n").await.unwrap();
+    let mut out = String::new();
+    assert!(
+        timeout(Duration::from_millis(400), b.read_line(&mut out))
+            .await
+            .is_err(),
+        "a second blocking handler ran beyond max_blocking"
+    );
+    let n = accepted.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(n, 1, "accepted while every blocking slot was taken");
+    // When `a` ends, `b` is accepted and served, nothing lost.
+    drop(a);
+    timeout(T, b.read_line(&mut out)).await.unwrap().unwrap();
+    assert_eq!(out, "B\n");
+    drop(b);
+    stop.shutdown();
+    let report = finish(served).await;
+    assert_eq!(report.aborted, 0);
 }
 
 #[tokio::test]
 async fn blocking_request_handler_runs_on_async_server() {
-    let server = AsyncTcpServer::bind("127.0.0.1:0", Blocking::new(|| SyncUpper)).unwrap();
+    let server = AsyncTcpServer::bind("127.0.0.1:0", || SyncUpper).unwrap();
     let (addr, stop, served) = start(server);
     let mut conns = Vec::new();
     for _ in 0..8 {
@@ -128,13 +192,13 @@ async fn blocking_request_handler_runs_on_async_server() {
     }
     drop(conns);
     stop.shutdown();
-    let report = timeout(T, served).await.unwrap().unwrap().unwrap();
+    let report = finish(served).await;
     assert_eq!(report.aborted, 0);
 }
 
 #[tokio::test]
 async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
-    let (addr, stop, served) = start(AsyncTcpServer::bind("127.0.0.1:0", Echo).unwrap());
+    let (addr, stop, served) = start(AsyncTcpServer::bind_async("127.0.0.1:0", Echo).unwrap());
     let mut clients = Vec::new();
     for i in 0..5 {
         clients.push(tokio::spawn(async move {
@@ -149,16 +213,23 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.shutdown();
+    // Refused at once, while the five are still being drained.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "accepting during the drain"
+    );
     for c in clients {
         let (_, out) = c.await.unwrap();
         assert_eq!(out, "sleep\n");
     }
-    let report = timeout(T, served).await.unwrap().unwrap().unwrap();
+    let report = finish(served).await;
     assert_eq!(
         report,
         DrainReport {
             drained: 5,
-            aborted: 0
+            aborted: 0,
+            detached: 0
         }
     );
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
@@ -166,18 +237,21 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
 
 #[tokio::test]
 async fn drain_timeout_aborts_stuck_connections() {
-    let mut server = AsyncTcpServer::bind("127.0.0.1:0", Echo).unwrap();
-    server.set_drain_timeout(Duration::from_millis(200));
+    let server = AsyncTcpServer::builder()
+        .drain_timeout(Duration::from_millis(200))
+        .bind_async("127.0.0.1:0", Echo)
+        .unwrap();
     let (addr, stop, served) = start(server);
     let mut idle = connect(addr).await;
     assert_eq!(ask(&mut idle, "x\n").await, "x\n");
     stop.shutdown();
-    let report = timeout(T, served).await.unwrap().unwrap().unwrap();
+    let report = finish(served).await;
     assert_eq!(
         report,
         DrainReport {
             drained: 0,
-            aborted: 1
+            aborted: 1,
+            detached: 0
         }
     );
     let mut buf = [0u8; 1];
@@ -187,8 +261,10 @@ async fn drain_timeout_aborts_stuck_connections() {
 
 #[tokio::test]
 async fn per_ip_limit_closes_extra_connections_cleanly() {
-    let mut server = AsyncTcpServer::bind("127.0.0.1:0", Echo).unwrap();
-    server.set_per_ip_limit(Some(1));
+    let server = AsyncTcpServer::builder()
+        .per_ip_limit(Some(1))
+        .bind_async("127.0.0.1:0", Echo)
+        .unwrap();
     let (addr, stop, served) = start(server);
     let mut first = connect(addr).await;
     assert_eq!(ask(&mut first, "1\n").await, "1\n");
@@ -214,13 +290,15 @@ async fn per_ip_limit_closes_extra_connections_cleanly() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.shutdown();
-    timeout(T, served).await.unwrap().unwrap().unwrap();
+    finish(served).await;
 }
 
 #[tokio::test]
 async fn proxy_protocol_header_gives_real_client_address() {
-    let mut server = AsyncTcpServer::bind("127.0.0.1:0", Echo).unwrap();
-    server.set_proxy_protocol(true, Duration::from_secs(5));
+    let server = AsyncTcpServer::builder()
+        .proxy_protocol(Some(Duration::from_secs(5)))
+        .bind_async("127.0.0.1:0", Echo)
+        .unwrap();
     let (addr, stop, served) = start(server);
     let mut c = connect(addr).await;
     c.get_mut()
@@ -239,12 +317,12 @@ async fn proxy_protocol_header_gives_real_client_address() {
     assert_eq!(n, 0, "connection without a PROXY header was served");
     drop(c);
     stop.shutdown();
-    timeout(T, served).await.unwrap().unwrap().unwrap();
+    finish(served).await;
 }
 
 #[tokio::test]
 async fn handler_panic_closes_only_its_connection() {
-    let (addr, stop, served) = start(AsyncTcpServer::bind("127.0.0.1:0", Echo).unwrap());
+    let (addr, stop, served) = start(AsyncTcpServer::bind_async("127.0.0.1:0", Echo).unwrap());
     let mut p = connect(addr).await;
     p.get_mut().write_all(b"panic\n").await.unwrap();
     let mut buf = Vec::new();
@@ -257,5 +335,5 @@ async fn handler_panic_closes_only_its_connection() {
     assert_eq!(ask(&mut ok, "still here\n").await, "still here\n");
     drop(ok);
     stop.shutdown();
-    timeout(T, served).await.unwrap().unwrap().unwrap();
+    finish(served).await;
 }

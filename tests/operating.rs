@@ -8,6 +8,8 @@
 //! (through Python, which sets up the descriptors) with `OPERATING_CHILD`
 //! naming the role to play.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
@@ -15,10 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use socketserver::server::{
-    activation, drop_privileges, refuse_root, AsyncRequestHandler, AsyncTcpServer, PidFile,
+    activation, drop_privileges, refuse_root, PidFile, Server, ServerBuilder, Strategy,
+    TcpTransport, Threading,
 };
-use socketserver::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use socketserver::{Error, Request, RequestHandler};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -158,27 +160,29 @@ sys.stdin.read()
 
 struct Echo;
 
-impl AsyncRequestHandler for Echo {
-    async fn handle(&self, mut s: tokio::net::TcpStream, _: SocketAddr) -> std::io::Result<()> {
-        let mut b = [0u8; 64];
+impl RequestHandler for Echo {
+    fn handle(&mut self, req: &mut Request) -> std::io::Result<()> {
+        let (mut r, mut w) = req.split();
         loop {
-            let n = s.read(&mut b).await?;
-            if n == 0 {
+            let chunk = r.fill_buf()?;
+            if chunk.is_empty() {
                 return Ok(());
             }
-            s.write_all(&b[..n]).await?;
+            let n = chunk.len();
+            w.write_all(chunk)?;
+            r.consume(n);
         }
     }
 }
 
-fn child_emfile() {
+/// A server of strategy `S` left with descriptors for only a handful of
+/// connections.
+fn child_emfile<S: Strategy>() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let server = AsyncTcpServer::bind("127.0.0.1:0", Echo).unwrap();
-    let port = server.local_addr().unwrap().port();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let mut server = ServerBuilder::<TcpTransport, S>::new()
+        .bind("127.0.0.1:0", || Echo)
         .unwrap();
+    let port = server.server_address().port();
     // Leave room for only a handful of connections.
     let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
@@ -189,7 +193,9 @@ fn child_emfile() {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         stop.shutdown();
     });
-    rt.block_on(server.serve()).unwrap();
+    server.serve_forever().unwrap();
+    // Handlers of the held connections end when the clients close.
+    server.server_close();
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -211,11 +217,20 @@ fn echo_ok(addr: SocketAddr, wait: Duration) -> bool {
     c.read_exact(&mut b).is_ok() && &b == b"ping"
 }
 
-fn emfile_backs_off_and_recovers() {
+fn emfile_backs_off_and_recovers_threading() {
+    emfile_backs_off_and_recovers("emfile-threading");
+}
+
+#[cfg(feature = "async")]
+fn emfile_backs_off_and_recovers_async() {
+    emfile_backs_off_and_recovers("emfile-async");
+}
+
+fn emfile_backs_off_and_recovers(role: &str) {
     let exe = std::env::current_exe().unwrap();
     let mut child = Reap(
         Command::new(exe)
-            .env("OPERATING_CHILD", "emfile")
+            .env("OPERATING_CHILD", role)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -296,11 +311,13 @@ fn main() {
         Ok("activation") | Ok("activation-other") | Ok("activation-bad") => {
             return child_activation()
         }
-        Ok("emfile") => return child_emfile(),
+        Ok("emfile-threading") => return child_emfile::<Threading>(),
+        #[cfg(feature = "async")]
+        Ok("emfile-async") => return child_emfile::<socketserver::server::Async>(),
         Ok("privdrop") => return child_privdrop(),
         _ => {}
     }
-    let tests: [(&str, fn()); 6] = [
+    let tests: &[(&str, fn())] = &[
         (
             "socket_activation_rejects_malformed_listen_fds",
             socket_activation_rejects_malformed_listen_fds,
@@ -322,12 +339,14 @@ fn main() {
             pid_file_locked_by_another_process,
         ),
         (
-            "emfile_backs_off_and_recovers",
-            emfile_backs_off_and_recovers,
+            "emfile_backs_off_and_recovers_threading",
+            emfile_backs_off_and_recovers_threading,
+        ),
+        #[cfg(feature = "async")]
+        (
+            "emfile_backs_off_and_recovers_async",
+            emfile_backs_off_and_recovers_async,
         ),
     ];
-    for (name, f) in tests {
-        f();
-        println!("test {name} ... ok");
-    }
+    support::run_plain(tests);
 }

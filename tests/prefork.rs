@@ -1,6 +1,8 @@
 //! The prefork strategy across real processes: crash replacement,
-//! recycling, growth and shrink under load, SIGTTIN/SIGTTOU, hung workers,
-//! and a SIGTERM drain of 100 in-flight requests.
+//! recycling, growth and shrink under load, SIGTTIN/SIGTTOU, hung and
+//! stopped workers, a SIGTERM drain of 100 in-flight requests, a parent
+//! SIGKILLed mid-request, the descriptors a worker holds, rate-limited
+//! fork errors and `process::exit` in a handler.
 //!
 //! `harness = false`: each test starts the server as a separate process
 //! (this binary re-executed with `PREFORK_SERVER=<settings>`), so the
@@ -16,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use socketserver::server::{shutdown_on_signals, PreforkTcpServer};
+use socketserver::server::{shutdown_on_signals, PreforkTcpServer, Server as _};
+
+mod support;
 use socketserver::{Request, RequestHandler};
 
 const T: Duration = Duration::from_secs(10);
@@ -36,6 +40,7 @@ impl RequestHandler for Probe {
                 "hang" => loop {
                     std::thread::sleep(Duration::from_secs(1));
                 },
+                "exit" => socketserver::process::exit(7),
                 "slow" => {
                     writeln!(req.wfile(), "started")?;
                     std::thread::sleep(Duration::from_millis(500));
@@ -50,9 +55,24 @@ impl RequestHandler for Probe {
 }
 
 /// Settings passed to the server process: `min,max_spare,max_workers,
-/// start,max_requests,hung_ms`.
+/// start,max_requests,hung_ms[,flags]`; flags: `log` installs a `tracing`
+/// subscriber writing to stderr, `fdcap` leaves the server descriptors for
+/// only one worker.
 fn server_main(cfg: &str) {
-    let v: Vec<u64> = cfg.split(',').map(|x| x.parse().expect("cfg")).collect();
+    let (numbers, flags) = match cfg.split_once(';') {
+        Some((n, f)) => (n, f),
+        None => (cfg, ""),
+    };
+    if flags.contains("log") {
+        tracing_subscriber::fmt()
+            .with_writer(io::stderr)
+            .with_ansi(false)
+            .init();
+    }
+    let v: Vec<u64> = numbers
+        .split(',')
+        .map(|x| x.parse().expect("cfg"))
+        .collect();
     let mut b = PreforkTcpServer::builder();
     b.min_spare(v[0] as usize)
         .max_spare(v[1] as usize)
@@ -65,6 +85,15 @@ fn server_main(cfg: &str) {
     }
     let mut server = b.bind("127.0.0.1:0", || Probe).expect("bind");
     let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
+    if flags.contains("fdcap") {
+        // Room for one worker's control pipe and pidfd, not for a second
+        // one; and a worker, which inherits the limit, cannot make its own
+        // descriptors.
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, open + 4, hard).unwrap();
+    }
     println!("{}", server.server_address().port());
     server.serve_forever().expect("serve_forever");
     server.server_close();
@@ -77,9 +106,14 @@ struct Server {
 
 impl Server {
     fn start(cfg: &str) -> Server {
+        Server::start_with(cfg, Stdio::inherit())
+    }
+
+    fn start_with(cfg: &str, stderr: Stdio) -> Server {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env("PREFORK_SERVER", cfg)
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut port = String::new();
@@ -94,19 +128,13 @@ impl Server {
         self.child.id() as i32
     }
 
-    /// The server's child processes (its workers).
+    /// The server's child processes (its workers), reaped or not.
     fn workers(&self) -> Vec<i32> {
-        let mut out = Vec::new();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
-            return out;
-        };
-        for t in tasks.flatten() {
-            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(
-                kids.split_whitespace()
-                    .filter_map(|p| p.parse::<i32>().ok()),
-            );
-        }
+        let mut out: Vec<i32> = support::children_of(self.pid())
+            .into_iter()
+            .filter(|&(_, state)| state != 'Z')
+            .map(|(pid, _)| pid)
+            .collect();
         out.sort_unstable();
         out
     }
@@ -273,6 +301,165 @@ fn sigterm_drains_100_in_flight_requests() {
     s.stop_after_signal();
 }
 
+fn alive(pid: i32) -> bool {
+    // A zombie has exited; only its parent's wait is missing.
+    support::stat(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+fn gone_within(pid: i32, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while alive(pid) {
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// The parent dies (SIGKILL) while a worker serves a request: the request
+/// still completes, and no worker keeps the listening socket, so a new
+/// client is refused instead of waiting in a backlog nobody serves.
+fn orphaned_workers_finish_their_request_and_refuse_new_clients() {
+    let s = Server::start("1,1,2,1,0,0");
+    let c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    (&c).write_all(b"pid\n").unwrap();
+    let mut r = BufReader::new(&c);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let busy: i32 = line.trim().parse().unwrap();
+    // A spare is forked for the next client.
+    s.wait_workers("spare", |n| n == 2);
+    let workers = s.workers();
+    kill(Pid::from_raw(s.pid()), Signal::SIGKILL).unwrap();
+    let t0 = Instant::now();
+    loop {
+        match TcpStream::connect(s.addr) {
+            Err(e) => {
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+                break;
+            }
+            Ok(_) => assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "orphaned workers still accept connections"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("  refused {:?} after the parent died", t0.elapsed());
+    // The request in flight is served to its end.
+    (&c).write_all(b"still there\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "still there\n");
+    assert!(alive(busy), "the busy worker left before its request ended");
+    drop(r);
+    drop(c);
+    for w in workers {
+        assert!(gone_within(w, T), "orphaned worker {w} did not exit");
+    }
+}
+
+/// Count a process's descriptors and those that are pidfds.
+fn fds_of(pid: i32) -> (usize, usize) {
+    let mut all = 0;
+    let mut pidfds = 0;
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        all += 1;
+        if std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("pidfd")) {
+            pidfds += 1;
+        }
+    }
+    (all, pidfds)
+}
+
+/// Every worker holds the same descriptors, none of them a sibling's
+/// pidfd, however many workers were forked before it.
+fn workers_hold_no_sibling_descriptors() {
+    let s = Server::start("8,8,8,8,0,0");
+    s.wait_workers("start", |n| n == 8);
+    // Let every worker finish closing what it inherited.
+    std::thread::sleep(Duration::from_millis(200));
+    let counts: Vec<(usize, usize)> = s.workers().into_iter().map(fds_of).collect();
+    println!("  worker descriptors (all, pidfds): {counts:?}");
+    assert!(
+        counts.iter().all(|&(_, p)| p == 0),
+        "pidfds in workers: {counts:?}"
+    );
+    let (min, max) = (
+        counts.iter().map(|c| c.0).min().unwrap(),
+        counts.iter().map(|c| c.0).max().unwrap(),
+    );
+    assert_eq!(
+        min, max,
+        "descriptor counts differ between workers: {counts:?}"
+    );
+    s.stop();
+}
+
+/// Idle workers stopped with SIGSTOP take no connection: they are noticed
+/// (the connection waits on the socket while they stay idle) and replaced.
+fn stopped_idle_workers_are_replaced() {
+    let s = Server::start("2,2,4,2,0,0");
+    s.wait_workers("start", |n| n == 2);
+    let stopped = s.workers();
+    for &w in &stopped {
+        kill(Pid::from_raw(w), Signal::SIGSTOP).unwrap();
+    }
+    let t0 = Instant::now();
+    assert_eq!(s.ask("ping\n"), "ping");
+    println!(
+        "  served {:?} after every idle worker was stopped",
+        t0.elapsed()
+    );
+    for w in stopped {
+        assert!(gone_within(w, T), "stopped worker {w} was not replaced");
+    }
+    s.stop();
+}
+
+/// Under a descriptor limit no worker can be set up: the parent's
+/// failures to fork and its workers dying at start repeat every tick, and
+/// each is logged once (then a count every 10 s), not 20 times a second.
+fn repeated_fork_errors_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let file = std::fs::File::create(&log).unwrap();
+    let s = Server::start_with("2,2,4,2,0,0;log,fdcap", Stdio::from(file));
+    std::thread::sleep(Duration::from_millis(1500));
+    s.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let forks = text.matches("cannot fork prefork worker").count();
+    let deaths = text.matches("prefork worker died").count();
+    assert!(forks + deaths > 0, "no failure was logged at all: {text}");
+    assert!(
+        forks <= 1 && deaths <= 1,
+        "{forks} + {deaths} lines:\n{text}"
+    );
+}
+
+/// `process::exit(7)` in a handler ends that worker (it is replaced), not
+/// a "non-string panic payload" that keeps the worker running.
+fn process_exit_in_a_handler_ends_the_worker() {
+    let s = Server::start("1,2,4,1,0,0");
+    let c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    (&c).write_all(b"pid\nexit\n").unwrap();
+    let mut r = BufReader::new(&c);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let pid: i32 = line.trim().parse().unwrap();
+    line.clear();
+    assert_eq!(r.read_line(&mut line).unwrap_or(0), 0, "{line}");
+    assert!(gone_within(pid, T), "worker {pid} survived process::exit");
+    assert_eq!(s.ask("ping\n"), "ping");
+    s.stop();
+}
+
 impl Server {
     fn stop_after_signal(mut self) {
         let t0 = Instant::now();
@@ -295,7 +482,7 @@ fn main() {
         server_main(&cfg);
         return;
     }
-    let tests: [(&str, fn()); 6] = [
+    let tests: &[(&str, fn())] = &[
         (
             "worker_killed_is_replaced_and_requests_keep_succeeding",
             worker_killed_is_replaced_and_requests_keep_succeeding,
@@ -320,16 +507,26 @@ fn main() {
             "sigterm_drains_100_in_flight_requests",
             sigterm_drains_100_in_flight_requests,
         ),
+        (
+            "orphaned_workers_finish_their_request_and_refuse_new_clients",
+            orphaned_workers_finish_their_request_and_refuse_new_clients,
+        ),
+        (
+            "workers_hold_no_sibling_descriptors",
+            workers_hold_no_sibling_descriptors,
+        ),
+        (
+            "stopped_idle_workers_are_replaced",
+            stopped_idle_workers_are_replaced,
+        ),
+        (
+            "repeated_fork_errors_are_rate_limited",
+            repeated_fork_errors_are_rate_limited,
+        ),
+        (
+            "process_exit_in_a_handler_ends_the_worker",
+            process_exit_in_a_handler_ends_the_worker,
+        ),
     ];
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    for (name, f) in tests {
-        if !filter.is_empty() && !filter.iter().any(|p| name.contains(p.as_str())) {
-            continue;
-        }
-        f();
-        println!("test {name} ... ok");
-    }
+    support::run_plain(tests);
 }

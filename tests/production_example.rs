@@ -1,5 +1,6 @@
 //! `examples/production.rs`: SIGHUP zero-downtime restart under load (no
-//! failed connection), the pid file against a second instance, privilege
+//! failed connection), a SIGTERM drain that refuses new clients at once,
+//! the pid file against a second instance, privilege
 //! drop and the refusal to run prefork as root.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -225,4 +226,48 @@ fn user_switch_after_binding() {
     } else {
         assert!(!wait_exit(&mut r).success(), "non-root switched user");
     }
+}
+
+/// SIGTERM with a connection open: the listening socket is closed at once
+/// (a new client is refused, not accepted and reset at exit), the open
+/// connection is still served, and the server exits 0 once it ends.
+fn sigterm_refuses_new_clients_during_the_drain(mode: &str) {
+    let mut r = start(&["--mode", mode, "--listen", "127.0.0.1:0", "--allow-root"]);
+    let (addr, pid) = ready(&r, mode);
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.set_read_timeout(Some(T)).unwrap();
+    held.write_all(b"one\n").unwrap();
+    let mut b = [0u8; 4];
+    held.read_exact(&mut b).unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let t0 = Instant::now();
+    loop {
+        match TcpStream::connect(addr) {
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                break;
+            }
+            Ok(_) => assert!(
+                t0.elapsed() < Duration::from_secs(2),
+                "{mode}: still accepting during the drain"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    held.write_all(b"two\n").unwrap();
+    held.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"two\n", "{mode}: the open connection was not served");
+    drop(held);
+    let status = wait_exit(&mut r);
+    assert!(status.success(), "{mode}: {status}");
+}
+
+#[test]
+fn async_sigterm_refuses_new_clients_during_the_drain() {
+    sigterm_refuses_new_clients_during_the_drain("async");
+}
+
+#[test]
+fn prefork_sigterm_refuses_new_clients_during_the_drain() {
+    sigterm_refuses_new_clients_during_the_drain("prefork");
 }

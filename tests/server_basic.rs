@@ -1,6 +1,9 @@
 //! Server behaviours ported from CPython's `test_socketserver.py`, for the
-//! synchronous and threading strategies (the forking ones live in
-//! `server_forking.rs`, a single-threaded test binary).
+//! synchronous and threading strategies. The echo round trip, handler
+//! errors, `verify_request`, the drain and `server_close` for all twenty
+//! transport × strategy combinations are one generic test in
+//! `strategies/mod.rs`, run by `server_forking.rs` (a single-threaded test
+//! binary, because forking and prefork fork).
 
 mod support;
 
@@ -12,39 +15,12 @@ use std::time::{Duration, Instant};
 
 use socketserver::server::{
     Hooks, Incoming, Server, SocketServer, Strategy, Synchronous, TcpServer, Threading,
-    ThreadingTcpServer, ThreadingUdpServer, ThreadingUnixDatagramServer, ThreadingUnixStreamServer,
-    UdpServer, UnixDatagramServer, UnixStreamServer,
+    ThreadingTcpServer, ThreadingUdpServer, UdpServer, UnixStreamServer,
 };
 use socketserver::{Error, PeerAddr, Request, RequestHandler};
 use support::*;
 
 const MSG: &[u8] = b"hello\x00world\n\xff binary\n";
-
-fn echo_tcp<S: Strategy>() {
-    let server =
-        SocketServer::<socketserver::server::TcpTransport, S>::bind("127.0.0.1:0", || Echo)
-            .unwrap();
-    let addr = server.server_address();
-    assert_ne!(addr.port(), 0);
-    let (handle, thread) = serve_in_thread(server);
-    for _ in 0..3 {
-        assert_eq!(tcp_roundtrip(addr, MSG), MSG);
-    }
-    handle.shutdown();
-    thread.join().unwrap().server_close();
-}
-
-#[test]
-fn echo_tcp_server() {
-    echo_tcp::<Synchronous>();
-    let _: Option<TcpServer> = None;
-}
-
-#[test]
-fn echo_threading_tcp_server() {
-    echo_tcp::<Threading>();
-    let _: Option<ThreadingTcpServer> = None;
-}
 
 #[test]
 fn echo_tcp_ipv6() {
@@ -59,91 +35,6 @@ fn echo_tcp_ipv6() {
     assert_eq!(tcp_roundtrip(addr, MSG), MSG);
     handle.shutdown();
     thread.join().unwrap();
-}
-
-fn echo_udp<S: Strategy>() {
-    let server =
-        SocketServer::<socketserver::server::UdpTransport, S>::bind("127.0.0.1:0", || Echo)
-            .unwrap();
-    let addr = server.server_address();
-    let (handle, thread) = serve_in_thread(server);
-    for _ in 0..3 {
-        assert_eq!(udp_roundtrip(addr, MSG), MSG);
-    }
-    handle.shutdown();
-    thread.join().unwrap();
-}
-
-#[test]
-fn echo_udp_server() {
-    echo_udp::<Synchronous>();
-    let _: Option<UdpServer> = None;
-}
-
-#[test]
-fn echo_threading_udp_server() {
-    echo_udp::<Threading>();
-    let _: Option<ThreadingUdpServer> = None;
-}
-
-fn echo_unix_stream<S: Strategy>() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.sock");
-    let server =
-        SocketServer::<socketserver::server::UnixStreamTransport, S>::bind(&path, || Echo).unwrap();
-    assert_eq!(server.server_address().path(), path);
-    let (handle, thread) = serve_in_thread(server);
-    for _ in 0..3 {
-        assert_eq!(unix_stream_roundtrip(&path, MSG), MSG);
-    }
-    handle.shutdown();
-    let mut server = thread.join().unwrap();
-    assert!(path.exists());
-    server.server_close();
-    assert!(!path.exists(), "server_close removes the socket file");
-}
-
-#[test]
-fn echo_unix_stream_server() {
-    echo_unix_stream::<Synchronous>();
-    let _: Option<UnixStreamServer> = None;
-}
-
-#[test]
-fn echo_threading_unix_stream_server() {
-    echo_unix_stream::<Threading>();
-    let _: Option<ThreadingUnixStreamServer> = None;
-}
-
-fn echo_unix_datagram<S: Strategy>() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("d.sock");
-    let server =
-        SocketServer::<socketserver::server::UnixDatagramTransport, S>::bind(&path, || Echo)
-            .unwrap();
-    let (handle, thread) = serve_in_thread(server);
-    for i in 0..3 {
-        let client = dir.path().join(format!("c{i}.sock"));
-        assert_eq!(unix_dgram_roundtrip(&path, &client, MSG), MSG);
-    }
-    handle.shutdown();
-    drop(thread.join().unwrap());
-    assert!(
-        !path.exists(),
-        "dropping the server removes the socket file"
-    );
-}
-
-#[test]
-fn echo_unix_datagram_server() {
-    echo_unix_datagram::<Synchronous>();
-    let _: Option<UnixDatagramServer> = None;
-}
-
-#[test]
-fn echo_threading_unix_datagram_server() {
-    echo_unix_datagram::<Threading>();
-    let _: Option<ThreadingUnixDatagramServer> = None;
 }
 
 #[test]
@@ -220,21 +111,6 @@ fn server_close_on_threading_server_that_never_served() {
     server.server_close();
     assert!(server.socket().is_none());
     assert!(matches!(server.serve_forever(), Err(Error::Closed)));
-}
-
-#[test]
-fn closing_releases_the_port() {
-    let mut server = TcpServer::bind("127.0.0.1:0", || Echo).unwrap();
-    let addr = server.server_address();
-    server.server_close();
-    assert!(
-        TcpStream::connect(addr).is_err(),
-        "nothing listens any more"
-    );
-    // The same port can be bound again at once.
-    let again = TcpServer::bind(addr, || Echo).unwrap();
-    drop(again);
-    assert!(TcpStream::connect(addr).is_err());
 }
 
 /// Records `handle_error` calls with their peer addresses.
@@ -550,4 +426,36 @@ fn echo_udp_ipv6() {
     assert_eq!(&buf[..n], MSG);
     handle.shutdown();
     thread.join().unwrap();
+}
+
+#[test]
+fn bind_errors_name_the_address() {
+    let taken = TcpServer::bind("127.0.0.1:0", || Echo).unwrap();
+    let addr = taken.server_address();
+    let err = TcpServer::bind(addr, || Echo).unwrap_err();
+    let Error::Io(io) = &err else {
+        panic!("not an I/O error: {err:?}")
+    };
+    assert_eq!(io.kind(), io::ErrorKind::AddrInUse, "{err}");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir/s.sock");
+    let err = UnixStreamServer::bind(&missing, || Echo).unwrap_err();
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn reuse_address_is_on_for_tcp_and_off_for_udp_by_default() {
+    let tcp = TcpServer::bind("127.0.0.1:0", || Echo).unwrap();
+    assert!(tcp.socket().unwrap().reuse_address().unwrap());
+    let udp = UdpServer::bind("127.0.0.1:0", || Echo).unwrap();
+    assert!(!udp.socket().unwrap().reuse_address().unwrap());
+    let off = TcpServer::builder()
+        .allow_reuse_address(false)
+        .bind("127.0.0.1:0", || Echo)
+        .unwrap();
+    assert!(!off.socket().unwrap().reuse_address().unwrap());
 }

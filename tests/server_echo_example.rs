@@ -1,7 +1,7 @@
 //! Drives `examples/echo.rs` through its command-line contract: the ready
 //! line, byte-transparent echo over TCP and UDP, and a graceful exit with
-//! status 0 on SIGTERM/SIGINT — in every mode, prefork and async included
-//! (which refuse `--udp` with a clear error).
+//! status 0 on SIGTERM/SIGINT — in every mode, over TCP, UDP, Unix stream
+//! and Unix datagram sockets.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
@@ -180,15 +180,61 @@ fn echo_async_mode_sigint_exits_0() {
 }
 
 #[test]
-fn echo_udp_is_refused_for_prefork_and_async() {
-    for mode in ["prefork", "async"] {
-        let out = Command::new(echo_binary())
-            .args(["--mode", mode, "--udp", "--listen", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--udp is not supported"), "{err}");
+fn echo_every_mode_serves_udp_and_unix_sockets() {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["sync", "threading", "forking", "prefork", "async"] {
+        let r = start(&["--mode", mode, "--udp"], "udp", mode);
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.send_to(b"datagram", r.addr).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"datagram", "{mode} udp");
+        stop(r, Signal::SIGTERM);
+
+        for datagram in [false, true] {
+            let path = dir.path().join(format!("{mode}-{datagram}.sock"));
+            let mut args = vec!["--mode", mode, "--unix", path.to_str().unwrap()];
+            if datagram {
+                args.push("--udp");
+            }
+            let mut child = Command::new(echo_binary())
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let scheme = if datagram { "unixgram" } else { "unix" };
+            assert_eq!(
+                line,
+                format!("listening on {scheme}://{} (mode {mode})\n", path.display())
+            );
+            if datagram {
+                let client = dir.path().join(format!("{mode}-client.sock"));
+                let c = UnixDatagram::bind(&client).unwrap();
+                c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                c.send_to(b"unix datagram", &path).unwrap();
+                let n = c.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], b"unix datagram", "{mode} unixgram");
+                std::fs::remove_file(&client).unwrap();
+            } else {
+                let mut c = UnixStream::connect(&path).unwrap();
+                c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                c.write_all(b"unix stream").unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+                let mut back = Vec::new();
+                c.read_to_end(&mut back).unwrap();
+                assert_eq!(back, b"unix stream", "{mode} unix");
+            }
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(status.code(), Some(0), "{mode} {scheme}: {status:?}");
+            assert!(!path.exists(), "{mode} {scheme}: socket file left behind");
+        }
     }
 }

@@ -35,7 +35,6 @@ fn failed_binds_leak_no_descriptors() {
     let long = dir.path().join("x".repeat(200));
     assert!(UnixDatagramServer::bind(&long, || Echo).is_err());
     assert_eq!(open_fds(), before);
-    println!("test failed_binds_leak_no_descriptors ... ok");
 }
 
 fn closing_releases_descriptors() {
@@ -53,7 +52,6 @@ fn closing_releases_descriptors() {
     drop(unix);
     assert_eq!(open_fds(), before, "closing must release every descriptor");
     assert!(!path.exists());
-    println!("test closing_releases_descriptors ... ok");
 }
 
 /// Counts loop iterations: `service_actions` runs once per iteration.
@@ -97,11 +95,18 @@ fn out_of_descriptors_backs_off_instead_of_spinning() {
     }
     handle.shutdown();
     thread.join().unwrap();
-    println!("test out_of_descriptors_backs_off_instead_of_spinning ... ok");
 }
 
 fn main() {
-    failed_binds_leak_no_descriptors();
-    closing_releases_descriptors();
-    out_of_descriptors_backs_off_instead_of_spinning();
+    support::run_plain(&[
+        (
+            "failed_binds_leak_no_descriptors",
+            failed_binds_leak_no_descriptors,
+        ),
+        ("closing_releases_descriptors", closing_releases_descriptors),
+        (
+            "out_of_descriptors_backs_off_instead_of_spinning",
+            out_of_descriptors_backs_off_instead_of_spinning,
+        ),
+    ]);
 }

@@ -1,87 +1,30 @@
-//! Forking-server behaviours, in a single-threaded test binary
+//! The servers that fork, in a test binary without libtest's threads
 //! (`harness = false`): libtest's threads and `fork()` do not mix well.
 //!
-//! Most checks drive the server with `handle_request` on the main thread,
-//! after the client has connected and sent (the kernel queues both), so
-//! the process forks while single-threaded.
+//! First the one generic test over all twenty transport × strategy
+//! combinations (`strategies/mod.rs`), then forking-specific behaviours.
+//! Most forking checks drive the server with `handle_request` on the main
+//! thread, after the client has connected and sent (the kernel queues
+//! both), so the process forks while single-threaded.
 
+mod strategies;
 mod support;
 
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, Read, Write};
-use std::net::{Shutdown, TcpStream, UdpSocket};
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use socketserver::server::{
-    ForkingTcpServer, ForkingUdpServer, ForkingUnixDatagramServer, ForkingUnixStreamServer, Hooks,
-    Incoming, Server,
-};
+use socketserver::server::{ForkingTcpServer, Hooks, Incoming, Server};
 use socketserver::{Error, PeerAddr, Request, RequestHandler};
 use support::{serve_in_thread, tcp_roundtrip, Echo, TIMEOUT};
-
-const MSG: &[u8] = b"fork me\x00\xff\n";
 
 fn read_all(mut r: impl Read) -> Vec<u8> {
     let mut out = Vec::new();
     r.read_to_end(&mut out).unwrap();
     out
-}
-
-fn echo_forking_tcp() {
-    let mut server = ForkingTcpServer::bind("127.0.0.1:0", || Echo).unwrap();
-    let mut c = TcpStream::connect(server.server_address()).unwrap();
-    c.set_read_timeout(Some(TIMEOUT)).unwrap();
-    c.write_all(MSG).unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    server.handle_request().unwrap();
-    assert_eq!(read_all(&c), MSG);
-    server.server_close();
-    assert_eq!(server.strategy().active_children(), 0);
-}
-
-fn echo_forking_udp() {
-    let mut server = ForkingUdpServer::bind("127.0.0.1:0", || Echo).unwrap();
-    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
-    c.set_read_timeout(Some(TIMEOUT)).unwrap();
-    c.send_to(MSG, server.server_address()).unwrap();
-    server.handle_request().unwrap();
-    let mut buf = [0u8; 256];
-    let (n, _) = c.recv_from(&mut buf).unwrap();
-    assert_eq!(&buf[..n], MSG);
-    server.server_close();
-}
-
-fn echo_forking_unix_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.sock");
-    let mut server = ForkingUnixStreamServer::bind(&path, || Echo).unwrap();
-    let mut c = UnixStream::connect(&path).unwrap();
-    c.set_read_timeout(Some(TIMEOUT)).unwrap();
-    c.write_all(MSG).unwrap();
-    c.shutdown(Shutdown::Write).unwrap();
-    server.handle_request().unwrap();
-    assert_eq!(read_all(&c), MSG);
-    server.server_close();
-    // The child never removes the file; the parent's close does.
-    assert!(!path.exists());
-}
-
-fn echo_forking_unix_datagram() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("d.sock");
-    let mut server = ForkingUnixDatagramServer::bind(&path, || Echo).unwrap();
-    let c = UnixDatagram::bind(dir.path().join("c.sock")).unwrap();
-    c.set_read_timeout(Some(TIMEOUT)).unwrap();
-    c.send_to(MSG, &path).unwrap();
-    server.handle_request().unwrap();
-    let mut buf = [0u8; 256];
-    let n = c.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], MSG);
-    server.server_close();
-    assert!(!path.exists());
 }
 
 /// Appends every `handle_error` call (made in the child) to a file, and a
@@ -138,6 +81,13 @@ impl RequestHandler for Picky {
                 Ok(())
             }
             "abort" => std::process::abort(),
+            "exit" => socketserver::process::exit(7),
+            "twice" => {
+                req.wfile().write_all(line.as_bytes())?;
+                line.clear();
+                req.rfile().read_line(&mut line)?;
+                req.wfile().write_all(line.as_bytes())
+            }
             _ => req.wfile().write_all(line.as_bytes()),
         }
     }
@@ -195,30 +145,16 @@ fn crashing_children_are_reaped_and_the_server_serves_on() {
     server.server_close();
 }
 
-/// Children of this process whose state satisfies `want` (from /proc).
-fn children_where(want: impl Fn(&str) -> bool) -> usize {
-    let me = std::process::id().to_string();
-    let mut n = 0;
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        let Some(i) = stat.rfind(')') else { continue };
-        let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
-        if f.len() > 1 && want(f[0]) && f[1] == me {
-            n += 1;
-        }
-    }
-    n
-}
-
 fn zombie_children() -> usize {
-    children_where(|state| state == "Z")
+    support::children()
+        .iter()
+        .filter(|&&(_, s)| s == 'Z')
+        .count()
 }
 
 /// Children in any state: running, exited-but-unreaped, anything.
 fn all_children() -> usize {
-    children_where(|_| true)
+    support::children().len()
 }
 
 fn does_not_reap_a_child_it_did_not_start() {
@@ -304,38 +240,199 @@ fn max_children_defers_accept() {
     thread.join().unwrap().server_close();
 }
 
-fn main() {
-    let tests: &[(&str, fn())] = &[
-        ("echo_forking_tcp", echo_forking_tcp),
-        ("echo_forking_udp", echo_forking_udp),
-        ("echo_forking_unix_stream", echo_forking_unix_stream),
-        ("echo_forking_unix_datagram", echo_forking_unix_datagram),
+/// `process::exit(7)` in a forked child's handler ends that child with
+/// status 7: the exit is not caught as a "non-string panic payload".
+fn process_exit_in_a_forked_handler_ends_the_child() {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("errors.log");
+    let mut server = ForkingTcpServer::builder()
+        .hooks(FileLog(log.clone()))
+        .bind("127.0.0.1:0", || Picky)
+        .unwrap();
+    let (out, _) = send_line(&mut server, b"exit\n");
+    assert!(out.is_empty());
+    let pid = server.strategy().child_pids()[0];
+    // Look at the exit status without reaping: the server reaps its own.
+    let status = waitid(
+        Id::Pid(nix::unistd::Pid::from_raw(pid)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+    )
+    .unwrap();
+    assert!(
+        matches!(status, WaitStatus::Exited(_, 7)),
+        "child ended with {status:?}"
+    );
+    server.server_close();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("panic"), "exit reported as an error: {text}");
+}
+
+/// Runs as a child process: a synchronous server whose handler fails
+/// once, with or without a `tracing` subscriber (`STDERR_ROLE`).
+fn stderr_child(role: &str) {
+    let level = match role {
+        "subscriber" | "reset-info" => Some(tracing::Level::INFO),
+        "reset-debug" => Some(tracing::Level::DEBUG),
+        _ => None,
+    };
+    if let Some(level) = level {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .with_max_level(level)
+            .init();
+    }
+    let mut server = socketserver::TcpServer::bind("127.0.0.1:0", || Picky).unwrap();
+    println!("{}", server.server_address().port());
+    server.handle_request().unwrap();
+    server.server_close();
+}
+
+fn stderr_of(role: &str) -> (String, u16) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("STDERR_ROLE", role)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", port.trim().parse::<u16>().unwrap())).unwrap();
+    let client_port = c.local_addr().unwrap().port();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(b"error\n").unwrap();
+    assert!(read_all(&c).is_empty());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        client_port,
+    )
+}
+
+/// Without a subscriber `handle_error` writes one line to stderr (Python
+/// prints the traceback there); with one it logs at error level.
+fn handler_errors_reach_stderr_with_or_without_a_subscriber() {
+    let (text, port) = stderr_of("plain");
+    assert_eq!(
+        text,
+        format!(
+            "socketserver: error while handling request from 127.0.0.1:{port}: \
+             I/O error: handler failed on purpose\n"
+        )
+    );
+    let (text, port) = stderr_of("subscriber");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("ERROR")
+            && text.contains("error while handling request")
+            && text.contains(&format!("127.0.0.1:{port}")),
+        "{text}"
+    );
+}
+
+/// A peer that resets mid-request is normal traffic: nothing at info
+/// level; at debug one "went away" line, inside the connection's span
+/// (peer, strategy), and the per-connection line with duration and bytes.
+fn peer_resets_are_debug_and_connections_are_spanned() {
+    let reset = |role: &str| {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("STDERR_ROLE", role)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        let mut c = TcpStream::connect(("127.0.0.1", port.trim().parse::<u16>().unwrap())).unwrap();
+        let client_port = c.local_addr().unwrap().port();
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        c.write_all(b"twice\n").unwrap();
+        let mut echo = [0u8; 6];
+        c.read_exact(&mut echo).unwrap();
+        // Reset: close with SO_LINGER 0 while the handler waits for more.
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(c);
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
         (
-            "handler_error_in_forking_server_and_close_waits",
-            handler_error_in_forking_server_and_close_waits,
-        ),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            client_port,
+        )
+    };
+    let (info, _) = reset("reset-info");
+    assert_eq!(info, "", "a peer reset was logged above debug");
+    let (debug, port) = reset("reset-debug");
+    let span = format!("conn{{peer=127.0.0.1:{port} strategy=sync}}");
+    let went = debug
+        .lines()
+        .find(|l| l.contains("peer went away mid-request"))
+        .unwrap_or_else(|| panic!("no debug line for the reset: {debug}"));
+    assert!(went.contains("DEBUG") && went.contains(&span), "{went}");
+    let closed = debug
+        .lines()
+        .find(|l| l.contains("connection closed"))
+        .unwrap_or_else(|| panic!("no per-connection line: {debug}"));
+    assert!(
+        closed.contains(&span)
+            && closed.contains("duration=")
+            && closed.contains("bytes_in=6")
+            && closed.contains("bytes_out=6"),
+        "{closed}"
+    );
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("STDERR_ROLE") {
+        return stderr_child(&role);
+    }
+    let mut tests: Vec<support::Test> = strategies::ALL.to_vec();
+    tests.extend_from_slice(&[
+        ("handler_error_in_forking_server_and_close_waits", || {
+            handler_error_in_forking_server_and_close_waits();
+            Ok(())
+        }),
         (
             "crashing_children_are_reaped_and_the_server_serves_on",
-            crashing_children_are_reaped_and_the_server_serves_on,
+            || {
+                crashing_children_are_reaped_and_the_server_serves_on();
+                Ok(())
+            },
         ),
+        ("does_not_reap_a_child_it_did_not_start", || {
+            does_not_reap_a_child_it_did_not_start();
+            Ok(())
+        }),
+        ("process_exit_in_a_forked_handler_ends_the_child", || {
+            process_exit_in_a_forked_handler_ends_the_child();
+            Ok(())
+        }),
         (
-            "does_not_reap_a_child_it_did_not_start",
-            does_not_reap_a_child_it_did_not_start,
+            "handler_errors_reach_stderr_with_or_without_a_subscriber",
+            || {
+                handler_errors_reach_stderr_with_or_without_a_subscriber();
+                Ok(())
+            },
         ),
-        // Last: these start a serving thread, so later forks would happen
-        // in a multi-threaded process.
-        ("max_children_defers_accept", max_children_defers_accept),
-        (
-            "no_zombies_after_1000_connections",
-            no_zombies_after_1000_connections,
-        ),
-    ];
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    for (name, test) in tests {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        test();
-        println!("test {name} ... ok");
-    }
+        ("peer_resets_are_debug_and_connections_are_spanned", || {
+            peer_resets_are_debug_and_connections_are_spanned();
+            Ok(())
+        }),
+        ("max_children_defers_accept", || {
+            max_children_defers_accept();
+            Ok(())
+        }),
+        ("no_zombies_after_1000_connections", || {
+            no_zombies_after_1000_connections();
+            Ok(())
+        }),
+    ]);
+    support::run(&tests);
 }

@@ -217,3 +217,16 @@ pub fn exit(code: i32) -> ! {
     }
     std::process::exit(code)
 }
+
+/// Lets the unwinding of [`exit`] pass through a `catch_unwind` that is not
+/// the fork point (the server core catches handler panics): re-raises an
+/// `ExitRequest` payload so the child ends with the code it asked for, and
+/// hands any other payload back.
+pub(crate) fn resume_exit_request(
+    payload: Box<dyn std::any::Any + Send>,
+) -> Box<dyn std::any::Any + Send> {
+    if payload.is::<ExitRequest>() {
+        std::panic::resume_unwind(payload);
+    }
+    payload
+}

@@ -46,6 +46,7 @@ use manager::{protocol as manager_protocol, proxy as manager_proxy, server as ma
 use pool::{async_result, codec, dispatch, task, worker};
 use shm::{raw, shared, spill, sync};
 
+pub(crate) use current::resume_exit_request;
 pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
 pub use fork::{fork_child, ForkOptions, ForkedChild};
 pub use forkserver::{

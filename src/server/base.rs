@@ -1,8 +1,17 @@
-//! [`SocketServer`]: one transport, one strategy, Python's `BaseServer` loop.
+//! [`SocketServer`]: one transport, one strategy, Python's `BaseServer`
+//! loop — **the accept loop of the crate lives here** ([`Serving::accept_loop`]).
+//!
+//! Every strategy serves through the same pieces: `get_request` reads the
+//! server socket (accept or `recvfrom`), `verify_request` asks the hooks,
+//! the [`Strategy`] decides where the request runs, and
+//! [`ServerCore`](super::ServerCore) runs the handler. The synchronous,
+//! threading and forking strategies run [`Serving::accept_loop`] in the
+//! serving thread; each prefork worker runs the same loop in its own
+//! process; the async strategy drives the same `get_request` from tokio.
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,28 +23,30 @@ use crate::error::{Error, Result};
 use crate::handler::PeerAddr;
 
 use super::core::{Factory, ServerCore};
+use super::drain::DrainReport;
 use super::hooks::Hooks;
 use super::incoming::Incoming;
-use super::options::{ServerBuilder, ServerOptions};
-use super::strategy::{LoopWaker, Strategy};
+use super::ops::backoff::{AcceptAction, AcceptBackoff};
+use super::options::ServerOptions;
+use super::strategy::{LoopWaker, Processor, Serving, Strategy};
 use super::traits::Server;
-use super::transport::{classify, AcceptError, BindAddress, ServerSocket, Transport};
+use super::transport::{ServerSocket, Transport};
 use super::wakeup::{ShutdownHandle, Wakeup};
-
-/// How long the loop stops accepting after `EMFILE`/`ENFILE`.
-const BACKOFF: Duration = Duration::from_millis(100);
 
 /// Most requests taken per wake-up before housekeeping runs again.
 const BATCH: usize = 16;
 
 /// A server over transport `T` with strategy `S`. Use the aliases
 /// ([`TcpServer`](super::TcpServer), [`ThreadingTcpServer`](super::ThreadingTcpServer),
-/// …) rather than naming the parameters.
+/// [`PreforkTcpServer`](super::PreforkTcpServer), …) rather than naming the
+/// parameters.
 ///
 /// Dropping the server closes it (see [`Server::server_close`]).
 pub struct SocketServer<T: Transport, S: Strategy> {
     socket: Option<ServerSocket>,
     address: T::Address,
+    /// This server bound the address (so a Unix socket file is its own
+    /// to remove); `false` for an adopted socket.
     bound: bool,
     closed: bool,
     options: ServerOptions,
@@ -43,6 +54,7 @@ pub struct SocketServer<T: Transport, S: Strategy> {
     strategy: S,
     wakeup: Arc<Wakeup>,
     buf: Vec<u8>,
+    report: Option<DrainReport>,
 }
 
 impl<T: Transport, S: Strategy> fmt::Debug for SocketServer<T, S> {
@@ -57,38 +69,35 @@ impl<T: Transport, S: Strategy> fmt::Debug for SocketServer<T, S> {
 }
 
 impl<T: Transport, S: Strategy> SocketServer<T, S> {
-    /// Binds a server with default options; `factory` makes one handler per
-    /// request.
-    ///
-    /// ```no_run
-    /// use socketserver::server::{Server, ThreadingTcpServer};
-    /// # struct Echo;
-    /// # impl socketserver::RequestHandler for Echo {
-    /// #     fn handle(&mut self, _: &mut socketserver::Request) -> std::io::Result<()> { Ok(()) }
-    /// # }
-    /// let mut server = ThreadingTcpServer::bind("127.0.0.1:0", || Echo)?;
-    /// println!("listening on {}", server.server_address());
-    /// server.serve_forever()?;
-    /// # Ok::<(), socketserver::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// Resolving, creating, binding or listening failed. Nothing leaks.
-    pub fn bind<A, F, H>(address: A, factory: F) -> Result<Self>
-    where
-        A: BindAddress<T>,
-        F: Fn() -> H + Send + Sync + 'static,
-        H: crate::handler::RequestHandler,
-    {
-        ServerBuilder::<T, S>::new().bind(address, factory)
-    }
-
-    /// A builder for the options Python sets as class attributes.
-    pub fn builder() -> ServerBuilder<T, S> {
-        ServerBuilder::new()
-    }
-
     pub(crate) fn create(
+        address: T::Address,
+        factory: Factory,
+        hooks: Arc<dyn Hooks>,
+        options: ServerOptions,
+    ) -> Result<Self> {
+        let socket =
+            T::socket(&address).map_err(|e| at_address(e, "create a socket for", &address))?;
+        let mut server = Self::assemble(socket, address, factory, hooks, options)?;
+        if server.options.bind_and_activate {
+            // On error `server` drops here, which closes the socket.
+            server.server_bind()?;
+            server.server_activate()?;
+        }
+        Ok(server)
+    }
+
+    pub(crate) fn adopt(
+        fd: OwnedFd,
+        factory: Factory,
+        hooks: Arc<dyn Hooks>,
+        options: ServerOptions,
+    ) -> Result<Self> {
+        let (socket, address) = T::adopt(fd)?;
+        Self::assemble(socket, address, factory, hooks, options)
+    }
+
+    fn assemble(
+        socket: ServerSocket,
         address: T::Address,
         factory: Factory,
         hooks: Arc<dyn Hooks>,
@@ -96,28 +105,23 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
     ) -> Result<Self> {
         let wakeup = Wakeup::new()?;
         let strategy = S::new(&options, LoopWaker(wakeup.clone()))?;
-        let socket = T::socket(&address)?;
-        let mut server = SocketServer {
+        Ok(SocketServer {
             socket: Some(socket),
             address,
             bound: false,
             closed: false,
             buf: Vec::new(),
-            core: Arc::new(ServerCore {
+            core: Arc::new(ServerCore::new(
                 factory,
                 hooks,
-                connection_timeout: options.connection_timeout,
-            }),
+                options.connection_timeout,
+                S::NAME,
+            )),
             options,
             strategy,
             wakeup,
-        };
-        if server.options.bind_and_activate {
-            // On error `server` drops here, which closes the socket.
-            server.server_bind()?;
-            server.server_activate()?;
-        }
-        Ok(server)
+            report: None,
+        })
     }
 
     /// The server socket, for options before `server_bind` (Python's
@@ -132,6 +136,11 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
         &self.strategy
     }
 
+    #[cfg(feature = "async")]
+    pub(crate) fn strategy_mut(&mut self) -> &mut S {
+        &mut self.strategy
+    }
+
     /// The settings this server was built with.
     pub fn options(&self) -> &ServerOptions {
         &self.options
@@ -142,55 +151,117 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
         self.wakeup.request_shutdown();
     }
 
+    /// What [`server_close`](Server::server_close) found in flight and
+    /// what became of it; `None` before the server was closed. The same
+    /// report for every strategy.
+    pub fn drain_report(&self) -> Option<DrainReport> {
+        self.report
+    }
+
     fn live_socket(&self) -> Result<&ServerSocket> {
         self.socket.as_ref().ok_or(Error::Closed)
     }
 
-    /// Python's `_handle_request_noblock`, with the accept-error policy.
-    /// Returns `true` when a request was received (so another may wait).
-    fn handle_request_noblock(&mut self) -> bool {
+    fn serving(&mut self) -> Serving<'_> {
+        Serving {
+            socket: &mut self.socket,
+            core: &self.core,
+            wakeup: &self.wakeup,
+            options: &self.options,
+            buf: &mut self.buf,
+        }
+    }
+}
+
+/// Adds the address to an error, keeping its kind (`AddrInUse` stays
+/// `AddrInUse`).
+fn at_address(e: io::Error, what: &str, address: &dyn fmt::Display) -> Error {
+    Error::Io(io::Error::new(
+        e.kind(),
+        format!("cannot {what} {address}: {e}"),
+    ))
+}
+
+impl Serving<'_> {
+    /// Python's `get_request`: accept a connection or receive a datagram.
+    pub(crate) fn get_request(&mut self) -> io::Result<(Incoming, PeerAddr)> {
+        let socket = self
+            .socket
+            .as_ref()
+            .ok_or_else(|| io::Error::from(Error::Closed))?;
+        if !socket.is_stream() && self.buf.len() != self.options.max_packet_size {
+            self.buf.resize(self.options.max_packet_size, 0);
+        }
+        socket.receive(self.buf)
+    }
+
+    /// Waits for `delay` or a wake-up, whichever comes first (the accept
+    /// backoff: a shutdown still ends the pause at once).
+    pub(crate) fn pause(&self, delay: Duration) {
+        let mut fds = [PollFd::new(self.wakeup.fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(delay.as_millis()).unwrap_or(u16::MAX);
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+    }
+
+    /// Python's `_handle_request_noblock` with the one accept-error policy
+    /// ([`AcceptBackoff`]). `Ok(true)` when a request was taken (another
+    /// may be waiting); `Ok(false)` when nothing was waiting.
+    ///
+    /// # Errors
+    /// The server socket is broken (`EBADF`, `EINVAL`, …).
+    pub(crate) fn handle_request_noblock<P: Processor>(
+        &mut self,
+        strategy: &mut P,
+        backoff: &mut AcceptBackoff,
+    ) -> Result<bool> {
         match self.get_request() {
             Ok((request, peer)) => {
-                if self.verify_request(&request, &peer) {
-                    self.process_request(request, peer);
+                backoff.on_success();
+                if self.core.hooks.verify_request(&request, &peer) {
+                    strategy.process_request(self.core, self.socket, request, peer);
                 } else {
-                    self.shutdown_request(request);
+                    self.core.shutdown_request(request);
                 }
-                true
+                Ok(true)
             }
-            Err(e) => {
-                self.accept_failed(&e);
-                false
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => match backoff.on_error(&e) {
+                AcceptAction::Retry => Ok(true),
+                AcceptAction::Backoff(d) => {
+                    self.pause(d);
+                    Ok(false)
+                }
+                AcceptAction::Fatal => {
+                    tracing::error!(error = %e, "the server socket is broken; serving stops");
+                    Err(e.into())
+                }
+            },
         }
     }
 
-    fn accept_failed(&mut self, e: &io::Error) {
-        match classify(e) {
-            AcceptError::Retry => {}
-            AcceptError::Skip => {
-                tracing::debug!(error = %e, "skipping a failed connection")
-            }
-            AcceptError::BackOff => {
-                tracing::warn!(error = %e, "out of resources; pausing accept for {BACKOFF:?}");
-                // Wait on the wake-up fd only, so a shutdown still ends
-                // the pause at once.
-                let mut fds = [PollFd::new(self.wakeup.fd(), PollFlags::POLLIN)];
-                let _ = poll(&mut fds, PollTimeout::from(BACKOFF.as_millis() as u16));
-            }
-            AcceptError::Other => tracing::error!(error = %e, "get_request failed"),
-        }
+    /// The accept loop: sleeps in `poll(2)` on the server socket, the
+    /// wake-up descriptor and the strategy's own descriptors; takes what
+    /// is queued (bounded, so housekeeping and shutdown are never
+    /// starved); stops accepting while the strategy is at capacity, so
+    /// connections wait in the backlog instead of being refused. Returns
+    /// when a shutdown is requested.
+    ///
+    /// # Errors
+    /// The server is closed, the socket is broken, or `poll(2)` failed.
+    pub fn accept_loop<S: Strategy>(&mut self, strategy: &mut S) -> Result<()> {
+        self.run_loop(strategy)
     }
 
-    fn run_loop(&mut self) -> Result<()> {
+    pub(crate) fn run_loop<P: Processor>(&mut self, strategy: &mut P) -> Result<()> {
+        let mut backoff = AcceptBackoff::default();
         loop {
             if self.wakeup.shutdown_requested() {
                 return Ok(());
             }
-            let listen = !self.strategy.at_capacity();
+            let listen = !strategy.at_capacity();
             let (woken, readable) = {
-                let socket = self.live_socket()?;
-                let extra = self.strategy.wait_fds();
+                let socket = self.socket.as_ref().ok_or(Error::Closed)?;
+                let extra = strategy.wait_fds();
                 let mut fds = Vec::with_capacity(2 + extra.len());
                 fds.push(PollFd::new(self.wakeup.fd(), PollFlags::POLLIN));
                 fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
@@ -218,18 +289,17 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
                 return Ok(());
             }
             if readable {
-                // Take what is already queued (bounded, so housekeeping and
-                // shutdown are never starved), stopping at `WouldBlock`.
                 for _ in 0..BATCH {
-                    if !self.handle_request_noblock()
+                    if !self.handle_request_noblock(strategy, &mut backoff)?
                         || self.wakeup.shutdown_requested()
-                        || self.strategy.at_capacity()
+                        || strategy.at_capacity()
                     {
                         break;
                     }
                 }
             }
-            self.service_actions();
+            strategy.service_actions();
+            self.core.hooks.service_actions();
         }
     }
 }
@@ -240,13 +310,19 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
     fn server_bind(&mut self) -> Result<()> {
         let socket = self.live_socket()?;
         let sock = socket.sock_ref();
-        if self.options.allow_reuse_address {
+        let reuse = self
+            .options
+            .allow_reuse_address
+            .unwrap_or(T::REUSE_ADDRESS_BY_DEFAULT);
+        if reuse {
             sock.set_reuse_address(true)?;
         }
         if self.options.allow_reuse_port {
             sock.set_reuse_port(true)?;
         }
-        sock.bind(&T::sock_addr(&self.address)?)?;
+        let addr = T::sock_addr(&self.address).map_err(|e| at_address(e, "bind", &self.address))?;
+        sock.bind(&addr)
+            .map_err(|e| at_address(e, "bind", &self.address))?;
         let bound = T::bound_address(socket, &self.address);
         self.bound = true;
         self.address = bound?;
@@ -256,7 +332,10 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
     fn server_activate(&mut self) -> Result<()> {
         let socket = self.live_socket()?;
         if socket.is_stream() {
-            socket.sock_ref().listen(self.options.backlog)?;
+            socket
+                .sock_ref()
+                .listen(self.options.backlog)
+                .map_err(|e| at_address(e, "listen on", &self.address))?;
         }
         Ok(())
     }
@@ -266,14 +345,7 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
     }
 
     fn get_request(&mut self) -> io::Result<(Incoming, PeerAddr)> {
-        let socket = self
-            .socket
-            .as_ref()
-            .ok_or_else(|| io::Error::from(Error::Closed))?;
-        if !socket.is_stream() && self.buf.len() != self.options.max_packet_size {
-            self.buf.resize(self.options.max_packet_size, 0);
-        }
-        socket.receive(&mut self.buf)
+        self.serving().get_request()
     }
 
     fn verify_request(&mut self, request: &Incoming, peer: &PeerAddr) -> bool {
@@ -309,9 +381,17 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
     }
 
     fn serve_forever(&mut self) -> Result<()> {
-        let result = self.run_loop();
+        self.live_socket()?;
+        let mut serving = Serving {
+            socket: &mut self.socket,
+            core: &self.core,
+            wakeup: &self.wakeup,
+            options: &self.options,
+            buf: &mut self.buf,
+        };
+        let result = self.strategy.serve_forever(&mut serving);
         if result.is_ok() {
-            tracing::debug!(server = %self.address, "shutdown requested; serve_forever returns");
+            tracing::debug!(server = %self.address, strategy = S::NAME, "shutdown requested; serve_forever returns");
         }
         self.wakeup.reset();
         result
@@ -319,6 +399,7 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
 
     fn handle_request(&mut self) -> Result<()> {
         let deadline = self.options.timeout.map(|t| Instant::now() + t);
+        let mut backoff = AcceptBackoff::default();
         loop {
             let timeout = match deadline {
                 None => PollTimeout::NONE,
@@ -337,7 +418,14 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
                     }
                 }
                 Ok(_) => {
-                    let _ = self.handle_request_noblock();
+                    let mut serving = Serving {
+                        socket: &mut self.socket,
+                        core: &self.core,
+                        wakeup: &self.wakeup,
+                        options: &self.options,
+                        buf: &mut self.buf,
+                    };
+                    serving.handle_request_noblock(&mut self.strategy, &mut backoff)?;
                     return Ok(());
                 }
                 Err(Errno::EINTR) => {}
@@ -355,11 +443,25 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
             return;
         }
         self.closed = true;
+        // Stop accepting first: from here on a new connection is refused,
+        // not queued behind the drain.
         self.socket = None;
         if self.bound {
             T::cleanup(&self.address);
         }
-        self.strategy.server_close(self.options.block_on_close);
+        let report = self
+            .strategy
+            .drain(self.options.block_on_close, self.options.drain_timeout);
+        if report != DrainReport::default() {
+            tracing::info!(
+                drained = report.drained,
+                aborted = report.aborted,
+                detached = report.detached,
+                strategy = S::NAME,
+                "server closed"
+            );
+        }
+        self.report = Some(report);
     }
 }
 

@@ -1,36 +1,42 @@
-//! What happens to one request once a strategy decided where it runs.
+//! **Where a request becomes a handler call.**
 //!
-//! [`ServerCore`] is the part of a server that worker threads and forked
-//! children need: the handler factory, the hooks and the per-connection
-//! settings. It is shared behind an `Arc`, so every strategy runs requests
-//! through the same code: Python's `finish_request` (make a handler, run
-//! it, send a datagram reply) and `shutdown_request`, with errors and panics
-//! reported through `handle_error`.
+//! [`ServerCore`] is the part of a server that worker threads, forked
+//! children, prefork workers and async tasks share: the handler factory,
+//! the hooks and the per-connection settings. Every strategy runs a
+//! request through [`ServerCore::process`]: Python's `finish_request`
+//! (make a handler, run its life cycle — the one in `handler.rs` behind
+//! [`run_handler`](crate::handler::run_handler), the only place
+//! `setup`/`handle`/`finish` are called — send a datagram reply),
+//! `handle_error` on failure and `shutdown_request` at the end, all inside
+//! a `tracing` span naming the peer and the strategy.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::handler::{PeerAddr, Request, RequestHandler};
+use crate::handler::{lifecycle, PeerAddr, Request, RequestHandler};
 
 use super::hooks::Hooks;
 use super::incoming::{Datagram, Incoming};
 
-/// Makes one handler per request.
-pub(crate) type Factory = Box<dyn Fn() -> Box<dyn RequestHandler> + Send + Sync>;
+/// Makes one handler per request. `None` for a server whose requests are
+/// served by a native async handler instead.
+pub(crate) type Factory = Option<Box<dyn Fn() -> Box<dyn RequestHandler> + Send + Sync>>;
 
 /// The shared, thread- and fork-safe part of a server.
 pub struct ServerCore {
-    pub(crate) factory: Factory,
+    factory: Factory,
     pub(crate) hooks: Arc<dyn Hooks>,
     pub(crate) connection_timeout: Option<Duration>,
+    strategy: &'static str,
 }
 
 impl fmt::Debug for ServerCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerCore")
+            .field("strategy", &self.strategy)
             .field("connection_timeout", &self.connection_timeout)
             .finish_non_exhaustive()
     }
@@ -47,13 +53,42 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// What one request moved: for the per-connection debug line.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Traffic {
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+}
+
 impl ServerCore {
-    /// Python's `finish_request`: makes a handler, runs `setup`, `handle`
-    /// and `finish` under `catch_unwind`, then (for a datagram whose
-    /// `setup` succeeded) sends the reply — even an empty one. Hands the
-    /// request back for [`shutdown_request`](Self::shutdown_request)
-    /// (always `Some`; the `Option` only spares the code an impossible
-    /// case).
+    pub(crate) fn new(
+        factory: Factory,
+        hooks: Arc<dyn Hooks>,
+        connection_timeout: Option<Duration>,
+        strategy: &'static str,
+    ) -> Self {
+        ServerCore {
+            factory,
+            hooks,
+            connection_timeout,
+            strategy,
+        }
+    }
+
+    /// The strategy's name, as logged in every connection's span.
+    pub fn strategy_name(&self) -> &'static str {
+        self.strategy
+    }
+
+    /// Python's `finish_request`: makes a handler, runs its life cycle
+    /// under `catch_unwind`, then (for a datagram whose `setup` succeeded)
+    /// sends the reply — even an empty one. Hands the request back for
+    /// [`shutdown_request`](Self::shutdown_request) (always `Some`; the
+    /// `Option` only spares the code an impossible case).
+    ///
+    /// A handler that calls [`process::exit`](crate::process::exit) in a
+    /// forked child or prefork worker ends that process with its code: the
+    /// exit is not caught here as a panic.
     ///
     /// # Errors
     /// The first error from the handler or the reply, or
@@ -63,11 +98,22 @@ impl ServerCore {
         request: Incoming,
         peer: &PeerAddr,
     ) -> (Option<Incoming>, Result<()>) {
+        let (request, result, _) = self.run(request, peer);
+        (request, result)
+    }
+
+    fn run(&self, request: Incoming, peer: &PeerAddr) -> (Option<Incoming>, Result<()>, Traffic) {
+        let Some(factory) = &self.factory else {
+            let e = Error::InvalidArgument(
+                "this server serves a native async handler; only the async strategy runs it".into(),
+            );
+            return (Some(request), Err(e), Traffic::default());
+        };
         let (mut req, socket) = match request {
             Incoming::Stream(s) => {
                 if let Some(t) = self.connection_timeout {
                     if let Err(e) = s.set_timeout(Some(t)) {
-                        return (Some(Incoming::Stream(s)), Err(e.into()));
+                        return (Some(Incoming::Stream(s)), Err(e.into()), Traffic::default());
                     }
                 }
                 (Request::from_stream(s, peer.clone()), None)
@@ -78,20 +124,22 @@ impl ServerCore {
             ),
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let mut handler = (self.factory)();
-            if let Err(e) = handler.setup(&mut req) {
-                return (false, Err(e));
-            }
-            let handled = handler.handle(&mut req);
-            let finished = handler.finish(&mut req);
-            (true, handled.and(finished))
+            let mut handler = factory();
+            lifecycle(&mut *handler, &mut req)
         }));
         let (setup_ok, mut result) = match outcome {
-            Ok((ok, r)) => (ok, r.map_err(Error::from)),
-            Err(payload) => (false, Err(Error::Panicked(panic_message(&*payload)))),
+            Ok(l) => (l.setup_ok, l.result.map_err(Error::from)),
+            Err(payload) => {
+                let payload = crate::process::resume_exit_request(payload);
+                (false, Err(Error::Panicked(panic_message(&*payload))))
+            }
+        };
+        let mut traffic = Traffic {
+            bytes_in: req.bytes_received(),
+            bytes_out: req.bytes_sent(),
         };
         match socket {
-            None => (req.into_stream().map(Incoming::Stream), result),
+            None => (req.into_stream().map(Incoming::Stream), result, traffic),
             Some(socket) => {
                 let d = Datagram {
                     packet: Vec::new(),
@@ -99,13 +147,14 @@ impl ServerCore {
                 };
                 if setup_ok {
                     let reply = req.take_reply().unwrap_or_default();
+                    traffic.bytes_out = reply.len() as u64;
                     if let Err(e) = d.send_reply(&reply, peer) {
                         if result.is_ok() {
                             result = Err(e.into());
                         }
                     }
                 }
-                (Some(Incoming::Datagram(d)), result)
+                (Some(Incoming::Datagram(d)), result, traffic)
             }
         }
     }
@@ -121,10 +170,15 @@ impl ServerCore {
     }
 
     /// Python's synchronous `process_request`: `finish_request`, then
-    /// `handle_error` on failure, then always `shutdown_request`. Returns
-    /// `true` when the handler succeeded (a forked child's exit status).
+    /// `handle_error` on failure, then always `shutdown_request` — inside
+    /// a `conn` span (peer, strategy), ending with one debug line giving
+    /// the duration and the bytes in and out. Returns `true` when the
+    /// handler succeeded (a forked child's exit status).
     pub fn process(&self, request: Incoming, peer: &PeerAddr) -> bool {
-        let (request, result) = self.finish_request(request, peer);
+        let span = tracing::debug_span!("conn", peer = %peer, strategy = %self.strategy);
+        let _entered = span.enter();
+        let started = Instant::now();
+        let (request, result, traffic) = self.run(request, peer);
         let ok = match result {
             Ok(()) => true,
             Err(e) => {
@@ -134,11 +188,21 @@ impl ServerCore {
         };
         // A panicking shutdown_request override must not take the caller
         // (a worker thread or the serving loop) down with it.
-        let Some(request) = request else { return ok };
-        if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.shutdown_request(request))) {
-            self.handle_error(peer, &Error::Panicked(panic_message(&*p)));
-            return false;
+        let mut ok = ok;
+        if let Some(request) = request {
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| self.shutdown_request(request))) {
+                let p = crate::process::resume_exit_request(p);
+                self.handle_error(peer, &Error::Panicked(panic_message(&*p)));
+                ok = false;
+            }
         }
+        tracing::debug!(
+            duration = ?started.elapsed(),
+            bytes_in = traffic.bytes_in,
+            bytes_out = traffic.bytes_out,
+            ok,
+            "connection closed"
+        );
         ok
     }
 }

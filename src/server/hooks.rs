@@ -30,11 +30,15 @@ pub trait Hooks: Send + Sync + 'static {
         request.shutdown();
     }
 
-    /// Reports a handler that returned an error or panicked. Default logs
-    /// it with the peer address through `tracing` at error level; the
-    /// server then closes the connection and keeps serving.
+    /// Reports a handler that returned an error or panicked; the server
+    /// then closes the connection and keeps serving. Default is
+    /// [`report_error`]: a peer that reset or hung up mid-request is normal
+    /// traffic, logged at `debug`; any other error is the handler's and is
+    /// logged at `error` with the peer address — or, when no `tracing`
+    /// subscriber is installed, written as one line to stderr (Python's
+    /// `handle_error` prints the traceback there).
     fn handle_error(&self, peer: &PeerAddr, error: &Error) {
-        tracing::error!(peer = %peer, error = %error, "error while handling request");
+        report_error(peer, error);
     }
 
     /// Called by `handle_request` when its timeout expires with nothing to
@@ -45,6 +49,24 @@ pub trait Hooks: Send + Sync + 'static {
     /// wake-up). Default does nothing; the forking strategy reaps its
     /// children here regardless.
     fn service_actions(&self) {}
+}
+
+/// The default `handle_error`, for overrides that add to it.
+pub fn report_error(peer: &PeerAddr, error: &Error) {
+    if error.is_disconnect() {
+        tracing::debug!(peer = %peer, error = %error, "peer went away mid-request");
+        return;
+    }
+    let subscribed =
+        tracing::dispatcher::get_default(|d| !d.is::<tracing::subscriber::NoSubscriber>());
+    if subscribed {
+        tracing::error!(peer = %peer, error = %error, "error while handling request");
+    } else {
+        use std::io::Write;
+        // One write, so lines of concurrent children do not interleave.
+        let line = format!("socketserver: error while handling request from {peer}: {error}\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
 }
 
 /// Python's behaviour for every hook.

@@ -58,6 +58,12 @@ impl Wakeup {
         self.tx.try_clone()
     }
 
+    /// A duplicate of the read end, for the async strategy's reactor.
+    #[cfg(feature = "async")]
+    pub(crate) fn receiver(&self) -> io::Result<UnixStream> {
+        self.rx.try_clone()
+    }
+
     /// The shutdown flag, for `signal-hook`'s flag registration.
     pub(crate) fn flag(&self) -> Arc<AtomicBool> {
         self.shutdown.clone()

@@ -1,5 +1,11 @@
-//! Helpers shared by the server integration tests.
-#![allow(dead_code)]
+//! The one support module of the server tests: a test runner for the
+//! `harness = false` binaries and the `/proc` helpers (`runner.rs`, also
+//! reachable as `tests/forktest`), and the clients and echo handler the
+//! server tests share.
+#![allow(dead_code, unused_imports)]
+
+mod runner;
+pub use runner::*;
 
 use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
@@ -86,9 +92,4 @@ pub fn unix_dgram_roundtrip(server: &Path, client: &Path, msg: &[u8]) -> Vec<u8>
     buf.truncate(n);
     let _ = std::fs::remove_file(client);
     buf
-}
-
-/// Number of open descriptors of this process.
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }

@@ -16,6 +16,7 @@
 
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
@@ -24,11 +25,12 @@ use crate::error::Result;
 use crate::handler::PeerAddr;
 use crate::process::{fork_child, ForkOptions, ForkedChild};
 
-use super::core::ServerCore;
-use super::incoming::Incoming;
-use super::options::ServerOptions;
-use super::strategy::{LoopWaker, Strategy};
-use super::transport::ServerSocket;
+use super::{LoopWaker, Strategy};
+use crate::server::core::ServerCore;
+use crate::server::drain::DrainReport;
+use crate::server::incoming::Incoming;
+use crate::server::options::ServerOptions;
+use crate::server::transport::ServerSocket;
 
 /// One child process per request (Python's `ForkingMixIn`).
 #[derive(Debug)]
@@ -157,18 +159,37 @@ impl Strategy for Forking {
         self.collect_children();
     }
 
-    fn server_close(&mut self, block_on_close: bool) {
-        if block_on_close {
-            for mut child in self.children.drain(..) {
-                match child.wait() {
-                    Ok(code) => log_exit(child.pid(), code),
-                    Err(e) => tracing::error!(pid = child.pid(), error = %e, "waitpid failed"),
-                }
-            }
-        } else {
+    /// Every child not yet reaped counts as in flight (the loop reaps an
+    /// exited child at once, so these are the requests of the shutdown).
+    fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
+        let mut report = DrainReport::default();
+        if !block_on_close {
             // Dropping a running ForkedChild hands its pid to a reaper
             // thread, so nothing is left as a zombie.
+            report.detached = self.children.len();
             self.children.clear();
+            return report;
         }
+        let deadline = Instant::now() + timeout;
+        for mut child in self.children.drain(..) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match child.wait_timeout(left) {
+                Ok(Some(code)) => {
+                    report.drained += 1;
+                    log_exit(child.pid(), code);
+                }
+                Ok(None) => {
+                    report.aborted += 1;
+                    tracing::warn!(
+                        pid = child.pid(),
+                        "child did not finish in the drain timeout; killing it"
+                    );
+                    let _ = child.signal(Signal::SIGKILL);
+                    let _ = child.wait();
+                }
+                Err(e) => tracing::error!(pid = child.pid(), error = %e, "waitpid failed"),
+            }
+        }
+        report
     }
 }

@@ -2,10 +2,11 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::transport::{BindAddress, ServerSocket, SocketKind, Transport};
+use super::{check_adopted, BindAddress, ServerSocket, SocketKind, Transport};
 
 /// TCP: Python's `TCPServer` socket. Listens with a backlog of `SOMAXCONN`
 /// by default (Python uses 5, which drops connections under load).
@@ -38,6 +39,13 @@ fn bound(socket: &ServerSocket) -> io::Result<SocketAddr> {
 impl Transport for TcpTransport {
     type Address = SocketAddr;
     const SCHEME: &'static str = "tcp";
+    const REUSE_ADDRESS_BY_DEFAULT: bool = true;
+
+    fn adopt(fd: OwnedFd) -> io::Result<(ServerSocket, SocketAddr)> {
+        let socket = check_adopted(fd, Type::STREAM, SocketKind::Tcp)?;
+        let address = bound(&socket)?;
+        Ok((socket, address))
+    }
 
     fn socket(address: &SocketAddr) -> io::Result<ServerSocket> {
         open(address, Type::STREAM, Protocol::TCP, SocketKind::Tcp)
@@ -55,6 +63,12 @@ impl Transport for TcpTransport {
 impl Transport for UdpTransport {
     type Address = SocketAddr;
     const SCHEME: &'static str = "udp";
+
+    fn adopt(fd: OwnedFd) -> io::Result<(ServerSocket, SocketAddr)> {
+        let socket = check_adopted(fd, Type::DGRAM, SocketKind::Udp)?;
+        let address = bound(&socket)?;
+        Ok((socket, address))
+    }
 
     fn socket(address: &SocketAddr) -> io::Result<ServerSocket> {
         open(address, Type::DGRAM, Protocol::UDP, SocketKind::Udp)

@@ -9,14 +9,20 @@
 use std::fmt;
 use std::io;
 use std::net::{TcpListener, UdpSocket};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::sync::Arc;
 
 use socket2::{SockAddr, SockRef, Socket};
 
-use super::incoming::{Datagram, Incoming, ReplySocket};
 use crate::handler::PeerAddr;
+use crate::server::incoming::{Datagram, Incoming, ReplySocket};
+
+mod inet;
+mod unix;
+
+pub use inet::{TcpTransport, UdpTransport};
+pub use unix::{UnixDatagramTransport, UnixPath, UnixStreamTransport};
 
 /// One of the four server socket kinds. Implemented by [`TcpTransport`],
 /// [`UdpTransport`], [`UnixStreamTransport`] and
@@ -32,6 +38,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// URL-style scheme for logs: `tcp`, `udp`, `unix`, `unixgram`.
     const SCHEME: &'static str;
+
+    /// Whether `SO_REUSEADDR` is set unless the builder says otherwise:
+    /// `true` for TCP (a restarted server must not wait out `TIME_WAIT`),
+    /// `false` for the others.
+    const REUSE_ADDRESS_BY_DEFAULT: bool = false;
 
     /// Creates the unbound socket for `address` (close-on-exec).
     ///
@@ -51,6 +62,14 @@ pub trait Transport: Send + Sync + 'static {
     /// `getsockname(2)` failed.
     fn bound_address(socket: &ServerSocket, requested: &Self::Address)
         -> io::Result<Self::Address>;
+
+    /// Takes over a socket that is already bound (socket activation, a
+    /// re-exec): checks its type, makes it non-blocking and reads its
+    /// address.
+    ///
+    /// # Errors
+    /// The descriptor is not a socket of this transport.
+    fn adopt(fd: OwnedFd) -> io::Result<(ServerSocket, Self::Address)>;
 
     /// Undoes what binding left behind once the socket is closed: a Unix
     /// server removes its socket file. Default does nothing.
@@ -81,6 +100,30 @@ pub enum ServerSocket {
     UnixStream(UnixListener),
     /// A Unix datagram socket, shared with the handlers that send replies.
     UnixDatagram(Arc<UnixDatagram>),
+}
+
+/// Checks that `fd` is a socket of `ty` (and, for streams, listening),
+/// and makes it non-blocking.
+pub(crate) fn check_adopted(
+    fd: OwnedFd,
+    ty: socket2::Type,
+    kind: SocketKind,
+) -> io::Result<ServerSocket> {
+    let socket = Socket::from(fd);
+    if socket.r#type()? != ty {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("inherited socket is not a {kind:?} socket"),
+        ));
+    }
+    if ty == socket2::Type::STREAM && !socket.is_listener()? {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "inherited stream socket is not listening",
+        ));
+    }
+    socket.set_nonblocking(true)?;
+    Ok(ServerSocket::from_socket2(socket, kind))
 }
 
 impl ServerSocket {
@@ -162,64 +205,4 @@ pub(crate) enum SocketKind {
     Udp,
     UnixStream,
     UnixDatagram,
-}
-
-/// How `get_request` failures are treated, after axum's accept loop.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum AcceptError {
-    /// Nothing to do: a spurious wake-up or an interrupted call.
-    Retry,
-    /// One connection failed (reset or aborted before `accept`); skip it.
-    Skip,
-    /// Out of descriptors or memory: wait a moment before accepting again
-    /// instead of spinning on a listener that stays readable.
-    BackOff,
-    /// Anything else; also skipped, but logged as an error.
-    Other,
-}
-
-pub(crate) fn classify(e: &io::Error) -> AcceptError {
-    use nix::errno::Errno;
-    if matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    ) {
-        return AcceptError::Retry;
-    }
-    match e.raw_os_error().map(Errno::from_raw) {
-        Some(
-            Errno::ECONNABORTED
-            | Errno::ECONNRESET
-            | Errno::EPROTO
-            | Errno::EPERM
-            | Errno::ENETDOWN
-            | Errno::ENOPROTOOPT
-            | Errno::EHOSTDOWN
-            | Errno::ENONET
-            | Errno::EHOSTUNREACH
-            | Errno::EOPNOTSUPP
-            | Errno::ENETUNREACH
-            | Errno::ECONNREFUSED,
-        ) => AcceptError::Skip,
-        Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM) => {
-            AcceptError::BackOff
-        }
-        _ => AcceptError::Other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_errors_are_classified() {
-        let e = |n| io::Error::from_raw_os_error(n);
-        assert_eq!(classify(&e(libc::EMFILE)), AcceptError::BackOff);
-        assert_eq!(classify(&e(libc::ENFILE)), AcceptError::BackOff);
-        assert_eq!(classify(&e(libc::ECONNABORTED)), AcceptError::Skip);
-        assert_eq!(classify(&e(libc::EAGAIN)), AcceptError::Retry);
-        assert_eq!(classify(&e(libc::EINTR)), AcceptError::Retry);
-        assert_eq!(classify(&e(libc::EBADF)), AcceptError::Other);
-    }
 }

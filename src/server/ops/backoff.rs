@@ -11,12 +11,20 @@
 //!   growing delay) and retry; when descriptors free up, accept succeeds and
 //!   the delay resets.
 //!
-//! Anything else (`EBADF`, `EINVAL`: the listener itself is broken) is
-//! fatal. This mirrors axum's `serve/listener.rs` and Go's `net/http`
-//! accept loop, and is shared by every strategy in this crate.
+//! Anything else (`EBADF`, `EINVAL`, `ENOTSOCK`, `EOPNOTSUPP`: the listener
+//! itself is broken) is fatal. This mirrors axum's `serve/listener.rs` and
+//! Go's `net/http` accept loop. It is the one classification and the one
+//! backoff of this crate: the accept loop every strategy and every prefork
+//! worker runs ([`Serving::accept_loop`](crate::server::Serving::accept_loop))
+//! and the async loop call [`AcceptBackoff::on_error`].
+//!
+//! [`RateLimited`] keeps a repeated identical error (the prefork parent
+//! failing to fork under `ulimit -n`) from flooding the log: the first one
+//! is logged, then one line with a count every interval.
 
+use std::collections::HashMap;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What to do after a failed `accept`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,16 +68,24 @@ impl AcceptBackoff {
         }
     }
 
-    /// Classifies an `accept` error and, for resource exhaustion, returns
-    /// the delay to wait (and doubles the next one).
+    /// Classifies an `accept` (or `recvfrom`) error and, for resource
+    /// exhaustion, returns the delay to wait (and doubles the next one).
     pub fn on_error(&mut self, err: &io::Error) -> AcceptAction {
         match classify(err) {
-            Class::PerConnection => AcceptAction::Retry,
+            Class::PerConnection => {
+                tracing::debug!(error = %err, "accept: skipping a failed connection");
+                AcceptAction::Retry
+            }
             Class::Exhausted => {
                 let d = self.next;
                 self.next = (self.next * 2).min(self.max);
                 self.exhausted += 1;
-                tracing::warn!(error = %err, delay = ?d, "accept: out of resources, backing off");
+                // Logged once per run of failures, not once per attempt.
+                if d == self.min {
+                    tracing::warn!(error = %err, "accept: out of resources, backing off");
+                } else {
+                    tracing::debug!(error = %err, delay = ?d, "accept: still out of resources");
+                }
                 AcceptAction::Backoff(d)
             }
             Class::Fatal => AcceptAction::Fatal,
@@ -111,6 +127,71 @@ pub fn raise_fd_limit(want: u64) -> crate::Result<u64> {
     Ok(new)
 }
 
+/// Logs a repeated identical error once, then one line with the count of
+/// repeats every `every`, instead of one line per occurrence.
+#[derive(Debug)]
+pub(crate) struct RateLimited {
+    every: Duration,
+    seen: HashMap<String, (Instant, u64)>,
+}
+
+impl RateLimited {
+    pub(crate) fn new(every: Duration) -> Self {
+        RateLimited {
+            every,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Logs `what: detail` at error level, or counts it when the same
+    /// line was logged less than the interval ago. Returns whether it was
+    /// logged.
+    pub(crate) fn error(&mut self, what: &str, detail: &dyn std::fmt::Display) -> bool {
+        self.log(true, what, detail)
+    }
+
+    /// As [`error`](Self::error), at warn level.
+    pub(crate) fn warn(&mut self, what: &str, detail: &dyn std::fmt::Display) -> bool {
+        self.log(false, what, detail)
+    }
+
+    fn log(&mut self, error: bool, what: &str, detail: &dyn std::fmt::Display) -> bool {
+        let key = format!("{what}: {detail}");
+        let now = Instant::now();
+        let repeats = match self.seen.get_mut(&key) {
+            Some((since, repeats)) if now.duration_since(*since) < self.every => {
+                *repeats += 1;
+                return false;
+            }
+            Some((since, repeats)) => {
+                let n = *repeats;
+                *since = now;
+                *repeats = 0;
+                n
+            }
+            None => {
+                self.seen.insert(key.clone(), (now, 0));
+                0
+            }
+        };
+        match (error, repeats) {
+            (true, 0) => tracing::error!("{key}"),
+            (true, n) => tracing::error!(
+                repeats = n,
+                "{key} (and {n} more times in {:?})",
+                self.every
+            ),
+            (false, 0) => tracing::warn!("{key}"),
+            (false, n) => tracing::warn!(
+                repeats = n,
+                "{key} (and {n} more times in {:?})",
+                self.every
+            ),
+        }
+        true
+    }
+}
+
 enum Class {
     PerConnection,
     Exhausted,
@@ -132,6 +213,7 @@ fn classify(err: &io::Error) -> Class {
     }
     match err.kind() {
         io::ErrorKind::OutOfMemory => Class::Exhausted,
+        io::ErrorKind::NotConnected => Class::Fatal,
         io::ErrorKind::InvalidInput => Class::Fatal,
         _ => Class::PerConnection,
     }
@@ -174,6 +256,18 @@ mod tests {
     }
 
     #[test]
+    fn repeated_errors_are_logged_once_per_interval() {
+        let mut r = RateLimited::new(Duration::from_millis(200));
+        assert!(r.error("cannot fork prefork worker", &"EMFILE"));
+        for _ in 0..100 {
+            assert!(!r.error("cannot fork prefork worker", &"EMFILE"));
+        }
+        assert!(r.error("cannot fork prefork worker", &"EAGAIN"));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(r.error("cannot fork prefork worker", &"EMFILE"));
+    }
+
+    #[test]
     fn per_connection_errors_retry_and_broken_listener_is_fatal() {
         let mut b = AcceptBackoff::default();
         assert_eq!(b.on_error(&os(Errno::ECONNABORTED)), AcceptAction::Retry);
@@ -181,6 +275,13 @@ mod tests {
         assert_eq!(b.on_error(&os(Errno::EPROTO)), AcceptAction::Retry);
         assert_eq!(b.on_error(&os(Errno::EBADF)), AcceptAction::Fatal);
         assert_eq!(b.on_error(&os(Errno::EINVAL)), AcceptAction::Fatal);
-        assert_eq!(b.exhausted_count(), 0);
+        assert_eq!(b.on_error(&os(Errno::EOPNOTSUPP)), AcceptAction::Fatal);
+        assert_eq!(b.on_error(&os(Errno::ECONNRESET)), AcceptAction::Retry);
+        assert_eq!(
+            b.on_error(&os(Errno::ENOBUFS)),
+            AcceptAction::Backoff(Duration::from_millis(5))
+        );
+        b.on_success();
+        assert_eq!(b.exhausted_count(), 1);
     }
 }

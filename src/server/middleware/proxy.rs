@@ -20,6 +20,7 @@
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+#[cfg(feature = "async")]
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{Error, Result};
@@ -277,6 +278,7 @@ pub fn read_proxy_header<R: Read + ?Sized>(r: &mut R) -> Result<ProxyHeader> {
 ///
 /// # Errors
 /// As [`read_proxy_header`].
+#[cfg(feature = "async")]
 pub async fn read_proxy_header_async<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
 ) -> Result<ProxyHeader> {
@@ -405,6 +407,7 @@ mod tests {
         assert_eq!(parse(&full[..16]).unwrap(), Parsed::Incomplete { need: 12 });
     }
 
+    #[cfg(feature = "async")]
     #[tokio::test]
     async fn async_reader_matches_sync() {
         let mut msg = b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 2000\r\n".to_vec();

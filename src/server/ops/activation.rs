@@ -63,7 +63,8 @@ pub fn listen_fds() -> Result<Vec<OwnedFd>> {
 
 /// Like [`listen_fds`], but checks every socket is a listening TCP socket
 /// and returns them as `std::net::TcpListener`s, ready for
-/// `AsyncTcpServer::from_listener` or any other strategy.
+/// [`ServerBuilder::from_socket`](crate::server::ServerBuilder::from_socket)
+/// under any strategy.
 ///
 /// # Errors
 /// As [`listen_fds`], or [`Error::InvalidArgument`] naming the first

@@ -7,11 +7,12 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use super::transport::{BindAddress, ServerSocket, SocketKind, Transport};
+use super::{check_adopted, BindAddress, ServerSocket, SocketKind, Transport};
 
 /// Unix stream sockets: Python's `UnixStreamServer` socket.
 #[derive(Debug, Clone, Copy, Default)]
@@ -32,6 +33,12 @@ impl UnixPath {
     }
 }
 
+impl AsRef<Path> for UnixPath {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl fmt::Display for UnixPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0.display())
@@ -42,6 +49,18 @@ fn open(ty: Type, kind: SocketKind) -> io::Result<ServerSocket> {
     let socket = Socket::new(Domain::UNIX, ty, None)?;
     socket.set_nonblocking(true)?;
     Ok(ServerSocket::from_socket2(socket, kind))
+}
+
+fn adopted_path(socket: &ServerSocket) -> io::Result<UnixPath> {
+    let addr = socket.sock_ref().local_addr()?;
+    addr.as_pathname()
+        .map(|p| UnixPath(p.to_path_buf()))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "inherited Unix socket has no path",
+            )
+        })
 }
 
 fn cleanup(address: &UnixPath) {
@@ -55,6 +74,12 @@ fn cleanup(address: &UnixPath) {
 impl Transport for UnixStreamTransport {
     type Address = UnixPath;
     const SCHEME: &'static str = "unix";
+
+    fn adopt(fd: OwnedFd) -> io::Result<(ServerSocket, UnixPath)> {
+        let socket = check_adopted(fd, Type::STREAM, SocketKind::UnixStream)?;
+        let path = adopted_path(&socket)?;
+        Ok((socket, path))
+    }
 
     fn socket(_: &UnixPath) -> io::Result<ServerSocket> {
         open(Type::STREAM, SocketKind::UnixStream)
@@ -76,6 +101,12 @@ impl Transport for UnixStreamTransport {
 impl Transport for UnixDatagramTransport {
     type Address = UnixPath;
     const SCHEME: &'static str = "unixgram";
+
+    fn adopt(fd: OwnedFd) -> io::Result<(ServerSocket, UnixPath)> {
+        let socket = check_adopted(fd, Type::DGRAM, SocketKind::UnixDatagram)?;
+        let path = adopted_path(&socket)?;
+        Ok((socket, path))
+    }
 
     fn socket(_: &UnixPath) -> io::Result<ServerSocket> {
         open(Type::DGRAM, SocketKind::UnixDatagram)

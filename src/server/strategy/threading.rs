@@ -5,28 +5,39 @@
 //! holds only running threads, not one handle per past connection. An
 //! optional cap (`max_threads`) makes the loop stop accepting while that
 //! many handlers run; the last thread out of a full house wakes the loop.
+//! At close a thread cannot be ended from outside: one still running at
+//! the drain deadline is left to finish on its own and reported as
+//! `detached` (a per-connection `timeout` bounds how long that can be).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::handler::PeerAddr;
 
-use super::core::ServerCore;
-use super::incoming::Incoming;
-use super::options::ServerOptions;
-use super::strategy::{LoopWaker, Strategy};
-use super::transport::ServerSocket;
+use super::{LoopWaker, Strategy};
+use crate::server::core::ServerCore;
+use crate::server::drain::DrainReport;
+use crate::server::incoming::Incoming;
+use crate::server::options::ServerOptions;
+use crate::server::transport::ServerSocket;
 
 /// One thread per request (Python's `ThreadingMixIn`).
 #[derive(Debug)]
 pub struct Threading {
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<Tracked>,
     active: Arc<AtomicUsize>,
     max_threads: Option<usize>,
     daemon_threads: bool,
     waker: LoopWaker,
+}
+
+/// A running handler thread.
+#[derive(Debug)]
+struct Tracked {
+    thread: JoinHandle<()>,
 }
 
 /// Decrements the running count when a worker ends, however it ends, and
@@ -59,15 +70,30 @@ impl Threading {
         self.active.load(Ordering::SeqCst)
     }
 
-    fn join_finished(&mut self) {
+    fn join_finished(&mut self) -> usize {
+        let mut joined = 0;
         let mut i = 0;
         while i < self.threads.len() {
-            if self.threads[i].is_finished() {
+            if self.threads[i].thread.is_finished() {
                 // The body catches panics, so join cannot report one.
-                let _ = self.threads.swap_remove(i).join();
+                let _ = self.threads.swap_remove(i).thread.join();
+                joined += 1;
             } else {
                 i += 1;
             }
+        }
+        joined
+    }
+
+    /// Joins finished threads until none is left or `deadline` passes.
+    fn join_until(&mut self, deadline: Instant) -> usize {
+        let mut joined = 0;
+        loop {
+            joined += self.join_finished();
+            if self.threads.is_empty() || Instant::now() >= deadline {
+                return joined;
+            }
+            thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -119,9 +145,9 @@ impl Strategy for Threading {
                 }
             });
         match spawned {
-            Ok(handle) => {
+            Ok(thread) => {
                 if !self.daemon_threads {
-                    self.threads.push(handle);
+                    self.threads.push(Tracked { thread });
                 }
             }
             Err(e) => {
@@ -138,12 +164,24 @@ impl Strategy for Threading {
         self.join_finished();
     }
 
-    fn server_close(&mut self, block_on_close: bool) {
-        let threads = std::mem::take(&mut self.threads);
-        if block_on_close {
-            for t in threads {
-                let _ = t.join();
-            }
+    /// Every tracked thread counts as in flight (the loop joins finished
+    /// threads as it goes, so these are the requests of the shutdown).
+    fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
+        let mut report = DrainReport::default();
+        if !block_on_close {
+            report.detached = self.active_threads();
+            self.threads.clear();
+            return report;
         }
+        report.drained = self.join_until(Instant::now() + timeout);
+        report.detached = self.threads.len();
+        if report.detached > 0 {
+            tracing::warn!(
+                threads = report.detached,
+                "drain timeout reached; leaving the handler threads still running"
+            );
+            self.threads.clear();
+        }
+        report
     }
 }

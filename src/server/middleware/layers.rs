@@ -2,10 +2,13 @@
 //! per-client-IP connection limit, added around any [`RequestHandler`]
 //! without changing it.
 //!
-//! [`AsyncTcpServer`](super::AsyncTcpServer) has both built in
-//! (`set_proxy_protocol`, `set_per_ip_limit`). For `TcpServer`,
-//! `ThreadingTcpServer`, `ForkingTcpServer` and `PreforkTcpServer` wrap the
-//! handler factory instead:
+//! The builder settings [`ServerBuilder::proxy_protocol`] and
+//! [`ServerBuilder::per_ip_limit`] apply these layers for you (and the
+//! async strategy's native handlers get the same behaviour). You can also
+//! wrap a handler factory yourself:
+//!
+//! [`ServerBuilder::proxy_protocol`]: crate::server::ServerBuilder::proxy_protocol
+//! [`ServerBuilder::per_ip_limit`]: crate::server::ServerBuilder::per_ip_limit
 //!
 //! ```no_run
 //! use socketserver::server::{layers, Server, ThreadingTcpServer};
@@ -21,6 +24,7 @@
 //! ```
 
 use std::io;
+use std::time::Duration;
 
 use crate::handler::{Request, RequestHandler};
 
@@ -38,6 +42,7 @@ use super::proxy::read_proxy_header;
 #[derive(Debug)]
 pub struct ProxyProtocol<H> {
     inner: H,
+    timeout: Option<Duration>,
 }
 
 /// Wraps a handler factory with [`ProxyProtocol`].
@@ -46,7 +51,27 @@ where
     F: Fn() -> H + Send + Sync + 'static,
     H: RequestHandler,
 {
-    move || ProxyProtocol { inner: factory() }
+    move || ProxyProtocol {
+        inner: factory(),
+        timeout: None,
+    }
+}
+
+/// Wraps a handler factory with [`ProxyProtocol`], giving the peer at most
+/// `timeout` to send the header (the connection's own timeout applies
+/// again afterwards).
+pub fn proxy_protocol_within<F, H>(
+    timeout: Duration,
+    factory: F,
+) -> impl Fn() -> ProxyProtocol<H> + Send + Sync + 'static
+where
+    F: Fn() -> H + Send + Sync + 'static,
+    H: RequestHandler,
+{
+    move || ProxyProtocol {
+        inner: factory(),
+        timeout: Some(timeout),
+    }
 }
 
 impl<H: RequestHandler> RequestHandler for ProxyProtocol<H> {
@@ -57,7 +82,18 @@ impl<H: RequestHandler> RequestHandler for ProxyProtocol<H> {
                 "PROXY protocol applies to stream connections only",
             ));
         }
+        let before = match (self.timeout, req.stream()) {
+            (Some(t), Some(s)) => {
+                let before = s.read_timeout()?;
+                s.set_timeout(Some(t))?;
+                Some(before)
+            }
+            _ => None,
+        };
         let header = read_proxy_header(&mut req.rfile()).map_err(io::Error::from)?;
+        if let Some(before) = before {
+            req.set_timeout(before)?;
+        }
         if let Some(source) = header.source {
             req.set_peer_addr(source);
         }

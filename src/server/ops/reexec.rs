@@ -7,13 +7,13 @@
 //! wait in the kernel's backlog), then the process `exec`s its own binary
 //! — the same pid, so a supervisor sees no exit — with the socket at
 //! descriptor 3 and `LISTEN_FDS`/`LISTEN_PID` set. The new image picks it
-//! up with [`activation::tcp_listeners`](super::activation::tcp_listeners),
+//! up with [`activation::tcp_listeners`](crate::server::activation::tcp_listeners),
 //! exactly as under systemd socket activation, and serves the backlog.
 //! Loading a new binary this way is also how an upgrade is deployed.
 //!
 //! ```no_run
 //! use std::os::fd::AsFd;
-//! use socketserver::server::{activation, reexec, HangupRestart, PreforkTcpServer};
+//! use socketserver::server::{activation, reexec, HangupRestart, PreforkTcpServer, Server};
 //! # struct Echo;
 //! # impl socketserver::RequestHandler for Echo {
 //! #     fn handle(&mut self, _: &mut socketserver::Request) -> std::io::Result<()> { Ok(()) }
@@ -23,7 +23,7 @@
 //!     None => std::net::TcpListener::bind("127.0.0.1:9000")?, // first start
 //! };
 //! let keep = listener.try_clone()?; // outlives the server for the re-exec
-//! let mut server = PreforkTcpServer::builder().from_listener(listener, || Echo)?;
+//! let mut server = PreforkTcpServer::builder().from_socket(listener, || Echo)?;
 //! let hup = HangupRestart::for_server(&server.shutdown_handle())?;
 //! server.serve_forever()?;
 //! server.server_close(); // drains the workers
@@ -45,8 +45,7 @@ use signal_hook::consts::SIGHUP;
 use crate::process::inherited::exec_with_listen_fds;
 use crate::{Error, Result};
 
-use super::asynchronous::AsyncShutdownHandle;
-use super::wakeup::ShutdownHandle;
+use crate::server::wakeup::ShutdownHandle;
 
 /// Re-executes this program (same pid, same arguments) with `listeners`
 /// passed as descriptors 3, 4, … through `LISTEN_FDS`/`LISTEN_PID`.
@@ -83,7 +82,6 @@ pub fn reexec(listeners: &[BorrowedFd<'_>]) -> Result<std::convert::Infallible> 
 pub struct HangupRestart {
     requested: Arc<AtomicBool>,
     ids: Vec<signal_hook::SigId>,
-    thread: Option<(signal_hook::iterator::Handle, std::thread::JoinHandle<()>)>,
 }
 
 impl fmt::Debug for HangupRestart {
@@ -95,7 +93,7 @@ impl fmt::Debug for HangupRestart {
 }
 
 impl HangupRestart {
-    /// For the poll-loop servers (`SocketServer`, `PreforkTcpServer`):
+    /// For any server (every strategy shares one [`ShutdownHandle`]):
     /// SIGHUP sets the restart flag and the server's shutdown flag and
     /// wakes its loop — async-signal-safe, no thread, so the process stays
     /// single-threaded for forking.
@@ -109,36 +107,7 @@ impl HangupRestart {
             signal_hook::flag::register(SIGHUP, handle.0.flag())?,
             signal_hook::low_level::pipe::register(SIGHUP, handle.0.sender()?)?,
         ];
-        Ok(HangupRestart {
-            requested,
-            ids,
-            thread: None,
-        })
-    }
-
-    /// For [`AsyncTcpServer`](super::AsyncTcpServer): a small signal
-    /// thread calls [`AsyncShutdownHandle::shutdown`] on SIGHUP.
-    ///
-    /// # Errors
-    /// The signal handler or the thread could not be set up.
-    pub fn for_async(handle: &AsyncShutdownHandle) -> Result<Self> {
-        let requested = Arc::new(AtomicBool::new(false));
-        let mut signals = signal_hook::iterator::Signals::new([SIGHUP])?;
-        let close = signals.handle();
-        let (flag, handle) = (requested.clone(), handle.clone());
-        let thread = std::thread::Builder::new()
-            .name("sighup".into())
-            .spawn(move || {
-                for _ in signals.forever() {
-                    flag.store(true, Ordering::SeqCst);
-                    handle.shutdown();
-                }
-            })?;
-        Ok(HangupRestart {
-            requested,
-            ids: Vec::new(),
-            thread: Some((close, thread)),
-        })
+        Ok(HangupRestart { requested, ids })
     }
 
     /// Whether SIGHUP arrived.
@@ -151,10 +120,6 @@ impl Drop for HangupRestart {
     fn drop(&mut self) {
         for id in self.ids.drain(..) {
             signal_hook::low_level::unregister(id);
-        }
-        if let Some((close, thread)) = self.thread.take() {
-            close.close();
-            let _ = thread.join();
         }
     }
 }

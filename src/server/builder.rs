@@ -1,0 +1,384 @@
+//! [`ServerBuilder`]: configures and binds a server (Python's class
+//! attributes and the `bind_and_activate` argument), each setter ending
+//! with its default.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::handler::RequestHandler;
+
+use super::base::SocketServer;
+use super::core::Factory;
+use super::hooks::{DefaultHooks, Hooks};
+use super::middleware::layers;
+use super::options::ServerOptions;
+use super::strategy::Strategy;
+use super::transport::{BindAddress, Transport};
+
+/// Configures and binds a server: Python's class attributes and the
+/// `bind_and_activate` argument.
+///
+/// ```no_run
+/// use std::io;
+/// use socketserver::server::{Server, ThreadingTcpServer};
+/// use socketserver::{Request, RequestHandler};
+///
+/// struct Hello;
+/// impl RequestHandler for Hello {
+///     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+///         io::Write::write_all(&mut req.wfile(), b"hello\n")
+///     }
+/// }
+///
+/// let mut server = ThreadingTcpServer::builder()
+///     .allow_reuse_address(true)
+///     .max_threads(64)
+///     .bind("127.0.0.1:0", || Hello)?;
+/// server.serve_forever()?;
+/// # Ok::<(), socketserver::Error>(())
+/// ```
+pub struct ServerBuilder<T, S> {
+    pub(crate) options: ServerOptions,
+    pub(crate) hooks: Arc<dyn Hooks>,
+    _types: PhantomData<fn() -> (T, S)>,
+}
+
+impl<T, S> fmt::Debug for ServerBuilder<T, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport, S: Strategy> Default for ServerBuilder<T, S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
+    /// A builder with Python's defaults (except the backlog, see
+    /// [`backlog`](Self::backlog)).
+    pub fn new() -> Self {
+        ServerBuilder {
+            options: ServerOptions::default(),
+            hooks: Arc::new(DefaultHooks),
+            _types: PhantomData,
+        }
+    }
+
+    /// Whether [`bind`](Self::bind) also binds and listens. With `false`
+    /// the socket is only created: set options through
+    /// [`SocketServer::socket`], then call `server_bind` and
+    /// `server_activate` yourself. Default is `true`.
+    pub fn bind_and_activate(&mut self, yes: bool) -> &mut Self {
+        self.options.bind_and_activate = yes;
+        self
+    }
+
+    /// Sets `SO_REUSEADDR` before binding, so a restarted server can bind
+    /// while old connections sit in `TIME_WAIT`. Default is `true` for TCP
+    /// and `false` for the other transports. (Python's default is `False`
+    /// everywhere, which makes a restarted TCP server fail with "address
+    /// already in use" for a minute; on Linux `SO_REUSEADDR` never lets two
+    /// live listeners share a port, that is `SO_REUSEPORT`.)
+    pub fn allow_reuse_address(&mut self, yes: bool) -> &mut Self {
+        self.options.allow_reuse_address = Some(yes);
+        self
+    }
+
+    /// Sets `SO_REUSEPORT` before binding, so several sockets can share the
+    /// port. Default is `false`.
+    pub fn allow_reuse_port(&mut self, yes: bool) -> &mut Self {
+        self.options.allow_reuse_port = yes;
+        self
+    }
+
+    /// The `listen` backlog for stream servers. Default is `SOMAXCONN`
+    /// (Python's 5 drops connections under load; the kernel caps the value
+    /// at `net.core.somaxconn` anyway).
+    pub fn backlog(&mut self, backlog: i32) -> &mut Self {
+        self.options.backlog = backlog;
+        self
+    }
+
+    /// Threading: do not track worker threads, so closing the server never
+    /// waits for them. Default is `false`.
+    pub fn daemon_threads(&mut self, yes: bool) -> &mut Self {
+        self.options.daemon_threads = yes;
+        self
+    }
+
+    /// `server_close` waits for running handlers (threads, children,
+    /// prefork workers, async tasks) to finish, up to the
+    /// [`drain_timeout`](Self::drain_timeout). Default is `true`.
+    pub fn block_on_close(&mut self, yes: bool) -> &mut Self {
+        self.options.block_on_close = yes;
+        self
+    }
+
+    /// Threading: at most this many handlers at once; when the cap is
+    /// reached the loop stops accepting (connections wait in the backlog)
+    /// until one finishes. Default is no cap.
+    pub fn max_threads(&mut self, max: usize) -> &mut Self {
+        self.options.max_threads = Some(max.max(1));
+        self
+    }
+
+    /// Forking: at most this many children at once; when the cap is
+    /// reached the loop stops accepting until one exits. Default is 40.
+    pub fn max_children(&mut self, max: usize) -> &mut Self {
+        self.options.max_children = max.max(1);
+        self
+    }
+
+    /// How long `handle_request` waits before calling `handle_timeout`.
+    /// Default is no timeout (wait forever).
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// Read/write timeout set on every accepted connection before the
+    /// handler runs (Python's `StreamRequestHandler.timeout`). Default is
+    /// none.
+    pub fn connection_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.options.connection_timeout = Some(timeout);
+        self
+    }
+
+    /// Largest datagram received whole; longer ones are truncated. Default
+    /// is 65536 (Python's 8192 truncates large UDP packets).
+    pub fn max_packet_size(&mut self, size: usize) -> &mut Self {
+        self.options.max_packet_size = size.max(1);
+        self
+    }
+
+    /// How long `server_close` lets requests in flight finish (after the
+    /// listening socket is closed) before it ends them: kills their
+    /// processes (forking, prefork) or aborts their tasks and shuts their
+    /// connections down (async); threads cannot be ended and are left
+    /// running. Default is 30 seconds.
+    pub fn drain_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.options.drain_timeout = timeout;
+        self
+    }
+
+    /// Expects a PROXY protocol v1 or v2 header at the start of every
+    /// stream connection (for servers behind HAProxy) and hands the
+    /// handler the client address it carries; a connection without a
+    /// valid header within `timeout` is closed. Applies to every strategy
+    /// (the blocking handlers through [`layers::ProxyProtocol`]). Default
+    /// is off.
+    pub fn proxy_protocol(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.options.proxy_protocol = timeout;
+        self
+    }
+
+    /// At most `max` simultaneous connections per client IP address; an
+    /// over-limit client is closed at once. The counts live in one process:
+    /// exact for the sync, threading and async strategies; per child or
+    /// per worker under forking and prefork. Default is no limit.
+    pub fn per_ip_limit(&mut self, max: Option<usize>) -> &mut Self {
+        self.options.per_ip_limit = max;
+        self
+    }
+
+    /// Prefork: fewest idle workers to keep; below it the parent forks
+    /// more. Default is 2.
+    pub fn min_spare(&mut self, n: usize) -> &mut Self {
+        self.options.pool.min_spare = n;
+        self
+    }
+
+    /// Prefork: most idle workers to keep; above it the parent retires one
+    /// per tick. Default is 8.
+    pub fn max_spare(&mut self, n: usize) -> &mut Self {
+        self.options.pool.max_spare = n;
+        self
+    }
+
+    /// Prefork: hard cap on worker processes, and so on connections served
+    /// at once; at the cap connections wait in the backlog. Default is 32.
+    pub fn max_workers(&mut self, n: usize) -> &mut Self {
+        self.options.pool.max_workers = n.max(1);
+        self
+    }
+
+    /// Prefork: workers forked before serving starts. Default is 2.
+    pub fn start_workers(&mut self, n: usize) -> &mut Self {
+        self.options.pool.start_workers = n;
+        self
+    }
+
+    /// Prefork: connections a worker serves before it is recycled (`0` =
+    /// never), plus a random jitter in `0..=jitter` so workers do not all
+    /// restart together. Default is 0 (never) with no jitter.
+    pub fn max_requests(&mut self, n: u64, jitter: u64) -> &mut Self {
+        self.options.pool.max_requests = n;
+        self.options.pool.max_requests_jitter = jitter;
+        self
+    }
+
+    /// Prefork: kill (SIGKILL) and replace a worker busy with one
+    /// connection for longer than this (`None`: never). Default is 5
+    /// minutes, so a stopped or wedged worker cannot hold a slot forever.
+    pub fn hung_timeout(&mut self, t: Option<Duration>) -> &mut Self {
+        self.options.pool.hung_timeout = t;
+        self
+    }
+
+    /// Prefork: when a connection waits in the backlog this long while
+    /// workers are idle and none of them takes it, those workers are not
+    /// serving (stopped with SIGSTOP, wedged): they are killed and
+    /// replaced. Default is 2 seconds.
+    pub fn offer_timeout(&mut self, t: Duration) -> &mut Self {
+        self.options.pool.offer_timeout = t.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Prefork: whether `serve_forever` grows (SIGTTIN) and shrinks
+    /// (SIGTTOU) the pool bounds by one per signal. Default is `true`.
+    pub fn resize_signals(&mut self, yes: bool) -> &mut Self {
+        self.options.pool.resize_signals = yes;
+        self
+    }
+
+    /// Async: most connections (or datagrams) in flight; at the limit
+    /// `accept` waits until one finishes. Default is 10,000.
+    pub fn max_connections(&mut self, n: usize) -> &mut Self {
+        self.options.max_connections = n.max(1);
+        self
+    }
+
+    /// Async: most blocking [`RequestHandler`]s running at once, each on a
+    /// thread of the runtime's blocking pool. At the bound `accept` is
+    /// deferred (connections wait in the backlog, as at every other
+    /// strategy's cap) instead of queueing accepted clients behind a full
+    /// pool where they time out unanswered. Default is 512.
+    pub fn max_blocking(&mut self, n: usize) -> &mut Self {
+        self.options.max_blocking = n.max(1);
+        self
+    }
+
+    /// The hooks (`verify_request`, `handle_error`, …) to use instead of
+    /// Python's defaults. Default is [`DefaultHooks`].
+    pub fn hooks(&mut self, hooks: impl Hooks) -> &mut Self {
+        self.hooks = Arc::new(hooks);
+        self
+    }
+
+    /// Creates the server for `address`; `factory` makes one handler per
+    /// request. Binds and listens unless
+    /// [`bind_and_activate(false)`](Self::bind_and_activate).
+    ///
+    /// # Errors
+    /// Resolving the address, creating, binding or listening on the socket
+    /// failed (for example `AddrInUse`); the error names the address.
+    /// Nothing is leaked on failure.
+    pub fn bind<A, F, H>(&self, address: A, factory: F) -> Result<SocketServer<T, S>>
+    where
+        A: BindAddress<T>,
+        F: Fn() -> H + Send + Sync + 'static,
+        H: RequestHandler,
+    {
+        let address = address.into_address()?;
+        SocketServer::create(
+            address,
+            self.factory(factory),
+            self.hooks.clone(),
+            self.options.clone(),
+        )
+    }
+
+    /// Serves on a socket that is already bound (and, for streams,
+    /// listening): one inherited through systemd socket activation
+    /// ([`activation`](super::activation)) or a re-exec. The socket is
+    /// made non-blocking; it is closed with the server, but a Unix socket
+    /// file is left in place (whoever bound it owns it).
+    ///
+    /// # Errors
+    /// The descriptor is not a socket of this transport, or its address
+    /// cannot be read.
+    pub fn from_socket<F, H>(
+        &self,
+        socket: impl Into<OwnedFd>,
+        factory: F,
+    ) -> Result<SocketServer<T, S>>
+    where
+        F: Fn() -> H + Send + Sync + 'static,
+        H: RequestHandler,
+    {
+        SocketServer::adopt(
+            socket.into(),
+            self.factory(factory),
+            self.hooks.clone(),
+            self.options.clone(),
+        )
+    }
+
+    /// The boxed factory, with the PROXY protocol and per-IP layers the
+    /// options ask for.
+    fn factory<F, H>(&self, factory: F) -> Factory
+    where
+        F: Fn() -> H + Send + Sync + 'static,
+        H: RequestHandler,
+    {
+        match (self.options.proxy_protocol, self.options.per_ip_limit) {
+            (None, None) => Some(Box::new(move || {
+                Box::new(factory()) as Box<dyn RequestHandler>
+            })),
+            (Some(t), None) => {
+                let f = layers::proxy_protocol_within(t, factory);
+                Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
+            }
+            (None, Some(n)) => {
+                let f = layers::per_ip_limit(n, factory);
+                Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
+            }
+            (Some(t), Some(n)) => {
+                let f = layers::proxy_protocol_within(t, layers::per_ip_limit(n, factory));
+                Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
+            }
+        }
+    }
+}
+
+impl<T: Transport, S: Strategy> SocketServer<T, S> {
+    /// Binds a server with default options; `factory` makes one handler per
+    /// request.
+    ///
+    /// ```no_run
+    /// use socketserver::server::{Server, ThreadingTcpServer};
+    /// # struct Echo;
+    /// # impl socketserver::RequestHandler for Echo {
+    /// #     fn handle(&mut self, _: &mut socketserver::Request) -> std::io::Result<()> { Ok(()) }
+    /// # }
+    /// let mut server = ThreadingTcpServer::bind("127.0.0.1:0", || Echo)?;
+    /// println!("listening on {}", server.server_address());
+    /// server.serve_forever()?;
+    /// # Ok::<(), socketserver::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Resolving, creating, binding or listening failed; the error names
+    /// the address. Nothing leaks.
+    pub fn bind<A, F, H>(address: A, factory: F) -> Result<Self>
+    where
+        A: BindAddress<T>,
+        F: Fn() -> H + Send + Sync + 'static,
+        H: crate::handler::RequestHandler,
+    {
+        ServerBuilder::<T, S>::new().bind(address, factory)
+    }
+
+    /// A builder for the options Python sets as class attributes.
+    pub fn builder() -> ServerBuilder<T, S> {
+        ServerBuilder::new()
+    }
+}
