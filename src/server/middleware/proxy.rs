@@ -109,18 +109,28 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed> {
         return Err(bad("v1 header line does not end in CRLF"));
     }
     let line = std::str::from_utf8(&buf[..nl - 1]).map_err(|_| bad("v1 header is not ASCII"))?;
-    let parts: Vec<&str> = line.split(' ').collect();
-    let header = match parts.get(1).copied() {
+    // At most six fields (PROXY, protocol, two addresses, two ports),
+    // kept on the stack: this runs once per connection, before anything
+    // else, so it allocates nothing on the good path.
+    let mut parts = [""; 6];
+    let mut count = 0;
+    let mut fields = line.split(' ');
+    for (slot, field) in parts.iter_mut().zip(fields.by_ref()) {
+        *slot = field;
+        count += 1;
+    }
+    count += fields.count();
+    let header = match (count > 1).then_some(parts[1]) {
         Some("UNKNOWN") => ProxyHeader {
             version: 1,
             source: None,
             destination: None,
         },
         Some(proto @ ("TCP4" | "TCP6")) => {
-            if parts.len() != 6 {
+            if count != 6 {
                 return Err(bad(format!(
                     "v1 {proto} header needs 4 fields after the protocol, got {}",
-                    parts.len().saturating_sub(2)
+                    count.saturating_sub(2)
                 )));
             }
             let v6 = proto == "TCP6";
