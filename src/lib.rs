@@ -68,6 +68,9 @@ pub use handler::{PeerAddr, Request, RequestHandler, Stream};
 pub mod process;
 
 pub mod server;
+
+pub mod guide;
+
 pub use server::{
     shutdown_on_signals, ForkingTcpServer, ForkingUdpServer, ForkingUnixDatagramServer,
     ForkingUnixStreamServer, PreforkTcpServer, PreforkUdpServer, PreforkUnixDatagramServer,

@@ -1,0 +1,41 @@
+//! The guides: the README and the pages of `docs/`, shown here so that
+//! docs.rs carries them and `cargo test` compiles every code block in
+//! them (a `rust` block that stops compiling fails the test suite).
+//!
+//! Links between the pages point at the repository's files, so they work
+//! on the repository's web view rather than here.
+
+#[doc = include_str!("../README.md")]
+pub mod readme {}
+
+/// The server framework: strategies, transports, hooks, benchmarks.
+#[doc = include_str!("../docs/server.md")]
+pub mod server {}
+
+/// Running servers in production: prefork, async, signals, restarts.
+#[doc = include_str!("../docs/production.md")]
+pub mod production {}
+
+/// The process layer: `Process`, pipes, listeners, start methods.
+#[doc = include_str!("../docs/process.md")]
+pub mod process {}
+
+/// Shared-memory synchronisation: locks, events, conditions, queues.
+#[doc = include_str!("../docs/sync.md")]
+pub mod sync {}
+
+/// `Pool`, `ProcessPoolExecutor` and `Manager`.
+#[doc = include_str!("../docs/pool.md")]
+pub mod pool {}
+
+/// The FTP example server.
+#[doc = include_str!("../docs/ftp.md")]
+pub mod ftp {}
+
+/// What the servers are tested to survive.
+#[doc = include_str!("../docs/hardening.md")]
+pub mod hardening {}
+
+/// The `loadtest` load client.
+#[doc = include_str!("../docs/loadtest.md")]
+pub mod loadtest {}
