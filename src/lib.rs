@@ -32,3 +32,7 @@ pub use server::{
     ThreadingUdpServer, ThreadingUnixDatagramServer, ThreadingUnixStreamServer, UdpServer,
     UnixDatagramServer, UnixStreamServer,
 };
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;

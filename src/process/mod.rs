@@ -9,7 +9,7 @@ mod closefork;
 mod connection;
 mod current;
 mod fork;
-mod listener;
+pub(crate) mod listener;
 #[allow(clippy::module_inception)]
 mod process;
 mod registry;
@@ -44,14 +44,14 @@ pub use atomics::SharedAtomics;
 
 // Pool, ProcessPoolExecutor and Manager (slice `pool`).
 mod async_result;
-mod codec;
+pub(crate) mod codec;
 mod dispatch;
 mod executor;
 mod manager;
-mod manager_protocol;
+pub(crate) mod manager_protocol;
 mod manager_proxy;
-mod manager_server;
-mod pool;
+pub(crate) mod manager_server;
+pub(crate) mod pool;
 mod task;
 mod worker;
 pub use async_result::AsyncResult;

@@ -503,7 +503,11 @@ mod tests {
             v2(1, 0x21, &b6),
             v2(0, 0x00, &[]),
         ];
-        for bytes in canonical.iter().copied().chain(v2s.iter().map(Vec::as_slice)) {
+        for bytes in canonical
+            .iter()
+            .copied()
+            .chain(v2s.iter().map(Vec::as_slice))
+        {
             let Parsed::Complete { header, len } = parse(bytes).unwrap() else {
                 panic!("incomplete: {bytes:?}");
             };
@@ -549,7 +553,10 @@ mod tests {
                 source,
                 destination,
             };
-            assert!(matches!(h.encode(), Err(Error::InvalidArgument(_))), "{h:?}");
+            assert!(
+                matches!(h.encode(), Err(Error::InvalidArgument(_))),
+                "{h:?}"
+            );
         }
     }
 
