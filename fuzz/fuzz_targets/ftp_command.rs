@@ -17,6 +17,7 @@ mod command;
 
 use command::{Command, ParseError};
 use libfuzzer_sys::fuzz_target;
+use socketserver_fuzz::Counting;
 
 fn write(c: &Command, lower: bool, ending: &[u8]) -> Vec<u8> {
     let mut line = if lower {
@@ -31,6 +32,10 @@ fn write(c: &Command, lower: bool, ending: &[u8]) -> Vec<u8> {
     line.extend_from_slice(ending);
     line
 }
+
+/// Counts allocations and refuses any over 256 MiB.
+#[global_allocator]
+static ALLOC: Counting = Counting;
 
 fuzz_target!(|data: &[u8]| {
     let parsed = Command::parse(data);

@@ -19,33 +19,13 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use socketserver::fuzzing::{codec_from_bytes, codec_to_bytes, pool_decode_chunk};
+use socketserver_fuzz::codec_types::{Record, Shape};
 use socketserver_fuzz::{peak_since, start_measuring, Counting};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-enum Shape {
-    Empty,
-    Circle(f64),
-    Rect { w: u32, h: u32 },
-    Pair(i8, char),
-    Nested(Box<Shape>),
-}
-
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct Record {
-    id: u64,
-    name: String,
-    tags: Vec<String>,
-    score: Option<i128>,
-    shapes: Vec<Shape>,
-    pairs: Vec<(u16, bool)>,
-    raw: Vec<u8>,
-    unit: (),
-}
 
 /// The largest in-memory size of an element of the sequences decoded here
 /// (`String`, `Vec<u8>`). The decoder reserves at most one element per

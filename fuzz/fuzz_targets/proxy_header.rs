@@ -23,6 +23,7 @@ use libfuzzer_sys::fuzz_target;
 use socketserver::server::proxy::{
     parse, read_proxy_header, read_proxy_header_async, Parsed, ProxyHeader, V1_MAX_LEN,
 };
+use socketserver_fuzz::Counting;
 
 const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const V2_MAX_LEN: usize = 16 + 65_535;
@@ -139,6 +140,10 @@ fn poll_once<F: Future>(f: F) -> F::Output {
         Poll::Pending => panic!("reading from a slice never waits"),
     }
 }
+
+/// Counts allocations and refuses any over 256 MiB.
+#[global_allocator]
+static ALLOC: Counting = Counting;
 
 fuzz_target!(|data: &[u8]| {
     let parsed = parse(data);
