@@ -102,12 +102,14 @@ finally:
     os.unlink(cfgfile.name)
 
 n = 0
+seen = set()
 for data in captured:
     header = data[:-4] if data.endswith(b"MARK") else data
-    if not header:
+    if not header or header in seen:
         continue
+    seen.add(header)
     kind = "v1" if header.startswith(b"PROXY ") else "v2"
     with open(os.path.join(out, f"haproxy-{kind}-{n}"), "wb") as f:
         f.write(header)
     n += 1
-print(f"{n} headers from HAProxy written to {out}")
+print(f"{n} distinct headers from HAProxy written to {out}")
