@@ -10,7 +10,7 @@
 //!   it fails as `AuthenticationFailed` (or an I/O error), never by
 //!   waiting for the timeout;
 //! - what we send is exactly the protocol: our challenge is `#CHALLENGE#`
-//!   + 32 bytes, our answer to a valid challenge is HMAC-SHA256(key,
+//!   and 32 bytes, our answer to a valid challenge is HMAC-SHA256(key,
 //!   challenge) (checked with an independent HMAC), and the key itself
 //!   never crosses the wire;
 //! - never reads more than its cap: a handshake message over 256 bytes is
