@@ -8,8 +8,9 @@
 # modified. A failing input is saved under fuzz/artifacts/<target>/;
 # reproduce with `cargo +nightly fuzz run <target> <that file>`.
 #
-# Measured on a 2-core VM: about 10 minutes in all, build included (see
-# docs/fuzzing.md).
+# Measured on a shared 2-core VM with a cold fuzz/target: 416 s in all
+# (build 189 s), plus about 3 minutes when cargo-fuzz must be installed
+# first (see docs/fuzzing.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 
