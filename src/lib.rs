@@ -80,3 +80,7 @@ pub use server::{
 };
 #[cfg(feature = "async")]
 pub use server::{AsyncTcpServer, AsyncUdpServer, AsyncUnixDatagramServer, AsyncUnixStreamServer};
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;

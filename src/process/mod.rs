@@ -42,8 +42,13 @@ pub(crate) mod inherited;
 
 // The parts' modules under their old names, for paths inside the crate.
 use ipc::connection;
-use manager::{protocol as manager_protocol, proxy as manager_proxy, server as manager_server};
-use pool::{async_result, codec, dispatch, task, worker};
+// `listener`, `codec`, `manager_protocol`, `manager_server` and `pool` are
+// reachable from `crate::fuzzing` (feature `fuzzing`) under these names.
+pub(crate) use ipc::listener;
+pub(crate) use manager::{protocol as manager_protocol, server as manager_server};
+use manager::proxy as manager_proxy;
+pub(crate) use pool::codec;
+use pool::{async_result, dispatch, task, worker};
 use shm::{raw, shared, spill, sync};
 
 pub(crate) use current::resume_exit_request;

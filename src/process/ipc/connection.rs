@@ -373,7 +373,8 @@ impl Connection {
     /// [`Error::MessageTooLarge`] if the frame header exceeds the maximum
     /// (the receiving side then stops reading: later calls give
     /// [`Error::Closed`], since the stream is out of step);
-    /// [`Error::Codec`] if the bytes do not decode as `T`;
+    /// [`Error::Codec`] if the bytes do not decode as `T` or hold bytes
+    /// after it;
     /// [`Error::Closed`] after `close`; [`Error::InvalidArgument`] on a
     /// send-only end; [`Error::Io`] on other failures.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T> {
@@ -382,11 +383,11 @@ impl Connection {
             // The whole frame is buffered: decode in place, no allocation.
             let frame = &self.rbuf[self.start..self.start + len];
             self.start += len;
-            return Ok(postcard::from_bytes(frame)?);
+            return decode_whole(frame);
         }
         let mut bytes = Vec::new();
         self.read_payload(len, &mut bytes)?;
-        Ok(postcard::from_bytes(&bytes)?)
+        decode_whole(&bytes)
     }
 
     /// Receives one message's bytes: Python's `recv_bytes`.
@@ -579,6 +580,20 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// Decodes a message that must fill its frame exactly: `postcard::from_bytes`
+/// alone ignores bytes after the value, so a frame with garbage appended
+/// would decode (found by the `connection_frames` fuzz target).
+fn decode_whole<T: DeserializeOwned>(frame: &[u8]) -> Result<T> {
+    let (value, rest) = postcard::take_from_bytes(frame)?;
+    if !rest.is_empty() {
+        return Err(Error::Codec(format!(
+            "{} bytes left over after the message",
+            rest.len()
+        )));
+    }
+    Ok(value)
 }
 
 impl Drop for Connection {

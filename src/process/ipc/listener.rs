@@ -37,7 +37,7 @@ const CHALLENGE: &[u8] = b"#CHALLENGE#";
 const WELCOME: &[u8] = b"#WELCOME#";
 const FAILURE: &[u8] = b"#FAILURE#";
 const NONCE_LEN: usize = 32;
-const HANDSHAKE_MAX: usize = 256;
+pub(crate) const HANDSHAKE_MAX: usize = 256;
 
 /// The default limit for each handshake read and write: 5 seconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -243,7 +243,7 @@ fn check_key(key: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
 
 /// Runs the handshake with socket timeouts and a small message limit, then
 /// restores both.
-fn with_timeout(
+pub(crate) fn with_timeout(
     conn: &mut Connection,
     timeout: Duration,
     handshake: impl FnOnce(&mut Connection) -> Result<()>,
@@ -292,7 +292,7 @@ fn mac(key: &[u8], message: &[u8]) -> Result<Hmac<Sha256>> {
 }
 
 /// Challenges the peer and checks its answer (constant-time).
-fn deliver_challenge(conn: &mut Connection, key: &[u8]) -> Result<()> {
+pub(crate) fn deliver_challenge(conn: &mut Connection, key: &[u8]) -> Result<()> {
     let mut message = CHALLENGE.to_vec();
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce)
@@ -313,7 +313,7 @@ fn deliver_challenge(conn: &mut Connection, key: &[u8]) -> Result<()> {
 }
 
 /// Answers the peer's challenge and reads its verdict.
-fn answer_challenge(conn: &mut Connection, key: &[u8]) -> Result<()> {
+pub(crate) fn answer_challenge(conn: &mut Connection, key: &[u8]) -> Result<()> {
     let message = conn.recv_bytes()?;
     if !message.starts_with(CHALLENGE) || message.len() < CHALLENGE.len() + NONCE_LEN {
         return Err(Error::AuthenticationFailed(

@@ -16,6 +16,9 @@
 //! even for protocols where the server speaks first (FTP, SMTP). Reads are
 //! bounded: 107 bytes for v1, 16 + 65,535 for v2 (its length field is 16
 //! bits).
+//!
+//! [`ProxyHeader::encode`] is the other direction: it writes the header a
+//! balancer would send, for a proxy written in Rust or a test client.
 
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -257,6 +260,84 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed> {
     })
 }
 
+impl ProxyHeader {
+    /// Encodes this header the way a balancer sends it: the inverse of
+    /// [`parse`] for headers in canonical form.
+    ///
+    /// - Version 1: `PROXY TCP4 <src> <dst> <sport> <dport>\r\n` (`TCP6`
+    ///   for IPv6 addresses), or `PROXY UNKNOWN\r\n` without addresses.
+    /// - Version 2: the `PROXY` command with a TCP-over-IPv4 (`0x11`) or
+    ///   TCP-over-IPv6 (`0x21`) address block and no TLVs, or the `LOCAL`
+    ///   command with no address block when there are no addresses.
+    ///
+    /// What [`ProxyHeader`] does not keep is not reproduced: v2 TLVs, a v2
+    /// UDP or Unix-socket family, v1 `UNKNOWN` trailing fields, leading
+    /// zeros of a v1 port or a non-canonical IPv6 spelling. For those
+    /// headers `parse(encode(h))` still gives back `h`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a version other than 1 or 2, or for
+    /// addresses the protocol cannot carry: only one of source and
+    /// destination, or one IPv4 and one IPv6 address.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let pair = match (self.source, self.destination) {
+            (None, None) => None,
+            (Some(s), Some(d)) if s.is_ipv4() == d.is_ipv4() => Some((s, d)),
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "a PROXY header carries both addresses of one family, or none".into(),
+                ))
+            }
+        };
+        match (self.version, pair) {
+            (1, None) => Ok(b"PROXY UNKNOWN\r\n".to_vec()),
+            (1, Some((s, d))) => {
+                let proto = if s.is_ipv4() { "TCP4" } else { "TCP6" };
+                Ok(format!(
+                    "PROXY {proto} {} {} {} {}\r\n",
+                    s.ip(),
+                    d.ip(),
+                    s.port(),
+                    d.port()
+                )
+                .into_bytes())
+            }
+            (2, pair) => {
+                let mut out = V2_SIG.to_vec();
+                let mut block = Vec::with_capacity(36);
+                let (cmd, fam) = match pair {
+                    None => (0x20, 0x00),
+                    Some((s, d)) => {
+                        let fam = match (s.ip(), d.ip()) {
+                            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                                block.extend_from_slice(&a.octets());
+                                block.extend_from_slice(&b.octets());
+                                0x11
+                            }
+                            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                                block.extend_from_slice(&a.octets());
+                                block.extend_from_slice(&b.octets());
+                                0x21
+                            }
+                            _ => unreachable!("families checked above"),
+                        };
+                        block.extend_from_slice(&s.port().to_be_bytes());
+                        block.extend_from_slice(&d.port().to_be_bytes());
+                        (0x21, fam)
+                    }
+                };
+                out.extend_from_slice(&[cmd, fam]);
+                out.extend_from_slice(&(block.len() as u16).to_be_bytes());
+                out.extend_from_slice(&block);
+                Ok(out)
+            }
+            (v, _) => Err(Error::InvalidArgument(format!(
+                "PROXY protocol version {v} does not exist (1 or 2)"
+            ))),
+        }
+    }
+}
+
 fn eof_inside(e: io::Error) -> Error {
     if e.kind() == io::ErrorKind::UnexpectedEof {
         bad("connection closed inside the PROXY header")
@@ -415,6 +496,80 @@ mod tests {
         );
         let full = v2(1, 0x11, &[0; 12]);
         assert_eq!(parse(&full[..16]).unwrap(), Parsed::Incomplete { need: 12 });
+    }
+
+    #[test]
+    fn encode_is_the_inverse_of_parse_for_canonical_headers() {
+        let canonical: [&[u8]; 4] = [
+            b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\r\n",
+            b"PROXY TCP6 2001:db8::1 ::1 1 65535\r\n",
+            b"PROXY UNKNOWN\r\n",
+            b"PROXY TCP4 0.0.0.0 255.255.255.255 0 0\r\n",
+        ];
+        let mut b6 = Vec::new();
+        b6.extend_from_slice(&"2001:db8::5".parse::<Ipv6Addr>().unwrap().octets());
+        b6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        b6.extend_from_slice(&[0, 7, 0, 9]);
+        let v2s = [
+            v2(1, 0x11, &[10, 0, 0, 1, 10, 0, 0, 2, 0x1f, 0x90, 0x00, 0x50]),
+            v2(1, 0x21, &b6),
+            v2(0, 0x00, &[]),
+        ];
+        for bytes in canonical
+            .iter()
+            .copied()
+            .chain(v2s.iter().map(Vec::as_slice))
+        {
+            let Parsed::Complete { header, len } = parse(bytes).unwrap() else {
+                panic!("incomplete: {bytes:?}");
+            };
+            assert_eq!(len, bytes.len());
+            assert_eq!(header.encode().unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn encode_drops_only_what_the_header_does_not_keep() {
+        // A TLV, a UDP transport and a v1 port with leading zeros are not
+        // kept; the re-encoded header still parses to the same value.
+        let mut block = vec![10, 0, 0, 1, 10, 0, 0, 2, 0x1f, 0x90, 0x00, 0x50];
+        block.extend_from_slice(&[0x04, 0x00, 0x01, 0xAA]);
+        let with_tlv = v2(1, 0x12, &block);
+        let v1_zeros = b"PROXY TCP4 1.2.3.4 5.6.7.8 0080 443\r\n".to_vec();
+        for bytes in [with_tlv, v1_zeros] {
+            let Parsed::Complete { header, .. } = parse(&bytes).unwrap() else {
+                panic!("incomplete");
+            };
+            let again = header.encode().unwrap();
+            assert_ne!(again, bytes);
+            let Parsed::Complete { header: h2, len } = parse(&again).unwrap() else {
+                panic!("incomplete");
+            };
+            assert_eq!((h2, len), (header, again.len()));
+        }
+    }
+
+    #[test]
+    fn encode_refuses_what_the_protocol_cannot_carry() {
+        let v4: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let v6: SocketAddr = "[::1]:2".parse().unwrap();
+        for (version, source, destination) in [
+            (1, Some(v4), None),
+            (2, None, Some(v6)),
+            (1, Some(v4), Some(v6)),
+            (3, None, None),
+            (0, Some(v4), Some(v4)),
+        ] {
+            let h = ProxyHeader {
+                version,
+                source,
+                destination,
+            };
+            assert!(
+                matches!(h.encode(), Err(Error::InvalidArgument(_))),
+                "{h:?}"
+            );
+        }
     }
 
     #[cfg(feature = "async")]
