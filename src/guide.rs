@@ -36,6 +36,10 @@ pub mod ftp {}
 #[doc = include_str!("../docs/hardening.md")]
 pub mod hardening {}
 
+/// Coverage-guided fuzzing of every parser a peer can feed.
+#[doc = include_str!("../docs/fuzzing.md")]
+pub mod fuzzing {}
+
 /// The `loadtest` load client.
 #[doc = include_str!("../docs/loadtest.md")]
 pub mod loadtest {}

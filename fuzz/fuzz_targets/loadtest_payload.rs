@@ -1,12 +1,10 @@
-//! `loadtest`'s expected-reply generator (`src/bin/loadtest/payload.rs`,
+//! `loadtest`'s expected-reply generator (`loadtest/src/payload.rs`,
 //! included as it is, not copied): every echo loadtest reads is compared
 //! byte for byte with `Payloads::fill(seq)`, so a server that replays a
 //! stale reply is caught only if different requests have different
 //! payloads.
 //!
-//! The reading of replies itself (`tcp::exchange` and the UDP header
-//! matching in `udp::worker`) sits inside async socket loops and cannot be
-//! reached without a refactor; see docs/fuzzing.md.
+//! The reading of replies itself is the `loadtest_reply` target.
 //!
 //! Properties, for any connection id, message size (up to 4 KiB) and
 //! pair of request numbers:

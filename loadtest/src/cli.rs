@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 
 /// Smallest UDP datagram: sequence number, send timestamp and socket id.
-pub const UDP_HEADER: usize = 8 + 8 + 4;
+pub use crate::reply::UDP_HEADER;
 
 /// Connections one default load thread drives. One event loop handles
 /// about 100k requests/s here; more threads than needed cost CPU per

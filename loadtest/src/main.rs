@@ -15,6 +15,7 @@ mod pacer;
 mod payload;
 mod plot;
 mod progress;
+mod reply;
 mod report;
 mod stats;
 mod tcp;

@@ -18,6 +18,7 @@ use tokio::time::sleep_until;
 use crate::connect::{connect, Connect, ConnectLimiter};
 use crate::pacer::sleep_precise;
 use crate::payload::Payloads;
+use crate::reply::tcp_echoed;
 use crate::stats::{ErrorKind, Recorder, Totals};
 
 /// What every TCP worker of a run shares.
@@ -161,7 +162,7 @@ pub async fn worker(id: u32, cfg: Arc<TcpConfig>, mut rec: Recorder) -> Totals {
         };
         let now = Instant::now();
         match res {
-            Some(Ok(n)) if n == tx.len() && rx[..n] == tx[..] => {
+            Some(Ok(n)) if tcp_echoed(&tx, &rx, n) => {
                 rec.ok(now, now.saturating_duration_since(start));
                 if cfg.churn {
                     // SO_LINGER 0 was set at connect: this close resets.

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::time::sleep_until;
 
-use crate::cli::UDP_HEADER;
 use crate::pacer::sleep_precise;
 use crate::payload::Payloads;
+use crate::reply::{classify_udp, datagram, UdpReply, UDP_HEADER};
 use crate::stats::{ErrorKind, Recorder, Totals, Window};
 
 /// What every UDP worker of a run shares.
@@ -50,15 +50,6 @@ pub async fn socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(SocketAddr::new(local, 0)).await?;
     sock.connect(addr).await?;
     Ok(sock)
-}
-
-/// Builds datagram `seq` of socket `id`, stamped with `sent` (nanoseconds
-/// since the run started).
-fn datagram(p: &Payloads, id: u32, seq: u64, sent: u64, out: &mut Vec<u8>) {
-    p.fill(seq, out);
-    out[0..8].copy_from_slice(&seq.to_le_bytes());
-    out[8..16].copy_from_slice(&sent.to_le_bytes());
-    out[16..20].copy_from_slice(&id.to_le_bytes());
 }
 
 /// A datagram in flight.
@@ -197,30 +188,26 @@ pub async fn worker(id: u32, cfg: Arc<UdpConfig>, mut rec: Recorder) -> Totals {
             }
         };
         let data = &rx[..n];
-        if n < UDP_HEADER {
-            rec.error(now, ErrorKind::Mismatch);
-            continue;
-        }
-        let seq = u64::from_le_bytes(data[0..8].try_into().unwrap_or_default());
-        let their_id = u32::from_le_bytes(data[16..20].try_into().unwrap_or_default());
-        let idx = seq.checked_sub(base).map(|i| i as usize);
-        let entry = match idx.and_then(|i| pending.get(i).copied()) {
-            Some(Some(p)) if their_id == id => p,
-            _ => {
-                if their_id == id && lost_seqs.remove(&seq) {
-                    rec.totals.late += 1;
-                } else if their_id == id && seq < next_seq {
-                    rec.totals.duplicates += 1;
-                } else {
-                    // Not something this socket sent (or garbled header).
-                    rec.error(now, ErrorKind::Mismatch);
-                }
+        let waiting = |i: usize| matches!(pending.get(i), Some(Some(_)));
+        let (seq, entry) = match classify_udp(data, id, base, waiting, &mut lost_seqs, next_seq) {
+            UdpReply::Waiting { seq, index } => match pending[index].take() {
+                Some(p) => (seq, p),
+                None => continue,
+            },
+            UdpReply::Late => {
+                rec.totals.late += 1;
+                continue;
+            }
+            UdpReply::Duplicate => {
+                rec.totals.duplicates += 1;
+                continue;
+            }
+            UdpReply::Mismatch => {
+                // Too short, not something this socket sent, or garbled.
+                rec.error(now, ErrorKind::Mismatch);
                 continue;
             }
         };
-        if let Some(i) = idx {
-            pending[i] = None;
-        }
         in_flight -= 1;
         let stamp = entry.sent.duration_since(w.start).as_nanos() as u64;
         datagram(&payloads, id, seq, stamp, &mut expect);

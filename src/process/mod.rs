@@ -45,8 +45,8 @@ use ipc::connection;
 // `listener`, `codec`, `manager_protocol`, `manager_server` and `pool` are
 // reachable from `crate::fuzzing` (feature `fuzzing`) under these names.
 pub(crate) use ipc::listener;
-pub(crate) use manager::{protocol as manager_protocol, server as manager_server};
 use manager::proxy as manager_proxy;
+pub(crate) use manager::{protocol as manager_protocol, server as manager_server};
 pub(crate) use pool::codec;
 use pool::{async_result, dispatch, task, worker};
 use shm::{raw, shared, spill, sync};
