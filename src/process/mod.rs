@@ -44,6 +44,7 @@ pub(crate) mod inherited;
 use ipc::connection;
 // `listener`, `codec`, `manager_protocol`, `manager_server` and `pool` are
 // reachable from `crate::fuzzing` (feature `fuzzing`) under these names.
+#[cfg(feature = "fuzzing")]
 pub(crate) use ipc::listener;
 use manager::proxy as manager_proxy;
 pub(crate) use manager::{protocol as manager_protocol, server as manager_server};
