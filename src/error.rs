@@ -51,6 +51,7 @@ pub enum Error {
 
     /// The authkey handshake failed (wrong key, or the peer did not speak it).
     #[error("authentication failed: {0}")]
+    #[doc(alias = "AuthenticationError")]
     AuthenticationFailed(String),
 
     /// An operation did not complete within its timeout.
@@ -103,6 +104,7 @@ pub enum Error {
 
     /// The pool or executor can no longer run tasks.
     #[error("process pool is broken: {0}")]
+    #[doc(alias = "BrokenProcessPool")]
     BrokenPool(String),
 
     /// The operation was cancelled before it ran.

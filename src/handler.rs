@@ -50,6 +50,9 @@ const RBUF_SIZE: usize = 16 * 1024;
 /// server's `handle_error` hook (logged with the peer address) and the
 /// connection is closed; the server keeps serving. A panic is caught and
 /// treated the same way.
+#[doc(alias = "BaseRequestHandler")]
+#[doc(alias = "StreamRequestHandler")]
+#[doc(alias = "DatagramRequestHandler")]
 pub trait RequestHandler: Send + 'static {
     /// Runs before [`handle`](Self::handle). Default does nothing.
     ///

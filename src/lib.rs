@@ -59,18 +59,34 @@
 //! - `async` (default): the async strategy, on tokio.
 #![deny(unsafe_code)]
 
+// Linux only: pidfds, futexes, robust mutexes, prctl and /proc are the
+// ground this crate stands on. Elsewhere, one clear error instead of a
+// wall of missing symbols: every module below is compiled on Linux only.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "socketserver supports Linux only (kernel 5.3 or newer): it is built on pidfds, futexes, robust mutexes, prctl and /proc"
+);
+
+#[cfg(target_os = "linux")]
 mod error;
+#[cfg(target_os = "linux")]
 pub use error::{Error, Result};
 
+#[cfg(target_os = "linux")]
 pub mod handler;
+#[cfg(target_os = "linux")]
 pub use handler::{PeerAddr, Request, RequestHandler, Stream};
 
+#[cfg(target_os = "linux")]
 pub mod process;
 
+#[cfg(target_os = "linux")]
 pub mod server;
 
+#[cfg(target_os = "linux")]
 pub mod guide;
 
+#[cfg(target_os = "linux")]
 pub use server::{
     shutdown_on_signals, ForkingTcpServer, ForkingUdpServer, ForkingUnixDatagramServer,
     ForkingUnixStreamServer, PreforkTcpServer, PreforkUdpServer, PreforkUnixDatagramServer,
@@ -78,9 +94,9 @@ pub use server::{
     ThreadingUdpServer, ThreadingUnixDatagramServer, ThreadingUnixStreamServer, UdpServer,
     UnixDatagramServer, UnixStreamServer,
 };
-#[cfg(feature = "async")]
+#[cfg(all(target_os = "linux", feature = "async"))]
 pub use server::{AsyncTcpServer, AsyncUdpServer, AsyncUnixDatagramServer, AsyncUnixStreamServer};
 
-#[cfg(feature = "fuzzing")]
+#[cfg(all(target_os = "linux", feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;

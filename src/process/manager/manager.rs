@@ -62,6 +62,8 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// whichever thread started it, and stopped
 /// (SIGTERM, then SIGKILL) when the owning `Manager` is dropped or
 /// [`shutdown`](Self::shutdown) is called.
+#[doc(alias = "BaseManager")]
+#[doc(alias = "SyncManager")]
 pub struct Manager {
     remote: Arc<Remote>,
     server: Option<ForkedChild>,

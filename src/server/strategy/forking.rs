@@ -34,6 +34,7 @@ use crate::server::transport::ServerSocket;
 
 /// One child process per request (Python's `ForkingMixIn`).
 #[derive(Debug)]
+#[doc(alias = "ForkingMixIn")]
 pub struct Forking {
     children: Vec<ForkedChild>,
     max_children: usize,

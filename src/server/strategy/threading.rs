@@ -26,6 +26,7 @@ use crate::server::transport::ServerSocket;
 
 /// One thread per request (Python's `ThreadingMixIn`).
 #[derive(Debug)]
+#[doc(alias = "ThreadingMixIn")]
 pub struct Threading {
     threads: Vec<Tracked>,
     active: Arc<AtomicUsize>,
