@@ -42,6 +42,39 @@ const BATCH: usize = 16;
 /// parameters.
 ///
 /// Dropping the server closes it (see [`Server::server_close`]).
+///
+/// One request, served and checked (a real socket on loopback):
+///
+/// ```
+/// use std::io::{self, BufRead, Read, Write};
+/// use std::net::TcpStream;
+/// use socketserver::server::{Server, TcpServer};
+/// use socketserver::{Request, RequestHandler};
+///
+/// struct Echo;
+///
+/// impl RequestHandler for Echo {
+///     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+///         let mut line = Vec::new();
+///         req.rfile().read_until(b'\n', &mut line)?;
+///         req.wfile().write_all(&line)
+///     }
+/// }
+///
+/// let mut server = TcpServer::bind("127.0.0.1:0", || Echo)?;
+/// let addr = server.server_address(); // the real port after :0
+/// let client = std::thread::spawn(move || -> io::Result<String> {
+///     let mut s = TcpStream::connect(addr)?;
+///     s.write_all(b"hello\n")?;
+///     let mut reply = String::new();
+///     s.read_to_string(&mut reply)?; // the server closes after the request
+///     Ok(reply)
+/// });
+/// server.handle_request()?; // accept one connection, serve it, close it
+/// assert_eq!(client.join().unwrap()?, "hello\n");
+/// server.server_close();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct SocketServer<T: Transport, S: Strategy> {
     socket: Option<ServerSocket>,
     address: T::Address,

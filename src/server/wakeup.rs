@@ -99,6 +99,33 @@ impl Wakeup {
 /// is safe from a handler, another thread, or a signal-handling thread.
 /// `serve_forever` returns as soon as it sees the request — immediately,
 /// because the request also writes to the loop's wake-up descriptor.
+///
+/// ```
+/// use std::io;
+/// use std::time::{Duration, Instant};
+/// use socketserver::server::{Server, ThreadingTcpServer};
+/// use socketserver::{Request, RequestHandler};
+///
+/// struct Idle;
+/// impl RequestHandler for Idle {
+///     fn handle(&mut self, _req: &mut Request) -> io::Result<()> {
+///         Ok(())
+///     }
+/// }
+///
+/// let mut server = ThreadingTcpServer::bind("127.0.0.1:0", || Idle)?;
+/// let handle = server.shutdown_handle();
+/// let stopper = std::thread::spawn(move || {
+///     std::thread::sleep(Duration::from_millis(50));
+///     handle.shutdown(); // returns at once; the loop sees it at once
+/// });
+/// let started = Instant::now();
+/// server.serve_forever()?;
+/// assert!(started.elapsed() < Duration::from_secs(5));
+/// stopper.join().unwrap();
+/// server.server_close();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct ShutdownHandle(pub(crate) Arc<Wakeup>);
 

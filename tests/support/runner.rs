@@ -2,8 +2,8 @@
 //! ones), and the `/proc` helpers they share.
 //!
 //! libtest runs each test on its own thread, and forking from a
-//! multi-threaded process is exactly what these tests must avoid (see
-//! DESIGN.md). So these binaries run their tests one after another on the
+//! multi-threaded process is exactly what these tests must avoid (see the
+//! README's "Fork safety" section). So these binaries run their tests one after another on the
 //! main thread, print libtest-like lines and a closing `N tests, N failed`
 //! line, and exit non-zero on any failure. After each test, any child the
 //! test left behind is killed and reaped, and counted as a failure: a stray

@@ -38,7 +38,7 @@ use crate::{Error, Result};
 /// (`|x: u64| x + 1`), with arguments and results that implement serde's
 /// `Serialize` and `Deserialize`. Workers are `fork()`s of this process, so
 /// such a function exists at the same address in every worker; the pool
-/// sends that address and the postcard-encoded arguments (see the
+/// sends that address and the arguments in the pool's wire format (see the
 /// `task` module for why this is sound only with fork). Closures that
 /// capture data are rejected at compile time. The
 /// [`initializer`](PoolBuilder::initializer), which runs once per worker
@@ -198,7 +198,7 @@ where
 /// Encodes `items` in chunks of `chunksize` (0 is taken as 1) for the
 /// trampoline at `trampoline` and queues them; returns the receiver of the
 /// chunks' replies and the number of items in each chunk. Each chunk is
-/// an item count followed by the items' postcard encodings (see
+/// an item count followed by the items' encodings in the pool codec (see
 /// `task::encode_chunk`), written straight from the iterator into the
 /// frame the dispatcher sends. Decoding the results is left to the
 /// consumer ([`collect_in_order`], [`IMap`]), so the dispatcher thread
