@@ -213,6 +213,7 @@ fn tcp_prefork_survives_abuse() {
     tcp_scenario("prefork");
 }
 
+#[cfg(feature = "async")] // the echo example has no async mode without it
 #[test]
 fn tcp_async_survives_abuse() {
     tcp_scenario("async");
@@ -365,6 +366,7 @@ fn sigterm_drains_forking() {
     drain_scenario("forking");
 }
 
+#[cfg(feature = "async")] // the echo example has no async mode without it
 #[test]
 fn sigterm_drains_async() {
     drain_scenario("async");
@@ -421,6 +423,7 @@ fn idle_clients_are_disconnected_prefork() {
     idle_scenario("prefork");
 }
 
+#[cfg(feature = "async")] // the echo example has no async mode without it
 #[test]
 fn idle_clients_are_disconnected_async() {
     idle_scenario("async");
