@@ -9,7 +9,9 @@
 //!   as soon as no one will accept from it, so this check never says UP
 //!   for a socket nobody serves;
 //! - the **agent check** (`agent-check agent-port P`): HAProxy connects to
-//!   port P and reads one line, `up 100%`, `drain`, `maint` or `down`.
+//!   port P and reads one line: `ready up 100%` (serving; `ready` also
+//!   lifts an earlier `drain`, which HAProxy keeps as an administrative
+//!   state until told otherwise), `drain`, `maint` or `down`.
 //!   [`ServerBuilder::health`](crate::server::ServerBuilder::health) binds
 //!   that port; the server answers it with its [`HealthState`].
 //!
@@ -79,17 +81,20 @@ impl HealthState {
 
 /// The line HAProxy's `agent-check` reads for `state` and `weight` (a
 /// percentage of the configured weight, 0–100; only sent with `up`).
+/// `up` is sent as `ready up W%`: HAProxy keeps `drain` and `maint` as
+/// administrative states until the agent says `ready`, so a restarted
+/// server that only said `up` would stay drained.
 ///
 /// ```
 /// use socketserver::server::health::{agent_reply, HealthState};
-/// assert_eq!(agent_reply(HealthState::Up, 100), "up 100%\n");
-/// assert_eq!(agent_reply(HealthState::Up, 250), "up 100%\n");
+/// assert_eq!(agent_reply(HealthState::Up, 100), "ready up 100%\n");
+/// assert_eq!(agent_reply(HealthState::Up, 250), "ready up 100%\n");
 /// assert_eq!(agent_reply(HealthState::Drain, 100), "drain\n");
 /// assert_eq!(agent_reply(HealthState::Down, 50), "down\n");
 /// ```
 pub fn agent_reply(state: HealthState, weight: u8) -> String {
     match state {
-        HealthState::Up => format!("up {}%\n", weight.min(100)),
+        HealthState::Up => format!("ready up {}%\n", weight.min(100)),
         HealthState::Drain => "drain\n".into(),
         HealthState::Maint => "maint\n".into(),
         HealthState::Down => "down\n".into(),
@@ -236,9 +241,9 @@ mod tests {
             c.read_to_string(&mut s).unwrap();
             s
         };
-        assert_eq!(ask(&h), "up 100%\n");
+        assert_eq!(ask(&h), "ready up 100%\n");
         h.handle().set_weight(40);
-        assert_eq!(ask(&h), "up 40%\n");
+        assert_eq!(ask(&h), "ready up 40%\n");
         h.handle().set(HealthState::Drain);
         assert_eq!(ask(&h), "drain\n");
         h.handle().set(HealthState::Maint);
