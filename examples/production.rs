@@ -259,6 +259,6 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "async")]
         Mode::Async => serve::<socketserver::server::Async>(&args, inherited, &mut start)?,
     }
-    drop(start);
+    drop(pid_file);
     Ok(())
 }
