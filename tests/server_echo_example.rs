@@ -343,3 +343,38 @@ fn echo_behind_a_balancer_proxy_health_and_drain_notice() {
         assert!(rest.is_empty(), "extra stdout: {rest:?}");
     }
 }
+
+/// `--reuse-port`: a second instance binds the port the first one serves,
+/// and once the first is stopped the second takes the new connections.
+#[test]
+fn echo_reuse_port_second_instance_takes_over() {
+    let first = start(&["--reuse-port"], "tcp", "threading");
+    let port = first.addr.to_string();
+    let child = Command::new(echo_binary())
+        .args(["--reuse-port", "--listen", &port])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Ended by the guard if the test fails midway.
+    let mut second = Running {
+        child,
+        addr: first.addr,
+        rest: None,
+    };
+    let mut out = BufReader::new(second.child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line,
+        format!("listening on tcp://{port} (mode threading)\n")
+    );
+    tcp_echo(first.addr);
+    stop(first, Signal::SIGTERM);
+    // Only the second listens now: every new connection is served.
+    for _ in 0..20 {
+        tcp_echo(second.addr);
+    }
+    kill(Pid::from_raw(second.child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(second.child.wait().unwrap().code(), Some(0));
+}

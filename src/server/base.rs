@@ -230,6 +230,8 @@ impl AgentThread {
                         let mut fds = [PollFd::new(h.fd(), PollFlags::POLLIN)];
                         let _ = poll(&mut fds, PollTimeout::from(50u16));
                         h.answer_pending();
+                    } else {
+                        std::thread::sleep(Duration::from_millis(50));
                     }
                     if wakeup.notice_left().is_some() && wakeup.shutdown_requested() {
                         wakeup.wake();
@@ -482,9 +484,10 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
         // The async strategy's loop does not poll the agent port: its
         // process is multi-threaded by design and never forks, so a small
         // thread answers there (see `ops::health`).
-        let agent = (S::NAME == "async" && self.wakeup.health().is_some())
-            .then(|| AgentThread::start(self.wakeup.clone()))
-            .transpose()?;
+        let agent = (S::NAME == "async"
+            && (self.wakeup.health().is_some() || !self.options.drain_notice.is_zero()))
+        .then(|| AgentThread::start(self.wakeup.clone()))
+        .transpose()?;
         let result = self.strategy.serve_forever(&mut serving);
         drop(agent);
         if result.is_ok() {
