@@ -72,7 +72,10 @@ impl Hosts {
             namespaces: Vec::new(),
         };
         let tag = std::process::id() % 100_000;
-        for i in 1..=n {
+        // SOCKETSERVER_TEST_HOSTS=loopback runs the fallback on purpose
+        // (to check it where namespaces would work).
+        let forced = std::env::var("SOCKETSERVER_TEST_HOSTS").is_ok_and(|v| v == "loopback");
+        for i in (1..=n).filter(|_| !forced) {
             let ns = format!("ssrs{tag}h{i}");
             let veth = format!("ssv{tag}h{i}");
             let outer = format!("10.77.{i}.1/24");
@@ -114,6 +117,16 @@ impl Hosts {
                     };
                 }
             }
+        }
+        if forced {
+            eprintln!("SOCKETSERVER_TEST_HOSTS=loopback: using 127.0.0.x hosts");
+            return Hosts {
+                kind: HostKind::Loopback,
+                addrs: (2..2 + n as u8)
+                    .map(|k| IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
+                    .collect(),
+                namespaces: Vec::new(),
+            };
         }
         hosts
     }
