@@ -4,7 +4,21 @@
 //! ```text
 //! cargo run --release --example echo -- [--mode sync|threading|forking|prefork|async]
 //!     [--udp] [--unix PATH] [--listen ADDR] [--idle-timeout 60s] [--backlog 4096]
+//!     [--proxy-protocol [--proxy-timeout 5s]] [--reuse-port] [--drain-timeout 30s]
+//!     [--health ADDR [--drain-notice 1s]] [--announce-peer]
 //! ```
+//!
+//! Behind a balancer (see docs/scale-out.md): `--proxy-protocol` expects a
+//! PROXY v1 or v2 header on every connection (HAProxy `send-proxy`,
+//! `send-proxy-v2`) and refuses a connection without a valid one within
+//! `--proxy-timeout`; the handler then sees the client's address, not the
+//! balancer's. `--reuse-port` lets several instances share the port.
+//! `--health ADDR` answers HAProxy's `agent-check` there (`up 100%`, then
+//! `drain` from the moment SIGTERM arrives); the server keeps accepting
+//! for `--drain-notice` after reporting `drain`, then closes its port and
+//! lets connections in flight finish for up to `--drain-timeout`.
+//! `--announce-peer` makes the handler first send `peer ADDRESS\n`, the
+//! client address it was given (to check the PROXY header is honoured).
 //!
 //! Defaults: `--mode threading`, `--listen 127.0.0.1:9000` (port 0 picks a
 //! free port), `--idle-timeout 60s`: a client that sends nothing (or reads
@@ -37,6 +51,8 @@ use socketserver::{Request, RequestHandler};
 struct Echo {
     /// Read/write timeout of a connection (`None`: wait forever).
     idle: Option<Duration>,
+    /// Send `peer ADDRESS` first.
+    announce: bool,
 }
 
 impl RequestHandler for Echo {
@@ -45,6 +61,10 @@ impl RequestHandler for Echo {
     }
 
     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        if self.announce {
+            let line = format!("peer {}\n", req.peer_addr());
+            req.wfile().write_all(line.as_bytes())?;
+        }
         let (mut rfile, mut wfile) = req.split();
         let result = (|| loop {
             let chunk = match rfile.fill_buf() {
@@ -131,6 +151,28 @@ struct Args {
     /// direction (e.g. 60s, 500ms; 0s waits forever).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// Expect a PROXY protocol v1/v2 header on every connection.
+    #[arg(long)]
+    proxy_protocol: bool,
+    /// How long a connection may take to send its PROXY header.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    proxy_timeout: Duration,
+    /// Set SO_REUSEPORT: several instances may listen on the port.
+    #[arg(long)]
+    reuse_port: bool,
+    /// How long connections in flight may finish after the port closes.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Answer HAProxy's agent-check on this address.
+    #[arg(long)]
+    health: Option<SocketAddr>,
+    /// Keep accepting this long after reporting `drain` (default 1s with
+    /// --health, else 0s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    drain_notice: Option<Duration>,
+    /// Send `peer ADDRESS` to each client first.
+    #[arg(long)]
+    announce_peer: bool,
 }
 
 impl Args {
@@ -146,12 +188,29 @@ where
     S: Strategy,
     T::Address: BindAddress<T>,
 {
-    let mut server = SocketServer::<T, S>::builder()
+    let mut builder = SocketServer::<T, S>::builder();
+    builder
         .backlog(args.backlog)
-        .bind(address, {
-            let idle = args.idle();
-            move || Echo { idle }
-        })?;
+        .allow_reuse_port(args.reuse_port)
+        .drain_timeout(args.drain_timeout)
+        .systemd_notify(true);
+    if args.proxy_protocol {
+        builder.proxy_protocol(Some(args.proxy_timeout));
+    }
+    if let Some(h) = args.health {
+        builder.health(h);
+    }
+    let default_notice = if args.health.is_some() {
+        Duration::from_secs(1)
+    } else {
+        Duration::ZERO
+    };
+    builder.drain_notice(args.drain_notice.unwrap_or(default_notice));
+    let mut server = builder.bind(address, {
+        let idle = args.idle();
+        let announce = args.announce_peer;
+        move || Echo { idle, announce }
+    })?;
     let _signals = shutdown_on_signals(&server.shutdown_handle())?;
     {
         let mut out = io::stdout().lock();

@@ -5,20 +5,31 @@
 //! ```text
 //! cargo run --release --example production -- [--mode prefork|async] [--listen ADDR]
 //!     [--pid-file PATH] [--user USER [--group GROUP]] [--allow-root]
-//!     [--idle-timeout 60s] [--backlog 4096]
+//!     [--idle-timeout 60s] [--backlog 4096] [--proxy-protocol [--proxy-timeout 5s]]
+//!     [--reuse-port] [--drain-timeout 30s] [--health ADDR [--drain-notice 1s]]
 //! ```
 //!
+//! Behind a balancer (docs/scale-out.md): `--proxy-protocol` takes the
+//! client address from a PROXY v1/v2 header; `--health ADDR` answers
+//! HAProxy's `agent-check`; `--reuse-port` lets several instances share the
+//! port. Under systemd (`Type=notify`) it sends `READY=1` and
+//! `STOPPING=1`.
+//!
 //! When ready it prints `listening on tcp://HOST:PORT (mode MODE, pid PID)`
-//! to stdout — again after every SIGHUP restart, with the same address and
-//! pid. Under systemd socket activation (`LISTEN_FDS`) it serves the
+//! to stdout — again after every SIGHUP restart, from the successor (a
+//! new pid on the same address). Under systemd socket activation (`LISTEN_FDS`) it serves the
 //! inherited socket instead of binding. A prefork server refuses to run as
 //! root unless `--user` or `--allow-root` is given. Logs go to stderr.
 //!
 //! The defaults are the echo example's: a client idle for `--idle-timeout`
 //! is disconnected (so idle connections cannot hold every worker), the
-//! backlog is 4096. On SIGTERM the listening socket is closed before the
-//! drain (new clients are refused, not reset at exit); on SIGHUP a copy is
-//! kept across the re-exec so new clients wait in the backlog.
+//! backlog is 4096. On SIGTERM the health port reports `drain`, the server
+//! keeps accepting for `--drain-notice`, then closes the listening socket
+//! before the drain (new clients are refused, not reset at exit). On
+//! SIGHUP, after the same notice, it starts its successor with the
+//! listening (and health) socket — the successor accepts at once — then
+//! finishes its own connections, bounded by `--drain-timeout`, and exits:
+//! no one waits for the old process's clients.
 
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
@@ -29,8 +40,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use socketserver::server::{
-    activation, drop_privileges, reexec, refuse_root, shutdown_on_signals, HangupRestart, PidFile,
-    Prefork, Server, ServerBuilder, SocketServer, Strategy, TcpTransport,
+    activation, drop_privileges, notify, refuse_root, shutdown_on_signals, spawn_successor,
+    HangupRestart, PidFile, Prefork, Server, ServerBuilder, SocketServer, Strategy, TcpTransport,
 };
 use socketserver::{Request, RequestHandler};
 
@@ -108,16 +119,69 @@ struct Args {
     /// The listen backlog (when not socket-activated).
     #[arg(long, default_value_t = 4096)]
     backlog: i32,
+    /// Expect a PROXY protocol v1/v2 header on every connection.
+    #[arg(long)]
+    proxy_protocol: bool,
+    /// How long a connection may take to send its PROXY header.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    proxy_timeout: Duration,
+    /// Set SO_REUSEPORT: several instances may listen on the port.
+    #[arg(long)]
+    reuse_port: bool,
+    /// How long connections in flight may finish after the port closes.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Answer HAProxy's agent-check on this address.
+    #[arg(long)]
+    health: Option<SocketAddr>,
+    /// Keep accepting this long after reporting `drain` (default 1s with
+    /// --health, else 0s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    drain_notice: Option<Duration>,
 }
 
-/// Serves until SIGTERM/SIGINT (returns `None`) or SIGHUP (returns the
-/// listening socket to hand to the new image).
-fn serve<S: Strategy>(args: &Args, inherited: Option<OwnedFd>) -> anyhow::Result<Option<OwnedFd>> {
+/// What `serve` hands back on SIGHUP: the sockets for the successor.
+struct Handover {
+    listener: OwnedFd,
+    health: Option<OwnedFd>,
+}
+
+/// Serves until SIGTERM/SIGINT (returns `None`) or SIGHUP: then starts
+/// the successor with the sockets (through `start`) before draining.
+fn serve<S: Strategy>(
+    args: &Args,
+    inherited: Vec<OwnedFd>,
+    start: &mut dyn FnMut(&Handover) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let idle = (!args.idle_timeout.is_zero()).then_some(args.idle_timeout);
     let mut builder = ServerBuilder::<TcpTransport, S>::new();
-    builder.backlog(args.backlog);
+    builder
+        .backlog(args.backlog)
+        .allow_reuse_port(args.reuse_port)
+        .drain_timeout(args.drain_timeout)
+        .systemd_notify(true);
+    if args.proxy_protocol {
+        builder.proxy_protocol(Some(args.proxy_timeout));
+    }
+    let mut inherited = inherited.into_iter();
+    let listener = inherited.next();
+    match (args.health, inherited.next()) {
+        (Some(_), Some(fd)) => {
+            builder.health_socket(activation::into_tcp_listener(fd)?);
+        }
+        (Some(addr), None) => {
+            builder.health(addr);
+        }
+        (None, _) => {}
+    }
+    let default_notice = if args.health.is_some() {
+        Duration::from_secs(1)
+    } else {
+        Duration::ZERO
+    };
+    builder.drain_notice(args.drain_notice.unwrap_or(default_notice));
     let factory = move || Echo { idle };
-    let mut server: SocketServer<TcpTransport, S> = match inherited {
+    let mut server: SocketServer<TcpTransport, S> = match listener {
         Some(fd) => builder.from_socket(fd, factory)?,
         None => builder.bind(args.listen, factory)?,
     };
@@ -139,21 +203,27 @@ fn serve<S: Strategy>(args: &Args, inherited: Option<OwnedFd>) -> anyhow::Result
         )?;
         out.flush()?;
     }
+    if let Some(h) = server.health_address() {
+        tracing::info!(health = %h, "agent-check port");
+    }
     let _signals = shutdown_on_signals(&server.shutdown_handle())?;
     let hup = HangupRestart::for_server(&server.shutdown_handle())?;
     server.serve_forever()?;
-    // Only a restart keeps a copy of the socket through the drain (new
-    // clients wait in the backlog for the new image); a stop closes it, so
-    // new clients are refused at once.
-    let keep = if hup.requested() {
+    // The drain notice has run out (health said `drain` meanwhile). On a
+    // restart the successor starts now, on copies of the sockets, and
+    // accepts at once; this process then closes its own copies and
+    // drains. On a stop the socket closes, so new clients are refused.
+    if hup.requested() {
         let socket = server.socket().context("server socket")?;
-        Some(OwnedFd::from(socket.try_clone()?))
-    } else {
-        None
-    };
+        let handover = Handover {
+            listener: OwnedFd::from(socket.try_clone()?),
+            health: server.health_socket().ok(),
+        };
+        start(&handover)?;
+    }
     server.server_close();
     tracing::info!(report = ?server.drain_report(), "drained");
-    Ok(keep)
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -169,23 +239,25 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let pid_file = match &args.pid_file {
+    let mut pid_file = match &args.pid_file {
         Some(p) => Some(PidFile::create(p)?),
         None => None,
     };
-    let inherited = inherited.into_iter().next();
-    let restart = match args.mode {
-        Mode::Prefork => serve::<Prefork>(&args, inherited)?,
-        #[cfg(feature = "async")]
-        Mode::Async => serve::<socketserver::server::Async>(&args, inherited)?,
+    let mut start = |h: &Handover| -> anyhow::Result<()> {
+        // The successor takes the pid file again: release it first.
+        drop(pid_file.take());
+        let mut fds = vec![h.listener.as_fd()];
+        fds.extend(h.health.as_ref().map(AsFd::as_fd));
+        let pid = spawn_successor(&fds).context("starting the successor")?;
+        tracing::info!(successor = pid, "SIGHUP: successor started; draining");
+        // A Type=notify unit follows the successor (NotifyAccess=all).
+        let _ = notify::notify(&format!("MAINPID={pid}"));
+        Ok(())
     };
-    if let Some(keep) = restart {
-        tracing::info!("SIGHUP: re-executing with the listening socket");
-        // The pid file's lock goes with the old image (close-on-exec); the
-        // new image takes it again. Not dropping it keeps the file.
-        std::mem::forget(pid_file);
-        let Err(e) = reexec(&[keep.as_fd()]);
-        return Err(e).context("re-exec failed");
+    match args.mode {
+        Mode::Prefork => serve::<Prefork>(&args, inherited, &mut start)?,
+        #[cfg(feature = "async")]
+        Mode::Async => serve::<socketserver::server::Async>(&args, inherited, &mut start)?,
     }
     drop(pid_file);
     Ok(())

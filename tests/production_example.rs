@@ -98,6 +98,7 @@ fn wait_exit(r: &mut Running) -> std::process::ExitStatus {
 }
 
 fn restart_under_load(mode: &str) {
+    become_subreaper();
     let dir = tempfile::tempdir().unwrap();
     let pid_path = dir.path().join("echo.pid");
     let pid_arg = pid_path.to_str().unwrap();
@@ -156,8 +157,12 @@ fn restart_under_load(mode: &str) {
     std::thread::sleep(Duration::from_millis(300));
     let before = ok.load(Ordering::SeqCst);
     kill(Pid::from_raw(pid as i32), Signal::SIGHUP).unwrap();
+    // The successor: a new process on the same address, which took the
+    // pid file; it is re-parented to this test (a child subreaper).
     let (addr2, pid2) = ready(&r, mode);
-    assert_eq!((addr2, pid2), (addr, pid), "restart changed address or pid");
+    assert_eq!(addr2, addr, "restart changed the address");
+    assert_ne!(pid2, pid, "the successor is a new process");
+    let successor = Successor(pid2 as i32);
     let at_restart = ok.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
@@ -168,12 +173,45 @@ fn restart_under_load(mode: &str) {
     println!("{mode}: {ok} ok ({before} before SIGHUP, {at_restart} at restart), {failed} failed");
     assert_eq!(failed, 0, "connections failed during the restart");
     assert!(ok > at_restart, "no connection served after the restart");
-    assert_eq!(read_pid(&pid_path), pid);
-
-    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    // The old process drained and exited on its own.
     let st = wait_exit(&mut r);
     assert_eq!(st.code(), Some(0), "{st:?}");
+    assert_eq!(read_pid(&pid_path), pid2);
+    echo_once(addr).unwrap();
+
+    kill(Pid::from_raw(pid2 as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(successor.wait(), Some(0));
     assert!(!pid_path.exists(), "pid file left behind");
+}
+
+/// A successor process (re-parented to this test): killed and reaped on
+/// drop if still running.
+struct Successor(i32);
+
+impl Successor {
+    /// Waits for its exit; its code.
+    fn wait(&self) -> Option<i32> {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        match waitpid(Pid::from_raw(self.0), None) {
+            Ok(WaitStatus::Exited(_, code)) => Some(code),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let pid = Pid::from_raw(self.0);
+        if let Ok(WaitStatus::StillAlive) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+fn become_subreaper() {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
 }
 
 fn read_pid(p: &Path) -> u32 {
@@ -270,4 +308,38 @@ fn async_sigterm_refuses_new_clients_during_the_drain() {
 #[test]
 fn prefork_sigterm_refuses_new_clients_during_the_drain() {
     sigterm_refuses_new_clients_during_the_drain("prefork");
+}
+
+/// `Type=notify`: READY=1 once serving, STOPPING=1 when SIGTERM begins the
+/// drain, sent to the Unix datagram socket named by NOTIFY_SOCKET.
+#[test]
+fn systemd_notifications_ready_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(T)).unwrap();
+    let mut child = Command::new(binary())
+        .args([
+            "--mode",
+            "prefork",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-root",
+        ])
+        .env("NOTIFY_SOCKET", &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = reader(child.stdout.take().unwrap());
+    let mut r = Running { child, lines };
+    let (addr, pid) = ready(&r, "prefork");
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("no READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    echo_once(addr).unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let n = sock.recv(&mut buf).expect("no STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(wait_exit(&mut r).success());
 }

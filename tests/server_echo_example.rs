@@ -238,3 +238,143 @@ fn echo_every_mode_serves_udp_and_unix_sockets() {
         }
     }
 }
+
+/// What the agent-check port answers now.
+fn agent(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Behind a balancer, in every mode: PROXY v1 honoured (the handler sees
+/// the header's client address), a connection without a header closed
+/// unanswered, and on SIGTERM the agent check says `drain` at once while
+/// the port still accepts (the drain notice), then the port closes.
+#[test]
+fn echo_behind_a_balancer_proxy_health_and_drain_notice() {
+    let modes: &[&str] = if cfg!(feature = "async") {
+        &["sync", "threading", "forking", "prefork", "async"]
+    } else {
+        &["sync", "threading", "forking", "prefork"]
+    };
+    for &mode in modes {
+        let health: SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let h = health.to_string();
+        let r = start(
+            &[
+                "--mode",
+                mode,
+                "--proxy-protocol",
+                "--proxy-timeout",
+                "300ms",
+                "--announce-peer",
+                "--health",
+                &h,
+                "--drain-notice",
+                "800ms",
+            ],
+            "tcp",
+            mode,
+        );
+        assert_eq!(agent(health), "ready up 100%\n", "{mode}");
+
+        let mut s = TcpStream::connect(r.addr).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 9000\r\nhi")
+            .unwrap();
+        let mut buf = [0u8; 23];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"peer 192.0.2.7:40000\nhi", "{mode}");
+        drop(s);
+
+        // No header: closed without an echo once the timeout passes.
+        let mut bare = TcpStream::connect(r.addr).unwrap();
+        bare.set_read_timeout(Some(TIMEOUT)).unwrap();
+        bare.write_all(b"hello without a header").unwrap();
+        let mut got = Vec::new();
+        let _ = bare.read_to_end(&mut got);
+        assert!(got.is_empty(), "{mode}: echoed without a header: {got:?}");
+
+        kill(Pid::from_raw(r.child.id() as i32), Signal::SIGTERM).unwrap();
+        let t0 = std::time::Instant::now();
+        let mut said = agent(health);
+        while said != "drain\n" && t0.elapsed() < Duration::from_millis(500) {
+            std::thread::sleep(Duration::from_millis(10));
+            said = agent(health);
+        }
+        assert_eq!(said, "drain\n", "{mode}");
+        // Still accepting during the notice: drain is reported first.
+        let mut s = TcpStream::connect(r.addr).expect("refused during the notice");
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(b"PROXY TCP4 192.0.2.8 198.51.100.1 40001 9000\r\n")
+            .unwrap();
+        let mut line = [0u8; 21];
+        s.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"peer 192.0.2.8:40001\n", "{mode}");
+        drop(s);
+        // Then the port closes.
+        loop {
+            match TcpStream::connect(r.addr) {
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                    break;
+                }
+                Ok(_) => assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "{mode}: still accepting after the notice"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            t0.elapsed() >= Duration::from_millis(700),
+            "{mode}: closed before the notice ran out ({:?})",
+            t0.elapsed()
+        );
+        let mut r = r;
+        let status = r.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{mode}: {status:?}");
+        let rest = r.rest.take().unwrap().join().unwrap();
+        assert!(rest.is_empty(), "extra stdout: {rest:?}");
+    }
+}
+
+/// `--reuse-port`: a second instance binds the port the first one serves,
+/// and once the first is stopped the second takes the new connections.
+#[test]
+fn echo_reuse_port_second_instance_takes_over() {
+    let first = start(&["--reuse-port"], "tcp", "threading");
+    let port = first.addr.to_string();
+    let child = Command::new(echo_binary())
+        .args(["--reuse-port", "--listen", &port])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Ended by the guard if the test fails midway.
+    let mut second = Running {
+        child,
+        addr: first.addr,
+        rest: None,
+    };
+    let mut out = BufReader::new(second.child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line,
+        format!("listening on tcp://{port} (mode threading)\n")
+    );
+    tcp_echo(first.addr);
+    stop(first, Signal::SIGTERM);
+    // Only the second listens now: every new connection is served.
+    for _ in 0..20 {
+        tcp_echo(second.addr);
+    }
+    kill(Pid::from_raw(second.child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(second.child.wait().unwrap().code(), Some(0));
+}

@@ -128,3 +128,59 @@ pub(crate) fn exec_with_listen_fds(
     drop(temps);
     Ok(err?)
 }
+
+/// Starts `program` with `args` as a **new** process (not replacing this
+/// one), with `fds` open at descriptors 3, 4, … and
+/// `LISTEN_FDS`/`LISTEN_PID` naming the new process: socket activation
+/// spoken to a successor, which serves the same sockets while this
+/// process drains. `LISTEN_PID` is set by `/bin/sh`, which `exec`s the
+/// program with its own pid (`$$`), so no allocation happens between
+/// `fork` and `exec`.
+///
+/// # Errors
+/// `dup` or spawning failed.
+pub(crate) fn spawn_with_listen_fds(
+    program: &std::path::Path,
+    args: &[std::ffi::OsString],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<std::process::Child> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let n = fds.len() as RawFd;
+    let mut temps = Vec::with_capacity(fds.len());
+    for fd in fds {
+        let raw = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3 + n))?;
+        // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; we are
+        // its only owner.
+        temps.push(unsafe { OwnedFd::from_raw_fd(raw) });
+    }
+    let raws: Vec<RawFd> = temps.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(program)
+        .args(args)
+        .env("LISTEN_FDS", n.to_string())
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls dup2, which is async-signal-safe; it allocates nothing and
+    // touches no lock. The temporaries are above the target range (so no
+    // source is overwritten before it is copied) and close-on-exec; dup2
+    // clears close-on-exec on the copies at 3.., which is what lets them
+    // survive the exec of /bin/sh and of the program.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, &raw) in raws.iter().enumerate() {
+                if libc::dup2(raw, 3 + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(temps);
+    Ok(child)
+}

@@ -27,11 +27,13 @@ use super::drain::DrainReport;
 use super::hooks::Hooks;
 use super::incoming::Incoming;
 use super::ops::backoff::{AcceptAction, AcceptBackoff};
+use super::ops::health::{Health, HealthHandle};
+use super::options::HealthSource;
 use super::options::ServerOptions;
 use super::strategy::{LoopWaker, Processor, Serving, Strategy};
 use super::traits::Server;
 use super::transport::{ServerSocket, Transport};
-use super::wakeup::{ShutdownHandle, Wakeup};
+use super::wakeup::{Departure, ShutdownHandle, Wakeup};
 
 /// Most requests taken per wake-up before housekeeping runs again.
 const BATCH: usize = 16;
@@ -137,6 +139,16 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
         options: ServerOptions,
     ) -> Result<Self> {
         let wakeup = Wakeup::new()?;
+        let health = match &options.health {
+            None => None,
+            Some(HealthSource::Bind(addr)) => Some(Health::bind(*addr)?),
+            Some(HealthSource::Socket(l)) => Some(Health::adopt(l.try_clone()?)?),
+        };
+        wakeup.set_departure(Departure {
+            notice: options.drain_notice,
+            health,
+            systemd: options.systemd_notify,
+        });
         let strategy = S::new(&options, LoopWaker(wakeup.clone()))?;
         Ok(SocketServer {
             socket: Some(socket),
@@ -179,6 +191,30 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
         &self.options
     }
 
+    /// Sets what the agent check reports (`None` without a
+    /// [`health`](super::ServerBuilder::health) port).
+    pub fn health_handle(&self) -> Option<HealthHandle> {
+        self.wakeup.health().map(Health::handle)
+    }
+
+    /// The agent-check port's address, if any.
+    pub fn health_address(&self) -> Option<std::net::SocketAddr> {
+        self.wakeup.health().and_then(|h| h.local_addr().ok())
+    }
+
+    /// A duplicate of the agent-check socket, to hand to a successor
+    /// process ([`spawn_successor`](super::spawn_successor)).
+    ///
+    /// # Errors
+    /// No health port, or `dup` failed.
+    pub fn health_socket(&self) -> Result<OwnedFd> {
+        let h = self
+            .wakeup
+            .health()
+            .ok_or_else(|| Error::InvalidArgument("no health port".into()))?;
+        Ok(h.try_clone_fd()?)
+    }
+
     /// Shorthand for `self.shutdown_handle().shutdown()`.
     pub fn shutdown(&self) {
         self.wakeup.request_shutdown();
@@ -202,6 +238,51 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
             wakeup: &self.wakeup,
             options: &self.options,
             buf: &mut self.buf,
+        }
+    }
+}
+
+/// Answers agent checks from a thread, and wakes the loop when the drain
+/// notice runs out (the async strategy's loop only wakes on its
+/// descriptors). Stopped and joined on drop.
+struct AgentThread {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AgentThread {
+    fn start(wakeup: Arc<Wakeup>) -> Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("health-agent".into())
+            .spawn(move || {
+                while !flag.load(Ordering::SeqCst) {
+                    if let Some(h) = wakeup.health() {
+                        let mut fds = [PollFd::new(h.fd(), PollFlags::POLLIN)];
+                        let _ = poll(&mut fds, PollTimeout::from(50u16));
+                        h.answer_pending();
+                    } else {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    if wakeup.notice_left().is_some() && wakeup.shutdown_requested() {
+                        wakeup.wake();
+                    }
+                }
+            })?;
+        Ok(AgentThread {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for AgentThread {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -295,7 +376,7 @@ impl Serving<'_> {
             let (woken, readable) = {
                 let socket = self.socket.as_ref().ok_or(Error::Closed)?;
                 let extra = strategy.wait_fds();
-                let mut fds = Vec::with_capacity(2 + extra.len());
+                let mut fds = Vec::with_capacity(3 + extra.len());
                 fds.push(PollFd::new(self.wakeup.fd(), PollFlags::POLLIN));
                 fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
                 fds.extend(
@@ -303,11 +384,20 @@ impl Serving<'_> {
                         .into_iter()
                         .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
                 );
+                if let Some(h) = self.wakeup.health() {
+                    fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
+                }
                 if !listen {
                     // Stop accepting while at capacity: keep everything else.
                     fds.swap_remove(1);
                 }
-                match poll(&mut fds, PollTimeout::NONE) {
+                // During the drain notice, wake when it runs out.
+                let timeout = match self.wakeup.notice_left() {
+                    None => PollTimeout::NONE,
+                    Some(left) => PollTimeout::try_from(left + Duration::from_millis(1))
+                        .unwrap_or(PollTimeout::MAX),
+                };
+                match poll(&mut fds, timeout) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
                     Err(e) => return Err(e.into()),
@@ -318,6 +408,7 @@ impl Serving<'_> {
             if woken {
                 self.wakeup.drain();
             }
+            self.wakeup.answer_health();
             if self.wakeup.shutdown_requested() {
                 return Ok(());
             }
@@ -422,7 +513,16 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
             options: &self.options,
             buf: &mut self.buf,
         };
+        self.wakeup.serving_started();
+        // The async strategy's loop does not poll the agent port: its
+        // process is multi-threaded by design and never forks, so a small
+        // thread answers there (see `ops::health`).
+        let agent = (S::NAME == "async"
+            && (self.wakeup.health().is_some() || !self.options.drain_notice.is_zero()))
+        .then(|| AgentThread::start(self.wakeup.clone()))
+        .transpose()?;
         let result = self.strategy.serve_forever(&mut serving);
+        drop(agent);
         if result.is_ok() {
             tracing::debug!(server = %self.address, strategy = S::NAME, "shutdown requested; serve_forever returns");
         }

@@ -180,6 +180,45 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
         self
     }
 
+    /// Answers HAProxy's `agent-check` on `addr` (`up 100%`, `drain`,
+    /// `maint`, `down`; see [`health`](super::health)): `up` while
+    /// serving, `drain` from the moment a shutdown or restart begins.
+    /// Change the state with
+    /// [`SocketServer::health_handle`](super::SocketServer::health_handle).
+    /// Default is no health port.
+    pub fn health(&mut self, addr: std::net::SocketAddr) -> &mut Self {
+        self.options.health = Some(super::options::HealthSource::Bind(addr));
+        self
+    }
+
+    /// Like [`health`](Self::health), on a socket that is already
+    /// listening (the agent port handed over by
+    /// [`spawn_successor`](super::spawn_successor)).
+    pub fn health_socket(&mut self, listener: std::net::TcpListener) -> &mut Self {
+        self.options.health = Some(super::options::HealthSource::Socket(Arc::new(listener)));
+        self
+    }
+
+    /// How long the server keeps accepting after a shutdown or restart
+    /// began and `drain` was reported (agent check, systemd
+    /// `STOPPING=1`), before it stops accepting and closes the listening
+    /// socket: at least the balancer's check interval (twice is safer),
+    /// so it stops sending new connections before the port closes.
+    /// Default is zero (stop at once).
+    pub fn drain_notice(&mut self, notice: Duration) -> &mut Self {
+        self.options.drain_notice = notice;
+        self
+    }
+
+    /// Sends systemd `READY=1` when `serve_forever` starts and
+    /// `STOPPING=1` when a shutdown begins, to `$NOTIFY_SOCKET` (see
+    /// [`notify`](super::notify)); nothing when the variable is unset.
+    /// Default is off.
+    pub fn systemd_notify(&mut self, yes: bool) -> &mut Self {
+        self.options.systemd_notify = yes;
+        self
+    }
+
     /// At most `max` simultaneous connections per client IP address; an
     /// over-limit client is closed at once. The counts live in one process:
     /// exact for the sync, threading and async strategies; per child or

@@ -110,7 +110,8 @@ pub use ops::activation;
 pub use ops::backoff::{raise_fd_limit, AcceptAction, AcceptBackoff};
 pub use ops::pidfile::PidFile;
 pub use ops::privileges::{drop_privileges, refuse_root, Identity};
-pub use ops::reexec::{reexec, HangupRestart};
+pub use ops::reexec::{reexec, spawn_successor, HangupRestart};
+pub use ops::{health, notify};
 
 /// A synchronous TCP server: one request at a time.
 #[doc(alias = "TCPServer")]

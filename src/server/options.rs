@@ -5,7 +5,18 @@
 //! `daemon_threads`, `max_children`, …) on a subclass. Here they are
 //! builder setters, each ending with its default.
 
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Where the agent-check port comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum HealthSource {
+    /// Bind this address.
+    Bind(SocketAddr),
+    /// Serve on this listening socket (inherited across a restart).
+    Socket(Arc<TcpListener>),
+}
 
 /// Every setting a server reads. Built by [`ServerBuilder`](super::ServerBuilder).
 #[derive(Debug, Clone)]
@@ -27,6 +38,9 @@ pub struct ServerOptions {
     pub(crate) pool: PoolOptions,
     pub(crate) max_connections: usize,
     pub(crate) max_blocking: usize,
+    pub(crate) health: Option<HealthSource>,
+    pub(crate) drain_notice: Duration,
+    pub(crate) systemd_notify: bool,
 }
 
 /// The prefork pool's settings (Apache's `StartServers`,
@@ -81,6 +95,9 @@ impl Default for ServerOptions {
             pool: PoolOptions::default(),
             max_connections: 10_000,
             max_blocking: 512,
+            health: None,
+            drain_notice: Duration::ZERO,
+            systemd_notify: false,
         }
     }
 }
@@ -105,5 +122,9 @@ impl ServerOptions {
     /// How long `server_close` lets requests in flight finish.
     pub fn drain_timeout(&self) -> Duration {
         self.drain_timeout
+    }
+    /// How long the server keeps accepting after reporting `drain`.
+    pub fn drain_notice(&self) -> Duration {
+        self.drain_notice
     }
 }

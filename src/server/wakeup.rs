@@ -12,13 +12,30 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::ops::health::{Health, HealthState};
+use super::ops::notify::notify_logged;
+
+/// What a server does between "shutdown requested" and "stop accepting":
+/// report `drain` (agent check, systemd) and keep accepting for `notice`.
+#[derive(Debug)]
+pub(crate) struct Departure {
+    pub(crate) notice: Duration,
+    pub(crate) health: Option<Health>,
+    pub(crate) systemd: bool,
+}
 
 /// The shared state behind a [`ShutdownHandle`].
 pub(crate) struct Wakeup {
     rx: UnixStream,
     tx: UnixStream,
     shutdown: Arc<AtomicBool>,
+    departure: OnceLock<Departure>,
+    /// When the shutdown request was first seen (the drain notice runs
+    /// from here).
+    noticed: Mutex<Option<Instant>>,
 }
 
 impl Wakeup {
@@ -31,6 +48,8 @@ impl Wakeup {
             rx,
             tx,
             shutdown: Arc::new(AtomicBool::new(false)),
+            departure: OnceLock::new(),
+            noticed: Mutex::new(None),
         }))
     }
 
@@ -79,14 +98,81 @@ impl Wakeup {
         self.wake();
     }
 
+    /// Sets the drain notice, the health port and systemd notification
+    /// (once, when the server is assembled).
+    pub(crate) fn set_departure(&self, departure: Departure) {
+        let _ = self.departure.set(departure);
+    }
+
+    /// The agent-check port, if the server has one.
+    pub(crate) fn health(&self) -> Option<&Health> {
+        self.departure.get().and_then(|d| d.health.as_ref())
+    }
+
+    /// Answers waiting agent checks (non-blocking; nothing without a
+    /// health port).
+    pub(crate) fn answer_health(&self) {
+        if let Some(h) = self.health() {
+            h.answer_pending();
+        }
+    }
+
+    /// Whether the loop should stop accepting now: a shutdown was
+    /// requested and the drain notice (if any) has run out. The first
+    /// call that sees the request starts the notice: the agent check turns
+    /// to `drain` and systemd is told `STOPPING=1`.
     pub(crate) fn shutdown_requested(&self) -> bool {
-        self.shutdown.load(Ordering::SeqCst)
+        if !self.shutdown.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some(d) = self.departure.get() else {
+            return true;
+        };
+        let mut noticed = self.noticed.lock().unwrap_or_else(|p| p.into_inner());
+        let since = *noticed.get_or_insert_with(|| {
+            if let Some(h) = &d.health {
+                h.handle().set(HealthState::Drain);
+            }
+            if d.systemd {
+                notify_logged("STOPPING=1");
+            }
+            tracing::info!(notice = ?d.notice, "stopping: health reports drain");
+            Instant::now()
+        });
+        since.elapsed() >= d.notice
+    }
+
+    /// How long until the drain notice runs out (`None`: no notice is
+    /// running, wait as long as you like). The loops cap their `poll`
+    /// timeout with it.
+    pub(crate) fn notice_left(&self) -> Option<Duration> {
+        let noticed = self.noticed.lock().unwrap_or_else(|p| p.into_inner());
+        let since = (*noticed)?;
+        let notice = self.departure.get()?.notice;
+        Some(notice.saturating_sub(since.elapsed()))
+    }
+
+    /// The serving loop started: tell systemd `READY=1`.
+    pub(crate) fn serving_started(&self) {
+        if self.departure.get().is_some_and(|d| d.systemd) {
+            notify_logged("READY=1");
+        }
     }
 
     /// Clears the request once `serve_forever` has returned, as Python
     /// resets `__shutdown_request`, so the server can be served again.
     pub(crate) fn reset(&self) {
         self.shutdown.store(false, Ordering::SeqCst);
+        let was = self
+            .noticed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let (Some(_), Some(h)) = (was, self.health()) {
+            if h.handle().state() == HealthState::Drain {
+                h.handle().set(HealthState::Up);
+            }
+        }
         self.drain();
     }
 }
@@ -139,7 +225,7 @@ impl ShutdownHandle {
     /// `true` once [`shutdown`](Self::shutdown) was called and the loop has
     /// not yet consumed the request.
     pub fn is_shutdown_requested(&self) -> bool {
-        self.0.shutdown_requested()
+        self.0.shutdown.load(Ordering::SeqCst)
     }
 }
 

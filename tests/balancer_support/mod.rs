@@ -72,7 +72,10 @@ impl Hosts {
             namespaces: Vec::new(),
         };
         let tag = std::process::id() % 100_000;
-        for i in 1..=n {
+        // SOCKETSERVER_TEST_HOSTS=loopback runs the fallback on purpose
+        // (to check it where namespaces would work).
+        let forced = std::env::var("SOCKETSERVER_TEST_HOSTS").is_ok_and(|v| v == "loopback");
+        for i in (1..=n).filter(|_| !forced) {
             let ns = format!("ssrs{tag}h{i}");
             let veth = format!("ssv{tag}h{i}");
             let outer = format!("10.77.{i}.1/24");
@@ -114,6 +117,16 @@ impl Hosts {
                     };
                 }
             }
+        }
+        if forced {
+            eprintln!("SOCKETSERVER_TEST_HOSTS=loopback: using 127.0.0.x hosts");
+            return Hosts {
+                kind: HostKind::Loopback,
+                addrs: (2..2 + n as u8)
+                    .map(|k| IpAddr::V4(Ipv4Addr::new(127, 0, 0, k)))
+                    .collect(),
+                namespaces: Vec::new(),
+            };
         }
         hosts
     }
@@ -168,6 +181,60 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A process this test did not spawn itself but that became its child
+/// (a successor started by a backend on SIGHUP, re-parented to the test,
+/// which is a child subreaper): ended by pid and reaped when dropped.
+#[derive(Debug)]
+pub struct Adopted(pub i32);
+
+impl Adopted {
+    /// Whether it is still running (not yet exited); reaps it if it has.
+    pub fn alive(&self) -> bool {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        matches!(
+            waitpid(
+                nix::unistd::Pid::from_raw(self.0),
+                Some(WaitPidFlag::WNOHANG)
+            ),
+            Ok(WaitStatus::StillAlive)
+        )
+    }
+
+    /// Waits up to `limit` for it to exit.
+    pub fn wait_exit(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.alive() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        let pid = nix::unistd::Pid::from_raw(self.0);
+        if self.alive() {
+            let _ = kill(pid, Signal::SIGTERM);
+            if !self.wait_exit(Duration::from_secs(5)) {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+        }
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants, so a
+/// backend's successor becomes the test's child (ended and reaped by
+/// [`Adopted`]) instead of init's.
+pub fn become_subreaper() {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .expect("PR_SET_CHILD_SUBREAPER");
 }
 
 /// A child process ended by pid when dropped (SIGTERM, then SIGKILL),
@@ -229,6 +296,27 @@ impl Proc {
             }
         }
         None
+    }
+
+    /// Waits up to `limit` for a line, among those from index `from` on,
+    /// for which `pred` holds; its index and text.
+    pub fn wait_line(
+        &mut self,
+        from: usize,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<(usize, String)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(i) = (from..self.seen.len()).find(|&i| pred(&self.seen[i])) {
+                return Some((i, self.seen[i].clone()));
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Collects the lines that arrived so far.
@@ -340,6 +428,8 @@ pub struct ServerStat {
     pub status: String,
     /// Sessions (connections) it was given in total.
     pub sessions: u64,
+    /// Sessions open now.
+    pub current: u64,
 }
 
 /// The backend servers' state, from HAProxy's stats socket in `dir`.
@@ -359,6 +449,7 @@ pub fn haproxy_stats(dir: &Path) -> Vec<ServerStat> {
         .collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let (px, sv, st, stot) = (col("pxname"), col("svname"), col("status"), col("stot"));
+    let scur = col("scur");
     lines
         .map(|l| l.split(',').collect::<Vec<_>>())
         .filter(|f| f.len() > stot && f[px] == "be" && f[sv].starts_with('b'))
@@ -366,6 +457,7 @@ pub fn haproxy_stats(dir: &Path) -> Vec<ServerStat> {
             name: f[sv].to_string(),
             status: f[st].to_string(),
             sessions: f[stot].parse().unwrap_or(0),
+            current: f[scur].parse().unwrap_or(0),
         })
         .collect()
 }

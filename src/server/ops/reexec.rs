@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use signal_hook::consts::SIGHUP;
 
-use crate::process::inherited::exec_with_listen_fds;
+use crate::process::inherited::{exec_with_listen_fds, spawn_with_listen_fds};
 use crate::{Error, Result};
 
 use crate::server::wakeup::ShutdownHandle;
@@ -73,6 +73,33 @@ pub fn reexec(listeners: &[BorrowedFd<'_>]) -> Result<std::convert::Infallible> 
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|_| Error::InvalidArgument("an argument contains NUL".into()))?;
     exec_with_listen_fds(&program, &args, listeners)
+}
+
+/// Starts a successor: this program again (the binary now at its path,
+/// same arguments) as a **new process** with `listeners` at descriptors
+/// 3, 4, … through `LISTEN_FDS`/`LISTEN_PID`. Returns its pid.
+///
+/// This is the restart that never stalls: the successor accepts on the
+/// inherited sockets as soon as it is up, while this process stops
+/// accepting, finishes its connections (bounded by the drain timeout)
+/// and exits — nobody waits for the old process's clients. Compare
+/// [`reexec`], which keeps the pid but serves nothing until the old image
+/// has drained. Under systemd, send `MAINPID=<pid>` (with
+/// `NotifyAccess=all`) so the unit follows the successor. A pid file
+/// must be released before (the successor takes it again).
+///
+/// # Errors
+/// The executable path cannot be found, or `dup`/spawning failed.
+pub fn spawn_successor(listeners: &[BorrowedFd<'_>]) -> Result<u32> {
+    let exe = std::env::current_exe()?;
+    let mut path = exe.into_os_string().into_vec();
+    if let Some(stripped) = path.strip_suffix(b" (deleted)") {
+        path = stripped.to_vec();
+    }
+    let program = std::path::PathBuf::from(OsString::from_vec(path));
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let child = spawn_with_listen_fds(&program, &args, listeners)?;
+    Ok(child.id())
 }
 
 /// Turns SIGHUP into "stop serving, then restart": it stops the server

@@ -183,11 +183,19 @@ impl Prefork {
         for w in self.workers.iter().flatten() {
             fds.push(PollFd::new(w.child.sentinel(), PollFlags::POLLIN));
         }
+        // The agent-check port is answered here, in the single-threaded
+        // parent (see `ops::health`); workers never answer it.
+        if let Some(h) = wakeup.health() {
+            fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
+        }
         let tick = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE);
-        match poll(&mut fds, tick) {
+        let result = match poll(&mut fds, tick) {
             Ok(_) | Err(Errno::EINTR) => Ok(()),
             Err(e) => Err(e.into()),
-        }
+        };
+        drop(fds);
+        wakeup.answer_health();
+        result
     }
 
     fn reap(&mut self) {
