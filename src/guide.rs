@@ -16,6 +16,11 @@ pub mod server {}
 #[doc = include_str!("../docs/production.md")]
 pub mod production {}
 
+/// Several instances behind a load balancer: PROXY protocol, health,
+/// restarts without failed requests.
+#[doc = include_str!("../docs/scale-out.md")]
+pub mod scale_out {}
+
 /// The process layer: `Process`, pipes, listeners, start methods.
 #[doc = include_str!("../docs/process.md")]
 pub mod process {}
