@@ -48,8 +48,10 @@
 //!    errors and panics to `handle_error` and closes the request.
 //! 4. Around it: `src/server/transport/` (the four socket kinds),
 //!    `src/server/middleware/` (PROXY protocol, per-IP limits),
-//!    `src/server/ops/` (socket activation, re-exec, pid file,
-//!    privileges), `src/error.rs` (the one [`Error`]).
+//!    `src/server/ops/` (socket activation, re-exec and successor
+//!    restarts, pid file, privileges, the HAProxy agent-check health port
+//!    `health.rs`, systemd notifications `notify.rs`), `src/error.rs` (the
+//!    one [`Error`]).
 //!
 //! `unsafe` code lives only in [`process`] (fork, shared memory, futexes),
 //! each block with a `// SAFETY:` comment; the rest of the crate is safe.
