@@ -9,11 +9,12 @@
 pub mod readme {}
 
 /// The server framework: strategies, transports, hooks, benchmarks.
-#[doc = include_str!("../docs/server.md")]
+// Its examples use the async strategy too.
+#[cfg_attr(feature = "async", doc = include_str!("../docs/server.md"))]
 pub mod server {}
 
 /// Running servers in production: prefork, async, signals, restarts.
-#[doc = include_str!("../docs/production.md")]
+#[cfg_attr(feature = "async", doc = include_str!("../docs/production.md"))]
 pub mod production {}
 
 /// Several instances behind a load balancer: PROXY protocol, health,

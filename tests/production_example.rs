@@ -218,6 +218,7 @@ fn read_pid(p: &Path) -> u32 {
     std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
 }
 
+#[cfg(feature = "async")] // the example has no async mode without it
 #[test]
 fn async_sighup_restart_under_load_fails_no_connection() {
     restart_under_load("async");
@@ -240,6 +241,7 @@ fn prefork_refuses_root_without_user_or_allow_root() {
     }
 }
 
+#[cfg(feature = "async")] // the example has no async mode without it
 #[test]
 fn user_switch_after_binding() {
     let mut r = start(&[
@@ -300,6 +302,7 @@ fn sigterm_refuses_new_clients_during_the_drain(mode: &str) {
     assert!(status.success(), "{mode}: {status}");
 }
 
+#[cfg(feature = "async")] // the example has no async mode without it
 #[test]
 fn async_sigterm_refuses_new_clients_during_the_drain() {
     sigterm_refuses_new_clients_during_the_drain("async");

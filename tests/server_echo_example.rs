@@ -171,6 +171,7 @@ fn echo_prefork_mode_sigterm_exits_0() {
     stop(r, Signal::SIGTERM);
 }
 
+#[cfg(feature = "async")] // the example has no async mode without it
 #[test]
 fn echo_async_mode_sigint_exits_0() {
     let r = start(&["--mode", "async"], "tcp", "async");
@@ -183,7 +184,12 @@ fn echo_async_mode_sigint_exits_0() {
 fn echo_every_mode_serves_udp_and_unix_sockets() {
     use std::os::unix::net::{UnixDatagram, UnixStream};
     let dir = tempfile::tempdir().unwrap();
-    for mode in ["sync", "threading", "forking", "prefork", "async"] {
+    let modes: &[&str] = if cfg!(feature = "async") {
+        &["sync", "threading", "forking", "prefork", "async"]
+    } else {
+        &["sync", "threading", "forking", "prefork"]
+    };
+    for &mode in modes {
         let r = start(&["--mode", mode, "--udp"], "udp", mode);
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
