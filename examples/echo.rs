@@ -72,7 +72,8 @@ impl RequestHandler for Echo {
 
 /// The async mode's TCP handler: the same echo, natively async, so a
 /// connection is a parked task, not a blocking-pool thread. The read
-/// buffer lives on the stack of a synchronous step, not in the task.
+/// buffer is the runtime thread's, used in a synchronous step, not kept in
+/// the task.
 #[cfg(feature = "async")]
 struct AsyncEcho {
     /// Read/write timeout of a connection (`None`: wait forever).
@@ -94,8 +95,15 @@ enum Step {
 impl AsyncEcho {
     /// Reads what is there and writes it back without waiting.
     fn step(stream: &tokio::net::TcpStream) -> io::Result<Step> {
-        let mut buf = [0u8; 16 * 1024];
-        let n = match stream.try_read(&mut buf) {
+        thread_local! {
+            // One zeroed buffer per runtime thread, not one per wake-up.
+            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 16 * 1024]);
+        }
+        BUF.with_borrow_mut(|buf| Self::step_with(stream, buf))
+    }
+
+    fn step_with(stream: &tokio::net::TcpStream, buf: &mut [u8]) -> io::Result<Step> {
+        let n = match stream.try_read(buf) {
             Ok(0) => return Ok(Step::Eof),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Echoed),
