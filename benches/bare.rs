@@ -18,6 +18,12 @@
 //! better for us). System calls per connection come from `strace -f -c`
 //! over a separate short churn run (skipped when strace is missing).
 //!
+//! The goals the process layer measures (`Pool.map` over 1,000,000 items
+//! ≥ 20× Python in every run of five, `Pipe` one-way 64 B ≥ 1.5 M msg/s)
+//! are printed at the end from `cargo bench --bench pool` and
+//! `cargo bench --bench process` (filter names "pool map", "pipe"). The
+//! 5,000-connection async run also reports its client timeouts (goal: 0).
+//!
 //! Every server listens on 127.0.0.1 port 0; every load run is bounded by
 //! `--duration`; every server is ended by pid when its row is done.
 
@@ -318,8 +324,28 @@ fn persistent_rows(bins: &Bins, rows: &mut Vec<Row>) {
     }
 }
 
+/// A goal that is a count, not a ratio (e.g. "0 timeouts").
+struct Check {
+    name: String,
+    value: String,
+    goal: &'static str,
+    met: bool,
+}
+
+fn print_checks(checks: &[Check]) {
+    for c in checks {
+        println!(
+            "{:<44} {:>12} {:>30}  {}",
+            c.name,
+            c.value,
+            c.goal,
+            if c.met { "yes" } else { "NO" }
+        );
+    }
+}
+
 /// Throughput, p99 and RSS per connection at N concurrent connections.
-fn scaling_rows(bins: &Bins, rows: &mut Vec<Row>) {
+fn scaling_rows(bins: &Bins, rows: &mut Vec<Row>, checks: &mut Vec<Check>) {
     for n in [10usize, 100, 1000, 5000] {
         for (ours, bare) in [("threading", "thread"), ("async", "epoll")] {
             let name = format!("{n} conns, {ours} vs {bare}");
@@ -328,6 +354,7 @@ fn scaling_rows(bins: &Bins, rows: &mut Vec<Row>) {
             }
             let c = n.to_string();
             let mut m: [Vec<f64>; 6] = Default::default();
+            let (mut timeouts, mut errors_ours) = (0.0, 0.0);
             for _ in 0..rounds() {
                 for (k, s) in [(0, Server::ours(bins, ours)), (3, Server::bare(bins, bare))] {
                     let idle = s.rss_kib();
@@ -351,6 +378,10 @@ fn scaling_rows(bins: &Bins, rows: &mut Vec<Row>) {
                     m[k + 1].push(num(&v, &["latency_us", "p99"]));
                     m[k + 2].push((loaded - idle).max(0.0) / n as f64);
                     let errors = num(&v, &["errors", "total"]);
+                    if k == 0 {
+                        timeouts += num(&v, &["errors", "timeout"]);
+                        errors_ours += errors;
+                    }
                     if errors > 0.0 {
                         println!(
                             "  {name}: {} had {errors} errors",
@@ -360,6 +391,14 @@ fn scaling_rows(bins: &Bins, rows: &mut Vec<Row>) {
                 }
             }
             let med: Vec<f64> = m.into_iter().map(median).collect();
+            if ours == "async" && n == 5000 {
+                checks.push(Check {
+                    name: format!("{name}: client timeouts (all rounds)"),
+                    value: format!("{timeouts} ({errors_ours} errors)"),
+                    goal: "0 timeouts",
+                    met: timeouts == 0.0,
+                });
+            }
             // Within 1.2x of bare: ratio >= 1/1.2 for every figure.
             rows.push(Row {
                 name: format!("{name}: throughput"),
@@ -451,6 +490,38 @@ fn syscall_rows(bins: &Bins) {
     }
 }
 
+/// The goals measured by the process-layer benches (`pool`, `process`):
+/// run them and print their goal rows here, so this bench shows every
+/// goal of the issue. `BARE_BENCH_ONLY` names: "pool map", "pipe".
+fn delegated_rows() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (name, bench, keys) in [
+        ("pool map", "pool", &["Pool.map"][..]),
+        ("pipe", "process", &["one-way 64 B"][..]),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        let out = Command::new(&cargo)
+            .args(["bench", "--bench", bench])
+            .current_dir(root)
+            .stderr(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                println!("from `cargo bench --bench {bench}`:");
+                for line in String::from_utf8_lossy(&o.stdout).lines() {
+                    if keys.iter().any(|k| line.contains(k)) {
+                        println!("  {line}");
+                    }
+                }
+            }
+            _ => println!("`cargo bench --bench {bench}` failed; its goal rows are missing"),
+        }
+    }
+}
+
 fn main() {
     let bins = build();
     println!(
@@ -459,9 +530,12 @@ fn main() {
         rounds()
     );
     let mut rows = Vec::new();
+    let mut checks = Vec::new();
     churn_rows(&bins, &mut rows);
     persistent_rows(&bins, &mut rows);
-    scaling_rows(&bins, &mut rows);
+    scaling_rows(&bins, &mut rows, &mut checks);
     print(&rows);
+    print_checks(&checks);
     syscall_rows(&bins);
+    delegated_rows();
 }

@@ -90,6 +90,92 @@ impl RequestHandler for Echo {
     }
 }
 
+/// The async mode's TCP handler: the same echo, natively async, so a
+/// connection is a parked task, not a blocking-pool thread. The read
+/// buffer is the runtime thread's, used in a synchronous step, not kept in
+/// the task.
+#[cfg(feature = "async")]
+struct AsyncEcho {
+    /// Read/write timeout of a connection (`None`: wait forever).
+    idle: Option<Duration>,
+}
+
+/// What one readable wake-up of an [`AsyncEcho`] connection did.
+#[cfg(feature = "async")]
+enum Step {
+    /// The peer closed its side.
+    Eof,
+    /// Echoed whatever was there (or it was a spurious wake-up).
+    Echoed,
+    /// The socket's send buffer is full: these bytes still have to go.
+    Rest(Vec<u8>),
+}
+
+#[cfg(feature = "async")]
+impl AsyncEcho {
+    /// Reads what is there and writes it back without waiting.
+    fn step(stream: &tokio::net::TcpStream) -> io::Result<Step> {
+        thread_local! {
+            // One zeroed buffer per runtime thread, not one per wake-up.
+            static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 16 * 1024]);
+        }
+        BUF.with_borrow_mut(|buf| Self::step_with(stream, buf))
+    }
+
+    fn step_with(stream: &tokio::net::TcpStream, buf: &mut [u8]) -> io::Result<Step> {
+        let n = match stream.try_read(buf) {
+            Ok(0) => return Ok(Step::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Echoed),
+            Err(e) => return Err(e),
+        };
+        let sent = match stream.try_write(&buf[..n]) {
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(if sent == n {
+            Step::Echoed
+        } else {
+            Step::Rest(buf[sent..n].to_vec())
+        })
+    }
+}
+
+/// `fut`, bounded by the idle timeout when there is one (`None`: timed out).
+#[cfg(feature = "async")]
+async fn within<F: std::future::Future>(idle: Option<Duration>, fut: F) -> Option<F::Output> {
+    match idle {
+        None => Some(fut.await),
+        Some(d) => tokio::time::timeout(d, fut).await.ok(),
+    }
+}
+
+#[cfg(feature = "async")]
+impl socketserver::server::AsyncRequestHandler for AsyncEcho {
+    async fn handle(&self, mut stream: tokio::net::TcpStream, _: SocketAddr) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        loop {
+            let Some(ready) = within(self.idle, stream.readable()).await else {
+                tracing::debug!("closing an idle connection");
+                return Ok(());
+            };
+            ready?;
+            match Self::step(&stream)? {
+                Step::Eof => return Ok(()),
+                Step::Echoed => {}
+                Step::Rest(rest) => {
+                    let Some(sent) = within(self.idle, stream.write_all(&rest)).await else {
+                        tracing::debug!("closing an idle connection");
+                        return Ok(());
+                    };
+                    sent?;
+                }
+            }
+        }
+    }
+}
+
 /// Whether `e` is a socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` expiring).
 fn timed_out(e: &io::Error) -> bool {
     matches!(
@@ -109,8 +195,9 @@ enum Mode {
     Forking,
     /// A managed pool of pre-forked worker processes.
     Prefork,
-    /// tokio tasks; the same blocking handler runs on the bounded blocking
-    /// pool (needs the `async` feature).
+    /// tokio tasks; over TCP a native async echo handler, over the other
+    /// transports the same blocking handler on the bounded blocking pool
+    /// (needs the `async` feature).
     #[cfg(feature = "async")]
     Async,
 }
@@ -229,6 +316,30 @@ where
     Ok(())
 }
 
+/// The async mode over TCP: the native [`AsyncEcho`] handler.
+#[cfg(feature = "async")]
+fn serve_async_tcp(args: &Args) -> anyhow::Result<()> {
+    let mut server = SocketServer::<TcpTransport, Async>::builder()
+        .backlog(args.backlog)
+        .bind_async(args.listen, AsyncEcho { idle: args.idle() })?;
+    let _signals = shutdown_on_signals(&server.shutdown_handle())?;
+    {
+        let mut out = io::stdout().lock();
+        writeln!(
+            out,
+            "listening on {}://{} (mode {})",
+            TcpTransport::SCHEME,
+            server.server_address(),
+            args.mode.name()
+        )?;
+        out.flush()?;
+    }
+    server.serve_forever()?;
+    server.server_close();
+    tracing::info!(report = ?server.drain_report(), "server closed");
+    Ok(())
+}
+
 /// Picks the transport for strategy `S`.
 fn serve_with<S: Strategy>(args: &Args) -> anyhow::Result<()> {
     match (&args.unix, args.udp) {
@@ -254,6 +365,8 @@ fn main() -> anyhow::Result<()> {
         Mode::Threading => serve_with::<Threading>(&args),
         Mode::Forking => serve_with::<Forking>(&args),
         Mode::Prefork => serve_with::<Prefork>(&args),
+        #[cfg(feature = "async")]
+        Mode::Async if args.unix.is_none() && !args.udp => serve_async_tcp(&args),
         #[cfg(feature = "async")]
         Mode::Async => serve_with::<Async>(&args),
     }

@@ -168,12 +168,15 @@ pub(super) async fn serve_native(
     mut peer: SocketAddr,
     per_ip: Option<PerIpLimiter>,
     proxy: Option<Duration>,
+    nonblocking: bool,
 ) {
     let started = std::time::Instant::now();
-    let mut stream = match stream
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(stream))
-    {
+    let ready = if nonblocking {
+        Ok(())
+    } else {
+        stream.set_nonblocking(true)
+    };
+    let mut stream = match ready.and_then(|()| TcpStream::from_std(stream)) {
         Ok(s) => s,
         Err(e) => {
             core.handle_error(&PeerAddr::Inet(peer), &e.into());

@@ -96,13 +96,16 @@ impl Async {
         }
     }
 
-    /// Starts the task for one request. `permit` holds a connection slot.
+    /// Starts the task for one request. `permit` holds a connection slot;
+    /// `nonblocking`: the stream came from the reactor already
+    /// non-blocking.
     fn spawn(
         &mut self,
         core: &Arc<ServerCore>,
         request: Incoming,
         peer: PeerAddr,
         permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+        nonblocking: bool,
     ) {
         let handle = self.handle.clone();
         match (&self.native, request) {
@@ -119,7 +122,7 @@ impl Async {
                 // connection is its task's size, times 10,000).
                 let task = async move {
                     let _permits = permits;
-                    serve_native(&*native, &core, stream, addr, per_ip, proxy).await;
+                    serve_native(&*native, &core, stream, addr, per_ip, proxy, nonblocking).await;
                 };
                 self.tasks.spawn_on(task.instrument(span), &handle);
             }
@@ -199,7 +202,7 @@ impl Strategy for Async {
                 core.shutdown_request(request);
                 return;
             };
-            self.spawn(core, request, peer, (c, Some(b)));
+            self.spawn(core, request, peer, (c, Some(b)), false);
             let Some(rt) = self.runtime.as_ref() else {
                 return;
             };
@@ -284,6 +287,7 @@ impl Async {
         if !socket.is_stream() && buf.len() != max_packet {
             buf.resize(max_packet, 0);
         }
+        let native = self.native.is_some();
         loop {
             self.reap();
             let connection = tokio::select! {
@@ -303,13 +307,13 @@ impl Async {
             let received = tokio::select! {
                 biased;
                 _ = &mut stopped => return Ok(()),
-                r = reactor.get_request(socket, buf) => r,
+                r = reactor.get_request(socket, buf, native) => r,
             };
             match received {
                 Ok((request, peer)) => {
                     backoff.on_success();
                     if core.hooks.verify_request(&request, &peer) {
-                        self.spawn(core, request, peer, (connection, blocking));
+                        self.spawn(core, request, peer, (connection, blocking), native);
                     } else {
                         core.shutdown_request(request);
                     }
