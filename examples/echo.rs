@@ -40,9 +40,9 @@ use clap::{Parser, ValueEnum};
 #[cfg(feature = "async")]
 use socketserver::server::Async;
 use socketserver::server::{
-    shutdown_on_signals, BindAddress, Forking, Prefork, Server, SocketServer, Strategy,
-    Synchronous, TcpTransport, Threading, Transport, UdpTransport, UnixDatagramTransport, UnixPath,
-    UnixStreamTransport,
+    shutdown_on_signals, BindAddress, Forking, Prefork, Server, ServerBuilder, SocketServer,
+    Strategy, Synchronous, TcpTransport, Threading, Transport, UdpTransport, UnixDatagramTransport,
+    UnixPath, UnixStreamTransport,
 };
 use socketserver::{Request, RequestHandler};
 
@@ -98,6 +98,8 @@ impl RequestHandler for Echo {
 struct AsyncEcho {
     /// Read/write timeout of a connection (`None`: wait forever).
     idle: Option<Duration>,
+    /// Send `peer ADDRESS` first.
+    announce: bool,
 }
 
 /// What one readable wake-up of an [`AsyncEcho`] connection did.
@@ -153,8 +155,13 @@ async fn within<F: std::future::Future>(idle: Option<Duration>, fut: F) -> Optio
 
 #[cfg(feature = "async")]
 impl socketserver::server::AsyncRequestHandler for AsyncEcho {
-    async fn handle(&self, mut stream: tokio::net::TcpStream, _: SocketAddr) -> io::Result<()> {
+    async fn handle(&self, mut stream: tokio::net::TcpStream, peer: SocketAddr) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
+        if self.announce {
+            stream
+                .write_all(format!("peer {peer}\n").as_bytes())
+                .await?;
+        }
         loop {
             let Some(ready) = within(self.idle, stream.readable()).await else {
                 tracing::debug!("closing an idle connection");
@@ -276,23 +283,7 @@ where
     T::Address: BindAddress<T>,
 {
     let mut builder = SocketServer::<T, S>::builder();
-    builder
-        .backlog(args.backlog)
-        .allow_reuse_port(args.reuse_port)
-        .drain_timeout(args.drain_timeout)
-        .systemd_notify(true);
-    if args.proxy_protocol {
-        builder.proxy_protocol(Some(args.proxy_timeout));
-    }
-    if let Some(h) = args.health {
-        builder.health(h);
-    }
-    let default_notice = if args.health.is_some() {
-        Duration::from_secs(1)
-    } else {
-        Duration::ZERO
-    };
-    builder.drain_notice(args.drain_notice.unwrap_or(default_notice));
+    configure(&mut builder, args);
     let mut server = builder.bind(address, {
         let idle = args.idle();
         let announce = args.announce_peer;
@@ -316,12 +307,40 @@ where
     Ok(())
 }
 
+/// The settings every mode shares: backlog, reuse-port, drain, PROXY
+/// protocol, health port and drain notice, systemd notifications.
+fn configure<T: Transport, S: Strategy>(builder: &mut ServerBuilder<T, S>, args: &Args) {
+    builder
+        .backlog(args.backlog)
+        .allow_reuse_port(args.reuse_port)
+        .drain_timeout(args.drain_timeout)
+        .systemd_notify(true);
+    if args.proxy_protocol {
+        builder.proxy_protocol(Some(args.proxy_timeout));
+    }
+    if let Some(h) = args.health {
+        builder.health(h);
+    }
+    let default_notice = if args.health.is_some() {
+        Duration::from_secs(1)
+    } else {
+        Duration::ZERO
+    };
+    builder.drain_notice(args.drain_notice.unwrap_or(default_notice));
+}
+
 /// The async mode over TCP: the native [`AsyncEcho`] handler.
 #[cfg(feature = "async")]
 fn serve_async_tcp(args: &Args) -> anyhow::Result<()> {
-    let mut server = SocketServer::<TcpTransport, Async>::builder()
-        .backlog(args.backlog)
-        .bind_async(args.listen, AsyncEcho { idle: args.idle() })?;
+    let mut builder = SocketServer::<TcpTransport, Async>::builder();
+    configure(&mut builder, args);
+    let mut server = builder.bind_async(
+        args.listen,
+        AsyncEcho {
+            idle: args.idle(),
+            announce: args.announce_peer,
+        },
+    )?;
     let _signals = shutdown_on_signals(&server.shutdown_handle())?;
     {
         let mut out = io::stdout().lock();
