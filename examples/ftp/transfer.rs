@@ -27,11 +27,12 @@ use rustix::fs::OFlags;
 use socketserver::handler::Line;
 use socketserver::Request;
 
-use crate::command::Command;
+use crate::command::{Command, Verb};
 use crate::confine::{Denied, Listing};
 use crate::data::{self, DataSetup};
 use crate::listing;
 use crate::reply;
+use crate::reply::Code;
 use crate::session::{denied, ok, Flow, ListKind, Session, MAX_LINE};
 use crate::upload::{crlf_to_lf, splice_chunk, SplicePipe, Upload};
 
@@ -71,7 +72,11 @@ impl Session {
         let setup = std::mem::take(&mut self.data);
         let conn = match setup {
             DataSetup::None => {
-                reply::send(&mut req.wfile(), 425, "Use PORT, EPRT, PASV or EPSV first.")?;
+                reply::send(
+                    &mut req.wfile(),
+                    Code::CantOpenData,
+                    "Use PORT, EPRT, PASV or EPSV first.",
+                )?;
                 return Ok(None);
             }
             DataSetup::Passive(l) => {
@@ -87,7 +92,11 @@ impl Session {
             Ok(s) => Ok(Some(s)),
             Err(e) => {
                 tracing::info!(peer = %self.peer, error = %e, "data connection failed");
-                reply::send(&mut req.wfile(), 425, "Cannot open data connection.")?;
+                reply::send(
+                    &mut req.wfile(),
+                    Code::CantOpenData,
+                    "Cannot open data connection.",
+                )?;
                 Ok(None)
             }
         }
@@ -107,13 +116,17 @@ impl Session {
             }
             Err(_) | Ok(Line::Eof) => Ok(Ctl::Gone),
             Ok(Line::TooLong) => {
-                reply::send(&mut req.wfile(), 500, "Command line too long.")?;
+                reply::send(
+                    &mut req.wfile(),
+                    Code::SyntaxError,
+                    "Command line too long.",
+                )?;
                 Ok(Ctl::Quiet)
             }
             Ok(_) => match Command::parse(&line) {
-                Ok(c) if c.verb == "ABOR" => Ok(Ctl::Abort),
-                Ok(c) if c.verb == "STAT" && c.arg.is_empty() => {
-                    reply::send(&mut req.wfile(), 213, "Transfer in progress.")?;
+                Ok(c) if c.verb == Verb::Abor => Ok(Ctl::Abort),
+                Ok(c) if c.verb == Verb::Stat && c.arg.is_empty() => {
+                    reply::send(&mut req.wfile(), Code::FileStatus, "Transfer in progress.")?;
                     Ok(Ctl::Quiet)
                 }
                 _ => {
@@ -141,18 +154,22 @@ impl Session {
     fn finish_transfer(&mut self, req: &mut Request, outcome: Outcome) -> io::Result<Flow> {
         let w = &mut req.wfile();
         match outcome {
-            Outcome::Done => ok(w, 226, "Transfer complete."),
+            Outcome::Done => ok(w, Code::ClosingData, "Transfer complete."),
             Outcome::Aborted => {
-                reply::send(w, 426, "Connection closed; transfer aborted.")?;
-                ok(w, 226, "ABOR successful.")
+                reply::send(
+                    w,
+                    Code::TransferAborted,
+                    "Connection closed; transfer aborted.",
+                )?;
+                ok(w, Code::ClosingData, "ABOR successful.")
             }
             Outcome::ClientGone => Ok(Flow::Close),
             Outcome::Failed(e) => {
                 tracing::info!(peer = %self.peer, error = %e, "transfer failed");
                 let code = if e.kind() == io::ErrorKind::StorageFull {
-                    452
+                    Code::NoSpace
                 } else {
-                    426
+                    Code::TransferAborted
                 };
                 ok(w, code, &format!("Transfer aborted: {}.", describe(&e)))
             }
@@ -177,7 +194,11 @@ impl Session {
         }
         let len = meta.len();
         if offset > len {
-            return ok(&mut req.wfile(), 554, "Restart offset beyond end of file.");
+            return ok(
+                &mut req.wfile(),
+                Code::TransactionFailed,
+                "Restart offset beyond end of file.",
+            );
         }
         let Some(mut conn) = self.open_data(req)? else {
             return Ok(Flow::Continue);
@@ -185,7 +206,7 @@ impl Session {
         let mode = if self.binary { "BINARY" } else { "ASCII" };
         reply::send(
             &mut req.wfile(),
-            150,
+            Code::OpeningData,
             &format!("Opening {mode} mode data connection for {arg} ({len} bytes)."),
         )?;
         let outcome = if self.binary {
@@ -330,7 +351,7 @@ impl Session {
         let mode = if self.binary { "BINARY" } else { "ASCII" };
         reply::send(
             &mut req.wfile(),
-            150,
+            Code::OpeningData,
             &format!("Opening {mode} mode data connection for {arg}."),
         )?;
         let mut outcome = self.receive(req, conn, &mut upload);
@@ -418,7 +439,11 @@ impl Session {
         let Some(mut conn) = self.open_data(req)? else {
             return Ok(Flow::Continue);
         };
-        reply::send(&mut req.wfile(), 150, "Here comes the directory listing.")?;
+        reply::send(
+            &mut req.wfile(),
+            Code::OpeningData,
+            "Here comes the directory listing.",
+        )?;
         let outcome = match conn.write_all(&bytes) {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Failed(e),
