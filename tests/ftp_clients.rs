@@ -1,5 +1,6 @@
 //! The FTP example driven by real clients: Python's ftplib, curl and lftp,
-//! in threading and forking mode.
+//! in every mode (sync, threading, forking, prefork, async: `per_mode!`
+//! makes one test per strategy from one body).
 //!
 //! The ftplib tests always run (Python is on every machine). A test that
 //! needs curl or lftp checks that it is installed first; when it is not,
@@ -104,15 +105,7 @@ fn ftplib_round_trip(mode: &str) {
     );
 }
 
-#[test]
-fn ftplib_every_command_threading() {
-    ftplib_round_trip("threading");
-}
-
-#[test]
-fn ftplib_every_command_forking() {
-    ftplib_round_trip("forking");
-}
+per_mode!(ftplib_every_command, ftplib_round_trip);
 
 fn curl(args: &[&str]) -> Vec<u8> {
     let out = run_checked(
@@ -124,6 +117,9 @@ fn curl(args: &[&str]) -> Vec<u8> {
 }
 
 fn curl_transfers(mode: &str) {
+    if !require_client("curl") {
+        return;
+    }
     let server = FtpServer::start(mode, &[]);
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("src.bin");
@@ -171,23 +167,12 @@ fn curl_transfers(mode: &str) {
     assert!(listing.lines().any(|l| l.ends_with(" up.bin")), "{listing}");
 }
 
-#[test]
-fn curl_upload_download_pasv_active_resume_threading() {
-    if !require_client("curl") {
-        return;
-    }
-    curl_transfers("threading");
-}
-
-#[test]
-fn curl_upload_download_pasv_active_resume_forking() {
-    if !require_client("curl") {
-        return;
-    }
-    curl_transfers("forking");
-}
+per_mode!(curl_upload_download_pasv_active_resume, curl_transfers);
 
 fn lftp_session(mode: &str) {
+    if !require_client("lftp") {
+        return;
+    }
     let server = FtpServer::start(mode, &[]);
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
@@ -221,21 +206,7 @@ fn lftp_session(mode: &str) {
     );
 }
 
-#[test]
-fn lftp_ls_put_get_mirror_rm_threading() {
-    if !require_client("lftp") {
-        return;
-    }
-    lftp_session("threading");
-}
-
-#[test]
-fn lftp_ls_put_get_mirror_rm_forking() {
-    if !require_client("lftp") {
-        return;
-    }
-    lftp_session("forking");
-}
+per_mode!(lftp_ls_put_get_mirror_rm, lftp_session);
 
 #[test]
 fn curl_over_ipv6_epsv_and_eprt() {

@@ -139,18 +139,18 @@ mod tests {
 
     #[test]
     fn single_line() {
-        assert_eq!(format(200, "OK"), "200 OK\r\n");
+        assert_eq!(format(Code::Ok, "OK"), "200 OK\r\n");
     }
 
     #[test]
     fn multi_line_indents_middle_lines() {
-        let s = format(211, "Features:\nMDTM\nSIZE\nEnd");
+        let s = format(Code::SystemStatus, "Features:\nMDTM\nSIZE\nEnd");
         assert_eq!(s, "211-Features:\r\n MDTM\r\n SIZE\r\n211 End\r\n");
     }
 
     #[test]
     fn carriage_returns_cannot_inject_replies() {
-        let s = format(550, "x\r200 fake");
+        let s = format(Code::Unavailable, "x\r200 fake");
         assert_eq!(s, "550 x200 fake\r\n");
     }
 

@@ -363,3 +363,43 @@ pub fn require_client(program: &str) -> bool {
     eprintln!("skipped: {program} not installed");
     false
 }
+
+/// Every `--mode` the example accepts: the framework's five strategies.
+#[allow(dead_code)]
+pub const ALL_MODES: [&str; 5] = ["sync", "threading", "forking", "prefork", "async"];
+
+/// The modes that serve several sessions at once (all but `sync`, which
+/// serves one session at a time and leaves the next in the backlog).
+#[allow(dead_code)]
+pub const CONCURRENT_MODES: [&str; 4] = ["threading", "forking", "prefork", "async"];
+
+/// Generates one `#[test]` per strategy, `NAME::sync`, `NAME::threading`,
+/// ..., each calling `BODY(mode)`: the same test in every mode, so a
+/// failure names its strategy.
+#[macro_export]
+macro_rules! per_mode {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn sync() {
+                super::$body("sync");
+            }
+            #[test]
+            fn threading() {
+                super::$body("threading");
+            }
+            #[test]
+            fn forking() {
+                super::$body("forking");
+            }
+            #[test]
+            fn prefork() {
+                super::$body("prefork");
+            }
+            #[test]
+            fn r#async() {
+                super::$body("async");
+            }
+        }
+    };
+}
