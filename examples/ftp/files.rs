@@ -119,11 +119,11 @@ impl Session {
 
     pub(crate) fn stat(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
         if arg.is_empty() {
-            let user = self.account.as_ref().map(|a| a.name.as_str()).unwrap_or("");
+            let user = self.account().map(|a| a.name.as_str()).unwrap_or("");
             let text = format!(
                 "FTP server status:\nConnected to {}\nLogged in as {user}\nTYPE: {}\nEnd of status",
-                self.peer.ip(),
-                if self.binary { "BINARY" } else { "ASCII" }
+                self.peer().ip(),
+                if self.binary() { "BINARY" } else { "ASCII" }
             );
             return ok(&mut req.wfile(), Code::SystemStatus, &text);
         }
@@ -203,7 +203,7 @@ impl Session {
         let w = &mut req.wfile();
         match self.root().entry_exists(&vpath) {
             Ok(()) => {
-                self.rename_from = Some(vpath);
+                self.set_rename_from(vpath);
                 ok(w, Code::PendingFurtherInfo, "Ready for RNTO.")
             }
             Err(e) => denied(w, &e),

@@ -81,7 +81,7 @@ impl Utc {
     }
 
     /// Seconds since the Unix epoch (Howard Hinnant's `days_from_civil`).
-    pub fn to_unix(&self) -> i64 {
+    pub fn to_unix(self) -> i64 {
         let y = self.year - i64::from(self.month <= 2);
         let era = y.div_euclid(400);
         let yoe = y.rem_euclid(400);

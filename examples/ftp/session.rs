@@ -46,20 +46,20 @@ pub struct Account {
 /// The state of one control connection.
 #[derive(Debug)]
 pub struct Session {
-    pub(crate) cfg: Arc<Config>,
-    pub(crate) peer: SocketAddr,
-    pub(crate) local: SocketAddr,
+    cfg: Arc<Config>,
+    peer: SocketAddr,
+    local: SocketAddr,
     pending_user: Option<String>,
-    pub(crate) account: Option<Account>,
+    account: Option<Account>,
     failures: u32,
-    pub(crate) cwd: String,
-    pub(crate) data: DataSetup,
-    pub(crate) rest: u64,
-    pub(crate) rename_from: Option<String>,
-    pub(crate) binary: bool,
+    cwd: String,
+    data: DataSetup,
+    rest: u64,
+    rename_from: Option<String>,
+    binary: bool,
     epsv_all: bool,
     /// Command lines that arrived during a transfer, run after it.
-    pub(crate) queued: VecDeque<Vec<u8>>,
+    queued: VecDeque<Vec<u8>>,
     /// When the passive listener in `data` (if any) stops waiting for a
     /// connection, even if no transfer command ever comes.
     passive_deadline: Option<Instant>,
@@ -86,6 +86,48 @@ impl Session {
             queued: VecDeque::new(),
             passive_deadline: None,
         }
+    }
+
+    /// The shared settings.
+    pub(crate) fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The control connection's client (the PROXY header's, behind one).
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The logged-in account, if any.
+    pub(crate) fn account(&self) -> Option<&Account> {
+        self.account.as_ref()
+    }
+
+    /// Whether `TYPE I` (binary) is in effect.
+    pub(crate) fn binary(&self) -> bool {
+        self.binary
+    }
+
+    /// The data connection set up by PASV/EPSV/PORT/EPRT, used up by the
+    /// transfer command that takes it.
+    pub(crate) fn take_data(&mut self) -> DataSetup {
+        self.passive_deadline = None;
+        std::mem::take(&mut self.data)
+    }
+
+    /// The `REST` offset, reset to 0 by the transfer that uses it.
+    pub(crate) fn take_rest(&mut self) -> u64 {
+        std::mem::take(&mut self.rest)
+    }
+
+    /// Remembers the `RNFR` source for the `RNTO` that must follow.
+    pub(crate) fn set_rename_from(&mut self, vpath: String) {
+        self.rename_from = Some(vpath);
+    }
+
+    /// A command line that arrived during a transfer, run after it.
+    pub(crate) fn queue_command(&mut self, line: Vec<u8>) {
+        self.queued.push_back(line);
     }
 
     pub(crate) fn root(&self) -> &Root {

@@ -69,7 +69,7 @@ impl Session {
     /// Establishes the data connection set up by PASV/EPSV/PORT/EPRT,
     /// replying `425` (and returning `None`) when there is none or it fails.
     fn open_data(&mut self, req: &mut Request) -> io::Result<Option<TcpStream>> {
-        let setup = std::mem::take(&mut self.data);
+        let setup = self.take_data();
         let conn = match setup {
             DataSetup::None => {
                 reply::send(
@@ -80,18 +80,18 @@ impl Session {
                 return Ok(None);
             }
             DataSetup::Passive(l) => {
-                data::accept_from(&l, self.peer_ip(), self.cfg.passive_timeout)
+                data::accept_from(&l, self.peer_ip(), self.cfg().passive_timeout)
             }
-            DataSetup::Active(addr) => data::connect_active(addr, self.cfg.data_timeout),
+            DataSetup::Active(addr) => data::connect_active(addr, self.cfg().data_timeout),
         };
         match conn.and_then(|s| {
-            s.set_read_timeout(Some(self.cfg.data_timeout))?;
-            s.set_write_timeout(Some(self.cfg.data_timeout))?;
+            s.set_read_timeout(Some(self.cfg().data_timeout))?;
+            s.set_write_timeout(Some(self.cfg().data_timeout))?;
             Ok(s)
         }) {
             Ok(s) => Ok(Some(s)),
             Err(e) => {
-                tracing::info!(peer = %self.peer, error = %e, "data connection failed");
+                tracing::info!(peer = %self.peer(), error = %e, "data connection failed");
                 reply::send(
                     &mut req.wfile(),
                     Code::CantOpenData,
@@ -130,7 +130,7 @@ impl Session {
                     Ok(Ctl::Quiet)
                 }
                 _ => {
-                    self.queued.push_back(line);
+                    self.queue_command(line);
                     Ok(Ctl::Quiet)
                 }
             },
@@ -165,7 +165,7 @@ impl Session {
             }
             Outcome::ClientGone => Ok(Flow::Close),
             Outcome::Failed(e) => {
-                tracing::info!(peer = %self.peer, error = %e, "transfer failed");
+                tracing::info!(peer = %self.peer(), error = %e, "transfer failed");
                 let code = if e.kind() == io::ErrorKind::StorageFull {
                     Code::NoSpace
                 } else {
@@ -177,7 +177,7 @@ impl Session {
     }
 
     pub(crate) fn retr(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
-        let offset = std::mem::take(&mut self.rest);
+        let offset = self.take_rest();
         let vpath = self.vpath(arg);
         // Opened beneath the root descriptor (see confine.rs); O_NONBLOCK
         // so a FIFO cannot hang the session (it is refused below).
@@ -203,19 +203,19 @@ impl Session {
         let Some(mut conn) = self.open_data(req)? else {
             return Ok(Flow::Continue);
         };
-        let mode = if self.binary { "BINARY" } else { "ASCII" };
+        let mode = if self.binary() { "BINARY" } else { "ASCII" };
         reply::send(
             &mut req.wfile(),
             Code::OpeningData,
             &format!("Opening {mode} mode data connection for {arg} ({len} bytes)."),
         )?;
-        let outcome = if self.binary {
+        let outcome = if self.binary() {
             self.send_binary(req, &file, &conn, offset, len)
         } else {
             self.send_ascii(req, file, &mut conn, offset)
         };
         drop(conn);
-        tracing::info!(peer = %self.peer, path = %vpath, ?outcome, "RETR");
+        tracing::info!(peer = %self.peer(), path = %vpath, ?outcome, "RETR");
         self.finish_transfer(req, outcome)
     }
 
@@ -277,7 +277,7 @@ impl Session {
         if let Err(e) = conn.set_nonblocking(true) {
             return Outcome::Failed(e);
         }
-        let timeout = PollTimeout::try_from(self.cfg.data_timeout).unwrap_or(PollTimeout::MAX);
+        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
         let mut off = offset as i64;
         while (off as u64) < len {
             let want = ((len - off as u64) as usize).min(SENDFILE_SLICE);
@@ -334,7 +334,7 @@ impl Session {
     }
 
     pub(crate) fn stor(&mut self, req: &mut Request, arg: &str, append: bool) -> io::Result<Flow> {
-        let offset = std::mem::take(&mut self.rest);
+        let offset = self.take_rest();
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
@@ -348,7 +348,7 @@ impl Session {
         let Some(conn) = self.open_data(req)? else {
             return Ok(Flow::Continue);
         };
-        let mode = if self.binary { "BINARY" } else { "ASCII" };
+        let mode = if self.binary() { "BINARY" } else { "ASCII" };
         reply::send(
             &mut req.wfile(),
             Code::OpeningData,
@@ -361,7 +361,7 @@ impl Session {
             }
         }
         drop(upload);
-        tracing::info!(peer = %self.peer, path = %vpath, ?outcome, "STOR");
+        tracing::info!(peer = %self.peer(), path = %vpath, ?outcome, "STOR");
         self.finish_transfer(req, outcome)
     }
 
@@ -373,12 +373,12 @@ impl Session {
         // Binary uploads move socket → pipe → file with splice(2): the
         // bytes never enter user space.
         // (Not for APPE: splice refuses O_APPEND files.)
-        let mut pipe = if self.binary && upload.rollback_len.is_none() {
+        let mut pipe = if self.binary() && upload.rollback_len.is_none() {
             SplicePipe::new().ok()
         } else {
             None
         };
-        let timeout = PollTimeout::try_from(self.cfg.data_timeout).unwrap_or(PollTimeout::MAX);
+        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
         loop {
             let data_ready = match self.await_data(req, &conn, PollFlags::POLLIN, timeout) {
                 Ok(ready) => ready,
@@ -413,7 +413,7 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Outcome::Failed(e),
             };
-            let written = if self.binary {
+            let written = if self.binary() {
                 upload.file.write_all(&buf[..n])
             } else {
                 let out = crlf_to_lf(&buf[..n], &mut held_cr);
@@ -431,7 +431,7 @@ impl Session {
         arg: &str,
         kind: ListKind,
     ) -> io::Result<Flow> {
-        self.rest = 0;
+        self.take_rest();
         let bytes = match self.listing_bytes(arg, kind) {
             Ok(b) => b,
             Err(e) => return denied(&mut req.wfile(), &e),
