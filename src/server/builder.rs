@@ -204,7 +204,10 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
     /// the strategies' own caps, [`max_threads`](Self::max_threads),
     /// [`max_children`](Self::max_children), [`max_workers`](Self::max_workers),
     /// [`max_connections`](Self::max_connections), which stop accepting and
-    /// leave clients waiting in the backlog). Default is no limit.
+    /// leave clients waiting in the backlog). Applies to
+    /// [`RequestHandler`]s in every strategy; async native handlers have
+    /// [`max_connections`](Self::max_connections) instead. Default is no
+    /// limit.
     pub fn connection_limit(&mut self, max: Option<usize>) -> &mut Self {
         self.options.connection_limit = max;
         self
