@@ -1,5 +1,6 @@
 //! The FTP example driven by real clients: Python's ftplib, curl and lftp,
-//! in threading and forking mode.
+//! in every mode (sync, threading, forking, prefork, async: `per_mode!`
+//! makes one test per strategy from one body).
 //!
 //! The ftplib tests always run (Python is on every machine). A test that
 //! needs curl or lftp checks that it is installed first; when it is not,
@@ -104,15 +105,7 @@ fn ftplib_round_trip(mode: &str) {
     );
 }
 
-#[test]
-fn ftplib_every_command_threading() {
-    ftplib_round_trip("threading");
-}
-
-#[test]
-fn ftplib_every_command_forking() {
-    ftplib_round_trip("forking");
-}
+per_mode!(ftplib_every_command, ftplib_round_trip);
 
 fn curl(args: &[&str]) -> Vec<u8> {
     let out = run_checked(
@@ -124,6 +117,9 @@ fn curl(args: &[&str]) -> Vec<u8> {
 }
 
 fn curl_transfers(mode: &str) {
+    if !require_client("curl") {
+        return;
+    }
     let server = FtpServer::start(mode, &[]);
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("src.bin");
@@ -171,23 +167,12 @@ fn curl_transfers(mode: &str) {
     assert!(listing.lines().any(|l| l.ends_with(" up.bin")), "{listing}");
 }
 
-#[test]
-fn curl_upload_download_pasv_active_resume_threading() {
-    if !require_client("curl") {
-        return;
-    }
-    curl_transfers("threading");
-}
-
-#[test]
-fn curl_upload_download_pasv_active_resume_forking() {
-    if !require_client("curl") {
-        return;
-    }
-    curl_transfers("forking");
-}
+per_mode!(curl_upload_download_pasv_active_resume, curl_transfers);
 
 fn lftp_session(mode: &str) {
+    if !require_client("lftp") {
+        return;
+    }
     let server = FtpServer::start(mode, &[]);
     let local = tempfile::tempdir().unwrap();
     let l = local.path();
@@ -221,21 +206,7 @@ fn lftp_session(mode: &str) {
     );
 }
 
-#[test]
-fn lftp_ls_put_get_mirror_rm_threading() {
-    if !require_client("lftp") {
-        return;
-    }
-    lftp_session("threading");
-}
-
-#[test]
-fn lftp_ls_put_get_mirror_rm_forking() {
-    if !require_client("lftp") {
-        return;
-    }
-    lftp_session("forking");
-}
+per_mode!(lftp_ls_put_get_mirror_rm, lftp_session);
 
 #[test]
 fn curl_over_ipv6_epsv_and_eprt() {
@@ -258,3 +229,70 @@ fn curl_over_ipv6_epsv_and_eprt() {
     assert_eq!(curl(&[&format!("{url}/v6.bin")]), body);
     assert_eq!(curl(&["-P", "::1", &format!("{url}/v6.bin")]), body);
 }
+
+/// `rclone sync` to the server keeps the files' modification times (it
+/// sets them with MFMT when FEAT lists it).
+fn rclone_sync(mode: &str) {
+    if !require_client("rclone") {
+        return;
+    }
+    let server = FtpServer::start(mode, &[]);
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    fs::create_dir_all(src.join("sub/deeper")).unwrap();
+    let files = [
+        ("a.txt", 1_577_934_245u64),
+        ("sub/b.bin", 1_262_304_000),
+        ("sub/deeper/c.txt", 946_684_799),
+    ];
+    for (i, (name, mtime)) in files.iter().enumerate() {
+        let path = src.join(name);
+        fs::write(&path, pattern(1000 + i * 777, i as u64 + 1)).unwrap();
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(*mtime);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+    let pass = run_checked(Command::new("rclone").args(["obscure", "secret"]));
+    let pass = String::from_utf8(pass.stdout).unwrap();
+    let remote = format!(
+        ":ftp,host=127.0.0.1,port={},user=bob,pass={}:dst",
+        server.port(),
+        pass.trim()
+    );
+    let out = run_checked(Command::new("rclone").args([
+        "sync",
+        src.to_str().unwrap(),
+        &remote,
+        "--config",
+        "/dev/null",
+        "--contimeout",
+        "20s",
+        "--timeout",
+        "60s",
+        "-v",
+    ]));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("not supported"), "{log}");
+    for (i, (name, mtime)) in files.iter().enumerate() {
+        let path = server.root().join("dst").join(name);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            pattern(1000 + i * 777, i as u64 + 1),
+            "{mode}: {name}"
+        );
+        let got = fs::metadata(&path)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(got, *mtime, "{mode}: {name} lost its modification time");
+    }
+}
+
+per_concurrent_mode!(rclone_sync_keeps_modification_times, rclone_sync);

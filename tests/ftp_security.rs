@@ -18,7 +18,9 @@ use std::time::Duration;
 use ftp_support::{tree, wait_until, Ctrl, FtpServer};
 use socket2::SockRef;
 
-const MODES: [&str; 2] = ["threading", "forking"];
+/// Every mode that serves sessions concurrently (the tests hold several
+/// connections at once).
+const MODES: [&str; 4] = ftp_support::CONCURRENT_MODES;
 
 /// Builds `base/outside/secret` and links to it from inside the root.
 fn plant_outside(server: &FtpServer) -> std::path::PathBuf {

@@ -5,8 +5,11 @@
 //! cargo bench --bench ftp
 //! ```
 //!
-//! Measures, per server: RETR and STOR throughput of a 256 MiB file
-//! (median of 3), the wall time for 100 concurrent logins (median of 3),
+//! Measures, per server (ours in each concurrent mode: threading, forking,
+//! prefork, async; sync serves one session at a time and cannot take 100
+//! concurrent logins): RETR and STOR throughput of a 256 MiB file
+//! (median of 3), the server's CPU seconds per GiB moved, the wall time
+//! for 100 concurrent logins (median of 3),
 //! and the server's memory with 100 logged-in clients (RSS and PSS summed
 //! over the server's process tree, so per-connection processes count).
 //! A missing peer (`pip install pyftpdlib`, `apt-get install vsftpd`) is
@@ -158,6 +161,14 @@ fn main() -> Result<()> {
             Box::new(|| start_ours(&bin, &root, "forking")),
         ),
         (
+            "ours (prefork)",
+            Box::new(|| start_ours(&bin, &root, "prefork")),
+        ),
+        (
+            "ours (async)",
+            Box::new(|| start_ours(&bin, &root, "async")),
+        ),
+        (
             "pyftpdlib",
             Box::new(|| start_pyftpdlib(&root, scratch.path())),
         ),
@@ -244,7 +255,12 @@ fn main() -> Result<()> {
     }
     println!();
     let find = |n: &str| rows.iter().find(|r| r.name == n);
-    for ours in ["ours (threading)", "ours (forking)"] {
+    for ours in [
+        "ours (threading)",
+        "ours (forking)",
+        "ours (prefork)",
+        "ours (async)",
+    ] {
         let Some(o) = find(ours) else { continue };
         for peer in ["pyftpdlib", "vsftpd"] {
             if let Some(p) = find(peer) {

@@ -1,4 +1,5 @@
-//! Parsing one control-connection line into a [`Command`].
+//! Parsing one control-connection line into a [`Command`], and the
+//! command table ([`TABLE`]) the session, `HELP` and `FEAT` read.
 //!
 //! A line is `VERB[ SP argument]` ended by CRLF or a bare LF (RFC 959 asks
 //! for CRLF; RFC 1123 tells servers to be lenient). Verbs are
@@ -7,11 +8,221 @@
 
 use std::fmt;
 
-/// One parsed command: an upper-cased verb and its raw argument.
+/// Every command the server knows, parsed once from the verb text. The
+/// `X...` forms of RFC 775 parse to the same verb as their RFC 959 names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// `ABOR`
+    Abor,
+    /// `ACCT`
+    Acct,
+    /// `APPE`
+    Appe,
+    /// `AUTH` (TLS is not offered: refused with 504)
+    Auth,
+    /// `CCC`
+    Ccc,
+    /// `CDUP`, `XCUP`
+    Cdup,
+    /// `CWD`, `XCWD`
+    Cwd,
+    /// `DELE`
+    Dele,
+    /// `EPRT`
+    Eprt,
+    /// `EPSV`
+    Epsv,
+    /// `FEAT`
+    Feat,
+    /// `HELP`
+    Help,
+    /// `LIST`
+    List,
+    /// `MDTM`
+    Mdtm,
+    /// `MFMT` (draft-somers-ftp-mfxx)
+    Mfmt,
+    /// `MKD`, `XMKD`
+    Mkd,
+    /// `MLSD`
+    Mlsd,
+    /// `MLST`
+    Mlst,
+    /// `MODE`
+    Mode,
+    /// `NLST`
+    Nlst,
+    /// `NOOP`
+    Noop,
+    /// `OPTS`
+    Opts,
+    /// `PASS`
+    Pass,
+    /// `PASV`
+    Pasv,
+    /// `PBSZ`
+    Pbsz,
+    /// `PORT`
+    Port,
+    /// `PROT`
+    Prot,
+    /// `PWD`, `XPWD`
+    Pwd,
+    /// `QUIT`
+    Quit,
+    /// `REST`
+    Rest,
+    /// `RETR`
+    Retr,
+    /// `RMD`, `XRMD`
+    Rmd,
+    /// `RNFR`
+    Rnfr,
+    /// `RNTO`
+    Rnto,
+    /// `SIZE`
+    Size,
+    /// `STAT`
+    Stat,
+    /// `STOR`
+    Stor,
+    /// `STRU`
+    Stru,
+    /// `SYST`
+    Syst,
+    /// `TYPE`
+    Type,
+    /// `USER`
+    User,
+    /// A well-formed verb the server does not know (`502`).
+    Unknown,
+}
+
+/// One row of the command table.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// The verb as the client spells it (upper case).
+    pub name: &'static str,
+    /// What it parses to.
+    pub verb: Verb,
+    /// Whether it needs a logged-in session (`530` before login).
+    pub login: bool,
+    /// Its line in the `FEAT` reply, if it is an extension to announce.
+    pub feat: Option<&'static str>,
+}
+
+const fn spec(name: &'static str, verb: Verb, login: bool, feat: Option<&'static str>) -> Spec {
+    Spec {
+        name,
+        verb,
+        login,
+        feat,
+    }
+}
+
+/// The command table: the parser, the login check, `HELP` and `FEAT` all
+/// read it, so a command is added in one place.
+pub const TABLE: &[Spec] = &[
+    spec("ABOR", Verb::Abor, true, None),
+    spec("ACCT", Verb::Acct, false, None),
+    spec("APPE", Verb::Appe, true, None),
+    spec("AUTH", Verb::Auth, false, None),
+    spec("CCC", Verb::Ccc, false, None),
+    spec("CDUP", Verb::Cdup, true, None),
+    spec("CWD", Verb::Cwd, true, None),
+    spec("DELE", Verb::Dele, true, None),
+    spec("EPRT", Verb::Eprt, true, Some("EPRT")),
+    spec("EPSV", Verb::Epsv, true, Some("EPSV")),
+    spec("FEAT", Verb::Feat, false, None),
+    spec("HELP", Verb::Help, false, None),
+    spec("LIST", Verb::List, true, None),
+    spec("MDTM", Verb::Mdtm, true, Some("MDTM")),
+    spec("MFMT", Verb::Mfmt, true, Some("MFMT")),
+    spec("MKD", Verb::Mkd, true, None),
+    spec("MLSD", Verb::Mlsd, true, None),
+    spec(
+        "MLST",
+        Verb::Mlst,
+        true,
+        Some("MLST type*;size*;modify*;perm*;unix.mode*;"),
+    ),
+    spec("MODE", Verb::Mode, true, None),
+    spec("NLST", Verb::Nlst, true, None),
+    spec("NOOP", Verb::Noop, false, None),
+    spec("OPTS", Verb::Opts, false, None),
+    spec("PASS", Verb::Pass, false, None),
+    spec("PASV", Verb::Pasv, true, Some("PASV")),
+    spec("PBSZ", Verb::Pbsz, false, None),
+    spec("PORT", Verb::Port, true, None),
+    spec("PROT", Verb::Prot, false, None),
+    spec("PWD", Verb::Pwd, true, None),
+    spec("QUIT", Verb::Quit, false, None),
+    spec("REST", Verb::Rest, true, Some("REST STREAM")),
+    spec("RETR", Verb::Retr, true, None),
+    spec("RMD", Verb::Rmd, true, None),
+    spec("RNFR", Verb::Rnfr, true, None),
+    spec("RNTO", Verb::Rnto, true, None),
+    spec("SIZE", Verb::Size, true, Some("SIZE")),
+    spec("STAT", Verb::Stat, true, None),
+    spec("STOR", Verb::Stor, true, None),
+    spec("STRU", Verb::Stru, true, None),
+    spec("SYST", Verb::Syst, false, None),
+    spec("TYPE", Verb::Type, true, None),
+    spec("USER", Verb::User, false, None),
+    spec("XCUP", Verb::Cdup, true, None),
+    spec("XCWD", Verb::Cwd, true, None),
+    spec("XMKD", Verb::Mkd, true, None),
+    spec("XPWD", Verb::Pwd, true, None),
+    spec("XRMD", Verb::Rmd, true, None),
+];
+
+/// `FEAT` lines that are properties of the server rather than commands.
+const PROPERTIES: &[&str] = &["TVFS", "UTF8"];
+
+impl Verb {
+    /// The table row for an upper-case verb text, if known.
+    pub fn lookup(name: &str) -> Option<&'static Spec> {
+        TABLE.iter().find(|s| s.name == name)
+    }
+
+    /// Whether this verb needs a logged-in session. Unknown verbs do too
+    /// (a client that has not logged in learns nothing from a `502`).
+    pub fn needs_login(self) -> bool {
+        TABLE
+            .iter()
+            .find(|s| s.verb == self)
+            .is_none_or(|s| s.login)
+    }
+}
+
+/// The text of the `211` reply to `FEAT`, from the table.
+pub fn feat_text() -> String {
+    let mut lines: Vec<&str> = TABLE.iter().filter_map(|s| s.feat).collect();
+    lines.extend_from_slice(PROPERTIES);
+    lines.sort_unstable();
+    lines.dedup();
+    format!("Features:\n{}\nEnd", lines.join("\n"))
+}
+
+/// The text of the `214` reply to `HELP`, from the table (16 verbs a line).
+pub fn help_text() -> String {
+    let mut names: Vec<&str> = TABLE.iter().map(|s| s.name).collect();
+    names.sort_unstable();
+    let rows: Vec<String> = names.chunks(16).map(|c| c.join(" ")).collect();
+    format!(
+        "The following commands are recognized:\n{}\nHelp OK.",
+        rows.join("\n")
+    )
+}
+
+/// One parsed command: its verb, the verb text as sent (upper-cased) and
+/// the raw argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
-    /// The verb in upper case, for example `RETR`.
-    pub verb: String,
+    /// What the verb text parsed to ([`Verb::Unknown`] if not in the table).
+    pub verb: Verb,
+    /// The verb text in upper case, for example `RETR` or `XPWD`.
+    pub name: String,
     /// Everything after the first space, without the line ending; empty
     /// when there is no argument.
     pub arg: String,
@@ -71,8 +282,10 @@ impl Command {
         if verb.len() > MAX_VERB || !verb.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(ParseError::BadVerb);
         }
+        let name = verb.to_ascii_uppercase();
         Ok(Command {
-            verb: verb.to_ascii_uppercase(),
+            verb: Verb::lookup(&name).map_or(Verb::Unknown, |s| s.verb),
+            name,
             arg: arg.to_string(),
         })
     }
@@ -80,12 +293,12 @@ impl Command {
     /// The command as it may appear in a log: the argument of `PASS` is
     /// never shown.
     pub fn loggable(&self) -> String {
-        if self.verb == "PASS" {
+        if self.verb == Verb::Pass {
             "PASS ****".to_string()
         } else if self.arg.is_empty() {
-            self.verb.clone()
+            self.name.clone()
         } else {
-            format!("{} {}", self.verb, self.arg)
+            format!("{} {}", self.name, self.arg)
         }
     }
 }
@@ -97,13 +310,19 @@ mod tests {
     #[test]
     fn verbs_are_case_insensitive_and_crlf_or_lf_accepted() {
         let c = Command::parse(b"retr some file.txt\r\n").unwrap();
-        assert_eq!(c.verb, "RETR");
+        assert_eq!(c.verb, Verb::Retr);
+        assert_eq!(c.name, "RETR");
         assert_eq!(c.arg, "some file.txt");
         let c = Command::parse(b"NoOp\n").unwrap();
-        assert_eq!(c.verb, "NOOP");
+        assert_eq!(c.verb, Verb::Noop);
         assert_eq!(c.arg, "");
         let c = Command::parse(b"PWD").unwrap();
-        assert_eq!(c.verb, "PWD");
+        assert_eq!(c.verb, Verb::Pwd);
+        let c = Command::parse(b"xpwd").unwrap();
+        assert_eq!((c.verb, c.name.as_str()), (Verb::Pwd, "XPWD"));
+        let c = Command::parse(b"SITE CHMOD 777 x").unwrap();
+        assert_eq!((c.verb, c.name.as_str()), (Verb::Unknown, "SITE"));
+        assert!(c.verb.needs_login());
     }
 
     #[test]
@@ -121,8 +340,39 @@ mod tests {
         assert_eq!(Command::parse(b"RETR \xff\r\n"), Err(ParseError::NotUtf8));
         assert_eq!(
             Command::parse(b"\xff\xf4\xff\xf2ABOR\r\n").unwrap().verb,
-            "ABOR"
+            Verb::Abor
         );
+    }
+
+    #[test]
+    fn table_drives_login_help_and_feat() {
+        // Every verb except Unknown has a row, and names are unique.
+        let mut names: Vec<&str> = TABLE.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n, "duplicate names in TABLE");
+        for s in TABLE {
+            assert_eq!(Verb::lookup(s.name).unwrap().verb, s.verb);
+            assert!(help_text().contains(s.name));
+        }
+        assert!(!Verb::User.needs_login() && !Verb::Quit.needs_login());
+        assert!(Verb::Retr.needs_login() && Verb::Mfmt.needs_login());
+        let feat = feat_text();
+        assert!(feat.starts_with("Features:\n") && feat.ends_with("\nEnd"));
+        for f in [
+            "MFMT",
+            "MDTM",
+            "SIZE",
+            "REST STREAM",
+            "UTF8",
+            "TVFS",
+            "EPSV",
+        ] {
+            assert!(feat.lines().any(|l| l == f), "{f} missing from FEAT");
+        }
+        // No TLS is configured in this build: not announced.
+        assert!(!feat.contains("AUTH") && !feat.contains("PROT"));
     }
 
     #[test]

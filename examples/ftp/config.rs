@@ -10,21 +10,32 @@ use clap::{Parser, ValueEnum};
 use crate::confine::Root;
 use crate::throttle::LoginThrottle;
 
-/// Which server strategy runs the sessions.
+/// Which server strategy runs the sessions (the same handler in each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
+    /// One session at a time, on the accepting thread (others wait).
+    Sync,
     /// One thread per control connection.
     Threading,
     /// One forked child process per control connection.
     Forking,
+    /// A pool of pre-forked worker processes, one session each at a time.
+    Prefork,
+    /// The tokio runtime; each session on its blocking pool.
+    #[cfg(feature = "async")]
+    Async,
 }
 
 impl Mode {
     /// The name printed in the "listening on" line.
     pub fn name(self) -> &'static str {
         match self {
+            Mode::Sync => "sync",
             Mode::Threading => "threading",
             Mode::Forking => "forking",
+            Mode::Prefork => "prefork",
+            #[cfg(feature = "async")]
+            Mode::Async => "async",
         }
     }
 }
@@ -60,6 +71,15 @@ pub struct Args {
     /// Most control connections from one IP address (421 beyond it).
     #[arg(long)]
     pub max_per_ip: Option<usize>,
+    /// Expect a PROXY protocol (v1 or v2) header on every control
+    /// connection (behind HAProxy or a cloud balancer): the session, the
+    /// logs and --max-per-ip see the client address it carries.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// IPv4 address announced in PASV replies instead of the control
+    /// socket's own (behind NAT or a balancer); EPSV is unaffected.
+    #[arg(long)]
+    pub passive_address: Option<std::net::Ipv4Addr>,
     /// Close a control connection idle this long (`300s`, `5m`, ...).
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
@@ -113,6 +133,8 @@ pub struct Config {
     pub anonymous_write: bool,
     /// `--passive-ports`.
     pub passive_ports: Option<(u16, u16)>,
+    /// `--passive-address`.
+    pub passive_address: Option<std::net::Ipv4Addr>,
     /// Control connection idle timeout.
     pub idle_timeout: Duration,
     /// Longest wait for a client to connect to a passive port.
@@ -148,6 +170,7 @@ impl Config {
             anonymous: args.anonymous,
             anonymous_write: args.anonymous_write,
             passive_ports: args.passive_ports,
+            passive_address: args.passive_address,
             idle_timeout: idle,
             passive_timeout: idle.min(Duration::from_secs(30)),
             data_timeout: idle.min(Duration::from_secs(60)),
@@ -230,7 +253,32 @@ mod tests {
         assert!(Args::try_parse_from(["ftp"]).is_err());
         assert!(Args::try_parse_from(["ftp", "--root", "/", "--user", "nopass"]).is_err());
         assert!(Args::try_parse_from(["ftp", "--root", "/", "--passive-ports", "9-5"]).is_err());
-        assert!(Args::try_parse_from(["ftp", "--root", "/", "--mode", "async"]).is_err());
+        let modes: &[&str] = if cfg!(feature = "async") {
+            &["sync", "threading", "forking", "prefork", "async"]
+        } else {
+            &["sync", "threading", "forking", "prefork"]
+        };
+        for &mode in modes {
+            let a = Args::try_parse_from(["ftp", "--root", "/", "--mode", mode]).unwrap();
+            assert_eq!(a.mode.name(), mode);
+        }
+        assert!(Args::try_parse_from(["ftp", "--root", "/", "--mode", "fibers"]).is_err());
+        let a = Args::try_parse_from([
+            "ftp",
+            "--root",
+            "/",
+            "--proxy-protocol",
+            "--passive-address",
+            "203.0.113.7",
+        ])
+        .unwrap();
+        assert!(a.proxy_protocol);
+        assert_eq!(a.passive_address, Some([203, 0, 113, 7].into()));
+        assert!(
+            !Args::try_parse_from(["ftp", "--root", "/"])
+                .unwrap()
+                .proxy_protocol
+        );
     }
 
     #[test]

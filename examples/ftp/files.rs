@@ -7,9 +7,11 @@ use std::io;
 
 use socketserver::Request;
 
+use rustix::fs::OFlags;
+
 use crate::confine::Denied;
 use crate::listing;
-use crate::reply::{self, quote_path};
+use crate::reply::{self, quote_path, Code};
 use crate::session::{denied, ok, Flow, ListKind, Session};
 
 impl Session {
@@ -26,7 +28,7 @@ impl Session {
     pub(crate) fn size(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
         let w = &mut req.wfile();
         match self.regular_file(arg) {
-            Ok(m) => ok(w, 213, &m.len().to_string()),
+            Ok(m) => ok(w, Code::FileStatus, &m.len().to_string()),
             Err(e) => denied(w, &e),
         }
     }
@@ -36,11 +38,66 @@ impl Session {
         match self.regular_file(arg) {
             Ok(m) => ok(
                 w,
-                213,
+                Code::FileStatus,
                 &listing::Utc::from_unix(listing::mtime(&m)).timeval(),
             ),
             Err(e) => denied(w, &e),
         }
+    }
+
+    /// `MFMT YYYYMMDDHHMMSS path` (draft-somers-ftp-mfxx): sets a file's
+    /// modification time. The file is opened beneath the root and the time
+    /// set on that descriptor (`futimens`), never by name.
+    pub(crate) fn mfmt(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+        let Some((time, path)) = arg.split_once(' ') else {
+            return ok(
+                &mut req.wfile(),
+                Code::BadArguments,
+                "MFMT needs a time and a path.",
+            );
+        };
+        let Some(utc) = listing::Utc::parse_timeval(time) else {
+            return ok(
+                &mut req.wfile(),
+                Code::BadArguments,
+                "MFMT time must be YYYYMMDDHHMMSS.",
+            );
+        };
+        if !self.require_write(req)? {
+            return Ok(Flow::Continue);
+        }
+        let w = &mut req.wfile();
+        let vpath = self.vpath(path);
+        let fd = match self
+            .root()
+            .open_at(&vpath, OFlags::RDONLY | OFlags::NONBLOCK)
+        {
+            Ok(fd) => fd,
+            Err(e) => return denied(w, &e),
+        };
+        match rustix::fs::fstat(&fd) {
+            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() => {}
+            Ok(_) => return denied(w, &Denied::NotAFile),
+            Err(e) => return denied(w, &Denied::from(e)),
+        }
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: utc.to_unix(),
+                tv_nsec: 0,
+            },
+        };
+        if let Err(e) = rustix::fs::futimens(&fd, &times) {
+            return denied(w, &Denied::from(e));
+        }
+        ok(
+            w,
+            Code::FileStatus,
+            &format!("Modify={}; {path}", utc.timeval()),
+        )
     }
 
     pub(crate) fn mlst(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
@@ -50,7 +107,11 @@ impl Session {
         match self.root().metadata(&vpath) {
             Ok(m) => {
                 let facts = listing::mlsx_line(&vpath, &m, None, writable);
-                ok(w, 250, &format!("Listing {vpath}\n{facts}\nEnd"))
+                ok(
+                    w,
+                    Code::FileActionOk,
+                    &format!("Listing {vpath}\n{facts}\nEnd"),
+                )
             }
             Err(e) => denied(w, &e),
         }
@@ -58,20 +119,20 @@ impl Session {
 
     pub(crate) fn stat(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
         if arg.is_empty() {
-            let user = self.account.as_ref().map(|a| a.name.as_str()).unwrap_or("");
+            let user = self.account().map(|a| a.name.as_str()).unwrap_or("");
             let text = format!(
                 "FTP server status:\nConnected to {}\nLogged in as {user}\nTYPE: {}\nEnd of status",
-                self.peer.ip(),
-                if self.binary { "BINARY" } else { "ASCII" }
+                self.peer().ip(),
+                if self.binary() { "BINARY" } else { "ASCII" }
             );
-            return ok(&mut req.wfile(), 211, &text);
+            return ok(&mut req.wfile(), Code::SystemStatus, &text);
         }
         match self.listing_bytes(arg, ListKind::Long) {
             Ok(bytes) => {
                 let body = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
                 ok(
                     &mut req.wfile(),
-                    213,
+                    Code::FileStatus,
                     &format!("Status of {arg}:\n{body}End of status"),
                 )
             }
@@ -86,7 +147,7 @@ impl Session {
         }
         reply::send(
             &mut req.wfile(),
-            550,
+            Code::Unavailable,
             "Permission denied: read-only session.",
         )?;
         Ok(false)
@@ -99,7 +160,11 @@ impl Session {
         let vpath = self.vpath(arg);
         let w = &mut req.wfile();
         match self.root().mkdir(&vpath) {
-            Ok(()) => ok(w, 257, &format!("{} created", quote_path(&vpath))),
+            Ok(()) => ok(
+                w,
+                Code::PathCreated,
+                &format!("{} created", quote_path(&vpath)),
+            ),
             Err(e) => denied(w, &e),
         }
     }
@@ -111,7 +176,7 @@ impl Session {
         let vpath = self.vpath(arg);
         let w = &mut req.wfile();
         match self.root().remove_dir(&vpath) {
-            Ok(()) => ok(w, 250, "Directory removed."),
+            Ok(()) => ok(w, Code::FileActionOk, "Directory removed."),
             Err(e) => denied(w, &e),
         }
     }
@@ -123,7 +188,7 @@ impl Session {
         let vpath = self.vpath(arg);
         let w = &mut req.wfile();
         match self.root().remove_file(&vpath) {
-            Ok(()) => ok(w, 250, "File deleted."),
+            Ok(()) => ok(w, Code::FileActionOk, "File deleted."),
             Err(e) => denied(w, &e),
         }
     }
@@ -138,8 +203,8 @@ impl Session {
         let w = &mut req.wfile();
         match self.root().entry_exists(&vpath) {
             Ok(()) => {
-                self.rename_from = Some(vpath);
-                ok(w, 350, "Ready for RNTO.")
+                self.set_rename_from(vpath);
+                ok(w, Code::PendingFurtherInfo, "Ready for RNTO.")
             }
             Err(e) => denied(w, &e),
         }
@@ -156,11 +221,11 @@ impl Session {
         }
         let w = &mut req.wfile();
         let Some(from) = from else {
-            return ok(w, 503, "RNFR required first.");
+            return ok(w, Code::BadSequence, "RNFR required first.");
         };
         let to = self.vpath(arg);
         match self.root().rename(&from, &to) {
-            Ok(()) => ok(w, 250, "Rename successful."),
+            Ok(()) => ok(w, Code::FileActionOk, "Rename successful."),
             Err(e) => denied(w, &e),
         }
     }

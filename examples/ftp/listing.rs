@@ -48,6 +48,54 @@ impl Utc {
         }
     }
 
+    /// Parses `YYYYMMDDHHMMSS` (an optional `.sss` fraction is ignored),
+    /// the time argument of `MFMT`; `None` for anything else or an
+    /// impossible date.
+    pub fn parse_timeval(s: &str) -> Option<Utc> {
+        let whole = s.split_once('.').map_or(s, |(w, frac)| {
+            if frac.bytes().all(|b| b.is_ascii_digit()) {
+                w
+            } else {
+                ""
+            }
+        });
+        if whole.len() != 14 || !whole.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n = |r: std::ops::Range<usize>| whole[r].parse::<u32>().ok();
+        let t = Utc {
+            year: i64::from(n(0..4)?),
+            month: n(4..6)?,
+            day: n(6..8)?,
+            hour: n(8..10)?,
+            minute: n(10..12)?,
+            second: n(12..14)?,
+        };
+        let valid = (1..=12).contains(&t.month)
+            && t.day >= 1
+            && t.hour < 24
+            && t.minute < 60
+            && t.second < 60
+            && Utc::from_unix(t.to_unix()) == t;
+        valid.then_some(t)
+    }
+
+    /// Seconds since the Unix epoch (Howard Hinnant's `days_from_civil`).
+    pub fn to_unix(self) -> i64 {
+        let y = self.year - i64::from(self.month <= 2);
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let m = i64::from(self.month);
+        let mp = if m > 2 { m - 3 } else { m + 9 };
+        let doy = (153 * mp + 2) / 5 + i64::from(self.day) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        days * 86_400
+            + i64::from(self.hour) * 3600
+            + i64::from(self.minute) * 60
+            + i64::from(self.second)
+    }
+
     /// `YYYYMMDDHHMMSS`, the form of `MDTM` and the MLSx `modify` fact.
     pub fn timeval(&self) -> String {
         format!(
@@ -136,6 +184,30 @@ pub fn mlsx_line(name: &str, meta: &Metadata, kind: Option<&str>, writable: bool
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn mfmt_times_parse_and_round_trip() {
+        for secs in [0i64, 951_782_400, 1_700_000_000, 4_102_444_799] {
+            let t = Utc::from_unix(secs);
+            assert_eq!(t.to_unix(), secs);
+            assert_eq!(Utc::parse_timeval(&t.timeval()), Some(t));
+        }
+        assert_eq!(
+            Utc::parse_timeval("20240229123456.789").map(|t| t.to_unix()),
+            Some(1_709_210_096)
+        );
+        for bad in [
+            "",
+            "2024",
+            "20240230000000",
+            "20241301000000",
+            "20240101250000",
+            "2024010100000x",
+            "20240101000000.x",
+        ] {
+            assert_eq!(Utc::parse_timeval(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn utc_conversion() {

@@ -1,9 +1,12 @@
 //! A real FTP server on the socketserver framework: one `RequestHandler`
-//! per control connection, run by the threading or the forking server.
+//! per control connection, run by any of the framework's five strategies
+//! with the same handler code.
 //!
 //! ```text
-//! cargo run --release --example ftp -- --root DIR [--listen ADDR] [--mode threading|forking]
+//! cargo run --release --example ftp -- --root DIR [--listen ADDR]
+//!         [--mode sync|threading|forking|prefork|async]
 //!         [--user NAME:PASSWORD]... [--anonymous] [--anonymous-write] [--passive-ports LOW-HIGH]
+//!         [--passive-address IPV4] [--proxy-protocol]
 //!         [--max-connections N] [--max-per-ip N] [--idle-timeout 300s]
 //!         [--max-login-failures 5] [--login-failure-window 60s] [--login-lockout 60s]
 //!         [--login-delay 300ms]
@@ -13,13 +16,18 @@
 //! stdout. SIGINT or SIGTERM shut it down gracefully (exit status 0).
 //! Logs go to stderr (`RUST_LOG=debug` shows every command; passwords are
 //! never logged). See `docs/ftp.md`.
+//!
+//! The connection limits (`--max-connections`, `--max-per-ip`) are the
+//! framework's own ([`ServerBuilder::connection_limit`],
+//! [`ServerBuilder::per_ip_limit`]): one table in shared memory that every
+//! thread, child or worker counts in. The example only turns the
+//! framework's refusal into FTP's `421`.
 
 mod command;
 mod config;
 mod confine;
 mod data;
 mod files;
-mod limits;
 mod listing;
 mod reply;
 mod session;
@@ -29,61 +37,56 @@ mod upload;
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use socketserver::server::{Hooks, Incoming, Server, ServerBuilder, Strategy, TcpTransport};
-use socketserver::PeerAddr;
+use socketserver::server::{LimitRefusal, Server, ServerBuilder, Strategy, TcpTransport};
 
 use crate::config::{Args, Config, Mode};
-use crate::limits::{Gate, Limits};
 use crate::session::Session;
 
-/// Most forked sessions at once when --max-connections is not given.
-const DEFAULT_MAX_CHILDREN: usize = 1024;
+/// Most sessions at once (forked children, prefork workers) when
+/// --max-connections is not given.
+const DEFAULT_MAX_SESSIONS: usize = 1024;
 
-/// How long shutdown waits for open sessions to end.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long shutdown lets open sessions finish before ending them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the connection-limit check in the accept loop, before the
-/// connection goes to a thread or a forked child (see `limits.rs`).
-#[derive(Debug)]
-struct LimitHooks {
-    gate: Arc<Gate>,
+/// How long a client behind --proxy-protocol has to send its header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `421` a client over a connection limit gets before the close.
+fn refuse(req: &mut socketserver::Request, why: LimitRefusal) {
+    let text = match why {
+        LimitRefusal::Total { .. } => "Too many connections, try again later.",
+        LimitRefusal::PerIp { .. } => "Too many connections from your address, try again later.",
+    };
+    let _ = reply::send(&mut req.wfile(), reply::Code::ServiceUnavailable, text);
 }
 
-impl Hooks for LimitHooks {
-    fn verify_request(&self, _request: &Incoming, peer: &PeerAddr) -> bool {
-        if let Some(addr) = peer.as_inet() {
-            self.gate.verify(addr);
-        }
-        // Refused clients are told so (421) by the session itself.
-        true
-    }
-}
-
-fn run<S: Strategy>(args: &Args, cfg: Arc<Config>, gate: Arc<Gate>) -> anyhow::Result<()>
+fn run<S: Strategy>(args: &Args, cfg: Arc<Config>) -> anyhow::Result<()>
 where
     socketserver::server::SocketServer<TcpTransport, S>: Server<Address = std::net::SocketAddr>,
 {
     let mut builder = ServerBuilder::<TcpTransport, S>::new();
-    // Shutdown does not wait for sessions without end (an idle client could
-    // hold it for --idle-timeout); `Gate::wait_idle` gives them a grace
-    // period instead.
+    // The strategies' own caps (which leave clients waiting in the
+    // backlog) sit above --max-connections, so a client beyond it is
+    // accepted and told 421 by the shared limit instead of waiting.
+    let sessions = args
+        .max_connections
+        .map_or(DEFAULT_MAX_SESSIONS, |n| n.saturating_add(64));
     builder
-        .hooks(LimitHooks { gate: gate.clone() })
-        .block_on_close(false)
-        // Forking: the framework's cap on live children (Python's 40) would
-        // leave clients beyond it waiting unanswered. Allow every session
-        // --max-connections admits, plus room for the short-lived children
-        // that only send a 421.
-        .max_children(
-            args.max_connections
-                .map_or(DEFAULT_MAX_CHILDREN, |n| n.saturating_add(64)),
-        );
-    let session_gate = gate.clone();
-    let mut server = builder.bind(args.listen, move || {
-        Session::new(cfg.clone(), session_gate.clone())
-    })?;
+        .connection_limit(args.max_connections)
+        .per_ip_limit(args.max_per_ip)
+        .limit_refusal(refuse)
+        .drain_timeout(SHUTDOWN_GRACE)
+        .max_children(sessions)
+        .max_workers(sessions)
+        .max_blocking(sessions);
+    if args.proxy_protocol {
+        builder.proxy_protocol(Some(PROXY_HEADER_TIMEOUT));
+    }
+    let mut server = builder.bind(args.listen, move || Session::new(cfg.clone()))?;
     let _signals = socketserver::shutdown_on_signals(&server.shutdown_handle())?;
     let addr = server.server_address();
     {
@@ -93,12 +96,6 @@ where
     }
     server.serve_forever()?;
     server.server_close();
-    let left = gate.wait_idle(SHUTDOWN_GRACE);
-    if left > 0 {
-        // Threads end with the process; forked children finish their
-        // sessions on their own.
-        tracing::warn!(sessions = left, "shutting down with sessions still open");
-    }
     tracing::info!("server stopped");
     Ok(())
 }
@@ -114,13 +111,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let cfg = Arc::new(Config::from_args(&args)?);
-    let forking = args.mode == Mode::Forking;
-    let gate = Arc::new(Gate::new(
-        Limits::new(args.max_connections, args.max_per_ip),
-        forking,
-    ));
+    use socketserver::server as s;
     match args.mode {
-        Mode::Threading => run::<socketserver::server::Threading>(&args, cfg, gate),
-        Mode::Forking => run::<socketserver::server::Forking>(&args, cfg, gate),
+        Mode::Sync => run::<s::Synchronous>(&args, cfg),
+        Mode::Threading => run::<s::Threading>(&args, cfg),
+        Mode::Forking => run::<s::Forking>(&args, cfg),
+        Mode::Prefork => run::<s::Prefork>(&args, cfg),
+        #[cfg(feature = "async")]
+        Mode::Async => run::<s::Async>(&args, cfg),
     }
 }

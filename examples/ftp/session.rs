@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 use socketserver::handler::Line;
 use socketserver::{Request, RequestHandler};
 
-use crate::command::Command;
+use crate::command::{self, Command, Verb};
 use crate::config::Config;
 use crate::confine::{Denied, Root};
 use crate::data::{self, ActiveError, DataSetup};
-use crate::limits::{Admission, Gate};
-use crate::reply::{self, quote_path};
+use crate::reply::{self, quote_path, Code};
 use crate::throttle::Failure;
 
 /// Longest command line accepted; longer lines get `500` and are dropped.
@@ -47,38 +46,32 @@ pub struct Account {
 /// The state of one control connection.
 #[derive(Debug)]
 pub struct Session {
-    pub(crate) cfg: Arc<Config>,
-    gate: Arc<Gate>,
-    /// The connection-limit verdict, taken first thing in `setup` so an
-    /// admitted slot is never left behind in the hand-off map.
-    admission: Option<Admission>,
-    pub(crate) peer: SocketAddr,
-    pub(crate) local: SocketAddr,
+    cfg: Arc<Config>,
+    peer: SocketAddr,
+    local: SocketAddr,
     pending_user: Option<String>,
-    pub(crate) account: Option<Account>,
+    account: Option<Account>,
     failures: u32,
-    pub(crate) cwd: String,
-    pub(crate) data: DataSetup,
-    pub(crate) rest: u64,
-    pub(crate) rename_from: Option<String>,
-    pub(crate) binary: bool,
+    cwd: String,
+    data: DataSetup,
+    rest: u64,
+    rename_from: Option<String>,
+    binary: bool,
     epsv_all: bool,
     /// Command lines that arrived during a transfer, run after it.
-    pub(crate) queued: VecDeque<Vec<u8>>,
+    queued: VecDeque<Vec<u8>>,
     /// When the passive listener in `data` (if any) stops waiting for a
     /// connection, even if no transfer command ever comes.
     passive_deadline: Option<Instant>,
 }
 
 impl Session {
-    /// A session sharing `cfg`; `gate` supplies the connection-limit
-    /// verdict in `setup`.
-    pub fn new(cfg: Arc<Config>, gate: Arc<Gate>) -> Session {
+    /// A session sharing `cfg`. Connection limits are the framework's
+    /// (checked before the session starts).
+    pub fn new(cfg: Arc<Config>) -> Session {
         let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
         Session {
             cfg,
-            gate,
-            admission: None,
             peer: unspecified,
             local: unspecified,
             pending_user: None,
@@ -93,6 +86,48 @@ impl Session {
             queued: VecDeque::new(),
             passive_deadline: None,
         }
+    }
+
+    /// The shared settings.
+    pub(crate) fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The control connection's client (the PROXY header's, behind one).
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The logged-in account, if any.
+    pub(crate) fn account(&self) -> Option<&Account> {
+        self.account.as_ref()
+    }
+
+    /// Whether `TYPE I` (binary) is in effect.
+    pub(crate) fn binary(&self) -> bool {
+        self.binary
+    }
+
+    /// The data connection set up by PASV/EPSV/PORT/EPRT, used up by the
+    /// transfer command that takes it.
+    pub(crate) fn take_data(&mut self) -> DataSetup {
+        self.passive_deadline = None;
+        std::mem::take(&mut self.data)
+    }
+
+    /// The `REST` offset, reset to 0 by the transfer that uses it.
+    pub(crate) fn take_rest(&mut self) -> u64 {
+        std::mem::take(&mut self.rest)
+    }
+
+    /// Remembers the `RNFR` source for the `RNTO` that must follow.
+    pub(crate) fn set_rename_from(&mut self, vpath: String) {
+        self.rename_from = Some(vpath);
+    }
+
+    /// A command line that arrived during a transfer, run after it.
+    pub(crate) fn queue_command(&mut self, line: Vec<u8>) {
+        self.queued.push_back(line);
     }
 
     pub(crate) fn root(&self) -> &Root {
@@ -166,99 +201,110 @@ impl Session {
         tracing::debug!(peer = %self.peer, command = %cmd.loggable(), "command");
         let arg = cmd.arg.as_str();
         let w = &mut req.wfile();
-        // Commands allowed before login.
-        match cmd.verb.as_str() {
-            "USER" => return self.user(req, arg),
-            "PASS" => return self.pass(req, arg),
-            "QUIT" => {
-                reply::send(w, 221, "Goodbye.")?;
-                return Ok(Flow::Close);
-            }
-            "NOOP" => return ok(w, 200, "NOOP ok."),
-            "SYST" => return ok(w, 215, "UNIX Type: L8"),
-            "FEAT" => return ok(w, 211, FEATURES),
-            "HELP" => return ok(w, 214, HELP),
-            "OPTS" => return self.opts(req, arg),
-            "AUTH" | "PBSZ" | "PROT" | "CCC" => {
-                return ok(w, 504, "TLS is not supported; use plain FTP.");
-            }
-            "ACCT" => return ok(w, 202, "ACCT not needed."),
-            _ => {}
-        }
-        if self.account.is_none() {
-            return ok(w, 530, "Please login with USER and PASS.");
+        if cmd.verb.needs_login() && self.account.is_none() {
+            return ok(w, Code::NotLoggedIn, "Please login with USER and PASS.");
         }
         // RNTO must directly follow RNFR.
         let rename_from = self.rename_from.take();
-        match cmd.verb.as_str() {
-            "PWD" | "XPWD" => ok(
+        match cmd.verb {
+            Verb::User => self.user(req, arg),
+            Verb::Pass => self.pass(req, arg),
+            Verb::Quit => {
+                reply::send(w, Code::Closing, "Goodbye.")?;
+                Ok(Flow::Close)
+            }
+            Verb::Noop => ok(w, Code::Ok, "NOOP ok."),
+            Verb::Syst => ok(w, Code::SystemType, "UNIX Type: L8"),
+            Verb::Feat => ok(w, Code::SystemStatus, &command::feat_text()),
+            Verb::Help => ok(w, Code::Help, &command::help_text()),
+            Verb::Opts => self.opts(req, arg),
+            Verb::Auth | Verb::Pbsz | Verb::Prot | Verb::Ccc => ok(
                 w,
-                257,
+                Code::BadParameter,
+                "TLS is not supported; use plain FTP.",
+            ),
+            Verb::Acct => ok(w, Code::Superfluous, "ACCT not needed."),
+            Verb::Pwd => ok(
+                w,
+                Code::PathCreated,
                 &format!("{} is the current directory", quote_path(&self.cwd)),
             ),
-            "CWD" | "XCWD" => self.cwd(req, arg),
-            "CDUP" | "XCUP" => self.cwd(req, ".."),
-            "TYPE" => self.type_(req, arg),
-            "MODE" => match arg.to_ascii_uppercase().as_str() {
-                "S" => ok(w, 200, "Mode set to S."),
-                _ => ok(w, 504, "Only stream mode (S) is supported."),
+            Verb::Cwd => self.cwd(req, arg),
+            Verb::Cdup => self.cwd(req, ".."),
+            Verb::Type => self.type_(req, arg),
+            Verb::Mode => match arg.to_ascii_uppercase().as_str() {
+                "S" => ok(w, Code::Ok, "Mode set to S."),
+                _ => ok(w, Code::BadParameter, "Only stream mode (S) is supported."),
             },
-            "STRU" => match arg.to_ascii_uppercase().as_str() {
-                "F" => ok(w, 200, "Structure set to F."),
-                _ => ok(w, 504, "Only file structure (F) is supported."),
+            Verb::Stru => match arg.to_ascii_uppercase().as_str() {
+                "F" => ok(w, Code::Ok, "Structure set to F."),
+                _ => ok(
+                    w,
+                    Code::BadParameter,
+                    "Only file structure (F) is supported.",
+                ),
             },
-            "PASV" => self.pasv(req, false, arg),
-            "EPSV" => self.pasv(req, true, arg),
-            "PORT" => self.port(req, data::parse_port(arg)),
-            "EPRT" => self.port(req, data::parse_eprt(arg)),
-            "REST" => match arg.trim().parse::<u64>() {
+            Verb::Pasv => self.pasv(req, false, arg),
+            Verb::Epsv => self.pasv(req, true, arg),
+            Verb::Port => self.port(req, data::parse_port(arg)),
+            Verb::Eprt => self.port(req, data::parse_eprt(arg)),
+            Verb::Rest => match arg.trim().parse::<u64>() {
                 Ok(n) => {
                     self.rest = n;
                     ok(
                         w,
-                        350,
+                        Code::PendingFurtherInfo,
                         &format!("Restarting at {n}. Send STORE or RETRIEVE to initiate transfer."),
                     )
                 }
-                Err(_) => ok(w, 501, "REST needs a byte offset."),
+                Err(_) => ok(w, Code::BadArguments, "REST needs a byte offset."),
             },
-            "ABOR" => {
+            Verb::Abor => {
                 self.data = DataSetup::None;
-                ok(w, 225, "No transfer to abort.")
+                ok(w, Code::DataOpenNoTransfer, "No transfer to abort.")
             }
-            "RETR" => self.retr(req, arg),
-            "STOR" => self.stor(req, arg, false),
-            "APPE" => self.stor(req, arg, true),
-            "LIST" => self.list(req, arg, ListKind::Long),
-            "NLST" => self.list(req, arg, ListKind::Names),
-            "MLSD" => self.list(req, arg, ListKind::Machine),
-            "MLST" => self.mlst(req, arg),
-            "SIZE" => self.size(req, arg),
-            "MDTM" => self.mdtm(req, arg),
-            "STAT" => self.stat(req, arg),
-            "MKD" | "XMKD" => self.mkd(req, arg),
-            "RMD" | "XRMD" => self.rmd(req, arg),
-            "DELE" => self.dele(req, arg),
-            "RNFR" => self.rnfr(req, arg),
-            "RNTO" => self.rnto(req, arg, rename_from),
-            _ => ok(w, 502, "Command not implemented."),
+            Verb::Retr => self.retr(req, arg),
+            Verb::Stor => self.stor(req, arg, false),
+            Verb::Appe => self.stor(req, arg, true),
+            Verb::List => self.list(req, arg, ListKind::Long),
+            Verb::Nlst => self.list(req, arg, ListKind::Names),
+            Verb::Mlsd => self.list(req, arg, ListKind::Machine),
+            Verb::Mlst => self.mlst(req, arg),
+            Verb::Size => self.size(req, arg),
+            Verb::Mdtm => self.mdtm(req, arg),
+            Verb::Mfmt => self.mfmt(req, arg),
+            Verb::Stat => self.stat(req, arg),
+            Verb::Mkd => self.mkd(req, arg),
+            Verb::Rmd => self.rmd(req, arg),
+            Verb::Dele => self.dele(req, arg),
+            Verb::Rnfr => self.rnfr(req, arg),
+            Verb::Rnto => self.rnto(req, arg, rename_from),
+            Verb::Unknown => ok(w, Code::NotImplemented, "Command not implemented."),
         }
     }
 
     fn user(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
         if self.account.is_some() {
-            return ok(&mut req.wfile(), 530, "Already logged in.");
+            return ok(&mut req.wfile(), Code::NotLoggedIn, "Already logged in.");
         }
         self.pending_user = Some(arg.to_string());
-        ok(&mut req.wfile(), 331, "Please specify the password.")
+        ok(
+            &mut req.wfile(),
+            Code::NeedPassword,
+            "Please specify the password.",
+        )
     }
 
     fn pass(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
         if self.account.is_some() {
-            return ok(&mut req.wfile(), 230, "Already logged in.");
+            return ok(&mut req.wfile(), Code::LoggedIn, "Already logged in.");
         }
         let Some(user) = self.pending_user.take() else {
-            return ok(&mut req.wfile(), 503, "Login with USER first.");
+            return ok(
+                &mut req.wfile(),
+                Code::BadSequence,
+                "Login with USER first.",
+            );
         };
         // Every answer to PASS leaves at the same time after it arrived,
         // right or wrong, so the reply time tells nothing.
@@ -271,7 +317,7 @@ impl Session {
         if let Err(left) = self.cfg.throttle.begin(ip) {
             tracing::info!(peer = %self.peer, %user, left_secs = left.as_secs(), "login refused: address locked out");
             wait();
-            reply::send(&mut req.wfile(), 421, LOCKED_OUT)?;
+            reply::send(&mut req.wfile(), Code::ServiceUnavailable, LOCKED_OUT)?;
             return Ok(Flow::Close);
         }
         match self.cfg.check_login(&user, arg) {
@@ -283,7 +329,7 @@ impl Session {
                     name: user,
                     writable,
                 });
-                ok(&mut req.wfile(), 230, "Login successful.")
+                ok(&mut req.wfile(), Code::LoggedIn, "Login successful.")
             }
             None => {
                 self.failures += 1;
@@ -298,18 +344,18 @@ impl Session {
                 }
                 wait();
                 if verdict == Failure::LockedOut {
-                    reply::send(&mut req.wfile(), 421, LOCKED_OUT)?;
+                    reply::send(&mut req.wfile(), Code::ServiceUnavailable, LOCKED_OUT)?;
                     return Ok(Flow::Close);
                 }
                 if self.failures >= self.cfg.max_login_failures {
                     reply::send(
                         &mut req.wfile(),
-                        421,
+                        Code::ServiceUnavailable,
                         "Too many failed logins, closing control connection.",
                     )?;
                     return Ok(Flow::Close);
                 }
-                ok(&mut req.wfile(), 530, "Login incorrect.")
+                ok(&mut req.wfile(), Code::NotLoggedIn, "Login incorrect.")
             }
         }
     }
@@ -318,11 +364,11 @@ impl Session {
         let upper = arg.to_ascii_uppercase();
         let w = &mut req.wfile();
         if upper == "UTF8 ON" || upper == "UTF8" {
-            ok(w, 200, "Always in UTF8 mode.")
+            ok(w, Code::Ok, "Always in UTF8 mode.")
         } else if upper.starts_with("MLST") {
-            ok(w, 200, "MLST OPTS type;size;modify;perm;unix.mode;")
+            ok(w, Code::Ok, "MLST OPTS type;size;modify;perm;unix.mode;")
         } else {
-            ok(w, 501, "Option not understood.")
+            ok(w, Code::BadArguments, "Option not understood.")
         }
     }
 
@@ -332,7 +378,7 @@ impl Session {
         match self.root().metadata(&vpath) {
             Ok(m) if m.is_dir() => {
                 self.cwd = vpath;
-                ok(w, 250, "Directory successfully changed.")
+                ok(w, Code::FileActionOk, "Directory successfully changed.")
             }
             Ok(_) => denied(w, &Denied::NotADirectory),
             Err(e) => denied(w, &e),
@@ -345,13 +391,13 @@ impl Session {
         match upper.as_str() {
             "I" | "L 8" => {
                 self.binary = true;
-                ok(w, 200, "Switching to Binary mode.")
+                ok(w, Code::Ok, "Switching to Binary mode.")
             }
             "A" | "A N" => {
                 self.binary = false;
-                ok(w, 200, "Switching to ASCII mode.")
+                ok(w, Code::Ok, "Switching to ASCII mode.")
             }
-            _ => ok(w, 504, "Only TYPE A and I are supported."),
+            _ => ok(w, Code::BadParameter, "Only TYPE A and I are supported."),
         }
     }
 
@@ -359,17 +405,17 @@ impl Session {
         let w = &mut req.wfile();
         if extended && arg.eq_ignore_ascii_case("ALL") {
             self.epsv_all = true;
-            return ok(w, 200, "EPSV ALL ok.");
+            return ok(w, Code::Ok, "EPSV ALL ok.");
         }
         if !extended && self.epsv_all {
-            return ok(w, 503, "PASV not allowed after EPSV ALL.");
+            return ok(w, Code::BadSequence, "PASV not allowed after EPSV ALL.");
         }
         if extended && !arg.is_empty() {
             let family = if self.local.is_ipv4() { "1" } else { "2" };
             if arg != family {
                 return ok(
                     w,
-                    522,
+                    Code::BadProtocol,
                     &format!("Network protocol not supported, use ({family})."),
                 );
             }
@@ -379,21 +425,31 @@ impl Session {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "passive listener failed");
-                return ok(w, 425, "Cannot open passive connection.");
+                return ok(w, Code::CantOpenData, "Cannot open passive connection.");
             }
         };
         let addr = listener.local_addr()?;
         let text = if extended {
             data::epsv_text(addr.port())
         } else {
-            match data::pasv_text(addr) {
+            // Behind NAT or a balancer, announce --passive-address.
+            let announced = match self.cfg.passive_address {
+                Some(ip) => SocketAddr::from((ip, addr.port())),
+                None => addr,
+            };
+            match data::pasv_text(announced) {
                 Some(t) => t,
-                None => return ok(w, 522, "PASV needs IPv4; use EPSV."),
+                None => return ok(w, Code::BadProtocol, "PASV needs IPv4; use EPSV."),
             }
         };
         self.data = DataSetup::Passive(listener);
         self.passive_deadline = Some(Instant::now() + self.cfg.passive_timeout);
-        ok(w, if extended { 229 } else { 227 }, &text)
+        let code = if extended {
+            Code::ExtendedPassive
+        } else {
+            Code::Passive
+        };
+        ok(w, code, &text)
     }
 
     fn port(
@@ -403,26 +459,30 @@ impl Session {
     ) -> io::Result<Flow> {
         let w = &mut req.wfile();
         if self.epsv_all {
-            return ok(w, 503, "PORT not allowed after EPSV ALL.");
+            return ok(w, Code::BadSequence, "PORT not allowed after EPSV ALL.");
         }
         self.data = DataSetup::None;
         let addr = match parsed {
             Ok(a) => a,
             Err(ActiveError::Family) => {
-                return ok(w, 522, "Network protocol not supported, use (1,2).")
+                return ok(
+                    w,
+                    Code::BadProtocol,
+                    "Network protocol not supported, use (1,2).",
+                )
             }
-            Err(_) => return ok(w, 501, "Syntax error in PORT/EPRT argument."),
+            Err(_) => return ok(w, Code::BadArguments, "Syntax error in PORT/EPRT argument."),
         };
         if data::check_active(addr, self.peer.ip()).is_err() {
             tracing::warn!(peer = %self.peer, target = %addr, "refused PORT/EPRT to a foreign address or privileged port");
             return ok(
                 w,
-                500,
+                Code::SyntaxError,
                 "Illegal PORT command: only your own address, port >= 1024.",
             );
         }
         self.data = DataSetup::Active(addr);
-        ok(w, 200, "PORT command successful.")
+        ok(w, Code::Ok, "PORT command successful.")
     }
 }
 
@@ -438,7 +498,7 @@ pub enum ListKind {
 }
 
 /// Sends a reply and continues.
-pub(crate) fn ok(w: &mut impl io::Write, code: u16, text: &str) -> io::Result<Flow> {
+pub(crate) fn ok(w: &mut impl io::Write, code: impl Into<u16>, text: &str) -> io::Result<Flow> {
     reply::send(w, code, text)?;
     Ok(Flow::Continue)
 }
@@ -452,10 +512,6 @@ pub(crate) fn denied(w: &mut impl io::Write, e: &Denied) -> io::Result<Flow> {
 
 /// The reply to a client whose address is locked out.
 const LOCKED_OUT: &str = "Too many failed logins from your address, try again later.";
-
-const FEATURES: &str = "Features:\nEPRT\nEPSV\nMDTM\nMLST type*;size*;modify*;perm*;unix.mode*;\nPASV\nREST STREAM\nSIZE\nTVFS\nUTF8\nEnd";
-
-const HELP: &str = "The following commands are recognized:\nABOR ACCT APPE CDUP CWD DELE EPRT EPSV FEAT HELP LIST MDTM MKD MLSD MLST MODE\nNLST NOOP OPTS PASS PASV PORT PWD QUIT REST RETR RMD RNFR RNTO SIZE STAT STOR\nSTRU SYST TYPE USER XCUP XCWD XMKD XPWD XRMD\nHelp OK.";
 
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
@@ -471,7 +527,6 @@ impl RequestHandler for Session {
             .as_inet()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "FTP needs a TCP peer"))?;
         self.peer = peer;
-        self.admission = Some(self.gate.take(peer));
         self.local = req
             .stream()
             .and_then(|s| s.local_addr().transpose())
@@ -488,18 +543,12 @@ impl RequestHandler for Session {
     }
 
     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
-        // The token (if admitted) stays in `self.admission` for the whole
-        // session; dropping the session frees the slot.
-        if let Some(Admission::Refused(why)) = &self.admission {
-            tracing::info!(peer = %self.peer, why, "connection refused by limits");
-            return reply::send(&mut req.wfile(), 421, why);
-        }
         if let Some(left) = self.cfg.throttle.locked(self.peer.ip()) {
             tracing::info!(peer = %self.peer, left_secs = left.as_secs(), "connection refused: address locked out");
-            return reply::send(&mut req.wfile(), 421, LOCKED_OUT);
+            return reply::send(&mut req.wfile(), Code::ServiceUnavailable, LOCKED_OUT);
         }
         tracing::info!(peer = %self.peer, "session start");
-        reply::send(&mut req.wfile(), 220, "socketserver FTP ready.")?;
+        reply::send(&mut req.wfile(), Code::Ready, "socketserver FTP ready.")?;
         let mut line = Vec::with_capacity(256);
         loop {
             line.clear();
@@ -509,7 +558,7 @@ impl RequestHandler for Session {
                     tracing::info!(peer = %self.peer, "idle timeout");
                     let _ = reply::send(
                         &mut req.wfile(),
-                        421,
+                        Code::ServiceUnavailable,
                         "Idle timeout, closing control connection.",
                     );
                     break;
@@ -519,7 +568,11 @@ impl RequestHandler for Session {
             let last = match got {
                 Line::Eof => break,
                 Line::TooLong => {
-                    reply::send(&mut req.wfile(), 500, "Command line too long.")?;
+                    reply::send(
+                        &mut req.wfile(),
+                        Code::SyntaxError,
+                        "Command line too long.",
+                    )?;
                     continue;
                 }
                 Line::Partial(_) => true,
@@ -528,7 +581,7 @@ impl RequestHandler for Session {
             let flow = match Command::parse(&line) {
                 Ok(cmd) => self.dispatch(req, &cmd)?,
                 Err(crate::command::ParseError::Empty) => Flow::Continue,
-                Err(e) => ok(&mut req.wfile(), 500, &e.to_string())?,
+                Err(e) => ok(&mut req.wfile(), Code::SyntaxError, &e.to_string())?,
             };
             if flow == Flow::Close || last {
                 break;

@@ -27,11 +27,12 @@ use rustix::fs::OFlags;
 use socketserver::handler::Line;
 use socketserver::Request;
 
-use crate::command::Command;
+use crate::command::{Command, Verb};
 use crate::confine::{Denied, Listing};
 use crate::data::{self, DataSetup};
 use crate::listing;
 use crate::reply;
+use crate::reply::Code;
 use crate::session::{denied, ok, Flow, ListKind, Session, MAX_LINE};
 use crate::upload::{crlf_to_lf, splice_chunk, SplicePipe, Upload};
 
@@ -68,26 +69,34 @@ impl Session {
     /// Establishes the data connection set up by PASV/EPSV/PORT/EPRT,
     /// replying `425` (and returning `None`) when there is none or it fails.
     fn open_data(&mut self, req: &mut Request) -> io::Result<Option<TcpStream>> {
-        let setup = std::mem::take(&mut self.data);
+        let setup = self.take_data();
         let conn = match setup {
             DataSetup::None => {
-                reply::send(&mut req.wfile(), 425, "Use PORT, EPRT, PASV or EPSV first.")?;
+                reply::send(
+                    &mut req.wfile(),
+                    Code::CantOpenData,
+                    "Use PORT, EPRT, PASV or EPSV first.",
+                )?;
                 return Ok(None);
             }
             DataSetup::Passive(l) => {
-                data::accept_from(&l, self.peer_ip(), self.cfg.passive_timeout)
+                data::accept_from(&l, self.peer_ip(), self.cfg().passive_timeout)
             }
-            DataSetup::Active(addr) => data::connect_active(addr, self.cfg.data_timeout),
+            DataSetup::Active(addr) => data::connect_active(addr, self.cfg().data_timeout),
         };
         match conn.and_then(|s| {
-            s.set_read_timeout(Some(self.cfg.data_timeout))?;
-            s.set_write_timeout(Some(self.cfg.data_timeout))?;
+            s.set_read_timeout(Some(self.cfg().data_timeout))?;
+            s.set_write_timeout(Some(self.cfg().data_timeout))?;
             Ok(s)
         }) {
             Ok(s) => Ok(Some(s)),
             Err(e) => {
-                tracing::info!(peer = %self.peer, error = %e, "data connection failed");
-                reply::send(&mut req.wfile(), 425, "Cannot open data connection.")?;
+                tracing::info!(peer = %self.peer(), error = %e, "data connection failed");
+                reply::send(
+                    &mut req.wfile(),
+                    Code::CantOpenData,
+                    "Cannot open data connection.",
+                )?;
                 Ok(None)
             }
         }
@@ -107,17 +116,21 @@ impl Session {
             }
             Err(_) | Ok(Line::Eof) => Ok(Ctl::Gone),
             Ok(Line::TooLong) => {
-                reply::send(&mut req.wfile(), 500, "Command line too long.")?;
+                reply::send(
+                    &mut req.wfile(),
+                    Code::SyntaxError,
+                    "Command line too long.",
+                )?;
                 Ok(Ctl::Quiet)
             }
             Ok(_) => match Command::parse(&line) {
-                Ok(c) if c.verb == "ABOR" => Ok(Ctl::Abort),
-                Ok(c) if c.verb == "STAT" && c.arg.is_empty() => {
-                    reply::send(&mut req.wfile(), 213, "Transfer in progress.")?;
+                Ok(c) if c.verb == Verb::Abor => Ok(Ctl::Abort),
+                Ok(c) if c.verb == Verb::Stat && c.arg.is_empty() => {
+                    reply::send(&mut req.wfile(), Code::FileStatus, "Transfer in progress.")?;
                     Ok(Ctl::Quiet)
                 }
                 _ => {
-                    self.queued.push_back(line);
+                    self.queue_command(line);
                     Ok(Ctl::Quiet)
                 }
             },
@@ -141,18 +154,22 @@ impl Session {
     fn finish_transfer(&mut self, req: &mut Request, outcome: Outcome) -> io::Result<Flow> {
         let w = &mut req.wfile();
         match outcome {
-            Outcome::Done => ok(w, 226, "Transfer complete."),
+            Outcome::Done => ok(w, Code::ClosingData, "Transfer complete."),
             Outcome::Aborted => {
-                reply::send(w, 426, "Connection closed; transfer aborted.")?;
-                ok(w, 226, "ABOR successful.")
+                reply::send(
+                    w,
+                    Code::TransferAborted,
+                    "Connection closed; transfer aborted.",
+                )?;
+                ok(w, Code::ClosingData, "ABOR successful.")
             }
             Outcome::ClientGone => Ok(Flow::Close),
             Outcome::Failed(e) => {
-                tracing::info!(peer = %self.peer, error = %e, "transfer failed");
+                tracing::info!(peer = %self.peer(), error = %e, "transfer failed");
                 let code = if e.kind() == io::ErrorKind::StorageFull {
-                    452
+                    Code::NoSpace
                 } else {
-                    426
+                    Code::TransferAborted
                 };
                 ok(w, code, &format!("Transfer aborted: {}.", describe(&e)))
             }
@@ -160,7 +177,7 @@ impl Session {
     }
 
     pub(crate) fn retr(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
-        let offset = std::mem::take(&mut self.rest);
+        let offset = self.take_rest();
         let vpath = self.vpath(arg);
         // Opened beneath the root descriptor (see confine.rs); O_NONBLOCK
         // so a FIFO cannot hang the session (it is refused below).
@@ -177,24 +194,28 @@ impl Session {
         }
         let len = meta.len();
         if offset > len {
-            return ok(&mut req.wfile(), 554, "Restart offset beyond end of file.");
+            return ok(
+                &mut req.wfile(),
+                Code::TransactionFailed,
+                "Restart offset beyond end of file.",
+            );
         }
         let Some(mut conn) = self.open_data(req)? else {
             return Ok(Flow::Continue);
         };
-        let mode = if self.binary { "BINARY" } else { "ASCII" };
+        let mode = if self.binary() { "BINARY" } else { "ASCII" };
         reply::send(
             &mut req.wfile(),
-            150,
+            Code::OpeningData,
             &format!("Opening {mode} mode data connection for {arg} ({len} bytes)."),
         )?;
-        let outcome = if self.binary {
+        let outcome = if self.binary() {
             self.send_binary(req, &file, &conn, offset, len)
         } else {
             self.send_ascii(req, file, &mut conn, offset)
         };
         drop(conn);
-        tracing::info!(peer = %self.peer, path = %vpath, ?outcome, "RETR");
+        tracing::info!(peer = %self.peer(), path = %vpath, ?outcome, "RETR");
         self.finish_transfer(req, outcome)
     }
 
@@ -256,7 +277,7 @@ impl Session {
         if let Err(e) = conn.set_nonblocking(true) {
             return Outcome::Failed(e);
         }
-        let timeout = PollTimeout::try_from(self.cfg.data_timeout).unwrap_or(PollTimeout::MAX);
+        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
         let mut off = offset as i64;
         while (off as u64) < len {
             let want = ((len - off as u64) as usize).min(SENDFILE_SLICE);
@@ -313,7 +334,7 @@ impl Session {
     }
 
     pub(crate) fn stor(&mut self, req: &mut Request, arg: &str, append: bool) -> io::Result<Flow> {
-        let offset = std::mem::take(&mut self.rest);
+        let offset = self.take_rest();
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
@@ -327,10 +348,10 @@ impl Session {
         let Some(conn) = self.open_data(req)? else {
             return Ok(Flow::Continue);
         };
-        let mode = if self.binary { "BINARY" } else { "ASCII" };
+        let mode = if self.binary() { "BINARY" } else { "ASCII" };
         reply::send(
             &mut req.wfile(),
-            150,
+            Code::OpeningData,
             &format!("Opening {mode} mode data connection for {arg}."),
         )?;
         let mut outcome = self.receive(req, conn, &mut upload);
@@ -340,7 +361,7 @@ impl Session {
             }
         }
         drop(upload);
-        tracing::info!(peer = %self.peer, path = %vpath, ?outcome, "STOR");
+        tracing::info!(peer = %self.peer(), path = %vpath, ?outcome, "STOR");
         self.finish_transfer(req, outcome)
     }
 
@@ -352,12 +373,12 @@ impl Session {
         // Binary uploads move socket → pipe → file with splice(2): the
         // bytes never enter user space.
         // (Not for APPE: splice refuses O_APPEND files.)
-        let mut pipe = if self.binary && upload.rollback_len.is_none() {
+        let mut pipe = if self.binary() && upload.rollback_len.is_none() {
             SplicePipe::new().ok()
         } else {
             None
         };
-        let timeout = PollTimeout::try_from(self.cfg.data_timeout).unwrap_or(PollTimeout::MAX);
+        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
         loop {
             let data_ready = match self.await_data(req, &conn, PollFlags::POLLIN, timeout) {
                 Ok(ready) => ready,
@@ -392,7 +413,7 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Outcome::Failed(e),
             };
-            let written = if self.binary {
+            let written = if self.binary() {
                 upload.file.write_all(&buf[..n])
             } else {
                 let out = crlf_to_lf(&buf[..n], &mut held_cr);
@@ -410,7 +431,7 @@ impl Session {
         arg: &str,
         kind: ListKind,
     ) -> io::Result<Flow> {
-        self.rest = 0;
+        self.take_rest();
         let bytes = match self.listing_bytes(arg, kind) {
             Ok(b) => b,
             Err(e) => return denied(&mut req.wfile(), &e),
@@ -418,7 +439,11 @@ impl Session {
         let Some(mut conn) = self.open_data(req)? else {
             return Ok(Flow::Continue);
         };
-        reply::send(&mut req.wfile(), 150, "Here comes the directory listing.")?;
+        reply::send(
+            &mut req.wfile(),
+            Code::OpeningData,
+            "Here comes the directory listing.",
+        )?;
         let outcome = match conn.write_all(&bytes) {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Failed(e),

@@ -15,6 +15,7 @@ use super::base::SocketServer;
 use super::core::Factory;
 use super::hooks::{DefaultHooks, Hooks};
 use super::middleware::layers;
+use super::middleware::shared_limit::{self, RefusalHook, SharedLimiter};
 use super::options::ServerOptions;
 use super::strategy::Strategy;
 use super::transport::{BindAddress, Transport};
@@ -44,6 +45,8 @@ use super::transport::{BindAddress, Transport};
 pub struct ServerBuilder<T, S> {
     pub(crate) options: ServerOptions,
     pub(crate) hooks: Arc<dyn Hooks>,
+    /// Run for a connection refused by the shared limits.
+    refusal: Option<RefusalHook>,
     _types: PhantomData<fn() -> (T, S)>,
 }
 
@@ -68,6 +71,7 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
         ServerBuilder {
             options: ServerOptions::default(),
             hooks: Arc::new(DefaultHooks),
+            refusal: None,
             _types: PhantomData,
         }
     }
@@ -220,11 +224,45 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
     }
 
     /// At most `max` simultaneous connections per client IP address; an
-    /// over-limit client is closed at once. The counts live in one process:
-    /// exact for the sync, threading and async strategies; per child or
-    /// per worker under forking and prefork. Default is no limit.
+    /// over-limit client gets the [`limit_refusal`](Self::limit_refusal)
+    /// hook (if set) and is closed. The counts live in shared memory mapped
+    /// at bind time ([`SharedLimiter`]), so the limit is identical in every
+    /// strategy: threads, forked children and prefork workers all count in
+    /// one table, and a slot is freed however its session ends (a child
+    /// killed with SIGKILL included). Async native handlers count in their
+    /// own process, which is the whole server. Default is no limit.
     pub fn per_ip_limit(&mut self, max: Option<usize>) -> &mut Self {
         self.options.per_ip_limit = max;
+        self
+    }
+
+    /// At most `max` connections served at once, counted across every
+    /// process of the server in the same shared table as
+    /// [`per_ip_limit`](Self::per_ip_limit); a client beyond it gets the
+    /// [`limit_refusal`](Self::limit_refusal) hook and is closed (unlike
+    /// the strategies' own caps, [`max_threads`](Self::max_threads),
+    /// [`max_children`](Self::max_children), [`max_workers`](Self::max_workers),
+    /// [`max_connections`](Self::max_connections), which stop accepting and
+    /// leave clients waiting in the backlog). Applies to
+    /// [`RequestHandler`]s in every strategy; async native handlers have
+    /// [`max_connections`](Self::max_connections) instead. Default is no
+    /// limit.
+    pub fn connection_limit(&mut self, max: Option<usize>) -> &mut Self {
+        self.options.connection_limit = max;
+        self
+    }
+
+    /// Runs `hook` for a connection refused by
+    /// [`per_ip_limit`](Self::per_ip_limit) or
+    /// [`connection_limit`](Self::connection_limit), in the process that
+    /// accepted it and before it is closed, whatever the strategy: the place
+    /// to send a protocol's "busy" reply (FTP's `421`). Default is to close
+    /// without a word.
+    pub fn limit_refusal(
+        &mut self,
+        hook: impl Fn(&mut crate::handler::Request, shared_limit::LimitRefusal) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.refusal = Some(Arc::new(hook));
         self
     }
 
@@ -329,7 +367,7 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
         let address = address.into_address()?;
         SocketServer::create(
             address,
-            self.factory(factory),
+            self.factory(factory)?,
             self.hooks.clone(),
             self.options.clone(),
         )
@@ -355,20 +393,26 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
     {
         SocketServer::adopt(
             socket.into(),
-            self.factory(factory),
+            self.factory(factory)?,
             self.hooks.clone(),
             self.options.clone(),
         )
     }
 
-    /// The boxed factory, with the PROXY protocol and per-IP layers the
-    /// options ask for.
-    fn factory<F, H>(&self, factory: F) -> Factory
+    /// The boxed factory, with the PROXY protocol and connection-limit
+    /// layers the options ask for. The limit table is mapped here, before
+    /// any fork, so every process of the server shares it.
+    fn factory<F, H>(&self, factory: F) -> Result<Factory>
     where
         F: Fn() -> H + Send + Sync + 'static,
         H: RequestHandler,
     {
-        match (self.options.proxy_protocol, self.options.per_ip_limit) {
+        let limiter = match (self.options.connection_limit, self.options.per_ip_limit) {
+            (None, None) => None,
+            (total, per_ip) => Some(SharedLimiter::new(total, per_ip)?),
+        };
+        let refusal = self.refusal.clone();
+        Ok(match (self.options.proxy_protocol, limiter) {
             (None, None) => Some(Box::new(move || {
                 Box::new(factory()) as Box<dyn RequestHandler>
             })),
@@ -376,15 +420,18 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
                 let f = layers::proxy_protocol_within(t, factory);
                 Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
             }
-            (None, Some(n)) => {
-                let f = layers::per_ip_limit(n, factory);
+            (None, Some(l)) => {
+                let f = shared_limit::limit_layer(l, refusal, factory);
                 Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
             }
-            (Some(t), Some(n)) => {
-                let f = layers::proxy_protocol_within(t, layers::per_ip_limit(n, factory));
+            (Some(t), Some(l)) => {
+                let f = layers::proxy_protocol_within(
+                    t,
+                    shared_limit::limit_layer(l, refusal, factory),
+                );
                 Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
             }
-        }
+        })
     }
 }
 

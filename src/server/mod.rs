@@ -106,6 +106,7 @@ pub use strategy::asynchronous::{Async, AsyncRequestHandler, Blocking};
 pub use middleware::layers;
 pub use middleware::per_ip::{IpPermit, PerIpLimiter};
 pub use middleware::proxy;
+pub use middleware::shared_limit::{LimitRefusal, SharedLimiter, SharedPermit};
 pub use ops::activation;
 pub use ops::backoff::{raise_fd_limit, AcceptAction, AcceptBackoff};
 pub use ops::pidfile::PidFile;

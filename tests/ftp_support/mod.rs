@@ -176,7 +176,16 @@ pub struct Ctrl {
 impl Ctrl {
     /// Connects and returns the greeting too.
     pub fn connect(addr: SocketAddr) -> (Ctrl, u16, String) {
-        let stream = TcpStream::connect(addr).unwrap();
+        Self::connect_with(addr, b"")
+    }
+
+    /// Connects, sends `prefix` (a PROXY protocol header, say) before
+    /// anything else, and reads the greeting.
+    pub fn connect_with(addr: SocketAddr, prefix: &[u8]) -> (Ctrl, u16, String) {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        if !prefix.is_empty() {
+            stream.write_all(prefix).unwrap();
+        }
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
@@ -362,4 +371,70 @@ pub fn require_client(program: &str) -> bool {
     }
     eprintln!("skipped: {program} not installed");
     false
+}
+
+/// Every `--mode` the example accepts: the framework's five strategies.
+#[allow(dead_code)]
+pub const ALL_MODES: [&str; 5] = ["sync", "threading", "forking", "prefork", "async"];
+
+/// The modes that serve several sessions at once (all but `sync`, which
+/// serves one session at a time and leaves the next in the backlog).
+#[allow(dead_code)]
+pub const CONCURRENT_MODES: [&str; 4] = ["threading", "forking", "prefork", "async"];
+
+/// Generates one `#[test]` per strategy that serves sessions
+/// concurrently (every mode but `sync`).
+#[macro_export]
+macro_rules! per_concurrent_mode {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn threading() {
+                super::$body("threading");
+            }
+            #[test]
+            fn forking() {
+                super::$body("forking");
+            }
+            #[test]
+            fn prefork() {
+                super::$body("prefork");
+            }
+            #[test]
+            fn r#async() {
+                super::$body("async");
+            }
+        }
+    };
+}
+
+/// Generates one `#[test]` per strategy, `NAME::sync`, `NAME::threading`,
+/// ..., each calling `BODY(mode)`: the same test in every mode, so a
+/// failure names its strategy.
+#[macro_export]
+macro_rules! per_mode {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn sync() {
+                super::$body("sync");
+            }
+            #[test]
+            fn threading() {
+                super::$body("threading");
+            }
+            #[test]
+            fn forking() {
+                super::$body("forking");
+            }
+            #[test]
+            fn prefork() {
+                super::$body("prefork");
+            }
+            #[test]
+            fn r#async() {
+                super::$body("async");
+            }
+        }
+    };
 }

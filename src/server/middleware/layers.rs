@@ -2,10 +2,12 @@
 //! per-client-IP connection limit, added around any [`RequestHandler`]
 //! without changing it.
 //!
-//! The builder settings [`ServerBuilder::proxy_protocol`] and
-//! [`ServerBuilder::per_ip_limit`] apply these layers for you (and the
-//! async strategy's native handlers get the same behaviour). You can also
-//! wrap a handler factory yourself:
+//! The builder setting [`ServerBuilder::proxy_protocol`] applies the
+//! PROXY layer for you, and [`ServerBuilder::per_ip_limit`] applies a
+//! per-IP limit counted across processes
+//! ([`SharedLimiter`](crate::server::SharedLimiter)) instead of this in-process
+//! [`PerIpLimit`] (the async strategy's native handlers get the same
+//! behaviour). You can also wrap a handler factory yourself:
 //!
 //! [`ServerBuilder::proxy_protocol`]: crate::server::ServerBuilder::proxy_protocol
 //! [`ServerBuilder::per_ip_limit`]: crate::server::ServerBuilder::per_ip_limit

@@ -1,7 +1,8 @@
 //! Connection middleware: the PROXY protocol header, per-client-IP
-//! connection limits, and the handler layers that apply them to any
+//! connection limits (in one process, and shared across processes), and the handler layers that apply them to any
 //! [`RequestHandler`](crate::RequestHandler).
 
 pub mod layers;
 pub(crate) mod per_ip;
 pub mod proxy;
+pub mod shared_limit;
