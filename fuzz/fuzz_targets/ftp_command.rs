@@ -2,7 +2,9 @@
 //! included as it is, not copied).
 //!
 //! Properties, for any line:
-//! - a parsed command has a verb of 1 to 8 ASCII letters in upper case;
+//! - a parsed command has a verb text of 1 to 8 ASCII letters in upper
+//!   case, and its typed `Verb` is the command table's row for that text
+//!   (or `Unknown`);
 //! - writing it back (`VERB arg\r\n`) parses to the same command, with
 //!   any mix of verb case and CRLF or bare LF;
 //! - the line ending is optional: a line without one (and not ending in
@@ -15,15 +17,15 @@
 #[allow(dead_code)]
 mod command;
 
-use command::{Command, ParseError};
+use command::{Command, ParseError, Verb};
 use libfuzzer_sys::fuzz_target;
 use socketserver_fuzz::Counting;
 
 fn write(c: &Command, lower: bool, ending: &[u8]) -> Vec<u8> {
     let mut line = if lower {
-        c.verb.to_ascii_lowercase().into_bytes()
+        c.name.to_ascii_lowercase().into_bytes()
     } else {
-        c.verb.clone().into_bytes()
+        c.name.clone().into_bytes()
     };
     if !c.arg.is_empty() {
         line.push(b' ');
@@ -46,8 +48,11 @@ fuzz_target!(|data: &[u8]| {
     }
     match parsed {
         Ok(c) => {
-            assert!((1..=8).contains(&c.verb.len()), "{c:?}");
-            assert!(c.verb.bytes().all(|b| b.is_ascii_uppercase()), "{c:?}");
+            assert!((1..=8).contains(&c.name.len()), "{c:?}");
+            assert!(c.name.bytes().all(|b| b.is_ascii_uppercase()), "{c:?}");
+            // The typed verb is the table's row for that name, or Unknown.
+            let row = Verb::lookup(&c.name).map_or(Verb::Unknown, |s| s.verb);
+            assert_eq!(c.verb, row, "{c:?}");
             for (lower, ending) in [(false, &b"\r\n"[..]), (true, b"\n"), (false, b"")] {
                 // An argument that itself ends in CR is only kept when a
                 // line ending follows it.
@@ -61,10 +66,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(Command::parse(&line).as_ref(), Ok(&c), "{line:?}");
             }
             let log = c.loggable();
-            if c.verb == "PASS" {
+            if c.verb == Verb::Pass {
                 assert_eq!(log, "PASS ****");
             } else {
-                assert!(log.starts_with(&c.verb) && log.ends_with(&c.arg), "{log:?}");
+                assert!(log.starts_with(&c.name) && log.ends_with(&c.arg), "{log:?}");
             }
         }
         Err(ParseError::Empty) => {
