@@ -30,6 +30,8 @@ mod process;
 mod registry;
 mod spin;
 mod sys;
+// The one `panic_message`, also used by the server's handler life cycle.
+pub(crate) use sys::panic_message;
 
 pub(crate) mod ipc;
 pub(crate) mod manager;

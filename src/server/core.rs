@@ -42,16 +42,8 @@ impl fmt::Debug for ServerCore {
     }
 }
 
-/// Turns a panic payload into the message it carried.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
-}
+/// The one helper that turns a caught panic into its message.
+pub(crate) use crate::process::panic_message;
 
 /// What one request moved: for the per-connection debug line.
 #[derive(Debug, Default, Clone, Copy)]

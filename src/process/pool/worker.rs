@@ -18,7 +18,7 @@ const KEEP_BUFFER: usize = 16 << 20;
 /// Runs once in each worker right after it starts (Python's `initializer`).
 pub(crate) type Initializer = Arc<dyn Fn() + Send + Sync + 'static>;
 
-pub(crate) use crate::process::sys::panic_message;
+use crate::process::panic_message;
 
 /// The worker's main loop; returns the exit code.
 ///

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::process::raw::{deadline, Acquired, RawCondvar, RawMutex};
 use crate::process::shared::Shm;
 use crate::process::sync::{acquire_raw, thread_ident, LockError, LockResult};
-use crate::process::worker::panic_message;
+use crate::process::panic_message;
 use crate::{Error, Result};
 
 #[repr(C)]
