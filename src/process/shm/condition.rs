@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::process::panic_message;
 use crate::process::raw::{deadline, Acquired, RawCondvar, RawMutex};
 use crate::process::shared::Shm;
 use crate::process::sync::{acquire_raw, thread_ident, LockError, LockResult};
-use crate::process::panic_message;
 use crate::{Error, Result};
 
 #[repr(C)]
