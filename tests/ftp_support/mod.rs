@@ -382,28 +382,38 @@ pub const ALL_MODES: [&str; 5] = ["sync", "threading", "forking", "prefork", "as
 #[allow(dead_code)]
 pub const CONCURRENT_MODES: [&str; 4] = ["threading", "forking", "prefork", "async"];
 
+/// The four `#[test]` functions of the concurrent modes, each calling
+/// `super::BODY(mode)`; shared by [`per_concurrent_mode!`] and
+/// [`per_mode!`].
+#[macro_export]
+macro_rules! concurrent_mode_tests {
+    ($body:ident) => {
+        #[test]
+        fn threading() {
+            super::$body("threading");
+        }
+        #[test]
+        fn forking() {
+            super::$body("forking");
+        }
+        #[test]
+        fn prefork() {
+            super::$body("prefork");
+        }
+        #[test]
+        fn r#async() {
+            super::$body("async");
+        }
+    };
+}
+
 /// Generates one `#[test]` per strategy that serves sessions
 /// concurrently (every mode but `sync`).
 #[macro_export]
 macro_rules! per_concurrent_mode {
     ($name:ident, $body:ident) => {
         mod $name {
-            #[test]
-            fn threading() {
-                super::$body("threading");
-            }
-            #[test]
-            fn forking() {
-                super::$body("forking");
-            }
-            #[test]
-            fn prefork() {
-                super::$body("prefork");
-            }
-            #[test]
-            fn r#async() {
-                super::$body("async");
-            }
+            $crate::concurrent_mode_tests!($body);
         }
     };
 }
@@ -419,22 +429,7 @@ macro_rules! per_mode {
             fn sync() {
                 super::$body("sync");
             }
-            #[test]
-            fn threading() {
-                super::$body("threading");
-            }
-            #[test]
-            fn forking() {
-                super::$body("forking");
-            }
-            #[test]
-            fn prefork() {
-                super::$body("prefork");
-            }
-            #[test]
-            fn r#async() {
-                super::$body("async");
-            }
+            $crate::concurrent_mode_tests!($body);
         }
     };
 }
