@@ -91,14 +91,69 @@ impl Drop for Load {
     }
 }
 
-/// The mixed workload, scaled to a shared 2-core machine:
-/// persistent (50 connections, open loop at `rate` req/s) and churn (a
-/// new connection per request, `churn` connections/s), for `secs` after
-/// a 1 s warm-up (connection set-up is not measured).
-fn mixed(front: SocketAddr, secs: u64, rate: u32, churn: u32) -> (Load, Load) {
+/// The load of the graceful-events scenario: the mixed workload
+/// (persistent 5,000 req/s over 50 connections, churn 2,000 conn/s, 20 s
+/// with the event at 8 s) with `SCALE_OUT_FULL=1`; by default a fifth of
+/// its rates and shorter runs, so the whole binary stays well within CI
+/// time on a shared 2-core machine.
+#[derive(Debug, Clone, Copy)]
+struct Profile {
+    /// Persistent connections' total rate (req/s, open loop).
+    rate: u32,
+    /// New connections per second of the churn client.
+    churn: u32,
+    /// Churn connections open at once.
+    churn_conns: u32,
+    /// Seconds of the baseline run.
+    baseline_secs: u64,
+    /// Seconds of each event's run.
+    secs: u64,
+    /// When the event happens, in seconds from the start of measuring.
+    event_at: u64,
+    /// Seconds between two backends' restarts in the rolling restart.
+    restart_gap: f64,
+}
+
+impl Profile {
+    fn from_env() -> Profile {
+        if std::env::var("SCALE_OUT_FULL").is_ok_and(|v| v == "1") {
+            Profile {
+                rate: 5000,
+                churn: 2000,
+                churn_conns: 64,
+                baseline_secs: 5,
+                secs: 20,
+                event_at: 8,
+                restart_gap: 2.0,
+            }
+        } else {
+            Profile {
+                rate: 1000,
+                churn: 200,
+                churn_conns: 8,
+                baseline_secs: 3,
+                secs: 8,
+                event_at: 3,
+                restart_gap: 1.5,
+            }
+        }
+    }
+
+    /// Sleeps from the start of a run until the event (after the 1 s
+    /// warm-up).
+    fn until_event(&self) {
+        std::thread::sleep(Duration::from_secs(1 + self.event_at));
+    }
+}
+
+/// The mixed workload at `prof`'s rates: persistent (50
+/// connections, open loop) and churn (a new connection per request), for
+/// `secs` after a 1 s warm-up (connection set-up is not measured).
+fn mixed(front: SocketAddr, secs: u64, prof: &Profile) -> (Load, Load) {
     let d = format!("{secs}s");
-    let rate = rate.to_string();
-    let churn = churn.to_string();
+    let rate = prof.rate.to_string();
+    let churn = prof.churn.to_string();
+    let conns = prof.churn_conns.to_string();
     let persistent = Load::start(
         front,
         &[
@@ -119,7 +174,7 @@ fn mixed(front: SocketAddr, secs: u64, rate: u32, churn: u32) -> (Load, Load) {
         &[
             "--churn",
             "-c",
-            "8",
+            &conns,
             "--connect-rate",
             &churn,
             "-d",
@@ -398,17 +453,18 @@ fn graceful_events_behind_haproxy() {
         let front = SocketAddr::from(([127, 0, 0, 1], front_port));
         let _haproxy = haproxy(dir.path(), front_port, &agent_backends(&hosts), false);
         wait_all_up(dir.path());
-        let (rate, churn) = (1000, 200);
+        let prof = Profile::from_env();
+        eprintln!("load: {prof:?}");
 
         // Baseline.
-        let (p, c) = mixed(front, 3, rate, churn);
+        let (p, c) = mixed(front, prof.baseline_secs, &prof);
         let (base_p, base_c) = (p.finish(), c.finish());
         summary("baseline", &base_p, &base_c);
         assert_eq!(errors(&base_p) + errors(&base_c), 0, "{base_p} {base_c}");
 
-        // SIGTERM one backend at 3 s of 8 s.
-        let (p, c) = mixed(front, 8, rate, churn);
-        std::thread::sleep(Duration::from_secs(4));
+        // SIGTERM one backend at the event time.
+        let (p, c) = mixed(front, prof.secs, &prof);
+        prof.until_event();
         backends[0].proc.signal(Signal::SIGTERM);
         std::thread::sleep(Duration::from_millis(300));
         let drain_seen = balancer::haproxy_stats(dir.path());
@@ -432,13 +488,14 @@ fn graceful_events_behind_haproxy() {
         backends[0] = ProdBackend::start(&hosts, 0);
         wait_all_up(dir.path());
 
-        // Rolling SIGHUP restart of every backend, 1.5 s apart.
-        let (p, c) = mixed(front, 9, rate, churn);
-        std::thread::sleep(Duration::from_secs(3));
+        // Rolling SIGHUP restart of every backend, one after another,
+        // starting at the event time.
+        let (p, c) = mixed(front, prof.secs + 1, &prof);
+        prof.until_event();
         let mut handovers = Vec::new();
         for b in backends.iter_mut() {
             handovers.push(b.restart());
-            std::thread::sleep(Duration::from_millis(1500));
+            std::thread::sleep(Duration::from_secs_f64(prof.restart_gap));
         }
         let (rp, rc) = (p.finish(), c.finish());
         summary("rolling SIGHUP restart", &rp, &rc);
@@ -464,9 +521,9 @@ fn graceful_events_behind_haproxy() {
         }
         wait_all_up(dir.path());
 
-        // kill -9 one backend (its current process) at 3 s of 8 s.
-        let (p, c) = mixed(front, 8, rate, churn);
-        std::thread::sleep(Duration::from_secs(4));
+        // kill -9 one backend (its current process) at the event time.
+        let (p, c) = mixed(front, prof.secs, &prof);
+        prof.until_event();
         let held = balancer::haproxy_stats(dir.path())[1].current;
         let victim = backends[1].pid;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL);
@@ -496,7 +553,7 @@ fn graceful_events_behind_haproxy() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|t| t["second"].as_u64().unwrap() < 3)
+            .filter(|t| t["second"].as_u64().unwrap() < prof.event_at)
             .map(|t| t["p99_us"].as_f64().unwrap() / 1000.0)
             .fold(0.0, f64::max);
         let baseline = p99_ms(&base_p).max(before_kill);
