@@ -576,3 +576,287 @@ fn graceful_events_behind_haproxy() {
     );
     eprintln!("scenario took {:?}", started.elapsed());
 }
+
+/// One agent-check answer from `addr` (what HAProxy reads).
+fn agent(addr: SocketAddr) -> String {
+    use std::io::Read;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("agent port {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut line = String::new();
+    s.read_to_string(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+/// A fresh connection to `addr` echoes a line within `limit`.
+fn fresh_echo(addr: SocketAddr, limit: Duration) -> Result<Duration, String> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(limit)).unwrap();
+    s.write_all(b"fresh\n").map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    if line != "fresh\n" {
+        return Err(format!("echo {line:?}"));
+    }
+    Ok(t.elapsed())
+}
+
+/// A long-lived client: one connection, a line echoed every 100 ms until
+/// told to stop; the number of round trips and the time of each.
+struct Lingering {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<Vec<Instant>, String>>>,
+}
+
+impl Lingering {
+    fn start(addr: SocketAddr) -> Lingering {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let mut s = TcpStream::connect(addr).expect("lingering client connects");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut times = Vec::new();
+            let mut i = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let msg = format!("lingering {i}\n");
+                s.write_all(msg.as_bytes())
+                    .map_err(|e| format!("write {i}: {e}"))?;
+                let mut line = String::new();
+                r.read_line(&mut line)
+                    .map_err(|e| format!("read {i}: {e}"))?;
+                if line != msg {
+                    return Err(format!("round trip {i}: {line:?}"));
+                }
+                times.push(Instant::now());
+                i += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(times)
+        });
+        Lingering {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it (it closes its connection); its round trips' times.
+    fn finish(mut self) -> Result<Vec<Instant>, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts an instance for the takeover test: `program` is `echo`
+/// (threading) or `production` (prefork), with `--reuse-port`, its own
+/// agent port, a 2 s drain notice and a long (60 s) drain timeout.
+fn reuse_port_instance(hosts: &Hosts, program: &str, health: SocketAddr) -> Proc {
+    let mut cmd = hosts.command(0, &example(program));
+    let listen = SocketAddr::new(hosts.addrs[0], PORT).to_string();
+    let health = health.to_string();
+    if program == "production" {
+        cmd.args(["--mode", "prefork", "--allow-root"]);
+    }
+    cmd.args([
+        "--listen",
+        &listen,
+        "--reuse-port",
+        "--health",
+        &health,
+        "--drain-notice",
+        "2s",
+        "--drain-timeout",
+        "60s",
+    ]);
+    let mut p = Proc::start(cmd);
+    assert!(
+        p.wait_for("listening on", Duration::from_secs(10))
+            .is_some(),
+        "{program} did not start: {:?}",
+        p.drain()
+    );
+    p
+}
+
+/// The takeover: instance A under load gets SIGTERM while a long-lived
+/// client is connected; its agent says `drain` at once, while its
+/// listener is still open; instance B starts on the same port during A's
+/// drain notice and serves new connections at once; A's listener closes
+/// after the notice, B alone takes new connections, A's long-lived
+/// connection keeps working until the client ends it, then A exits well
+/// before its 60 s drain timeout. Nothing fails.
+fn takeover(hosts: &Hosts, program: &str) {
+    let ip = hosts.addrs[0];
+    let addr = SocketAddr::new(ip, PORT);
+    let (health_a, health_b) = (SocketAddr::new(ip, AGENT), SocketAddr::new(ip, AGENT + 1));
+    let mut a = reuse_port_instance(hosts, program, health_a);
+    assert_eq!(agent(health_a), "ready up 100%");
+    assert_eq!(hosts.listeners(0, PORT), 1);
+
+    // Load on A (the only listener yet): persistent and churn, 8 s; and
+    // the long-lived client, connected to A.
+    let lingering = Lingering::start(addr);
+    let persistent = Load::start(
+        addr,
+        &["-c", "10", "--rate", "500", "-d", "8s", "--timeout", "5s"],
+    );
+    let churn = Load::start(
+        addr,
+        &[
+            "--churn",
+            "-c",
+            "4",
+            "--connect-rate",
+            "200",
+            "-d",
+            "8s",
+            "--timeout",
+            "5s",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // SIGTERM: `drain` at once, the listener still open.
+    let term = Instant::now();
+    a.signal(Signal::SIGTERM);
+    let drain_after = loop {
+        let reply = agent(health_a);
+        if reply == "drain" {
+            break term.elapsed();
+        }
+        assert!(
+            term.elapsed() < Duration::from_secs(1),
+            "A's agent still says {reply:?} {:?} after SIGTERM: {:?}",
+            term.elapsed(),
+            a.drain()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(
+        hosts.listeners(0, PORT),
+        1,
+        "A's listener closed before the notice ran out"
+    );
+    fresh_echo(addr, Duration::from_secs(2)).expect("A serves during its notice");
+
+    // B starts on the same port during A's notice.
+    let mut b = reuse_port_instance(hosts, program, health_b);
+    let b_up = term.elapsed();
+    assert_eq!(agent(health_b), "ready up 100%");
+    assert_eq!(agent(health_a), "drain", "A left drain");
+    let overlap = hosts.listeners(0, PORT);
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let t = fresh_echo(addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("new connection {i} with A and B listening: {e}"));
+        slowest = slowest.max(t);
+    }
+
+    // A's notice runs out: its listener closes, B alone accepts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hosts.listeners(0, PORT) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "A's listener still open: {:?}",
+            a.drain()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let a_closed = term.elapsed();
+    assert!(
+        a.child.try_wait().unwrap().is_none(),
+        "A exited with a client still connected: {:?}",
+        a.drain()
+    );
+    for i in 0..20 {
+        let t = fresh_echo(addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("new connection {i} served by B alone: {e}"));
+        slowest = slowest.max(t);
+    }
+    assert_eq!(
+        agent(health_b),
+        "ready up 100%",
+        "B must be the one serving"
+    );
+
+    // The load ends; nothing failed.
+    let (p, c) = (persistent.finish(), churn.finish());
+    summary(&format!("takeover ({program})"), &p, &c);
+    assert_eq!(errors(&p), 0, "{p}");
+    assert_eq!(errors(&c), 0, "{c}");
+    // The long-lived client kept its connection to A through the
+    // takeover; when it leaves, A has nothing left and exits, long before
+    // its 60 s drain timeout.
+    std::thread::sleep(Duration::from_millis(500));
+    let times = lingering.finish().expect("A's long-lived connection");
+    let after_close = times
+        .iter()
+        .filter(|t| t.duration_since(term) > a_closed)
+        .count();
+    assert!(
+        after_close >= 3,
+        "the long-lived client made only {after_close} round trips after A's listener closed"
+    );
+    let status = a
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("A did not exit after its last client left: {:?}", a.drain()));
+    let exited = term.elapsed();
+    assert!(status.success(), "A: {status} {:?}", a.drain());
+    assert!(
+        !a.drain().iter().any(|l| l.contains("aborted")
+            && !l.contains("aborted=0")
+            && !l.contains("aborted: 0")),
+        "A aborted a connection: {:?}",
+        a.seen
+    );
+    eprintln!(
+        "takeover ({program}): agent said drain {drain_after:?} after SIGTERM; B up at {b_up:?} \
+         ({overlap} listeners); A's listener closed at {a_closed:?}; A exited at {exited:?}; \
+         {} round trips on A's long-lived connection ({after_close} after its listener closed); \
+         slowest new connection {slowest:?}",
+        times.len()
+    );
+    b.signal(Signal::SIGTERM);
+    assert!(
+        b.wait_exit(Duration::from_secs(10)).is_some(),
+        "{:?}",
+        b.drain()
+    );
+}
+
+#[test]
+fn reuse_port_takeover_during_drain() {
+    let _serial = serial();
+    balancer::become_subreaper();
+    {
+        let hosts = Hosts::new(1);
+        // Connections still in a SO_REUSEPORT socket's accept queue when
+        // it closes are reset, unless the kernel moves them to another
+        // socket of the group (tcp_migrate_req, Linux 5.14+; per network
+        // namespace, so the test sets it only in its own).
+        let migrate = hosts.sysctl(0, "net.ipv4.tcp_migrate_req", "1");
+        eprintln!(
+            "takeover host: {:?} {:?}, net.ipv4.tcp_migrate_req=1 set: {migrate}",
+            hosts.kind, hosts.addrs
+        );
+        takeover(&hosts, "echo");
+        takeover(&hosts, "production");
+    }
+    assert!(
+        leftover_namespaces().is_empty(),
+        "namespaces left: {:?}",
+        leftover_namespaces()
+    );
+}

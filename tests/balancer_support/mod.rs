@@ -143,6 +143,48 @@ impl Hosts {
         }
     }
 
+    /// Sets a namespaced sysctl (`net.*`) inside host `i`'s namespace;
+    /// `false` (nothing changed) on the loopback fallback, whose sysctls
+    /// are the machine's.
+    pub fn sysctl(&self, i: usize, key: &str, value: &str) -> bool {
+        self.kind == HostKind::Namespaces
+            && run(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.namespaces[i],
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("{key}={value}"),
+            ])
+            .is_ok()
+    }
+
+    /// How many TCP sockets listen on `port` at host `i`'s address (read
+    /// from `/proc/net/tcp` inside its namespace).
+    pub fn listeners(&self, i: usize, port: u16) -> usize {
+        let out = match self.kind {
+            HostKind::Namespaces => Command::new("ip")
+                .args(["netns", "exec", &self.namespaces[i], "cat", "/proc/net/tcp"])
+                .output(),
+            HostKind::Loopback => Command::new("cat").arg("/proc/net/tcp").output(),
+        }
+        .expect("read /proc/net/tcp");
+        let IpAddr::V4(ip) = self.addrs[i] else {
+            unreachable!("hosts are IPv4")
+        };
+        // local_address is the IPv4 address as a little-endian hex word,
+        // then the port in hex; state 0A is LISTEN.
+        let want = format!("{:08X}:{port:04X}", u32::from_le_bytes(ip.octets()));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 3 && f[1] == want && f[3] == "0A")
+            .count()
+    }
+
     fn remove_namespaces(&mut self) {
         // Deleting a namespace also deletes its end of the veth pair,
         // and with it the pair.
