@@ -379,25 +379,11 @@ fn wait_all_up(dir: &Path) {
     }
 }
 
-/// PROXY round trip: HAProxy sends a PROXY v2 header; the echo backend
-/// with --proxy-protocol --announce-peer tells the client the address its
-/// handler was given, which must be the client's own (a source address
-/// HAProxy does not have: 127.0.0.5), not HAProxy's.
-fn proxy_round_trip(hosts: &Hosts, dir: &Path) {
-    let backends: Vec<Proc> = (0..3)
-        .map(|i| echo_backend(hosts, i, PORT, &["--proxy-protocol", "--announce-peer"]))
-        .collect();
-    let front = free_port();
-    let lb: Vec<Backend> = hosts
-        .addrs
-        .iter()
-        .map(|&ip| Backend {
-            addr: SocketAddr::new(ip, PORT),
-            agent_port: None,
-        })
-        .collect();
-    let _haproxy = haproxy(dir, front, &lb, true);
-    wait_all_up(dir);
+/// Three connections through the balancer on 127.0.0.1:`front` from
+/// 127.0.0.5 (an address the balancer does not use): each backend
+/// (`echo --proxy-protocol --announce-peer`) must announce the client's
+/// own address, then echo.
+fn peer_round_trips(front: u16) {
     for round in 0..3 {
         let sock =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -417,6 +403,28 @@ fn proxy_round_trip(hosts: &Hosts, dir: &Path) {
         r.read_line(&mut echo).unwrap();
         assert_eq!(echo, "hello\n");
     }
+}
+
+/// PROXY round trip: HAProxy sends a PROXY v2 header; the echo backend
+/// with --proxy-protocol --announce-peer tells the client the address its
+/// handler was given, which must be the client's own (a source address
+/// HAProxy does not have: 127.0.0.5), not HAProxy's.
+fn proxy_round_trip(hosts: &Hosts, dir: &Path) {
+    let backends: Vec<Proc> = (0..3)
+        .map(|i| echo_backend(hosts, i, PORT, &["--proxy-protocol", "--announce-peer"]))
+        .collect();
+    let front = free_port();
+    let lb: Vec<Backend> = hosts
+        .addrs
+        .iter()
+        .map(|&ip| Backend {
+            addr: SocketAddr::new(ip, PORT),
+            agent_port: None,
+        })
+        .collect();
+    let _haproxy = haproxy(dir, front, &lb, true);
+    wait_all_up(dir);
+    peer_round_trips(front);
     // The same backend without the header: HAProxy's address is refused,
     // not echoed (a connection without a valid header is closed).
     eprintln!(
@@ -853,6 +861,99 @@ fn reuse_port_takeover_during_drain() {
         );
         takeover(&hosts, "echo");
         takeover(&hosts, "production");
+    }
+    assert!(
+        leftover_namespaces().is_empty(),
+        "namespaces left: {:?}",
+        leftover_namespaces()
+    );
+}
+
+/// nginx `stream` as docs/scale-out.md configures it (`proxy_protocol on`,
+/// `proxy_next_upstream on`, passive `max_fails`; no agent check in
+/// open-source nginx): the PROXY round trip, then SIGTERM of one
+/// production backend (`--drain-notice 0s`: without an agent check the
+/// refused connect is the signal) under the mixed load → 0 failed.
+#[test]
+fn nginx_stream_in_front() {
+    let Some(module) = balancer::nginx_stream() else {
+        eprintln!(
+            "skipped: nginx not installed (with its stream module; Debian: \
+             apt-get install nginx-light libnginx-mod-stream)"
+        );
+        return;
+    };
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let hosts = Hosts::new(3);
+        eprintln!(
+            "nginx backends on {:?} hosts: {:?}",
+            hosts.kind, hosts.addrs
+        );
+        let addrs: Vec<SocketAddr> = hosts
+            .addrs
+            .iter()
+            .map(|&ip| SocketAddr::new(ip, PORT))
+            .collect();
+
+        // PROXY v1 (nginx sends v1) round trip.
+        {
+            let backends: Vec<Proc> = (0..3)
+                .map(|i| echo_backend(&hosts, i, PORT, &["--proxy-protocol", "--announce-peer"]))
+                .collect();
+            let front = free_port();
+            let _nginx = balancer::nginx(dir.path(), module.as_deref(), front, &addrs, true);
+            peer_round_trips(front);
+            eprintln!("nginx: PROXY round trip: the handler saw the client's address");
+            drop(backends);
+        }
+
+        // SIGTERM of one backend under load.
+        let mut backends: Vec<Proc> = (0..3)
+            .map(|i| {
+                let mut cmd = hosts.command(i, &example("production"));
+                cmd.args([
+                    "--mode",
+                    "prefork",
+                    "--allow-root",
+                    "--listen",
+                    &addrs[i].to_string(),
+                    "--proxy-protocol",
+                    "--drain-notice",
+                    "0s",
+                    "--drain-timeout",
+                    "30s",
+                ]);
+                let mut p = Proc::start(cmd);
+                assert!(
+                    p.wait_for("listening on", Duration::from_secs(10))
+                        .is_some(),
+                    "backend {i} did not start: {:?}",
+                    p.drain()
+                );
+                p
+            })
+            .collect();
+        let front_port = free_port();
+        let sub = dir.path().join("load");
+        std::fs::create_dir(&sub).unwrap();
+        let _nginx = balancer::nginx(&sub, module.as_deref(), front_port, &addrs, true);
+        let front = SocketAddr::from(([127, 0, 0, 1], front_port));
+        let prof = Profile::from_env();
+        let (p, c) = mixed(front, 6, &prof);
+        std::thread::sleep(Duration::from_secs(3));
+        backends[0].signal(Signal::SIGTERM);
+        let (sp, sc) = (p.finish(), c.finish());
+        summary("nginx: SIGTERM one backend", &sp, &sc);
+        assert_eq!(errors(&sp), 0, "{sp}");
+        assert_eq!(errors(&sc), 0, "{sc}");
+        assert!(
+            backends[0].wait_exit(Duration::from_secs(10)).is_some(),
+            "SIGTERM'd backend did not exit: {:?}",
+            backends[0].drain()
+        );
+        drop(backends);
     }
     assert!(
         leftover_namespaces().is_empty(),

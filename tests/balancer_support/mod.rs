@@ -3,7 +3,9 @@
 //!
 //! Backends run in network namespaces this module creates (`ip netns`),
 //! one per host, joined to the test's own namespace by a veth pair with
-//! addresses in 10.77.N.0/24 that exist only inside this machine. Where
+//! addresses in 10.B.N.0/24 that exist only inside this machine (B picked
+//! per run among the /16s no interface uses yet, so parallel runs in
+//! several checkouts do not collide). Where
 //! namespaces cannot be made (not root, no `ip`), the hosts fall back to
 //! 127.0.0.2, 127.0.0.3, … on loopback; [`Hosts::kind`] says which ran.
 //! HAProxy listens on 127.0.0.1 in the test's namespace, so every address
@@ -75,11 +77,12 @@ impl Hosts {
         // SOCKETSERVER_TEST_HOSTS=loopback runs the fallback on purpose
         // (to check it where namespaces would work).
         let forced = std::env::var("SOCKETSERVER_TEST_HOSTS").is_ok_and(|v| v == "loopback");
+        let net = if forced { 0 } else { free_subnet() };
         for i in (1..=n).filter(|_| !forced) {
             let ns = format!("ssrs{tag}h{i}");
             let veth = format!("ssv{tag}h{i}");
-            let outer = format!("10.77.{i}.1/24");
-            let inner = format!("10.77.{i}.2/24");
+            let outer = format!("10.{net}.{i}.1/24");
+            let inner = format!("10.{net}.{i}.2/24");
             let made = run(&["ip", "netns", "add", &ns]).and_then(|()| {
                 hosts.namespaces.push(ns.clone());
                 run(&[
@@ -104,7 +107,7 @@ impl Hosts {
             match made {
                 Ok(()) => hosts
                     .addrs
-                    .push(IpAddr::V4(Ipv4Addr::new(10, 77, i as u8, 2))),
+                    .push(IpAddr::V4(Ipv4Addr::new(10, net, i as u8, 2))),
                 Err(why) => {
                     eprintln!("network namespaces unavailable ({why}); using 127.0.0.x hosts");
                     hosts.remove_namespaces();
@@ -198,6 +201,23 @@ impl Drop for Hosts {
     fn drop(&mut self) {
         self.remove_namespaces();
     }
+}
+
+/// The second octet of a 10.B.0.0/16 no interface of this machine uses
+/// yet, so that test runs in several checkouts at once (each engineer's
+/// `cargo test`) do not route to each other's namespaces. Starts from the
+/// process id; 77 when `ip` cannot tell.
+fn free_subnet() -> u8 {
+    let used = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let start = std::process::id() % 200;
+    (0..200)
+        .map(|k| 20 + ((start + k) % 200) as u8)
+        .find(|b| !used.contains(&format!(" 10.{b}.")))
+        .unwrap_or(77)
 }
 
 /// The names of this test run's namespaces still present (for the
@@ -502,4 +522,84 @@ pub fn haproxy_stats(dir: &Path) -> Vec<ServerStat> {
             current: f[scur].parse().unwrap_or(0),
         })
         .collect()
+}
+
+/// How nginx gets its `stream` module: `Some(None)` built in,
+/// `Some(Some(path))` a dynamic module to load (Debian's
+/// `libnginx-mod-stream`), `None` not available (or nginx not installed).
+pub fn nginx_stream() -> Option<Option<PathBuf>> {
+    let out = Command::new("nginx").arg("-V").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let flags: Vec<&str> = text.split_whitespace().collect();
+    if flags.contains(&"--with-stream") {
+        return Some(None);
+    }
+    if flags.contains(&"--with-stream=dynamic") {
+        let dir = flags
+            .iter()
+            .find_map(|f| f.strip_prefix("--modules-path="))
+            .unwrap_or("/usr/lib/nginx/modules");
+        let module = Path::new(dir).join("ngx_stream_module.so");
+        return module.exists().then_some(Some(module));
+    }
+    None
+}
+
+/// A private nginx (its own prefix, configuration, pid and error log in
+/// `dir`; one process, no daemon, ended by pid when dropped) running the
+/// `stream` proxy of docs/scale-out.md on 127.0.0.1:`port` in front of
+/// `backends`, with `proxy_protocol on` when `proxy` is set.
+pub fn nginx(
+    dir: &Path,
+    module: Option<&Path>,
+    port: u16,
+    backends: &[SocketAddr],
+    proxy: bool,
+) -> Proc {
+    let mut cfg = String::new();
+    if let Some(m) = module {
+        let _ = writeln!(cfg, "load_module {};", m.display());
+    }
+    let _ = write!(
+        cfg,
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log notice;\nevents {{ worker_connections 4096; }}\n\
+         stream {{\n    upstream echo {{\n",
+        d = dir.display()
+    );
+    for b in backends {
+        let _ = writeln!(cfg, "        server {b} max_fails=1 fail_timeout=2s;");
+    }
+    let _ = write!(
+        cfg,
+        "    }}\n    server {{\n        listen 127.0.0.1:{port};\n        proxy_pass echo;\n\
+         {}        proxy_next_upstream on;\n        proxy_connect_timeout 1s;\n    }}\n}}\n",
+        if proxy {
+            "        proxy_protocol on;\n"
+        } else {
+            ""
+        }
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, cfg).unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&path);
+    let mut p = Proc::start(cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline || matches!(p.child.try_wait(), Ok(Some(_))) {
+            panic!(
+                "nginx did not start: {:?} {}",
+                p.drain(),
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
 }
