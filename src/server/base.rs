@@ -38,6 +38,9 @@ use super::wakeup::{Departure, ShutdownHandle, Wakeup};
 /// Most requests taken per wake-up before housekeeping runs again.
 const BATCH: usize = 16;
 
+/// Most connections taken from the backlog when the loop stops.
+const QUEUED_AT_STOP: usize = 256;
+
 /// A server over transport `T` with strategy `S`. Use the aliases
 /// ([`TcpServer`](super::TcpServer), [`ThreadingTcpServer`](super::ThreadingTcpServer),
 /// [`PreforkTcpServer`](super::PreforkTcpServer), …) rather than naming the
@@ -353,6 +356,32 @@ impl Serving<'_> {
         }
     }
 
+    /// The loop is stopping: takes the connections the kernel has already
+    /// completed in the listening socket's backlog (at most
+    /// [`QUEUED_AT_STOP`]), so they are served and drained instead of being
+    /// reset when the socket closes a moment later. A balancer without an
+    /// agent check (nginx `stream`) has already sent those clients' bytes
+    /// to this server and cannot retry them elsewhere; a new connection
+    /// after the close is refused, which it can. Only stream sockets; the
+    /// strategy's capacity is not consulted (the handful taken here are
+    /// part of the drain, bounded by the drain timeout).
+    fn take_queued<P: Processor>(&mut self, strategy: &mut P) {
+        if !self.socket.as_ref().is_some_and(|s| s.is_stream()) {
+            return;
+        }
+        let mut backoff = AcceptBackoff::default();
+        let mut taken = 0;
+        while taken < QUEUED_AT_STOP {
+            match self.handle_request_noblock(strategy, &mut backoff) {
+                Ok(true) => taken += 1,
+                Ok(false) | Err(_) => break,
+            }
+        }
+        if taken > 0 {
+            tracing::debug!(taken, "took the connections queued at stop");
+        }
+    }
+
     /// The accept loop: sleeps in `poll(2)` on the server socket, the
     /// wake-up descriptor and the strategy's own descriptors; takes what
     /// is queued (bounded, so housekeeping and shutdown are never
@@ -370,6 +399,7 @@ impl Serving<'_> {
         let mut backoff = AcceptBackoff::default();
         loop {
             if self.wakeup.shutdown_requested() {
+                self.take_queued(strategy);
                 return Ok(());
             }
             let listen = !strategy.at_capacity();
@@ -410,6 +440,7 @@ impl Serving<'_> {
             }
             self.wakeup.answer_health();
             if self.wakeup.shutdown_requested() {
+                self.take_queued(strategy);
                 return Ok(());
             }
             if readable {
