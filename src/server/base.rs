@@ -356,8 +356,8 @@ impl Serving<'_> {
         }
     }
 
-    /// The loop is stopping: takes the connections the kernel has already
-    /// completed in the listening socket's backlog (at most
+    /// The server is stopping: takes the connections the kernel has
+    /// already completed in the listening socket's backlog (at most
     /// [`QUEUED_AT_STOP`]), so they are served and drained instead of being
     /// reset when the socket closes a moment later. A balancer without an
     /// agent check (nginx `stream`) has already sent those clients' bytes
@@ -365,8 +365,18 @@ impl Serving<'_> {
     /// after the close is refused, which it can. Only stream sockets; the
     /// strategy's capacity is not consulted (the handful taken here are
     /// part of the drain, bounded by the drain timeout).
-    fn take_queued<P: Processor>(&mut self, strategy: &mut P) {
-        if !self.socket.as_ref().is_some_and(|s| s.is_stream()) {
+    ///
+    /// Only a server's own loop does this (its wake-up carries the
+    /// departure settings). A prefork worker's loop also stops when the
+    /// worker is recycled while its siblings keep serving, where taking
+    /// more would overrun `max_requests`; the worker would call this only
+    /// when the whole server stops (its control pipe closed).
+    pub(crate) fn take_queued<P: Processor>(&mut self, strategy: &mut P) {
+        // `notice_left` is `Some` once a shutdown was seen by a wake-up
+        // that has departure settings: a server's, never a worker's.
+        if self.wakeup.notice_left().is_none()
+            || !self.socket.as_ref().is_some_and(|s| s.is_stream())
+        {
             return;
         }
         let mut backoff = AcceptBackoff::default();
