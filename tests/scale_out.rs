@@ -459,8 +459,11 @@ fn graceful_events_behind_haproxy() {
             (0..3).map(|i| ProdBackend::start(&hosts, i)).collect();
         let front_port = free_port();
         let front = SocketAddr::from(([127, 0, 0, 1], front_port));
-        let _haproxy = haproxy(dir.path(), front_port, &agent_backends(&hosts), false);
-        wait_all_up(dir.path());
+        // A directory of its own: the round trip's HAProxy used the other.
+        let lb_dir = dir.path().join("scenario");
+        std::fs::create_dir(&lb_dir).unwrap();
+        let _haproxy = haproxy(&lb_dir, front_port, &agent_backends(&hosts), false);
+        wait_all_up(&lb_dir);
         let prof = Profile::from_env();
         eprintln!("load: {prof:?}");
 
@@ -475,7 +478,7 @@ fn graceful_events_behind_haproxy() {
         prof.until_event();
         backends[0].proc.signal(Signal::SIGTERM);
         std::thread::sleep(Duration::from_millis(300));
-        let drain_seen = balancer::haproxy_stats(dir.path());
+        let drain_seen = balancer::haproxy_stats(&lb_dir);
         let (sp, sc) = (p.finish(), c.finish());
         summary("SIGTERM one backend", &sp, &sc);
         assert_eq!(errors(&sp), 0, "{sp}");
@@ -494,7 +497,7 @@ fn graceful_events_behind_haproxy() {
             backends[0].proc.drain()
         );
         backends[0] = ProdBackend::start(&hosts, 0);
-        wait_all_up(dir.path());
+        wait_all_up(&lb_dir);
 
         // Rolling SIGHUP restart of every backend, one after another,
         // starting at the event time.
@@ -527,16 +530,16 @@ fn graceful_events_behind_haproxy() {
                 b.proc.drain()
             );
         }
-        wait_all_up(dir.path());
+        wait_all_up(&lb_dir);
 
         // kill -9 one backend (its current process) at the event time.
         let (p, c) = mixed(front, prof.secs, &prof);
         prof.until_event();
-        let held = balancer::haproxy_stats(dir.path())[1].current;
+        let held = balancer::haproxy_stats(&lb_dir)[1].current;
         let victim = backends[1].pid;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL);
         std::thread::sleep(Duration::from_secs(1));
-        let after = balancer::haproxy_stats(dir.path());
+        let after = balancer::haproxy_stats(&lb_dir);
         let (kp, kc) = (p.finish(), c.finish());
         // The kill took: the process is gone and HAProxy marked it down.
         assert!(

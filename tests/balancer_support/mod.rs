@@ -478,6 +478,16 @@ pub fn haproxy(dir: &Path, port: u16, backends: &[Backend], proxy: bool) -> Proc
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // And until its stats socket answers (a stale socket file of an
+    // earlier HAProxy in the same directory refuses until then).
+    while std::os::unix::net::UnixStream::connect(dir.join("haproxy.sock")).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "haproxy stats socket not up: {:?}",
+            p.drain()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     p
 }
 
