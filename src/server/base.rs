@@ -366,17 +366,20 @@ impl Serving<'_> {
     /// strategy's capacity is not consulted (the handful taken here are
     /// part of the drain, bounded by the drain timeout).
     ///
-    /// Only a server's own loop does this (its wake-up carries the
-    /// departure settings). A prefork worker's loop also stops when the
-    /// worker is recycled while its siblings keep serving, where taking
-    /// more would overrun `max_requests`; the worker would call this only
-    /// when the whole server stops (its control pipe closed).
+    /// `serve_forever` calls it for the threading strategy, once its loop
+    /// returned on a shutdown. Not the synchronous one (it would run those
+    /// handlers inline: a silent client would hold the shutdown), nor
+    /// forking (a fork at that moment, while the process's other threads
+    /// are busy, is the fork-safety risk the design avoids; seen as a
+    /// child that never finished in `tests/server_forking.rs`), nor async
+    /// (its own loop). A prefork worker's loop also
+    /// stops when the worker is recycled while its siblings keep serving,
+    /// where taking more would overrun `max_requests`: a worker should
+    /// call this only when the whole server stops (its control pipe
+    /// closed), which `src/server/strategy/prefork/worker.rs` does not do
+    /// yet.
     pub(crate) fn take_queued<P: Processor>(&mut self, strategy: &mut P) {
-        // `notice_left` is `Some` once a shutdown was seen by a wake-up
-        // that has departure settings: a server's, never a worker's.
-        if self.wakeup.notice_left().is_none()
-            || !self.socket.as_ref().is_some_and(|s| s.is_stream())
-        {
+        if !self.socket.as_ref().is_some_and(|s| s.is_stream()) {
             return;
         }
         let mut backoff = AcceptBackoff::default();
@@ -409,7 +412,6 @@ impl Serving<'_> {
         let mut backoff = AcceptBackoff::default();
         loop {
             if self.wakeup.shutdown_requested() {
-                self.take_queued(strategy);
                 return Ok(());
             }
             let listen = !strategy.at_capacity();
@@ -450,7 +452,6 @@ impl Serving<'_> {
             }
             self.wakeup.answer_health();
             if self.wakeup.shutdown_requested() {
-                self.take_queued(strategy);
                 return Ok(());
             }
             if readable {
@@ -563,6 +564,11 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
         .then(|| AgentThread::start(self.wakeup.clone()))
         .transpose()?;
         let result = self.strategy.serve_forever(&mut serving);
+        // Threads serve what was queued at the stop (see `take_queued`
+        // for why only the threading strategy).
+        if result.is_ok() && S::NAME == "threading" {
+            serving.take_queued(&mut self.strategy);
+        }
         drop(agent);
         if result.is_ok() {
             tracing::debug!(server = %self.address, strategy = S::NAME, "shutdown requested; serve_forever returns");
