@@ -111,13 +111,11 @@ struct AsyncEcho {
     announce: bool,
 }
 
-/// What one readable wake-up of an [`AsyncEcho`] connection did.
+/// What one read of an [`AsyncEcho`] connection did.
 #[cfg(feature = "async")]
 enum Step {
     /// The peer closed its side.
     Eof,
-    /// Nothing was there (a spurious wake-up).
-    Nothing,
     /// Echoed what was there.
     Echoed,
     /// The socket's send buffer is full: these bytes still have to go.
@@ -126,31 +124,42 @@ enum Step {
 
 #[cfg(feature = "async")]
 impl AsyncEcho {
-    /// Reads what is there and writes it back without waiting.
-    fn step(stream: &tokio::net::TcpStream) -> io::Result<Step> {
+    /// Reads what is there (or registers for readiness) and writes it back
+    /// without waiting, within one poll, so the buffer is the runtime
+    /// thread's and never lives in the task. Through `poll_read`, which
+    /// clears tokio's readiness after a short read: no extra `recv` that
+    /// only says `EAGAIN` before the next wait.
+    fn poll_step(
+        stream: &mut tokio::net::TcpStream,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<Step>> {
+        use std::task::Poll;
+        use tokio::io::AsyncRead;
         thread_local! {
             // One zeroed buffer per runtime thread, not one per wake-up.
             static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 16 * 1024]);
         }
-        BUF.with_borrow_mut(|buf| Self::step_with(stream, buf))
-    }
-
-    fn step_with(stream: &tokio::net::TcpStream, buf: &mut [u8]) -> io::Result<Step> {
-        let n = match stream.try_read(buf) {
-            Ok(0) => return Ok(Step::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Nothing),
-            Err(e) => return Err(e),
-        };
-        let sent = match stream.try_write(&buf[..n]) {
-            Ok(w) => w,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(e),
-        };
-        Ok(if sent == n {
-            Step::Echoed
-        } else {
-            Step::Rest(buf[sent..n].to_vec())
+        BUF.with_borrow_mut(|buf| {
+            let mut rb = tokio::io::ReadBuf::new(buf);
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let data = rb.filled();
+            if data.is_empty() {
+                return Poll::Ready(Ok(Step::Eof));
+            }
+            let sent = match stream.try_write(data) {
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            Poll::Ready(Ok(if sent == data.len() {
+                Step::Echoed
+            } else {
+                Step::Rest(data[sent..].to_vec())
+            }))
         })
     }
 }
@@ -216,11 +225,12 @@ impl socketserver::server::AsyncRequestHandler for AsyncEcho {
         }
         let mut clock = self.idle.map(IdleClock::new);
         loop {
-            let ready = match clock.as_mut() {
-                None => stream.readable().await,
+            let step = std::future::poll_fn(|cx| Self::poll_step(&mut stream, cx));
+            let step = match clock.as_mut() {
+                None => step.await,
                 Some(c) => tokio::select! {
                     biased;
-                    r = stream.readable() => r,
+                    r = step => r,
                     () = c.tick.as_mut() => {
                         if c.on_tick() {
                             tracing::debug!("closing an idle connection");
@@ -230,10 +240,8 @@ impl socketserver::server::AsyncRequestHandler for AsyncEcho {
                     }
                 },
             };
-            ready?;
-            match Self::step(&stream)? {
+            match step? {
                 Step::Eof => return Ok(()),
-                Step::Nothing => continue,
                 Step::Echoed => {}
                 Step::Rest(rest) => {
                     let Some(sent) = within(self.idle, stream.write_all(&rest)).await else {
