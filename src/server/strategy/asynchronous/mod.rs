@@ -12,10 +12,13 @@
 //! connections wait in the kernel backlog instead of being accepted and
 //! then starved in a queue behind tokio's hidden 512-thread limit.
 //!
-//! The loop is the crate's accept loop on tokio: readiness of the server
-//! socket comes from tokio's reactor (a duplicate of the socket registered
-//! for the length of `serve_forever`, `reactor.rs`), requests are
-//! classified by the same
+//! The loop is the crate's accept loop on tokio, run as a task on one of
+//! the runtime's workers (so an accept and the new connection's task need
+//! no hand-off between threads): readiness of the server socket comes from
+//! tokio's reactor (the socket registered for the length of
+//! `serve_forever`, `reactor.rs`), the `accept` itself is the crate's
+//! (`accept4`, non-blocking at once for a native handler, whose stream is
+//! then registered with tokio once), errors are classified by the same
 //! [`AcceptBackoff`](crate::server::AcceptBackoff) as everywhere else. A
 //! connection limit ([`max_connections`](crate::server::ServerBuilder::max_connections))
 //! is a semaphore whose permit is taken *before* `accept` and moved into
@@ -23,6 +26,12 @@
 //!
 //! The handler side — the native trait, the adapters, a connection's life
 //! — is `handler.rs`.
+//!
+//! The runtime is tokio's multi-threaded one with its default worker
+//! count, one per core, which tokio lets the environment variable
+//! `TOKIO_WORKER_THREADS` override. For a server whose handlers only do
+//! I/O, `TOKIO_WORKER_THREADS=1` saves the wake-ups between workers
+//! (about 15% of the CPU per message of an echo, see `docs/server.md`).
 //!
 //! ## Why `fn handle(..) -> impl Future + Send` and not a boxed future
 //!
