@@ -12,10 +12,13 @@
 //! connections wait in the kernel backlog instead of being accepted and
 //! then starved in a queue behind tokio's hidden 512-thread limit.
 //!
-//! The loop is the crate's accept loop on tokio: readiness of the server
-//! socket comes from tokio's reactor (a duplicate of the socket registered
-//! for the length of `serve_forever`, `reactor.rs`), requests are
-//! classified by the same
+//! The loop is the crate's accept loop on tokio, run as a task on one of
+//! the runtime's workers (so an accept and the new connection's task need
+//! no hand-off between threads): readiness of the server socket comes from
+//! tokio's reactor (the socket registered for the length of
+//! `serve_forever`, `reactor.rs`), the `accept` itself is the crate's
+//! (`accept4`, non-blocking at once for a native handler, whose stream is
+//! then registered with tokio once), errors are classified by the same
 //! [`AcceptBackoff`](crate::server::AcceptBackoff) as everywhere else. A
 //! connection limit ([`max_connections`](crate::server::ServerBuilder::max_connections))
 //! is a semaphore whose permit is taken *before* `accept` and moved into
@@ -23,6 +26,12 @@
 //!
 //! The handler side — the native trait, the adapters, a connection's life
 //! — is `handler.rs`.
+//!
+//! The runtime is tokio's multi-threaded one with its default worker
+//! count, one per core, which tokio lets the environment variable
+//! `TOKIO_WORKER_THREADS` override. For a server whose handlers only do
+//! I/O, `TOKIO_WORKER_THREADS=1` saves the wake-ups between workers
+//! (about 15% of the CPU per message of an echo, see `docs/server.md`).
 //!
 //! ## Why `fn handle(..) -> impl Future + Send` and not a boxed future
 //!
@@ -58,6 +67,7 @@ use crate::server::ops::backoff::{AcceptAction, AcceptBackoff};
 use crate::server::options::ServerOptions;
 use crate::server::strategy::Serving;
 use crate::server::transport::{BindAddress, ServerSocket, TcpTransport};
+use crate::server::wakeup::Wakeup;
 
 use handler::{serve_native, DynHandler, ShutdownOnDrop};
 pub use handler::{AsyncRequestHandler, Blocking};
@@ -66,22 +76,28 @@ use reactor::Reactor;
 /// One tokio task per request (the async strategy). See the module docs.
 pub struct Async {
     runtime: Option<tokio::runtime::Runtime>,
-    handle: tokio::runtime::Handle,
     tasks: JoinSet<()>,
     connections: Arc<Semaphore>,
     blocking: Arc<Semaphore>,
-    native: Option<Arc<dyn DynHandler>>,
-    per_ip: Option<PerIpLimiter>,
-    proxy: Option<Duration>,
+    spawner: Spawner,
 }
 
 impl std::fmt::Debug for Async {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Async")
             .field("tasks", &self.tasks.len())
-            .field("native", &self.native.is_some())
+            .field("native", &self.spawner.native.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// What starting a request's task needs (cloned into the accept task).
+#[derive(Clone)]
+struct Spawner {
+    handle: tokio::runtime::Handle,
+    native: Option<Arc<dyn DynHandler>>,
+    per_ip: Option<PerIpLimiter>,
+    proxy: Option<Duration>,
 }
 
 impl Async {
@@ -89,25 +105,27 @@ impl Async {
     pub fn active_tasks(&self) -> usize {
         self.tasks.len()
     }
+}
 
-    fn reap(&mut self) {
-        while let Some(done) = self.tasks.try_join_next() {
-            report_join(done);
-        }
+fn reap(tasks: &mut JoinSet<()>) {
+    while let Some(done) = tasks.try_join_next() {
+        report_join(done);
     }
+}
 
-    /// Starts the task for one request. `permit` holds a connection slot;
-    /// `nonblocking`: the stream came from the reactor already
-    /// non-blocking.
+impl Spawner {
+    /// Starts the task for one request. `permits` hold a connection slot
+    /// (and a blocking slot for a blocking handler); `nonblocking`: the
+    /// stream was accepted non-blocking.
     fn spawn(
-        &mut self,
+        &self,
+        tasks: &mut JoinSet<()>,
         core: &Arc<ServerCore>,
         request: Incoming,
         peer: PeerAddr,
         permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
         nonblocking: bool,
     ) {
-        let handle = self.handle.clone();
         match (&self.native, request) {
             (Some(native), Incoming::Stream(Stream::Tcp(stream))) => {
                 let native = native.clone();
@@ -124,7 +142,7 @@ impl Async {
                     let _permits = permits;
                     serve_native(&*native, &core, stream, addr, per_ip, proxy, nonblocking).await;
                 };
-                self.tasks.spawn_on(task.instrument(span), &handle);
+                tasks.spawn_on(task.instrument(span), &self.handle);
             }
             (_, request) => {
                 let core = core.clone();
@@ -144,7 +162,7 @@ impl Async {
                         tracing::error!(peer = %peer, error = %e, "blocking handler task failed");
                     }
                 };
-                self.tasks.spawn_on(task, &handle);
+                tasks.spawn_on(task, &self.handle);
             }
         }
     }
@@ -170,7 +188,12 @@ impl Strategy for Async {
             .max_blocking_threads(options.max_blocking)
             .build()?;
         Ok(Async {
-            handle: runtime.handle().clone(),
+            spawner: Spawner {
+                handle: runtime.handle().clone(),
+                native: None,
+                per_ip: options.per_ip_limit.map(PerIpLimiter::new),
+                proxy: options.proxy_protocol,
+            },
             runtime: Some(runtime),
             tasks: JoinSet::new(),
             connections: Arc::new(Semaphore::new(
@@ -179,9 +202,6 @@ impl Strategy for Async {
             blocking: Arc::new(Semaphore::new(
                 options.max_blocking.min(Semaphore::MAX_PERMITS),
             )),
-            native: None,
-            per_ip: options.per_ip_limit.map(PerIpLimiter::new),
-            proxy: options.proxy_protocol,
         })
     }
 
@@ -194,7 +214,7 @@ impl Strategy for Async {
         request: Incoming,
         peer: PeerAddr,
     ) {
-        if self.native.is_some() {
+        if self.spawner.native.is_some() {
             let (Ok(c), Ok(b)) = (
                 self.connections.clone().try_acquire_owned(),
                 self.blocking.clone().try_acquire_owned(),
@@ -202,7 +222,8 @@ impl Strategy for Async {
                 core.shutdown_request(request);
                 return;
             };
-            self.spawn(core, request, peer, (c, Some(b)), false);
+            self.spawner
+                .spawn(&mut self.tasks, core, request, peer, (c, Some(b)), false);
             let Some(rt) = self.runtime.as_ref() else {
                 return;
             };
@@ -217,9 +238,12 @@ impl Strategy for Async {
         }
     }
 
+    /// Runs the accept loop as a task on one of the runtime's workers (not
+    /// on the calling thread): readiness, `accept` and the new connection's
+    /// task then share a worker, with no thread hand-off per connection.
     fn serve_forever(&mut self, serving: &mut Serving<'_>) -> Result<()> {
         let runtime = self.runtime.take().ok_or(Error::Closed)?;
-        let result = runtime.block_on(self.accept_loop(serving));
+        let result = self.run_acceptor(&runtime, serving);
         self.runtime = Some(runtime);
         result
     }
@@ -258,11 +282,70 @@ impl Strategy for Async {
 }
 
 impl Async {
-    async fn accept_loop(&mut self, serving: &mut Serving<'_>) -> Result<()> {
+    fn run_acceptor(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        serving: &mut Serving<'_>,
+    ) -> Result<()> {
         let socket = serving.socket.as_ref().ok_or(Error::Closed)?;
-        let reactor = Reactor::register(socket)?;
-        let wake = tokio::net::UnixStream::from_std(serving.wakeup.receiver()?)?;
-        let wakeup = serving.wakeup.clone();
+        let mut buf = std::mem::take(serving.buf);
+        if !socket.is_stream() && buf.len() != serving.options.max_packet_size {
+            buf.resize(serving.options.max_packet_size, 0);
+        }
+        let acceptor = Acceptor {
+            socket: Some(Reactor::share(socket)?),
+            wake: Some(serving.wakeup.receiver()?),
+            wakeup: serving.wakeup.clone(),
+            core: serving.core.clone(),
+            buf,
+            tasks: std::mem::take(&mut self.tasks),
+            connections: self.connections.clone(),
+            blocking: self.blocking.clone(),
+            spawner: self.spawner.clone(),
+        };
+        let task = runtime.spawn(acceptor.run());
+        match runtime.block_on(task) {
+            Ok((result, tasks, buf)) => {
+                self.tasks = tasks;
+                *serving.buf = buf;
+                result
+            }
+            // A panicking hook (`verify_request`, `service_actions`)
+            // reaches the caller of `serve_forever`, as in every strategy.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+}
+
+/// The accept loop's state, owned, so that the loop is a task of the
+/// runtime.
+struct Acceptor {
+    /// The server socket's copy for the reactor (taken by the loop).
+    socket: Option<ServerSocket>,
+    /// The wake-up descriptor's receiving end (taken by the loop).
+    wake: Option<std::os::unix::net::UnixStream>,
+    wakeup: Arc<Wakeup>,
+    core: Arc<ServerCore>,
+    buf: Vec<u8>,
+    tasks: JoinSet<()>,
+    connections: Arc<Semaphore>,
+    blocking: Arc<Semaphore>,
+    spawner: Spawner,
+}
+
+impl Acceptor {
+    /// The loop; gives back the request tasks (for the drain) and the
+    /// datagram buffer.
+    async fn run(mut self) -> (Result<()>, JoinSet<()>, Vec<u8>) {
+        let result = self.accept_loop().await;
+        (result, self.tasks, self.buf)
+    }
+
+    async fn accept_loop(&mut self) -> Result<()> {
+        let reactor = Reactor::register(self.socket.take().ok_or(Error::Closed)?)?;
+        let wake = tokio::net::UnixStream::from_std(self.wake.take().ok_or(Error::Closed)?)?;
+        let wakeup = self.wakeup.clone();
         let stopped = async {
             let mut sink = [0u8; 64];
             loop {
@@ -281,21 +364,16 @@ impl Async {
         };
         tokio::pin!(stopped);
         let mut backoff = AcceptBackoff::default();
-        let core = serving.core;
-        let max_packet = serving.options.max_packet_size;
-        let buf = &mut *serving.buf;
-        if !socket.is_stream() && buf.len() != max_packet {
-            buf.resize(max_packet, 0);
-        }
-        let native = self.native.is_some();
+        let core = &self.core;
+        let native = self.spawner.native.is_some();
         loop {
-            self.reap();
+            reap(&mut self.tasks);
             let connection = tokio::select! {
                 biased;
                 _ = &mut stopped => return Ok(()),
                 p = self.connections.clone().acquire_owned() => p.map_err(|_| Error::Closed)?,
             };
-            let blocking = if self.native.is_some() {
+            let blocking = if native {
                 None
             } else {
                 tokio::select! {
@@ -307,13 +385,20 @@ impl Async {
             let received = tokio::select! {
                 biased;
                 _ = &mut stopped => return Ok(()),
-                r = reactor.get_request(socket, buf, native) => r,
+                r = reactor.get_request(&mut self.buf, native) => r,
             };
             match received {
                 Ok((request, peer)) => {
                     backoff.on_success();
                     if core.hooks.verify_request(&request, &peer) {
-                        self.spawn(core, request, peer, (connection, blocking), native);
+                        self.spawner.spawn(
+                            &mut self.tasks,
+                            core,
+                            request,
+                            peer,
+                            (connection, blocking),
+                            native,
+                        );
                     } else {
                         core.shutdown_request(request);
                     }
@@ -370,7 +455,7 @@ impl ServerBuilder<TcpTransport, Async> {
             self.hooks.clone(),
             self.options.clone(),
         )?;
-        server.strategy_mut().native = Some(Arc::new(handler));
+        server.strategy_mut().spawner.native = Some(Arc::new(handler));
         Ok(server)
     }
 
@@ -393,7 +478,7 @@ impl ServerBuilder<TcpTransport, Async> {
             self.hooks.clone(),
             self.options.clone(),
         )?;
-        server.strategy_mut().native = Some(Arc::new(handler));
+        server.strategy_mut().spawner.native = Some(Arc::new(handler));
         Ok(server)
     }
 }
