@@ -3,7 +3,15 @@
 //!
 //! ```sh
 //! cargo bench --bench pool
+//! cargo bench --bench pool --features fuzzing   # also: our codec vs bincode 2
+//! POOL_BENCH_MAP_ONLY=50 cargo bench --bench pool # only 50 maps (profiling)
 //! ```
+//!
+//! With the `fuzzing` feature (which exposes the pool's crate-private
+//! codec as `socketserver::fuzzing::codec_*`), the bench also times the
+//! pool codec against `bincode` 2 (serde API, `standard()` with
+//! fixed-width integers) encoding and decoding the argument and result
+//! batches of `map`, alternating the two, median of `CODEC_ROUNDS`.
 //!
 //! Each measurement runs several rounds and reports the median of the
 //! per-round figures; the ratio is Python's median over ours (higher is
@@ -154,7 +162,115 @@ fn fmt_time(s: f64) -> String {
     }
 }
 
+/// Encode + decode time of our codec and of bincode 2 for `value`, in
+/// seconds (median of `CODEC_ROUNDS` alternating rounds), after checking
+/// both round-trip it.
+#[cfg(feature = "fuzzing")]
+fn codec_pair<T>(value: &T) -> (f64, f64, usize, usize)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    use socketserver::fuzzing::{codec_from_bytes, codec_to_bytes};
+    let config = bincode::config::standard().with_fixed_int_encoding();
+    let ours_len = codec_to_bytes(value).expect("encode").len();
+    let theirs_len = bincode::serde::encode_to_vec(value, config)
+        .expect("encode")
+        .len();
+    let (mut o, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..CODEC_ROUNDS {
+        let t = Instant::now();
+        let bytes = codec_to_bytes(value).expect("encode");
+        let back: T = codec_from_bytes(&bytes).expect("decode");
+        o.push(t.elapsed().as_secs_f64());
+        assert!(&back == value);
+        let t = Instant::now();
+        let bytes = bincode::serde::encode_to_vec(value, config).expect("encode");
+        let (back, _): (T, usize) =
+            bincode::serde::decode_from_slice(&bytes, config).expect("decode");
+        b.push(t.elapsed().as_secs_f64());
+        assert!(&back == value);
+    }
+    (median(o), median(b), ours_len, theirs_len)
+}
+
+#[cfg(feature = "fuzzing")]
+const CODEC_ROUNDS: usize = 21;
+
+/// Our codec vs bincode 2 on `map`'s batches.
+#[cfg(feature = "fuzzing")]
+fn codec_rows() {
+    println!();
+    println!("| encode + decode | pool codec | bincode 2 (fixed-int) | ratio (bincode / ours) | bytes (ours / bincode) |");
+    println!("|---|---|---|---|---|");
+    let numbers: Vec<u64> = (0..MAP_ITEMS).collect();
+    let records: Vec<(u32, f64, String, Option<i16>)> = (0..100_000u32)
+        .map(|i| {
+            (
+                i,
+                f64::from(i) * 0.5,
+                format!("item {i}"),
+                (i % 3 == 0).then_some(-7),
+            )
+        })
+        .collect();
+    for (label, (o, b, ol, bl)) in [
+        (
+            "1,000,000 u64 (the map bench's batch)",
+            codec_pair(&numbers),
+        ),
+        (
+            "100,000 (u32, f64, String, Option<i16>)",
+            codec_pair(&records),
+        ),
+    ] {
+        println!(
+            "| {label} | {} | {} | {:.2}x | {ol} / {bl} |",
+            fmt_time(o),
+            fmt_time(b),
+            b / o
+        );
+    }
+    println!("median of {CODEC_ROUNDS} alternating rounds; above 1x: ours is faster.");
+}
+
+#[cfg(not(feature = "fuzzing"))]
+fn codec_rows() {
+    println!("\n(our codec vs bincode 2: run with `--features fuzzing`)");
+}
+
+/// `POOL_BENCH_MAP_ONLY=N`: only N `map` calls over `MAP_ITEMS`, each
+/// time printed, nothing else (for `perf record`).
+fn map_only(n: usize) -> socketserver::Result<()> {
+    let pool = Pool::new(WORKERS)?;
+    for _ in 0..n {
+        let t = Instant::now();
+        let v = if std::env::var_os("POOL_BENCH_STAR").is_some() {
+            // The same items through starmap's zero-sized path (a function
+            // inlined into its trampoline, no call through a pointer).
+            pool.starmap(identity, (0..MAP_ITEMS).map(|i| (i,)))?
+        } else {
+            match std::env::var("POOL_BENCH_CHUNK")
+                .ok()
+                .and_then(|c| c.parse().ok())
+            {
+                Some(c) => pool.map_chunked(identity, 0..MAP_ITEMS, c)?,
+                None => pool.map(identity, 0..MAP_ITEMS)?,
+            }
+        };
+        assert_eq!(v.len() as u64, MAP_ITEMS);
+        println!("map: {}", fmt_time(t.elapsed().as_secs_f64()));
+    }
+    pool.close();
+    pool.join()
+}
+
 fn main() -> socketserver::Result<()> {
+    if let Some(n) = std::env::var("POOL_BENCH_MAP_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return map_only(n);
+    }
     let mut ours: Vec<(&str, &str, f64, f64)> = Vec::new();
     let map_runs: Vec<f64>;
     {
@@ -252,5 +368,6 @@ fn main() -> socketserver::Result<()> {
         );
     }
     println!("\n{WORKERS} workers, {ROUNDS} rounds (Python map: 3), {ROUND_TRIPS} round trips per round, {MANAGER_SETS} dict sets per round.");
+    codec_rows();
     Ok(())
 }
