@@ -2,8 +2,9 @@
 //!
 //! A task is a function plus serde-encoded arguments. The function itself
 //! cannot be serialised, so the parent sends the *address* of a small
-//! monomorphised "trampoline" (`run_one::<C, A>` or `run_chunk::<C, A>`)
-//! that decodes the arguments, calls the function and encodes the result.
+//! monomorphised "trampoline" (`run_one_fn::<A, R>`, `run_chunk_fn::<A, R>`
+//! or `run_chunk::<C, A>`) that decodes the arguments, calls the function
+//! and encodes the result.
 //!
 //! # Why this is sound only for `fork`
 //! Every worker is a `fork()` of the process that submits tasks: it runs
