@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! cargo bench --bench ipc
+//! IPC_BENCH_ONLY=pipe cargo bench --bench ipc   # only the Pipe rows
 //! ```
 //!
 //! Measures, each as the median of `RUNS` runs:
@@ -10,7 +11,12 @@
 //! - `Queue` round trip (parent → child → parent over two queues) vs the
 //!   same with two `multiprocessing.Queue`s;
 //! - uncontended `Lock` acquire + release vs `multiprocessing.Lock` (and
-//!   std's process-local `Mutex` for scale).
+//!   std's process-local `Mutex` for scale);
+//! - `Pipe` one-way 64-byte messages (`pipe(false)`, one `send_bytes` per
+//!   message in a forked sender, `recv_bytes` here) vs a bare loop on a
+//!   raw pipe in the same run: the sender `write`s the same 68-byte frame
+//!   (4-byte header + 64 bytes) per message, the receiver `read`s 64 KiB
+//!   at a time and only counts bytes. Runs alternate ours / bare.
 //!
 //! Every loop is bounded by a message count; the Python side runs under a
 //! time limit and is killed if it overruns.
@@ -19,7 +25,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use socketserver::process::{Event, Lock, Process, Queue};
+use socketserver::process::{pipe, Event, Lock, Process, Queue};
 
 const RUNS: usize = 5;
 const THROUGHPUT_MSGS: u64 = 200_000;
@@ -95,6 +101,104 @@ fn lock_uncontended() -> f64 {
         drop(std::hint::black_box(lock.acquire().expect("acquire")));
     }
     t.elapsed().as_secs_f64() * 1e9 / LOCK_ITERS as f64
+}
+
+/// Messages per `Pipe` one-way run, and their size.
+const PIPE_MSGS: u64 = 400_000;
+const PIPE_MSG: usize = 64;
+
+/// `Pipe` one-way: messages per second from a forked sender.
+fn pipe_one_way_ours() -> f64 {
+    let (mut r, mut w) = pipe(false).expect("pipe");
+    r.close_on_fork();
+    let go = Event::new().expect("event");
+    let pgo = go.clone();
+    let mut sender = Process::new(move || {
+        pgo.wait(None).expect("wait");
+        let msg = [1u8; PIPE_MSG];
+        for _ in 0..PIPE_MSGS {
+            w.send_bytes(&msg).expect("send");
+        }
+    });
+    sender.start().expect("start");
+    let t = Instant::now();
+    go.set().expect("set");
+    for _ in 0..PIPE_MSGS {
+        assert_eq!(r.recv_bytes().expect("recv").len(), PIPE_MSG);
+    }
+    let rate = PIPE_MSGS as f64 / t.elapsed().as_secs_f64();
+    assert_eq!(sender.join().expect("join"), 0);
+    rate
+}
+
+/// The same stream with bare system calls: one `write` of the 68-byte
+/// frame per message, `read`s of 64 KiB that only count bytes.
+fn pipe_one_way_bare() -> f64 {
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let go = Event::new().expect("event");
+    let pgo = go.clone();
+    let mut sender = Process::new(move || {
+        pgo.wait(None).expect("wait");
+        let mut frame = [1u8; 4 + PIPE_MSG];
+        frame[..4].copy_from_slice(&(PIPE_MSG as u32).to_be_bytes());
+        for _ in 0..PIPE_MSGS {
+            let mut left = &frame[..];
+            while !left.is_empty() {
+                match nix::unistd::write(&w, left) {
+                    Ok(n) => left = &left[n..],
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+        }
+    });
+    sender.start().expect("start");
+    let mut buf = vec![0u8; 64 << 10];
+    let total = PIPE_MSGS as usize * (4 + PIPE_MSG);
+    let t = Instant::now();
+    go.set().expect("set");
+    let mut got = 0;
+    while got < total {
+        match nix::unistd::read(&r, &mut buf) {
+            Ok(0) => panic!("bare pipe: EOF after {got} of {total} bytes"),
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    let rate = PIPE_MSGS as f64 / t.elapsed().as_secs_f64();
+    assert_eq!(sender.join().expect("join"), 0);
+    rate
+}
+
+/// Alternating runs of [`pipe_one_way_ours`] and [`pipe_one_way_bare`];
+/// prints their medians, the ratio run by run and the goal.
+fn pipe_rows() {
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        ours.push(pipe_one_way_ours());
+        bare.push(pipe_one_way_bare());
+    }
+    let ratios: Vec<String> = ours
+        .iter()
+        .zip(&bare)
+        .map(|(o, b)| format!("{:.2}", o / b))
+        .collect();
+    let (o, b) = (median(ours.clone()), median(bare.clone()));
+    let m = |r: f64| format!("{:.2} M msg/s", r / 1e6);
+    println!();
+    println!("| Pipe one-way {PIPE_MSG} B, {PIPE_MSGS} msgs | socketserver | bare write()/read() | ratio (ours / bare), per run | goal |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| medians of {RUNS} alternating runs | {} (runs: {}) | {} (runs: {}) | {:.2} ({}) | ours ≥ 1.5 M msg/s: {} |",
+        m(o),
+        ours.iter().map(|r| format!("{:.2}", r / 1e6)).collect::<Vec<_>>().join(", "),
+        m(b),
+        bare.iter().map(|r| format!("{:.2}", r / 1e6)).collect::<Vec<_>>().join(", "),
+        o / b,
+        ratios.join(", "),
+        if o >= 1.5e6 { "yes" } else { "NO" }
+    );
 }
 
 fn std_mutex_uncontended() -> f64 {
@@ -232,6 +336,10 @@ fn medians(runs: &[Run]) -> Run {
 }
 
 fn main() {
+    if std::env::var("IPC_BENCH_ONLY").as_deref() == Ok("pipe") {
+        pipe_rows();
+        return;
+    }
     // `cargo bench` passes `--bench`; nothing else to parse. Ours and
     // Python's runs alternate so both see the same (shared, noisy) machine.
     let mut us = Vec::new();
@@ -289,4 +397,5 @@ fn main() {
     );
     println!();
     println!("ratio: how many times faster ours is than Python's.");
+    pipe_rows();
 }

@@ -15,9 +15,11 @@
 //!
 //! Each worker holds at most [`PREFETCH`] jobs: the one it runs and one
 //! queued behind it, so it never waits for the dispatcher between jobs.
-//! Only a small job is queued behind a running one; a big one waits until
-//! the worker is idle (and so reading), otherwise the dispatcher's
-//! blocking send and the worker's blocking reply could wait on each other.
+//! Only a job that fits in a quarter of the socket's send buffer (widened
+//! to a few MiB where the kernel allows) is queued behind a running one; a
+//! bigger one waits until the worker is idle (and so reading), otherwise
+//! the dispatcher's blocking send and the worker's blocking reply could
+//! wait on each other.
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
@@ -39,9 +41,42 @@ use crate::{Error, Result};
 /// until its reply arrives, so the ones behind a dead worker's running job
 /// can be queued again.
 const PREFETCH: usize = 2;
-/// Largest payload sent to a worker that is still busy: far below the
-/// socketpair's buffer (about 200 KiB), so such a send never blocks.
+/// Largest payload sent to a worker that is still busy, whatever its
+/// socket's buffer: far below the default (about 200 KiB), so such a send
+/// never blocks. Workers whose buffer was widened take more (see
+/// [`prefetch_limit`]).
 const PREFETCH_MAX_BYTES: usize = 32 * 1024;
+/// Send buffer asked for on each end of a worker's socketpair (the kernel
+/// caps it at `net.core.wmem_max` and doubles it). The default, about
+/// 200 KiB, splits a 1 MB `map` chunk into five or more hand-offs between
+/// the dispatcher and the worker (each blocked until the other has read),
+/// and on a loaded machine every hand-off waits for a time slice; with
+/// room for the whole chunk, one `send` and one `recv` move it. It is a
+/// limit, not an allocation: memory is used only for bytes in flight.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for [`SOCKET_BUFFER`] on `fd`. Best effort: a smaller buffer only
+/// means more hand-offs.
+fn widen_send_buffer(fd: Option<std::os::fd::BorrowedFd<'_>>) {
+    if let Some(fd) = fd {
+        let _ =
+            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SndBuf, &SOCKET_BUFFER);
+    }
+}
+
+/// Largest job that may be queued behind a running one on a worker whose
+/// parent end is `conn`: a quarter of the send buffer the kernel granted,
+/// so two such jobs (one not yet read, one queued) and the kernel's
+/// per-packet overhead fit in it and the dispatcher's send never blocks;
+/// never less than [`PREFETCH_MAX_BYTES`].
+fn prefetch_limit(conn: &Connection) -> usize {
+    conn.fileno()
+        .and_then(|fd| nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SndBuf).ok())
+        .map_or(PREFETCH_MAX_BYTES, |granted| {
+            (granted / 4).max(PREFETCH_MAX_BYTES)
+        })
+}
+
 /// How long terminated workers get after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(200);
 /// How long idle workers get to leave after a stop frame.
@@ -357,6 +392,9 @@ struct Worker {
     sent: usize,
     /// The connection failed or reached end-of-file: wait for the sentinel.
     eof: bool,
+    /// Largest job queued behind a running one on this worker (see
+    /// [`prefetch_limit`]).
+    prefetch_max: usize,
 }
 
 impl Worker {
@@ -367,6 +405,8 @@ impl Worker {
         let (mut conn, mut child_end) = pipe(true)?;
         conn.set_max_message_size(MAX_FRAME);
         child_end.set_max_message_size(MAX_FRAME);
+        widen_send_buffer(conn.fileno());
+        widen_send_buffer(child_end.fileno());
         // Workers forked later must not hold this worker's parent end.
         conn.close_on_fork();
         let init = config.initializer.clone();
@@ -377,6 +417,7 @@ impl Worker {
         let child = fork_child(&options, move || worker::worker_main(child_end, init, max))?;
         Ok(Worker {
             child,
+            prefetch_max: prefetch_limit(&conn),
             conn,
             inflight: VecDeque::new(),
             sent: 0,
@@ -394,8 +435,10 @@ impl Worker {
             None,
             nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         )?;
+        widen_send_buffer(Some(theirs.as_fd()));
         let mut conn = Connection::from_socket(ours);
         conn.set_max_message_size(MAX_FRAME);
+        widen_send_buffer(conn.fileno());
         conn.close_on_fork();
         let max = config.max_tasks.map_or(0u64, |m| m as u64);
         let options = ForkOptions::new()
@@ -404,6 +447,7 @@ impl Worker {
         let child = forkserver::spawn(&options, served_worker, &max.to_le_bytes(), vec![theirs])?;
         Ok(Worker {
             child,
+            prefetch_max: prefetch_limit(&conn),
             conn,
             inflight: VecDeque::new(),
             sent: 0,
@@ -536,7 +580,7 @@ impl Dispatcher {
                         || st
                             .queue
                             .front()
-                            .is_some_and(|q| q.job.frame.len() <= PREFETCH_MAX_BYTES);
+                            .is_some_and(|q| q.job.frame.len() <= w.prefetch_max);
                     if fits
                         && w.inflight.len() + queued_here == depth
                         && !w.eof

@@ -14,7 +14,7 @@ use crate::process::async_result::{slot_sink, Slot};
 use crate::process::cpu_count;
 use crate::process::dispatch::{Config, Engine, Job, OnDeath, Shared};
 use crate::process::pool::pool::{submit_each, IMap};
-use crate::process::task::{self, One};
+use crate::process::task;
 use crate::process::worker;
 #[allow(unused_imports)]
 use crate::Error;
@@ -156,18 +156,17 @@ impl ProcessPoolExecutor {
     /// # Errors
     /// [`Error::BrokenPool`] once broken; [`Error::InvalidArgument`] after
     /// `shutdown`; [`Error::Codec`] if `arg` cannot be encoded.
-    pub fn submit<F, A, R>(&self, f: F, arg: A) -> Result<Future<R>>
+    pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<Future<R>>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let _ = f;
         let slot = Slot::new();
         let job = Job {
-            trampoline: task::one_address::<One<F>, A>(),
+            trampoline: task::one_fn_address::<A, R>(),
             frame: {
-                let mut frame = worker::job_frame(Vec::new(), 16);
+                let mut frame = worker::job_frame(Vec::new(), 24);
+                task::push_function(task::function_address(f), &mut frame);
                 task::append(&arg, &mut frame)?;
                 frame
             },
@@ -187,9 +186,8 @@ impl ProcessPoolExecutor {
     ///
     /// # Errors
     /// As [`submit`](Self::submit).
-    pub fn map<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<IMap<R>>
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, items: I, chunksize: usize) -> Result<IMap<R>>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,

@@ -13,7 +13,7 @@ use crate::process::codec::Decoder;
 use crate::process::cpu_count;
 use crate::process::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
 use crate::process::forkserver::{get_start_method, StartMethod};
-use crate::process::task::{self, One, Star, StarFn};
+use crate::process::task::{self, Star, StarFn};
 use crate::process::worker::{self, Body};
 use crate::{Error, Result};
 
@@ -34,13 +34,32 @@ use crate::{Error, Result};
 /// ```
 ///
 /// # What a task is
-/// A task is a function item (`square`) or a closure that captures nothing
-/// (`|x: u64| x + 1`), with arguments and results that implement serde's
-/// `Serialize` and `Deserialize`. Workers are `fork()`s of this process, so
-/// such a function exists at the same address in every worker; the pool
-/// sends that address and the arguments in the pool's wire format (see the
-/// `task` module for why this is sound only with fork). Closures that
-/// capture data are rejected at compile time. The
+/// A task is a function pointer, `fn(A) -> R`: a function item (`square`)
+/// or a closure that captures nothing (`|x: u64| x + 1`) coerces to one,
+/// with arguments and results that implement serde's `Serialize` and
+/// `Deserialize`. Workers are `fork()`s of this process, so such a
+/// function exists at the same address in every worker; the pool sends
+/// that address and the arguments in the pool's wire format (see the
+/// `task` module for why this is sound only with fork). A closure that
+/// captures data is rejected by the type checker (`cargo check` included),
+/// at the call site:
+///
+/// ```compile_fail,E0308
+/// use socketserver::process::Pool;
+///
+/// let pool = Pool::new(2)?;
+/// let offset = 10u64;
+/// // error[E0308]: expected fn pointer, found closure
+/// // note: closures can only be coerced to `fn` types if they do not
+/// //       capture any variables
+/// let v = pool.map(move |x: u64| x + offset, 0..4u64)?;
+/// # Ok::<(), socketserver::Error>(())
+/// ```
+///
+/// [`starmap`](Self::starmap) (any arity from 0 to 4) takes a zero-sized
+/// function instead: a function item or a closure that captures nothing;
+/// there a capturing closure is refused when the code is built (`cargo
+/// build`), not by `cargo check`. The
 /// [`initializer`](PoolBuilder::initializer), which runs once per worker
 /// at start, may be any closure: it is forked along with the worker.
 ///
@@ -179,24 +198,30 @@ const SUBMIT_BATCH_BYTES: usize = 256 * 1024;
 /// (only its type is used: the worker calls the same function item at the
 /// same address). What `imap`, `imap_unordered` and the executor's `map`
 /// share.
-pub(crate) fn submit_each<F, A, R>(
+pub(crate) fn submit_each<A, R>(
     shared: &Shared,
-    f: F,
+    f: fn(A) -> R,
     items: impl IntoIterator<Item = A>,
     chunksize: usize,
 ) -> Result<(ChunkRx, Vec<usize>)>
 where
-    F: Fn(A) -> R + Copy + Send + Sync + 'static,
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    let _ = f;
-    let trampoline = task::chunk_address::<One<F>, A>();
-    submit_chunks(shared, trampoline, items.into_iter(), chunksize)
+    let trampoline = task::chunk_fn_address::<A, R>();
+    submit_chunks(
+        shared,
+        trampoline,
+        Some(task::function_address(f)),
+        items.into_iter(),
+        chunksize,
+    )
 }
 
 /// Encodes `items` in chunks of `chunksize` (0 is taken as 1) for the
-/// trampoline at `trampoline` and queues them; returns the receiver of the
+/// trampoline at `trampoline` and queues them, each chunk after the
+/// address of `function` when the trampoline takes one (see
+/// `task::push_function`); returns the receiver of the
 /// chunks' replies and the number of items in each chunk. Each chunk is
 /// an item count followed by the items' encodings in the pool codec (see
 /// `task::encode_chunk`), written straight from the iterator into the
@@ -206,6 +231,7 @@ where
 pub(crate) fn submit_chunks<T: Serialize>(
     shared: &Shared,
     trampoline: usize,
+    function: Option<usize>,
     items: impl Iterator<Item = T>,
     chunksize: usize,
 ) -> Result<(ChunkRx, Vec<usize>)> {
@@ -220,6 +246,9 @@ pub(crate) fn submit_chunks<T: Serialize>(
         // Chunks are about the same size: start at the last one's, so the
         // buffer rarely grows (and is copied) while items are added.
         let mut frame = worker::job_frame(shared.buffer(), last_len + last_len / 8);
+        if let Some(function) = function {
+            task::push_function(function, &mut frame);
+        }
         let count = task::encode_chunk(&mut items, chunksize, &mut frame)?;
         last_len = frame.len();
         batch_bytes += frame.len();
@@ -305,9 +334,8 @@ impl Pool {
     ///
     /// # Errors
     /// As [`AsyncResult::get`], plus those of [`apply_async`](Self::apply_async).
-    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R>
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -319,9 +347,8 @@ impl Pool {
     /// # Errors
     /// [`Error::Codec`] if `arg` cannot be encoded;
     /// [`Error::InvalidArgument`] after `close`/`terminate`.
-    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> Result<AsyncResult<R>>
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<AsyncResult<R>>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -335,15 +362,14 @@ impl Pool {
     ///
     /// # Errors
     /// As [`apply_async`](Self::apply_async).
-    pub fn apply_async_with<F, A, R, S, E>(
+    pub fn apply_async_with<A, R, S, E>(
         &self,
-        f: F,
+        f: fn(A) -> R,
         arg: A,
         callback: S,
         error_callback: E,
     ) -> Result<AsyncResult<R>>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
         S: FnOnce(&R) + Send + 'static,
@@ -357,23 +383,23 @@ impl Pool {
         )
     }
 
-    fn submit_one<F, A, R>(
+    fn submit_one<A, R>(
         &self,
-        _f: F,
+        f: fn(A) -> R,
         arg: A,
         on_success: Option<crate::process::async_result::OnSuccess<R>>,
         on_error: Option<crate::process::async_result::OnError>,
     ) -> Result<AsyncResult<R>>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let mut frame = worker::job_frame(Vec::new(), 16);
+        let mut frame = worker::job_frame(Vec::new(), 24);
+        task::push_function(task::function_address(f), &mut frame);
         task::append(&arg, &mut frame)?;
         let slot = Slot::new();
         let job = Job {
-            trampoline: task::one_address::<One<F>, A>(),
+            trampoline: task::one_fn_address::<A, R>(),
             frame,
             sink: slot_sink(slot.clone(), on_success, on_error),
         };
@@ -388,15 +414,18 @@ impl Pool {
     /// The first failed chunk's error ([`Error::Panicked`],
     /// [`Error::WorkerDied`], …); as [`apply_async`](Self::apply_async)
     /// for submission.
-    pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>>
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<Vec<R>>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let _ = f;
-        self.run_map(task::chunk_address::<One<F>, A>(), items, None)
+        self.run_map(
+            task::chunk_fn_address::<A, R>(),
+            Some(task::function_address(f)),
+            items,
+            None,
+        )
     }
 
     /// [`map`](Self::map) with an explicit chunk size (items per message
@@ -404,19 +433,26 @@ impl Pool {
     ///
     /// # Errors
     /// As [`map`](Self::map).
-    pub fn map_chunked<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<Vec<R>>
+    pub fn map_chunked<A, R, I>(&self, f: fn(A) -> R, items: I, chunksize: usize) -> Result<Vec<R>>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let _ = f;
-        self.run_map(task::chunk_address::<One<F>, A>(), items, Some(chunksize))
+        self.run_map(
+            task::chunk_fn_address::<A, R>(),
+            Some(task::function_address(f)),
+            items,
+            Some(chunksize),
+        )
     }
 
     /// `f(a, b, …)` for every tuple `(a, b, …)`, in order: Python's
     /// `starmap` (0 to 4 arguments), with `map`'s default chunk size.
+    /// `f` is a function item or a closure that captures nothing; a
+    /// closure that captures data fails to build ("a pool task must be a
+    /// function item or a closure that captures nothing"), though `cargo
+    /// check` does not see it (see [What a task is](Pool#what-a-task-is)).
     ///
     /// # Errors
     /// As [`map`](Self::map).
@@ -428,7 +464,12 @@ impl Pool {
         I: IntoIterator<Item = Args>,
     {
         let _ = f;
-        self.run_map(task::chunk_address::<Star<F, Args>, Args>(), items, None)
+        self.run_map(
+            task::chunk_address::<Star<F, Args>, Args>(),
+            None,
+            items,
+            None,
+        )
     }
 
     /// The body of `map`, `map_chunked` and `starmap`. Items are encoded
@@ -438,6 +479,7 @@ impl Pool {
     fn run_map<T, R, I>(
         &self,
         trampoline: usize,
+        function: Option<usize>,
         items: I,
         chunksize: Option<usize>,
     ) -> Result<Vec<R>>
@@ -450,13 +492,19 @@ impl Pool {
         let (rx, counts) = match items.size_hint() {
             (lo, Some(hi)) if lo == hi => {
                 let cs = chunksize.unwrap_or_else(|| default_chunksize(lo, self.processes));
-                submit_chunks(&self.engine.shared, trampoline, items, cs)?
+                submit_chunks(&self.engine.shared, trampoline, function, items, cs)?
             }
             _ => {
                 let items: Vec<T> = items.collect();
                 let cs =
                     chunksize.unwrap_or_else(|| default_chunksize(items.len(), self.processes));
-                submit_chunks(&self.engine.shared, trampoline, items.into_iter(), cs)?
+                submit_chunks(
+                    &self.engine.shared,
+                    trampoline,
+                    function,
+                    items.into_iter(),
+                    cs,
+                )?
             }
         };
         collect_in_order(&self.engine.shared, rx, &counts)
@@ -469,9 +517,8 @@ impl Pool {
     ///
     /// # Errors
     /// As [`apply_async`](Self::apply_async) for submission.
-    pub fn imap<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<IMap<R>>
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I, chunksize: usize) -> Result<IMap<R>>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
@@ -485,9 +532,13 @@ impl Pool {
     ///
     /// # Errors
     /// As [`imap`](Self::imap).
-    pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I, chunksize: usize) -> Result<IMap<R>>
+    pub fn imap_unordered<A, R, I>(
+        &self,
+        f: fn(A) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> Result<IMap<R>>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,

@@ -2,8 +2,9 @@
 //!
 //! A task is a function plus serde-encoded arguments. The function itself
 //! cannot be serialised, so the parent sends the *address* of a small
-//! monomorphised "trampoline" (`run_one::<C, A>` or `run_chunk::<C, A>`)
-//! that decodes the arguments, calls the function and encodes the result.
+//! monomorphised "trampoline" (`run_one_fn::<A, R>`, `run_chunk_fn::<A, R>`
+//! or `run_chunk::<C, A>`) that decodes the arguments, calls the function
+//! and encodes the result.
 //!
 //! # Why this is sound only for `fork`
 //! Every worker is a `fork()` of the process that submits tasks: it runs
@@ -15,13 +16,27 @@
 //! the address only ever travels over a private socketpair between the
 //! pool and its own children.
 //!
-//! The user's function is required to be a *zero-sized* `Copy` value: a
-//! function item (`square`) or a closure that captures nothing. The worker
-//! needs no bytes to rebuild it: a zero-sized value carries no data, and
-//! `Copy` says duplicating it is allowed, so conjuring another copy in the
-//! worker is the same as copying the value the parent passed in. Closures
-//! that capture data are refused at compile time (they would need their
-//! captures, which may point at memory that only exists in the parent).
+//! # What a task is
+//! The one-argument methods (`map`, `apply`, `imap`, `submit`, …) take a
+//! function *pointer*, `fn(A) -> R`. A function item (`square`) and a
+//! closure that captures nothing coerce to one; a closure that captures
+//! data does not, and rustc rejects it while type-checking (so `cargo
+//! check` and rust-analyzer report it at the call site): "closures can
+//! only be coerced to `fn` types if they do not capture any variables".
+//! The pointer's address travels in front of the payload, next to the
+//! address of a trampoline (`run_one_fn::<A, R>`/`run_chunk_fn::<A, R>`)
+//! that knows its type; the worker calls it through the pointer, one
+//! indirect call per item.
+//!
+//! `starmap` takes any arity from 0 to 4, which a single fn-pointer type
+//! cannot express without breaking `pool.starmap(add, …)` for function
+//! items (a fn item does not coerce to a pointer type that is still being
+//! inferred). Its function is therefore still a *zero-sized* `Copy`
+//! value: a function item or a closure that captures nothing, rebuilt in
+//! the worker out of no bytes by a trampoline monomorphised for its type
+//! (`run_chunk::<Star<F, Args>, Args>`); a capturing closure is refused
+//! by a compile-time assertion, which `cargo build` evaluates and `cargo
+//! check` does not.
 
 use std::marker::PhantomData;
 
@@ -32,29 +47,20 @@ use crate::process::codec::{self, Decoder, WireError};
 
 /// The trampoline's type: decode `payload`, run the task, append the
 /// encoded result to `out`. `Err` carries a decode/encode failure message.
-pub(crate) type Trampoline = fn(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>;
+///
+/// # Safety
+/// `payload` must have been built for this very trampoline by the pool
+/// (a function-pointer trampoline reads a function address out of it),
+/// in this process or in one it is a `fork()` of (see the module docs).
+pub(crate) type Trampoline = unsafe fn(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>;
 
-/// A function a worker can call with one argument of type `A` (a plain
-/// function wrapped in [`One`], or a [`StarFn`] wrapped in [`Star`]).
+/// A zero-sized function a worker can call with one argument of type `A`
+/// (a [`StarFn`] wrapped in [`Star`]).
 pub(crate) trait Invoke<A>: Copy + Send + Sync + 'static {
     /// What the function returns.
     type Output;
     /// Calls the function.
     fn invoke(self, arg: A) -> Self::Output;
-}
-
-/// Wraps a one-argument function.
-#[derive(Clone, Copy)]
-pub(crate) struct One<F>(F);
-
-impl<F, A, R> Invoke<A> for One<F>
-where
-    F: Fn(A) -> R + Copy + Send + Sync + 'static,
-{
-    type Output = R;
-    fn invoke(self, arg: A) -> R {
-        (self.0)(arg)
-    }
 }
 
 /// A function of several arguments called with a tuple of them:
@@ -142,17 +148,64 @@ fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()
     append(value, out).map_err(|e| format!("cannot encode the task's result: {e}"))
 }
 
-/// Runs one call: `payload` is the encoded argument.
-fn run_one<C, A>(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>
+/// Bytes of the function address in front of a function-pointer task's
+/// payload.
+const FUNCTION: usize = 8;
+
+/// The address of `f`, for [`push_function`].
+pub(crate) fn function_address<A, R>(f: fn(A) -> R) -> usize {
+    f as usize
+}
+
+/// Appends a function address (from [`function_address`]) to `out`: the
+/// start of the payload of a task run by [`run_one_fn`] or
+/// [`run_chunk_fn`].
+pub(crate) fn push_function(address: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(address as u64).to_le_bytes());
+}
+
+/// A task's function and the rest of its payload.
+type Split<'a, A, R> = (fn(A) -> R, &'a [u8]);
+
+/// Splits the function address pushed by [`push_function`] off `payload`.
+///
+/// # Safety
+/// `payload` must start with the address of a `fn(A) -> R` (same `A` and
+/// `R`) pushed by [`push_function`] in this process or in one it is a
+/// `fork()` of, with no `exec` in between.
+unsafe fn split_function<A, R>(payload: &[u8]) -> Result<Split<'_, A, R>, String> {
+    let Some((addr, rest)) = payload.split_first_chunk::<FUNCTION>() else {
+        return Err(format!("a {}-byte task has no function", payload.len()));
+    };
+    let addr = u64::from_le_bytes(*addr) as usize;
+    if addr == 0 {
+        return Err("a task names a null function".into());
+    }
+    // SAFETY: guaranteed by the caller: `addr` is the address of a
+    // `fn(A) -> R` in this very executable image (a fork keeps the parent's
+    // mappings), and it is not null (checked above). Function pointers and
+    // `usize` have the same size on every target Rust supports.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(addr) };
+    Ok((f, rest))
+}
+
+/// Runs one call of a function pointer: `payload` is the function's
+/// address and the encoded argument.
+///
+/// # Safety
+/// As [`Trampoline`]: `payload` was built by the pool for
+/// `run_one_fn::<A, R>`.
+unsafe fn run_one_fn<A, R>(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>
 where
-    C: Invoke<A>,
     A: DeserializeOwned,
-    C::Output: Serialize,
+    R: Serialize,
 {
+    // SAFETY: the caller's guarantee: the payload starts with a
+    // `fn(A) -> R` pushed by `push_function`.
+    let (f, payload) = unsafe { split_function::<A, R>(payload) }?;
     let arg: A = codec::from_bytes(payload)
         .map_err(|e| format!("cannot decode the task's argument: {e}"))?;
-    let result = conjure::<C>().invoke(arg);
-    encode_into(&result, out)
+    encode_into(&f(arg), out)
 }
 
 pub(crate) use super::wire::{encode_chunk, split_count};
@@ -168,27 +221,64 @@ where
     A: DeserializeOwned,
     C::Output: Serialize,
 {
+    let f = conjure::<C>();
+    chunk_loop(payload, out, |arg| f.invoke(arg))
+}
+
+/// Runs a chunk of a function pointer: `payload` is the function's
+/// address, then a chunk as [`run_chunk`] takes it.
+///
+/// # Safety
+/// As [`Trampoline`]: `payload` was built by the pool for
+/// `run_chunk_fn::<A, R>`.
+unsafe fn run_chunk_fn<A, R>(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    // SAFETY: the caller's guarantee: the payload starts with a
+    // `fn(A) -> R` pushed by `push_function`.
+    let (f, payload) = unsafe { split_function::<A, R>(payload) }?;
+    chunk_loop(payload, out, f)
+}
+
+/// The loop of a chunk: decode an argument, call `f`, encode its result.
+#[inline(always)]
+fn chunk_loop<A, R>(payload: &[u8], out: &mut Vec<u8>, f: impl Fn(A) -> R) -> Result<(), String>
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
     let bad = |e: WireError| format!("cannot decode the chunk's arguments: {e}");
     let (count, items) = split_count(payload)?;
     out.extend_from_slice(&count.to_le_bytes());
     let mut de = Decoder::new(items);
-    let f = conjure::<C>();
     for _ in 0..count {
         let arg = A::deserialize(&mut de).map_err(bad)?;
-        encode_into(&f.invoke(arg), out)?;
+        encode_into(&f(arg), out)?;
     }
     de.finish().map_err(bad)
 }
 
-/// The address of the single-call trampoline for `C`.
-pub(crate) fn one_address<C, A>() -> usize
+/// The address of the single-call trampoline for a `fn(A) -> R`; the
+/// payload starts with the function (see [`push_function`]).
+pub(crate) fn one_fn_address<A, R>() -> usize
 where
-    C: Invoke<A>,
     A: DeserializeOwned,
-    C::Output: Serialize,
+    R: Serialize,
 {
-    const { assert_zero_sized::<C>() };
-    let t: Trampoline = run_one::<C, A>;
+    let t: Trampoline = run_one_fn::<A, R>;
+    t as usize
+}
+
+/// The address of the chunk trampoline for a `fn(A) -> R`; the payload
+/// starts with the function (see [`push_function`]).
+pub(crate) fn chunk_fn_address<A, R>() -> usize
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let t: Trampoline = run_chunk_fn::<A, R>;
     t as usize
 }
 

@@ -59,12 +59,18 @@ pub(crate) fn worker_main(
         };
         // SAFETY: the frame comes from the pool in our parent, over a
         // socketpair only it and we hold; it encoded the address with
-        // `task::one_address`/`chunk_address` in the image we are a fork of.
+        // `task::one_fn_address`/`chunk_fn_address`/`chunk_address` in the
+        // image we are a fork of.
         let trampoline = unsafe { task::trampoline_at(addr) };
 
         start_reply(&mut out, id);
         let mut body = std::mem::take(&mut out);
-        let result = catch_unwind(AssertUnwindSafe(|| trampoline(payload, &mut body)));
+        // SAFETY: the payload was built by the pool for this trampoline
+        // (with the function address in front when it takes one), in the
+        // image we are a fork of: the same frame, from the same sender.
+        let result = catch_unwind(AssertUnwindSafe(|| unsafe {
+            trampoline(payload, &mut body)
+        }));
         out = body;
         match result {
             Ok(Ok(())) => {}
