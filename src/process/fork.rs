@@ -64,6 +64,23 @@ use crate::{Error, Result};
 
 /// Options for [`fork_child`]. Default: no name (the child is called
 /// `Process-<n>`), not a daemon.
+///
+/// Setters chain through `&mut self`, like every builder of this crate
+/// ([`ServerBuilder`](crate::server::ServerBuilder),
+/// [`PoolBuilder`](crate::process::PoolBuilder)):
+///
+/// ```
+/// use socketserver::process::{fork_child, ForkOptions};
+///
+/// let mut options = ForkOptions::new();
+/// options.name("worker").daemon(false);
+/// let mut child = fork_child(&options, || {
+///     let me = socketserver::process::current_process();
+///     if me.name == "worker" && !me.daemon { 7 } else { 1 }
+/// })?;
+/// assert_eq!(child.wait()?, 7);
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct ForkOptions {
     name: Option<String>,
@@ -80,7 +97,7 @@ impl ForkOptions {
 
     /// The name the child reports from `current_process()`. Default is
     /// `Process-<n>` (`Process-1:2` for the second child of child 1).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
+    pub fn name(&mut self, name: impl Into<String>) -> &mut Self {
         self.name = Some(name.into());
         self
     }
@@ -102,7 +119,7 @@ impl ForkOptions {
     /// kills it; a process forked by code other than this crate (a plain
     /// `fork()` without `exec`) holds a copy of the write end until it
     /// exits, and a daemon that `exec`s drops its lifeline.
-    pub fn daemon(mut self, daemon: bool) -> Self {
+    pub fn daemon(&mut self, daemon: bool) -> &mut Self {
         self.daemon = daemon;
         self
     }

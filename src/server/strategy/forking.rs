@@ -111,7 +111,11 @@ impl Strategy for Forking {
         Ok(Forking {
             children: Vec::new(),
             max_children: options.max_children(),
-            fork_options: ForkOptions::new().name("socketserver-child"),
+            fork_options: {
+                let mut options = ForkOptions::new();
+                options.name("socketserver-child");
+                options
+            },
         })
     }
 

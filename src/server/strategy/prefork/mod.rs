@@ -348,7 +348,8 @@ impl Prefork {
         // The parent's only copy of the write end lives in `control`
         // before the fork, so the child closes it with the rest.
         self.control[slot] = Some(ctl_w);
-        let options = ForkOptions::new().name(format!("prefork-worker-{slot}"));
+        let mut options = ForkOptions::new();
+        options.name(format!("prefork-worker-{slot}"));
         let (workers, control) = (&mut self.workers, &mut self.control);
         let (board, epoch) = (&self.board, self.epoch);
         let forked = fork_child(&options, move || {
