@@ -440,7 +440,7 @@ fn leaked_daemon_terminated_when_child_exits() -> TestResult {
 fn fork_child_primitive() -> TestResult {
     let mut kids = Vec::new();
     for code in [0, 5, 9] {
-        kids.push(fork_child(&ForkOptions::new().name("raw"), move || code).map_err(e)?);
+        kids.push(fork_child(ForkOptions::new().name("raw"), move || code).map_err(e)?);
     }
     for (kid, code) in kids.iter_mut().zip([0, 5, 9]) {
         check!(
