@@ -518,7 +518,6 @@ fn fork_one(
         Some(req.name.to_owned()),
         req.daemon,
         req.identity.to_owned(),
-        true,
     );
     // SAFETY: the server is single-threaded, so the child inherits no lock
     // held by another thread; the child runs `child_main`, which never
