@@ -25,7 +25,7 @@ use crate::error::Result;
 use crate::handler::PeerAddr;
 use crate::process::{fork_child, ForkOptions, ForkedChild};
 
-use super::{LoopWaker, Strategy};
+use super::{LoopWaker, Serving, Strategy};
 use crate::server::core::ServerCore;
 use crate::server::drain::DrainReport;
 use crate::server::incoming::Incoming;
@@ -41,8 +41,9 @@ pub struct Forking {
     fork_options: ForkOptions,
     /// A child was forked since the loop last ran `service_actions`.
     forked: bool,
-    /// `service_actions` has run: the accept loop drives us, and it reaps
-    /// children when their sentinels fire.
+    /// Inside `serve_forever`: the accept loop polls every sentinel and
+    /// runs `service_actions` after each wake-up, so a fork needs no
+    /// reaping pass of its own (`handle_request` alone still gets one).
     looping: bool,
 }
 
@@ -194,11 +195,17 @@ impl Strategy for Forking {
     /// `poll` returning at once, so it is reaped one turn later without
     /// a look at every child now.
     fn service_actions(&mut self) {
-        self.looping = true;
-        if std::mem::take(&mut self.forked) {
+        if std::mem::take(&mut self.forked) && self.looping {
             return;
         }
         self.collect_children();
+    }
+
+    fn serve_forever(&mut self, serving: &mut Serving<'_>) -> Result<()> {
+        self.looping = true;
+        let result = serving.accept_loop(self);
+        self.looping = false;
+        result
     }
 
     /// Every child not yet reaped counts as in flight (the loop reaps an
