@@ -440,7 +440,7 @@ fn leaked_daemon_terminated_when_child_exits() -> TestResult {
 fn fork_child_primitive() -> TestResult {
     let mut kids = Vec::new();
     for code in [0, 5, 9] {
-        kids.push(fork_child(&ForkOptions::new().name("raw"), move || code).map_err(e)?);
+        kids.push(fork_child(ForkOptions::new().name("raw"), move || code).map_err(e)?);
     }
     for (kid, code) in kids.iter_mut().zip([0, 5, 9]) {
         check!(
@@ -640,6 +640,52 @@ fn exit_scenario(how: &str) {
     }
 }
 
+/// Run in a re-executed copy of this binary (stdout captured): a second
+/// thread keeps writing lines to stdout while the main thread forks a
+/// child that prints a partial line and returns. The fork happens with
+/// stdout's lock held by the forking thread, so the child may flush it
+/// at exit even though the parent has two threads.
+fn stdout_scenario() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let noisy = std::thread::spawn(move || {
+        use std::io::Write;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = writeln!(std::io::stdout(), "tick");
+        }
+    });
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let child = fork_child(&ForkOptions::new(), || {
+            print!("child-partial");
+            0
+        });
+        codes.push(child.and_then(|mut c| c.wait()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = noisy.join();
+    let ok = codes.iter().all(|c| matches!(c, Ok(0)));
+    std::process::exit(if ok { 0 } else { 3 });
+}
+
+/// Children of a multi-threaded parent flush stdout when they leave
+/// (a partial line is not lost), and none of them hangs on stdout's lock.
+fn stdout_flushed_in_children_of_threaded_parent() -> TestResult {
+    let out = std::process::Command::new(std::env::current_exe().map_err(e)?)
+        .env(SCENARIO, "stdout")
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(e)?;
+    check!(out.status.success(), "scenario failed: {:?}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    check!(
+        text.matches("child-partial").count() == 20,
+        "{} of 20 partial lines printed",
+        text.matches("child-partial").count()
+    );
+    Ok(())
+}
+
 /// Python joins non-daemon children at normal exit and ends the daemons:
 /// a program that returns from `main` (or calls `exit`) while a worker
 /// runs ends only after the worker finished.
@@ -802,6 +848,9 @@ fn state_running_blocked_zombie_gone() -> TestResult {
 
 fn main() {
     if let Ok(how) = std::env::var(SCENARIO) {
+        if how == "stdout" {
+            stdout_scenario();
+        }
         exit_scenario(&how);
         return;
     }
@@ -877,6 +926,10 @@ fn main() {
             connection_frames_up_to_the_maximum,
         ),
         (stringify!(fork_child_primitive), fork_child_primitive),
+        (
+            stringify!(stdout_flushed_in_children_of_threaded_parent),
+            stdout_flushed_in_children_of_threaded_parent,
+        ),
         (
             stringify!(warns_when_forking_with_threads),
             warns_when_forking_with_threads,

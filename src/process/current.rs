@@ -20,9 +20,6 @@ pub(crate) struct ChildState {
     pub(crate) identity: String,
     /// Counter for default names of the children this child starts.
     pub(crate) next_child: AtomicU32,
-    /// Whether stdout may be flushed at exit (the fork happened while
-    /// the parent had one thread, so no other thread can hold their locks).
-    pub(crate) flush_stdio: bool,
 }
 
 /// Everything a fresh child writes, kept together in one static so that
@@ -50,9 +47,11 @@ static G: Globals = Globals {
 };
 
 /// The pid without a system call: cached, and refreshed in every child
-/// that [`fork_child`](super::fork_child) starts. A fork done outside this
-/// crate is not seen, so use this only for bookkeeping that our own forks
-/// act on (the close-on-fork marks).
+/// that [`fork_child`](super::fork_child) starts. A `pthread_atfork`
+/// child handler (installed with the first call) clears the cache in every
+/// child a libc `fork()` makes, whoever calls it, so the next call reads
+/// the new pid. Only a raw `clone` system call that bypasses libc is not
+/// seen.
 pub(crate) fn cached_pid() -> i32 {
     match G.known_pid.load(Ordering::Relaxed) {
         0 => refresh_pid(),
@@ -62,9 +61,26 @@ pub(crate) fn cached_pid() -> i32 {
 
 /// Re-reads the pid into the cache (first thing in a new child).
 pub(crate) fn refresh_pid() -> i32 {
+    install_atfork();
     let pid = getpid().as_raw();
     G.known_pid.store(pid, Ordering::Relaxed);
     pid
+}
+
+static ATFORK: AtomicBool = AtomicBool::new(false);
+
+fn install_atfork() {
+    if !ATFORK.swap(true, Ordering::AcqRel) {
+        // SAFETY: registers a handler that only stores to an atomic (no
+        // lock, no allocation, async-signal-safe); pthread_atfork has no
+        // other precondition. Failure (ENOMEM) leaves the cache as it was
+        // before this handler existed: refreshed by our own forks only.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
+    }
+}
+
+extern "C" fn forget_pid_in_child() {
+    G.known_pid.store(0, Ordering::Relaxed);
 }
 
 static MAIN_NEXT_CHILD: AtomicU32 = AtomicU32::new(1);
@@ -80,7 +96,7 @@ pub(crate) fn child_state() -> Option<&'static ChildState> {
     let state = unsafe { &*ptr };
     // A grandchild forked behind our back (plain libc fork) inherits the
     // pointer; the pid check keeps it from claiming its parent's identity.
-    (G.child_pid.load(Ordering::Acquire) == getpid().as_raw()).then_some(state)
+    (G.child_pid.load(Ordering::Acquire) == cached_pid()).then_some(state)
 }
 
 /// Builds the child's state in the parent, before `fork()`, so the child
@@ -90,14 +106,12 @@ pub(crate) fn prepare_child(
     name: Option<String>,
     daemon: bool,
     identity: String,
-    flush: bool,
 ) -> Box<ChildState> {
     Box::new(ChildState {
         name: name.unwrap_or_else(|| format!("Process-{identity}")),
         daemon,
         identity,
         next_child: AtomicU32::new(1),
-        flush_stdio: flush,
     })
 }
 
@@ -105,7 +119,9 @@ pub(crate) fn prepare_child(
 /// [`prepare_child`] built.
 pub(crate) fn enter_child(state: Box<ChildState>, pid: i32) {
     G.child_pid.store(pid, Ordering::Release);
-    G.body_tid.store(gettid().as_raw(), Ordering::Release);
+    // The forking thread is the child's only thread, and the only thread
+    // of a new process has the process's id as its thread id: no gettid.
+    G.body_tid.store(pid, Ordering::Release);
     G.body_done.store(false, Ordering::Release);
     G.child.store(Box::into_raw(state), Ordering::Release);
 }

@@ -11,10 +11,14 @@
 //!   locks, so allocating is fine. Fork from a single-threaded process when
 //!   you can; when the process has several threads, [`fork_child`] logs
 //!   `process N is multi-threaded, fork() may deadlock the child` (the
-//!   warning CPython 3.12 gives) and the child skips its exit-time flush of
-//!   stdout, because another thread might have held its lock. (The parent
-//!   flushes its own stdout before every fork, as CPython does, so a
-//!   partial line is never printed twice.)
+//!   warning CPython 3.12 gives). Stdout is the exception: the parent
+//!   flushes it before every fork, as CPython does, so a partial line is
+//!   never printed twice, and holds its lock across the fork, so no other
+//!   thread can hold it at that instant; the child releases the copy it
+//!   inherits and flushes stdout when it leaves.
+//! - The pid: this crate caches it (one `getpid` per process, refreshed
+//!   in each child by a `pthread_atfork` handler), so forking, reaping and
+//!   the owner checks make no `getpid` calls.
 //! - The child never returns or unwinds into the caller's code: the body
 //!   runs under `catch_unwind` and the child always ends with `_exit`, so
 //!   the parent's destructors and `atexit` handlers never run twice.
@@ -49,8 +53,9 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
@@ -64,12 +69,33 @@ use crate::{Error, Result};
 
 /// Options for [`fork_child`]. Default: no name (the child is called
 /// `Process-<n>`), not a daemon.
+///
+/// Setters chain through `&mut self`, like every builder of this crate
+/// ([`ServerBuilder`](crate::server::ServerBuilder),
+/// [`PoolBuilder`](crate::process::PoolBuilder)):
+///
+/// ```
+/// use socketserver::process::{fork_child, ForkOptions};
+///
+/// let mut options = ForkOptions::new();
+/// options.name("worker").daemon(false);
+/// let mut child = fork_child(&options, || {
+///     let me = socketserver::process::current_process();
+///     if me.name == "worker" && !me.daemon { 7 } else { 1 }
+/// })?;
+/// assert_eq!(child.wait()?, 7);
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct ForkOptions {
     name: Option<String>,
     daemon: bool,
     /// Identity already allocated by a `Process` (so it is not counted twice).
     pub(crate) identity: Option<String>,
+    /// Count threads (`/proc/self/task`, for the multi-threaded warning)
+    /// at most this often instead of on every fork: the forking server's
+    /// setting, which would otherwise pay a `statx` per connection.
+    pub(crate) thread_check_every: Option<Duration>,
 }
 
 impl ForkOptions {
@@ -80,7 +106,7 @@ impl ForkOptions {
 
     /// The name the child reports from `current_process()`. Default is
     /// `Process-<n>` (`Process-1:2` for the second child of child 1).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
+    pub fn name(&mut self, name: impl Into<String>) -> &mut Self {
         self.name = Some(name.into());
         self
     }
@@ -102,7 +128,7 @@ impl ForkOptions {
     /// kills it; a process forked by code other than this crate (a plain
     /// `fork()` without `exec`) holds a copy of the write end until it
     /// exits, and a daemon that `exec`s drops its lifeline.
-    pub fn daemon(mut self, daemon: bool) -> Self {
+    pub fn daemon(&mut self, daemon: bool) -> &mut Self {
         self.daemon = daemon;
         self
     }
@@ -279,7 +305,7 @@ impl ForkedChild {
         };
         let mut child = ForkedChild {
             pid,
-            owner: getpid(),
+            owner: Pid::from_raw(current::cached_pid()),
             sentinel,
             status: None,
             lifeline,
@@ -339,7 +365,7 @@ impl ForkedChild {
 
     /// Whether the calling process is the one that forked this child.
     pub fn is_owner(&self) -> bool {
-        getpid() == self.owner
+        current::cached_pid() == self.owner.as_raw()
     }
 
     fn check_owner(&self) -> Result<()> {
@@ -487,6 +513,30 @@ fn detach(pid: Pid, exit_slot: Option<usize>) {
     }
 }
 
+/// Whether a rate-limited thread check is due (and if so, records it).
+fn thread_check_due(every: Duration) -> bool {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(u64::MAX);
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if last != u64::MAX && now.saturating_sub(last) < every.as_millis() as u64 {
+        return false;
+    }
+    LAST_MS.store(now, Ordering::Relaxed);
+    true
+}
+
+/// Logs CPython 3.12's warning when this process has more than one thread
+/// (counted in `/proc/self/task`).
+fn warn_if_threaded(pid: i32) {
+    if sys::thread_count() > 1 {
+        tracing::warn!(
+            "process {} is multi-threaded, fork() may deadlock the child",
+            pid
+        );
+    }
+}
+
 /// 0 = unknown, 1 = pidfd_open works, 2 = use a pipe.
 static PIDFD: AtomicU8 = AtomicU8::new(0);
 
@@ -528,13 +578,11 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
     if current::child_state().is_some_and(|s| s.daemon) {
         return Err(Error::DaemonicChildren);
     }
-    let threads = sys::thread_count();
-    let parent = getpid();
-    if threads > 1 {
-        tracing::warn!(
-            "process {} is multi-threaded, fork() may deadlock the child",
-            parent
-        );
+    // Our pid from the cache (kept right across forks, see
+    // `current::cached_pid`), not a `getpid` per fork.
+    let parent = Pid::from_raw(current::cached_pid());
+    if options.thread_check_every.is_none_or(thread_check_due) {
+        warn_if_threaded(parent.as_raw());
     }
     let lifeline = if options.daemon {
         Some(Lifeline::new()?)
@@ -548,23 +596,29 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
     };
     // As CPython does: flush our own pending stdout before forking, so the
     // child does not inherit (and later print) a copy of a partial line.
-    // This also initialises stdout here, once, instead of in every child.
+    // The lock is held across the fork: no other thread of ours can hold
+    // it at that instant, so the child inherits it held by its own (only)
+    // thread and releases it, and stdout is usable (and flushed at exit)
+    // in every child, whatever threads the parent has. This also
+    // initialises stdout here, once, instead of in every child.
+    let mut stdout = std::io::stdout().lock();
     {
         use std::io::Write;
-        let _ = std::io::stdout().flush();
+        let _ = stdout.flush();
     }
-    let parent_cached = current::cached_pid();
     let identity = options
         .identity
         .clone()
         .unwrap_or_else(current::next_identity);
-    let state =
-        current::prepare_child(options.name.clone(), options.daemon, identity, threads == 1);
+    let state = current::prepare_child(options.name.clone(), options.daemon, identity);
     // SAFETY: the child only runs `child_main`, which never returns; it
     // follows the fork-safety rules above (no locks taken by us before the
     // body runs; leaves with `_exit`).
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => {
+            // Ours now (see above): release it for the body.
+            drop(stdout);
+            // The one getpid of the child: it fills the pid cache.
             let pid = current::refresh_pid();
             // Arm the lifeline before the close-on-fork pass closes our
             // inherited copy of its write end (see the module docs).
@@ -584,7 +638,7 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                 }
                 read_end
             });
-            closefork::close_in_child(parent_cached);
+            closefork::close_in_child(parent.as_raw());
             let keep = pipe.map(|(r, w)| {
                 drop(r);
                 w
@@ -592,6 +646,7 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
             child_main(parent, pid, lifeline, state, keep, body)
         }
         ForkResult::Parent { child } => {
+            drop(stdout);
             let lifeline = lifeline.map(|(parent_end, read_end)| {
                 drop(read_end);
                 parent_end
@@ -668,10 +723,10 @@ pub(crate) fn leave_child(code: i32) -> ! {
     current::body_done();
     let _ = catch_unwind(|| {
         registry::at_normal_exit();
-        if current::child_state().is_some_and(|s| s.flush_stdio) {
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-        }
+        // Safe whatever threads the parent had: the fork happened with
+        // stdout's lock held by the forking thread (see `fork_child`).
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
     });
     // SAFETY: _exit ends the process immediately; no destructors or atexit
     // handlers of the parent's image run in the child.

@@ -247,7 +247,8 @@ fn spawn_server() -> Result<Server> {
     // Double fork: the server is not our child (a short-lived launcher is,
     // and is reaped at once), so it never shows up among our children nor
     // needs reaping; its lifeline still ties it to this process.
-    let options = ForkOptions::new().name("ForkServerLauncher");
+    let mut options = ForkOptions::new();
+    options.name("ForkServerLauncher");
     let mut launcher = fork_child(&options, move || {
         // SAFETY: a single fork from the launcher, which has one thread;
         // the child runs `serve` and leaves with `_exit`.
@@ -517,7 +518,6 @@ fn fork_one(
         Some(req.name.to_owned()),
         req.daemon,
         req.identity.to_owned(),
-        true,
     );
     // SAFETY: the server is single-threaded, so the child inherits no lock
     // held by another thread; the child runs `child_main`, which never

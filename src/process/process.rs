@@ -363,9 +363,8 @@ impl Process {
         if self.child.is_some() || (self.target.is_none() && self.sendable.is_none()) {
             return Err(Error::AlreadyStarted);
         }
-        let mut options = ForkOptions::new()
-            .name(self.name.clone())
-            .daemon(self.daemon);
+        let mut options = ForkOptions::new();
+        options.name(self.name.clone()).daemon(self.daemon);
         options.identity = Some(self.identity.clone());
         if let Some(s) = &self.sendable {
             let payload = s.payload.clone().map_err(Error::Codec)?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
-use nix::unistd::{getpid, Pid};
+use nix::unistd::Pid;
 
 const SLOTS: usize = 1024;
 
@@ -57,7 +57,7 @@ static HOOK_INSTALLED: AtomicBool = AtomicBool::new(false);
 /// non-daemon is not waited for at exit).
 pub(crate) fn register(pid: i32, sentinel: RawFd, daemon: bool) -> Option<usize> {
     install_hook();
-    let me = getpid().as_raw();
+    let me = super::current::cached_pid();
     for (i, slot) in DAEMONS.iter().enumerate() {
         if slot
             .owner
@@ -110,6 +110,11 @@ extern "C" fn at_exit() {
 /// What a process does at normal exit: wait for the non-daemon children it
 /// started that still run, then terminate its daemons.
 pub(crate) fn at_normal_exit() {
+    if used().is_empty() {
+        // Nothing was ever registered here: no system call at all (a
+        // forking server's child leaves through this on every request).
+        return;
+    }
     join_own_children();
     terminate_own_daemons();
 }
@@ -119,7 +124,7 @@ pub(crate) fn at_normal_exit() {
 /// child that a `Process` or a reaper thread will reap: no exit status is
 /// stolen from a concurrent `join`.
 fn join_own_children() {
-    let me = getpid().as_raw();
+    let me = super::current::cached_pid();
     for slot in used() {
         if slot.owner.load(Ordering::Acquire) != me || slot.daemon.load(Ordering::Acquire) {
             continue;
@@ -138,7 +143,7 @@ fn join_own_children() {
 /// up to [`DAEMON_GRACE`] for them to exit, then SIGKILL. Runs at normal
 /// exit of the main process and when a child started by us leaves.
 pub(crate) fn terminate_own_daemons() {
-    let me = getpid().as_raw();
+    let me = super::current::cached_pid();
     let mut mine: Vec<(usize, i32, RawFd)> = Vec::new();
     for (i, slot) in used().iter().enumerate() {
         if slot.owner.load(Ordering::Acquire) == me && slot.daemon.load(Ordering::Acquire) {

@@ -71,3 +71,54 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "non-string panic payload".to_owned()
     }
 }
+
+/// A descriptor one thread owns and another may *revoke*: point its number
+/// at `/dev/null` (one atomic `dup3`), which closes the open file behind it
+/// in this process at once while the owner's number stays valid, so no
+/// other thread can be handed that number by a later `open` or `accept`.
+/// A prefork worker uses it to drop its copy of the listening socket the
+/// moment it is retired, even while its only thread serves a request.
+///
+/// The owner calls [`disarm`](Self::disarm) before it closes the
+/// descriptor; after that `revoke` does nothing. Both take the same lock,
+/// so a revoke never lands on a number that was closed and reused.
+#[derive(Debug)]
+pub(crate) struct Revocable {
+    fd: std::sync::Mutex<Option<std::os::fd::RawFd>>,
+}
+
+impl Revocable {
+    /// Watches `fd`, which stays open until [`disarm`](Self::disarm).
+    pub(crate) fn new(fd: BorrowedFd<'_>) -> Revocable {
+        use std::os::fd::AsRawFd;
+        Revocable {
+            fd: std::sync::Mutex::new(Some(fd.as_raw_fd())),
+        }
+    }
+
+    /// Points the descriptor at `/dev/null` (once). Returns whether it did.
+    ///
+    /// # Errors
+    /// `/dev/null` cannot be opened, or `dup3` failed.
+    pub(crate) fn revoke(&self) -> std::io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let mut guard = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(fd) = guard.take() else {
+            return Ok(false);
+        };
+        let null = std::fs::File::open("/dev/null")?;
+        // SAFETY: `fd` is open (the owner disarms, under this lock, before
+        // it closes it) and `null` is a descriptor we own; dup3 replaces
+        // what `fd` refers to atomically and writes no memory of ours.
+        let rc = unsafe { libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(true)
+    }
+
+    /// Stops watching: call before closing the descriptor.
+    pub(crate) fn disarm(&self) {
+        *self.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}

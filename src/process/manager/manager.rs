@@ -191,7 +191,8 @@ fn address_from_string(s: &str) -> Result<Address> {
 fn spawn_server(address: Address, authkey: &[u8]) -> Result<(ForkedChild, Address)> {
     let (mut rx, mut tx) = pipe(false)?;
     let key = authkey.to_vec();
-    let options = ForkOptions::new().name("SyncManager").daemon(true);
+    let mut options = ForkOptions::new();
+    options.name("SyncManager").daemon(true);
     let mut child = fork_child(&options, move || {
         let listener = match Listener::bind(address, Some(&key)) {
             Ok(l) => l,

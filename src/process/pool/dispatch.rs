@@ -411,9 +411,8 @@ impl Worker {
         conn.close_on_fork();
         let init = config.initializer.clone();
         let max = config.max_tasks;
-        let options = ForkOptions::new()
-            .name(format!("{}-{n}", config.name))
-            .daemon(true);
+        let mut options = ForkOptions::new();
+        options.name(format!("{}-{n}", config.name)).daemon(true);
         let child = fork_child(&options, move || worker::worker_main(child_end, init, max))?;
         Ok(Worker {
             child,
@@ -441,9 +440,8 @@ impl Worker {
         widen_send_buffer(conn.fileno());
         conn.close_on_fork();
         let max = config.max_tasks.map_or(0u64, |m| m as u64);
-        let options = ForkOptions::new()
-            .name(format!("{}-{n}", config.name))
-            .daemon(true);
+        let mut options = ForkOptions::new();
+        options.name(format!("{}-{n}", config.name)).daemon(true);
         let child = forkserver::spawn(&options, served_worker, &max.to_le_bytes(), vec![theirs])?;
         Ok(Worker {
             child,

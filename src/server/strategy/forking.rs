@@ -25,7 +25,7 @@ use crate::error::Result;
 use crate::handler::PeerAddr;
 use crate::process::{fork_child, ForkOptions, ForkedChild};
 
-use super::{LoopWaker, Strategy};
+use super::{LoopWaker, Serving, Strategy};
 use crate::server::core::ServerCore;
 use crate::server::drain::DrainReport;
 use crate::server::incoming::Incoming;
@@ -39,7 +39,17 @@ pub struct Forking {
     children: Vec<ForkedChild>,
     max_children: usize,
     fork_options: ForkOptions,
+    /// A child was forked since the loop last ran `service_actions`.
+    forked: bool,
+    /// Inside `serve_forever`: the accept loop polls every sentinel and
+    /// runs `service_actions` after each wake-up, so a fork needs no
+    /// reaping pass of its own (`handle_request` alone still gets one).
+    looping: bool,
 }
+
+/// Up to this many children, reaping asks each with `waitpid(WNOHANG)`
+/// directly; above it one `poll` over the sentinels picks the ones to ask.
+const DIRECT_REAP: usize = 2;
 
 impl Forking {
     /// Children forked and not yet reaped.
@@ -58,6 +68,12 @@ impl Forking {
         if self.children.is_empty() {
             return;
         }
+        if self.children.len() <= DIRECT_REAP {
+            // n waitpid calls cost no more than one poll plus a waitpid
+            // per exited child.
+            self.reap_where(|_| true);
+            return;
+        }
         let mut fds: Vec<PollFd<'_>> = self
             .children
             .iter()
@@ -73,10 +89,15 @@ impl Forking {
             Err(_) => vec![true; self.children.len()],
         };
         drop(fds);
+        self.reap_where(|i| ready[i]);
+    }
+
+    /// `waitpid(WNOHANG)` on each child `pick` selects; removes the reaped.
+    fn reap_where(&mut self, pick: impl Fn(usize) -> bool) {
         let mut i = self.children.len();
         while i > 0 {
             i -= 1;
-            if !ready[i] {
+            if !pick(i) {
                 continue;
             }
             match self.children[i].try_wait() {
@@ -111,7 +132,16 @@ impl Strategy for Forking {
         Ok(Forking {
             children: Vec::new(),
             max_children: options.max_children(),
-            fork_options: ForkOptions::new().name("socketserver-child"),
+            fork_options: {
+                let mut options = ForkOptions::new();
+                options.name("socketserver-child");
+                // The multi-threaded warning's thread count at most once
+                // a second, not a statx of /proc/self/task per connection.
+                options.thread_check_every = Some(Duration::from_secs(1));
+                options
+            },
+            forked: false,
+            looping: false,
         })
     }
 
@@ -129,8 +159,11 @@ impl Strategy for Forking {
         request: Incoming,
         peer: PeerAddr,
     ) {
-        // Bounds the zombies of a server driven by `handle_request` alone.
-        self.collect_children();
+        // Bounds the zombies of a server driven by `handle_request` alone
+        // (the accept loop reaps on each sentinel that fires).
+        if !self.looping {
+            self.collect_children();
+        }
         let child_core = core.clone();
         let child_peer = peer.clone();
         // Runs only in the child. In the parent it is dropped unrun, which
@@ -147,6 +180,7 @@ impl Strategy for Forking {
             Ok(child) => {
                 tracing::trace!(pid = child.pid(), peer = %peer, "forked a child");
                 self.children.push(child);
+                self.forked = true;
             }
             Err(e) => core.handle_error(&peer, &e),
         }
@@ -156,8 +190,22 @@ impl Strategy for Forking {
         self.children.iter().map(ForkedChild::sentinel).collect()
     }
 
+    /// Reaps exited children, except right after a fork: then the loop
+    /// woke for a connection, and a sentinel that fired too keeps the next
+    /// `poll` returning at once, so it is reaped one turn later without
+    /// a look at every child now.
     fn service_actions(&mut self) {
+        if std::mem::take(&mut self.forked) && self.looping {
+            return;
+        }
         self.collect_children();
+    }
+
+    fn serve_forever(&mut self, serving: &mut Serving<'_>) -> Result<()> {
+        self.looping = true;
+        let result = serving.accept_loop(self);
+        self.looping = false;
+        result
     }
 
     /// Every child not yet reaped counts as in flight (the loop reaps an

@@ -35,9 +35,13 @@
 //!   pipe whose only write end the parent holds. Closing it — or the
 //!   parent dying, which closes it too — tells the worker to stop: it
 //!   **closes its copy of the listening socket at once**, even in the
-//!   middle of a request (its handler runs on a second thread), finishes
-//!   that request and exits. So a socket nobody will serve never keeps
-//!   accepting connections into its backlog.
+//!   middle of a request (a small watcher thread blocked on the control
+//!   pipe revokes the descriptor while the worker's thread serves),
+//!   finishes that request and exits. So a socket nobody will serve never
+//!   keeps accepting connections into its backlog.
+//! - **Per request** a worker makes no system call of its own: it serves
+//!   on the thread that accepted (no hand-off), and the scoreboard words
+//!   are atomic stores to shared memory.
 //! - **Descriptors.** A worker closes what it inherited from the pool:
 //!   its siblings' pidfds and control pipes.
 //! - **Errors.** A repeated failure (`cannot fork prefork worker` under
@@ -348,7 +352,8 @@ impl Prefork {
         // The parent's only copy of the write end lives in `control`
         // before the fork, so the child closes it with the rest.
         self.control[slot] = Some(ctl_w);
-        let options = ForkOptions::new().name(format!("prefork-worker-{slot}"));
+        let mut options = ForkOptions::new();
+        options.name(format!("prefork-worker-{slot}"));
         let (workers, control) = (&mut self.workers, &mut self.control);
         let (board, epoch) = (&self.board, self.epoch);
         let forked = fork_child(&options, move || {

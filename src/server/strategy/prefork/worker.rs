@@ -1,26 +1,28 @@
-//! A prefork worker: the crate's accept loop in a child process, with the
-//! handler on a second thread so the loop can drop the listening socket
-//! the moment it is told to stop, even in the middle of a request.
+//! A prefork worker: the crate's accept loop in a child process, serving
+//! each request on the accepting thread itself (one at a time, as a
+//! prefork worker does), with no hand-off and no system call of its own
+//! per request: the scoreboard is shared memory written with atomic
+//! stores.
 //!
-//! The worker's loop waits on the shared server socket (while idle), its
-//! control pipe (closed by the parent to retire it, or by the kernel when
-//! the parent dies) and the handler thread's "done" socket. One request at
-//! a time: while the handler runs the worker is at capacity and does not
-//! accept, so an idle sibling takes the next connection.
+//! A second, small thread only watches the worker's control pipe (closed
+//! by the parent to retire it, or by the kernel when the parent dies).
+//! When it fires, that thread asks the loop to stop and **revokes the
+//! worker's copy of the listening socket at once** (its descriptor number
+//! is pointed at `/dev/null`, see [`Revocable`]), even in the middle of a
+//! request; the request in flight ends normally, then the worker leaves.
+//! So a socket nobody will serve never keeps accepting connections into
+//! its backlog. The watcher blocks in `poll` and costs nothing per request.
 
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::handler::PeerAddr;
-use crate::process::SharedAtomics;
+use crate::process::{Revocable, SharedAtomics};
 use crate::server::core::ServerCore;
 use crate::server::incoming::Incoming;
 use crate::server::strategy::{Processor, Serving};
@@ -51,28 +53,23 @@ impl WorkerCtx<'_> {
         // The worker's own wake-up: stopping it must not touch the
         // parent's (whose socket pair it shares).
         let Ok(wakeup) = Wakeup::new() else { return 1 };
-        let Ok((done_rx, done_tx)) = UnixStream::pair() else {
+        let Some(socket) = serving.socket.as_ref() else {
             return 1;
         };
-        let _ = done_rx.set_nonblocking(true);
-        let (jobs, queue) = mpsc::channel::<(Incoming, PeerAddr)>();
-        let core = serving.core.clone();
-        let handler = std::thread::Builder::new()
-            .name("prefork-handler".into())
-            .spawn(move || {
-                let mut done_tx = done_tx;
-                for (request, peer) in queue {
-                    core.process(request, &peer);
-                    let _ = done_tx.write_all(&[1]);
-                }
-            });
-        let Ok(handler) = handler else { return 1 };
+        let listening = Arc::new(Revocable::new(socket.as_fd()));
+        let retired = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (wakeup, listening, retired) = (wakeup.clone(), listening.clone(), retired.clone());
+            std::thread::Builder::new()
+                .name("prefork-control".into())
+                .stack_size(64 * 1024)
+                .spawn(move || watch_control(&control, &wakeup, &listening, &retired))
+        };
+        if watcher.is_err() {
+            return 1;
+        }
         let mut worker = Worker {
             ctx: &self,
-            control,
-            done: done_rx,
-            jobs: Some(jobs),
-            busy: false,
             served: 0,
             wakeup: wakeup.clone(),
         };
@@ -85,13 +82,16 @@ impl WorkerCtx<'_> {
             buf: &mut *serving.buf,
         };
         let result = own.run_loop(&mut worker);
-        // Will not accept again: close the listening socket now, before
-        // the request in flight (if any) ends.
+        // Will not accept again: close the listening socket (the watcher
+        // may not revoke a number that is about to be closed).
+        listening.disarm();
         drop(serving.socket.take());
         self.set(W_STATE, EXITING);
-        worker.finish(handler);
         match result {
             Ok(()) => 0,
+            // The watcher revoked the socket under the loop's feet (an
+            // accept on /dev/null): that is the retirement, not a failure.
+            Err(_) if retired.load(Ordering::Acquire) => 0,
             Err(e) => {
                 tracing::error!(error = %e, "prefork worker stops");
                 1
@@ -100,31 +100,39 @@ impl WorkerCtx<'_> {
     }
 }
 
+/// The watcher thread: sleeps until the control pipe closes (retire,
+/// shutdown, parent death), then stops the loop and revokes the listening
+/// socket. The stop request comes first, so a loop that sees the revoked
+/// descriptor has already been told to stop.
+fn watch_control(control: &OwnedFd, wakeup: &Wakeup, listening: &Revocable, retired: &AtomicBool) {
+    loop {
+        let mut fds = [PollFd::new(control.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(n) if n > 0 => break,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            // Cannot watch (should not happen): stop rather than serve on
+            // unsupervised.
+            Err(_) => break,
+        }
+    }
+    retired.store(true, Ordering::Release);
+    wakeup.request_shutdown();
+    if let Err(e) = listening.revoke() {
+        tracing::warn!(error = %e, "prefork worker cannot drop its listening socket early");
+    }
+}
+
 struct Worker<'a, 'b> {
     ctx: &'a WorkerCtx<'b>,
-    control: OwnedFd,
-    done: UnixStream,
-    jobs: Option<mpsc::Sender<(Incoming, PeerAddr)>>,
-    busy: bool,
     served: u64,
     wakeup: Arc<Wakeup>,
 }
 
-impl Worker<'_, '_> {
-    fn stop(&self) {
-        self.wakeup.request_shutdown();
-    }
-
-    /// Lets the handler finish its request and ends its thread.
-    fn finish(mut self, handler: JoinHandle<()>) {
-        self.jobs = None;
-        let _ = handler.join();
-    }
-}
-
 impl Processor for Worker<'_, '_> {
+    /// Never: the request is served inside `process_request`, so the loop
+    /// only gets here when the worker is free.
     fn at_capacity(&mut self) -> bool {
-        self.busy
+        false
     }
 
     fn process_request(
@@ -136,48 +144,21 @@ impl Processor for Worker<'_, '_> {
     ) {
         self.ctx.set(W_BUSY_SINCE, now_ms(self.ctx.epoch));
         self.ctx.set(W_STATE, BUSY);
-        self.busy = true;
-        let sent = match &self.jobs {
-            Some(jobs) => jobs.send((request, peer)),
-            None => Err(mpsc::SendError((request, peer))),
-        };
-        if let Err(mpsc::SendError((request, peer))) = sent {
-            // The handler thread is gone (it cannot panic: the core
-            // catches handler panics); serve here rather than drop it.
-            core.process(request, &peer);
-            self.busy = false;
+        core.process(request, &peer);
+        self.served += 1;
+        if let Some(a) = self.ctx.board.get(self.ctx.slot * WORDS + W_REQUESTS) {
+            a.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.ctx.limit > 0 && self.served >= self.ctx.limit {
+            self.wakeup.request_shutdown();
+        } else {
             self.ctx.set(W_STATE, IDLE);
         }
     }
 
     fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
-        vec![self.control.as_fd(), self.done.as_fd()]
+        Vec::new()
     }
 
-    fn service_actions(&mut self) {
-        // One request at a time: at most one "done" byte, and only while
-        // busy. A wake-up it explains needs no look at the control pipe
-        // (if that fired too, the next poll returns at once for it).
-        if self.busy {
-            let mut byte = [0u8; 1];
-            if matches!((&self.done).read(&mut byte), Ok(1)) {
-                self.busy = false;
-                self.served += 1;
-                if let Some(a) = self.ctx.board.get(self.ctx.slot * WORDS + W_REQUESTS) {
-                    a.fetch_add(1, Ordering::SeqCst);
-                }
-                if self.ctx.limit > 0 && self.served >= self.ctx.limit {
-                    self.stop();
-                } else {
-                    self.ctx.set(W_STATE, IDLE);
-                }
-                return;
-            }
-        }
-        let mut fds = [PollFd::new(self.control.as_fd(), PollFlags::POLLIN)];
-        if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
-            // Closed by the parent (retire, shutdown) or by its death.
-            self.stop();
-        }
-    }
+    fn service_actions(&mut self) {}
 }
