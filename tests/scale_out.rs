@@ -513,10 +513,12 @@ fn graceful_events_behind_haproxy() {
         eprintln!("restart: SIGHUP to the successor's \"listening on\": {handovers:?}");
         assert_eq!(errors(&rp), 0, "{rp}");
         assert_eq!(errors(&rc), 0, "{rc}");
-        // No multi-second stall: no request waited a second, and every
-        // second of the run completed requests.
+        // No multi-second stall: no request waited two seconds (the
+        // longest seen on a quiet 2-core machine is ~0.3 s; a loaded one
+        // showed up to 1.7 s), and every second of the run completed
+        // requests.
         assert!(
-            max_ms(&rp) < 1000.0 && max_ms(&rc) < 1000.0,
+            max_ms(&rp) < 2000.0 && max_ms(&rc) < 2000.0,
             "stall: {rp} {rc}"
         );
         for t in rp["timeline"].as_array().unwrap() {
