@@ -32,6 +32,7 @@ mod listing;
 mod reply;
 mod session;
 mod throttle;
+mod tls;
 mod transfer;
 mod upload;
 
