@@ -483,12 +483,31 @@ impl TlsData {
 
     /// Reads decrypted bytes: `Ok(0)` at the client's `close_notify` (or a
     /// TCP close without one, as vsftpd's default `strict_ssl_read_eof=NO`).
+    /// Fills `buf` with as many records as the socket buffer already holds
+    /// (one file write per 256 KiB, not per 16 KiB record); blocks on the
+    /// socket only when it has nothing at all.
     pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
         loop {
-            match self.conn.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            match self.conn.reader().read(&mut buf[filled..]) {
+                Ok(0) => return Ok(filled),
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        return Ok(filled);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if filled > 0 && self.tcp.buffer().is_empty() {
+                        return Ok(filled);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
+                Err(e) if filled > 0 => {
+                    tracing::debug!(error = %e, "TLS read error after data");
+                    return Ok(filled);
+                }
                 Err(e) => return Err(e),
             }
             if self.conn.read_tls(&mut self.tcp)? == 0 {
