@@ -154,23 +154,26 @@ impl DataStream {
         }
     }
 
-    /// Ends an upload: TLS close_notify, then FIN.
+    /// Ends a transfer from the client's side: TLS close_notify, then FIN,
+    /// then waits for the server's end of the stream (vsftpd shuts TLS
+    /// down in both directions and fails the transfer when the client's
+    /// socket is gone before that). Errors from a server that already
+    /// closed are ignored.
     fn finish(self) -> std::io::Result<()> {
         match self {
-            DataStream::Plain(s) => s.shutdown(Shutdown::Write),
+            DataStream::Plain(s) => {
+                let _ = s.shutdown(Shutdown::Write);
+                Ok(())
+            }
             DataStream::Tls(mut s) => {
                 s.conn.send_close_notify();
-                s.flush()?;
-                s.sock.shutdown(Shutdown::Write)
+                let _ = s.flush();
+                let _ = s.sock.shutdown(Shutdown::Write);
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                Ok(())
             }
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -354,6 +357,8 @@ impl Client {
             }
             total += n;
         }
+        // vsftpd waits for the client's close_notify before its 226.
+        data.finish()?;
         self.expect(226)?;
         let secs = start.elapsed().as_secs_f64();
         if total != FILE_SIZE {
