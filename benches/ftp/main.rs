@@ -7,7 +7,9 @@
 //!
 //! Measures, per server (ours in each concurrent mode: threading, forking,
 //! prefork, async; sync serves one session at a time and cannot take 100
-//! concurrent logins): RETR and STOR throughput of a 256 MiB file
+//! concurrent logins; then ours and vsftpd again over explicit FTPS with
+//! TLS control and `PROT P` data connections that resume the control
+//! session): RETR and STOR throughput of a 256 MiB file
 //! (median of 3), the server's CPU seconds per GiB moved, the wall time
 //! for 100 concurrent logins (median of 3),
 //! and the server's memory with 100 logged-in clients (RSS and PSS summed
@@ -27,7 +29,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use client::{Client, Server};
-use peers::{start_ours, start_pyftpdlib, start_vsftpd};
+use peers::{start_ours, start_pyftpdlib, start_vsftpd, TlsFiles};
 use procfs::{tree_cpu, tree_memory};
 
 const FILE_SIZE: usize = 256 << 20;
@@ -88,7 +90,7 @@ struct Row {
 fn transfer_once(server: &Server, root: &Path, chunk: &[u8], i: usize) -> Result<[f64; 4]> {
     let pid = server.child.id();
     let gib = FILE_SIZE as f64 / (1u64 << 30) as f64;
-    let mut c = Client::login(server.addr, server.user).map_err(|e| format!("login: {e}"))?;
+    let mut c = Client::login(server).map_err(|e| format!("login: {e}"))?;
     let cpu0 = tree_cpu(pid);
     let retr = c.retr("big.bin").map_err(|e| format!("RETR: {e}"))?;
     let cpu1 = tree_cpu(pid);
@@ -148,31 +150,56 @@ fn main() -> Result<()> {
         // first server measured.
         f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
+    let tls = TlsFiles::make(scratch.path())?;
+    let tls = Some(&tls);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     type Starter<'a> = Box<dyn Fn() -> Result<Server> + 'a>;
     let starters: Vec<(&str, Starter)> = vec![
         (
             "ours (threading)",
-            Box::new(|| start_ours(&bin, &root, "threading")),
+            Box::new(|| start_ours(&bin, &root, "threading", None)),
         ),
         (
             "ours (forking)",
-            Box::new(|| start_ours(&bin, &root, "forking")),
+            Box::new(|| start_ours(&bin, &root, "forking", None)),
         ),
         (
             "ours (prefork)",
-            Box::new(|| start_ours(&bin, &root, "prefork")),
+            Box::new(|| start_ours(&bin, &root, "prefork", None)),
         ),
         (
             "ours (async)",
-            Box::new(|| start_ours(&bin, &root, "async")),
+            Box::new(|| start_ours(&bin, &root, "async", None)),
         ),
         (
             "pyftpdlib",
             Box::new(|| start_pyftpdlib(&root, scratch.path())),
         ),
-        ("vsftpd", Box::new(|| start_vsftpd(&root, scratch.path()))),
+        (
+            "vsftpd",
+            Box::new(|| start_vsftpd(&root, scratch.path(), None)),
+        ),
+        (
+            "ours TLS (threading)",
+            Box::new(|| start_ours(&bin, &root, "threading", tls)),
+        ),
+        (
+            "ours TLS (forking)",
+            Box::new(|| start_ours(&bin, &root, "forking", tls)),
+        ),
+        (
+            "ours TLS (prefork)",
+            Box::new(|| start_ours(&bin, &root, "prefork", tls)),
+        ),
+        (
+            "ours TLS (async)",
+            Box::new(|| start_ours(&bin, &root, "async", tls)),
+        ),
+        (
+            "vsftpd TLS",
+            Box::new(|| start_vsftpd(&root, scratch.path(), tls)),
+        ),
     ];
     // `cargo bench --bench ftp -- vsftpd` runs only the matching servers.
     let filters: Vec<String> = std::env::args()
@@ -222,6 +249,14 @@ fn main() -> Result<()> {
         row.stor = col(1);
         row.retr_cpu = col(2);
         row.stor_cpu = col(3);
+        // The login and memory columns are measured on the plain rows
+        // (vsftpd TLS refuses plain logins; the TLS rows are throughput).
+        if server.tls.is_some() {
+            row.logins_ms = f64::NAN;
+            rows.push(row);
+            drop(server);
+            continue;
+        }
         match logins_and_memory(&server, &mut row) {
             Ok(()) => rows.push(row),
             Err(e) => notes.push(format!("{}: dropped: {e}", row.name)),
@@ -241,6 +276,13 @@ fn main() -> Result<()> {
             0 => String::new(),
             n => format!(" ({n} of {CLIENTS} got no greeting in 10 s)"),
         };
+        if r.logins_ms.is_nan() {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.2} / {:.2} | – | – |",
+                r.name, r.retr, r.stor, r.retr_cpu, r.stor_cpu,
+            );
+            continue;
+        }
         println!(
             "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.1}{failed} | {:.1} / {:.1} |",
             r.name,
@@ -274,6 +316,23 @@ fn main() -> Result<()> {
                 );
             }
         }
+    }
+    for ours in [
+        "ours TLS (threading)",
+        "ours TLS (forking)",
+        "ours TLS (prefork)",
+        "ours TLS (async)",
+    ] {
+        let (Some(o), Some(p)) = (find(ours), find("vsftpd TLS")) else {
+            continue;
+        };
+        println!(
+            "{ours} vs vsftpd TLS: throughput RETR {:.2}x, STOR {:.2}x; server CPU per byte RETR {:.2}x, STOR {:.2}x less",
+            o.retr / p.retr,
+            o.stor / p.stor,
+            p.retr_cpu / o.retr_cpu.max(1e-9),
+            p.stor_cpu / o.stor_cpu.max(1e-9),
+        );
     }
     for n in notes {
         println!("{n}");

@@ -39,8 +39,42 @@ pub(crate) fn wait_listening(addr: SocketAddr) -> Result<()> {
     Err(format!("nothing listening on {addr}").into())
 }
 
-pub(crate) fn start_ours(bin: &Path, root: &Path, mode: &str) -> Result<Server> {
-    let mut child = Command::new(bin)
+/// A certificate and key (PEM files) for the FTPS rows.
+pub(crate) struct TlsFiles {
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// A self-signed certificate for localhost, made with rcgen.
+    pub(crate) fn make(dir: &Path) -> Result<TlsFiles> {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        fs::write(&files.cert, ck.cert.pem())?;
+        fs::write(&files.key, ck.key_pair.serialize_pem())?;
+        Ok(files)
+    }
+}
+
+pub(crate) fn start_ours(
+    bin: &Path,
+    root: &Path,
+    mode: &str,
+    tls: Option<&TlsFiles>,
+) -> Result<Server> {
+    let mut cmd = Command::new(bin);
+    if let Some(t) = tls {
+        // As vsftpd below: TLS required, data sessions must resume.
+        cmd.arg("--tls-cert")
+            .arg(&t.cert)
+            .arg("--tls-key")
+            .arg(&t.key)
+            .args(["--tls-required", "--tls-require-reuse"]);
+    }
+    let mut child = cmd
         .arg("--root")
         .arg(root)
         .args([
@@ -70,6 +104,7 @@ pub(crate) fn start_ours(bin: &Path, root: &Path, mode: &str) -> Result<Server> 
         child,
         addr,
         user: ("bob", "secret"),
+        tls: tls.map(|_| crate::client::tls_client_config()),
     })
 }
 
@@ -117,6 +152,7 @@ pub(crate) fn start_pyftpdlib(root: &Path, scratch: &Path) -> Result<Server> {
         child,
         addr: "127.0.0.1:1".parse()?,
         user: ("bob", "secret"),
+        tls: None,
     };
     server.addr = addr.map_err(|e| format!("pyftpdlib: {e}"))?;
     Ok(server)
@@ -124,7 +160,9 @@ pub(crate) fn start_pyftpdlib(root: &Path, scratch: &Path) -> Result<Server> {
 
 /// vsftpd with a private config: anonymous sessions rooted at `root`
 /// (uploads go to `root/up`, owned by the `ftp` user), 127.0.0.1 only.
-pub(crate) fn start_vsftpd(root: &Path, scratch: &Path) -> Result<Server> {
+/// With `tls`: `ssl_enable=YES`, TLS forced for logins and data, and
+/// vsftpd's default `require_ssl_reuse=YES`.
+pub(crate) fn start_vsftpd(root: &Path, scratch: &Path, tls: Option<&TlsFiles>) -> Result<Server> {
     let bin = ["/usr/sbin/vsftpd", "/usr/bin/vsftpd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -137,10 +175,21 @@ pub(crate) fn start_vsftpd(root: &Path, scratch: &Path) -> Result<Server> {
     let empty = scratch.join("vsftpd-empty");
     fs::create_dir_all(&empty)?;
     let port = free_port()?;
-    let conf = scratch.join("vsftpd.conf");
+    let conf = scratch.join(format!("vsftpd-{port}.conf"));
+    let ssl = match tls {
+        None => String::new(),
+        Some(t) => format!(
+            "ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\n\
+             force_anon_data_ssl=YES\nrequire_ssl_reuse=YES\nssl_ciphers=HIGH\n\
+             ssl_tlsv1=YES\nssl_sslv2=NO\nssl_sslv3=NO\n\
+             rsa_cert_file={}\nrsa_private_key_file={}\n",
+            t.cert.display(),
+            t.key.display()
+        ),
+    };
     fs::write(
         &conf,
-        format!(
+        ssl + &format!(
             "listen=YES\nlisten_ipv6=NO\nlisten_address=127.0.0.1\nlisten_port={port}\n\
              background=NO\nanonymous_enable=YES\nno_anon_password=YES\nanon_root={root}\n\
              local_enable=NO\nwrite_enable=YES\nanon_upload_enable=YES\n\
@@ -164,6 +213,7 @@ pub(crate) fn start_vsftpd(root: &Path, scratch: &Path) -> Result<Server> {
         child,
         addr,
         user: ("anonymous", "x@"),
+        tls: tls.map(|_| crate::client::tls_client_config()),
     };
     wait_listening(addr)?;
     Ok(server)

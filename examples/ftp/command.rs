@@ -18,9 +18,9 @@ pub enum Verb {
     Acct,
     /// `APPE`
     Appe,
-    /// `AUTH` (TLS is not offered: refused with 504)
+    /// `AUTH` (`AUTH TLS`, RFC 4217; 504 without a certificate)
     Auth,
-    /// `CCC`
+    /// `CCC` (not offered: 502)
     Ccc,
     /// `CDUP`, `XCUP`
     Cdup,
@@ -109,6 +109,8 @@ pub struct Spec {
     pub login: bool,
     /// Its line in the `FEAT` reply, if it is an extension to announce.
     pub feat: Option<&'static str>,
+    /// Announced in `FEAT` only when TLS is configured (`--tls-cert`).
+    pub tls: bool,
 }
 
 const fn spec(name: &'static str, verb: Verb, login: bool, feat: Option<&'static str>) -> Spec {
@@ -117,6 +119,18 @@ const fn spec(name: &'static str, verb: Verb, login: bool, feat: Option<&'static
         verb,
         login,
         feat,
+        tls: false,
+    }
+}
+
+/// A row for an RFC 4217 command: in `FEAT` only when TLS is configured.
+const fn tls_spec(name: &'static str, verb: Verb, feat: &'static str) -> Spec {
+    Spec {
+        name,
+        verb,
+        login: false,
+        feat: Some(feat),
+        tls: true,
     }
 }
 
@@ -126,7 +140,7 @@ pub const TABLE: &[Spec] = &[
     spec("ABOR", Verb::Abor, true, None),
     spec("ACCT", Verb::Acct, false, None),
     spec("APPE", Verb::Appe, true, None),
-    spec("AUTH", Verb::Auth, false, None),
+    tls_spec("AUTH", Verb::Auth, "AUTH TLS"),
     spec("CCC", Verb::Ccc, false, None),
     spec("CDUP", Verb::Cdup, true, None),
     spec("CWD", Verb::Cwd, true, None),
@@ -152,9 +166,9 @@ pub const TABLE: &[Spec] = &[
     spec("OPTS", Verb::Opts, false, None),
     spec("PASS", Verb::Pass, false, None),
     spec("PASV", Verb::Pasv, true, Some("PASV")),
-    spec("PBSZ", Verb::Pbsz, false, None),
+    tls_spec("PBSZ", Verb::Pbsz, "PBSZ"),
     spec("PORT", Verb::Port, true, None),
-    spec("PROT", Verb::Prot, false, None),
+    tls_spec("PROT", Verb::Prot, "PROT"),
     spec("PWD", Verb::Pwd, true, None),
     spec("QUIT", Verb::Quit, false, None),
     spec("REST", Verb::Rest, true, Some("REST STREAM")),
@@ -195,9 +209,14 @@ impl Verb {
     }
 }
 
-/// The text of the `211` reply to `FEAT`, from the table.
-pub fn feat_text() -> String {
-    let mut lines: Vec<&str> = TABLE.iter().filter_map(|s| s.feat).collect();
+/// The text of the `211` reply to `FEAT`, from the table; the RFC 4217
+/// lines only when `tls` (a certificate is configured).
+pub fn feat_text(tls: bool) -> String {
+    let mut lines: Vec<&str> = TABLE
+        .iter()
+        .filter(|s| tls || !s.tls)
+        .filter_map(|s| s.feat)
+        .collect();
     lines.extend_from_slice(PROPERTIES);
     lines.sort_unstable();
     lines.dedup();
@@ -358,7 +377,7 @@ mod tests {
         }
         assert!(!Verb::User.needs_login() && !Verb::Quit.needs_login());
         assert!(Verb::Retr.needs_login() && Verb::Mfmt.needs_login());
-        let feat = feat_text();
+        let feat = feat_text(false);
         assert!(feat.starts_with("Features:\n") && feat.ends_with("\nEnd"));
         for f in [
             "MFMT",
@@ -371,8 +390,28 @@ mod tests {
         ] {
             assert!(feat.lines().any(|l| l == f), "{f} missing from FEAT");
         }
-        // No TLS is configured in this build: not announced.
-        assert!(!feat.contains("AUTH") && !feat.contains("PROT"));
+        // No TLS configured: not announced.
+        assert!(!feat.contains("AUTH") && !feat.contains("PROT") && !feat.contains("PBSZ"));
+        let feat = feat_text(true);
+        for f in ["AUTH TLS", "PBSZ", "PROT", "MFMT", "UTF8"] {
+            assert!(
+                feat.lines().any(|l| l == f),
+                "{f} missing from FEAT with TLS"
+            );
+        }
+        assert!(
+            !Verb::Auth.needs_login() && !Verb::Pbsz.needs_login() && !Verb::Prot.needs_login()
+        );
+    }
+
+    #[test]
+    fn tls_commands_parse_through_the_same_path() {
+        let c = Command::parse(b"auth tls\r\n").unwrap();
+        assert_eq!((c.verb, c.arg.as_str()), (Verb::Auth, "tls"));
+        let c = Command::parse(b"PBSZ 0\r\n").unwrap();
+        assert_eq!((c.verb, c.arg.as_str()), (Verb::Pbsz, "0"));
+        let c = Command::parse(b"PROT P\n").unwrap();
+        assert_eq!((c.verb, c.arg.as_str()), (Verb::Prot, "P"));
     }
 
     #[test]

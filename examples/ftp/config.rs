@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::confine::Root;
 use crate::throttle::LoginThrottle;
+use crate::tls::TlsSettings;
 
 /// Which server strategy runs the sessions (the same handler in each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +99,27 @@ pub struct Args {
     /// so the reply time does not tell a right password from a wrong one.
     #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
     pub login_delay: Duration,
+    /// PEM certificate chain: turns on explicit FTPS (`AUTH TLS`, `PBSZ`,
+    /// `PROT`). Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse `USER`/`PASS` before `AUTH TLS` (530) and data transfers
+    /// under `PROT C` (521), as vsftpd's `force_local_logins_ssl` and
+    /// `force_local_data_ssl`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_required: bool,
+    /// Refuse (522) a TLS data connection that does not resume the
+    /// control connection's TLS session, as vsftpd's `require_ssl_reuse`.
+    /// Off by default: Python's ftplib does not resume (see docs/ftp.md).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_require_reuse: bool,
+    /// Longest a TLS handshake (control or data) may take, start to
+    /// finish; a client that stalls is dropped after it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_handshake_timeout: Duration,
 }
 
 fn parse_user(s: &str) -> Result<(String, String), String> {
@@ -147,6 +169,8 @@ pub struct Config {
     pub max_login_failures: u32,
     /// Failed logins per IP, shared across connections and processes.
     pub throttle: LoginThrottle,
+    /// FTPS settings, when --tls-cert and --tls-key were given.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Config {
@@ -164,6 +188,16 @@ impl Config {
         )
         .map_err(std::io::Error::other)?;
         let idle = args.idle_timeout.max(Duration::from_millis(100));
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSettings::load(
+                cert,
+                key,
+                args.tls_required,
+                args.tls_require_reuse,
+                args.tls_handshake_timeout.max(Duration::from_millis(100)),
+            )?),
+            _ => None,
+        };
         Ok(Config {
             root: Root::open(&args.root)?,
             users: args.users.iter().cloned().collect(),
@@ -177,6 +211,7 @@ impl Config {
             login_delay: args.login_delay,
             max_login_failures: 3,
             throttle,
+            tls,
         })
     }
 

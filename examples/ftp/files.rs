@@ -5,7 +5,7 @@
 
 use std::io;
 
-use socketserver::Request;
+use crate::tls::Control;
 
 use rustix::fs::OFlags;
 
@@ -25,7 +25,7 @@ impl Session {
         }
     }
 
-    pub(crate) fn size(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    pub(crate) fn size(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         let w = &mut req.wfile();
         match self.regular_file(arg) {
             Ok(m) => ok(w, Code::FileStatus, &m.len().to_string()),
@@ -33,7 +33,7 @@ impl Session {
         }
     }
 
-    pub(crate) fn mdtm(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    pub(crate) fn mdtm(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         let w = &mut req.wfile();
         match self.regular_file(arg) {
             Ok(m) => ok(
@@ -48,7 +48,7 @@ impl Session {
     /// `MFMT YYYYMMDDHHMMSS path` (draft-somers-ftp-mfxx): sets a file's
     /// modification time. The file is opened beneath the root and the time
     /// set on that descriptor (`futimens`), never by name.
-    pub(crate) fn mfmt(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    pub(crate) fn mfmt(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         let Some((time, path)) = arg.split_once(' ') else {
             return ok(
                 &mut req.wfile(),
@@ -100,7 +100,7 @@ impl Session {
         )
     }
 
-    pub(crate) fn mlst(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    pub(crate) fn mlst(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         let writable = self.writable();
         let w = &mut req.wfile();
         let vpath = self.vpath(arg);
@@ -117,7 +117,7 @@ impl Session {
         }
     }
 
-    pub(crate) fn stat(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    pub(crate) fn stat(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         if arg.is_empty() {
             let user = self.account().map(|a| a.name.as_str()).unwrap_or("");
             let text = format!(
@@ -141,7 +141,7 @@ impl Session {
     }
 
     /// Checks write permission, replying `550` when it is missing.
-    pub(crate) fn require_write(&self, req: &mut Request) -> io::Result<bool> {
+    pub(crate) fn require_write(&self, req: &mut Control<'_>) -> io::Result<bool> {
         if self.writable() {
             return Ok(true);
         }
@@ -153,7 +153,7 @@ impl Session {
         Ok(false)
     }
 
-    pub(crate) fn mkd(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    pub(crate) fn mkd(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
@@ -169,7 +169,7 @@ impl Session {
         }
     }
 
-    pub(crate) fn rmd(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    pub(crate) fn rmd(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
@@ -181,7 +181,7 @@ impl Session {
         }
     }
 
-    pub(crate) fn dele(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    pub(crate) fn dele(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
@@ -193,7 +193,7 @@ impl Session {
         }
     }
 
-    pub(crate) fn rnfr(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    pub(crate) fn rnfr(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
         }
@@ -212,7 +212,7 @@ impl Session {
 
     pub(crate) fn rnto(
         &mut self,
-        req: &mut Request,
+        req: &mut Control<'_>,
         arg: &str,
         from: Option<String>,
     ) -> io::Result<Flow> {

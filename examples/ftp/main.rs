@@ -10,7 +10,14 @@
 //!         [--max-connections N] [--max-per-ip N] [--idle-timeout 300s]
 //!         [--max-login-failures 5] [--login-failure-window 60s] [--login-lockout 60s]
 //!         [--login-delay 300ms]
+//!         [--tls-cert FILE --tls-key FILE [--tls-required] [--tls-require-reuse]
+//!          [--tls-handshake-timeout 10s]]
 //! ```
+//!
+//! With `--tls-cert` and `--tls-key` (PEM) the server speaks explicit FTPS
+//! (RFC 4217: `AUTH TLS`, `PBSZ`, `PROT P`/`C`, TLS data connections that
+//! may resume the control session) with rustls, in every `--mode`; see
+//! `tls.rs` and the FTPS section of `docs/ftp.md`.
 //!
 //! When ready it prints `listening on ftp://HOST:PORT (mode MODE)` on
 //! stdout. SIGINT or SIGTERM shut it down gracefully (exit status 0).
@@ -32,6 +39,7 @@ mod listing;
 mod reply;
 mod session;
 mod throttle;
+mod tls;
 mod transfer;
 mod upload;
 
@@ -104,7 +112,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

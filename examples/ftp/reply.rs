@@ -71,10 +71,17 @@ pub enum Code {
     BadSequence = 503,
     /// `504`: Command not implemented for that parameter.
     BadParameter = 504,
-    /// `522`: Network protocol not supported (EPRT/EPSV).
+    /// `521`: Data connection cannot be opened with this PROT setting
+    /// (RFC 4217: `PROT C` under `--tls-required`).
+    ProtRefused = 521,
+    /// `522`: Network protocol not supported (EPRT/EPSV); also a TLS data
+    /// connection that did not resume the session under
+    /// `--tls-require-reuse` (vsftpd's reply).
     BadProtocol = 522,
     /// `530`: Not logged in.
     NotLoggedIn = 530,
+    /// `536`: Requested PROT level not supported by mechanism (`PROT S`/`E`).
+    ProtUnsupported = 536,
     /// `550`: Requested action not taken: file unavailable.
     Unavailable = 550,
     /// `551`: Requested action aborted: page type unknown.

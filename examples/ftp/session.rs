@@ -21,6 +21,7 @@ use crate::confine::{Denied, Root};
 use crate::data::{self, ActiveError, DataSetup};
 use crate::reply::{self, quote_path, Code};
 use crate::throttle::Failure;
+use crate::tls::Control;
 
 /// Longest command line accepted; longer lines get `500` and are dropped.
 pub const MAX_LINE: usize = 4096;
@@ -63,6 +64,10 @@ pub struct Session {
     /// When the passive listener in `data` (if any) stops waiting for a
     /// connection, even if no transfer command ever comes.
     passive_deadline: Option<Instant>,
+    /// `PBSZ` was sent after `AUTH TLS` (RFC 4217 wants it before `PROT`).
+    pbsz: bool,
+    /// `PROT P`: data connections are TLS.
+    prot_private: bool,
 }
 
 impl Session {
@@ -85,6 +90,8 @@ impl Session {
             epsv_all: false,
             queued: VecDeque::new(),
             passive_deadline: None,
+            pbsz: false,
+            prot_private: false,
         }
     }
 
@@ -113,6 +120,11 @@ impl Session {
     pub(crate) fn take_data(&mut self) -> DataSetup {
         self.passive_deadline = None;
         std::mem::take(&mut self.data)
+    }
+
+    /// Whether data connections are to be TLS (`PROT P`).
+    pub(crate) fn prot_private(&self) -> bool {
+        self.prot_private
     }
 
     /// The `REST` offset, reset to 0 by the transfer that uses it.
@@ -145,7 +157,7 @@ impl Session {
     }
 
     /// Reads the next command line: a queued one first, then the socket.
-    fn next_line(&mut self, req: &mut Request, line: &mut Vec<u8>) -> io::Result<Line> {
+    fn next_line(&mut self, req: &mut Control<'_>, line: &mut Vec<u8>) -> io::Result<Line> {
         if let Some(q) = self.queued.pop_front() {
             *line = q;
             return Ok(Line::Complete(line.len()));
@@ -160,7 +172,7 @@ impl Session {
                 _ => None,
             };
             let Some(deadline) = passive else {
-                return req.rfile().read_line_bounded(line, MAX_LINE);
+                return req.read_line_bounded(line, MAX_LINE);
             };
             if Instant::now() >= deadline {
                 self.expire_passive();
@@ -168,7 +180,7 @@ impl Session {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             req.set_timeout(Some(left.max(Duration::from_millis(1))))?;
-            let got = req.rfile().read_line_bounded(line, MAX_LINE);
+            let got = req.read_line_bounded(line, MAX_LINE);
             req.set_timeout(Some(
                 idle_deadline
                     .saturating_duration_since(Instant::now())
@@ -197,13 +209,24 @@ impl Session {
     ///
     /// # Errors
     /// Only control-connection I/O errors; command failures are replies.
-    pub fn dispatch(&mut self, req: &mut Request, cmd: &Command) -> io::Result<Flow> {
+    pub fn dispatch(&mut self, req: &mut Control<'_>, cmd: &Command) -> io::Result<Flow> {
         tracing::debug!(peer = %self.peer, command = %cmd.loggable(), "command");
         let arg = cmd.arg.as_str();
+        // --tls-required (vsftpd's force_local_logins_ssl): no password
+        // crosses the network in clear.
+        let tls_required = self.cfg.tls.as_ref().is_some_and(|t| t.required);
+        if tls_required && !req.is_tls() && matches!(cmd.verb, Verb::User | Verb::Pass) {
+            return ok(
+                &mut req.wfile(),
+                Code::NotLoggedIn,
+                "This server requires TLS: use AUTH TLS before USER.",
+            );
+        }
         let w = &mut req.wfile();
         if cmd.verb.needs_login() && self.account.is_none() {
             return ok(w, Code::NotLoggedIn, "Please login with USER and PASS.");
         }
+
         // RNTO must directly follow RNFR.
         let rename_from = self.rename_from.take();
         match cmd.verb {
@@ -215,14 +238,17 @@ impl Session {
             }
             Verb::Noop => ok(w, Code::Ok, "NOOP ok."),
             Verb::Syst => ok(w, Code::SystemType, "UNIX Type: L8"),
-            Verb::Feat => ok(w, Code::SystemStatus, &command::feat_text()),
+            Verb::Feat => ok(
+                w,
+                Code::SystemStatus,
+                &command::feat_text(self.cfg.tls.is_some()),
+            ),
             Verb::Help => ok(w, Code::Help, &command::help_text()),
             Verb::Opts => self.opts(req, arg),
-            Verb::Auth | Verb::Pbsz | Verb::Prot | Verb::Ccc => ok(
-                w,
-                Code::BadParameter,
-                "TLS is not supported; use plain FTP.",
-            ),
+            Verb::Auth => self.auth(req, arg),
+            Verb::Pbsz => self.pbsz(req, arg),
+            Verb::Prot => self.prot(req, arg),
+            Verb::Ccc => ok(w, Code::NotImplemented, "CCC is not offered."),
             Verb::Acct => ok(w, Code::Superfluous, "ACCT not needed."),
             Verb::Pwd => ok(
                 w,
@@ -283,7 +309,7 @@ impl Session {
         }
     }
 
-    fn user(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    fn user(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         if self.account.is_some() {
             return ok(&mut req.wfile(), Code::NotLoggedIn, "Already logged in.");
         }
@@ -295,7 +321,7 @@ impl Session {
         )
     }
 
-    fn pass(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    fn pass(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         if self.account.is_some() {
             return ok(&mut req.wfile(), Code::LoggedIn, "Already logged in.");
         }
@@ -360,7 +386,97 @@ impl Session {
         }
     }
 
-    fn opts(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    /// `AUTH TLS` (RFC 4217 section 4): `234`, then the handshake on the
+    /// control connection. `AUTH SSL` and `AUTH TLS-C` are synonyms.
+    fn auth(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
+        let cfg = self.cfg.clone();
+        let Some(tls) = cfg.tls.as_ref() else {
+            return ok(
+                &mut req.wfile(),
+                Code::BadParameter,
+                "TLS is not configured; use plain FTP.",
+            );
+        };
+        if req.is_tls() {
+            return ok(&mut req.wfile(), Code::BadSequence, "Already using TLS.");
+        }
+        let w = &mut req.wfile();
+        let mech = arg.trim().to_ascii_uppercase();
+        if !matches!(mech.as_str(), "TLS" | "TLS-C" | "SSL") {
+            return ok(w, Code::BadParameter, "Only AUTH TLS is supported.");
+        }
+        reply::send(w, Code::AuthOk, "AUTH TLS successful.")?;
+        // Lines pipelined in clear before the handshake are dropped, not
+        // run as if protected.
+        self.queued.clear();
+        self.pending_user = None;
+        if let Err(e) = req.start_tls(tls, self.cfg.idle_timeout) {
+            tracing::info!(peer = %self.peer, error = %e, "control TLS handshake failed");
+            return Ok(Flow::Close);
+        }
+        tracing::info!(peer = %self.peer, "control connection is TLS");
+        Ok(Flow::Continue)
+    }
+
+    /// `PBSZ`: only 0 makes sense for TLS; any number is answered `PBSZ=0`.
+    fn pbsz(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
+        if self.cfg.tls.is_none() {
+            return ok(
+                &mut req.wfile(),
+                Code::BadParameter,
+                "TLS is not configured; use plain FTP.",
+            );
+        }
+        if !req.is_tls() {
+            return ok(
+                &mut req.wfile(),
+                Code::BadSequence,
+                "PBSZ needs AUTH TLS first.",
+            );
+        }
+        if arg.trim().parse::<u32>().is_err() {
+            return ok(&mut req.wfile(), Code::BadArguments, "PBSZ needs a number.");
+        }
+        self.pbsz = true;
+        ok(&mut req.wfile(), Code::Ok, "PBSZ=0")
+    }
+
+    /// `PROT C` (clear) or `PROT P` (private: TLS data connections).
+    fn prot(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
+        if self.cfg.tls.is_none() {
+            return ok(
+                &mut req.wfile(),
+                Code::BadParameter,
+                "TLS is not configured; use plain FTP.",
+            );
+        }
+        if !req.is_tls() || !self.pbsz {
+            return ok(
+                &mut req.wfile(),
+                Code::BadSequence,
+                "PROT needs AUTH TLS and PBSZ first.",
+            );
+        }
+        let w = &mut req.wfile();
+        match arg.trim().to_ascii_uppercase().as_str() {
+            "P" => {
+                self.prot_private = true;
+                ok(w, Code::Ok, "PROT now Private.")
+            }
+            "C" => {
+                self.prot_private = false;
+                ok(w, Code::Ok, "PROT now Clear.")
+            }
+            "S" | "E" => ok(
+                w,
+                Code::ProtUnsupported,
+                "PROT S and E are not supported; use P or C.",
+            ),
+            _ => ok(w, Code::BadParameter, "PROT must be C or P."),
+        }
+    }
+
+    fn opts(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         let upper = arg.to_ascii_uppercase();
         let w = &mut req.wfile();
         if upper == "UTF8 ON" || upper == "UTF8" {
@@ -372,7 +488,7 @@ impl Session {
         }
     }
 
-    fn cwd(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    fn cwd(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         let w = &mut req.wfile();
         let vpath = self.vpath(arg);
         match self.root().metadata(&vpath) {
@@ -385,7 +501,7 @@ impl Session {
         }
     }
 
-    fn type_(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    fn type_(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         let upper = arg.trim().to_ascii_uppercase();
         let w = &mut req.wfile();
         match upper.as_str() {
@@ -401,7 +517,7 @@ impl Session {
         }
     }
 
-    fn pasv(&mut self, req: &mut Request, extended: bool, arg: &str) -> io::Result<Flow> {
+    fn pasv(&mut self, req: &mut Control<'_>, extended: bool, arg: &str) -> io::Result<Flow> {
         let w = &mut req.wfile();
         if extended && arg.eq_ignore_ascii_case("ALL") {
             self.epsv_all = true;
@@ -454,7 +570,7 @@ impl Session {
 
     fn port(
         &mut self,
-        req: &mut Request,
+        req: &mut Control<'_>,
         parsed: Result<SocketAddr, ActiveError>,
     ) -> io::Result<Flow> {
         let w = &mut req.wfile();
@@ -543,6 +659,15 @@ impl RequestHandler for Session {
     }
 
     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        let mut ctl = Control::new(req);
+        self.serve(&mut ctl)
+    }
+}
+
+impl Session {
+    /// The command loop, on the plain or (after `AUTH TLS`) TLS control
+    /// connection.
+    fn serve(&mut self, req: &mut Control<'_>) -> io::Result<()> {
         if let Some(left) = self.cfg.throttle.locked(self.peer.ip()) {
             tracing::info!(peer = %self.peer, left_secs = left.as_secs(), "connection refused: address locked out");
             return reply::send(&mut req.wfile(), Code::ServiceUnavailable, LOCKED_OUT);

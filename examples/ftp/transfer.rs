@@ -22,10 +22,10 @@ use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
+use crate::tls::{Control, DataConn, DataTlsError};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use rustix::fs::OFlags;
 use socketserver::handler::Line;
-use socketserver::Request;
 
 use crate::command::{Command, Verb};
 use crate::confine::{Denied, Listing};
@@ -68,8 +68,19 @@ enum Outcome {
 impl Session {
     /// Establishes the data connection set up by PASV/EPSV/PORT/EPRT,
     /// replying `425` (and returning `None`) when there is none or it fails.
-    fn open_data(&mut self, req: &mut Request) -> io::Result<Option<TcpStream>> {
+    fn open_data(&mut self, req: &mut Control<'_>) -> io::Result<Option<TcpStream>> {
         let setup = self.take_data();
+        // --tls-required: no file or listing crosses the network in clear
+        // (RFC 4217 section 9: 521 for a PROT level the server refuses).
+        let tls_required = self.cfg().tls.as_ref().is_some_and(|t| t.required);
+        if tls_required && !self.prot_private() && !matches!(setup, DataSetup::None) {
+            return ok(
+                &mut req.wfile(),
+                Code::ProtRefused,
+                "Data connections must be encrypted: send PBSZ 0 and PROT P.",
+            )
+            .map(|_| None);
+        }
         let conn = match setup {
             DataSetup::None => {
                 reply::send(
@@ -102,10 +113,47 @@ impl Session {
         }
     }
 
+    /// Sends the `150` reply, then (under `PROT P`) runs the server side
+    /// of the TLS handshake on the data connection, replying `425` when it
+    /// fails and `522` when `--tls-require-reuse` finds no resumed session.
+    fn start_data(
+        &mut self,
+        req: &mut Control<'_>,
+        tcp: TcpStream,
+        opening: &str,
+    ) -> io::Result<Option<DataConn>> {
+        reply::send(&mut req.wfile(), Code::OpeningData, opening)?;
+        let tls = match (&self.cfg().tls, self.prot_private()) {
+            (Some(tls), true) => tls,
+            _ => return Ok(Some(DataConn::Plain(tcp))),
+        };
+        match DataConn::secure(tcp, tls, self.cfg().data_timeout) {
+            Ok(conn) => Ok(Some(conn)),
+            Err(DataTlsError::NotResumed) => {
+                tracing::info!(peer = %self.peer(), "data TLS did not resume the session: refused");
+                reply::send(
+                    &mut req.wfile(),
+                    Code::BadProtocol,
+                    "SSL connection failed: session reuse required.",
+                )?;
+                Ok(None)
+            }
+            Err(DataTlsError::Handshake(e)) => {
+                tracing::info!(peer = %self.peer(), error = %e, "data TLS handshake failed");
+                reply::send(
+                    &mut req.wfile(),
+                    Code::CantOpenData,
+                    "TLS handshake on the data connection failed.",
+                )?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Reads one control line during a transfer.
-    fn read_control(&mut self, req: &mut Request) -> io::Result<Ctl> {
+    fn read_control(&mut self, req: &mut Control<'_>) -> io::Result<Ctl> {
         let mut line = Vec::new();
-        match req.rfile().read_line_bounded(&mut line, MAX_LINE) {
+        match req.read_line_bounded(&mut line, MAX_LINE) {
             Err(e)
                 if matches!(
                     e.kind(),
@@ -138,11 +186,12 @@ impl Session {
     }
 
     /// Checks the control connection without waiting.
-    fn poll_control(&mut self, req: &mut Request) -> io::Result<Ctl> {
-        let ready = match req.stream() {
-            Some(s) => data::wait_readable(s, Duration::ZERO)?,
-            None => false,
-        };
+    fn poll_control(&mut self, req: &mut Control<'_>) -> io::Result<Ctl> {
+        let ready = req.pending()
+            || match req.stream() {
+                Some(s) => data::wait_readable(s, Duration::ZERO)?,
+                None => false,
+            };
         if ready {
             self.read_control(req)
         } else {
@@ -151,7 +200,7 @@ impl Session {
     }
 
     /// Sends the closing reply for a transfer and decides the flow.
-    fn finish_transfer(&mut self, req: &mut Request, outcome: Outcome) -> io::Result<Flow> {
+    fn finish_transfer(&mut self, req: &mut Control<'_>, outcome: Outcome) -> io::Result<Flow> {
         let w = &mut req.wfile();
         match outcome {
             Outcome::Done => ok(w, Code::ClosingData, "Transfer complete."),
@@ -176,7 +225,7 @@ impl Session {
         }
     }
 
-    pub(crate) fn retr(&mut self, req: &mut Request, arg: &str) -> io::Result<Flow> {
+    pub(crate) fn retr(&mut self, req: &mut Control<'_>, arg: &str) -> io::Result<Flow> {
         let offset = self.take_rest();
         let vpath = self.vpath(arg);
         // Opened beneath the root descriptor (see confine.rs); O_NONBLOCK
@@ -200,21 +249,19 @@ impl Session {
                 "Restart offset beyond end of file.",
             );
         }
-        let Some(mut conn) = self.open_data(req)? else {
+        let Some(tcp) = self.open_data(req)? else {
             return Ok(Flow::Continue);
         };
         let mode = if self.binary() { "BINARY" } else { "ASCII" };
-        reply::send(
-            &mut req.wfile(),
-            Code::OpeningData,
-            &format!("Opening {mode} mode data connection for {arg} ({len} bytes)."),
-        )?;
-        let outcome = if self.binary() {
-            self.send_binary(req, &file, &conn, offset, len)
-        } else {
-            self.send_ascii(req, file, &mut conn, offset)
+        let opening = format!("Opening {mode} mode data connection for {arg} ({len} bytes).");
+        let Some(mut conn) = self.start_data(req, tcp, &opening)? else {
+            return Ok(Flow::Continue);
         };
-        drop(conn);
+        let mut outcome = match (&mut conn, self.binary()) {
+            (DataConn::Plain(tcp), true) => self.send_binary(req, &file, tcp, offset, len),
+            _ => self.send_buffered(req, file, &mut conn, offset),
+        };
+        outcome = close_data(conn, outcome);
         tracing::info!(peer = %self.peer(), path = %vpath, ?outcome, "RETR");
         self.finish_transfer(req, outcome)
     }
@@ -226,11 +273,13 @@ impl Session {
     /// transfer ends with that outcome (timeout, abort, client gone).
     fn await_data(
         &mut self,
-        req: &mut Request,
+        req: &mut Control<'_>,
         conn: &TcpStream,
         flags: PollFlags,
         timeout: PollTimeout,
     ) -> Result<bool, Outcome> {
+        let pending = req.pending();
+        let timeout = if pending { PollTimeout::ZERO } else { timeout };
         let (data_ready, ctl_ready) = {
             let Some(ctl) = req.stream() else {
                 return Err(Outcome::ClientGone);
@@ -240,6 +289,7 @@ impl Session {
                 PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
             ];
             match nix::poll::poll(&mut fds, timeout) {
+                Ok(0) if pending => {}
                 Ok(0) => {
                     return Err(Outcome::Failed(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -250,7 +300,10 @@ impl Session {
                 Err(nix::errno::Errno::EINTR) => return Ok(false),
                 Err(e) => return Err(Outcome::Failed(e.into())),
             }
-            (fds[0].any().unwrap_or(false), fds[1].any().unwrap_or(false))
+            (
+                fds[0].any().unwrap_or(false),
+                pending || fds[1].any().unwrap_or(false),
+            )
         };
         if ctl_ready {
             match self.read_control(req) {
@@ -264,7 +317,7 @@ impl Session {
 
     fn send_binary(
         &mut self,
-        req: &mut Request,
+        req: &mut Control<'_>,
         file: &File,
         conn: &TcpStream,
         offset: u64,
@@ -296,18 +349,22 @@ impl Session {
         Outcome::Done
     }
 
-    fn send_ascii(
+    /// Copies through user space: TYPE A (LF to CRLF) on any connection,
+    /// and TYPE I over TLS (which encrypts in user space anyway), in
+    /// 256 KiB chunks, checking the control connection between chunks.
+    fn send_buffered(
         &mut self,
-        req: &mut Request,
+        req: &mut Control<'_>,
         mut file: File,
-        conn: &mut TcpStream,
+        conn: &mut DataConn,
         offset: u64,
     ) -> Outcome {
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
             return Outcome::Failed(e);
         }
+        let ascii = !self.binary();
         let mut buf = vec![0u8; BUF_SIZE];
-        let mut out = Vec::with_capacity(BUF_SIZE * 2);
+        let mut out = Vec::with_capacity(if ascii { BUF_SIZE * 2 } else { 0 });
         loop {
             let n = match file.read(&mut buf) {
                 Ok(0) => return Outcome::Done,
@@ -315,14 +372,19 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Outcome::Failed(e),
             };
-            out.clear();
-            for &b in &buf[..n] {
-                if b == b'\n' {
-                    out.push(b'\r');
+            let chunk = if ascii {
+                out.clear();
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        out.push(b'\r');
+                    }
+                    out.push(b);
                 }
-                out.push(b);
-            }
-            if let Err(e) = conn.write_all(&out) {
+                &out[..]
+            } else {
+                &buf[..n]
+            };
+            if let Err(e) = conn.write_all(chunk) {
                 return Outcome::Failed(e);
             }
             match self.poll_control(req) {
@@ -333,7 +395,12 @@ impl Session {
         }
     }
 
-    pub(crate) fn stor(&mut self, req: &mut Request, arg: &str, append: bool) -> io::Result<Flow> {
+    pub(crate) fn stor(
+        &mut self,
+        req: &mut Control<'_>,
+        arg: &str,
+        append: bool,
+    ) -> io::Result<Flow> {
         let offset = self.take_rest();
         if !self.require_write(req)? {
             return Ok(Flow::Continue);
@@ -345,16 +412,16 @@ impl Session {
             Ok(u) => u,
             Err(e) => return denied(&mut req.wfile(), &e),
         };
-        let Some(conn) = self.open_data(req)? else {
+        let Some(tcp) = self.open_data(req)? else {
             return Ok(Flow::Continue);
         };
         let mode = if self.binary() { "BINARY" } else { "ASCII" };
-        reply::send(
-            &mut req.wfile(),
-            Code::OpeningData,
-            &format!("Opening {mode} mode data connection for {arg}."),
-        )?;
-        let mut outcome = self.receive(req, conn, &mut upload);
+        let opening = format!("Opening {mode} mode data connection for {arg}.");
+        let Some(mut conn) = self.start_data(req, tcp, &opening)? else {
+            return Ok(Flow::Continue);
+        };
+        let mut outcome = self.receive(req, &mut conn, &mut upload);
+        outcome = close_data(conn, outcome);
         if matches!(outcome, Outcome::Done) {
             if let Err(e) = upload.commit() {
                 outcome = Outcome::Failed(e);
@@ -367,28 +434,49 @@ impl Session {
 
     /// Copies the data connection into the upload until end of file,
     /// watching the control connection at the same time.
-    fn receive(&mut self, req: &mut Request, mut conn: TcpStream, upload: &mut Upload) -> Outcome {
+    fn receive(
+        &mut self,
+        req: &mut Control<'_>,
+        conn: &mut DataConn,
+        upload: &mut Upload,
+    ) -> Outcome {
         let mut buf = vec![0u8; BUF_SIZE];
         let mut held_cr = false;
         // Binary uploads move socket → pipe → file with splice(2): the
         // bytes never enter user space.
         // (Not for APPE: splice refuses O_APPEND files.)
-        let mut pipe = if self.binary() && upload.rollback_len.is_none() {
-            SplicePipe::new().ok()
-        } else {
-            None
-        };
+        let mut pipe =
+            if self.binary() && upload.rollback_len.is_none() && matches!(conn, DataConn::Plain(_))
+            {
+                SplicePipe::new().ok()
+            } else {
+                None
+            };
         let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
         loop {
-            let data_ready = match self.await_data(req, &conn, PollFlags::POLLIN, timeout) {
-                Ok(ready) => ready,
-                Err(outcome) => return outcome,
+            // TLS may hold decrypted bytes the socket no longer shows.
+            let buffered = match conn {
+                DataConn::Tls(t) => t.readable_without_socket(),
+                DataConn::Plain(_) => false,
             };
-            if !data_ready {
-                continue;
+            if buffered {
+                match self.poll_control(req) {
+                    Ok(Ctl::Quiet) => {}
+                    Ok(Ctl::Abort) => return Outcome::Aborted,
+                    Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+                }
+            } else {
+                let data_ready = match self.await_data(req, conn.tcp(), PollFlags::POLLIN, timeout)
+                {
+                    Ok(ready) => ready,
+                    Err(outcome) => return outcome,
+                };
+                if !data_ready {
+                    continue;
+                }
             }
-            if let Some(p) = &pipe {
-                match splice_chunk(&conn, p, &upload.file) {
+            if let (Some(p), DataConn::Plain(tcp)) = (&pipe, &*conn) {
+                match splice_chunk(tcp, p, &upload.file) {
                     Ok(Some(_)) => continue,
                     Ok(None) => return Outcome::Done,
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -427,7 +515,7 @@ impl Session {
 
     pub(crate) fn list(
         &mut self,
-        req: &mut Request,
+        req: &mut Control<'_>,
         arg: &str,
         kind: ListKind,
     ) -> io::Result<Flow> {
@@ -436,19 +524,17 @@ impl Session {
             Ok(b) => b,
             Err(e) => return denied(&mut req.wfile(), &e),
         };
-        let Some(mut conn) = self.open_data(req)? else {
+        let Some(tcp) = self.open_data(req)? else {
             return Ok(Flow::Continue);
         };
-        reply::send(
-            &mut req.wfile(),
-            Code::OpeningData,
-            "Here comes the directory listing.",
-        )?;
+        let Some(mut conn) = self.start_data(req, tcp, "Here comes the directory listing.")? else {
+            return Ok(Flow::Continue);
+        };
         let outcome = match conn.write_all(&bytes) {
             Ok(()) => Outcome::Done,
             Err(e) => Outcome::Failed(e),
         };
-        drop(conn);
+        let outcome = close_data(conn, outcome);
         self.finish_transfer(req, outcome)
     }
 
@@ -490,6 +576,18 @@ impl Session {
             out.extend_from_slice(b"\r\n");
         }
         Ok(out)
+    }
+}
+
+/// Closes a data connection; a complete transfer over TLS ends with
+/// `close_notify`, and failing to send it fails the transfer.
+fn close_data(conn: DataConn, outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Done => match conn.close() {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::Failed(e),
+        },
+        other => other,
     }
 }
 

@@ -1,0 +1,556 @@
+//! Explicit FTPS (RFC 4217) with rustls: the TLS settings, the handshake
+//! with a deadline, the control connection as a plain-or-TLS stream
+//! ([`Control`]), and TLS data connections ([`DataConn`]).
+//!
+//! - `AUTH TLS` is answered `234` on the plain connection, then the server
+//!   runs the handshake on the same socket. Bytes the client sent after
+//!   `AUTH TLS` and before the handshake are dropped with the plain read
+//!   buffer, so nothing injected in plaintext runs as a protected command
+//!   (the STARTTLS command-injection class of bugs).
+//! - Every handshake (control and data) has a total deadline
+//!   (`--tls-handshake-timeout`): a client that stalls or sends garbage
+//!   costs only its own session.
+//! - Data connections resume the control connection's session with
+//!   stateless tickets (TLS 1.3 and 1.2) whose key is made before the
+//!   server forks, so every child and prefork worker can open them; with
+//!   `--tls-require-reuse` a data handshake that did not resume is refused
+//!   (`522`, as vsftpd's `require_ssl_reuse`).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ServerSessionMemoryCache;
+use rustls::{HandshakeKind, ServerConfig, ServerConnection};
+use socketserver::handler::{Line, Stream};
+use socketserver::Request;
+
+use crate::data;
+
+/// Buffer for TLS data transfers: one file read or socket read moves this
+/// much, so the per-syscall cost is spread over many TLS records.
+pub const TLS_BUF: usize = 256 << 10;
+
+/// The TLS side of the server's settings (present when `--tls-cert` and
+/// `--tls-key` were given).
+#[derive(Debug)]
+pub struct TlsSettings {
+    /// For control connections (sends session tickets).
+    control: Arc<ServerConfig>,
+    /// For data connections: same certificate, ticket key and session
+    /// cache, but sends no tickets of its own (the client resumes the
+    /// control connection's session).
+    data: Arc<ServerConfig>,
+    /// `--tls-required`: no login and no unprotected data before TLS.
+    pub required: bool,
+    /// `--tls-require-reuse`: a data handshake must resume a session.
+    pub require_reuse: bool,
+    /// Longest a handshake may take, start to finish.
+    pub handshake_timeout: Duration,
+}
+
+impl TlsSettings {
+    /// Loads the PEM certificate chain and private key and builds the
+    /// rustls configurations (ring provider, TLS 1.2 and 1.3).
+    ///
+    /// # Errors
+    /// A file that cannot be read, holds no certificate or key, or a key
+    /// that does not match the certificate.
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        required: bool,
+        require_reuse: bool,
+        handshake_timeout: Duration,
+    ) -> io::Result<TlsSettings> {
+        let bad = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what} {}: {e}", p.display()),
+            )
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| bad("cannot read certificate", cert, &e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad("bad certificate", cert, &e))?;
+        if certs.is_empty() {
+            return Err(bad("no certificate in", cert, &"empty"));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("bad private key", key, &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut control = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // Stateless tickets: the key is made here, before any fork, so a
+        // forked child or prefork worker resumes what it issued itself and
+        // one ticket can be presented by every data connection of the
+        // session (curl, lftp and FileZilla reuse one session for all).
+        control.ticketer = rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?;
+        control.session_storage = ServerSessionMemoryCache::new(1024);
+        let mut data = control.clone();
+        data.send_tls13_tickets = 0;
+        Ok(TlsSettings {
+            control: Arc::new(control),
+            data: Arc::new(data),
+            required,
+            require_reuse,
+            handshake_timeout,
+        })
+    }
+}
+
+/// Runs a server handshake on `tcp` to completion before `deadline`.
+///
+/// # Errors
+/// `TimedOut` past the deadline, `UnexpectedEof` when the client closed,
+/// `InvalidData` for a TLS protocol error (the alert is sent first).
+pub fn handshake(
+    conn: &mut ServerConnection,
+    tcp: &TcpStream,
+    deadline: Instant,
+) -> io::Result<()> {
+    let left = || {
+        let d = deadline.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        } else {
+            Ok(d)
+        }
+    };
+    while conn.is_handshaking() {
+        if conn.wants_write() {
+            tcp.set_write_timeout(Some(left()?))?;
+            conn.write_tls(&mut { tcp })?;
+            continue;
+        }
+        if !data::wait_readable(tcp, left()?)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ));
+        }
+        match conn.read_tls(&mut { tcp }) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed during the TLS handshake",
+                ))
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = conn.process_new_packets() {
+            // Tell the client why (the alert), best effort.
+            let _ = tcp.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = conn.write_tls(&mut { tcp });
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    }
+    while conn.wants_write() {
+        tcp.set_write_timeout(Some(left()?))?;
+        conn.write_tls(&mut { tcp })?;
+    }
+    Ok(())
+}
+
+/// The control connection after `AUTH TLS`: rustls over a duplicate of
+/// the request's socket (same socket, so timeouts set on the request
+/// apply), behind a line buffer.
+type TlsControl = BufReader<rustls::StreamOwned<ServerConnection, TcpStream>>;
+
+/// The control connection as the session uses it: the framework's
+/// [`Request`] while plain, TLS after `AUTH TLS`. Replies, command lines,
+/// timeouts and readiness checks go through here in every `--mode`.
+pub struct Control<'a> {
+    req: &'a mut Request,
+    tls: Option<Box<TlsControl>>,
+}
+
+impl std::fmt::Debug for Control<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl<'a> Control<'a> {
+    /// The plain control connection of `req`.
+    pub fn new(req: &'a mut Request) -> Control<'a> {
+        Control { req, tls: None }
+    }
+
+    /// Whether `AUTH TLS` succeeded on this connection.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The writer for replies (sent in full at once, no flush needed).
+    pub fn wfile(&mut self) -> ControlWriter<'_> {
+        match &mut self.tls {
+            Some(t) => ControlWriter::Tls(t.get_mut()),
+            None => ControlWriter::Plain(self.req.wfile()),
+        }
+    }
+
+    /// Reads one command line, at most `max` bytes kept (see
+    /// [`socketserver::handler::RFile::read_line_bounded`]).
+    ///
+    /// # Errors
+    /// An I/O error, including a read timeout.
+    pub fn read_line_bounded(&mut self, out: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+        match &mut self.tls {
+            Some(t) => read_line_bounded(&mut **t, out, max),
+            None => self.req.rfile().read_line_bounded(out, max),
+        }
+    }
+
+    /// The socket (for `poll`).
+    pub fn stream(&self) -> Option<&Stream> {
+        self.req.stream()
+    }
+
+    /// Sets the socket's read and write timeouts.
+    ///
+    /// # Errors
+    /// See [`Request::set_timeout`].
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.req.set_timeout(timeout)
+    }
+
+    /// Whether decrypted command bytes wait in a buffer (the socket
+    /// itself may then have nothing to read).
+    pub fn pending(&mut self) -> bool {
+        match &mut self.tls {
+            Some(t) => {
+                !t.buffer().is_empty()
+                    || t.get_mut()
+                        .conn
+                        .process_new_packets()
+                        .map_or(true, |s| s.plaintext_bytes_to_read() > 0)
+            }
+            None => false,
+        }
+    }
+
+    /// Runs the TLS handshake on the control connection (after the `234`
+    /// reply) and switches to it; on error the session must end.
+    ///
+    /// # Errors
+    /// Handshake failure or timeout, or a socket that is not TCP.
+    pub fn start_tls(&mut self, tls: &TlsSettings, idle: Duration) -> io::Result<()> {
+        let tcp = self
+            .req
+            .stream()
+            .and_then(Stream::as_tcp)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS needs TCP"))?
+            .try_clone()?;
+        let mut conn = ServerConnection::new(tls.control.clone()).map_err(io::Error::other)?;
+        let got = handshake(&mut conn, &tcp, Instant::now() + tls.handshake_timeout);
+        // Back to the idle timeout the session runs with.
+        self.req.set_timeout(Some(idle))?;
+        got?;
+        self.tls = Some(Box::new(BufReader::with_capacity(
+            32 << 10,
+            rustls::StreamOwned::new(conn, tcp),
+        )));
+        Ok(())
+    }
+}
+
+/// The reply writer of a [`Control`].
+pub enum ControlWriter<'a> {
+    /// The framework's writer.
+    Plain(socketserver::handler::WFile<'a>),
+    /// The TLS stream.
+    Tls(&'a mut rustls::StreamOwned<ServerConnection, TcpStream>),
+}
+
+impl std::fmt::Debug for ControlWriter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ControlWriter::Plain(_) => "ControlWriter::Plain",
+            ControlWriter::Tls(_) => "ControlWriter::Tls",
+        })
+    }
+}
+
+impl Write for ControlWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ControlWriter::Plain(w) => w.write(buf),
+            ControlWriter::Tls(s) => {
+                s.write_all(buf)?;
+                s.flush()?;
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ControlWriter::Plain(w) => w.flush(),
+            ControlWriter::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// [`socketserver::handler::RFile::read_line_bounded`] for any buffered
+/// reader; a TCP close without TLS `close_notify` counts as end of file.
+fn read_line_bounded(r: &mut impl BufRead, out: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+    let start = out.len();
+    let mut too_long = false;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => &[][..],
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            let n = out.len() - start;
+            return Ok(if too_long {
+                Line::TooLong
+            } else if n == 0 {
+                Line::Eof
+            } else {
+                Line::Partial(n)
+            });
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if !too_long {
+            if out.len() - start + take > max {
+                too_long = true;
+                out.truncate(start);
+            } else {
+                out.extend_from_slice(&chunk[..take]);
+            }
+        }
+        r.consume(take);
+        if done {
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete(out.len() - start)
+            });
+        }
+    }
+}
+
+/// Why a data connection could not be secured.
+#[derive(Debug)]
+pub enum DataTlsError {
+    /// The handshake failed or timed out.
+    Handshake(io::Error),
+    /// `--tls-require-reuse` and the client did not resume a session.
+    NotResumed,
+}
+
+/// A TLS data connection: rustls driven by hand over the socket, with a
+/// large socket read buffer so one `read` feeds many records.
+pub struct TlsData {
+    conn: ServerConnection,
+    tcp: BufReader<TcpStream>,
+}
+
+impl std::fmt::Debug for TlsData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsData")
+            .field("kind", &self.conn.handshake_kind())
+            .finish()
+    }
+}
+
+/// A data connection: plain (sendfile and splice apply) or TLS.
+#[derive(Debug)]
+pub enum DataConn {
+    /// `PROT C`.
+    Plain(TcpStream),
+    /// `PROT P`.
+    Tls(Box<TlsData>),
+}
+
+impl DataConn {
+    /// Secures an opened data connection (the server side of the
+    /// handshake, in passive and active mode alike, as RFC 4217 says).
+    /// The socket's timeouts are set to `io_timeout` afterwards.
+    ///
+    /// # Errors
+    /// [`DataTlsError`].
+    pub fn secure(
+        tcp: TcpStream,
+        tls: &TlsSettings,
+        io_timeout: Duration,
+    ) -> Result<DataConn, DataTlsError> {
+        let mut conn = ServerConnection::new(tls.data.clone())
+            .map_err(|e| DataTlsError::Handshake(io::Error::other(e)))?;
+        handshake(&mut conn, &tcp, Instant::now() + tls.handshake_timeout)
+            .map_err(DataTlsError::Handshake)?;
+        let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        if tls.require_reuse && !resumed {
+            conn.send_close_notify();
+            let _ = conn.write_tls(&mut &tcp);
+            return Err(DataTlsError::NotResumed);
+        }
+        tracing::debug!(resumed, "data connection TLS");
+        tcp.set_read_timeout(Some(io_timeout))
+            .and_then(|()| tcp.set_write_timeout(Some(io_timeout)))
+            .map_err(DataTlsError::Handshake)?;
+        // Encrypt a whole file chunk in one go (the default caps queued
+        // plaintext at 64 KiB).
+        conn.set_buffer_limit(Some(2 * TLS_BUF));
+        Ok(DataConn::Tls(Box::new(TlsData {
+            conn,
+            tcp: BufReader::with_capacity(TLS_BUF, tcp),
+        })))
+    }
+
+    /// The socket (for `poll`).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            DataConn::Plain(t) => t,
+            DataConn::Tls(t) => t.tcp.get_ref(),
+        }
+    }
+
+    /// Ends the connection cleanly after a complete transfer: TLS sends
+    /// `close_notify` (so the client can tell the end from a cut), then
+    /// the socket is shut down for writing and closed.
+    pub fn close(self) -> io::Result<()> {
+        match self {
+            DataConn::Plain(t) => {
+                drop(t);
+                Ok(())
+            }
+            DataConn::Tls(mut t) => {
+                t.conn.send_close_notify();
+                t.flush_tls()?;
+                let _ = t.tcp.get_ref().shutdown(Shutdown::Write);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl TlsData {
+    /// Writes every queued TLS record to the socket.
+    fn flush_tls(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            self.conn.write_tls(self.tcp.get_mut())?;
+        }
+        Ok(())
+    }
+
+    /// Encrypts `buf` and sends it (blocking, with the socket timeout).
+    pub fn send(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.conn.writer().write(buf)?;
+            buf = &buf[n..];
+            self.flush_tls()?;
+        }
+        Ok(())
+    }
+
+    /// Whether decrypted or received-but-unprocessed bytes are waiting, so
+    /// [`recv`](Self::recv) needs no socket readiness.
+    pub fn readable_without_socket(&mut self) -> bool {
+        !self.tcp.buffer().is_empty()
+            || self.conn.process_new_packets().map_or(true, |s| {
+                s.plaintext_bytes_to_read() > 0 || s.peer_has_closed()
+            })
+    }
+
+    /// Reads decrypted bytes: `Ok(0)` at the client's `close_notify` (or a
+    /// TCP close without one, as vsftpd's default `strict_ssl_read_eof=NO`).
+    /// Fills `buf` with as many records as the socket buffer already holds
+    /// (one file write per 256 KiB, not per 16 KiB record); blocks on the
+    /// socket only when it has nothing at all.
+    pub fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut filled = 0;
+        loop {
+            match self.conn.reader().read(&mut buf[filled..]) {
+                Ok(0) => return Ok(filled),
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        return Ok(filled);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if filled > 0 && self.tcp.buffer().is_empty() {
+                        return Ok(filled);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
+                Err(e) if filled > 0 => {
+                    tracing::debug!(error = %e, "TLS read error after data");
+                    return Ok(filled);
+                }
+                Err(e) => return Err(e),
+            }
+            if self.conn.read_tls(&mut self.tcp)? == 0 {
+                // The socket is at end of file: the reader reports it.
+                self.conn.process_new_packets().map_err(invalid)?;
+                continue;
+            }
+            if let Err(e) = self.conn.process_new_packets() {
+                let _ = self.flush_tls();
+                return Err(invalid(e));
+            }
+        }
+    }
+}
+
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl Write for DataConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            DataConn::Plain(t) => t.write(buf),
+            DataConn::Tls(t) => {
+                t.send(buf)?;
+                Ok(buf.len())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            DataConn::Plain(t) => t.flush(),
+            DataConn::Tls(t) => t.flush_tls(),
+        }
+    }
+}
+
+impl Read for DataConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            DataConn::Plain(t) => t.read(buf),
+            DataConn::Tls(t) => t.recv(buf),
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Explicit FTPS (RFC 4217) in the FTP example, with real clients: curl
+//! (`--ssl-reqd`), lftp (`ftp:ssl-force`, `ftp:ssl-protect-data`) and
+//! Python's `ftplib.FTP_TLS` (`prot_p`), against a certificate made here
+//! with rcgen. Transfers are byte-exact (3 MiB of random bytes), the reply
+//! codes of AUTH/PBSZ/PROT and `--tls-required` are checked, and a
+//! stalled or garbage handshake costs only its own session.
+//!
+//! curl and ftplib run in every mode (`per_mode!`). Tests that need curl
+//! or lftp print `skipped: curl not installed` (or lftp) and pass when the
+//! program is missing; the ftplib tests always run.
+
+mod common_support;
+mod ftp_support;
+
+use std::fs;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ftp_support::{python, require_client, run_checked, Ctrl, FtpServer};
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM
+/// into a temporary directory that lives as long as the value.
+struct TestCert {
+    dir: tempfile::TempDir,
+}
+
+impl TestCert {
+    fn new() -> TestCert {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .unwrap();
+        fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+        fs::write(dir.path().join("key.pem"), ck.key_pair.serialize_pem()).unwrap();
+        TestCert { dir }
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+}
+
+/// Starts the server in `mode` with TLS configured plus `extra` flags.
+fn start_tls(mode: &str, cert: &TestCert, extra: &[&str]) -> FtpServer {
+    let cert_path = cert.cert();
+    let key_path = cert.key();
+    let mut args = vec![
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+        "--login-delay",
+        "0s",
+    ];
+    args.extend_from_slice(extra);
+    FtpServer::start(mode, &args)
+}
+
+/// 3 MiB and a bit of random bytes (so nothing compresses or lines up).
+fn random_bytes() -> Vec<u8> {
+    let mut v = vec![0u8; 3 * 1024 * 1024 + 4099];
+    getrandom::fill(&mut v).unwrap();
+    v
+}
+
+/// curl: upload, download and list over TLS control and TLS data, with
+/// `--tls-require-reuse` (curl resumes the control session on data
+/// connections), byte-exact.
+fn curl_upload_download_list(mode: &str) {
+    if !require_client("curl") {
+        return;
+    }
+    let cert = TestCert::new();
+    let server = start_tls(mode, &cert, &["--tls-required", "--tls-require-reuse"]);
+    let scratch = tempfile::tempdir().unwrap();
+    let data = random_bytes();
+    let src = scratch.path().join("src.bin");
+    fs::write(&src, &data).unwrap();
+    let curl = |args: &[&str]| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "--ssl-reqd",
+            "-k",
+            "--max-time",
+            "60",
+            "-u",
+            "bob:secret",
+        ])
+        .args(args);
+        run_checked(&mut c)
+    };
+    let url = server.url();
+    curl(&["-T", src.to_str().unwrap(), &format!("{url}/up.bin")]);
+    assert_eq!(fs::read(server.root().join("up.bin")).unwrap(), data);
+    let dst = scratch.path().join("dst.bin");
+    curl(&["-o", dst.to_str().unwrap(), &format!("{url}/up.bin")]);
+    assert_eq!(fs::read(&dst).unwrap(), data, "download differs");
+    let out = curl(&[&format!("{url}/")]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.ends_with(" up.bin")
+                && l.split_whitespace().any(|w| w == data.len().to_string())),
+        "{listing}"
+    );
+    let out = curl(&["-l", &format!("{url}/")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "up.bin");
+    // Everything went over TLS: no refusal in the log.
+    let log = server.log();
+    assert!(!log.contains("did not resume"), "{log}");
+}
+per_mode!(curl_tls, curl_upload_download_list);
+
+/// Python's FTP_TLS with prot_p: upload, download, LIST, NLST, MLSD,
+/// byte-exact; the reply codes of the RFC 4217 commands on the way.
+/// Arguments: port, file to upload. Prints "OK".
+const FTPLIB_TLS: &str = r#"
+import ftplib, io, ssl, sys
+port, path = int(sys.argv[1]), sys.argv[2]
+data = open(path, "rb").read()
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ftp = ftplib.FTP_TLS(context=ctx, timeout=20)
+ftp.connect("127.0.0.1", port)
+feat = ftp.sendcmd("FEAT")
+for f in ("AUTH TLS", "PBSZ", "PROT"):
+    assert f in feat, feat
+# RFC 4217 order: PBSZ and PROT need AUTH first.
+for cmd in ("PBSZ 0", "PROT P"):
+    try:
+        ftp.sendcmd(cmd)
+        raise SystemExit(cmd + " accepted before AUTH")
+    except ftplib.error_perm as e:
+        assert str(e).startswith("503"), e
+ftp.auth()
+try:
+    ftp.sendcmd("PROT P")
+    raise SystemExit("PROT before PBSZ accepted")
+except ftplib.error_perm as e:
+    assert str(e).startswith("503"), e
+try:
+    ftp.sendcmd("AUTH TLS")
+    raise SystemExit("second AUTH accepted")
+except ftplib.error_perm as e:
+    assert str(e).startswith("503"), e
+ftp.login("bob", "secret")
+assert ftp.sendcmd("PBSZ 0").startswith("200")
+for level, code in (("S", "536"), ("E", "536"), ("X", "504")):
+    try:
+        ftp.sendcmd("PROT " + level)
+        raise SystemExit("PROT " + level + " accepted")
+    except ftplib.error_perm as e:
+        assert str(e).startswith(code), e
+ftp.prot_p()
+ftp.storbinary("STOR up.bin", io.BytesIO(data))
+got = io.BytesIO()
+ftp.retrbinary("RETR up.bin", got.write)
+assert got.getvalue() == data, "download differs"
+got = io.BytesIO()
+ftp.retrbinary("RETR up.bin", got.write, rest=len(data) - 5)
+assert got.getvalue() == data[-5:]
+ftp.storbinary("APPE up.bin", io.BytesIO(b"tail"))
+assert ftp.size("up.bin") == len(data) + 4
+ftp.storlines("STOR text.txt", io.BytesIO(b"one\ntwo\n"))
+lines = []
+ftp.retrlines("RETR text.txt", lines.append)
+assert lines == ["one", "two"], lines
+lines = []
+ftp.retrlines("LIST", lines.append)
+assert any(l.endswith(" up.bin") and str(len(data) + 4) in l.split() for l in lines), lines
+assert sorted(ftp.nlst()) == ["text.txt", "up.bin"], ftp.nlst()
+facts = dict(ftp.mlsd())
+assert int(facts["up.bin"]["size"]) == len(data) + 4, facts
+# PROT C goes back to clear data connections (allowed without --tls-required).
+ftp.prot_c()
+assert sorted(ftp.nlst()) == ["text.txt", "up.bin"]
+ftp.quit()
+print("OK")
+"#;
+
+fn ftplib_tls(mode: &str) {
+    let cert = TestCert::new();
+    let server = start_tls(mode, &cert, &[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let data = random_bytes();
+    let src = scratch.path().join("src.bin");
+    fs::write(&src, &data).unwrap();
+    let out = python(
+        FTPLIB_TLS,
+        &[&server.port().to_string(), src.to_str().unwrap()],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    let mut expected = data;
+    expected.extend_from_slice(b"tail");
+    assert_eq!(fs::read(server.root().join("up.bin")).unwrap(), expected);
+    assert_eq!(
+        fs::read(server.root().join("text.txt")).unwrap(),
+        b"one\ntwo\n"
+    );
+}
+per_mode!(ftplib_prot_p, ftplib_tls);
+
+/// `--tls-require-reuse`: stock ftplib (which does a full handshake on
+/// every data connection) gets 522; the same client passing the control
+/// connection's session to `wrap_socket` works. Arguments: port. Prints
+/// "OK".
+const FTPLIB_REUSE: &str = r#"
+import ftplib, io, ssl, sys
+port = int(sys.argv[1])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+stock = ftplib.FTP_TLS(context=ctx, timeout=20)
+stock.connect("127.0.0.1", port)
+stock.login("bob", "secret")
+stock.prot_p()
+try:
+    stock.nlst()
+    raise SystemExit("a data connection without session reuse was accepted")
+except ftplib.error_perm as e:
+    assert str(e).startswith("522"), e
+stock.quit()
+
+class Reusing(ftplib.FTP_TLS):
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(
+                conn, server_hostname=self.host, session=self.sock.session)
+        return conn, size
+
+ftp = Reusing(context=ctx, timeout=20)
+ftp.connect("127.0.0.1", port)
+ftp.login("bob", "secret")
+ftp.prot_p()
+data = bytes(range(256)) * 4096
+for _ in range(3):  # one session, several data connections
+    ftp.storbinary("STOR r.bin", io.BytesIO(data))
+    got = io.BytesIO()
+    ftp.retrbinary("RETR r.bin", got.write)
+    assert got.getvalue() == data
+assert ftp.nlst() == ["r.bin"]
+ftp.quit()
+print("OK")
+"#;
+
+fn ftplib_require_reuse(mode: &str) {
+    let cert = TestCert::new();
+    let server = start_tls(mode, &cert, &["--tls-require-reuse"]);
+    let out = python(FTPLIB_REUSE, &[&server.port().to_string()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    assert!(server.log().contains("did not resume"));
+}
+per_concurrent_mode!(ftplib_session_reuse, ftplib_require_reuse);
+
+/// `--tls-required`: USER and PASS in clear get 530, and after AUTH TLS a
+/// transfer under PROT C gets 521 (nothing is sent in clear). Arguments:
+/// port. Prints "OK".
+const FTPLIB_REQUIRED: &str = r#"
+import ftplib, ssl, sys
+port = int(sys.argv[1])
+plain = ftplib.FTP(timeout=20)
+plain.connect("127.0.0.1", port)
+for cmd in ("USER bob", "PASS secret"):
+    try:
+        plain.sendcmd(cmd)
+        raise SystemExit(cmd + " accepted in clear")
+    except ftplib.error_perm as e:
+        assert str(e).startswith("530"), e
+plain.quit()
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ftp = ftplib.FTP_TLS(context=ctx, timeout=20)
+ftp.connect("127.0.0.1", port)
+ftp.login("bob", "secret")  # AUTH TLS first, then USER/PASS
+try:
+    ftp.nlst()
+    raise SystemExit("a clear data connection was accepted")
+except ftplib.error_perm as e:
+    assert str(e).startswith("521"), e
+ftp.prot_p()
+assert ftp.nlst() == []
+ftp.quit()
+print("OK")
+"#;
+
+#[test]
+fn tls_required_refuses_clear_logins_and_clear_data() {
+    let cert = TestCert::new();
+    let server = start_tls("threading", &cert, &["--tls-required"]);
+    let out = python(FTPLIB_REQUIRED, &[&server.port().to_string()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+}
+
+#[test]
+fn without_a_certificate_nothing_changes() {
+    let server = FtpServer::start("threading", &[]);
+    let (mut c, code, _) = Ctrl::connect(server.addr);
+    assert_eq!(code, 220);
+    let (code, feat) = c.cmd("FEAT");
+    assert_eq!(code, 211);
+    assert!(!feat.contains("AUTH") && !feat.contains("PBSZ") && !feat.contains("PROT"));
+    assert_eq!(c.cmd("AUTH TLS").0, 504);
+    assert_eq!(c.cmd("PBSZ 0").0, 504);
+    assert_eq!(c.cmd("PROT P").0, 504);
+    assert_eq!(c.cmd("USER bob").0, 331);
+    assert_eq!(c.cmd("PASS secret").0, 230);
+}
+
+#[test]
+fn the_server_refuses_to_start_with_a_bad_key() {
+    let cert = TestCert::new();
+    // The certificate given as the key: no private key in it.
+    let base = tempfile::tempdir().unwrap();
+    let out = ftp_support::run_bounded(
+        Command::new(ftp_support::ftp_binary())
+            .arg("--root")
+            .arg(base.path())
+            .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(cert.cert())
+            .arg("--tls-key")
+            .arg(cert.cert()),
+        Duration::from_secs(20),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("private key"), "{err}");
+}
+
+/// Logs in over TLS with ftplib and lists: proof that the server serves
+/// another session. Arguments: port. Prints "OK".
+const FTPLIB_QUICK: &str = r#"
+import ftplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ftp = ftplib.FTP_TLS(context=ctx, timeout=5)
+ftp.connect("127.0.0.1", int(sys.argv[1]))
+ftp.login("bob", "secret")
+ftp.prot_p()
+ftp.nlst()
+ftp.quit()
+print("OK")
+"#;
+
+/// A client that sends AUTH TLS and then nothing does not hold up another
+/// session, and is dropped after --tls-handshake-timeout.
+fn stalled_handshake(mode: &str) {
+    let cert = TestCert::new();
+    let server = start_tls(mode, &cert, &["--tls-handshake-timeout", "3s"]);
+    let (mut stalled, code, _) = Ctrl::connect(server.addr);
+    assert_eq!(code, 220);
+    assert_eq!(stalled.cmd("AUTH TLS").0, 234);
+    let t0 = Instant::now();
+    // Another session logs in and lists while the handshake is stalled.
+    let mut other = Ctrl::login(server.addr);
+    let (code, _) = other.fetch("NLST");
+    assert_eq!(code, 226);
+    assert_eq!(other.cmd("QUIT").0, 221);
+    let served_after = t0.elapsed();
+    // The stalled connection is still open then (nothing to read yet)...
+    stalled.stream.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    let early = stalled.stream.peek(&mut buf);
+    assert!(
+        served_after < Duration::from_secs(3)
+            && matches!(&early, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "another session waited for the stalled handshake: served after {served_after:?}, stalled socket {early:?}"
+    );
+    // ...and closed after the timeout, not before.
+    stalled.stream.set_nonblocking(false).unwrap();
+    let n = stalled.reader.read(&mut buf);
+    let waited = t0.elapsed();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(30),
+        "closed after {waited:?}"
+    );
+}
+per_concurrent_mode!(stalled_tls_handshake, stalled_handshake);
+
+/// Garbage instead of a ClientHello closes that session only.
+fn garbage_handshake(mode: &str) {
+    let cert = TestCert::new();
+    let server = start_tls(mode, &cert, &[]);
+    let (mut bad, code, _) = Ctrl::connect(server.addr);
+    assert_eq!(code, 220);
+    assert_eq!(bad.cmd("AUTH TLS").0, 234);
+    bad.send_raw(b"USER bob\r\nPASS secret\r\nLIST\r\n");
+    // A TLS alert may come first; then end of file.
+    let mut rest = Vec::new();
+    let t0 = Instant::now();
+    let _ = bad.reader.read_to_end(&mut rest);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("331"),
+        "plaintext after AUTH TLS was run: {rest:?}"
+    );
+    let out = python(FTPLIB_QUICK, &[&server.port().to_string()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    assert!(server.log().contains("control TLS handshake failed"));
+}
+per_concurrent_mode!(garbage_tls_handshake, garbage_handshake);
+
+/// lftp (GnuTLS) with TLS forced on control and data, resuming the
+/// session (so under --tls-require-reuse): get, put, ls, byte-exact.
+fn lftp_tls(mode: &str) {
+    if !require_client("lftp") {
+        return;
+    }
+    let cert = TestCert::new();
+    let server = start_tls(mode, &cert, &["--tls-required", "--tls-require-reuse"]);
+    let scratch = tempfile::tempdir().unwrap();
+    let data = random_bytes();
+    fs::write(server.root().join("down.bin"), &data).unwrap();
+    fs::write(scratch.path().join("up.bin"), &data).unwrap();
+    let script = format!(
+        "set ftp:ssl-force true; set ftp:ssl-protect-data true; \
+         set ssl:verify-certificate no; set net:max-retries 1; set net:timeout 20; \
+         open -u bob,secret {url}; lcd {dir}; get down.bin -o got.bin; put up.bin; cls -1",
+        url = server.url(),
+        dir = scratch.path().display()
+    );
+    let out = run_checked(Command::new("lftp").args(["-c", &script]));
+    assert_eq!(fs::read(scratch.path().join("got.bin")).unwrap(), data);
+    assert_eq!(fs::read(server.root().join("up.bin")).unwrap(), data);
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        names.contains("down.bin") && names.contains("up.bin"),
+        "{names}"
+    );
+}
+mod lftp_prot_p {
+    #[test]
+    fn threading() {
+        super::lftp_tls("threading");
+    }
+    #[test]
+    fn forking() {
+        super::lftp_tls("forking");
+    }
+    #[test]
+    fn prefork() {
+        super::lftp_tls("prefork");
+    }
+}
