@@ -304,6 +304,48 @@ fn tls_required_refuses_clear_logins_and_clear_data() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
 }
 
+/// `--tls-self-signed`: FTPS with no files to prepare; a client that
+/// skips verification (`curl --ssl-reqd -k`, here ftplib) works at once,
+/// in passive and active mode, and the certificate names localhost and
+/// 127.0.0.1.
+#[test]
+fn self_signed_certificate_works_at_once() {
+    let server = FtpServer::start(
+        "threading",
+        &["--tls-self-signed", "--tls-required", "--login-delay", "0s"],
+    );
+    let out = python(SELF_SIGNED, &[&server.port().to_string()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+}
+
+const SELF_SIGNED: &str = r#"
+import ftplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ftp = ftplib.FTP_TLS(context=ctx, timeout=5)
+ftp.connect("127.0.0.1", int(sys.argv[1]))
+ftp.login("bob", "secret")
+ftp.prot_p()
+ftp.storbinary("STOR f", __import__("io").BytesIO(b"x" * 100000))
+got = bytearray()
+ftp.retrbinary("RETR f", got.extend)
+assert bytes(got) == b"x" * 100000, len(got)
+# Active mode (PORT/EPRT) under PROT P: the server connects and is the
+# TLS server on that data connection too.
+ftp.set_pasv(False)
+got = bytearray()
+ftp.retrbinary("RETR f", got.extend)
+assert bytes(got) == b"x" * 100000, len(got)
+ftp.storbinary("STOR g", __import__("io").BytesIO(b"y" * 70000))
+assert ftp.size("g") == 70000
+assert sorted(ftp.nlst()) == ["f", "g"], ftp.nlst()
+der = ftp.sock.getpeercert(binary_form=True)
+assert b"localhost" in der and bytes([127, 0, 0, 1]) in der, der
+ftp.quit()
+print("OK")
+"#;
+
 #[test]
 fn without_a_certificate_nothing_changes() {
     let server = FtpServer::start("threading", &[]);

@@ -22,6 +22,13 @@ pub(crate) struct Server {
     pub(crate) tls: Option<Arc<ClientConfig>>,
 }
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Accepts the benchmark's self-signed certificate (the bench measures
 /// throughput on loopback, not trust); signatures are still checked.
 #[derive(Debug)]

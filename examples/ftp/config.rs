@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::confine::Root;
 use crate::throttle::LoginThrottle;
-use crate::tls::TlsSettings;
+use crate::tls::{TlsPolicy, TlsSettings};
 
 /// Which server strategy runs the sessions (the same handler in each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,6 +44,7 @@ impl Mode {
 /// An FTP server on the socketserver framework.
 #[derive(Debug, Parser)]
 #[command(name = "ftp", version)]
+#[command(group = clap::ArgGroup::new("tls").args(["tls_cert", "tls_self_signed"]))]
 pub struct Args {
     /// Directory clients see as `/`; nothing outside it is reachable.
     #[arg(long)]
@@ -103,18 +104,23 @@ pub struct Args {
     /// `PROT`). Needs --tls-key.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
+    /// Turns on explicit FTPS with a certificate made at start-up for
+    /// `localhost` and `127.0.0.1` (clients must skip verification, e.g.
+    /// `curl --ssl-reqd -k`): for trying FTPS, not for production.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Refuse `USER`/`PASS` before `AUTH TLS` (530) and data transfers
     /// under `PROT C` (521), as vsftpd's `force_local_logins_ssl` and
     /// `force_local_data_ssl`.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, requires = "tls")]
     pub tls_required: bool,
     /// Refuse (522) a TLS data connection that does not resume the
     /// control connection's TLS session, as vsftpd's `require_ssl_reuse`.
     /// Off by default: Python's ftplib does not resume (see docs/ftp.md).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, requires = "tls")]
     pub tls_require_reuse: bool,
     /// Longest a TLS handshake (control or data) may take, start to
     /// finish; a client that stalls is dropped after it.
@@ -188,14 +194,14 @@ impl Config {
         )
         .map_err(std::io::Error::other)?;
         let idle = args.idle_timeout.max(Duration::from_millis(100));
+        let policy = TlsPolicy {
+            required: args.tls_required,
+            require_reuse: args.tls_require_reuse,
+            handshake_timeout: args.tls_handshake_timeout.max(Duration::from_millis(100)),
+        };
         let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsSettings::load(
-                cert,
-                key,
-                args.tls_required,
-                args.tls_require_reuse,
-                args.tls_handshake_timeout.max(Duration::from_millis(100)),
-            )?),
+            (Some(cert), Some(key)) => Some(TlsSettings::load(cert, key, policy)?),
+            _ if args.tls_self_signed => Some(TlsSettings::self_signed(policy)?),
             _ => None,
         };
         Ok(Config {

@@ -10,11 +10,12 @@
 //!         [--max-connections N] [--max-per-ip N] [--idle-timeout 300s]
 //!         [--max-login-failures 5] [--login-failure-window 60s] [--login-lockout 60s]
 //!         [--login-delay 300ms]
-//!         [--tls-cert FILE --tls-key FILE [--tls-required] [--tls-require-reuse]
-//!          [--tls-handshake-timeout 10s]]
+//!         [--tls-cert FILE --tls-key FILE | --tls-self-signed] [--tls-required] [--tls-require-reuse]
+//!         [--tls-handshake-timeout 10s]
 //! ```
 //!
-//! With `--tls-cert` and `--tls-key` (PEM) the server speaks explicit FTPS
+//! With `--tls-cert` and `--tls-key` (PEM), or `--tls-self-signed` (a
+//! certificate made at start-up, for trying it) the server speaks explicit FTPS
 //! (RFC 4217: `AUTH TLS`, `PBSZ`, `PROT P`/`C`, TLS data connections that
 //! may resume the control session) with rustls, in every `--mode`; see
 //! `tls.rs` and the FTPS section of `docs/ftp.md`.

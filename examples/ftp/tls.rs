@@ -53,6 +53,17 @@ pub struct TlsSettings {
     pub handshake_timeout: Duration,
 }
 
+/// What the TLS settings enforce, from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsPolicy {
+    /// `--tls-required`.
+    pub required: bool,
+    /// `--tls-require-reuse`.
+    pub require_reuse: bool,
+    /// `--tls-handshake-timeout`.
+    pub handshake_timeout: Duration,
+}
+
 impl TlsSettings {
     /// Loads the PEM certificate chain and private key and builds the
     /// rustls configurations (ring provider, TLS 1.2 and 1.3).
@@ -60,13 +71,7 @@ impl TlsSettings {
     /// # Errors
     /// A file that cannot be read, holds no certificate or key, or a key
     /// that does not match the certificate.
-    pub fn load(
-        cert: &Path,
-        key: &Path,
-        required: bool,
-        require_reuse: bool,
-        handshake_timeout: Duration,
-    ) -> io::Result<TlsSettings> {
+    pub fn load(cert: &Path, key: &Path, policy: TlsPolicy) -> io::Result<TlsSettings> {
         let bad = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -81,6 +86,30 @@ impl TlsSettings {
             return Err(bad("no certificate in", cert, &"empty"));
         }
         let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("bad private key", key, &e))?;
+        Self::build(certs, key, policy)
+    }
+
+    /// A certificate made now for `localhost` and `127.0.0.1`
+    /// (`--tls-self-signed`): FTPS that works at once, for clients that
+    /// skip verification.
+    ///
+    /// # Errors
+    /// When the key cannot be generated.
+    pub fn self_signed(policy: TlsPolicy) -> io::Result<TlsSettings> {
+        let made = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .map_err(io::Error::other)?;
+        let key = PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
+        Self::build(vec![made.cert.der().clone()], key, policy)
+    }
+
+    fn build(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        policy: TlsPolicy,
+    ) -> io::Result<TlsSettings> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut control = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -99,9 +128,9 @@ impl TlsSettings {
         Ok(TlsSettings {
             control: Arc::new(control),
             data: Arc::new(data),
-            required,
-            require_reuse,
-            handshake_timeout,
+            required: policy.required,
+            require_reuse: policy.require_reuse,
+            handshake_timeout: policy.handshake_timeout,
         })
     }
 }
