@@ -580,44 +580,63 @@ impl RFile<'_> {
     /// # Errors
     /// An I/O error from the socket, including a read timeout.
     pub fn read_line_bounded(&mut self, out: &mut Vec<u8>, max: usize) -> io::Result<Line> {
-        let start = out.len();
-        let mut too_long = false;
-        loop {
-            let chunk = match self.fill_buf() {
-                Ok(c) => c,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if chunk.is_empty() {
-                let n = out.len() - start;
-                return Ok(if too_long {
-                    Line::TooLong
-                } else if n == 0 {
-                    Line::Eof
-                } else {
-                    Line::Partial(n)
-                });
+        read_line_bounded(self, out, max)
+    }
+}
+
+/// Reads one line from any buffered reader into `out`, keeping at most
+/// `max` bytes of it, as [`RFile::read_line_bounded`] does for a request:
+/// an over-long line is consumed and discarded, so a peer cannot make the
+/// server's memory grow without end. Use it for a stream you wrap yourself
+/// (e.g. a TLS session over the request's socket). An `UnexpectedEof` error
+/// from the reader (a TLS peer that closed without `close_notify`) counts
+/// as end of file.
+///
+/// # Errors
+/// An I/O error from the reader, including a read timeout.
+pub fn read_line_bounded<R: BufRead + ?Sized>(
+    r: &mut R,
+    out: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Line> {
+    let start = out.len();
+    let mut too_long = false;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => &[][..],
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            let n = out.len() - start;
+            return Ok(if too_long {
+                Line::TooLong
+            } else if n == 0 {
+                Line::Eof
+            } else {
+                Line::Partial(n)
+            });
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        if !too_long {
+            if out.len() - start + take > max {
+                too_long = true;
+                out.truncate(start);
+            } else {
+                out.extend_from_slice(&chunk[..take]);
             }
-            let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (chunk.len(), false),
-            };
-            if !too_long {
-                if out.len() - start + take > max {
-                    too_long = true;
-                    out.truncate(start);
-                } else {
-                    out.extend_from_slice(&chunk[..take]);
-                }
-            }
-            self.consume(take);
-            if done {
-                return Ok(if too_long {
-                    Line::TooLong
-                } else {
-                    Line::Complete(out.len() - start)
-                });
-            }
+        }
+        r.consume(take);
+        if done {
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete(out.len() - start)
+            });
         }
     }
 }

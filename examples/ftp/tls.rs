@@ -16,7 +16,7 @@
 //!   `--tls-require-reuse` a data handshake that did not resume is refused
 //!   (`522`, as vsftpd's `require_ssl_reuse`).
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ServerSessionMemoryCache;
 use rustls::{HandshakeKind, ServerConfig, ServerConnection};
-use socketserver::handler::{Line, Stream};
+use socketserver::handler::{read_line_bounded, Line, Stream};
 use socketserver::Request;
 
 use crate::data;
@@ -338,51 +338,6 @@ impl Write for ControlWriter<'_> {
         match self {
             ControlWriter::Plain(w) => w.flush(),
             ControlWriter::Tls(s) => s.flush(),
-        }
-    }
-}
-
-/// [`socketserver::handler::RFile::read_line_bounded`] for any buffered
-/// reader; a TCP close without TLS `close_notify` counts as end of file.
-fn read_line_bounded(r: &mut impl BufRead, out: &mut Vec<u8>, max: usize) -> io::Result<Line> {
-    let start = out.len();
-    let mut too_long = false;
-    loop {
-        let chunk = match r.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => &[][..],
-            Err(e) => return Err(e),
-        };
-        if chunk.is_empty() {
-            let n = out.len() - start;
-            return Ok(if too_long {
-                Line::TooLong
-            } else if n == 0 {
-                Line::Eof
-            } else {
-                Line::Partial(n)
-            });
-        }
-        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        if !too_long {
-            if out.len() - start + take > max {
-                too_long = true;
-                out.truncate(start);
-            } else {
-                out.extend_from_slice(&chunk[..take]);
-            }
-        }
-        r.consume(take);
-        if done {
-            return Ok(if too_long {
-                Line::TooLong
-            } else {
-                Line::Complete(out.len() - start)
-            });
         }
     }
 }
