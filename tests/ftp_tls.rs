@@ -304,6 +304,26 @@ fn tls_required_refuses_clear_logins_and_clear_data() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
 }
 
+/// An ftplib script that starts logged in over TLS with `PROT P` (port in
+/// `argv[1]`, certificate not checked), followed by `$body`.
+macro_rules! logged_in_over_tls {
+    ($body:literal) => {
+        concat!(
+            r#"
+import ftplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ftp = ftplib.FTP_TLS(context=ctx, timeout=5)
+ftp.connect("127.0.0.1", int(sys.argv[1]))
+ftp.login("bob", "secret")
+ftp.prot_p()
+"#,
+            $body
+        )
+    };
+}
+
 /// `--tls-self-signed`: FTPS with no files to prepare; a client that
 /// skips verification (`curl --ssl-reqd -k`, here ftplib) works at once,
 /// in passive and active mode, and the certificate names localhost and
@@ -318,15 +338,8 @@ fn self_signed_certificate_works_at_once() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
 }
 
-const SELF_SIGNED: &str = r#"
-import ftplib, ssl, sys
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-ftp = ftplib.FTP_TLS(context=ctx, timeout=5)
-ftp.connect("127.0.0.1", int(sys.argv[1]))
-ftp.login("bob", "secret")
-ftp.prot_p()
+const SELF_SIGNED: &str = logged_in_over_tls!(
+    r#"
 ftp.storbinary("STOR f", __import__("io").BytesIO(b"x" * 100000))
 got = bytearray()
 ftp.retrbinary("RETR f", got.extend)
@@ -344,7 +357,8 @@ der = ftp.sock.getpeercert(binary_form=True)
 assert b"localhost" in der and bytes([127, 0, 0, 1]) in der, der
 ftp.quit()
 print("OK")
-"#;
+"#
+);
 
 #[test]
 fn without_a_certificate_nothing_changes() {
@@ -383,19 +397,13 @@ fn the_server_refuses_to_start_with_a_bad_key() {
 
 /// Logs in over TLS with ftplib and lists: proof that the server serves
 /// another session. Arguments: port. Prints "OK".
-const FTPLIB_QUICK: &str = r#"
-import ftplib, ssl, sys
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-ftp = ftplib.FTP_TLS(context=ctx, timeout=5)
-ftp.connect("127.0.0.1", int(sys.argv[1]))
-ftp.login("bob", "secret")
-ftp.prot_p()
+const FTPLIB_QUICK: &str = logged_in_over_tls!(
+    r#"
 ftp.nlst()
 ftp.quit()
 print("OK")
-"#;
+"#
+);
 
 /// A client that sends AUTH TLS and then nothing does not hold up another
 /// session, and is dropped after --tls-handshake-timeout.
