@@ -33,6 +33,9 @@
 //! are answered one by one. SIGINT/SIGTERM shut it down gracefully (exit
 //! status 0). Logs go to stderr (`RUST_LOG`).
 
+#[path = "support/balancer.rs"]
+mod balancer;
+
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -320,25 +323,8 @@ struct Args {
     /// direction (e.g. 60s, 500ms; 0s waits forever).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
-    /// Expect a PROXY protocol v1/v2 header on every connection.
-    #[arg(long)]
-    proxy_protocol: bool,
-    /// How long a connection may take to send its PROXY header.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    proxy_timeout: Duration,
-    /// Set SO_REUSEPORT: several instances may listen on the port.
-    #[arg(long)]
-    reuse_port: bool,
-    /// How long connections in flight may finish after the port closes.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    drain_timeout: Duration,
-    /// Answer HAProxy's agent-check on this address.
-    #[arg(long)]
-    health: Option<SocketAddr>,
-    /// Keep accepting this long after reporting `drain` (default 1s with
-    /// --health, else 0s).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    drain_notice: Option<Duration>,
+    #[command(flatten)]
+    balancer: balancer::BalancerArgs,
     /// Send `peer ADDRESS` to each client first.
     #[arg(long)]
     announce_peer: bool,
@@ -385,23 +371,11 @@ where
 /// The settings every mode shares: backlog, reuse-port, drain, PROXY
 /// protocol, health port and drain notice, systemd notifications.
 fn configure<T: Transport, S: Strategy>(builder: &mut ServerBuilder<T, S>, args: &Args) {
-    builder
-        .backlog(args.backlog)
-        .allow_reuse_port(args.reuse_port)
-        .drain_timeout(args.drain_timeout)
-        .systemd_notify(true);
-    if args.proxy_protocol {
-        builder.proxy_protocol(Some(args.proxy_timeout));
-    }
-    if let Some(h) = args.health {
+    builder.backlog(args.backlog).systemd_notify(true);
+    args.balancer.configure(builder);
+    if let Some(h) = args.balancer.health {
         builder.health(h);
     }
-    let default_notice = if args.health.is_some() {
-        Duration::from_secs(1)
-    } else {
-        Duration::ZERO
-    };
-    builder.drain_notice(args.drain_notice.unwrap_or(default_notice));
 }
 
 /// The async mode over TCP: the native [`AsyncEcho`] handler.

@@ -31,6 +31,9 @@
 //! finishes its own connections, bounded by `--drain-timeout`, and exits:
 //! no one waits for the old process's clients.
 
+#[path = "support/balancer.rs"]
+mod balancer;
+
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -119,25 +122,8 @@ struct Args {
     /// The listen backlog (when not socket-activated).
     #[arg(long, default_value_t = 4096)]
     backlog: i32,
-    /// Expect a PROXY protocol v1/v2 header on every connection.
-    #[arg(long)]
-    proxy_protocol: bool,
-    /// How long a connection may take to send its PROXY header.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    proxy_timeout: Duration,
-    /// Set SO_REUSEPORT: several instances may listen on the port.
-    #[arg(long)]
-    reuse_port: bool,
-    /// How long connections in flight may finish after the port closes.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    drain_timeout: Duration,
-    /// Answer HAProxy's agent-check on this address.
-    #[arg(long)]
-    health: Option<SocketAddr>,
-    /// Keep accepting this long after reporting `drain` (default 1s with
-    /// --health, else 0s).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    drain_notice: Option<Duration>,
+    #[command(flatten)]
+    balancer: balancer::BalancerArgs,
 }
 
 /// What `serve` hands back on SIGHUP: the sockets for the successor.
@@ -155,17 +141,11 @@ fn serve<S: Strategy>(
 ) -> anyhow::Result<()> {
     let idle = (!args.idle_timeout.is_zero()).then_some(args.idle_timeout);
     let mut builder = ServerBuilder::<TcpTransport, S>::new();
-    builder
-        .backlog(args.backlog)
-        .allow_reuse_port(args.reuse_port)
-        .drain_timeout(args.drain_timeout)
-        .systemd_notify(true);
-    if args.proxy_protocol {
-        builder.proxy_protocol(Some(args.proxy_timeout));
-    }
+    builder.backlog(args.backlog).systemd_notify(true);
+    args.balancer.configure(&mut builder);
     let mut inherited = inherited.into_iter();
     let listener = inherited.next();
-    match (args.health, inherited.next()) {
+    match (args.balancer.health, inherited.next()) {
         (Some(_), Some(fd)) => {
             builder.health_socket(activation::into_tcp_listener(fd)?);
         }
@@ -174,12 +154,6 @@ fn serve<S: Strategy>(
         }
         (None, _) => {}
     }
-    let default_notice = if args.health.is_some() {
-        Duration::from_secs(1)
-    } else {
-        Duration::ZERO
-    };
-    builder.drain_notice(args.drain_notice.unwrap_or(default_notice));
     let factory = move || Echo { idle };
     let mut server: SocketServer<TcpTransport, S> = match listener {
         Some(fd) => builder.from_socket(fd, factory)?,
