@@ -321,18 +321,12 @@ fn map_only(n: usize) -> socketserver::Result<()> {
     let pool = Pool::new(WORKERS)?;
     for _ in 0..n {
         let t = Instant::now();
-        let v = if std::env::var_os("POOL_BENCH_STAR").is_some() {
-            // The same items through starmap's zero-sized path (a function
-            // inlined into its trampoline, no call through a pointer).
-            pool.starmap(identity, (0..MAP_ITEMS).map(|i| (i,)))?
-        } else {
-            match std::env::var("POOL_BENCH_CHUNK")
-                .ok()
-                .and_then(|c| c.parse().ok())
-            {
-                Some(c) => pool.map_chunked(identity, 0..MAP_ITEMS, c)?,
-                None => pool.map(identity, 0..MAP_ITEMS)?,
-            }
+        let v = match std::env::var("POOL_BENCH_CHUNK")
+            .ok()
+            .and_then(|c| c.parse().ok())
+        {
+            Some(c) => pool.map_chunked(identity, 0..MAP_ITEMS, c)?,
+            None => pool.map(identity, 0..MAP_ITEMS)?,
         };
         assert_eq!(v.len() as u64, MAP_ITEMS);
         println!("map: {}", fmt_time(t.elapsed().as_secs_f64()));

@@ -85,9 +85,36 @@ fn map_and_starmap_keep_order() -> TestResult {
     // A closure that captures nothing works too.
     check!(pool.map(|x: u64| x + 1, 0..5u64).map_err(e)? == vec![1, 2, 3, 4, 5]);
     let sums = pool
-        .starmap(add, (0..100i64).map(|i| (i, 10 * i)))
+        .starmap((0..100i64).map(|i| (i, 10 * i)), add)
         .map_err(e)?;
     check!(sums == (0..100i64).map(|i| 11 * i).collect::<Vec<_>>());
+    // Every arity from 0 to 4, with function items and closures that
+    // capture nothing.
+    check!(pool.starmap(vec![(), ()], || 7u8).map_err(e)? == vec![7, 7]);
+    check!(pool.starmap(vec![(2u64,), (3,)], square).map_err(e)? == vec![4, 9]);
+    let triples = pool
+        .starmap(vec![(1u8, 2u16, 3u32)], |a: u8, b: u16, c: u32| {
+            u64::from(a) + u64::from(b) + u64::from(c)
+        })
+        .map_err(e)?;
+    check!(triples == vec![6]);
+    let words = pool
+        .starmap(
+            vec![
+                (String::from("a"), 1usize, 'x', true),
+                (String::from("b"), 0, 'y', false),
+            ],
+            |s: String, n: usize, c: char, up: bool| {
+                let w = format!("{s}{}", c.to_string().repeat(n));
+                if up {
+                    w.to_uppercase()
+                } else {
+                    w
+                }
+            },
+        )
+        .map_err(e)?;
+    check!(words == vec!["AX".to_string(), "b".to_string()]);
     check!(pool.apply(square, 12).map_err(e)? == 144);
     Ok(())
 }

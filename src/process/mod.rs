@@ -79,4 +79,4 @@ pub use manager::{
     DictProxy, ListProxy, LockProxy, LockProxyGuard, Manager, ManagerBuilder, NamespaceProxy,
     QueueProxy, ValueProxy,
 };
-pub use pool::{AsyncResult, Future, IMap, Pool, PoolBuilder, ProcessPoolExecutor, StarFn};
+pub use pool::{AsyncResult, Future, IMap, Pool, PoolBuilder, ProcessPoolExecutor, StarArgs};

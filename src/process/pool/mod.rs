@@ -16,4 +16,4 @@ pub(crate) mod worker;
 pub use async_result::AsyncResult;
 pub use executor::{Future, ProcessPoolExecutor};
 pub use pool::{IMap, Pool, PoolBuilder};
-pub use task::StarFn;
+pub use task::StarArgs;

@@ -13,7 +13,7 @@ use crate::process::codec::Decoder;
 use crate::process::cpu_count;
 use crate::process::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
 use crate::process::forkserver::{get_start_method, StartMethod};
-use crate::process::task::{self, Star, StarFn};
+use crate::process::task::{self, StarArgs};
 use crate::process::worker::{self, Body};
 use crate::{Error, Result};
 
@@ -56,10 +56,9 @@ use crate::{Error, Result};
 /// # Ok::<(), socketserver::Error>(())
 /// ```
 ///
-/// [`starmap`](Self::starmap) (any arity from 0 to 4) takes a zero-sized
-/// function instead: a function item or a closure that captures nothing;
-/// there a capturing closure is refused when the code is built (`cargo
-/// build`), not by `cargo check`. The
+/// [`starmap`](Self::starmap) (any arity from 0 to 4) takes its items
+/// first and then a function pointer of the matching arity, with the
+/// same check. The
 /// [`initializer`](PoolBuilder::initializer), which runs once per worker
 /// at start, may be any closure: it is forked along with the worker.
 ///
@@ -447,26 +446,55 @@ impl Pool {
         )
     }
 
-    /// `f(a, b, …)` for every tuple `(a, b, …)`, in order: Python's
-    /// `starmap` (0 to 4 arguments), with `map`'s default chunk size.
-    /// `f` is a function item or a closure that captures nothing; a
-    /// closure that captures data fails to build ("a pool task must be a
-    /// function item or a closure that captures nothing"), though `cargo
-    /// check` does not see it (see [What a task is](Pool#what-a-task-is)).
+    /// `f(a, b, …)` for every tuple `(a, b, …)` of `items`, in order:
+    /// Python's `starmap` (0 to 4 arguments), with `map`'s default chunk
+    /// size.
+    ///
+    /// **The items come first**, then the function (Python writes
+    /// `starmap(func, iterable)`): `f` is a function pointer whose type,
+    /// `fn(A, B) -> R` for `(A, B)` items, is read off the items, and
+    /// rustc checks arguments in order, so only with the items first can a
+    /// function item such as `add` coerce to it. As with [`map`](Self::map),
+    /// a function item or a closure that captures nothing is accepted and
+    /// a closure that captures data is a type error at the call site
+    /// (`cargo check` reports it).
+    ///
+    /// ```
+    /// use socketserver::process::Pool;
+    ///
+    /// fn add(a: i64, b: i64) -> i64 {
+    ///     a + b
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// assert_eq!(pool.starmap(vec![(1, 2), (3, 4)], add)?, [3, 7]);
+    /// assert_eq!(pool.starmap((0..3).map(|i| (i, 10 * i, 100)), |a: i64, b: i64, c: i64| a + b + c)?, [100, 111, 122]);
+    /// pool.close();
+    /// pool.join()?;
+    /// # Ok::<(), socketserver::Error>(())
+    /// ```
+    ///
+    /// ```compile_fail,E0308
+    /// use socketserver::process::Pool;
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let offset = 10i64;
+    /// // error[E0308]: expected fn pointer, found closure
+    /// let v = pool.starmap(vec![(1i64, 2i64)], move |a: i64, b: i64| a + b + offset)?;
+    /// # Ok::<(), socketserver::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`map`](Self::map).
-    pub fn starmap<F, Args, I>(&self, f: F, items: I) -> Result<Vec<F::Output>>
+    pub fn starmap<Args, R, I>(&self, items: I, f: Args::Fn<R>) -> Result<Vec<R>>
     where
-        F: StarFn<Args>,
-        Args: Serialize + DeserializeOwned + 'static,
-        F::Output: Serialize + DeserializeOwned + Send + 'static,
+        Args: StarArgs + Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = Args>,
     {
-        let _ = f;
         self.run_map(
-            task::chunk_address::<Star<F, Args>, Args>(),
-            None,
+            task::chunk_star_address::<Args, R>(),
+            Some(task::star_address::<Args, R>(f)),
             items,
             None,
         )

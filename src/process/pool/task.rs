@@ -3,7 +3,7 @@
 //! A task is a function plus serde-encoded arguments. The function itself
 //! cannot be serialised, so the parent sends the *address* of a small
 //! monomorphised "trampoline" (`run_one_fn::<A, R>`, `run_chunk_fn::<A, R>`
-//! or `run_chunk::<C, A>`) that decodes the arguments, calls the function
+//! or `run_chunk_star::<Args, R>`) that decodes the arguments, calls the function
 //! and encodes the result.
 //!
 //! # Why this is sound only for `fork`
@@ -28,17 +28,15 @@
 //! that knows its type; the worker calls it through the pointer, one
 //! indirect call per item.
 //!
-//! `starmap` takes any arity from 0 to 4, which a single fn-pointer type
-//! cannot express without breaking `pool.starmap(add, …)` for function
-//! items (a fn item does not coerce to a pointer type that is still being
-//! inferred). Its function is therefore still a *zero-sized* `Copy`
-//! value: a function item or a closure that captures nothing, rebuilt in
-//! the worker out of no bytes by a trampoline monomorphised for its type
-//! (`run_chunk::<Star<F, Args>, Args>`); a capturing closure is refused
-//! by a compile-time assertion, which `cargo build` evaluates and `cargo
-//! check` does not.
-
-use std::marker::PhantomData;
+//! `starmap` takes a function of 0 to 4 arguments as a pointer too,
+//! `fn(A, B) -> R` for items `(A, B)`: the pointer type is
+//! [`StarArgs::Fn`], projected from the items' tuple type. That is why
+//! `starmap` takes the items *before* the function: rustc coerces
+//! arguments in order, and a function item (`add`) coerces to
+//! `fn(i64, i64) -> i64` only once the items have fixed that type (with
+//! the function first, the pointer type is still unknown when `add` is
+//! checked). So here too a capturing closure is a type error at the call
+//! site, found by `cargo check`.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -54,65 +52,41 @@ use crate::process::codec::{self, Decoder, WireError};
 /// in this process or in one it is a `fork()` of (see the module docs).
 pub(crate) type Trampoline = unsafe fn(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>;
 
-/// A zero-sized function a worker can call with one argument of type `A`
-/// (a [`StarFn`] wrapped in [`Star`]).
-pub(crate) trait Invoke<A>: Copy + Send + Sync + 'static {
-    /// What the function returns.
-    type Output;
-    /// Calls the function.
-    fn invoke(self, arg: A) -> Self::Output;
+/// The argument tuple of a [`Pool::starmap`](crate::process::Pool::starmap)
+/// item: Python's `starmap` unpacking. Implemented for tuples of 0 to 4
+/// elements (sealed); `(A, B)` goes with a `fn(A, B) -> R`.
+pub trait StarArgs: sealed::Sealed + Sized {
+    /// The function pointer that takes these arguments and returns `R`:
+    /// `fn(A, B) -> R` for `(A, B)`, `fn() -> R` for `()`.
+    type Fn<R>: Copy;
+    /// Calls `f` with the tuple's elements as arguments.
+    fn call<R>(f: Self::Fn<R>, args: Self) -> R;
 }
 
-/// A function of several arguments called with a tuple of them:
-/// Python's `starmap` unpacking. Implemented for `Fn(A, B) -> R` with a
-/// `(A, B)` tuple, and likewise for 0 to 4 arguments.
-pub trait StarFn<Args>: Copy + Send + Sync + 'static {
-    /// What the function returns.
-    type Output;
-    /// Calls the function with the tuple's elements as arguments.
-    fn call_star(self, args: Args) -> Self::Output;
+mod sealed {
+    /// Only the tuples `task.rs` implements [`super::StarArgs`] for: the
+    /// worker turns an address back into `Fn<R>`, which must be a function
+    /// pointer.
+    pub trait Sealed {}
 }
 
-macro_rules! star_fn {
+macro_rules! star_args {
     ($($a:ident),*) => {
-        impl<F, R, $($a),*> StarFn<($($a,)*)> for F
-        where
-            F: Fn($($a),*) -> R + Copy + Send + Sync + 'static,
-        {
-            type Output = R;
+        impl<$($a),*> sealed::Sealed for ($($a,)*) {}
+        impl<$($a),*> StarArgs for ($($a,)*) {
+            type Fn<R> = fn($($a),*) -> R;
             #[allow(non_snake_case)]
-            fn call_star(self, ($($a,)*): ($($a,)*)) -> R {
-                self($($a),*)
+            fn call<R>(f: Self::Fn<R>, ($($a,)*): Self) -> R {
+                f($($a),*)
             }
         }
     };
 }
-star_fn!();
-star_fn!(A1);
-star_fn!(A1, A2);
-star_fn!(A1, A2, A3);
-star_fn!(A1, A2, A3, A4);
-
-/// Wraps a [`StarFn`] so it can be used where an [`Invoke`] is expected.
-pub(crate) struct Star<F, Args>(F, PhantomData<fn(Args)>);
-
-impl<F: Copy, Args> Clone for Star<F, Args> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<F: Copy, Args> Copy for Star<F, Args> {}
-
-impl<F, Args> Invoke<Args> for Star<F, Args>
-where
-    F: StarFn<Args>,
-    Args: 'static,
-{
-    type Output = F::Output;
-    fn invoke(self, args: Args) -> F::Output {
-        self.0.call_star(args)
-    }
-}
+star_args!();
+star_args!(A1);
+star_args!(A1, A2);
+star_args!(A1, A2, A3);
+star_args!(A1, A2, A3, A4);
 
 /// Rebuilds a zero-sized `Copy` value out of nothing.
 pub(crate) fn conjure<C: Copy + 'static>() -> C {
@@ -157,23 +131,32 @@ pub(crate) fn function_address<A, R>(f: fn(A) -> R) -> usize {
     f as usize
 }
 
-/// Appends a function address (from [`function_address`]) to `out`: the
-/// start of the payload of a task run by [`run_one_fn`] or
-/// [`run_chunk_fn`].
+/// The address of a `starmap` function, for [`push_function`].
+pub(crate) fn star_address<Args: StarArgs, R>(f: Args::Fn<R>) -> usize {
+    const { assert!(size_of::<Args::Fn<R>>() == size_of::<usize>()) };
+    // SAFETY: `StarArgs` is sealed and every implementation's `Fn<R>` is a
+    // function pointer (`fn(A1, …) -> R`), which has the size of `usize`
+    // (asserted above); reading one as a `usize` gives its address.
+    unsafe { std::mem::transmute_copy::<Args::Fn<R>, usize>(&f) }
+}
+
+/// Appends a function address (from [`function_address`] or
+/// [`star_address`]) to `out`: the start of the payload of a task run by
+/// [`run_one_fn`], [`run_chunk_fn`] or [`run_chunk_star`].
 pub(crate) fn push_function(address: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(&(address as u64).to_le_bytes());
 }
 
-/// A task's function and the rest of its payload.
-type Split<'a, A, R> = (fn(A) -> R, &'a [u8]);
-
-/// Splits the function address pushed by [`push_function`] off `payload`.
+/// Splits the function address pushed by [`push_function`] off `payload`
+/// and turns it back into a function pointer of type `P`.
 ///
 /// # Safety
-/// `payload` must start with the address of a `fn(A) -> R` (same `A` and
-/// `R`) pushed by [`push_function`] in this process or in one it is a
-/// `fork()` of, with no `exec` in between.
-unsafe fn split_function<A, R>(payload: &[u8]) -> Result<Split<'_, A, R>, String> {
+/// `P` must be a function pointer type, and `payload` must start with the
+/// address of a function of exactly that type pushed by [`push_function`]
+/// in this process or in one it is a `fork()` of, with no `exec` in
+/// between.
+unsafe fn split_function<P: Copy>(payload: &[u8]) -> Result<(P, &[u8]), String> {
+    const { assert!(size_of::<P>() == size_of::<usize>()) };
     let Some((addr, rest)) = payload.split_first_chunk::<FUNCTION>() else {
         return Err(format!("a {}-byte task has no function", payload.len()));
     };
@@ -181,11 +164,11 @@ unsafe fn split_function<A, R>(payload: &[u8]) -> Result<Split<'_, A, R>, String
     if addr == 0 {
         return Err("a task names a null function".into());
     }
-    // SAFETY: guaranteed by the caller: `addr` is the address of a
-    // `fn(A) -> R` in this very executable image (a fork keeps the parent's
-    // mappings), and it is not null (checked above). Function pointers and
-    // `usize` have the same size on every target Rust supports.
-    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(addr) };
+    // SAFETY: guaranteed by the caller: `P` is a function pointer type and
+    // `addr` is the address of such a function in this very executable
+    // image (a fork keeps the parent's mappings); it is not null (checked
+    // above), and `P` has the size of `usize` (asserted above).
+    let f = unsafe { std::mem::transmute_copy::<usize, P>(&addr) };
     Ok((f, rest))
 }
 
@@ -202,7 +185,7 @@ where
 {
     // SAFETY: the caller's guarantee: the payload starts with a
     // `fn(A) -> R` pushed by `push_function`.
-    let (f, payload) = unsafe { split_function::<A, R>(payload) }?;
+    let (f, payload) = unsafe { split_function::<fn(A) -> R>(payload) }?;
     let arg: A = codec::from_bytes(payload)
         .map_err(|e| format!("cannot decode the task's argument: {e}"))?;
     encode_into(&f(arg), out)
@@ -210,23 +193,31 @@ where
 
 pub(crate) use super::wire::{encode_chunk, split_count};
 
-/// Runs a chunk. `payload` is a count and the encoded arguments (see
+/// Runs a chunk of a `starmap` function: `payload` is the function's
+/// address, then a chunk as [`run_chunk_fn`] takes it (each argument a
+/// tuple, spread over the function's parameters).
+///
+/// # Safety
+/// As [`Trampoline`]: `payload` was built by the pool for
+/// `run_chunk_star::<Args, R>`.
+unsafe fn run_chunk_star<Args, R>(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>
+where
+    Args: StarArgs + DeserializeOwned,
+    R: Serialize,
+{
+    // SAFETY: the caller's guarantee: the payload starts with an
+    // `Args::Fn<R>` (a function pointer: `StarArgs` is sealed) pushed by
+    // `push_function`.
+    let (f, payload) = unsafe { split_function::<Args::Fn<R>>(payload) }?;
+    chunk_loop(payload, out, |args: Args| Args::call(f, args))
+}
+
+/// Runs a chunk of a function pointer. `payload` is the function's
+/// address, then a count and the encoded arguments (see
 /// [`encode_chunk`]); the result has the same shape: the count, then the
 /// encoded results in order. Arguments are decoded, run and encoded one at
 /// a time, so a chunk needs no `Vec` of arguments or results in the
 /// worker.
-fn run_chunk<C, A>(payload: &[u8], out: &mut Vec<u8>) -> Result<(), String>
-where
-    C: Invoke<A>,
-    A: DeserializeOwned,
-    C::Output: Serialize,
-{
-    let f = conjure::<C>();
-    chunk_loop(payload, out, |arg| f.invoke(arg))
-}
-
-/// Runs a chunk of a function pointer: `payload` is the function's
-/// address, then a chunk as [`run_chunk`] takes it.
 ///
 /// # Safety
 /// As [`Trampoline`]: `payload` was built by the pool for
@@ -238,7 +229,7 @@ where
 {
     // SAFETY: the caller's guarantee: the payload starts with a
     // `fn(A) -> R` pushed by `push_function`.
-    let (f, payload) = unsafe { split_function::<A, R>(payload) }?;
+    let (f, payload) = unsafe { split_function::<fn(A) -> R>(payload) }?;
     chunk_loop(payload, out, f)
 }
 
@@ -282,22 +273,23 @@ where
     t as usize
 }
 
-/// The address of the chunk trampoline for `C`.
-pub(crate) fn chunk_address<C, A>() -> usize
+/// The address of the chunk trampoline for a `starmap` function
+/// (`Args::Fn<R>`); the payload starts with the function (see
+/// [`push_function`]).
+pub(crate) fn chunk_star_address<Args, R>() -> usize
 where
-    C: Invoke<A>,
-    A: DeserializeOwned,
-    C::Output: Serialize,
+    Args: StarArgs + DeserializeOwned,
+    R: Serialize,
 {
-    const { assert_zero_sized::<C>() };
-    let t: Trampoline = run_chunk::<C, A>;
+    let t: Trampoline = run_chunk_star::<Args, R>;
     t as usize
 }
 
 /// Turns an address received from the parent back into a trampoline.
 ///
 /// # Safety
-/// `addr` must come from [`one_address`] or [`chunk_address`] evaluated
+/// `addr` must come from [`one_fn_address`], [`chunk_fn_address`] or
+/// [`chunk_star_address`] evaluated
 /// in this process or in an ancestor this process is a `fork()` of, with
 /// no `exec` in between (see the module docs).
 pub(crate) unsafe fn trampoline_at(addr: usize) -> Trampoline {
