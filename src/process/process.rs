@@ -145,6 +145,20 @@ impl ProcessState {
 
 /// Builds a [`Process`] with a name and daemon flag, like Python's
 /// `Process(target=…, name=…, daemon=…)`.
+///
+/// ```
+/// use socketserver::process::Process;
+///
+/// let mut p = Process::builder().name("worker-1").daemon(true).target(|| {
+///     // runs in the child
+/// });
+/// assert_eq!(p.name(), "worker-1");
+/// assert!(p.is_daemon());
+/// p.start()?;
+/// assert_eq!(p.join()?, 0);
+/// assert_eq!(p.exitcode(), Some(0));
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct ProcessBuilder {
     name: Option<String>,

@@ -39,6 +39,21 @@ const READ_BUF: usize = 64 * 1024;
 /// ends; see [`close_on_fork`](Self::close_on_fork) for closing the
 /// parent's end in children, and move the child's end into the child's
 /// closure so that the parent drops it when the child starts.
+///
+/// ```
+/// use socketserver::process::pipe;
+/// use socketserver::Error;
+///
+/// let (mut a, mut b) = pipe(true)?;
+/// a.send(&("job", 7u32))?;
+/// assert_eq!(b.recv::<(String, u32)>()?, ("job".to_string(), 7));
+/// b.send_bytes(b"raw")?;
+/// assert_eq!(a.recv_bytes()?, b"raw");
+/// drop(b);
+/// // The peer closed between messages: a clear end of file.
+/// assert!(matches!(a.recv::<u32>(), Err(Error::Eof)));
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 pub struct Connection {
     fd: Option<OwnedFd>,
     readable: bool,

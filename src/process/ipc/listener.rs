@@ -187,6 +187,28 @@ impl Drop for Listener {
 }
 
 /// Connects to a [`Listener`]: Python's `multiprocessing.connection.Client`.
+///
+/// ```
+/// use socketserver::process::{Client, Listener};
+/// use socketserver::Error;
+///
+/// let listener = Listener::bind("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(), Some(b"right"))?;
+/// let addr = listener.address()?;
+/// let server = std::thread::spawn(move || {
+///     // The first client gives the wrong key: its accept fails.
+///     assert!(listener.accept().is_err());
+///     let mut conn = listener.accept().unwrap();
+///     let n: u32 = conn.recv().unwrap();
+///     conn.send(&(n + 1)).unwrap();
+/// });
+/// let wrong = Client::connect(&addr, Some(b"wrong"));
+/// assert!(matches!(wrong, Err(Error::AuthenticationFailed(_))));
+/// let mut conn = Client::connect(&addr, Some(b"right"))?;
+/// conn.send(&41u32)?;
+/// assert_eq!(conn.recv::<u32>()?, 42);
+/// server.join().unwrap();
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Client;
 

@@ -81,6 +81,21 @@ impl fmt::Debug for Manager {
 }
 
 /// Configures a [`Manager`]'s address and authkey.
+///
+/// ```
+/// use socketserver::process::Manager;
+///
+/// let mut manager = Manager::builder().authkey(b"secret".to_vec()).start()?;
+/// assert_eq!(manager.authkey(), b"secret");
+/// let counts = manager.dict::<u32>()?;
+/// counts.set("a", &1)?;
+/// assert_eq!(counts.get("a")?, Some(1));
+/// // A second client of the same manager process sees the same state.
+/// let other = Manager::connect(manager.address().clone(), b"secret")?;
+/// assert_eq!(other.dict_named::<u32>("nope")?.len()?, 0);
+/// manager.shutdown()?;
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct ManagerBuilder {
     address: Option<Address>,

@@ -97,6 +97,21 @@ impl fmt::Debug for Pool {
 
 /// Configures a [`Pool`]: Python's `Pool(processes, initializer,
 /// maxtasksperchild)`.
+///
+/// ```
+/// use socketserver::process::Pool;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::builder().processes(2).maxtasksperchild(Some(100)).build()?;
+/// assert_eq!(pool.processes(), 2);
+/// assert_eq!(pool.map(square, 0..4u64)?, [0, 1, 4, 9]);
+/// pool.close();
+/// pool.join()?;
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Default)]
 pub struct PoolBuilder {
     processes: Option<usize>,

@@ -264,6 +264,25 @@ struct BarrierShm {
 /// [`reset`](Barrier::reset). A process killed while *waiting* is not
 /// detected (its arrival still counts): give waits a timeout if that can
 /// happen.
+///
+/// ```
+/// use socketserver::process::{Barrier, Process};
+///
+/// let barrier = Barrier::new(2)?;
+/// let mut p = Process::new({
+///     let barrier = barrier.clone();
+///     move || {
+///         barrier.wait().unwrap();
+///     }
+/// });
+/// p.start()?;
+/// // Returns once both this process and the child have arrived; each
+/// // gets a distinct arrival index (0 or 1).
+/// assert!(barrier.wait()? < 2);
+/// assert_eq!(p.join()?, 0);
+/// assert!(!barrier.broken());
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Barrier {
     shm: Shm<BarrierShm>,

@@ -98,6 +98,20 @@ struct QueueShm {
 
 /// Configures a [`Queue`] before it is created (Python's `Queue(maxsize)`
 /// plus a byte capacity).
+///
+/// ```
+/// use socketserver::process::Queue;
+///
+/// let q: Queue<String> = Queue::builder().maxsize(2).capacity_bytes(64 * 1024).build()?;
+/// q.put(&"a".to_string())?;
+/// q.put(&"b".to_string())?;
+/// assert!(q.full()?);
+/// // A third message would exceed maxsize: `put_nowait` refuses at once.
+/// assert!(q.put_nowait(&"c".to_string()).is_err());
+/// assert_eq!(q.get()?, "a");
+/// assert_eq!(q.maxsize(), Some(2));
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 pub struct QueueBuilder<T> {
     maxsize: usize,
     capacity: usize,

@@ -191,6 +191,19 @@ impl Drop for SemaphoreGuard<'_> {
 
 /// A semaphore that refuses to be released above its initial value:
 /// Python's `multiprocessing.BoundedSemaphore`. Catches release bugs.
+///
+/// ```
+/// use socketserver::process::BoundedSemaphore;
+///
+/// let slots = BoundedSemaphore::new(1)?;
+/// slots.acquire()?;
+/// assert_eq!(slots.get_value(), 0);
+/// slots.release()?;
+/// // A second release would go above the initial value: refused.
+/// assert!(slots.release().is_err());
+/// assert_eq!(slots.get_value(), 1);
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct BoundedSemaphore {
     sem: Semaphore,
