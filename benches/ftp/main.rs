@@ -246,6 +246,21 @@ fn main() -> Result<()> {
             Box::new(|| start_vsftpd(&root, scratch.path(), tls)),
         ),
     ];
+    // FTP_BENCH_ALT=/path/to/another/ftp adds that build of the example
+    // (threading mode) as a row, "alt (threading)": an A/B test of a
+    // server change against the current one within one run.
+    let alt = std::env::var_os("FTP_BENCH_ALT").map(PathBuf::from);
+    let mut starters = starters;
+    if let Some(alt) = &alt {
+        let root = &root;
+        starters.insert(
+            1,
+            (
+                "alt (threading)",
+                Box::new(move || start_ours(alt, root, "threading", None)),
+            ),
+        );
+    }
     // `cargo bench --bench ftp -- vsftpd` runs only the matching servers.
     let filters: Vec<String> = std::env::args()
         .skip(1)
