@@ -15,6 +15,9 @@
 //! - Between slices the control connection is checked: `ABOR` stops the
 //!   transfer (`426` then `226`), a vanished client stops it and ends the
 //!   session, other commands wait until the transfer is over.
+//! - No download blocks on a full data socket (sendfile, ASCII and TLS
+//!   alike): it waits in `poll` for room *or* a control line, so ABOR is
+//!   seen while the client reads nothing.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
