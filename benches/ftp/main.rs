@@ -248,8 +248,9 @@ fn main() -> Result<()> {
         ),
     ];
     // FTP_BENCH_ALT=/path/to/another/ftp adds that build of the example
-    // (threading mode) as a row, "alt (threading)": an A/B test of a
-    // server change against the current one within one run.
+    // (threading mode) as two rows, "alt (threading)" and "alt TLS
+    // (threading)": an A/B test of a server change against the current
+    // one within one run.
     let alt = std::env::var_os("FTP_BENCH_ALT").map(PathBuf::from);
     let mut starters = starters;
     if let Some(alt) = &alt {
@@ -261,6 +262,10 @@ fn main() -> Result<()> {
                 Box::new(move || start_ours(alt, root, "threading", None)),
             ),
         );
+        starters.push((
+            "alt TLS (threading)",
+            Box::new(move || start_ours(alt, root, "threading", tls)),
+        ));
     }
     // `cargo bench --bench ftp -- vsftpd` runs only the matching servers.
     let filters: Vec<String> = std::env::args()
