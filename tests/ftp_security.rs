@@ -538,8 +538,16 @@ fn abor_stops_a_download_and_the_session_goes_on() {
             // The client reads nothing, so the server stalls on a full
             // socket until ABOR arrives.
             std::thread::sleep(Duration::from_millis(200));
+            let sent = std::time::Instant::now();
             c.send_raw(b"ABOR\r\n");
-            assert_eq!(c.read_reply().0, 426, "{mode} TYPE {ty}");
+            let (code, text) = c.read_reply();
+            // Seen at once, not after a write timed out (60 s here).
+            let waited = sent.elapsed();
+            assert_eq!(code, 426, "{mode} TYPE {ty}: {text}");
+            assert!(
+                waited < Duration::from_secs(5) && !text.contains("timed out"),
+                "{mode} TYPE {ty}: ABOR answered after {waited:?}: {text}"
+            );
             assert_eq!(c.read_reply().0, 226, "{mode} TYPE {ty}");
             drop(data);
             assert_eq!(c.cmd("NOOP").0, 200);
