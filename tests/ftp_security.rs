@@ -529,17 +529,29 @@ fn abor_stops_a_download_and_the_session_goes_on() {
         let server = FtpServer::start(mode, &[]);
         fs::write(server.root().join("big"), vec![7u8; 32 << 20]).unwrap();
         let mut c = Ctrl::login(server.addr);
-        assert_eq!(c.cmd("TYPE I").0, 200);
-        let data = c.pasv();
-        assert_eq!(c.cmd("RETR big").0, 150);
-        // The client reads nothing, so the server stalls on a full socket
-        // until ABOR arrives.
-        std::thread::sleep(Duration::from_millis(200));
-        c.send_raw(b"ABOR\r\n");
-        assert_eq!(c.read_reply().0, 426, "{mode}");
-        assert_eq!(c.read_reply().0, 226, "{mode}");
-        drop(data);
-        assert_eq!(c.cmd("NOOP").0, 200);
+        // TYPE I is sent with sendfile, TYPE A through a buffer: both
+        // must see ABOR while the data socket is full.
+        for ty in ["A", "I"] {
+            assert_eq!(c.cmd(&format!("TYPE {ty}")).0, 200);
+            let data = c.pasv();
+            assert_eq!(c.cmd("RETR big").0, 150);
+            // The client reads nothing, so the server stalls on a full
+            // socket until ABOR arrives.
+            std::thread::sleep(Duration::from_millis(200));
+            let sent = std::time::Instant::now();
+            c.send_raw(b"ABOR\r\n");
+            let (code, text) = c.read_reply();
+            // Seen at once, not after a write timed out (60 s here).
+            let waited = sent.elapsed();
+            assert_eq!(code, 426, "{mode} TYPE {ty}: {text}");
+            assert!(
+                waited < Duration::from_secs(5) && !text.contains("timed out"),
+                "{mode} TYPE {ty}: ABOR answered after {waited:?}: {text}"
+            );
+            assert_eq!(c.read_reply().0, 226, "{mode} TYPE {ty}");
+            drop(data);
+            assert_eq!(c.cmd("NOOP").0, 200);
+        }
         let (code, got) = c.fetch("RETR big");
         assert_eq!((code, got.len()), (226, 32 << 20), "{mode}");
     }

@@ -506,3 +506,219 @@ mod lftp_prot_p {
         super::lftp_tls("prefork");
     }
 }
+
+/// ABOR under `PROT P` (arguments: port, and the hex of what precedes
+/// `ABOR` on the control line: nothing, or Telnet IAC IP IAC DM as lftp
+/// sends it inside TLS): during a 32 MiB RETR the client stops reading, so
+/// the server waits for room on the data socket, and during STOR to a new
+/// name and over an existing file. Each gets `426` then `226`, the session
+/// goes on over TLS (LIST, RETR), an aborted upload leaves nothing behind
+/// and the old file untouched. At `FDS base` / `FDS after` the script
+/// waits for a line on stdin while the test counts the server's
+/// descriptors. Prints "OK".
+const FTPLIB_TLS_ABOR: &str = logged_in_over_tls!(
+    r#"
+import io, time
+prefix = bytes.fromhex(sys.argv[2])
+small = open(sys.argv[3], "rb").read()
+
+def checkpoint(tag):
+    print("FDS " + tag, flush=True)
+    assert sys.stdin.readline().strip() == "go"
+
+def abort():
+    ftp.sock.sendall(prefix + b"ABOR\r\n")
+    first, second = ftp.getline(), ftp.getline()
+    assert first.startswith("426"), (first, second)
+    assert second.startswith("226"), (first, second)
+
+def fetch(name):
+    got = io.BytesIO()
+    ftp.retrbinary("RETR " + name, got.write)
+    return got.getvalue()
+
+ftp.voidcmd("TYPE I")
+checkpoint("base")
+for _ in range(2):
+    conn = ftp.transfercmd("RETR big.bin")
+    assert conn.recv(65536)
+    time.sleep(0.3)  # the server fills the socket and waits for room
+    abort()
+    conn.close()
+    assert sorted(ftp.nlst()) == ["big.bin", "small.bin"]
+    assert fetch("small.bin") == small
+
+for name in ("new.bin", "small.bin"):
+    conn = ftp.transfercmd("STOR " + name)
+    conn.sendall(b"x" * (1 << 20))
+    time.sleep(0.2)
+    abort()
+    conn.close()
+    assert sorted(ftp.nlst()) == ["big.bin", "small.bin"], ftp.nlst()
+    assert fetch("small.bin") == small
+
+ftp.voidcmd("NOOP")
+checkpoint("after")
+ftp.quit()
+print("OK")
+"#
+);
+
+/// `pid` and its descendants, each with its number of open descriptors.
+fn descriptors_of_tree(pid: i32) -> std::collections::BTreeMap<i32, usize> {
+    let mut parent = std::collections::HashMap::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let Some(pp) = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|v| v.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        parent.insert(p, pp);
+    }
+    let in_tree = |mut p: i32| {
+        for _ in 0..16 {
+            if p == pid {
+                return true;
+            }
+            match parent.get(&p) {
+                Some(&pp) if pp > 0 => p = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    parent
+        .keys()
+        .copied()
+        .filter(|&p| in_tree(p))
+        .filter_map(|p| {
+            let n = fs::read_dir(format!("/proc/{p}/fd")).ok()?.count();
+            Some((p, n))
+        })
+        .collect()
+}
+
+/// Runs [`FTPLIB_TLS_ABOR`] against a fresh server in `mode` with
+/// `prefix_hex` before each ABOR, answering its checkpoints, and checks
+/// the root and the server's descriptors afterwards.
+fn tls_abor_session(mode: &str, prefix_hex: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+
+    let cert = TestCert::new();
+    let server = start_tls(mode, &cert, &[]);
+    fs::write(
+        server.root().join("big.bin"),
+        ftp_support::pattern(32 << 20, 3),
+    )
+    .unwrap();
+    let small = ftp_support::pattern(70_000, 4);
+    fs::write(server.root().join("small.bin"), &small).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let script = scratch.path().join("client.py");
+    fs::write(&script, FTPLIB_TLS_ABOR).unwrap();
+    let small_copy = scratch.path().join("small.bin");
+    fs::write(&small_copy, &small).unwrap();
+
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .args([
+            &server.port().to_string(),
+            prefix_hex,
+            small_copy.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut counts = Vec::new();
+    let mut lines = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("FDS ") => {
+                counts.push(descriptors_of_tree(server.pid()));
+                writeln!(stdin, "go").unwrap();
+                stdin.flush().unwrap();
+            }
+            Ok(line) => lines.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{mode}: the script timed out; log:\n{}", server.log());
+            }
+        }
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && lines.last().map(String::as_str) == Some("OK"),
+        "{mode} prefix {prefix_hex:?}: {}\nstdout: {lines:?}\nstderr:\n{}\nlog:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    // Nothing of the aborted uploads is left, and the old file is intact.
+    assert_eq!(
+        ftp_support::tree(&server.root()),
+        ["big.bin", "small.bin"],
+        "{mode}"
+    );
+    assert_eq!(fs::read(server.root().join("small.bin")).unwrap(), small);
+    // The same processes hold as many descriptors after the aborted
+    // transfers as before them. Prefork may have grown or shrunk its pool
+    // in between: then only the processes present both times are compared,
+    // and not the pool's parent, which holds descriptors per worker.
+    let [base, after] = &counts[..] else {
+        panic!("{mode}: checkpoints {counts:?}");
+    };
+    let same_processes = base.keys().eq(after.keys());
+    for (pid, n) in base {
+        if !same_processes && *pid == server.pid() {
+            continue;
+        }
+        if let Some(m) = after.get(pid) {
+            assert_eq!(
+                n, m,
+                "{mode}: process {pid} descriptors {base:?} -> {after:?}"
+            );
+        }
+    }
+    assert!(
+        base.keys().any(|p| after.contains_key(p)),
+        "{mode}: {base:?} {after:?}"
+    );
+}
+
+fn tls_abor_plain_line(mode: &str) {
+    tls_abor_session(mode, "");
+}
+per_mode!(tls_abor, tls_abor_plain_line);
+
+fn tls_abor_telnet_synch(mode: &str) {
+    tls_abor_session(mode, "fff4fff2");
+}
+per_mode!(tls_abor_with_telnet_ip_synch, tls_abor_telnet_synch);

@@ -9,8 +9,14 @@
 //! prefork, async; sync serves one session at a time and cannot take 100
 //! concurrent logins; then ours and vsftpd again over explicit FTPS with
 //! TLS control and `PROT P` data connections that resume the control
-//! session): RETR and STOR throughput of a 256 MiB file
-//! (median of 3), the server's CPU seconds per GiB moved, the wall time
+//! session): RETR and STOR throughput of a 256 MiB file (3 rounds,
+//! round-robin over the servers, of 4 sessions with one RETR and one STOR
+//! each: the median transfer), the server's CPU seconds per GiB moved (the on-CPU time of
+//! every thread of the server's process tree from `schedstat`, in
+//! nanoseconds, summed over all transfers and divided by all bytes), how
+//! busy the bench's client was during RETR (its thread's CPU time over
+//! the wall time: near 100 % it, not the server, would be the limit), the
+//! wall time
 //! for 100 concurrent logins (median of 3),
 //! and the server's memory with 100 logged-in clients (RSS and PSS summed
 //! over the server's process tree, so per-connection processes count).
@@ -30,10 +36,12 @@ use std::time::{Duration, Instant};
 
 use client::{Client, Server};
 use peers::{start_ours, start_pyftpdlib, start_vsftpd, TlsFiles};
-use procfs::{tree_cpu, tree_memory};
+use procfs::{own_thread_cpu, tree_cpu, tree_cpu_exact, tree_memory};
 
 const FILE_SIZE: usize = 256 << 20;
 const REPS: usize = 3;
+/// Transfers of each kind per server per round.
+const PER_ROUND: usize = 4;
 const CLIENTS: usize = 100;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -83,23 +91,61 @@ struct Row {
     login_failures: usize,
     retr_cpu: f64,
     stor_cpu: f64,
+    /// The bench client's CPU time during RETRs over their wall time.
+    client_busy: f64,
 }
 
-/// One RETR and one STOR of the big file; returns MiB/s for each.
-/// Also returns the server's CPU seconds per GiB for each.
-fn transfer_once(server: &Server, root: &Path, chunk: &[u8], i: usize) -> Result<[f64; 4]> {
+/// Everything one server's transfers measured, summed over the rounds.
+#[derive(Debug, Default)]
+struct Totals {
+    /// MiB/s of each RETR and each STOR.
+    retr: Vec<f64>,
+    stor: Vec<f64>,
+    /// Server CPU seconds (exact, from schedstat) during RETRs and STORs.
+    retr_cpu: f64,
+    stor_cpu: f64,
+    /// The same from the 10 ms tick counters (a cross-check that no
+    /// server task exited unmeasured).
+    ticks_cpu: f64,
+    /// The client thread's CPU seconds and the wall seconds of RETRs.
+    client_cpu: f64,
+    retr_wall: f64,
+}
+
+/// One round on one server: PER_ROUND sessions of one RETR of the big
+/// file and one STOR of as many bytes, each transfer measured alone.
+/// A session per pair, not one for the round: a TLS 1.3 client such as
+/// rustls uses each session ticket once, and ours (with
+/// `--tls-require-reuse`) issues two on the control connection.
+fn transfer_round(
+    server: &Server,
+    root: &Path,
+    chunk: &[u8],
+    round: usize,
+    t: &mut Totals,
+) -> Result<()> {
     let pid = server.child.id();
-    let gib = FILE_SIZE as f64 / (1u64 << 30) as f64;
-    let mut c = Client::login(server).map_err(|e| format!("login: {e}"))?;
-    let cpu0 = tree_cpu(pid);
-    let retr = c.retr("big.bin").map_err(|e| format!("RETR: {e}"))?;
-    let cpu1 = tree_cpu(pid);
-    let name = format!("up/stor-{i}.bin");
-    let stor = c.stor(&name, chunk).map_err(|e| format!("STOR: {e}"))?;
-    let cpu2 = tree_cpu(pid);
-    let _ = c.cmd("QUIT", 221);
-    let _ = fs::remove_file(root.join(&name));
-    Ok([retr, stor, (cpu1 - cpu0) / gib, (cpu2 - cpu1) / gib])
+    for k in 0..PER_ROUND {
+        let mut c = Client::login(server).map_err(|e| format!("login: {e}"))?;
+        let ticks0 = tree_cpu(pid);
+        let (cpu0, own0) = (tree_cpu_exact(pid), own_thread_cpu());
+        let mibs = c.retr("big.bin").map_err(|e| format!("RETR: {e}"))?;
+        let (cpu1, own1) = (tree_cpu_exact(pid), own_thread_cpu());
+        t.retr.push(mibs);
+        t.retr_cpu += cpu1 - cpu0;
+        t.client_cpu += own1 - own0;
+        t.retr_wall += (FILE_SIZE >> 20) as f64 / mibs;
+        let name = format!("up/stor-{round}-{k}.bin");
+        let cpu0 = tree_cpu_exact(pid);
+        let mibs = c.stor(&name, chunk).map_err(|e| format!("STOR: {e}"))?;
+        let cpu1 = tree_cpu_exact(pid);
+        t.stor.push(mibs);
+        t.stor_cpu += cpu1 - cpu0;
+        t.ticks_cpu += tree_cpu(pid) - ticks0;
+        let _ = c.cmd("QUIT", 221);
+        let _ = fs::remove_file(root.join(&name));
+    }
+    Ok(())
 }
 
 /// The login timings and memory figures of one server.
@@ -201,12 +247,32 @@ fn main() -> Result<()> {
             Box::new(|| start_vsftpd(&root, scratch.path(), tls)),
         ),
     ];
+    // FTP_BENCH_ALT=/path/to/another/ftp adds that build of the example
+    // (threading mode) as two rows, "alt (threading)" and "alt TLS
+    // (threading)": an A/B test of a server change against the current
+    // one within one run.
+    let alt = std::env::var_os("FTP_BENCH_ALT").map(PathBuf::from);
+    let mut starters = starters;
+    if let Some(alt) = &alt {
+        let root = &root;
+        starters.insert(
+            1,
+            (
+                "alt (threading)",
+                Box::new(move || start_ours(alt, root, "threading", None)),
+            ),
+        );
+        starters.push((
+            "alt TLS (threading)",
+            Box::new(move || start_ours(alt, root, "threading", tls)),
+        ));
+    }
     // `cargo bench --bench ftp -- vsftpd` runs only the matching servers.
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let mut servers: Vec<(Server, Row, Vec<[f64; 4]>)> = Vec::new();
+    let mut servers: Vec<(Server, Row, Totals)> = Vec::new();
     for (name, start) in starters {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
             continue;
@@ -217,24 +283,22 @@ fn main() -> Result<()> {
                     name: name.to_string(),
                     ..Row::default()
                 };
-                servers.push((s, row, Vec::new()));
+                servers.push((s, row, Totals::default()));
             }
             Err(e) => notes.push(format!("{name}: skipped: {e}")),
         }
     }
-    // Transfers round-robin across servers, so background noise on this
-    // shared machine hits every server alike.
+    // Rounds go round-robin across servers, so background noise on this
+    // shared machine hits every server alike; within a round a server
+    // gets PER_ROUND transfers of each kind.
     let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i * 31 % 251) as u8).collect();
     for i in 0..REPS {
         let mut k = 0;
         while k < servers.len() {
-            let (server, row, samples) = &mut servers[k];
+            let (server, row, totals) = &mut servers[k];
             eprintln!("transfer round {} of {REPS}: {}", i + 1, row.name);
-            match transfer_once(server, &root, &chunk, i) {
-                Ok(sample) => {
-                    samples.push(sample);
-                    k += 1;
-                }
+            match transfer_round(server, &root, &chunk, i, totals) {
+                Ok(()) => k += 1,
                 Err(e) => {
                     notes.push(format!("{}: dropped: {e}", row.name));
                     servers.remove(k);
@@ -242,13 +306,21 @@ fn main() -> Result<()> {
             }
         }
     }
-    for (server, mut row, samples) in servers {
+    let gib_each = FILE_SIZE as f64 / (1u64 << 30) as f64;
+    for (server, mut row, t) in servers {
         eprintln!("{} concurrent logins: {}", CLIENTS, row.name);
-        let col = |j: usize| median(samples.iter().map(|s| s[j]).collect());
-        row.retr = col(0);
-        row.stor = col(1);
-        row.retr_cpu = col(2);
-        row.stor_cpu = col(3);
+        row.retr = median(t.retr.clone());
+        row.stor = median(t.stor.clone());
+        row.retr_cpu = t.retr_cpu / (t.retr.len() as f64 * gib_each);
+        row.stor_cpu = t.stor_cpu / (t.stor.len() as f64 * gib_each);
+        row.client_busy = t.client_cpu / t.retr_wall;
+        let exact = t.retr_cpu + t.stor_cpu;
+        if t.ticks_cpu > exact * 1.2 + 0.1 {
+            notes.push(format!(
+                "{}: tick counters saw {:.2} s of server CPU, schedstat {exact:.2} s: some task exited unmeasured",
+                row.name, t.ticks_cpu
+            ));
+        }
         // The login and memory columns are measured on the plain rows
         // (vsftpd TLS refuses plain logins; the TLS rows are throughput).
         if server.tls.is_some() {
@@ -265,12 +337,12 @@ fn main() -> Result<()> {
     }
     println!();
     println!(
-        "FTP benchmark, 127.0.0.1, {} MiB file, median of {REPS}, {CLIENTS} clients",
+        "FTP benchmark, 127.0.0.1, {} MiB file, {REPS} rounds of {PER_ROUND} sessions of one RETR and one STOR per server: median throughput, server CPU = total CPU / total bytes; {CLIENTS} clients",
         FILE_SIZE >> 20
     );
     println!();
-    println!("| server | RETR MiB/s | STOR MiB/s | server CPU s/GiB RETR / STOR | {CLIENTS} concurrent logins (ms) | memory with {CLIENTS} clients: RSS / PSS (MiB) |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| server | RETR MiB/s | STOR MiB/s | server CPU s/GiB RETR / STOR | client CPU busy during RETR | {CLIENTS} concurrent logins (ms) | memory with {CLIENTS} clients: RSS / PSS (MiB) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let failed = match r.login_failures {
             0 => String::new(),
@@ -278,18 +350,24 @@ fn main() -> Result<()> {
         };
         if r.logins_ms.is_nan() {
             println!(
-                "| {} | {:.0} | {:.0} | {:.2} / {:.2} | – | – |",
-                r.name, r.retr, r.stor, r.retr_cpu, r.stor_cpu,
+                "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.0} % | – | – |",
+                r.name,
+                r.retr,
+                r.stor,
+                r.retr_cpu,
+                r.stor_cpu,
+                r.client_busy * 100.0,
             );
             continue;
         }
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.1}{failed} | {:.1} / {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.0} % | {:.1}{failed} | {:.1} / {:.1} |",
             r.name,
             r.retr,
             r.stor,
             r.retr_cpu,
             r.stor_cpu,
+            r.client_busy * 100.0,
             r.logins_ms,
             r.rss_kib as f64 / 1024.0,
             r.pss_kib as f64 / 1024.0

@@ -446,6 +446,30 @@ impl TlsData {
         Ok(())
     }
 
+    /// Queues plaintext for encryption, up to the connection's buffer
+    /// limit; returns how many bytes were taken (none when the buffer is
+    /// full: write records out first).
+    ///
+    /// # Errors
+    /// The connection is closed for writing.
+    pub fn queue(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.conn.writer().write(buf)
+    }
+
+    /// Whether encrypted records wait to be written to the socket.
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    /// Writes queued records to the socket once; on a non-blocking socket
+    /// this may take only part of them or fail with `WouldBlock`.
+    ///
+    /// # Errors
+    /// The socket's.
+    pub fn write_tls_once(&mut self) -> io::Result<usize> {
+        self.conn.write_tls(self.tcp.get_mut())
+    }
+
     /// Encrypts `buf` and sends it (blocking, with the socket timeout).
     pub fn send(&mut self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {

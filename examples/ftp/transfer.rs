@@ -15,6 +15,9 @@
 //! - Between slices the control connection is checked: `ABOR` stops the
 //!   transfer (`426` then `226`), a vanished client stops it and ends the
 //!   session, other commands wait until the transfer is over.
+//! - No download blocks on a full data socket (sendfile, ASCII and TLS
+//!   alike): it waits in `poll` for room *or* a control line, so ABOR is
+//!   seen while the client reads nothing.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -349,9 +352,66 @@ impl Session {
         Outcome::Done
     }
 
+    /// Writes `chunk` to the data connection (plain, or encrypted into
+    /// TLS records) without blocking on the socket: when it is full, waits
+    /// in [`await_data`](Self::await_data) for room *or* a control line,
+    /// so ABOR is seen even while the client reads nothing.
+    fn write_watching(
+        &mut self,
+        req: &mut Control<'_>,
+        conn: &mut DataConn,
+        mut chunk: &[u8],
+        timeout: PollTimeout,
+    ) -> Result<(), Outcome> {
+        loop {
+            let written = match conn {
+                DataConn::Plain(tcp) => {
+                    if chunk.is_empty() {
+                        return Ok(());
+                    }
+                    match (&*tcp).write(chunk) {
+                        Ok(n) => {
+                            chunk = &chunk[n..];
+                            Ok(n)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                DataConn::Tls(t) => {
+                    if !chunk.is_empty() {
+                        let n = t.queue(chunk).map_err(Outcome::Failed)?;
+                        chunk = &chunk[n..];
+                    }
+                    if !t.wants_write() {
+                        if chunk.is_empty() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    t.write_tls_once()
+                }
+            };
+            match written {
+                Ok(0) => {
+                    return Err(Outcome::Failed(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "data connection accepts no more bytes",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.await_data(req, conn.tcp(), PollFlags::POLLOUT, timeout)?;
+                }
+                Err(e) => return Err(Outcome::Failed(e)),
+            }
+        }
+    }
+
     /// Copies through user space: TYPE A (LF to CRLF) on any connection,
     /// and TYPE I over TLS (which encrypts in user space anyway), in
-    /// 256 KiB chunks, checking the control connection between chunks.
+    /// 256 KiB chunks, checking the control connection between chunks and
+    /// while the data socket is full.
     fn send_buffered(
         &mut self,
         req: &mut Control<'_>,
@@ -362,12 +422,22 @@ impl Session {
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
             return Outcome::Failed(e);
         }
+        if let Err(e) = conn.tcp().set_nonblocking(true) {
+            return Outcome::Failed(e);
+        }
+        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
         let ascii = !self.binary();
         let mut buf = vec![0u8; BUF_SIZE];
         let mut out = Vec::with_capacity(if ascii { BUF_SIZE * 2 } else { 0 });
         loop {
             let n = match file.read(&mut buf) {
-                Ok(0) => return Outcome::Done,
+                // Blocking again for the closing close_notify.
+                Ok(0) => {
+                    return match conn.tcp().set_nonblocking(false) {
+                        Ok(()) => Outcome::Done,
+                        Err(e) => Outcome::Failed(e),
+                    }
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Outcome::Failed(e),
@@ -384,8 +454,8 @@ impl Session {
             } else {
                 &buf[..n]
             };
-            if let Err(e) = conn.write_all(chunk) {
-                return Outcome::Failed(e);
+            if let Err(outcome) = self.write_watching(req, conn, chunk, timeout) {
+                return outcome;
             }
             match self.poll_control(req) {
                 Ok(Ctl::Quiet) => {}
