@@ -219,7 +219,9 @@ impl Spawner {
                     let _permits = permits;
                     let mut guard = ShutdownOnDrop(guard);
                     let peer2 = peer.clone();
-                    let joined = pool.spawn_blocking(move || core.process(request, &peer2)).await;
+                    let joined = pool
+                        .spawn_blocking(move || core.process(request, &peer2))
+                        .await;
                     guard.0 = None;
                     if let Err(e) = joined {
                         tracing::error!(peer = %peer, error = %e, "blocking handler task failed");
