@@ -64,7 +64,6 @@
 mod handler;
 mod reactor;
 
-use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -243,19 +242,6 @@ fn report_join(done: std::result::Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Runs `f`, catching a panic of any of its polls.
-async fn catch_panic<F: Future>(f: F) -> std::thread::Result<F::Output> {
-    let mut f = std::pin::pin!(f);
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(cx))) {
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
-            Err(payload) => std::task::Poll::Ready(Err(payload)),
-        }
-    })
-    .await
-}
-
 /// How many worker threads: the setting, else `TOKIO_WORKER_THREADS`
 /// (as tokio's own runtime read it), else one per core.
 fn worker_count(options: &ServerOptions) -> usize {
@@ -309,7 +295,20 @@ fn run_worker(
         while let Some(command) = commands.recv().await {
             match command {
                 Command::Serve(acceptor, reply) => {
-                    let served = catch_panic(acceptor.run(&mut tasks, &count)).await;
+                    // A task, not `block_on`'s own future: waking a task
+                    // from the reactor on its own thread is a push onto
+                    // the local queue, waking `block_on`'s future is an
+                    // eventfd `write` (tokio unparks the driver).
+                    let run = tokio::spawn(acceptor.run(std::mem::take(&mut tasks), count.clone()));
+                    let served = match run.await {
+                        Ok((result, t)) => {
+                            tasks = t;
+                            Ok(result)
+                        }
+                        // The request tasks went with the panicking loop.
+                        Err(e) if e.is_panic() => Err(e.into_panic()),
+                        Err(_) => Ok(Err(Error::Closed)),
+                    };
                     count.store(tasks.len(), Ordering::Relaxed);
                     let _ = reply.send(served);
                 }
@@ -547,7 +546,17 @@ impl Acceptor {
         })
     }
 
-    async fn run(self, tasks: &mut JoinSet<()>, count: &AtomicUsize) -> Result<()> {
+    /// The loop; gives back the request tasks (for the drain).
+    async fn run(
+        self,
+        mut tasks: JoinSet<()>,
+        count: Arc<AtomicUsize>,
+    ) -> (Result<()>, JoinSet<()>) {
+        let result = self.accept_loop(&mut tasks, &count).await;
+        (result, tasks)
+    }
+
+    async fn accept_loop(self, tasks: &mut JoinSet<()>, count: &AtomicUsize) -> Result<()> {
         let Acceptor {
             socket,
             wake,
