@@ -58,8 +58,10 @@
 //! writes `async fn handle`. The `Send` bound is checked where the user
 //! writes the handler, so a handler that holds a non-`Send` value across
 //! an `.await` fails to compile with an error pointing at that line. The
-//! server stores the handler behind one small object-safe adapter that
-//! boxes the future of each connection.
+//! server stores the handler behind one small object-safe adapter whose
+//! one method spawns a connection's task from code that knows the
+//! handler's type: the handler's future lives inside the task, with no
+//! second allocation per connection.
 
 mod handler;
 mod reactor;
@@ -71,7 +73,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use super::{LoopWaker, Strategy};
 use crate::error::{Error, Result};
@@ -88,8 +89,8 @@ use crate::server::strategy::Serving;
 use crate::server::transport::{BindAddress, ServerSocket, TcpTransport};
 use crate::server::wakeup::Wakeup;
 
-use handler::{serve_native, DynHandler, ShutdownOnDrop};
 pub use handler::{AsyncRequestHandler, Blocking};
+use handler::{Conn, DynHandler, ShutdownOnDrop};
 use reactor::Reactor;
 
 /// One tokio task per request (the async strategy). See the module docs.
@@ -184,27 +185,21 @@ impl Spawner {
     ) {
         match (&self.native, request) {
             (Some(native), Incoming::Stream(Stream::Tcp(stream))) => {
-                let native = native.clone();
-                let core = core.clone();
-                let per_ip = self.per_ip.clone();
-                let proxy = self.proxy;
-                let Some(addr) = peer.as_inet() else {
+                let Some(peer) = peer.as_inet() else {
                     return;
                 };
-                // Only what the connection needs lives in its task (an idle
-                // connection is its task's size, times 10,000).
-                let task = async move {
-                    let _permits = permits;
-                    serve_native(&*native, &core, stream, addr, per_ip, proxy, nonblocking).await;
-                };
-                // The span only when it is recorded: a disabled span still
-                // makes the task bigger and costs its `Instrumented` polls.
-                let span = tracing::debug_span!("conn", peer = %addr, strategy = %Async::NAME);
-                if span.is_disabled() {
-                    tasks.spawn(task);
-                } else {
-                    tasks.spawn(task.instrument(span));
-                }
+                native.clone().spawn(
+                    tasks,
+                    Conn {
+                        core: core.clone(),
+                        stream,
+                        peer,
+                        per_ip: self.per_ip.clone(),
+                        proxy: self.proxy,
+                        nonblocking,
+                        permits,
+                    },
+                );
             }
             (_, request) => {
                 let core = core.clone();
