@@ -235,6 +235,58 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
     assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
 }
 
+/// Thread per core: the connection limit is the server's, not each
+/// worker's, and the workers' drains add up to one report.
+#[tokio::test]
+async fn workers_share_the_connection_limit_and_drain_together() {
+    let server = AsyncTcpServer::builder()
+        .async_threads(4)
+        .max_connections(3)
+        .bind_async("127.0.0.1:0", Echo)
+        .unwrap();
+    let (addr, stop, served) = start(server);
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let mut c = connect(addr).await;
+        let msg = format!("{i}\n");
+        assert_eq!(ask(&mut c, &msg).await, msg);
+        open.push(c);
+    }
+    // Three workers hold a connection each; the fourth worker must not
+    // accept a fourth one.
+    let mut fourth = connect(addr).await;
+    fourth.get_mut().write_all(b"d\n").await.unwrap();
+    let mut out = String::new();
+    assert!(
+        timeout(Duration::from_millis(400), fourth.read_line(&mut out))
+            .await
+            .is_err(),
+        "a fourth connection was served with max_connections(3)"
+    );
+    // Three requests in flight at the stop, each drained by its worker.
+    for c in &mut open {
+        c.get_mut().write_all(b"sleep\n").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.shutdown();
+    for c in &mut open {
+        let mut out = String::new();
+        timeout(T, c.read_line(&mut out)).await.unwrap().unwrap();
+        assert_eq!(out, "sleep\n");
+    }
+    drop(open);
+    let report = finish(served).await;
+    assert_eq!(
+        report,
+        DrainReport {
+            drained: 3,
+            aborted: 0,
+            detached: 0
+        }
+    );
+    drop(fourth);
+}
+
 #[tokio::test]
 async fn drain_timeout_aborts_stuck_connections() {
     let server = AsyncTcpServer::builder()

@@ -343,6 +343,19 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
         self
     }
 
+    /// Async: how many worker threads serve connections, each with its
+    /// own single-threaded tokio runtime, accepting from the shared socket
+    /// and running the tasks of the connections it accepted (thread per
+    /// core: no work stealing, no wake-up of another thread per
+    /// connection). Default: the environment variable
+    /// `TOKIO_WORKER_THREADS` if set, else one per core. One worker suits a
+    /// server whose handlers only do I/O; a handler that computes wants
+    /// one per core.
+    pub fn async_threads(&mut self, n: usize) -> &mut Self {
+        self.options.async_threads = Some(n.max(1));
+        self
+    }
+
     /// The hooks (`verify_request`, `handle_error`, …) to use instead of
     /// Python's defaults. Default is [`DefaultHooks`].
     pub fn hooks(&mut self, hooks: impl Hooks) -> &mut Self {

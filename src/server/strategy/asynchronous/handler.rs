@@ -7,9 +7,13 @@ use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::handler::{run_handler, PeerAddr, Request, RequestHandler, Stream};
@@ -65,16 +69,53 @@ pub trait AsyncRequestHandler: Send + Sync + 'static {
     ) -> impl Future<Output = io::Result<()>> + Send;
 }
 
-type BoxFuture<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
+/// What a native connection's task needs besides the handler.
+pub(super) struct Conn {
+    pub(super) core: Arc<ServerCore>,
+    pub(super) stream: StdTcpStream,
+    pub(super) peer: SocketAddr,
+    pub(super) per_ip: Option<PerIpLimiter>,
+    pub(super) proxy: Option<Duration>,
+    /// The stream was accepted non-blocking.
+    pub(super) nonblocking: bool,
+    /// A connection slot, and a blocking slot (`handle_request`).
+    pub(super) permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+}
 
-/// The object-safe face of an [`AsyncRequestHandler`].
+/// The object-safe face of an [`AsyncRequestHandler`]: starts a
+/// connection's task from code that knows the handler's type, so the
+/// handler's future lives inside the task instead of in a second
+/// allocation per connection.
 pub(super) trait DynHandler: Send + Sync + 'static {
-    fn call(&self, stream: TcpStream, peer: SocketAddr) -> BoxFuture<'_>;
+    /// Spawns the task serving `conn` on the current runtime.
+    fn spawn(self: Arc<Self>, tasks: &mut JoinSet<()>, conn: Conn);
 }
 
 impl<H: AsyncRequestHandler> DynHandler for H {
-    fn call(&self, stream: TcpStream, peer: SocketAddr) -> BoxFuture<'_> {
-        Box::pin(self.handle(stream, peer))
+    fn spawn(self: Arc<Self>, tasks: &mut JoinSet<()>, conn: Conn) {
+        // The span only when it is recorded: a disabled span still makes
+        // the task bigger and costs an `Instrumented` layer per poll.
+        let span = tracing::debug_span!("conn", peer = %conn.peer, strategy = "async");
+        // Only what the connection needs lives in its task (an idle
+        // connection is its task's size, times 10,000).
+        let task = async move {
+            let Conn {
+                core,
+                stream,
+                peer,
+                per_ip,
+                proxy,
+                nonblocking,
+                permits,
+            } = conn;
+            let _permits = permits;
+            serve_native(&*self, &core, stream, peer, per_ip, proxy, nonblocking).await;
+        };
+        if span.is_disabled() {
+            tasks.spawn(task);
+        } else {
+            tasks.spawn(task.instrument(span));
+        }
     }
 }
 
@@ -85,8 +126,9 @@ impl<H: AsyncRequestHandler> DynHandler for H {
 /// handler under the async strategy with the explicit
 /// [`max_blocking`](crate::server::ServerBuilder::max_blocking) bound and
 /// over every transport. `Blocking` exists for mixing blocking code into
-/// a native handler's server; its requests share the runtime's blocking
-/// pool (sized `max_blocking`), and when the server gives up on one at the
+/// a native handler's server; its requests run on the blocking pool of
+/// the worker thread that accepted them (each sized `max_blocking`, with
+/// no bound on accepting), and when the server gives up on one at the
 /// drain deadline its socket is shut down so the handler returns.
 pub struct Blocking<F> {
     factory: F,
@@ -143,10 +185,10 @@ where
 /// Polls a handler's future under `catch_unwind`, so a panic is reported
 /// with the peer like any handler error — without a second task per
 /// connection (a task costs memory that 10,000 idle connections feel).
-struct CatchUnwind<'a>(BoxFuture<'a>);
+struct CatchUnwind<'a, F>(Pin<&'a mut F>);
 
-impl Future for CatchUnwind<'_> {
-    type Output = std::result::Result<io::Result<()>, String>;
+impl<F: Future> Future for CatchUnwind<'_, F> {
+    type Output = std::result::Result<F::Output, String>;
 
     fn poll(
         mut self: Pin<&mut Self>,
@@ -161,8 +203,8 @@ impl Future for CatchUnwind<'_> {
     }
 }
 
-pub(super) async fn serve_native(
-    handler: &dyn DynHandler,
+pub(super) async fn serve_native<H: AsyncRequestHandler>(
+    handler: &H,
     core: &ServerCore,
     stream: StdTcpStream,
     mut peer: SocketAddr,
@@ -216,7 +258,8 @@ pub(super) async fn serve_native(
         },
         None => None,
     };
-    let failed = match CatchUnwind(handler.call(stream, peer)).await {
+    let future = std::pin::pin!(handler.handle(stream, peer));
+    let failed = match CatchUnwind(future).await {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(Error::from(e)),
         Err(message) => Some(Error::Panicked(message)),
