@@ -1,6 +1,7 @@
 //! The prefork strategy across real processes: crash replacement,
 //! recycling, growth and shrink under load, SIGTTIN/SIGTTOU, hung and
-//! stopped workers, a SIGTERM drain of 100 in-flight requests, a parent
+//! stopped workers, a SIGTERM drain of 100 in-flight requests and of
+//! the connections queued in the backlog, a parent
 //! SIGKILLed mid-request, the descriptors a worker holds, rate-limited
 //! fork errors and `process::exit` in a handler.
 //!
@@ -301,6 +302,52 @@ fn sigterm_drains_100_in_flight_requests() {
     s.stop_after_signal();
 }
 
+/// A stop (SIGTERM) while every worker is busy: the connections already
+/// queued in the listening socket's backlog are served by the workers
+/// once their requests end, not reset when the listener closes.
+fn sigterm_serves_connections_queued_in_the_backlog() {
+    let s = Server::start("2,2,2,2,0,0");
+    s.wait_workers("start", |n| n == 2);
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        (&c).write_all(b"slow\n").unwrap();
+        // End of input: the handler returns after this request.
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut r = BufReader::new(c);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "started\n");
+        busy.push(r);
+    }
+    // Both workers are in their 500 ms requests: these wait in the backlog.
+    let mut queued = Vec::new();
+    for i in 0..6 {
+        let c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        (&c).write_all(format!("queued {i}\n").as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        queued.push((i, BufReader::new(c)));
+    }
+    kill(Pid::from_raw(s.pid()), Signal::SIGTERM).unwrap();
+    for r in busy.iter_mut() {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "done\n");
+    }
+    for (i, r) in queued.iter_mut() {
+        let mut line = String::new();
+        let got = r.read_line(&mut line);
+        assert!(
+            matches!(got, Ok(n) if n > 0) && line == format!("queued {i}\n"),
+            "queued connection {i} not served at stop: {got:?} {line:?}"
+        );
+    }
+    drop((busy, queued));
+    s.stop_after_signal();
+}
+
 fn alive(pid: i32) -> bool {
     // A zombie has exited; only its parent's wait is missing.
     support::stat(pid).is_some_and(|(state, _)| state != 'Z')
@@ -506,6 +553,10 @@ fn main() {
         (
             "sigterm_drains_100_in_flight_requests",
             sigterm_drains_100_in_flight_requests,
+        ),
+        (
+            "sigterm_serves_connections_queued_in_the_backlog",
+            sigterm_serves_connections_queued_in_the_backlog,
         ),
         (
             "orphaned_workers_finish_their_request_and_refuse_new_clients",

@@ -372,12 +372,11 @@ impl Serving<'_> {
     /// forking (a fork at that moment, while the process's other threads
     /// are busy, is the fork-safety risk the design avoids; seen as a
     /// child that never finished in `tests/server_forking.rs`), nor async
-    /// (its own loop). A prefork worker's loop also
-    /// stops when the worker is recycled while its siblings keep serving,
-    /// where taking more would overrun `max_requests`: a worker should
-    /// call this only when the whole server stops (its control pipe
-    /// closed), which `src/server/strategy/prefork/worker.rs` does not do
-    /// yet.
+    /// (its own loop). A prefork worker calls it when the whole server
+    /// stops (the parent wrote the stop byte into its control pipe), not
+    /// when only that worker is recycled or retired while its siblings
+    /// keep serving, where taking more would overrun `max_requests`; see
+    /// `src/server/strategy/prefork/worker.rs`.
     pub(crate) fn take_queued<P: Processor>(&mut self, strategy: &mut P) {
         if !self.socket.as_ref().is_some_and(|s| s.is_stream()) {
             return;

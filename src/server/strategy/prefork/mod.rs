@@ -31,14 +31,23 @@
 //!   replaced. A request left waiting on the socket for `offer_timeout`
 //!   while workers are idle and none takes it means those idle workers are
 //!   stopped (SIGSTOP) or wedged: they are killed and replaced.
-//! - **Retiring, shutdown, parent death.** Each worker polls a control
-//!   pipe whose only write end the parent holds. Closing it — or the
-//!   parent dying, which closes it too — tells the worker to stop: it
-//!   **closes its copy of the listening socket at once**, even in the
-//!   middle of a request (a small watcher thread blocked on the control
-//!   pipe revokes the descriptor while the worker's thread serves),
-//!   finishes that request and exits. So a socket nobody will serve never
-//!   keeps accepting connections into its backlog.
+//! - **Retiring, parent death.** Each worker polls a control pipe whose
+//!   only write end the parent holds. Closing it — or the parent dying,
+//!   which closes it too — tells the worker to stop: it **closes its copy
+//!   of the listening socket at once**, even in the middle of a request (a
+//!   small watcher thread blocked on the control pipe revokes the
+//!   descriptor while the worker's thread serves), finishes that request
+//!   and exits. So a socket nobody will serve never keeps accepting
+//!   connections into its backlog.
+//! - **Shutdown** (SIGTERM, `shutdown`). The parent writes [`STOP`] into
+//!   every control pipe, then closes it: each worker finishes its
+//!   request, then serves the connections already queued in the backlog
+//!   (up to 256 each, until `EAGAIN`) before it closes its listening
+//!   socket, as the threading server does. The parent's own copy closes
+//!   in `server_close`; the socket (one open file shared by all) stays
+//!   listening until the last worker closes its copy, so a connection the
+//!   kernel completed before that is served, not reset. The drain timeout
+//!   bounds it all.
 //! - **Per request** a worker makes no system call of its own: it serves
 //!   on the thread that accepted (no hand-off), and the scoreboard words
 //!   are atomic stores to shared memory.
@@ -85,6 +94,12 @@ const W_STATE: usize = 0;
 const W_PID: usize = 1;
 const W_REQUESTS: usize = 2;
 const W_BUSY_SINCE: usize = 3;
+
+/// The byte the parent writes into every worker's control pipe before
+/// closing it when the whole server stops (a retire only closes it): the
+/// worker then serves what is queued in the backlog before it closes its
+/// listening socket (see `worker.rs`).
+const STOP: u8 = b's';
 
 const STARTING: u64 = 1;
 const IDLE: u64 = 2;
@@ -386,8 +401,10 @@ impl Prefork {
         }
     }
 
-    /// Tells every worker to stop: each closes its listening socket at
-    /// once and leaves after its current request.
+    /// Tells every worker to stop: each finishes its current request,
+    /// serves the connections already queued in the backlog, closes its
+    /// listening socket and leaves. (A worker already retiring closed its
+    /// socket when it was told.)
     fn stop_accepting(&mut self) {
         if self.busy_at_stop.is_none() {
             let busy = (0..self.workers.len())
@@ -396,7 +413,11 @@ impl Prefork {
             self.busy_at_stop = Some(busy);
         }
         for c in &mut self.control {
-            *c = None;
+            if let Some(fd) = c.take() {
+                // One byte into an empty pipe never blocks. If it fails the
+                // worker sees only the close: it retires (revokes at once).
+                let _ = nix::unistd::write(&fd, &[STOP]);
+            }
         }
         for w in self.workers.iter_mut().flatten() {
             w.retiring = true;

@@ -4,15 +4,25 @@
 //! per request: the scoreboard is shared memory written with atomic
 //! stores.
 //!
-//! A second, small thread only watches the worker's control pipe (closed
-//! by the parent to retire it, or by the kernel when the parent dies).
-//! When it fires, that thread asks the loop to stop and **revokes the
-//! worker's copy of the listening socket at once** (its descriptor number
-//! is pointed at `/dev/null`, see [`Revocable`]), even in the middle of a
-//! request; the request in flight ends normally, then the worker leaves.
-//! So a socket nobody will serve never keeps accepting connections into
-//! its backlog. The watcher blocks in `poll` and costs nothing per request.
-
+//! A second, small thread only watches the worker's control pipe, whose
+//! only write end the parent holds. It blocks in `poll` and costs nothing
+//! per request. What it reads there says why the worker stops:
+//!
+//! - **End of file** (the parent closed the pipe to retire this one
+//!   worker, or the parent died): the watcher asks the loop to stop and
+//!   **revokes the worker's copy of the listening socket at once** (its
+//!   descriptor number is pointed at `/dev/null`, see [`Revocable`]), even
+//!   in the middle of a request; the request in flight ends normally, then
+//!   the worker leaves. So a socket nobody will serve never keeps
+//!   accepting connections into its backlog, and a retired worker leaves
+//!   the backlog to its siblings.
+//! - **[`STOP`], then end of file** (the whole server stops: SIGTERM,
+//!   `shutdown`): the watcher only asks the loop to stop. When the
+//!   request in flight ends, the worker takes what is already queued in
+//!   the backlog (`take_queued`: non-blocking accepts until `EAGAIN`,
+//!   each served) and only then closes its listening socket, so a
+//!   connection the kernel already completed is served, not reset. The
+//!   drain timeout bounds it: the parent kills a worker still busy then.
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,7 +39,7 @@ use crate::server::strategy::{Processor, Serving};
 use crate::server::transport::ServerSocket;
 use crate::server::wakeup::Wakeup;
 
-use super::{now_ms, BUSY, EXITING, IDLE, WORDS, W_BUSY_SINCE, W_PID, W_REQUESTS, W_STATE};
+use super::{now_ms, BUSY, EXITING, IDLE, STOP, WORDS, W_BUSY_SINCE, W_PID, W_REQUESTS, W_STATE};
 
 /// What a worker needs from the pool, borrowed from the parent's image.
 pub(super) struct WorkerCtx<'a> {
@@ -58,12 +68,18 @@ impl WorkerCtx<'_> {
         };
         let listening = Arc::new(Revocable::new(socket.as_fd()));
         let retired = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
         let watcher = {
-            let (wakeup, listening, retired) = (wakeup.clone(), listening.clone(), retired.clone());
+            let (wakeup, listening, retired, stopping) = (
+                wakeup.clone(),
+                listening.clone(),
+                retired.clone(),
+                stopping.clone(),
+            );
             std::thread::Builder::new()
                 .name("prefork-control".into())
                 .stack_size(64 * 1024)
-                .spawn(move || watch_control(&control, &wakeup, &listening, &retired))
+                .spawn(move || watch_control(&control, &wakeup, &listening, &retired, &stopping))
         };
         if watcher.is_err() {
             return 1;
@@ -81,7 +97,15 @@ impl WorkerCtx<'_> {
             options: serving.options,
             buf: &mut *serving.buf,
         };
-        let result = own.run_loop(&mut worker);
+        let mut result = own.run_loop(&mut worker);
+        // The whole server stops (not only this worker): serve what the
+        // kernel already queued before the listening socket closes.
+        if result.is_ok() && stopping.load(Ordering::Acquire) {
+            own.take_queued(&mut worker);
+            // A revocation that raced with the stop (the parent died
+            // meanwhile) turned the socket into /dev/null: not a failure.
+            result = Ok(());
+        }
         // Will not accept again: close the listening socket (the watcher
         // may not revoke a number that is about to be closed).
         listening.disarm();
@@ -100,19 +124,41 @@ impl WorkerCtx<'_> {
     }
 }
 
-/// The watcher thread: sleeps until the control pipe closes (retire,
-/// shutdown, parent death), then stops the loop and revokes the listening
-/// socket. The stop request comes first, so a loop that sees the revoked
-/// descriptor has already been told to stop.
-fn watch_control(control: &OwnedFd, wakeup: &Wakeup, listening: &Revocable, retired: &AtomicBool) {
+/// The watcher thread: sleeps until the control pipe becomes readable.
+/// [`STOP`] (the server stops): asks the loop to stop, leaving the socket
+/// open for `take_queued`, and goes on watching. End of file (retire, or
+/// the parent died): stops the loop and revokes the listening socket. The
+/// stop request comes first, so a loop that sees the revoked descriptor
+/// has already been told to stop.
+fn watch_control(
+    control: &OwnedFd,
+    wakeup: &Wakeup,
+    listening: &Revocable,
+    retired: &AtomicBool,
+    stopping: &AtomicBool,
+) {
     loop {
         let mut fds = [PollFd::new(control.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::NONE) {
-            Ok(n) if n > 0 => break,
+            Ok(n) if n > 0 => {}
             Ok(_) | Err(Errno::EINTR) => continue,
             // Cannot watch (should not happen): stop rather than serve on
             // unsupervised.
             Err(_) => break,
+        }
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(control, &mut byte) {
+            Ok(1) if byte[0] == STOP => {
+                stopping.store(true, Ordering::Release);
+                wakeup.request_shutdown();
+                // The parent closes the pipe right after; when it did, or
+                // when it dies during the drain, this worker still finishes
+                // what it took: nothing more to do here.
+                return;
+            }
+            Err(Errno::EINTR) => continue,
+            // End of file, an unknown byte or an error: retire.
+            _ => break,
         }
     }
     retired.store(true, Ordering::Release);
