@@ -251,8 +251,15 @@ fn compare(
         b.push(measure(&Server::bare(bins, bare_mode)));
     }
     // Each round's ratio, so the spread is visible next to the median.
-    let ratios: Vec<String> = a.iter().zip(&b).map(|(o, b)| format!("{:.2}", o / b)).collect();
-    println!("  {ours_mode} vs {bare_mode}: round ratios {}", ratios.join(" "));
+    let ratios: Vec<String> = a
+        .iter()
+        .zip(&b)
+        .map(|(o, b)| format!("{:.2}", o / b))
+        .collect();
+    println!(
+        "  {ours_mode} vs {bare_mode}: round ratios {}",
+        ratios.join(" ")
+    );
     (median(a), median(b))
 }
 

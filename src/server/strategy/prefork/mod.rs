@@ -425,6 +425,17 @@ impl Prefork {
     }
 }
 
+/// Makes a stream server socket blocking (the workers' accept4) or
+/// non-blocking (the rest of the crate's view of it). One open file shared
+/// by the parent and every worker: the change is seen by all. Datagram
+/// sockets stay non-blocking (their workers run the shared `poll` loop).
+fn set_blocking(serving: &Serving<'_>, blocking: bool) -> Result<()> {
+    match serving.socket.as_ref() {
+        Some(s) if s.is_stream() => Ok(s.sock_ref().set_nonblocking(!blocking)?),
+        _ => Ok(()),
+    }
+}
+
 impl Strategy for Prefork {
     const NAME: &'static str = "prefork";
 
@@ -466,12 +477,18 @@ impl Strategy for Prefork {
         }
         let signals = Resize::install(serving.wakeup, self.pool.resize_signals)?;
         self.busy_at_stop = None;
+        // Workers block in accept4 (one exclusive wake-up per connection,
+        // see worker.rs): the shared socket is blocking while the pool
+        // serves, and non-blocking again before the workers are told to
+        // stop (their backlog drain must end at EAGAIN).
+        set_blocking(serving, true)?;
         let first = self.pool.start_workers.max(self.pool.min_spare);
         for _ in 0..first.min(self.pool.max_workers) {
             if let Err(e) = self.spawn(serving) {
                 // Without a single worker nothing would be served; with
                 // some, the pool keeps trying to grow on every tick.
                 if self.workers.iter().all(Option::is_none) {
+                    let _ = set_blocking(serving, false);
                     return Err(e);
                 }
                 self.log.error("cannot fork prefork worker", &e);
@@ -498,8 +515,9 @@ impl Strategy for Prefork {
             self.adjust(serving);
         };
         drop(signals);
+        let restored = set_blocking(serving, false);
         self.stop_accepting();
-        result
+        result.and(restored)
     }
 
     fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
