@@ -5,10 +5,14 @@
 //! The forking strategy pays a `fork` per connection. Here workers are
 //! forked ahead of time and each serves many requests, one at a time, so a
 //! connection costs an `accept` (a datagram a `recvfrom`), not a process —
-//! while a crash still takes down one worker, never the server. Each
-//! worker runs the crate's one accept loop
-//! ([`Serving::accept_loop`](crate::server::Serving::accept_loop)) on its
-//! copy of the socket; see `worker.rs`.
+//! while a crash still takes down one worker, never the server. Over a
+//! stream socket each worker blocks in `accept4` on its copy of the socket
+//! (the kernel wakes one blocked accepter per connection; the socket is
+//! blocking while the pool serves) and hands what it accepted to the
+//! crate's shared request path; over a datagram socket it runs the
+//! crate's one accept loop
+//! ([`Serving::accept_loop`](crate::server::Serving::accept_loop)); see
+//! `worker.rs`.
 //!
 //! How the parent manages the pool:
 //!
@@ -39,15 +43,16 @@
 //!   descriptor while the worker's thread serves), finishes that request
 //!   and exits. So a socket nobody will serve never keeps accepting
 //!   connections into its backlog.
-//! - **Shutdown** (SIGTERM, `shutdown`). The parent writes [`STOP`] into
-//!   every control pipe, then closes it: each worker finishes its
-//!   request, then serves the connections already queued in the backlog
-//!   (up to 256 each, until `EAGAIN`) before it closes its listening
-//!   socket, as the threading server does. The parent's own copy closes
-//!   in `server_close`; the socket (one open file shared by all) stays
-//!   listening until the last worker closes its copy, so a connection the
-//!   kernel completed before that is served, not reset. The drain timeout
-//!   bounds it all.
+//! - **Shutdown** (SIGTERM, `shutdown`). The parent makes the socket
+//!   non-blocking again, writes [`STOP`] into every control pipe, then
+//!   closes it: each worker's watcher thread takes the connections
+//!   already queued in the backlog (up to 256, until `EAGAIN`), even
+//!   while the worker serves a request, then closes the worker's copy of
+//!   the listening socket; the worker serves them after its current
+//!   request, as the threading server serves its queue at a stop. The
+//!   parent's own copy closes in `server_close`. So the port is refused
+//!   within milliseconds, and a connection the kernel completed before
+//!   that is served, not reset. The drain timeout bounds it all.
 //! - **Per request** a worker makes no system call of its own: it serves
 //!   on the thread that accepted (no hand-off), and the scoreboard words
 //!   are atomic stores to shared memory.
