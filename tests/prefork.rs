@@ -409,6 +409,32 @@ fn orphaned_workers_finish_their_request_and_refuse_new_clients() {
 }
 
 /// Count a process's descriptors and those that are pidfds.
+/// The parent dies (SIGKILL) while every worker is idle, blocked in
+/// `accept4`: revoking a descriptor does not wake a thread blocked on it,
+/// so each worker must be interrupted (its watcher's signal) and leave,
+/// and the port must refuse new clients.
+fn orphaned_idle_workers_blocked_in_accept_leave() {
+    let s = Server::start("3,3,3,3,0,0");
+    s.wait_workers("start", |n| n == 3);
+    // Each worker has served once and is back in accept4.
+    for _ in 0..6 {
+        assert_eq!(s.ask("ping\n"), "ping");
+    }
+    let workers = s.workers();
+    assert_eq!(workers.len(), 3);
+    kill(Pid::from_raw(s.pid()), Signal::SIGKILL).unwrap();
+    for &pid in &workers {
+        assert!(
+            gone_within(pid, T),
+            "idle worker {pid} stayed after its parent died"
+        );
+    }
+    match TcpStream::connect(s.addr) {
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("the port still accepts with no worker left"),
+    }
+}
+
 fn fds_of(pid: i32) -> (usize, usize) {
     let mut all = 0;
     let mut pidfds = 0;
@@ -561,6 +587,10 @@ fn main() {
         (
             "orphaned_workers_finish_their_request_and_refuse_new_clients",
             orphaned_workers_finish_their_request_and_refuse_new_clients,
+        ),
+        (
+            "orphaned_idle_workers_blocked_in_accept_leave",
+            orphaned_idle_workers_blocked_in_accept_leave,
         ),
         (
             "workers_hold_no_sibling_descriptors",
