@@ -128,9 +128,11 @@ impl Server {
         Server { child, addr }
     }
 
+    /// The echo example; `mode` is the `--mode` value, optionally
+    /// followed by more flags (`prefork --workers 4`).
     fn ours(bins: &Bins, mode: &str) -> Server {
         let mut cmd = Command::new(&bins.echo);
-        cmd.args(["--mode", mode, "--listen", "127.0.0.1:0"]);
+        cmd.args(echo_args(mode));
         Server::start(cmd)
     }
 
@@ -219,12 +221,12 @@ struct Row {
 
 fn print(rows: &[Row]) {
     println!(
-        "{:<44} {:>12} {:>12} {:>8} {:>7}  met?",
+        "{:<58} {:>12} {:>12} {:>8} {:>7}  met?",
         "workload", "ours", "bare", "ratio", "goal"
     );
     for r in rows {
         println!(
-            "{:<44} {:>12.1} {:>12.1} {:>7.2}x {:>6.2}x  {}  ({})",
+            "{:<58} {:>12.1} {:>12.1} {:>7.2}x {:>6.2}x  {}  ({})",
             r.name,
             r.ours,
             r.bare,
@@ -248,7 +250,27 @@ fn compare(
         a.push(measure(&Server::ours(bins, ours_mode)));
         b.push(measure(&Server::bare(bins, bare_mode)));
     }
+    // Each round's ratio, so the spread is visible next to the median.
+    let ratios: Vec<String> = a
+        .iter()
+        .zip(&b)
+        .map(|(o, b)| format!("{:.2}", o / b))
+        .collect();
+    println!(
+        "  {ours_mode} vs {bare_mode}: round ratios {}",
+        ratios.join(" ")
+    );
     (median(a), median(b))
+}
+
+/// The echo example's arguments for `mode` ("prefork --workers 4": the
+/// mode, then extra flags).
+fn echo_args(mode: &str) -> Vec<&str> {
+    let mut words = mode.split_whitespace();
+    let mut args = vec!["--mode", words.next().unwrap_or("threading")];
+    args.extend(["--listen", "127.0.0.1:0"]);
+    args.extend(words);
+    args
 }
 
 fn churn_rows(bins: &Bins, rows: &mut Vec<Row>) {
@@ -259,6 +281,13 @@ fn churn_rows(bins: &Bins, rows: &mut Vec<Row>) {
     for (ours, bare, goal) in [
         ("forking", "fork", 0.8),
         ("threading", "thread", 1.0),
+        // Like with like: a fixed pool of 4 workers against bare's 4.
+        ("prefork --workers 4", "prefork 4", 1.0),
+        // The same without the example's idle timeout (its two
+        // `setsockopt` per connection; bare has no timeouts).
+        ("prefork --workers 4 --idle-timeout 0s", "prefork 4", 1.0),
+        // What a user gets by default: the managed pool (2–8 idle
+        // spares, so about 6 workers for 4 clients).
         ("prefork", "prefork 4", 1.0),
         ("async", "epoll", 0.9),
     ] {
@@ -438,7 +467,7 @@ fn syscall_rows(bins: &Bins) {
     for (ours, bare) in [
         ("forking", "fork"),
         ("threading", "thread"),
-        ("prefork", "prefork 4"),
+        ("prefork --workers 4", "prefork 4"),
         ("async", "epoll"),
     ] {
         let name = format!("syscalls, {ours} vs {bare}");
@@ -447,7 +476,7 @@ fn syscall_rows(bins: &Bins) {
         }
         let mut per_conn = Vec::new();
         for (bin, args) in [
-            (&bins.echo, vec!["--mode", ours, "--listen", "127.0.0.1:0"]),
+            (&bins.echo, echo_args(ours)),
             (&bins.bare, bare.split_whitespace().collect()),
         ] {
             let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("strace.txt");

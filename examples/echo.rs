@@ -5,7 +5,7 @@
 //! cargo run --release --example echo -- [--mode sync|threading|forking|prefork|async]
 //!     [--udp] [--unix PATH] [--listen ADDR] [--idle-timeout 60s] [--backlog 4096]
 //!     [--proxy-protocol [--proxy-timeout 5s]] [--reuse-port] [--drain-timeout 30s]
-//!     [--health ADDR [--drain-notice 1s]] [--announce-peer]
+//!     [--health ADDR [--drain-notice 1s]] [--announce-peer] [--workers N]
 //! ```
 //!
 //! Behind a balancer (see docs/scale-out.md): `--proxy-protocol` expects a
@@ -19,6 +19,8 @@
 //! lets connections in flight finish for up to `--drain-timeout`.
 //! `--announce-peer` makes the handler first send `peer ADDRESS\n`, the
 //! client address it was given (to check the PROXY header is honoured).
+//! `--workers N` (prefork) runs a fixed pool of N workers instead of the
+//! default managed one (2 to 8 idle spares, at most 32 workers).
 //!
 //! Defaults: `--mode threading`, `--listen 127.0.0.1:9000` (port 0 picks a
 //! free port), `--idle-timeout 60s`: a client that sends nothing (or reads
@@ -328,6 +330,12 @@ struct Args {
     /// Send `peer ADDRESS` to each client first.
     #[arg(long)]
     announce_peer: bool,
+    /// `--mode prefork`: a fixed pool of exactly N workers (started at
+    /// once, never more, a dead one replaced) instead of the default
+    /// managed pool (2 spare workers kept idle, up to 8 idle and 32 in
+    /// all).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 impl Args {
@@ -372,6 +380,14 @@ where
 /// protocol, health port and drain notice, systemd notifications.
 fn configure<T: Transport, S: Strategy>(builder: &mut ServerBuilder<T, S>, args: &Args) {
     builder.backlog(args.backlog).systemd_notify(true);
+    if let Some(n) = args.workers {
+        // Every worker counts as a spare to keep, none is ever retired.
+        builder
+            .start_workers(n)
+            .min_spare(n)
+            .max_spare(n)
+            .max_workers(n);
+    }
     args.balancer.configure(builder);
     if let Some(h) = args.balancer.health {
         builder.health(h);

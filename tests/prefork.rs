@@ -1,6 +1,7 @@
 //! The prefork strategy across real processes: crash replacement,
 //! recycling, growth and shrink under load, SIGTTIN/SIGTTOU, hung and
-//! stopped workers, a SIGTERM drain of 100 in-flight requests, a parent
+//! stopped workers, a SIGTERM drain of 100 in-flight requests and of
+//! the connections queued in the backlog, a parent
 //! SIGKILLed mid-request, the descriptors a worker holds, rate-limited
 //! fork errors and `process::exit` in a handler.
 //!
@@ -301,6 +302,52 @@ fn sigterm_drains_100_in_flight_requests() {
     s.stop_after_signal();
 }
 
+/// A stop (SIGTERM) while every worker is busy: the connections already
+/// queued in the listening socket's backlog are served by the workers
+/// once their requests end, not reset when the listener closes.
+fn sigterm_serves_connections_queued_in_the_backlog() {
+    let s = Server::start("2,2,2,2,0,0");
+    s.wait_workers("start", |n| n == 2);
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        (&c).write_all(b"slow\n").unwrap();
+        // End of input: the handler returns after this request.
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut r = BufReader::new(c);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "started\n");
+        busy.push(r);
+    }
+    // Both workers are in their 500 ms requests: these wait in the backlog.
+    let mut queued = Vec::new();
+    for i in 0..6 {
+        let c = TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(T)).unwrap();
+        (&c).write_all(format!("queued {i}\n").as_bytes()).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        queued.push((i, BufReader::new(c)));
+    }
+    kill(Pid::from_raw(s.pid()), Signal::SIGTERM).unwrap();
+    for r in busy.iter_mut() {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "done\n");
+    }
+    for (i, r) in queued.iter_mut() {
+        let mut line = String::new();
+        let got = r.read_line(&mut line);
+        assert!(
+            matches!(got, Ok(n) if n > 0) && line == format!("queued {i}\n"),
+            "queued connection {i} not served at stop: {got:?} {line:?}"
+        );
+    }
+    drop((busy, queued));
+    s.stop_after_signal();
+}
+
 fn alive(pid: i32) -> bool {
     // A zombie has exited; only its parent's wait is missing.
     support::stat(pid).is_some_and(|(state, _)| state != 'Z')
@@ -362,6 +409,39 @@ fn orphaned_workers_finish_their_request_and_refuse_new_clients() {
 }
 
 /// Count a process's descriptors and those that are pidfds.
+/// The parent dies (SIGKILL) while every worker is idle, blocked in
+/// `accept4`: revoking a descriptor does not wake a thread blocked on it,
+/// so each worker must be interrupted (its watcher's signal) and leave,
+/// and the port must refuse new clients.
+fn orphaned_idle_workers_blocked_in_accept_leave() {
+    let s = Server::start("3,3,3,3,0,0");
+    s.wait_workers("start", |n| n == 3);
+    // Each worker has served once and is back in accept4.
+    for _ in 0..6 {
+        assert_eq!(s.ask("ping\n"), "ping");
+    }
+    let workers = s.workers();
+    assert_eq!(workers.len(), 3);
+    kill(Pid::from_raw(s.pid()), Signal::SIGKILL).unwrap();
+    let stayed: Vec<i32> = workers
+        .iter()
+        .copied()
+        .filter(|&pid| !gone_within(pid, T))
+        .collect();
+    // Leave no stray process behind, also when the test fails.
+    for &pid in &stayed {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert!(
+        stayed.is_empty(),
+        "idle workers {stayed:?} stayed after their parent died"
+    );
+    match TcpStream::connect(s.addr) {
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("the port still accepts with no worker left"),
+    }
+}
+
 fn fds_of(pid: i32) -> (usize, usize) {
     let mut all = 0;
     let mut pidfds = 0;
@@ -508,8 +588,16 @@ fn main() {
             sigterm_drains_100_in_flight_requests,
         ),
         (
+            "sigterm_serves_connections_queued_in_the_backlog",
+            sigterm_serves_connections_queued_in_the_backlog,
+        ),
+        (
             "orphaned_workers_finish_their_request_and_refuse_new_clients",
             orphaned_workers_finish_their_request_and_refuse_new_clients,
+        ),
+        (
+            "orphaned_idle_workers_blocked_in_accept_leave",
+            orphaned_idle_workers_blocked_in_accept_leave,
         ),
         (
             "workers_hold_no_sibling_descriptors",

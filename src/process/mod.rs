@@ -31,7 +31,7 @@ mod registry;
 mod spin;
 mod sys;
 // The one `panic_message`, also used by the server's handler life cycle.
-pub(crate) use sys::{panic_message, Revocable};
+pub(crate) use sys::{panic_message, Interruptible, Revocable};
 
 pub(crate) mod ipc;
 pub(crate) mod manager;

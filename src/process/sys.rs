@@ -117,8 +117,85 @@ impl Revocable {
         Ok(true)
     }
 
+    /// Runs `f` on the descriptor unless it was revoked or disarmed,
+    /// holding the lock, so the owner cannot close it meanwhile.
+    pub(crate) fn with_fd<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
+        let guard = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        let fd = (*guard)?;
+        // SAFETY: `fd` is open while it is in the guard (the owner disarms,
+        // under this lock, before it closes it, and a revoke takes it out),
+        // and the borrow does not outlive the guard.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        Some(f(fd))
+    }
+
     /// Stops watching: call before closing the descriptor.
     pub(crate) fn disarm(&self) {
         *self.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// The signal that interrupts a blocking call of one thread: SIGURG (as
+/// Go's runtime uses it), whose default action is to ignore it and which
+/// only a socket with an owner (`F_SETOWN`) and urgent data raises on its
+/// own.
+const INTERRUPT: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGURG;
+
+extern "C" fn ignore_interrupt(_: libc::c_int) {}
+
+/// A thread another thread can pull out of a blocking system call: the
+/// prefork worker's watcher uses it to end its accepting thread's
+/// `accept` (see `src/server/strategy/prefork/worker.rs`).
+///
+/// [`install`](Self::install) gives SIGURG a handler that does nothing,
+/// *without* `SA_RESTART`, so a system call the signal interrupts fails
+/// with `EINTR` instead of being restarted; [`interrupt`](Self::interrupt)
+/// sends it to the thread that called [`current`](Self::current). A signal
+/// that arrives just before the thread blocks is lost, so a caller repeats
+/// it until the thread shows it left the call. Calls that `std` restarts
+/// on `EINTR` (`TcpListener::accept`, `read_exact`) are not interrupted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Interruptible {
+    thread: libc::pthread_t,
+}
+
+impl Interruptible {
+    /// Installs the process-wide handler (once per process; again is
+    /// harmless).
+    ///
+    /// # Errors
+    /// `sigaction` failed.
+    pub(crate) fn install() -> std::io::Result<()> {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+        let action = SigAction::new(
+            SigHandler::Handler(ignore_interrupt),
+            // No SA_RESTART: the interrupted call returns EINTR.
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing, so it is async-signal-safe and
+        // touches no state; replacing SIGURG's disposition (ignore by
+        // default) only changes which calls see EINTR, which the callers of
+        // `interrupt` expect.
+        unsafe { sigaction(INTERRUPT, &action) }
+            .map(drop)
+            .map_err(std::io::Error::from)
+    }
+
+    /// The calling thread.
+    pub(crate) fn current() -> Interruptible {
+        // SAFETY: pthread_self has no preconditions and cannot fail.
+        let thread = unsafe { libc::pthread_self() };
+        Interruptible { thread }
+    }
+
+    /// Sends the signal to the thread, which must still be running (the
+    /// caller guarantees it; a prefork worker's accepting thread is the
+    /// process's main thread, alive until the process exits).
+    pub(crate) fn interrupt(&self) {
+        // SAFETY: `thread` was returned by pthread_self in this process and
+        // the caller guarantees that thread is still running, so the
+        // handle is valid; a failure (ESRCH) is harmless and ignored.
+        let _ = unsafe { libc::pthread_kill(self.thread, INTERRUPT as libc::c_int) };
     }
 }

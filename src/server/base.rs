@@ -39,7 +39,7 @@ use super::wakeup::{Departure, ShutdownHandle, Wakeup};
 const BATCH: usize = 16;
 
 /// Most connections taken from the backlog when the loop stops.
-const QUEUED_AT_STOP: usize = 256;
+pub(crate) const QUEUED_AT_STOP: usize = 256;
 
 /// A server over transport `T` with strategy `S`. Use the aliases
 /// ([`TcpServer`](super::TcpServer), [`ThreadingTcpServer`](super::ThreadingTcpServer),
@@ -331,7 +331,24 @@ impl Serving<'_> {
         strategy: &mut P,
         backoff: &mut AcceptBackoff,
     ) -> Result<bool> {
-        match self.get_request() {
+        let got = self.get_request();
+        self.handle_received(got, strategy, backoff)
+    }
+
+    /// The rest of [`handle_request_noblock`](Self::handle_request_noblock)
+    /// once `get_request` (or a caller's own accept, as a prefork worker's
+    /// blocking one) returned: `verify_request`, then the strategy, or the
+    /// accept-error policy.
+    ///
+    /// # Errors
+    /// The server socket is broken (`EBADF`, `EINVAL`, …).
+    pub(crate) fn handle_received<P: Processor>(
+        &mut self,
+        got: io::Result<(Incoming, PeerAddr)>,
+        strategy: &mut P,
+        backoff: &mut AcceptBackoff,
+    ) -> Result<bool> {
+        match got {
             Ok((request, peer)) => {
                 backoff.on_success();
                 if self.core.hooks.verify_request(&request, &peer) {
@@ -372,12 +389,12 @@ impl Serving<'_> {
     /// forking (a fork at that moment, while the process's other threads
     /// are busy, is the fork-safety risk the design avoids; seen as a
     /// child that never finished in `tests/server_forking.rs`), nor async
-    /// (its own loop). A prefork worker's loop also
-    /// stops when the worker is recycled while its siblings keep serving,
-    /// where taking more would overrun `max_requests`: a worker should
-    /// call this only when the whole server stops (its control pipe
-    /// closed), which `src/server/strategy/prefork/worker.rs` does not do
-    /// yet.
+    /// (its own loop). A prefork worker does the same in its own way when
+    /// the whole server stops (its watcher thread takes the queue, even
+    /// while the worker serves a request, then closes the worker's
+    /// listening socket), not when only that worker is recycled or
+    /// retired while its siblings keep serving; see
+    /// `src/server/strategy/prefork/worker.rs`.
     pub(crate) fn take_queued<P: Processor>(&mut self, strategy: &mut P) {
         if !self.socket.as_ref().is_some_and(|s| s.is_stream()) {
             return;

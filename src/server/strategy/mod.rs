@@ -11,7 +11,7 @@
 //! | [`Synchronous`] | the serving thread | the accept loop |
 //! | [`Threading`] | a thread per request | the accept loop |
 //! | [`Forking`] | a child process per request (**the fork point**: `process_request`) | the accept loop |
-//! | [`Prefork`] | a pool of worker processes, each running the accept loop on the shared socket | manages the pool |
+//! | [`Prefork`] | a pool of worker processes, each accepting on the shared socket (blocked in `accept4`; over datagrams, the accept loop) | manages the pool |
 //! | `Async` | a tokio task per request (blocking handlers on a bounded thread pool) | a tokio accept loop |
 
 use std::fmt;
@@ -104,8 +104,8 @@ pub trait Strategy: Send + Sized + 'static {
 
     /// Serves until a shutdown is requested. Default is
     /// [`Serving::accept_loop`] in this thread; the prefork strategy
-    /// manages its worker pool here instead (each worker runs the accept
-    /// loop), the async strategy runs the loop on tokio.
+    /// manages its worker pool here instead (each worker accepts on the
+    /// shared socket), the async strategy runs the loop on tokio.
     ///
     /// # Errors
     /// As [`Server::serve_forever`](super::Server::serve_forever).
@@ -163,7 +163,9 @@ impl<S: Strategy> Processor for S {
 /// What a strategy's `serve_forever` works with: the server socket, the
 /// shared request core, the wake-up descriptor and the options. Handed to
 /// [`Strategy::serve_forever`]; [`accept_loop`](Self::accept_loop) is the
-/// loop every process-local strategy (and every prefork worker) runs.
+/// loop every process-local strategy (and every prefork worker over a
+/// datagram socket) runs; a prefork worker over a stream socket blocks in
+/// `accept4` instead and shares what follows the accept.
 pub struct Serving<'a> {
     pub(crate) socket: &'a mut Option<ServerSocket>,
     pub(crate) core: &'a Arc<ServerCore>,

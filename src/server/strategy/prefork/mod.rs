@@ -5,10 +5,14 @@
 //! The forking strategy pays a `fork` per connection. Here workers are
 //! forked ahead of time and each serves many requests, one at a time, so a
 //! connection costs an `accept` (a datagram a `recvfrom`), not a process —
-//! while a crash still takes down one worker, never the server. Each
-//! worker runs the crate's one accept loop
-//! ([`Serving::accept_loop`](crate::server::Serving::accept_loop)) on its
-//! copy of the socket; see `worker.rs`.
+//! while a crash still takes down one worker, never the server. Over a
+//! stream socket each worker blocks in `accept4` on its copy of the socket
+//! (the kernel wakes one blocked accepter per connection; the socket is
+//! blocking while the pool serves) and hands what it accepted to the
+//! crate's shared request path; over a datagram socket it runs the
+//! crate's one accept loop
+//! ([`Serving::accept_loop`](crate::server::Serving::accept_loop)); see
+//! `worker.rs`.
 //!
 //! How the parent manages the pool:
 //!
@@ -31,14 +35,24 @@
 //!   replaced. A request left waiting on the socket for `offer_timeout`
 //!   while workers are idle and none takes it means those idle workers are
 //!   stopped (SIGSTOP) or wedged: they are killed and replaced.
-//! - **Retiring, shutdown, parent death.** Each worker polls a control
-//!   pipe whose only write end the parent holds. Closing it — or the
-//!   parent dying, which closes it too — tells the worker to stop: it
-//!   **closes its copy of the listening socket at once**, even in the
-//!   middle of a request (a small watcher thread blocked on the control
-//!   pipe revokes the descriptor while the worker's thread serves),
-//!   finishes that request and exits. So a socket nobody will serve never
-//!   keeps accepting connections into its backlog.
+//! - **Retiring, parent death.** Each worker polls a control pipe whose
+//!   only write end the parent holds. Closing it — or the parent dying,
+//!   which closes it too — tells the worker to stop: it **closes its copy
+//!   of the listening socket at once**, even in the middle of a request (a
+//!   small watcher thread blocked on the control pipe revokes the
+//!   descriptor while the worker's thread serves), finishes that request
+//!   and exits. So a socket nobody will serve never keeps accepting
+//!   connections into its backlog.
+//! - **Shutdown** (SIGTERM, `shutdown`). The parent makes the socket
+//!   non-blocking again, writes [`STOP`] into every control pipe, then
+//!   closes it: each worker's watcher thread takes the connections
+//!   already queued in the backlog (up to 256, until `EAGAIN`), even
+//!   while the worker serves a request, then closes the worker's copy of
+//!   the listening socket; the worker serves them after its current
+//!   request, as the threading server serves its queue at a stop. The
+//!   parent's own copy closes in `server_close`. So the port is refused
+//!   within milliseconds, and a connection the kernel completed before
+//!   that is served, not reset. The drain timeout bounds it all.
 //! - **Per request** a worker makes no system call of its own: it serves
 //!   on the thread that accepted (no hand-off), and the scoreboard words
 //!   are atomic stores to shared memory.
@@ -85,6 +99,12 @@ const W_STATE: usize = 0;
 const W_PID: usize = 1;
 const W_REQUESTS: usize = 2;
 const W_BUSY_SINCE: usize = 3;
+
+/// The byte the parent writes into every worker's control pipe before
+/// closing it when the whole server stops (a retire only closes it): the
+/// worker then serves what is queued in the backlog before it closes its
+/// listening socket (see `worker.rs`).
+const STOP: u8 = b's';
 
 const STARTING: u64 = 1;
 const IDLE: u64 = 2;
@@ -386,8 +406,10 @@ impl Prefork {
         }
     }
 
-    /// Tells every worker to stop: each closes its listening socket at
-    /// once and leaves after its current request.
+    /// Tells every worker to stop: each finishes its current request,
+    /// serves the connections already queued in the backlog, closes its
+    /// listening socket and leaves. (A worker already retiring closed its
+    /// socket when it was told.)
     fn stop_accepting(&mut self) {
         if self.busy_at_stop.is_none() {
             let busy = (0..self.workers.len())
@@ -396,11 +418,26 @@ impl Prefork {
             self.busy_at_stop = Some(busy);
         }
         for c in &mut self.control {
-            *c = None;
+            if let Some(fd) = c.take() {
+                // One byte into an empty pipe never blocks. If it fails the
+                // worker sees only the close: it retires (revokes at once).
+                let _ = nix::unistd::write(&fd, &[STOP]);
+            }
         }
         for w in self.workers.iter_mut().flatten() {
             w.retiring = true;
         }
+    }
+}
+
+/// Makes a stream server socket blocking (the workers' accept4) or
+/// non-blocking (the rest of the crate's view of it). One open file shared
+/// by the parent and every worker: the change is seen by all. Datagram
+/// sockets stay non-blocking (their workers run the shared `poll` loop).
+fn set_blocking(serving: &Serving<'_>, blocking: bool) -> Result<()> {
+    match serving.socket.as_ref() {
+        Some(s) if s.is_stream() => Ok(s.sock_ref().set_nonblocking(!blocking)?),
+        _ => Ok(()),
     }
 }
 
@@ -445,12 +482,18 @@ impl Strategy for Prefork {
         }
         let signals = Resize::install(serving.wakeup, self.pool.resize_signals)?;
         self.busy_at_stop = None;
+        // Workers block in accept4 (one exclusive wake-up per connection,
+        // see worker.rs): the shared socket is blocking while the pool
+        // serves, and non-blocking again before the workers are told to
+        // stop (their backlog drain must end at EAGAIN).
+        set_blocking(serving, true)?;
         let first = self.pool.start_workers.max(self.pool.min_spare);
         for _ in 0..first.min(self.pool.max_workers) {
             if let Err(e) = self.spawn(serving) {
                 // Without a single worker nothing would be served; with
                 // some, the pool keeps trying to grow on every tick.
                 if self.workers.iter().all(Option::is_none) {
+                    let _ = set_blocking(serving, false);
                     return Err(e);
                 }
                 self.log.error("cannot fork prefork worker", &e);
@@ -477,8 +520,9 @@ impl Strategy for Prefork {
             self.adjust(serving);
         };
         drop(signals);
+        let restored = set_blocking(serving, false);
         self.stop_accepting();
-        result
+        result.and(restored)
     }
 
     fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
