@@ -290,6 +290,9 @@ fn churn_rows(bins: &Bins, rows: &mut Vec<Row>) {
         // spares, so about 6 workers for 4 clients).
         ("prefork", "prefork 4", 1.0),
         ("async", "epoll", 0.9),
+        // Like with like: one runtime thread against the single-threaded
+        // epoll loop.
+        ("async --workers 1", "epoll", 0.9),
     ] {
         let name = format!("churn, {ours} vs {bare}");
         if !wanted(&name) {
@@ -308,7 +311,11 @@ fn churn_rows(bins: &Bins, rows: &mut Vec<Row>) {
 }
 
 fn persistent_rows(bins: &Bins, rows: &mut Vec<Row>) {
-    for (ours, bare) in [("async", "epoll"), ("threading", "thread")] {
+    for (ours, bare) in [
+        ("async", "epoll"),
+        ("async --workers 1", "epoll"),
+        ("threading", "thread"),
+    ] {
         let name = format!("persistent 50 conns, {ours} vs {bare}");
         if !wanted(&name) {
             continue;

@@ -20,7 +20,9 @@
 //! `--announce-peer` makes the handler first send `peer ADDRESS\n`, the
 //! client address it was given (to check the PROXY header is honoured).
 //! `--workers N` (prefork) runs a fixed pool of N workers instead of the
-//! default managed one (2 to 8 idle spares, at most 32 workers).
+//! default managed one (2 to 8 idle spares, at most 32 workers); with
+//! `--mode async` it sets the number of runtime threads (default one per
+//! core).
 //!
 //! Defaults: `--mode threading`, `--listen 127.0.0.1:9000` (port 0 picks a
 //! free port), `--idle-timeout 60s`: a client that sends nothing (or reads
@@ -333,7 +335,7 @@ struct Args {
     /// `--mode prefork`: a fixed pool of exactly N workers (started at
     /// once, never more, a dead one replaced) instead of the default
     /// managed pool (2 spare workers kept idle, up to 8 idle and 32 in
-    /// all).
+    /// all). `--mode async`: N runtime threads (default one per core).
     #[arg(long)]
     workers: Option<usize>,
 }
@@ -386,7 +388,8 @@ fn configure<T: Transport, S: Strategy>(builder: &mut ServerBuilder<T, S>, args:
             .start_workers(n)
             .min_spare(n)
             .max_spare(n)
-            .max_workers(n);
+            .max_workers(n)
+            .async_threads(n);
     }
     args.balancer.configure(builder);
     if let Some(h) = args.balancer.health {
