@@ -425,20 +425,24 @@ impl Strategy for Async {
         let socket = serving.socket.as_ref().ok_or(Error::Closed)?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (reply_tx, reply_rx) = mpsc::channel();
-        let mut result = Ok(());
+        // Every worker's descriptors (duplicates of the socket and of the
+        // wake-up) are made before the first worker starts accepting: once
+        // one accepts, connections can use up the descriptor limit, and a
+        // duplicate made then would fail with EMFILE and stop the server
+        // instead of the accept loop backing off.
+        let acceptors: Result<Vec<Acceptor>> = self
+            .workers
+            .iter()
+            .map(|_| Acceptor::new(serving, socket, self, stop_rx.clone()))
+            .collect();
         let mut started = 0;
-        for worker in &self.workers {
-            let acceptor = match Acceptor::new(serving, socket, self, stop_rx.clone()) {
-                Ok(a) => a,
-                Err(e) => {
-                    result = Err(e);
-                    break;
+        let mut result = acceptors.map(|acceptors| {
+            for (worker, acceptor) in self.workers.iter().zip(acceptors) {
+                if worker.send(Command::Serve(Box::new(acceptor), reply_tx.clone())) {
+                    started += 1;
                 }
-            };
-            if worker.send(Command::Serve(Box::new(acceptor), reply_tx.clone())) {
-                started += 1;
             }
-        }
+        });
         drop(reply_tx);
         if result.is_err() || started == 0 {
             let _ = stop_tx.send(true);
