@@ -348,29 +348,25 @@ fn main() -> Result<()> {
             0 => String::new(),
             n => format!(" ({n} of {CLIENTS} got no greeting in 10 s)"),
         };
-        if r.logins_ms.is_nan() {
-            println!(
-                "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.0} % | – | – |",
-                r.name,
-                r.retr,
-                r.stor,
-                r.retr_cpu,
-                r.stor_cpu,
-                r.client_busy * 100.0,
-            );
-            continue;
-        }
+        // Login and memory columns exist for the plain rows only.
+        let logins_and_memory = if r.logins_ms.is_nan() {
+            "– | –".to_string()
+        } else {
+            format!(
+                "{:.1}{failed} | {:.1} / {:.1}",
+                r.logins_ms,
+                r.rss_kib as f64 / 1024.0,
+                r.pss_kib as f64 / 1024.0
+            )
+        };
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.0} % | {:.1}{failed} | {:.1} / {:.1} |",
+            "| {} | {:.0} | {:.0} | {:.2} / {:.2} | {:.0} % | {logins_and_memory} |",
             r.name,
             r.retr,
             r.stor,
             r.retr_cpu,
             r.stor_cpu,
             r.client_busy * 100.0,
-            r.logins_ms,
-            r.rss_kib as f64 / 1024.0,
-            r.pss_kib as f64 / 1024.0
         );
     }
     println!();
