@@ -490,6 +490,19 @@ fn stopped_idle_workers_are_replaced() {
     for &w in &stopped {
         kill(Pid::from_raw(w), Signal::SIGSTOP).unwrap();
     }
+    // `kill` returns before the stop takes effect. A connection made in
+    // that instant can still be accepted by a worker blocked in `accept4`
+    // (the kernel hands a queued connection over before it looks at the
+    // pending signal), which then stops holding it: a worker stopped in
+    // the middle of a request, the hung-worker timeout's case, not this
+    // test's. So connect only once every thread of both is stopped.
+    for &w in &stopped {
+        let t0 = Instant::now();
+        while !all_threads_stopped(w) {
+            assert!(t0.elapsed() < T, "worker {w} did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     let t0 = Instant::now();
     assert_eq!(s.ask("ping\n"), "ping");
     println!(
@@ -500,6 +513,20 @@ fn stopped_idle_workers_are_replaced() {
         assert!(gone_within(w, T), "stopped worker {w} was not replaced");
     }
     s.stop();
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T`).
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next().map(|s| s == "T"))
+                .unwrap_or(false)
+        })
+    })
 }
 
 /// Under a descriptor limit no worker can be set up: the parent's
