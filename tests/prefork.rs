@@ -487,6 +487,9 @@ fn stopped_idle_workers_are_replaced() {
     let s = Server::start("2,2,4,2,0,0");
     s.wait_workers("start", |n| n == 2);
     let stopped = s.workers();
+    // A stopped worker never sees its parent die: if the test fails, end
+    // the stopped workers too (declared after `s`, so dropped first).
+    let _stopped_guard = KillStoppedWorkers(stopped.clone());
     for &w in &stopped {
         kill(Pid::from_raw(w), Signal::SIGSTOP).unwrap();
     }
@@ -513,6 +516,23 @@ fn stopped_idle_workers_are_replaced() {
         assert!(gone_within(w, T), "stopped worker {w} was not replaced");
     }
     s.stop();
+}
+
+/// SIGKILLs, when dropped, each listed pid that is still a stopped
+/// process of this test binary (a pid already reaped and reused by
+/// another program is left alone).
+struct KillStoppedWorkers(Vec<i32>);
+
+impl Drop for KillStoppedWorkers {
+    fn drop(&mut self) {
+        let me = std::env::current_exe().ok();
+        for &pid in &self.0 {
+            let ours = std::fs::read_link(format!("/proc/{pid}/exe")).ok() == me;
+            if ours && all_threads_stopped(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
 }
 
 /// Whether every thread of `pid` is in the stopped state (`T`).
