@@ -84,6 +84,15 @@ async fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> String {
     out
 }
 
+/// Sends `line` and asserts that no answer comes within 400 ms: the
+/// connection waits in the kernel backlog, not accepted.
+async fn assert_unanswered(conn: &mut BufReader<TcpStream>, line: &str, why: &str) {
+    conn.get_mut().write_all(line.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    let answered = timeout(Duration::from_millis(400), conn.read_line(&mut out)).await;
+    assert!(answered.is_err(), "{why}: {out:?}");
+}
+
 async fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
     BufReader::new(TcpStream::connect(addr).await.unwrap())
 }
@@ -116,15 +125,14 @@ async fn connection_limit_defers_the_next_connection() {
     // The third connection completes in the kernel backlog but is not
     // accepted, so nothing answers it while a and b are open.
     let mut c = connect(addr).await;
-    c.get_mut().write_all(b"c\n").await.unwrap();
-    let mut out = String::new();
-    assert!(
-        timeout(Duration::from_millis(400), c.read_line(&mut out))
-            .await
-            .is_err(),
-        "third connection was served while two were open"
-    );
+    assert_unanswered(
+        &mut c,
+        "c\n",
+        "third connection was served while two were open",
+    )
+    .await;
     drop(a);
+    let mut out = String::new();
     timeout(T, c.read_line(&mut out)).await.unwrap().unwrap();
     assert_eq!(out, "c\n");
     drop((b, c));
@@ -255,14 +263,12 @@ async fn workers_share_the_connection_limit_and_drain_together() {
     // Three workers hold a connection each; the fourth worker must not
     // accept a fourth one.
     let mut fourth = connect(addr).await;
-    fourth.get_mut().write_all(b"d\n").await.unwrap();
-    let mut out = String::new();
-    assert!(
-        timeout(Duration::from_millis(400), fourth.read_line(&mut out))
-            .await
-            .is_err(),
-        "a fourth connection was served with max_connections(3)"
-    );
+    assert_unanswered(
+        &mut fourth,
+        "d\n",
+        "a fourth connection was served with max_connections(3)",
+    )
+    .await;
     // Three requests in flight at the stop, each drained by its worker.
     for c in &mut open {
         c.get_mut().write_all(b"sleep\n").await.unwrap();
