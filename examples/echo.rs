@@ -57,18 +57,13 @@ use socketserver::{Request, RequestHandler};
 
 /// Echoes whatever is available, without waiting for newlines. The same
 /// handler serves TCP connections and UDP datagrams.
+/// The idle timeout is the server's `connection_timeout` (see `serve`).
 struct Echo {
-    /// Read/write timeout of a connection (`None`: wait forever).
-    idle: Option<Duration>,
     /// Send `peer ADDRESS` first.
     announce: bool,
 }
 
 impl RequestHandler for Echo {
-    fn setup(&mut self, req: &mut Request) -> io::Result<()> {
-        req.set_timeout(self.idle)
-    }
-
     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
         if self.announce {
             let line = format!("peer {}\n", req.peer_addr());
@@ -355,10 +350,14 @@ where
 {
     let mut builder = SocketServer::<T, S>::builder();
     configure(&mut builder, args);
+    if let Some(idle) = args.idle() {
+        // Over TCP the server sets it once on the listening socket, whose
+        // connections inherit it: no system call per connection.
+        builder.connection_timeout(idle);
+    }
     let mut server = builder.bind(address, {
-        let idle = args.idle();
         let announce = args.announce_peer;
-        move || Echo { idle, announce }
+        move || Echo { announce }
     })?;
     let _signals = shutdown_on_signals(&server.shutdown_handle())?;
     {

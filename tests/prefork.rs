@@ -12,7 +12,7 @@
 //! 127.0.0.1 and every wait is bounded.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -83,6 +83,9 @@ fn server_main(cfg: &str) {
         .drain_timeout(Duration::from_secs(20));
     if v[5] > 0 {
         b.hung_timeout(Some(Duration::from_millis(v[5])));
+    }
+    if flags.contains("ctimeout") {
+        b.connection_timeout(CONNECTION_TIMEOUT);
     }
     let mut server = b.bind("127.0.0.1:0", || Probe).expect("bind");
     let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
@@ -569,6 +572,50 @@ fn repeated_fork_errors_are_rate_limited() {
     );
 }
 
+/// The `ctimeout` flag's `connection_timeout`.
+const CONNECTION_TIMEOUT: Duration = Duration::from_millis(150);
+
+/// With a `connection_timeout`, the listening socket carries it (TCP
+/// connections inherit it), so a worker's blocking `accept4` on that
+/// socket gives up with `EAGAIN` every 150 ms while idle. The workers
+/// must take that in their stride: after several such time-outs the same
+/// workers serve at once, log nothing, and a silent client is still
+/// disconnected after the timeout.
+fn idle_workers_outlive_the_connection_timeout_on_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let file = std::fs::File::create(&log).unwrap();
+    let s = Server::start_with("2,2,2,2,0,0;log,ctimeout", Stdio::from(file));
+    s.wait_workers("start", |n| n == 2);
+    let before = s.workers();
+    std::thread::sleep(CONNECTION_TIMEOUT * 5);
+    for i in 0..20 {
+        let t0 = Instant::now();
+        assert_eq!(s.ask(&format!("ping {i}\n")), format!("ping {i}"));
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+    assert_eq!(s.workers(), before, "a worker was replaced");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("ERROR") && !text.contains("WARN"),
+        "the workers logged:\n{text}"
+    );
+    // (The probe handler returns the silent client's read timeout as its
+    // error, which is logged: Python's handle_error does the same.)
+    let silent = TcpStream::connect(s.addr).unwrap();
+    silent.set_read_timeout(Some(T)).unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = (&silent).read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the silent client got {:?}", &buf[..n]);
+    assert!(
+        t0.elapsed() >= CONNECTION_TIMEOUT - Duration::from_millis(20) && t0.elapsed() < T,
+        "closed after {:?}",
+        t0.elapsed()
+    );
+    s.stop();
+}
+
 /// `process::exit(7)` in a handler ends that worker (it is replaced), not
 /// a "non-string panic payload" that keeps the worker running.
 fn process_exit_in_a_handler_ends_the_worker() {
@@ -661,6 +708,10 @@ fn main() {
         (
             "process_exit_in_a_handler_ends_the_worker",
             process_exit_in_a_handler_ends_the_worker,
+        ),
+        (
+            "idle_workers_outlive_the_connection_timeout_on_accept",
+            idle_workers_outlive_the_connection_timeout_on_accept,
         ),
     ];
     support::run_plain(tests);

@@ -515,6 +515,19 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
     fn server_activate(&mut self) -> Result<()> {
         let socket = self.live_socket()?;
         if socket.is_stream() {
+            if let (ServerSocket::Tcp(listener), Some(t)) =
+                (socket, self.options.connection_timeout)
+            {
+                // A TCP connection is a clone of its listening socket made
+                // when the handshake completes, and inherits the socket's
+                // timeouts: set once here, before any connection can be
+                // queued, instead of twice per connection. (Unix sockets
+                // do not inherit them; those are set per connection.)
+                let sock = SockRef::from(listener);
+                sock.set_read_timeout(Some(t))?;
+                sock.set_write_timeout(Some(t))?;
+                self.core.timeout_set_on_listener();
+            }
             socket
                 .sock_ref()
                 .listen(self.options.backlog)

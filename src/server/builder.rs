@@ -151,6 +151,16 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
     /// Read/write timeout set on every accepted connection before the
     /// handler runs (Python's `StreamRequestHandler.timeout`). Default is
     /// none.
+    ///
+    /// Over TCP it is set once, on the listening socket before `listen`
+    /// (in `server_activate`): Linux makes each TCP connection a copy of
+    /// its listening socket, timeouts included, so no connection costs a
+    /// system call for it. A blocking `accept` on that socket (for example
+    /// through [`SocketServer::socket`](super::SocketServer::socket))
+    /// then also gives up after this long with `WouldBlock`. Over Unix
+    /// sockets, and on a socket the server adopted rather than bound
+    /// (connections may already be queued on it), it is set on each
+    /// connection instead.
     pub fn connection_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.options.connection_timeout = Some(timeout);
         self

@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,9 @@ pub struct ServerCore {
     factory: Factory,
     pub(crate) hooks: Arc<dyn Hooks>,
     pub(crate) connection_timeout: Option<Duration>,
+    /// The listening socket carries `connection_timeout` (set before
+    /// `listen`), so every connection accepted from it already has it.
+    timeout_on_listener: AtomicBool,
     strategy: &'static str,
 }
 
@@ -63,8 +67,17 @@ impl ServerCore {
             factory,
             hooks,
             connection_timeout,
+            timeout_on_listener: AtomicBool::new(false),
             strategy,
         }
+    }
+
+    /// Records that the listening socket carries the connection timeout:
+    /// a TCP connection is a clone of its listening socket and inherits
+    /// its `SO_RCVTIMEO`/`SO_SNDTIMEO`, so [`run`](Self::run) no longer
+    /// sets them per connection (two system calls fewer each).
+    pub(crate) fn timeout_set_on_listener(&self) {
+        self.timeout_on_listener.store(true, Ordering::Relaxed);
     }
 
     /// The strategy's name, as logged in every connection's span.
@@ -103,7 +116,8 @@ impl ServerCore {
         };
         let (mut req, socket) = match request {
             Incoming::Stream(s) => {
-                if let Some(t) = self.connection_timeout {
+                let inherited = self.timeout_on_listener.load(Ordering::Relaxed);
+                if let (Some(t), false) = (self.connection_timeout, inherited) {
                     if let Err(e) = s.set_timeout(Some(t)) {
                         return (Some(Incoming::Stream(s)), Err(e.into()), Traffic::default());
                     }

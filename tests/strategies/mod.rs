@@ -49,11 +49,38 @@ impl RequestHandler for Probe {
             match &line[..] {
                 b"fail\n" => return Err(io::Error::other("handler failed on purpose")),
                 b"hold\n" => req.wfile().write_all(b"held\n")?,
+                b"timeouts\n" => {
+                    let answer = timeouts(req)?;
+                    req.wfile().write_all(answer.as_bytes())?;
+                }
                 _ => req.wfile().write_all(&line)?,
             }
         }
     }
 }
+
+/// The connection's read and write timeouts in milliseconds, as the
+/// handler finds them (`"R W\n"`, `-` for none; `datagram` for a datagram).
+fn timeouts(req: &Request) -> io::Result<String> {
+    let Some(stream) = req.stream() else {
+        return Ok("datagram\n".into());
+    };
+    let sock = match (stream.as_tcp(), stream.as_unix()) {
+        (Some(s), _) => socket2::SockRef::from(s),
+        (None, Some(s)) => socket2::SockRef::from(s),
+        (None, None) => return Err(io::Error::other("neither TCP nor Unix")),
+    };
+    let ms = |t: Option<Duration>| t.map_or("-".to_string(), |t| t.as_millis().to_string());
+    Ok(format!(
+        "{} {}\n",
+        ms(sock.read_timeout()?),
+        ms(sock.write_timeout()?)
+    ))
+}
+
+/// The servers' `connection_timeout`: longer than any case here waits, so
+/// it never fires; each stream handler must find it on its connection.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Writes what the hooks see to `log`; refuses everything while `refuse`
 /// exists.
@@ -247,6 +274,7 @@ where
         .start_workers(2)
         .max_workers(4)
         .drain_timeout(TIMEOUT)
+        .connection_timeout(CONNECTION_TIMEOUT)
         .bind(T::address(dir, tag), || Probe)
         .map_err(e)
 }
@@ -322,6 +350,17 @@ where
         for _ in 0..3 {
             let got = T::ask(&addr, dir, TEST_STR).map_err(e)?;
             check!(got == TEST_STR, "echo: {:?}", String::from_utf8_lossy(&got));
+        }
+
+        // connection_timeout is on every stream connection (over TCP
+        // inherited from the listening socket, over Unix set on each).
+        if T::STREAM {
+            let got = T::ask(&addr, dir, b"timeouts\n").map_err(e)?;
+            check!(
+                got == b"30000 30000\n",
+                "connection timeouts: {:?}",
+                String::from_utf8_lossy(&got)
+            );
         }
 
         // A handler error goes to handle_error; the server serves on.
