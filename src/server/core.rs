@@ -179,7 +179,10 @@ impl ServerCore {
     /// `handle_error` on failure, then always `shutdown_request` — inside
     /// a `conn` span (peer, strategy), ending with one debug line giving
     /// the duration and the bytes in and out. Returns `true` when the
-    /// handler succeeded (a forked child's exit status).
+    /// request ended normally: the handler succeeded, or the peer went
+    /// away mid-request ([`Error::is_disconnect`], normal traffic that
+    /// `handle_error` logs at debug). A forked child exits with status 0
+    /// then, and 1 otherwise.
     pub fn process(&self, request: Incoming, peer: &PeerAddr) -> bool {
         let span = tracing::debug_span!("conn", peer = %peer, strategy = %self.strategy);
         let _entered = span.enter();
@@ -189,7 +192,7 @@ impl ServerCore {
             Ok(()) => true,
             Err(e) => {
                 self.handle_error(peer, &e);
-                false
+                e.is_disconnect()
             }
         };
         // A panicking shutdown_request override must not take the caller

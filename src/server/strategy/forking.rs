@@ -114,9 +114,18 @@ impl Forking {
     }
 }
 
+/// Logs how a child ended. Status 1 is a handler error the child has
+/// already reported through `handle_error` (at error level, or at debug
+/// for a peer that went away): debug here, not a second line an operator
+/// must read. Any other status is the handler's own `process::exit`.
 fn log_exit(pid: i32, code: i32) {
     if code == 0 {
         tracing::trace!(pid, "child exited");
+    } else if code == 1 {
+        tracing::debug!(
+            pid,
+            "child exited with status 1 (its handler error is reported above)"
+        );
     } else if code > 0 {
         tracing::warn!(pid, code, "child exited with a failure status");
     } else {
