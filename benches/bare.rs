@@ -7,22 +7,57 @@
 //! ```
 //!
 //! The bare servers are one C file (`benches/bare/bare.c`, compiled here
-//! with the system's `cc -O2`): fork per connection, N pre-forked workers
-//! blocking in `accept`, a thread per connection, and a single-threaded
-//! epoll loop. They echo and nothing else: no logging, no timeouts, no
-//! limits. Ours is the echo example (`examples/echo.rs`, release build,
-//! default logging) in the matching `--mode`. Both are driven by the same
-//! `loadtest` client (release build), rounds alternating ours / bare;
-//! each figure is the median of the rounds, and the ratio is ours / bare
-//! (for CPU per message and RSS: bare / ours, so above 1 is always
-//! better for us). System calls per connection come from `strace -f -c`
-//! over a separate short churn run (skipped when strace is missing).
+//! with the system's `cc -O2`), each named by its command line:
+//!
+//! - `fork`: a child process per connection;
+//! - `prefork N`: N pre-forked workers blocking in `accept`;
+//! - `thread`: a detached thread per connection;
+//! - `epoll`: one thread, one epoll instance (listener and connections);
+//! - `epoll N` (N = cores): N threads, each with its own epoll instance
+//!   holding the shared listener (`EPOLLEXCLUSIVE`, so a new connection
+//!   wakes one thread) and the connections that thread accepted.
+//!
+//! They echo and nothing else: no logging, no timeouts, no limits. Ours is
+//! the echo example (`examples/echo.rs`, release build, default logging)
+//! in the matching `--mode`. For the async strategy two like-with-like
+//! pairs are measured everywhere: the default (`async`, one runtime thread
+//! per core) against `epoll N` with as many threads, and `async --workers 1`
+//! (one runtime thread) against the single-threaded `epoll`; churn and
+//! persistent also keep the default against the single-threaded `epoll`.
+//!
+//! Ours and bare are driven by the same `loadtest` client (release build), rounds
+//! alternating ours / bare; each figure is the median of the rounds, and
+//! the ratio is ours / bare (for CPU per message, p99 and RSS: bare /
+//! ours, so above 1 is always better for us). System calls per connection
+//! come from `strace -f -c` over a separate short churn run (skipped when
+//! strace is missing).
+//!
+//! Rows, in print order (each with its goal; "yes" when met):
+//!
+//! - churn: connect, one 64 B echo, close, 4 client connections at a time;
+//!   connections per second.
+//! - persistent 50 conns: 50 open connections echoing 64 B back to back;
+//!   messages per second, and server CPU (utime + stime of the server
+//!   process over the run) per message.
+//! - scaling, at N = 10, 100, 1,000, 5,000 concurrent connections: each
+//!   round starts a fresh server and runs the load twice. First the
+//!   start-up run (`-d SECS`, no warm-up: the burst of N connects is inside
+//!   the measured window), printed as "throughput incl. start-up" and
+//!   "p99 incl. start-up". Then the steady run on the same server
+//!   (`--warmup 1s -d SECS`: all N connections are open before measuring
+//!   starts), printed as "throughput", "p99" and "RSS per connection"
+//!   (RSS in the middle of the measured window minus RSS of the fresh
+//!   server, over N). Goal: within 1.2× of bare, for every figure.
+//! - checks: client timeouts of the async runs at 5,000 connections, both
+//!   runs of every round (the warm-up's errors are not counted by
+//!   `loadtest`, so the start-up run is the one that sees the burst).
+//! - system calls per connection: forking, threading, prefork and both
+//!   async pairs, ours and bare.
 //!
 //! The goals the process layer measures (`Pool.map` over 1,000,000 items
 //! ≥ 20× Python in every run of five, `Pipe` one-way 64 B ≥ 1.5 M msg/s)
 //! are printed at the end from `cargo bench --bench pool` and
-//! `cargo bench --bench process` (filter names "pool map", "pipe"). The
-//! 5,000-connection async run also reports its client timeouts (goal: 0).
+//! `cargo bench --bench process` (filter names "pool map", "pipe").
 //!
 //! Every server listens on 127.0.0.1 port 0; every load run is bounded by
 //! `--duration`; every server is ended by pid when its row is done.
@@ -50,6 +85,17 @@ fn rounds() -> usize {
 
 fn secs() -> u64 {
     env_or("BARE_BENCH_SECS", 2)
+}
+
+/// Cores: the default number of async runtime threads, and the thread
+/// count of the bare `epoll N` server it is compared with.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The bare multi-threaded epoll server with one thread per core.
+fn epoll_cores() -> String {
+    format!("epoll {}", cores())
 }
 
 fn wanted(name: &str) -> bool {
@@ -182,12 +228,20 @@ impl Drop for Server {
     }
 }
 
-/// One `loadtest --json` run against `addr`.
+/// One `loadtest --json` run against `addr`: `secs()` measured, no
+/// warm-up.
 fn load(bins: &Bins, addr: SocketAddr, extra: &[&str]) -> Value {
+    load_after(bins, addr, Duration::ZERO, extra)
+}
+
+/// One `loadtest --json` run against `addr`: `warmup` unmeasured, then
+/// `secs()` measured.
+fn load_after(bins: &Bins, addr: SocketAddr, warmup: Duration, extra: &[&str]) -> Value {
     let d = format!("{}s", secs());
+    let w = format!("{}ms", warmup.as_millis());
     let out = Command::new(&bins.loadtest)
         .arg(addr.to_string())
-        .args(["--json", "-d", &d])
+        .args(["--json", "-d", &d, "--warmup", &w])
         .args(extra)
         .stderr(Stdio::null())
         .output()
@@ -210,6 +264,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 struct Row {
+    /// The table section the row is printed under.
+    section: &'static str,
     name: String,
     ours: f64,
     bare: f64,
@@ -221,12 +277,17 @@ struct Row {
 
 fn print(rows: &[Row]) {
     println!(
-        "{:<58} {:>12} {:>12} {:>8} {:>7}  met?",
+        "{:<64} {:>12} {:>12} {:>8} {:>7}  met?",
         "workload", "ours", "bare", "ratio", "goal"
     );
+    let mut section = "";
     for r in rows {
+        if r.section != section {
+            section = r.section;
+            println!("-- {section}");
+        }
         println!(
-            "{:<58} {:>12.1} {:>12.1} {:>7.2}x {:>6.2}x  {}  ({})",
+            "{:<64} {:>12.1} {:>12.1} {:>7.2}x {:>6.2}x  {}  ({})",
             r.name,
             r.ours,
             r.bare,
@@ -278,6 +339,7 @@ fn churn_rows(bins: &Bins, rows: &mut Vec<Row>) {
         let v = load(bins, s.addr, &["--churn", "-c", "4"]);
         num(&v, &["connections_per_s"])
     };
+    let epoll_n = epoll_cores();
     for (ours, bare, goal) in [
         ("forking", "fork", 0.8),
         ("threading", "thread", 1.0),
@@ -289,10 +351,12 @@ fn churn_rows(bins: &Bins, rows: &mut Vec<Row>) {
         // What a user gets by default: the managed pool (2–8 idle
         // spares, so about 6 workers for 4 clients).
         ("prefork", "prefork 4", 1.0),
-        ("async", "epoll", 0.9),
-        // Like with like: one runtime thread against the single-threaded
-        // epoll loop.
+        // Like with like: one runtime thread per core against as many
+        // epoll threads, and one against one.
+        ("async", epoll_n.as_str(), 0.9),
         ("async --workers 1", "epoll", 0.9),
+        // The default against the single-threaded loop (the earlier row).
+        ("async", "epoll", 0.9),
     ] {
         let name = format!("churn, {ours} vs {bare}");
         if !wanted(&name) {
@@ -300,6 +364,7 @@ fn churn_rows(bins: &Bins, rows: &mut Vec<Row>) {
         }
         let (o, b) = compare(bins, ours, bare, churn);
         rows.push(Row {
+            section: "churn (connect, 64 B echo, close; 4 client connections)",
             name,
             ours: o,
             bare: b,
@@ -311,9 +376,11 @@ fn churn_rows(bins: &Bins, rows: &mut Vec<Row>) {
 }
 
 fn persistent_rows(bins: &Bins, rows: &mut Vec<Row>) {
+    let epoll_n = epoll_cores();
     for (ours, bare) in [
-        ("async", "epoll"),
+        ("async", epoll_n.as_str()),
         ("async --workers 1", "epoll"),
+        ("async", "epoll"),
         ("threading", "thread"),
     ] {
         let name = format!("persistent 50 conns, {ours} vs {bare}");
@@ -341,7 +408,9 @@ fn persistent_rows(bins: &Bins, rows: &mut Vec<Row>) {
         }
         let (ro, rb) = (median(rate.0), median(rate.1));
         let (co, cb) = (median(cpu.0), median(cpu.1));
+        let section = "persistent (50 open connections, 64 B echoes)";
         rows.push(Row {
+            section,
             name: name.clone(),
             ours: ro,
             bare: rb,
@@ -350,6 +419,7 @@ fn persistent_rows(bins: &Bins, rows: &mut Vec<Row>) {
             unit: "msg/s",
         });
         rows.push(Row {
+            section,
             name: format!("{name}, server CPU"),
             ours: co,
             bare: cb,
@@ -371,7 +441,7 @@ struct Check {
 fn print_checks(checks: &[Check]) {
     for c in checks {
         println!(
-            "{:<44} {:>12} {:>30}  {}",
+            "{:<64} {:>14} {:>12}  {}",
             c.name,
             c.value,
             c.goal,
@@ -380,86 +450,119 @@ fn print_checks(checks: &[Check]) {
     }
 }
 
-/// Throughput, p99 and RSS per connection at N concurrent connections.
+/// VmRSS of `pid` in KiB (0 when it cannot be read).
+fn rss_of(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// The warm-up of the steady scaling run: long enough for 5,000 connects.
+const WARMUP: Duration = Duration::from_secs(1);
+
+/// Throughput, p99 and RSS per connection at N concurrent connections:
+/// the steady state (after a warm-up) and, as their own rows, the run
+/// that includes the start-up burst (see the module docs).
 fn scaling_rows(bins: &Bins, rows: &mut Vec<Row>, checks: &mut Vec<Check>) {
+    let epoll_n = epoll_cores();
     for n in [10usize, 100, 1000, 5000] {
-        for (ours, bare) in [("threading", "thread"), ("async", "epoll")] {
+        for (ours, bare) in [
+            ("threading", "thread"),
+            ("async", epoll_n.as_str()),
+            ("async --workers 1", "epoll"),
+        ] {
             let name = format!("{n} conns, {ours} vs {bare}");
             if !wanted(&name) {
                 continue;
             }
             let c = n.to_string();
-            let mut m: [Vec<f64>; 6] = Default::default();
+            // Per side (ours, bare): steady throughput, p99, RSS per
+            // connection, then start-up throughput, p99.
+            let mut m: [[Vec<f64>; 5]; 2] = Default::default();
             let (mut timeouts, mut errors_ours) = (0.0, 0.0);
             for _ in 0..rounds() {
-                for (k, s) in [(0, Server::ours(bins, ours)), (3, Server::bare(bins, bare))] {
+                for (k, s) in [(0, Server::ours(bins, ours)), (1, Server::bare(bins, bare))] {
+                    let side = if k == 0 { "ours" } else { "bare" };
                     let idle = s.rss_kib();
-                    // Sample RSS in the middle of the run.
+                    let start = load(bins, s.addr, &["-c", &c]);
+                    // Sample RSS in the middle of the measured window.
                     let pid = s.pid();
                     let sampler = std::thread::spawn(move || {
-                        std::thread::sleep(Duration::from_millis(secs() * 500));
-                        std::fs::read_to_string(format!("/proc/{pid}/status"))
-                            .ok()
-                            .and_then(|st| {
-                                st.lines()
-                                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                                    .and_then(|v| v.split_whitespace().next())
-                                    .and_then(|v| v.parse::<f64>().ok())
-                            })
-                            .unwrap_or(0.0)
+                        std::thread::sleep(WARMUP + Duration::from_millis(secs() * 500));
+                        rss_of(pid)
                     });
-                    let v = load(bins, s.addr, &["-c", &c]);
+                    let steady = load_after(bins, s.addr, WARMUP, &["-c", &c]);
                     let loaded = sampler.join().unwrap();
-                    m[k].push(num(&v, &["rps"]));
-                    m[k + 1].push(num(&v, &["latency_us", "p99"]));
-                    m[k + 2].push((loaded - idle).max(0.0) / n as f64);
-                    let errors = num(&v, &["errors", "total"]);
-                    if k == 0 {
-                        timeouts += num(&v, &["errors", "timeout"]);
-                        errors_ours += errors;
-                    }
-                    if errors > 0.0 {
-                        println!(
-                            "  {name}: {} had {errors} errors",
-                            if k == 0 { "ours" } else { "bare" }
-                        );
+                    m[k][0].push(num(&steady, &["rps"]));
+                    m[k][1].push(num(&steady, &["latency_us", "p99"]));
+                    m[k][2].push((loaded - idle).max(0.0) / n as f64);
+                    m[k][3].push(num(&start, &["rps"]));
+                    m[k][4].push(num(&start, &["latency_us", "p99"]));
+                    for (run, v) in [("start-up", &start), ("steady", &steady)] {
+                        let errors = num(v, &["errors", "total"]);
+                        if k == 0 {
+                            timeouts += num(v, &["errors", "timeout"]);
+                            errors_ours += errors;
+                        }
+                        if errors > 0.0 {
+                            println!("  {name}: {side} had {errors} errors ({run} run)");
+                        }
                     }
                 }
             }
-            let med: Vec<f64> = m.into_iter().map(median).collect();
-            if ours == "async" && n == 5000 {
+            let [o, b] = m.map(|side| side.map(median));
+            if ours.starts_with("async") && n == 5000 {
                 checks.push(Check {
-                    name: format!("{name}: client timeouts (all rounds)"),
+                    name: format!("{name}: client timeouts (all runs)"),
                     value: format!("{timeouts} ({errors_ours} errors)"),
                     goal: "0 timeouts",
                     met: timeouts == 0.0,
                 });
             }
+            let section = "scaling (N connections echoing back to back; goal: within 1.2x of bare)";
             // Within 1.2x of bare: ratio >= 1/1.2 for every figure.
-            rows.push(Row {
-                name: format!("{name}: throughput"),
-                ours: med[0],
-                bare: med[3],
-                ratio: med[0] / med[3],
-                goal: 1.0 / 1.2,
-                unit: "msg/s",
-            });
-            rows.push(Row {
-                name: format!("{name}: p99"),
-                ours: med[1],
-                bare: med[4],
-                ratio: med[4] / med[1],
-                goal: 1.0 / 1.2,
-                unit: "µs; ratio bare/ours",
-            });
-            rows.push(Row {
-                name: format!("{name}: RSS per connection"),
-                ours: med[2],
-                bare: med[5],
-                ratio: if med[2] > 0.0 { med[5] / med[2] } else { 1.0 },
-                goal: 1.0 / 1.2,
-                unit: "KiB; ratio bare/ours",
-            });
+            let goal = 1.0 / 1.2;
+            let mut row = |what: &str, ours: f64, bare: f64, ratio: f64, unit| {
+                rows.push(Row {
+                    section,
+                    name: format!("{name}: {what}"),
+                    ours,
+                    bare,
+                    ratio,
+                    goal,
+                    unit,
+                });
+            };
+            row("throughput", o[0], b[0], o[0] / b[0], "msg/s");
+            row("p99", o[1], b[1], b[1] / o[1], "µs; ratio bare/ours");
+            let rss = if o[2] > 0.0 { b[2] / o[2] } else { 1.0 };
+            row(
+                "RSS per connection",
+                o[2],
+                b[2],
+                rss,
+                "KiB; ratio bare/ours",
+            );
+            row(
+                "throughput incl. start-up",
+                o[3],
+                b[3],
+                o[3] / b[3],
+                "msg/s, no warm-up",
+            );
+            row(
+                "p99 incl. start-up",
+                o[4],
+                b[4],
+                b[4] / o[4],
+                "µs, no warm-up; ratio bare/ours",
+            );
         }
     }
 }
@@ -471,11 +574,13 @@ fn syscall_rows(bins: &Bins) {
         return;
     }
     println!("system calls per connection (strace -f -c over a 1 s churn run, 2 client connections at a time):");
+    let epoll_n = epoll_cores();
     for (ours, bare) in [
         ("forking", "fork"),
         ("threading", "thread"),
         ("prefork --workers 4", "prefork 4"),
-        ("async", "epoll"),
+        ("async", epoll_n.as_str()),
+        ("async --workers 1", "epoll"),
     ] {
         let name = format!("syscalls, {ours} vs {bare}");
         if !wanted(&name) {
@@ -520,7 +625,7 @@ fn syscall_rows(bins: &Bins) {
             per_conn.push(calls / conns);
         }
         println!(
-            "  {ours:<10} {:>6.1}   {bare:<10} {:>6.1}",
+            "  {ours:<20} {:>6.1}   {bare:<10} {:>6.1}",
             per_conn[0], per_conn[1]
         );
     }
@@ -571,6 +676,9 @@ fn main() {
     persistent_rows(&bins, &mut rows);
     scaling_rows(&bins, &mut rows, &mut checks);
     print(&rows);
+    if !checks.is_empty() {
+        println!("-- checks");
+    }
     print_checks(&checks);
     syscall_rows(&bins);
     delegated_rows();

@@ -1,6 +1,15 @@
 /* Minimal hand-written echo servers: the "bare" side of benches/bare.rs.
  *
- *   bare fork|prefork N|thread|epoll
+ *   bare fork|prefork N|thread|epoll [N]
+ *
+ * fork: a child per connection. prefork N: N workers blocking in accept.
+ * thread: a detached thread per connection. epoll: one thread, one epoll
+ * instance, the listener and every connection in it. epoll N: N threads,
+ * each with its own epoll instance holding the shared listening socket
+ * (registered with EPOLLEXCLUSIVE, so a new connection wakes one thread,
+ * not all) and the connections that thread accepted: the usual shape of a
+ * hand-written multi-threaded epoll server, and the like-with-like
+ * counterpart of the async strategy's thread-per-core workers.
  *
  * Each listens on 127.0.0.1 port 0 (backlog 4096, SO_REUSEADDR), prints
  * "listening on tcp://127.0.0.1:PORT" on stdout, and echoes every byte it
@@ -114,11 +123,14 @@ static void serve_thread(int lfd) {
     }
 }
 
-static void serve_epoll(int lfd) {
+/* One epoll loop: the listener (EPOLLEXCLUSIVE when `exclusive`, i.e.
+ * several loops share it) and the connections this loop accepted. */
+static void serve_epoll(int lfd, int exclusive) {
     int ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd}, evs[256];
-    static char buf[65536];
-    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+    struct epoll_event ev = {.events = EPOLLIN | (exclusive ? EPOLLEXCLUSIVE : 0), .data.fd = lfd},
+                       evs[256];
+    char *buf = malloc(65536);
+    if (ep < 0 || !buf || epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) < 0) { perror("epoll"); exit(1); }
     for (;;) {
         int n = epoll_wait(ep, evs, 256, -1);
         for (int i = 0; i < n; i++) {
@@ -132,7 +144,7 @@ static void serve_epoll(int lfd) {
                 }
                 continue;
             }
-            ssize_t r = read(fd, buf, sizeof buf);
+            ssize_t r = read(fd, buf, 65536);
             if (r <= 0) {
                 if (r < 0 && errno == EAGAIN) continue;
                 close(fd); /* also leaves the epoll set */
@@ -145,9 +157,23 @@ static void serve_epoll(int lfd) {
     }
 }
 
+static void *epoll_thread(void *arg) {
+    serve_epoll((int)(long)arg, 1);
+    return NULL;
+}
+
+/* N epoll loops on N threads sharing the listener; the main thread waits. */
+static void serve_epoll_threads(int lfd, int n) {
+    for (int i = 0; i < n; i++) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, epoll_thread, (void *)(long)lfd) != 0) { perror("pthread_create"); exit(1); }
+    }
+    for (;;) pause();
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bare fork|prefork N|thread|epoll\n");
+        fprintf(stderr, "usage: bare fork|prefork N|thread|epoll [N]\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -157,7 +183,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "thread")) serve_thread(lfd);
     else if (!strcmp(argv[1], "epoll")) {
         fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) | O_NONBLOCK);
-        serve_epoll(lfd);
+        if (argc > 2) serve_epoll_threads(lfd, atoi(argv[2]) > 0 ? atoi(argv[2]) : 1);
+        else serve_epoll(lfd, 0);
     } else {
         fprintf(stderr, "unknown mode %s\n", argv[1]);
         return 2;
