@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::process::async_result::{slot_sink, AsyncResult, Slot};
-use crate::process::codec::Decoder;
+use crate::process::codec::{decode_n_into, Decoder};
 use crate::process::cpu_count;
 use crate::process::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
 use crate::process::forkserver::{get_start_method, StartMethod};
@@ -305,11 +305,8 @@ pub(crate) fn decode_chunk_into<R: DeserializeOwned>(
             "a pool worker returned {count} results for a chunk of {expected} items"
         )));
     }
-    out.reserve(expected);
     let mut de = Decoder::new(items);
-    for _ in 0..expected {
-        out.push(R::deserialize(&mut de)?);
-    }
+    decode_n_into(&mut de, expected, out)?;
     de.finish()
         .map_err(|e| Error::Codec(format!("a pool worker's chunk reply: {e}")))
 }
