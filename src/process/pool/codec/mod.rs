@@ -34,7 +34,7 @@ mod ser_impl;
 mod tests;
 
 pub(crate) use de_impl::Decoder;
-use ser_impl::Encoder;
+pub(crate) use ser_impl::Encoder;
 
 /// A wire encoding or decoding failure.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -231,3 +231,64 @@ fn decode_n_into_drops_what_it_decoded_when_a_value_panics() {
         "a value leaked or dropped twice"
     );
 }
+
+#[test]
+fn one_encoder_for_many_values_grows_and_appends() {
+    // From an empty vector (no capacity: every early write grows it), and
+    // after existing bytes, one encoder per loop writes what one `append`
+    // per value writes.
+    for (start, capacity) in [(vec![], 0), (vec![9u8, 8, 7], 3), (vec![1], 1 << 20)] {
+        let mut expected = start.clone();
+        let mut out = Vec::with_capacity(capacity);
+        out.extend_from_slice(&start);
+        {
+            let mut encoder = Encoder::new(&mut out);
+            for i in 0..10_000u64 {
+                let value = (i, format!("n{i}"), (i % 3 == 0).then_some(i as u8));
+                encoder.encode(&value).unwrap();
+                let mut one = Vec::new();
+                append(&value, &mut one).unwrap();
+                expected.extend_from_slice(&one);
+            }
+        }
+        assert!(out == expected, "start {start:?}, capacity {capacity}");
+        // Fixed-width little-endian, after the starting bytes.
+        let n = start.len();
+        assert_eq!(out[n..n + 8], 0u64.to_le_bytes());
+        assert_eq!(
+            out[n + 8..n + 16],
+            2u64.to_le_bytes(),
+            "the length of \"n0\""
+        );
+    }
+}
+
+#[test]
+fn an_encoder_keeps_what_it_wrote_before_an_error_or_a_panic() {
+    /// Writes a `u32` and then fails (or panics).
+    struct Half(bool);
+    impl Serialize for Half {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            use serde::ser::{Error as _, SerializeTuple};
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&0xAABB_CCDDu32)?;
+            assert!(!self.0, "half a value");
+            Err(S::Error::custom("second half refused"))
+        }
+    }
+    let mut out = vec![1u8];
+    {
+        let mut encoder = Encoder::new(&mut out);
+        encoder.encode(&7u16).unwrap();
+        let err = encoder.encode(&Half(false)).unwrap_err();
+        assert_eq!(err.0, "second half refused");
+    }
+    assert_eq!(out, [1, 7, 0, 0xDD, 0xCC, 0xBB, 0xAA]);
+    let mut out = Vec::new();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut encoder = Encoder::new(&mut out);
+        let _ = encoder.encode(&Half(true));
+    }));
+    assert!(caught.is_err());
+    assert_eq!(out, [0xDD, 0xCC, 0xBB, 0xAA]);
+}
