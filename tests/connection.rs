@@ -292,3 +292,143 @@ fn poll_spin_gives_up_after_its_budget_and_sees_data_at_once() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+/// `len` as a frame header followed by `payload`.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn several_messages_in_one_write_come_out_one_by_one() {
+    let (mut conn, mut raw) = raw_pair();
+    let mut burst = Vec::new();
+    for i in 0..100u8 {
+        burst.extend_from_slice(&frame(&vec![i; usize::from(i)]));
+    }
+    // One write: the receiver's first read gets every frame at once.
+    raw.write_all(&burst).unwrap();
+    for i in 0..100u8 {
+        let mut into = Vec::new();
+        let got = if i % 2 == 0 {
+            conn.recv_bytes().unwrap()
+        } else {
+            assert_eq!(conn.recv_bytes_into(&mut into).unwrap(), usize::from(i));
+            into
+        };
+        assert_eq!(got, vec![i; usize::from(i)], "message {i}");
+    }
+    // Everything buffered was consumed: nothing more to poll.
+    assert!(!conn.poll(Duration::ZERO).unwrap());
+}
+
+#[test]
+fn a_message_split_across_reads_is_reassembled() {
+    // Split inside the header, and inside the payload, with pauses longer
+    // than the receiver's active wait, so it sleeps in `read` between parts.
+    let payload: Vec<u8> = (0..1000u32).map(|i| (i % 253) as u8).collect();
+    let whole = frame(&payload);
+    for cut in [1, 3, 4, 5, 500, whole.len() - 1] {
+        let (mut conn, mut raw) = raw_pair();
+        let (head, tail) = whole.split_at(cut);
+        let (head, tail) = (head.to_vec(), tail.to_vec());
+        let writer = std::thread::spawn(move || {
+            raw.write_all(&head).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            raw.write_all(&tail).unwrap();
+            raw
+        });
+        assert_eq!(conn.recv_bytes().unwrap(), payload, "cut at {cut}");
+        drop(writer.join().unwrap());
+        assert!(matches!(conn.recv_bytes(), Err(Error::Eof)), "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_message_larger_than_the_receive_buffer_between_small_ones() {
+    let (mut conn, mut raw) = raw_pair();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let mut stream = frame(b"before");
+    stream.extend_from_slice(&frame(&big));
+    stream.extend_from_slice(&frame(b"after"));
+    let writer = std::thread::spawn(move || {
+        // Odd-sized writes, so frame boundaries fall anywhere in a read.
+        for piece in stream.chunks(7_777) {
+            raw.write_all(piece).unwrap();
+        }
+        raw
+    });
+    assert_eq!(conn.recv_bytes().unwrap(), b"before");
+    let mut buf = Vec::new();
+    assert_eq!(conn.recv_bytes_into(&mut buf).unwrap(), big.len());
+    assert!(buf == big);
+    assert_eq!(conn.recv_bytes().unwrap(), b"after");
+    drop(writer.join().unwrap());
+    assert!(matches!(conn.recv_bytes(), Err(Error::Eof)));
+}
+
+#[test]
+fn eof_mid_frame_after_buffered_messages_is_truncation() {
+    for (cut, expected, got) in [(2usize, 4usize, 2usize), (4 + 3, 10, 3)] {
+        let (mut conn, mut raw) = raw_pair();
+        let mut stream = frame(b"one");
+        stream.extend_from_slice(&frame(b"two"));
+        // A 10-byte frame, cut off after `cut` bytes.
+        stream.extend_from_slice(&frame(b"0123456789")[..cut]);
+        raw.write_all(&stream).unwrap();
+        drop(raw);
+        assert_eq!(conn.recv_bytes().unwrap(), b"one");
+        assert_eq!(conn.recv::<()>().err().map(|e| e.to_string()), {
+            // "two" is not a postcard unit: decoding it fails, but the
+            // frame was consumed whole.
+            Some(Error::Codec("3 bytes left over after the message".into()).to_string())
+        });
+        match conn.recv_bytes() {
+            Err(Error::TruncatedFrame {
+                expected: e,
+                got: g,
+            }) if e == expected && g == got => {}
+            other => panic!("cut {cut}: expected TruncatedFrame, got {other:?}"),
+        }
+        // Nothing is left after the truncated frame.
+        assert!(matches!(conn.recv_bytes(), Err(Error::Eof)), "cut {cut}");
+    }
+}
+
+#[test]
+fn a_receiver_waiting_longer_than_its_active_wait_still_gets_the_message() {
+    let (mut r, mut w) = pipe(false).unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        w.send(&42u64).unwrap();
+        w
+    });
+    let t = Instant::now();
+    assert_eq!(r.recv::<u64>().unwrap(), 42);
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    drop(writer.join().unwrap());
+    assert!(matches!(r.recv::<u64>(), Err(Error::Eof)));
+}
+
+#[test]
+fn a_stream_of_small_messages_arrives_whole_and_in_order() {
+    // The benchmark's pattern (one write per 64-byte message, a reader
+    // keeping up), bounded: 20,000 messages from a thread.
+    const N: u32 = 20_000;
+    let (mut r, mut w) = pipe(false).unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut msg = [0u8; 64];
+        for i in 0..N {
+            msg[..4].copy_from_slice(&i.to_le_bytes());
+            w.send_bytes(&msg).unwrap();
+        }
+    });
+    let mut buf = Vec::new();
+    for i in 0..N {
+        assert_eq!(r.recv_bytes_into(&mut buf).unwrap(), 64);
+        assert_eq!(buf[..4], i.to_le_bytes(), "message {i}");
+    }
+    writer.join().unwrap();
+    assert!(matches!(r.recv_bytes_into(&mut buf), Err(Error::Eof)));
+}

@@ -37,6 +37,12 @@ pub(crate) const MANAGER_CLIENT_SPIN: Duration = Duration::from_micros(50);
 /// answering one.
 pub(crate) const MANAGER_SERVER_SPIN: Duration = Duration::from_micros(100);
 
+/// A [`Connection`](crate::process::Connection) receive that finds its
+/// buffer empty, before it sleeps in `read`: a reader keeping up with a
+/// stream of messages. While it waits actively the writer's `write` has
+/// no sleeper to wake, which is most of a small message's cost.
+pub(crate) const CONNECTION_SPIN: Duration = Duration::from_micros(20);
+
 /// Every how many rounds an active wait yields the CPU (starting with the
 /// first).
 const YIELD_EVERY: u32 = 4;

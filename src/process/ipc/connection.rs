@@ -17,6 +17,7 @@ use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::process::spin::CONNECTION_SPIN;
 use crate::process::{closefork, current, sys};
 use crate::{Error, Result};
 
@@ -76,6 +77,9 @@ pub struct Connection {
     parent_only: Option<(i32, Option<usize>)>,
     /// Reads fail with `Error::Timeout` past this instant (the handshake).
     deadline: Option<(Instant, Duration)>,
+    /// Whether a receive that finds nothing buffered waits actively for
+    /// `CONNECTION_SPIN` before sleeping in `read`.
+    recv_spin: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -154,6 +158,7 @@ impl Connection {
             read_broken: false,
             parent_only: None,
             deadline: None,
+            recv_spin: true,
         }
     }
 
@@ -180,6 +185,14 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Whether a receive that finds nothing buffered first waits actively
+    /// (for `spin::CONNECTION_SPIN`) before sleeping in `read`; on by
+    /// default. Off for connections whose owner runs its own wait policy
+    /// (the pool's dispatcher and workers).
+    pub(crate) fn set_recv_spin(&mut self, on: bool) {
+        self.recv_spin = on;
     }
 
     /// The largest message this end sends or accepts.
@@ -411,6 +424,13 @@ impl Connection {
     /// As [`recv`](Self::recv), minus the codec error.
     pub fn recv_bytes(&mut self) -> Result<Vec<u8>> {
         let len = self.read_header()?;
+        if self.end - self.start >= len {
+            // The whole frame is buffered (the usual case for a stream of
+            // small messages): one copy, no zero-fill first.
+            let out = self.rbuf[self.start..self.start + len].to_vec();
+            self.start += len;
+            return Ok(out);
+        }
         let mut out = Vec::new();
         self.read_payload(len, &mut out)?;
         Ok(out)
@@ -522,6 +542,14 @@ impl Connection {
             self.rbuf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+        }
+        if self.deadline.is_none() && self.recv_spin {
+            // Keeping up with a stream, the next message usually comes
+            // within microseconds: wait actively for a short budget
+            // before sleeping in `read` (see `process::spin`). While we
+            // spin, the writer has no sleeper to wake.
+            let fd = self.fd.as_ref().ok_or(Error::Closed)?;
+            crate::process::spin::spin_readable(fd.as_fd(), CONNECTION_SPIN)?;
         }
         loop {
             self.await_deadline()?;

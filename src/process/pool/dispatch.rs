@@ -404,6 +404,9 @@ impl Worker {
         }
         let (mut conn, mut child_end) = pipe(true)?;
         conn.set_max_message_size(MAX_FRAME);
+        // The dispatcher reads only what `poll` reported, and waits with
+        // its own budget (`DISPATCHER_SPIN`).
+        conn.set_recv_spin(false);
         child_end.set_max_message_size(MAX_FRAME);
         widen_send_buffer(conn.fileno());
         widen_send_buffer(child_end.fileno());
@@ -437,6 +440,9 @@ impl Worker {
         widen_send_buffer(Some(theirs.as_fd()));
         let mut conn = Connection::from_socket(ours);
         conn.set_max_message_size(MAX_FRAME);
+        // The dispatcher reads only what `poll` reported, and waits with
+        // its own budget (`DISPATCHER_SPIN`).
+        conn.set_recv_spin(false);
         widen_send_buffer(conn.fileno());
         conn.close_on_fork();
         let max = config.max_tasks.map_or(0u64, |m| m as u64);

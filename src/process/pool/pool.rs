@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::process::async_result::{slot_sink, AsyncResult, Slot};
-use crate::process::codec::Decoder;
+use crate::process::codec::{decode_n_into, Decoder};
 use crate::process::cpu_count;
 use crate::process::dispatch::{Config, Engine, Job, OnDeath, Shared, Sink};
 use crate::process::forkserver::{get_start_method, StartMethod};
@@ -246,17 +246,18 @@ pub(crate) fn submit_chunks<T: Serialize>(
     shared: &Shared,
     trampoline: usize,
     function: Option<usize>,
-    items: impl Iterator<Item = T>,
+    mut items: impl Iterator<Item = T>,
     chunksize: usize,
 ) -> Result<(ChunkRx, Vec<usize>)> {
     let chunksize = chunksize.max(1);
-    let mut items = items.peekable();
+    // Not `Peekable`: its per-item check of the peeked slot slowed the
+    // encoding loop; the end shows as a chunk of no items instead.
     let (tx, rx) = mpsc::channel();
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut counts = Vec::new();
     let mut last_len = 0;
-    while items.peek().is_some() {
+    loop {
         // Chunks are about the same size: start at the last one's, so the
         // buffer rarely grows (and is copied) while items are added.
         let mut frame = worker::job_frame(shared.buffer(), last_len + last_len / 8);
@@ -264,6 +265,10 @@ pub(crate) fn submit_chunks<T: Serialize>(
             task::push_function(function, &mut frame);
         }
         let count = task::encode_chunk(&mut items, chunksize, &mut frame)?;
+        if count == 0 {
+            shared.recycle(frame);
+            break;
+        }
         last_len = frame.len();
         batch_bytes += frame.len();
         let index = counts.len();
@@ -305,11 +310,8 @@ pub(crate) fn decode_chunk_into<R: DeserializeOwned>(
             "a pool worker returned {count} results for a chunk of {expected} items"
         )));
     }
-    out.reserve(expected);
     let mut de = Decoder::new(items);
-    for _ in 0..expected {
-        out.push(R::deserialize(&mut de)?);
-    }
+    decode_n_into(&mut de, expected, out)?;
     de.finish()
         .map_err(|e| Error::Codec(format!("a pool worker's chunk reply: {e}")))
 }

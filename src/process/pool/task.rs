@@ -41,7 +41,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::process::codec::{self, Decoder, WireError};
+use crate::process::codec::{self, Decoder, Encoder, WireError};
 
 /// The trampoline's type: decode `payload`, run the task, append the
 /// encoded result to `out`. `Err` carries a decode/encode failure message.
@@ -244,9 +244,13 @@ where
     let (count, items) = split_count(payload)?;
     out.extend_from_slice(&count.to_le_bytes());
     let mut de = Decoder::new(items);
+    // One encoder for every result: its cursor stays in registers.
+    let mut encoder = Encoder::new(out);
     for _ in 0..count {
         let arg = A::deserialize(&mut de).map_err(bad)?;
-        encode_into(&f(arg), out)?;
+        encoder
+            .encode(&f(arg))
+            .map_err(|e| format!("cannot encode the task's result: {e}"))?;
     }
     de.finish().map_err(bad)
 }

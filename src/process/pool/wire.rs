@@ -18,7 +18,7 @@
 
 use serde::Serialize;
 
-use crate::process::codec::{append, WireError};
+use crate::process::codec::{Encoder, WireError};
 use crate::{Error, Result};
 
 pub(crate) const OP_JOB: u8 = 1;
@@ -152,12 +152,12 @@ const COUNT: usize = 8;
 
 /// Appends up to `max` items from `items` to `out` as a chunk: a count
 /// (`u64` little-endian, patched in at the end, since an iterator may
-/// yield fewer items than it announced) followed by each item's postcard
-/// encoding. Returns the count. Kept out of line and small so the item's
+/// yield fewer items than it announced) followed by each item's encoding
+/// in the pool codec. Returns the count. Kept out of line and small so the item's
 /// `serialize` is inlined into the loop.
 ///
 /// # Errors
-/// postcard's, if an item cannot be encoded.
+/// The codec's, if an item cannot be encoded.
 #[inline(never)]
 pub(crate) fn encode_chunk<T: Serialize>(
     items: &mut impl Iterator<Item = T>,
@@ -167,9 +167,13 @@ pub(crate) fn encode_chunk<T: Serialize>(
     let at = out.len();
     out.extend_from_slice(&[0; COUNT]);
     let mut count = 0usize;
-    for item in items.take(max) {
-        append(&item, out)?;
-        count += 1;
+    {
+        // One encoder for the whole chunk: its cursor stays in registers.
+        let mut encoder = Encoder::new(out);
+        for item in items.take(max) {
+            encoder.encode(&item)?;
+            count += 1;
+        }
     }
     out[at..at + COUNT].copy_from_slice(&(count as u64).to_le_bytes());
     Ok(count)

@@ -36,6 +36,8 @@ pub(crate) fn worker_main(
             return 1;
         }
     }
+    // The worker waits with its own budget (`WORKER_SPIN`, below).
+    conn.set_recv_spin(false);
     let mut out = Vec::with_capacity(256);
     let mut frame = Vec::new();
     let mut done = 0usize;

@@ -34,7 +34,7 @@ mod ser_impl;
 mod tests;
 
 pub(crate) use de_impl::Decoder;
-use ser_impl::Encoder;
+pub(crate) use ser_impl::Encoder;
 
 /// A wire encoding or decoding failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +76,57 @@ type Result<T> = std::result::Result<T, WireError>;
 #[inline]
 pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<()> {
     value.serialize(&mut Encoder::new(out))
+}
+
+/// Decodes `n` values of `R` from `de` and appends them to `out`.
+///
+/// The values are written straight into `out`'s spare capacity (reserved
+/// once) and the length is published at the end, instead of one `push`
+/// per value: `push` reloads and stores the vector's length and checks
+/// its capacity on every value, which made decoding a million `u64`s
+/// about three times slower (0.82 ms against 0.22–0.29 ms, measured in a
+/// release build on the development VM).
+///
+/// `n` must come from our own side (it is reserved up front): the pool
+/// passes the item count it submitted, after checking the reply's count
+/// against it.
+///
+/// # Errors
+/// The first value that fails to decode; the values decoded before it
+/// stay in `out`.
+pub(crate) fn decode_n_into<'de, R: de::Deserialize<'de>>(
+    de: &mut Decoder<'de>,
+    n: usize,
+    out: &mut Vec<R>,
+) -> Result<()> {
+    /// Publishes the values written so far, also when a `Deserialize`
+    /// impl panics, so they are dropped rather than leaked.
+    struct Written<'a, R> {
+        out: &'a mut Vec<R>,
+        done: usize,
+    }
+    impl<R> Drop for Written<'_, R> {
+        fn drop(&mut self) {
+            let len = self.out.len() + self.done;
+            // SAFETY: `done` slots after the old length were initialized
+            // (one `write` each, counted only after it), and they are
+            // within the capacity reserved before writing.
+            unsafe { self.out.set_len(len) };
+        }
+    }
+    out.reserve(n);
+    let mut written = Written { out, done: 0 };
+    let base = written.out.len();
+    let slots = written.out.as_mut_ptr();
+    for i in 0..n {
+        let value = R::deserialize(&mut *de)?;
+        // SAFETY: `base + i < base + n <= capacity` (reserved above), and
+        // the slot is past the length, so nothing is overwritten or
+        // dropped; `done` counts it only once it is written.
+        unsafe { slots.add(base + i).write(value) };
+        written.done = i + 1;
+    }
+    Ok(())
 }
 
 /// Decodes one `T` that fills `bytes` exactly.
