@@ -32,9 +32,6 @@ use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
-/// The body of a thread started by [`spawn_detached`].
-pub(crate) type Body = Box<dyn FnOnce() + Send + 'static>;
-
 /// std's default stack size for spawned threads.
 const DEFAULT_STACK: usize = 2 * 1024 * 1024;
 
@@ -50,17 +47,17 @@ fn stack_size() -> usize {
     })
 }
 
-/// What the new thread receives: its name and body.
-struct Start {
+/// What the new thread receives: its name and body, in one allocation.
+struct Start<F> {
     name: &'static CStr,
-    body: Body,
+    body: F,
 }
 
-extern "C" fn thread_main(arg: *mut c_void) -> *mut c_void {
-    // SAFETY: `arg` is the `Box<Start>` that `spawn_detached` leaked with
-    // `Box::into_raw` and handed to `pthread_create`, which succeeded;
-    // this thread is its only owner from here on.
-    let start = unsafe { Box::from_raw(arg.cast::<Start>()) };
+extern "C" fn thread_main<F: FnOnce() + Send + 'static>(arg: *mut c_void) -> *mut c_void {
+    // SAFETY: `arg` is the `Box<Start<F>>` that `spawn_detached::<F>`
+    // leaked with `Box::into_raw` and handed to `pthread_create`, which
+    // succeeded; this thread is its only owner from here on.
+    let start = unsafe { Box::from_raw(arg.cast::<Start<F>>()) };
     let Start { name, body } = *start;
     // SAFETY: PR_SET_NAME reads a NUL-terminated string (the kernel copies
     // at most 16 bytes); `name` is a `'static` C string. A failure only
@@ -81,7 +78,10 @@ extern "C" fn thread_main(arg: *mut c_void) -> *mut c_void {
 /// Starts `body` on a new detached thread named `name` (the kernel keeps
 /// its first 15 bytes). On failure (`EAGAIN`: thread or memory limit) the
 /// body is handed back, not run, so the caller can clean up what it owns.
-pub(crate) fn spawn_detached(name: &'static CStr, body: Body) -> Result<(), (io::Error, Body)> {
+pub(crate) fn spawn_detached<F>(name: &'static CStr, body: F) -> Result<(), (io::Error, F)>
+where
+    F: FnOnce() + Send + 'static,
+{
     let arg = Box::into_raw(Box::new(Start { name, body }));
     // SAFETY: `attr` is initialised by `pthread_attr_init` before any other
     // use and destroyed once, after `pthread_create` copied it. `arg` stays
@@ -101,7 +101,7 @@ pub(crate) fn spawn_detached(name: &'static CStr, body: Body) -> Result<(), (io:
         }
         if rc == 0 {
             let mut tid = std::mem::MaybeUninit::<libc::pthread_t>::uninit();
-            rc = libc::pthread_create(tid.as_mut_ptr(), &attr, thread_main, arg.cast());
+            rc = libc::pthread_create(tid.as_mut_ptr(), &attr, thread_main::<F>, arg.cast());
         }
         libc::pthread_attr_destroy(&mut attr);
         if rc != 0 {
@@ -122,13 +122,10 @@ mod tests {
     fn runs_the_body_on_another_named_thread() {
         let (tx, rx) = mpsc::channel();
         let here = std::thread::current().id();
-        spawn_detached(
-            c"ss-test-thread",
-            Box::new(move || {
-                let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default();
-                tx.send((std::thread::current().id(), comm)).unwrap();
-            }),
-        )
+        spawn_detached(c"ss-test-thread", move || {
+            let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default();
+            tx.send((std::thread::current().id(), comm)).unwrap();
+        })
         .map_err(|(e, _)| e)
         .unwrap();
         let (id, comm) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -139,19 +136,16 @@ mod tests {
     #[test]
     fn a_panicking_body_ends_only_its_thread() {
         let (tx, rx) = mpsc::channel::<()>();
-        spawn_detached(
-            c"ss-test-panic",
-            Box::new(move || {
-                let _tx = tx; // dropped while unwinding: the channel closes
-                panic!("a handler bug");
-            }),
-        )
+        spawn_detached(c"ss-test-panic", move || {
+            let _tx = tx; // dropped while unwinding: the channel closes
+            panic!("a handler bug");
+        })
         .map_err(|(e, _)| e)
         .unwrap();
         // The sender was dropped by the unwinding, and this process lives on.
         assert!(rx.recv_timeout(Duration::from_secs(10)).is_err());
         let (tx, rx) = mpsc::channel();
-        spawn_detached(c"ss-test-after", Box::new(move || tx.send(7).unwrap()))
+        spawn_detached(c"ss-test-after", move || tx.send(7).unwrap())
             .map_err(|(e, _)| e)
             .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 7);
@@ -161,21 +155,18 @@ mod tests {
     fn the_stack_is_std_sized() {
         assert!(stack_size() >= libc::PTHREAD_STACK_MIN);
         let (tx, rx) = mpsc::channel();
-        spawn_detached(
-            c"ss-test-stack",
-            Box::new(move || {
-                // 1 MiB on the stack: fine in a 2 MiB stack (std's default),
-                // fatal in a small one.
-                let big = [7u8; 1 << 20];
-                tx.send(
-                    std::hint::black_box(&big)
-                        .iter()
-                        .map(|&b| b as usize)
-                        .sum::<usize>(),
-                )
-                .unwrap();
-            }),
-        )
+        spawn_detached(c"ss-test-stack", move || {
+            // 1 MiB on the stack: fine in a 2 MiB stack (std's default),
+            // fatal in a small one.
+            let big = [7u8; 1 << 20];
+            tx.send(
+                std::hint::black_box(&big)
+                    .iter()
+                    .map(|&b| b as usize)
+                    .sum::<usize>(),
+            )
+            .unwrap();
+        })
         .map_err(|(e, _)| e)
         .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 7 << 20);

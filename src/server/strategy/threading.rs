@@ -356,7 +356,7 @@ impl Strategy for Threading {
         let peer = job.peer.clone();
         let pool = self.pool.clone();
         let alive = Alive::new(&self.pool);
-        let body = Box::new(move || worker(pool, alive, job));
+        let body = move || worker(pool, alive, job);
         if let Err((e, body)) = spawn_detached(c"socketserver-handler", body) {
             core.handle_error(&peer, &Error::Io(e));
             // Dropping the unstarted body shuts the request down, frees
