@@ -30,6 +30,8 @@ mod process;
 mod registry;
 mod spin;
 mod sys;
+// Detached handler threads for the threading strategy.
+pub(crate) mod thread;
 // The one `panic_message`, also used by the server's handler life cycle.
 pub(crate) use sys::{panic_message, Interruptible, Revocable};
 
