@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# Usage (from the crate root): ECHO=path/to/echo[,path/to/other-echo] python3 notes/18-threadscale-tools/bench.py 10,100,1000,5000 ROUNDS SECS [WARMUP_SECS]
+# Usage (from the crate root): ECHO=path/to/echo[,path/to/other-echo] python3 benches/bare/tools/bench.py 10,100,1000,5000 ROUNDS SECS [WARMUP_SECS]
 """Alternating rounds ours vs bare thread, like benches/bare.rs scaling_rows."""
 import json, os, signal, subprocess, sys, threading, time, statistics
 WT = os.environ.get("WT", os.getcwd())  # the crate root
