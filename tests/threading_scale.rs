@@ -9,12 +9,13 @@
 mod support;
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use socketserver::server::{Server, ThreadingTcpServer};
+use socketserver::server::{Server, ShutdownHandle, ThreadingTcpServer};
 use socketserver::{Request, RequestHandler};
 use support::{serve_in_thread, TIMEOUT};
 
@@ -37,6 +38,37 @@ impl RequestHandler for Named {
         let mut buf = Vec::new();
         req.rfile().read_to_end(&mut buf)?;
         req.wfile().write_all(&buf)
+    }
+}
+
+/// A threading server of [`Named`] handlers, serving on its own thread.
+struct Served {
+    names: Arc<Mutex<Vec<String>>>,
+    running: Arc<AtomicUsize>,
+    addr: SocketAddr,
+    handle: ShutdownHandle,
+    serving: JoinHandle<ThreadingTcpServer>,
+}
+
+fn serve_named(daemon_threads: bool) -> Served {
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let running = Arc::new(AtomicUsize::new(0));
+    let (n2, r2) = (names.clone(), running.clone());
+    let server = ThreadingTcpServer::builder()
+        .daemon_threads(daemon_threads)
+        .bind("127.0.0.1:0", move || Named {
+            names: n2.clone(),
+            running: r2.clone(),
+        })
+        .unwrap();
+    let addr = server.server_address();
+    let (handle, serving) = serve_in_thread(server);
+    Served {
+        names,
+        running,
+        addr,
+        handle,
+        serving,
     }
 }
 
@@ -64,17 +96,13 @@ fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
 #[test]
 fn many_connections_get_named_threads_that_all_leave_at_close() {
     const CLIENTS: usize = 200;
-    let names = Arc::new(Mutex::new(Vec::new()));
-    let running = Arc::new(AtomicUsize::new(0));
-    let (n2, r2) = (names.clone(), running.clone());
-    let server = ThreadingTcpServer::builder()
-        .bind("127.0.0.1:0", move || Named {
-            names: n2.clone(),
-            running: r2.clone(),
-        })
-        .unwrap();
-    let addr = server.server_address();
-    let (handle, serving) = serve_in_thread(server);
+    let Served {
+        names,
+        running,
+        addr,
+        handle,
+        serving,
+    } = serve_named(false);
 
     // All clients connected at once: each handler holds its connection
     // until its client closes, so every one needs its own thread.
@@ -135,19 +163,13 @@ fn many_connections_get_named_threads_that_all_leave_at_close() {
 
     // daemon_threads: a close does not wait for a handler still running,
     // and that thread is still counted until it ends.
-    let running = Arc::new(AtomicUsize::new(0));
-    let r2 = running.clone();
-    let names = Arc::new(Mutex::new(Vec::new()));
-    let n2 = names.clone();
-    let server = ThreadingTcpServer::builder()
-        .daemon_threads(true)
-        .bind("127.0.0.1:0", move || Named {
-            names: n2.clone(),
-            running: r2.clone(),
-        })
-        .unwrap();
-    let addr = server.server_address();
-    let (handle, serving) = serve_in_thread(server);
+    let Served {
+        running,
+        addr,
+        handle,
+        serving,
+        ..
+    } = serve_named(true);
     let mut stuck = TcpStream::connect(addr).unwrap();
     stuck.set_read_timeout(Some(TIMEOUT)).unwrap();
     wait_for(|| running.load(Ordering::SeqCst) == 1, "the handler to run");

@@ -1,14 +1,9 @@
 import os, signal, subprocess, sys, time
-WT = os.environ.get("WT", os.getcwd())  # the crate root
-def start(cmd):
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    while True:
-        line = p.stdout.readline()
-        if "tcp://" in line: return p, line.split("tcp://")[1].split()[0]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import WT, start, servers  # noqa: E402
 def ticks(path):
     s = open(path).read(); f = s[s.rfind(")")+2:].split(); return int(f[11]) + int(f[12])
-cmds = {os.path.basename(e): [e, "--mode", "threading", "--listen", "127.0.0.1:0"] for e in os.environ["ECHO"].split(",")}
-cmds["bare"] = [os.environ.get("BARE", "/tmp/bare-echo-ts"), "thread"]
+cmds = servers()
 for r in range(int(sys.argv[2])):
   for k, cmd in cmds.items():
     p, addr = start(cmd)

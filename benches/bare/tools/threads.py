@@ -1,12 +1,8 @@
 #!/usr/bin/env python3
 """Sample the server's thread count every 50 ms during a loadtest run."""
 import os, signal, subprocess, sys, time, json
-WT = os.environ.get("WT", os.getcwd())  # the crate root
-def start(cmd):
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    while True:
-        line = p.stdout.readline()
-        if "tcp://" in line: return p, line.split("tcp://")[1].split()[0]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import WT, start, servers  # noqa: E402
 def stat(pid):
     th = 0; cpu = 0
     for l in open(f"/proc/{pid}/status"):
@@ -14,8 +10,7 @@ def stat(pid):
     s = open(f"/proc/{pid}/stat").read(); f = s[s.rfind(")")+2:].split()
     return th, (int(f[11]) + int(f[12]))
 n = sys.argv[1]; secs = sys.argv[2]; warm = sys.argv[3]
-cmds = {os.path.basename(e): [e, "--mode", "threading", "--listen", "127.0.0.1:0"] for e in os.environ["ECHO"].split(",")}
-cmds["bare"] = [os.environ.get("BARE", "/tmp/bare-echo-ts"), "thread"]
+cmds = servers()
 for k, cmd in list(cmds.items()) * int(os.environ.get("ROUNDS", "1")):
     p, addr = start(cmd)
     lt = subprocess.Popen([WT+"/target/release/loadtest", addr, "--json", "-c", n, "-d", secs+"s", "--warmup", warm+"s"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

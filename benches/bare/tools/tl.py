@@ -1,12 +1,7 @@
 import json, os, signal, subprocess, sys
-WT = os.environ.get("WT", os.getcwd())  # the crate root
-def start(cmd):
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    while True:
-        line = p.stdout.readline()
-        if "tcp://" in line: return p, line.split("tcp://")[1].split()[0]
-cmds = {os.path.basename(e): [e, "--mode", "threading", "--listen", "127.0.0.1:0"] for e in os.environ["ECHO"].split(",")}
-cmds["bare"] = [os.environ.get("BARE", "/tmp/bare-echo-ts"), "thread"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import WT, start, servers  # noqa: E402
+cmds = servers()
 for r in range(int(sys.argv[2])):
   for k, cmd in cmds.items():
     p, addr = start(cmd)
