@@ -119,7 +119,12 @@ pub(crate) fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Res
 }
 
 fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    append(value, out).map_err(|e| format!("cannot encode the task's result: {e}"))
+    append(value, out).map_err(result_unencodable)
+}
+
+/// The trampoline's message for a result the codec refused.
+fn result_unencodable(e: WireError) -> String {
+    format!("cannot encode the task's result: {e}")
 }
 
 /// Bytes of the function address in front of a function-pointer task's
@@ -248,9 +253,7 @@ where
     let mut encoder = Encoder::new(out);
     for _ in 0..count {
         let arg = A::deserialize(&mut de).map_err(bad)?;
-        encoder
-            .encode(&f(arg))
-            .map_err(|e| format!("cannot encode the task's result: {e}"))?;
+        encoder.encode(&f(arg)).map_err(result_unencodable)?;
     }
     de.finish().map_err(bad)
 }
