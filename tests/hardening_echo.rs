@@ -48,7 +48,7 @@ fn settled_fds(pid: i32, mode: &str) -> usize {
 }
 
 /// Descriptors the prefork parent holds per live worker (its pidfd and the
-/// write end of the worker's control pipe); the pool may grow while
+/// parent's end of the worker's control socket); the pool may grow while
 /// clients hold workers and legitimately keeps up to `max_spare` idle.
 const PREFORK_FDS_PER_WORKER: usize = 2;
 

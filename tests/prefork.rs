@@ -90,7 +90,7 @@ fn server_main(cfg: &str) {
     let mut server = b.bind("127.0.0.1:0", || Probe).expect("bind");
     let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
     if flags.contains("fdcap") {
-        // Room for one worker's control pipe and pidfd, not for a second
+        // Room for one worker's control socket and pidfd, not for a second
         // one; and a worker, which inherits the limit, cannot make its own
         // descriptors.
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -100,7 +100,42 @@ fn server_main(cfg: &str) {
     }
     println!("{}", server.server_address().port());
     server.serve_forever().expect("serve_forever");
+    if flags.contains("handover") {
+        hand_over(&server);
+    }
     server.server_close();
+}
+
+/// What a SIGHUP restart does once `serve_forever` returned: the
+/// successor takes the socket and makes it blocking for its own workers
+/// (the flag is the shared open file's). Written first, to
+/// `handover_report(pid)`: how many of the stopping workers still held
+/// the listening socket at that moment.
+fn hand_over(server: &PreforkTcpServer) {
+    let socket = server.socket().expect("socket");
+    let inode = nix::sys::stat::fstat(&*socket).expect("fstat").st_ino;
+    let link = format!("socket:[{inode}]");
+    let workers = server.strategy().worker_pids();
+    let holding = workers
+        .iter()
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == link))
+        })
+        .count();
+    socket.set_nonblocking(false).expect("blocking");
+    std::fs::write(
+        handover_report(std::process::id() as i32),
+        format!("{holding} of {}", workers.len()),
+    )
+    .expect("report");
+}
+
+fn handover_report(pid: i32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("prefork-handover-{pid}.txt"))
 }
 
 struct Server {
@@ -307,9 +342,13 @@ fn sigterm_drains_100_in_flight_requests() {
 
 /// A stop (SIGTERM) while every worker is busy: the connections already
 /// queued in the listening socket's backlog are served by the workers
-/// once their requests end, not reset when the listener closes.
+/// once their requests end, not reset when the listener closes. And by
+/// the time `serve_forever` returns no worker holds the listening socket
+/// any more, so a successor that takes it (and makes it blocking again,
+/// as a SIGHUP restart does) never has its connections accepted by a
+/// stopping worker and left unserved.
 fn sigterm_serves_connections_queued_in_the_backlog() {
-    let s = Server::start("2,2,2,2,0,0");
+    let s = Server::start("2,2,2,2,0,0;handover");
     s.wait_workers("start", |n| n == 2);
     let mut busy = Vec::new();
     for _ in 0..2 {
@@ -348,7 +387,15 @@ fn sigterm_serves_connections_queued_in_the_backlog() {
         );
     }
     drop((busy, queued));
+    let report = handover_report(s.pid());
     s.stop_after_signal();
+    let held = std::fs::read_to_string(&report).expect("handover report");
+    let _ = std::fs::remove_file(&report);
+    println!("  workers holding the listening socket when serve_forever returned: {held}");
+    assert!(
+        held.starts_with("0 of "),
+        "stopping workers still held the listening socket: {held}"
+    );
 }
 
 fn alive(pid: i32) -> bool {

@@ -223,6 +223,26 @@ fn errors(v: &Value) -> u64 {
     v["errors"]["total"].as_u64().unwrap()
 }
 
+/// A failed run in a few lines (the whole report is too long for a CI
+/// log): the errors by kind and the seconds they fell in.
+fn failures(v: &Value) -> String {
+    let seconds: Vec<String> = v["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["errors"].as_u64().unwrap_or(0) > 0)
+        .map(|t| format!("s{}: {}", t["second"], t["errors"]))
+        .collect();
+    format!(
+        "{}: {} requests, errors {}, in seconds [{}], latency max {:.1} ms",
+        v["mode"],
+        v["requests"],
+        v["errors"],
+        seconds.join(", "),
+        max_ms(v)
+    )
+}
+
 /// Starts the echo example on host `i`, listening on `addr`.
 fn echo_backend(hosts: &Hosts, i: usize, port: u16, extra: &[&str]) -> Proc {
     let mut cmd = hosts.command(i, &example("echo"));
@@ -269,7 +289,7 @@ fn haproxy_spreads_load_over_three_namespaced_backends() {
             &["-c", "6", "-d", "1s"],
         );
         assert!(v["requests"].as_u64().unwrap() > 100, "{v}");
-        assert_eq!(errors(&v), 0, "{v}");
+        assert_eq!(errors(&v), 0, "{}", failures(&v));
         // Round robin: every backend is up and was given two of the six
         // connections at least (loadtest first makes one more connection
         // to check the target is there; health checks are not sessions).
@@ -471,7 +491,13 @@ fn graceful_events_behind_haproxy() {
         let (p, c) = mixed(front, prof.baseline_secs, &prof);
         let (base_p, base_c) = (p.finish(), c.finish());
         summary("baseline", &base_p, &base_c);
-        assert_eq!(errors(&base_p) + errors(&base_c), 0, "{base_p} {base_c}");
+        assert_eq!(
+            errors(&base_p) + errors(&base_c),
+            0,
+            "{} {}",
+            failures(&base_p),
+            failures(&base_c)
+        );
 
         // SIGTERM one backend at the event time.
         let (p, c) = mixed(front, prof.secs, &prof);
@@ -481,8 +507,8 @@ fn graceful_events_behind_haproxy() {
         let drain_seen = balancer::haproxy_stats(&lb_dir);
         let (sp, sc) = (p.finish(), c.finish());
         summary("SIGTERM one backend", &sp, &sc);
-        assert_eq!(errors(&sp), 0, "{sp}");
-        assert_eq!(errors(&sc), 0, "{sc}");
+        assert_eq!(errors(&sp), 0, "{}", failures(&sp));
+        assert_eq!(errors(&sc), 0, "{}", failures(&sc));
         assert!(
             drain_seen[0].status.contains("DRAIN") || drain_seen[0].status.contains("DOWN"),
             "agent drain not seen 300 ms after SIGTERM: {drain_seen:?}"
@@ -511,8 +537,8 @@ fn graceful_events_behind_haproxy() {
         let (rp, rc) = (p.finish(), c.finish());
         summary("rolling SIGHUP restart", &rp, &rc);
         eprintln!("restart: SIGHUP to the successor's \"listening on\": {handovers:?}");
-        assert_eq!(errors(&rp), 0, "{rp}");
-        assert_eq!(errors(&rc), 0, "{rc}");
+        assert_eq!(errors(&rp), 0, "{}", failures(&rp));
+        assert_eq!(errors(&rc), 0, "{}", failures(&rc));
         // No multi-second stall: no request waited two seconds (the
         // longest seen on a quiet 2-core machine is ~0.3 s; a loaded one
         // showed up to 1.7 s), and every second of the run completed
@@ -807,8 +833,8 @@ fn takeover(hosts: &Hosts, program: &str) {
     // The load ends; nothing failed.
     let (p, c) = (persistent.finish(), churn.finish());
     summary(&format!("takeover ({program})"), &p, &c);
-    assert_eq!(errors(&p), 0, "{p}");
-    assert_eq!(errors(&c), 0, "{c}");
+    assert_eq!(errors(&p), 0, "{}", failures(&p));
+    assert_eq!(errors(&c), 0, "{}", failures(&c));
     // The long-lived client kept its connection to A through the
     // takeover; when it leaves, A has nothing left and exits, long before
     // its 60 s drain timeout.
@@ -950,8 +976,8 @@ fn nginx_stream_in_front() {
         backends[0].signal(Signal::SIGTERM);
         let (sp, sc) = (p.finish(), c.finish());
         summary("nginx: SIGTERM one backend", &sp, &sc);
-        assert_eq!(errors(&sp), 0, "{sp}");
-        assert_eq!(errors(&sc), 0, "{sc}");
+        assert_eq!(errors(&sp), 0, "{}", failures(&sp));
+        assert_eq!(errors(&sc), 0, "{}", failures(&sc));
         assert!(
             backends[0].wait_exit(Duration::from_secs(10)).is_some(),
             "SIGTERM'd backend did not exit: {:?}",

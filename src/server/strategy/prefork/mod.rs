@@ -35,29 +35,35 @@
 //!   replaced. A request left waiting on the socket for `offer_timeout`
 //!   while workers are idle and none takes it means those idle workers are
 //!   stopped (SIGSTOP) or wedged: they are killed and replaced.
-//! - **Retiring, parent death.** Each worker polls a control pipe whose
-//!   only write end the parent holds. Closing it — or the parent dying,
+//! - **Retiring, parent death.** Each worker polls its end of a control
+//!   socket (a Unix socket pair) whose other end only the parent holds.
+//!   Closing it — or the parent dying,
 //!   which closes it too — tells the worker to stop: it **closes its copy
 //!   of the listening socket at once**, even in the middle of a request (a
-//!   small watcher thread blocked on the control pipe revokes the
+//!   small watcher thread blocked on the control socket revokes the
 //!   descriptor while the worker's thread serves), finishes that request
 //!   and exits. So a socket nobody will serve never keeps accepting
 //!   connections into its backlog.
 //! - **Shutdown** (SIGTERM, `shutdown`). The parent makes the socket
-//!   non-blocking again, writes [`STOP`] into every control pipe, then
-//!   closes it: each worker's watcher thread takes the connections
-//!   already queued in the backlog (up to 256, until `EAGAIN`), even
-//!   while the worker serves a request, then closes the worker's copy of
-//!   the listening socket; the worker serves them after its current
-//!   request, as the threading server serves its queue at a stop. The
-//!   parent's own copy closes in `server_close`. So the port is refused
-//!   within milliseconds, and a connection the kernel completed before
-//!   that is served, not reset. The drain timeout bounds it all.
+//!   non-blocking again and writes [`STOP`] into every control socket:
+//!   each worker's watcher thread takes the connections already queued in
+//!   the backlog (up to 256, until none is left), even while the worker
+//!   serves a request, then closes the worker's copy of the listening
+//!   socket and its end of the control socket; the worker serves them
+//!   after its current request, as the threading server serves its queue
+//!   at a stop. `serve_forever` returns once every worker closed its end
+//!   (or exited; at most 1 s, for a stopped worker): from then on no
+//!   worker accepts from the socket, so a successor that takes it over
+//!   (a SIGHUP restart) and makes it blocking again for its own workers
+//!   never has a connection taken by a stopping worker and left waiting.
+//!   The parent's own copy closes in `server_close`. So the port is
+//!   refused within milliseconds, and a connection the kernel completed
+//!   before that is served, not reset. The drain timeout bounds it all.
 //! - **Per request** a worker makes no system call of its own: it serves
 //!   on the thread that accepted (no hand-off), and the scoreboard words
 //!   are atomic stores to shared memory.
 //! - **Descriptors.** A worker closes what it inherited from the pool:
-//!   its siblings' pidfds and control pipes.
+//!   its siblings' pidfds and control sockets.
 //! - **Errors.** A repeated failure (`cannot fork prefork worker` under
 //!   `ulimit -n`) is logged once, then with a count every 10 seconds.
 //!
@@ -67,7 +73,7 @@
 mod resize;
 mod worker;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +81,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
+use nix::sys::socket::{send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 
 use crate::handler::PeerAddr;
 use crate::process::{fork_child, ForkOptions, ForkedChild, SharedAtomics};
@@ -100,11 +107,15 @@ const W_PID: usize = 1;
 const W_REQUESTS: usize = 2;
 const W_BUSY_SINCE: usize = 3;
 
-/// The byte the parent writes into every worker's control pipe before
+/// The byte the parent writes into every worker's control socket before
 /// closing it when the whole server stops (a retire only closes it): the
 /// worker then serves what is queued in the backlog before it closes its
 /// listening socket (see `worker.rs`).
 const STOP: u8 = b's';
+
+/// How long a stop waits for the workers to close the listening socket
+/// (microseconds normally; a stopped worker costs the whole wait).
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 const STARTING: u64 = 1;
 const IDLE: u64 = 2;
@@ -167,7 +178,7 @@ pub struct Prefork {
     pool: PoolOptions,
     board: SharedAtomics,
     workers: Vec<Option<Worker>>,
-    /// Write ends of the workers' control pipes, by slot.
+    /// The parent's ends of the workers' control sockets, by slot.
     control: Vec<Option<OwnedFd>>,
     epoch: Instant,
     log: RateLimited,
@@ -356,7 +367,14 @@ impl Prefork {
             .iter()
             .position(Option::is_none)
             .ok_or_else(|| Error::InvalidArgument("prefork pool is full".into()))?;
-        let (ctl_r, ctl_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // A socket pair rather than a pipe: the worker closes its end once
+        // it will not accept again, which the parent waits for at a stop.
+        let (ctl_w, ctl_r) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
         for w in [W_PID, W_REQUESTS, W_BUSY_SINCE] {
             self.word(slot, w).store(0, Ordering::SeqCst);
         }
@@ -378,7 +396,7 @@ impl Prefork {
         let (board, epoch) = (&self.board, self.epoch);
         let forked = fork_child(&options, move || {
             // Hold only what a worker needs: not the siblings' pidfds, not
-            // the control pipes' write ends (ours included: only the
+            // the control sockets' parent ends (ours included: only the
             // parent may hold them, or closing them would wake nobody).
             workers.clear();
             control.clear();
@@ -417,15 +435,63 @@ impl Prefork {
                 .collect();
             self.busy_at_stop = Some(busy);
         }
+        let mut told = Vec::new();
         for c in &mut self.control {
             if let Some(fd) = c.take() {
-                // One byte into an empty pipe never blocks. If it fails the
-                // worker sees only the close: it retires (revokes at once).
-                let _ = nix::unistd::write(&fd, &[STOP]);
+                // One byte into an empty socket never blocks, and
+                // MSG_NOSIGNAL spares the parent a SIGPIPE from a worker
+                // that already left. If it fails the worker sees only the
+                // close: it retires (revokes at once).
+                if send(fd.as_raw_fd(), &[STOP], MsgFlags::MSG_NOSIGNAL).is_ok() {
+                    told.push(fd);
+                }
             }
         }
         for w in self.workers.iter_mut().flatten() {
             w.retiring = true;
+        }
+        wait_closed(told, CLOSE_WAIT);
+    }
+}
+
+/// Waits until every worker told to stop has closed its end of the
+/// control socket (end of file here), at most `limit`: its watcher does
+/// that once it took the backlog, revoked its listening socket and got
+/// the accepting thread out of `accept4`, or the worker exited. After
+/// that no worker accepts from the socket again, which a successor
+/// sharing it relies on: it makes the socket blocking again for its own
+/// workers, and that flag belongs to the one open file both share, so a
+/// late backlog drain would block in `accept4` holding the successor's
+/// connections unserved.
+fn wait_closed(mut told: Vec<OwnedFd>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !told.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            tracing::warn!(
+                workers = told.len(),
+                "prefork workers still hold the listening socket {limit:?} after the stop (stopped?)"
+            );
+            return;
+        }
+        let mut fds: Vec<PollFd> = told
+            .iter()
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            // A worker never writes to it: readable means end of file.
+            Ok(n) if n > 0 => {
+                let done: Vec<bool> = fds
+                    .iter()
+                    .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+                    .collect();
+                drop(fds);
+                let mut done = done.into_iter();
+                told.retain(|_| !done.next().unwrap_or(true));
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => return,
         }
     }
 }

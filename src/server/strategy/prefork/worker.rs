@@ -21,8 +21,8 @@
 //! [`Serving::handle_received`]. Over datagram sockets the worker runs the
 //! shared loop ([`Serving::run_loop`]) unchanged.
 //!
-//! A second, small thread only watches the worker's control pipe, whose
-//! only write end the parent holds. It blocks in `poll` and costs nothing
+//! A second, small thread only watches the worker's end of its control
+//! socket, whose other end only the parent holds. It blocks in `poll` and costs nothing
 //! per request. What it reads there says why the worker stops:
 //!
 //! - **End of file** (the parent closed the pipe to retire this one
@@ -33,16 +33,21 @@
 //!   the worker leaves. So a socket nobody will serve never keeps
 //!   accepting connections into its backlog, and a retired worker leaves
 //!   the backlog to its siblings.
-//! - **[`STOP`], then end of file** (the whole server stops: SIGTERM,
-//!   `shutdown`): the watcher asks the loop to stop, then **takes the
-//!   connections already queued in the backlog** itself (accepts until
-//!   `EAGAIN` — the parent made the socket non-blocking again before it
-//!   wrote `STOP` — at most 256), even while the worker serves a request,
-//!   and only then revokes the listening socket. So a connection the
-//!   kernel completed before the stop is served, not reset, and a new
-//!   client is refused as soon as every worker has done this (the parent
-//!   closes its own copy right after telling them), not after the
-//!   requests in flight end. The worker serves what its watcher took
+//! - **[`STOP`]** (the whole server stops: SIGTERM, `shutdown`): the
+//!   watcher asks the loop to stop, then **takes the connections already
+//!   queued in the backlog** itself (a zero-timeout `poll`, then
+//!   `accept4`, until none is left, at most 256), even while the worker
+//!   serves a request, and only then revokes the listening socket, gets
+//!   the accepting thread out of `accept4` and closes its end of the
+//!   control socket, which the parent's stop waits for. The `poll` and
+//!   that wait are what make a SIGHUP restart safe: `O_NONBLOCK` belongs
+//!   to the open file the successor shares, and the successor makes it
+//!   blocking again for its own workers, so a drain that relied on
+//!   `EAGAIN` could block in `accept4` after the successor started and
+//!   hold the connections it took unserved. So a connection the kernel
+//!   completed before the stop is served, not reset, and a new client is
+//!   refused as soon as every worker has done this (the parent closes its
+//!   own copy right after), not after the requests in flight end. The worker serves what its watcher took
 //!   once its current request ends (a busy worker's share waits for
 //!   that), then leaves; the drain timeout bounds it all. A worker that
 //!   recycles itself (`max_requests`) at that very moment settles with
@@ -335,7 +340,7 @@ struct Watch {
 }
 
 impl Watch {
-    /// Sleeps until the control pipe becomes readable. [`STOP`] (the
+    /// Sleeps until the control socket becomes readable. [`STOP`] (the
     /// server stops): asks the loop to stop, takes the backlog, revokes
     /// the listening socket and returns what it took. End of file (retire,
     /// or the parent died): stops the loop and revokes the listening
@@ -378,6 +383,9 @@ impl Watch {
             tracing::warn!(error = %e, "prefork worker cannot drop its listening socket early");
         }
         self.gate.interrupt(self.thread);
+        // This worker will not accept again: the parent's stop waits for
+        // this end of file (see `wait_closed`).
+        drop(self.control);
         queued
     }
 
@@ -389,9 +397,19 @@ impl Watch {
         let mut tries = 0;
         while queued.len() < QUEUED_AT_STOP && tries < 2 * QUEUED_AT_STOP {
             tries += 1;
+            // Asks whether a connection is queued rather than relying on
+            // the socket being non-blocking: that flag belongs to the open
+            // file, which a successor started on the same socket makes
+            // blocking again for its own workers.
             let got = self
                 .listening
-                .with_fd(|fd| SockRef::from(&fd).accept())
+                .with_fd(|fd| {
+                    let mut p = [PollFd::new(fd, PollFlags::POLLIN)];
+                    match poll(&mut p, PollTimeout::ZERO) {
+                        Ok(n) if n > 0 => SockRef::from(&fd).accept(),
+                        _ => Err(io::ErrorKind::WouldBlock.into()),
+                    }
+                })
                 .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()));
             match got.and_then(|(s, a)| into_request(s, &a)) {
                 Ok(request) => queued.push(request),
