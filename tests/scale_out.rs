@@ -584,27 +584,38 @@ fn graceful_events_behind_haproxy() {
             failed <= held + 2,
             "{failed} failed > {held} held: {kp} {kc}"
         );
-        // The rest of the traffic unaffected: p99 within 2x the baseline.
-        // The machine is shared, so the baseline is the worse of the
-        // baseline run and this run's seconds before the kill (the same
-        // traffic, measured just before), with a 20 ms floor for noise.
-        let before_kill = kp["timeline"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["second"].as_u64().unwrap() < prof.event_at)
-            .map(|t| t["p99_us"].as_f64().unwrap() / 1000.0)
+        // The rest of the traffic unaffected: the p99 of the seconds from
+        // the kill on within 2x the baseline seconds'. The machine is
+        // shared, so the baseline is the worse of the baseline run and
+        // this run's seconds before the kill (the same traffic, measured
+        // just before), with a 20 ms floor; and the seconds after the
+        // kill count by their median, so one second of a neighbour's
+        // compile does not decide it while a backend failure that slows
+        // the rest of the traffic (most seconds) does.
+        let seconds = |keep: &dyn Fn(u64) -> bool| -> Vec<f64> {
+            kp["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| keep(t["second"].as_u64().unwrap()))
+                .map(|t| t["p99_us"].as_f64().unwrap() / 1000.0)
+                .collect()
+        };
+        let before_kill = seconds(&|s| s < prof.event_at)
+            .into_iter()
             .fold(0.0, f64::max);
+        let mut after_kill = seconds(&|s| s >= prof.event_at);
+        after_kill.sort_by(f64::total_cmp);
+        let after_median = after_kill[after_kill.len() / 2];
         let baseline = p99_ms(&base_p).max(before_kill);
         let limit = (2.0 * baseline).max(20.0);
         eprintln!(
-            "kill -9: persistent p99 {:.2} ms, baseline {baseline:.2} ms, limit {limit:.2} ms",
+            "kill -9: persistent p99 {:.2} ms (median of the seconds from the kill on {after_median:.2} ms), baseline {baseline:.2} ms, limit {limit:.2} ms",
             p99_ms(&kp)
         );
         assert!(
-            p99_ms(&kp) <= limit,
-            "persistent p99 {:.2} ms > 2x baseline {baseline:.2} ms",
-            p99_ms(&kp)
+            after_median <= limit,
+            "persistent p99 after the kill {after_median:.2} ms (seconds: {after_kill:?}) > 2x baseline {baseline:.2} ms"
         );
         drop(backends);
     }
