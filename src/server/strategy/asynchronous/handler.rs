@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -79,7 +78,7 @@ pub(super) struct Conn {
     /// The stream was accepted non-blocking.
     pub(super) nonblocking: bool,
     /// A connection slot, and a blocking slot (`handle_request`).
-    pub(super) permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+    pub(super) permits: super::Permits,
 }
 
 /// The object-safe face of an [`AsyncRequestHandler`]: starts a
