@@ -186,7 +186,9 @@ impl ServerCore {
     pub fn process(&self, request: Incoming, peer: &PeerAddr) -> bool {
         let span = tracing::debug_span!("conn", peer = %peer, strategy = %self.strategy);
         let _entered = span.enter();
-        let started = Instant::now();
+        // The clock only when the closing debug line is wanted: in a
+        // forked child the call costs page faults on its code.
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
         let (request, result, traffic) = self.run(request, peer);
         let ok = match result {
             Ok(()) => true,
@@ -206,7 +208,7 @@ impl ServerCore {
             }
         }
         tracing::debug!(
-            duration = ?started.elapsed(),
+            duration = ?started.map(|s| s.elapsed()).unwrap_or_default(),
             bytes_in = traffic.bytes_in,
             bytes_out = traffic.bytes_out,
             ok,

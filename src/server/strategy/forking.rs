@@ -23,7 +23,7 @@ use nix::sys::signal::Signal;
 
 use crate::error::Result;
 use crate::handler::PeerAddr;
-use crate::process::{fork_child, ForkOptions, ForkedChild};
+use crate::process::{consolidate_heap, fork_child, ForkOptions, ForkedChild};
 
 use super::{LoopWaker, Serving, Strategy};
 use crate::server::core::ServerCore;
@@ -173,13 +173,17 @@ impl Strategy for Forking {
         if !self.looping {
             self.collect_children();
         }
-        let child_core = core.clone();
-        let child_peer = peer.clone();
+        // Borrowed, not cloned: an `Arc` clone writes its count, a
+        // copy-on-write fault in the parent after every fork (and one in
+        // the child when it drops it). The child never returns past
+        // `fork_child`, so the borrow outlives its use there.
+        let child_core: &ServerCore = core;
+        let child_peer = &peer;
         // Runs only in the child. In the parent it is dropped unrun, which
         // closes the parent's copy of the connection right away.
         let body = move || {
             drop(server_socket.take());
-            if child_core.process(request, &child_peer) {
+            if child_core.process(request, child_peer) {
                 0
             } else {
                 1
@@ -211,6 +215,11 @@ impl Strategy for Forking {
     }
 
     fn serve_forever(&mut self, serving: &mut Serving<'_>) -> Result<()> {
+        // Start-up left freed chunks in glibc's fastbins; the first large
+        // allocation of every child (its read buffer) would consolidate
+        // them, a copy-on-write fault per heap page touched. The loop
+        // itself frees only what it allocated again, so they stay empty.
+        consolidate_heap();
         self.looping = true;
         let result = serving.accept_loop(self);
         self.looping = false;
