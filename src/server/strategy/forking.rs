@@ -41,6 +41,12 @@ pub struct Forking {
     fork_options: ForkOptions,
     /// A child was forked since the loop last ran `service_actions`.
     forked: bool,
+    /// The read buffer every child's stream request reads through: its own
+    /// copy of this one, allocated here once and never written by the
+    /// parent, so a child neither allocates nor frees one (the heap pages
+    /// and allocator state that would touch are copy-on-write faults in
+    /// every child).
+    child_rbuf: Vec<u8>,
     /// Inside `serve_forever`: the accept loop polls every sentinel and
     /// runs `service_actions` after each wake-up, so a fork needs no
     /// reaping pass of its own (`handle_request` alone still gets one).
@@ -150,6 +156,7 @@ impl Strategy for Forking {
                 options
             },
             forked: false,
+            child_rbuf: crate::handler::read_buffer(),
             looping: false,
         })
     }
@@ -179,11 +186,18 @@ impl Strategy for Forking {
         // `fork_child`, so the borrow outlives its use there.
         let child_core: &ServerCore = core;
         let child_peer = &peer;
+        let child_rbuf = &mut self.child_rbuf;
         // Runs only in the child. In the parent it is dropped unrun, which
         // closes the parent's copy of the connection right away.
         let body = move || {
             drop(server_socket.take());
-            if child_core.process(request, child_peer) {
+            // The child's own copy of the parent's buffer.
+            let mut rbuf = Some(std::mem::take(child_rbuf));
+            let ok = child_core.process_with_buffer(request, child_peer, &mut rbuf);
+            // Not freed: the child `_exit`s next, and a free would write
+            // the allocator's state (copy-on-write faults) for nothing.
+            std::mem::forget(rbuf);
+            if ok {
                 0
             } else {
                 1
