@@ -57,6 +57,10 @@ pub struct Forking {
 /// directly; above it one `poll` over the sentinels picks the ones to ask.
 const DIRECT_REAP: usize = 2;
 
+/// Up to this many children (the bits of a `u64`), that `poll` runs over
+/// an array on the stack.
+const STACK_POLL: usize = 64;
+
 impl Forking {
     /// Children forked and not yet reaped.
     pub fn active_children(&self) -> usize {
@@ -78,6 +82,27 @@ impl Forking {
             // n waitpid calls cost no more than one poll plus a waitpid
             // per exited child.
             self.reap_where(|_| true);
+            return;
+        }
+        if self.children.len() <= STACK_POLL {
+            // The common case, without the two allocations below: a
+            // malloc/free pair per wake-up writes heap pages, each a
+            // copy-on-write fault in the parent after every fork.
+            let n = self.children.len();
+            let mut fds: [PollFd<'_>; STACK_POLL] = std::array::from_fn(|i| {
+                PollFd::new(self.children[i.min(n - 1)].sentinel(), PollFlags::POLLIN)
+            });
+            let ready: u64 = match poll(&mut fds[..n], PollTimeout::ZERO) {
+                Ok(0) => return,
+                Ok(_) => fds[..n]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+                    .fold(0, |m, (i, _)| m | 1 << i),
+                // Interrupted or failed: try every child, it costs only waitpid.
+                Err(_) => u64::MAX,
+            };
+            self.reap_where(|i| ready & (1 << i) != 0);
             return;
         }
         let mut fds: Vec<PollFd<'_>> = self
