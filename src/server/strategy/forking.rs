@@ -178,6 +178,8 @@ impl Strategy for Forking {
                 // The multi-threaded warning's thread count at most once
                 // a second, not a statx of /proc/self/task per connection.
                 options.thread_check_every = Some(Duration::from_secs(1));
+                // No allocation in the parent per fork (see the field).
+                options.state_in_child = true;
                 options
             },
             forked: false,
