@@ -99,9 +99,12 @@ pub(crate) fn child_state() -> Option<&'static ChildState> {
     (G.child_pid.load(Ordering::Acquire) == cached_pid()).then_some(state)
 }
 
-/// Builds the child's state in the parent, before `fork()`, so the child
-/// does not have to allocate (each heap page it touches is a copy-on-write
-/// fault, and fork cost is what `Process::start` is measured by).
+/// Builds the child's state. `Process` and the fork server call it in the
+/// parent, before `fork()`, so the child does not have to allocate (each
+/// heap page it touches is a copy-on-write fault, and fork cost is what
+/// `Process::start` is measured by). The forking server's children call it
+/// themselves (`ForkOptions::state_in_child`): they allocate for their
+/// handler anyway, and the parent then allocates nothing per fork.
 pub(crate) fn prepare_child(
     name: Option<String>,
     daemon: bool,
