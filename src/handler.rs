@@ -330,10 +330,25 @@ struct ReadBuf {
     len: usize,
 }
 
+/// A fresh read buffer of the starting size, for
+/// [`Request::from_stream_with_buffer`]: the forking server allocates one
+/// in the parent, once, and each child reads through its own copy of it
+/// instead of allocating (see `strategy/forking.rs`).
+pub(crate) fn read_buffer() -> Vec<u8> {
+    vec![0; RBUF_START]
+}
+
 impl ReadBuf {
     fn new() -> ReadBuf {
+        ReadBuf::with(read_buffer())
+    }
+
+    /// Reads through `buf`, resized to the starting size (its contents
+    /// do not matter: every read overwrites what it returns).
+    fn with(mut buf: Vec<u8>) -> ReadBuf {
+        buf.resize(RBUF_START, 0);
         ReadBuf {
-            buf: vec![0; RBUF_START],
+            buf,
             pos: 0,
             len: 0,
         }
@@ -394,6 +409,24 @@ impl Request {
             inner: Inner::Stream {
                 stream: stream.into(),
                 rbuf: ReadBuf::new(),
+            },
+            peer: peer.into(),
+            rx: 0,
+            tx: 0,
+        }
+    }
+
+    /// [`from_stream`](Self::from_stream) reading through `buf` (see
+    /// [`read_buffer`]) instead of a newly allocated buffer.
+    pub(crate) fn from_stream_with_buffer(
+        stream: impl Into<Stream>,
+        peer: impl Into<PeerAddr>,
+        buf: Vec<u8>,
+    ) -> Self {
+        Request {
+            inner: Inner::Stream {
+                stream: stream.into(),
+                rbuf: ReadBuf::with(buf),
             },
             peer: peer.into(),
             rx: 0,
@@ -533,6 +566,16 @@ impl Request {
         match self.inner {
             Inner::Stream { stream, .. } => Some(stream),
             Inner::Datagram { .. } => None,
+        }
+    }
+
+    /// [`into_stream`](Self::into_stream), and the read buffer of a stream
+    /// request, for a caller that would rather not free it (a forked child
+    /// about to `_exit`).
+    pub(crate) fn into_stream_and_buffer(self) -> (Option<Stream>, Option<Vec<u8>>) {
+        match self.inner {
+            Inner::Stream { stream, rbuf } => (Some(stream), Some(rbuf.buf)),
+            Inner::Datagram { .. } => (None, None),
         }
     }
 }

@@ -17,7 +17,7 @@ pub(crate) struct ChildState {
     pub(crate) name: String,
     pub(crate) daemon: bool,
     /// `"1:2"`-style identity, the prefix for names of our own children.
-    pub(crate) identity: String,
+    pub(crate) identity: Identity,
     /// Counter for default names of the children this child starts.
     pub(crate) next_child: AtomicU32,
 }
@@ -99,14 +99,18 @@ pub(crate) fn child_state() -> Option<&'static ChildState> {
     (G.child_pid.load(Ordering::Acquire) == cached_pid()).then_some(state)
 }
 
-/// Builds the child's state in the parent, before `fork()`, so the child
-/// does not have to allocate (each heap page it touches is a copy-on-write
-/// fault, and fork cost is what `Process::start` is measured by).
+/// Builds the child's state. `Process` and the fork server call it in the
+/// parent, before `fork()`, so the child does not have to allocate (each
+/// heap page it touches is a copy-on-write fault, and fork cost is what
+/// `Process::start` is measured by). The forking server's children call it
+/// themselves (`ForkOptions::state_in_child`): they allocate for their
+/// handler anyway, and the parent then allocates nothing per fork.
 pub(crate) fn prepare_child(
     name: Option<String>,
     daemon: bool,
-    identity: String,
+    identity: impl Into<Identity>,
 ) -> Box<ChildState> {
+    let identity = identity.into();
     Box::new(ChildState {
         name: name.unwrap_or_else(|| format!("Process-{identity}")),
         daemon,
@@ -135,13 +139,72 @@ pub(crate) fn body_done() {
 /// child this process starts; default names are `Process-<identity>`, as in
 /// Python.
 pub(crate) fn next_identity() -> String {
+    next_identity_seed().to_string()
+}
+
+/// An identity allocated (its number taken) but not yet formatted: the
+/// forking server takes one in the parent and formats it in the child, so
+/// the parent allocates nothing per fork.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdentitySeed {
+    /// The state of the process that allocated it, if that process is a
+    /// child of ours (a leaked `ChildState`, valid in every descendant).
+    parent: Option<&'static ChildState>,
+    n: u32,
+}
+
+impl std::fmt::Display for IdentitySeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.parent {
+            Some(s) => write!(f, "{}:{}", s.identity, self.n),
+            None => write!(f, "{}", self.n),
+        }
+    }
+}
+
+/// A child's identity: given as text (a `Process` formats it when it is
+/// created), or numbered before the fork and formatted only when someone
+/// asks (a default name, a child of this child), so a forked child that
+/// never does runs no formatting code (each code page it touches is a
+/// page fault).
+#[derive(Debug)]
+pub(crate) enum Identity {
+    Text(String),
+    Seed(IdentitySeed),
+}
+
+impl From<String> for Identity {
+    fn from(s: String) -> Identity {
+        Identity::Text(s)
+    }
+}
+
+impl From<IdentitySeed> for Identity {
+    fn from(s: IdentitySeed) -> Identity {
+        Identity::Seed(s)
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Text(s) => f.write_str(s),
+            Identity::Seed(s) => s.fmt(f),
+        }
+    }
+}
+
+/// Takes the number of the next child's identity (see [`next_identity`]).
+pub(crate) fn next_identity_seed() -> IdentitySeed {
     match child_state() {
-        Some(s) => format!(
-            "{}:{}",
-            s.identity,
-            s.next_child.fetch_add(1, Ordering::Relaxed)
-        ),
-        None => MAIN_NEXT_CHILD.fetch_add(1, Ordering::Relaxed).to_string(),
+        Some(s) => IdentitySeed {
+            parent: Some(s),
+            n: s.next_child.fetch_add(1, Ordering::Relaxed),
+        },
+        None => IdentitySeed {
+            parent: None,
+            n: MAIN_NEXT_CHILD.fetch_add(1, Ordering::Relaxed),
+        },
     }
 }
 

@@ -96,6 +96,13 @@ pub struct ForkOptions {
     /// at most this often instead of on every fork: the forking server's
     /// setting, which would otherwise pay a `statx` per connection.
     pub(crate) thread_check_every: Option<Duration>,
+    /// Build the child's `current_process()` state (name and identity
+    /// strings) in the child, after the fork, instead of in the parent:
+    /// the forking server's setting. Its children allocate anyway (the
+    /// handler), on heap pages they fault in regardless, while the
+    /// parent's three allocations and frees per fork each wrote heap
+    /// pages, copy-on-write faults in the parent after every fork.
+    pub(crate) state_in_child: bool,
 }
 
 impl ForkOptions {
@@ -563,6 +570,13 @@ fn pidfd_supported() -> bool {
     }
 }
 
+/// The child's `current_process()` state: built before the fork, or to
+/// build in the child from an identity numbered before it.
+enum Prepared {
+    Built(Box<current::ChildState>),
+    InChild(current::IdentitySeed),
+}
+
 /// Forks; the child runs `body` and `_exit`s with its return value (or 1 if
 /// it panicked, or the code given to [`exit`](super::exit)); the parent gets
 /// the [`ForkedChild`].
@@ -606,11 +620,21 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
         use std::io::Write;
         let _ = stdout.flush();
     }
-    let identity = options
-        .identity
-        .clone()
-        .unwrap_or_else(current::next_identity);
-    let state = current::prepare_child(options.name.clone(), options.daemon, identity);
+    // The state `current_process()` reports in the child: built here, or
+    // (state_in_child) in the child from an identity numbered here.
+    let state = if options.state_in_child && options.identity.is_none() {
+        Prepared::InChild(current::next_identity_seed())
+    } else {
+        let identity = options
+            .identity
+            .clone()
+            .unwrap_or_else(current::next_identity);
+        Prepared::Built(current::prepare_child(
+            options.name.clone(),
+            options.daemon,
+            identity,
+        ))
+    };
     // SAFETY: the child only runs `child_main`, which never returns; it
     // follows the fork-safety rules above (no locks taken by us before the
     // body runs; leaves with `_exit`).
@@ -643,6 +667,12 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                 drop(r);
                 w
             });
+            let state = match state {
+                Prepared::Built(state) => state,
+                Prepared::InChild(seed) => {
+                    current::prepare_child(options.name.clone(), options.daemon, seed)
+                }
+            };
             child_main(parent, pid, lifeline, state, keep, body)
         }
         ForkResult::Parent { child } => {

@@ -103,11 +103,18 @@ impl ServerCore {
         request: Incoming,
         peer: &PeerAddr,
     ) -> (Option<Incoming>, Result<()>) {
-        let (request, result, _) = self.run(request, peer);
+        let (request, result, _) = self.run(request, peer, &mut None);
         (request, result)
     }
 
-    fn run(&self, request: Incoming, peer: &PeerAddr) -> (Option<Incoming>, Result<()>, Traffic) {
+    /// Runs the request; a stream request reads through `rbuf` when it
+    /// holds a buffer, and leaves its read buffer there at the end.
+    fn run(
+        &self,
+        request: Incoming,
+        peer: &PeerAddr,
+        rbuf: &mut Option<Vec<u8>>,
+    ) -> (Option<Incoming>, Result<()>, Traffic) {
         let Some(factory) = &self.factory else {
             let e = Error::InvalidArgument(
                 "this server serves a native async handler; only the async strategy runs it".into(),
@@ -122,7 +129,11 @@ impl ServerCore {
                         return (Some(Incoming::Stream(s)), Err(e.into()), Traffic::default());
                     }
                 }
-                (Request::from_stream(s, peer.clone()), None)
+                let req = match rbuf.take() {
+                    Some(buf) => Request::from_stream_with_buffer(s, peer.clone(), buf),
+                    None => Request::from_stream(s, peer.clone()),
+                };
+                (req, None)
             }
             Incoming::Datagram(d) => (
                 Request::from_datagram(d.packet, peer.clone()),
@@ -145,7 +156,11 @@ impl ServerCore {
             bytes_out: req.bytes_sent(),
         };
         match socket {
-            None => (req.into_stream().map(Incoming::Stream), result, traffic),
+            None => {
+                let (stream, buf) = req.into_stream_and_buffer();
+                *rbuf = buf;
+                (stream.map(Incoming::Stream), result, traffic)
+            }
             Some(socket) => {
                 let d = Datagram {
                     packet: Vec::new(),
@@ -184,10 +199,26 @@ impl ServerCore {
     /// `handle_error` logs at debug). A forked child exits with status 0
     /// then, and 1 otherwise.
     pub fn process(&self, request: Incoming, peer: &PeerAddr) -> bool {
+        self.process_with_buffer(request, peer, &mut None)
+    }
+
+    /// [`process`](Self::process) with a read buffer for a stream request
+    /// (see [`run`](Self::run)): a forked child reads through its copy of
+    /// one the parent allocated once, and leaves it unfreed at `_exit`,
+    /// so it does no heap bookkeeping for it (each heap page and the
+    /// allocator state it would write are copy-on-write faults).
+    pub(crate) fn process_with_buffer(
+        &self,
+        request: Incoming,
+        peer: &PeerAddr,
+        rbuf: &mut Option<Vec<u8>>,
+    ) -> bool {
         let span = tracing::debug_span!("conn", peer = %peer, strategy = %self.strategy);
         let _entered = span.enter();
-        let started = Instant::now();
-        let (request, result, traffic) = self.run(request, peer);
+        // The clock only when the closing debug line is wanted: in a
+        // forked child the call costs page faults on its code.
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
+        let (request, result, traffic) = self.run(request, peer, rbuf);
         let ok = match result {
             Ok(()) => true,
             Err(e) => {
@@ -206,7 +237,7 @@ impl ServerCore {
             }
         }
         tracing::debug!(
-            duration = ?started.elapsed(),
+            duration = ?started.map(|s| s.elapsed()).unwrap_or_default(),
             bytes_in = traffic.bytes_in,
             bytes_out = traffic.bytes_out,
             ok,

@@ -23,7 +23,7 @@ use nix::sys::signal::Signal;
 
 use crate::error::Result;
 use crate::handler::PeerAddr;
-use crate::process::{fork_child, ForkOptions, ForkedChild};
+use crate::process::{consolidate_heap, fork_child, ForkOptions, ForkedChild};
 
 use super::{LoopWaker, Serving, Strategy};
 use crate::server::core::ServerCore;
@@ -41,6 +41,12 @@ pub struct Forking {
     fork_options: ForkOptions,
     /// A child was forked since the loop last ran `service_actions`.
     forked: bool,
+    /// The read buffer every child's stream request reads through: its own
+    /// copy of this one, allocated here once and never written by the
+    /// parent, so a child neither allocates nor frees one (the heap pages
+    /// and allocator state that would touch are copy-on-write faults in
+    /// every child).
+    child_rbuf: Vec<u8>,
     /// Inside `serve_forever`: the accept loop polls every sentinel and
     /// runs `service_actions` after each wake-up, so a fork needs no
     /// reaping pass of its own (`handle_request` alone still gets one).
@@ -50,6 +56,10 @@ pub struct Forking {
 /// Up to this many children, reaping asks each with `waitpid(WNOHANG)`
 /// directly; above it one `poll` over the sentinels picks the ones to ask.
 const DIRECT_REAP: usize = 2;
+
+/// Up to this many children (the bits of a `u64`), that `poll` runs over
+/// an array on the stack.
+const STACK_POLL: usize = 64;
 
 impl Forking {
     /// Children forked and not yet reaped.
@@ -72,6 +82,27 @@ impl Forking {
             // n waitpid calls cost no more than one poll plus a waitpid
             // per exited child.
             self.reap_where(|_| true);
+            return;
+        }
+        if self.children.len() <= STACK_POLL {
+            // The common case, without the two allocations below: a
+            // malloc/free pair per wake-up writes heap pages, each a
+            // copy-on-write fault in the parent after every fork.
+            let n = self.children.len();
+            let mut fds: [PollFd<'_>; STACK_POLL] = std::array::from_fn(|i| {
+                PollFd::new(self.children[i.min(n - 1)].sentinel(), PollFlags::POLLIN)
+            });
+            let ready: u64 = match poll(&mut fds[..n], PollTimeout::ZERO) {
+                Ok(0) => return,
+                Ok(_) => fds[..n]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+                    .fold(0, |m, (i, _)| m | 1 << i),
+                // Interrupted or failed: try every child, it costs only waitpid.
+                Err(_) => u64::MAX,
+            };
+            self.reap_where(|i| ready & (1 << i) != 0);
             return;
         }
         let mut fds: Vec<PollFd<'_>> = self
@@ -147,9 +178,12 @@ impl Strategy for Forking {
                 // The multi-threaded warning's thread count at most once
                 // a second, not a statx of /proc/self/task per connection.
                 options.thread_check_every = Some(Duration::from_secs(1));
+                // No allocation in the parent per fork (see the field).
+                options.state_in_child = true;
                 options
             },
             forked: false,
+            child_rbuf: crate::handler::read_buffer(),
             looping: false,
         })
     }
@@ -173,13 +207,24 @@ impl Strategy for Forking {
         if !self.looping {
             self.collect_children();
         }
-        let child_core = core.clone();
-        let child_peer = peer.clone();
+        // Borrowed, not cloned: an `Arc` clone writes its count, a
+        // copy-on-write fault in the parent after every fork (and one in
+        // the child when it drops it). The child never returns past
+        // `fork_child`, so the borrow outlives its use there.
+        let child_core: &ServerCore = core;
+        let child_peer = &peer;
+        let child_rbuf = &mut self.child_rbuf;
         // Runs only in the child. In the parent it is dropped unrun, which
         // closes the parent's copy of the connection right away.
         let body = move || {
             drop(server_socket.take());
-            if child_core.process(request, &child_peer) {
+            // The child's own copy of the parent's buffer.
+            let mut rbuf = Some(std::mem::take(child_rbuf));
+            let ok = child_core.process_with_buffer(request, child_peer, &mut rbuf);
+            // Not freed: the child `_exit`s next, and a free would write
+            // the allocator's state (copy-on-write faults) for nothing.
+            std::mem::forget(rbuf);
+            if ok {
                 0
             } else {
                 1
@@ -211,6 +256,11 @@ impl Strategy for Forking {
     }
 
     fn serve_forever(&mut self, serving: &mut Serving<'_>) -> Result<()> {
+        // Start-up left freed chunks in glibc's fastbins; the first large
+        // allocation of every child (its read buffer) would consolidate
+        // them, a copy-on-write fault per heap page touched. The loop
+        // itself frees only what it allocated again, so they stay empty.
+        consolidate_heap();
         self.looping = true;
         let result = serving.accept_loop(self);
         self.looping = false;
