@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -78,7 +79,7 @@ pub(super) struct Conn {
     /// The stream was accepted non-blocking.
     pub(super) nonblocking: bool,
     /// A connection slot, and a blocking slot (`handle_request`).
-    pub(super) permits: super::Permits,
+    pub(super) permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 }
 
 /// The object-safe face of an [`AsyncRequestHandler`]: starts a

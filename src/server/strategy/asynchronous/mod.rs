@@ -25,14 +25,7 @@
 //! (tokio's multi-threaded runtime woke its other worker — a `futex` and
 //! an eventfd `write` — for each new task, ≈ 15% of the CPU of an echo).
 //! Connections are spread over the workers by who accepts first: a busy
-//! worker comes back to `accept` later, so the idle ones take more. And a
-//! worker running more requests than another yields once (serves its
-//! ready connections) before each `accept`, so the lighter worker, woken
-//! by the same connection, gets to take it: without that, the worker that
-//! woke first took a whole burst of connects while the other was still
-//! being scheduled (at 1,000 connections on 2 cores the steady p99 is
-//! 14% lower, median of 9 rounds paired with the previous build; at 10
-//! and 100 connections no difference stood out from the noise). A
+//! worker comes back to `accept` later, so the idle ones take more. A
 //! handler that computes still has every core, but a connection does not
 //! move to another core once accepted.
 //!
@@ -112,7 +105,6 @@ pub struct Async {
     connections: Arc<Semaphore>,
     blocking: Arc<Semaphore>,
     spawner: Spawner,
-    loads: Loads,
 }
 
 impl std::fmt::Debug for Async {
@@ -188,7 +180,7 @@ impl Spawner {
         core: &Arc<ServerCore>,
         request: Incoming,
         peer: PeerAddr,
-        permits: Permits,
+        permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
         nonblocking: bool,
     ) {
         match (&self.native, request) {
@@ -232,52 +224,6 @@ impl Spawner {
                 tasks.spawn(task);
             }
         }
-    }
-}
-
-/// What a request's task holds while it runs: its connection slot, its
-/// blocking slot (a blocking handler), and its count in its worker's
-/// [`Loads`] (a request of `serve_forever`).
-pub(super) type Permits = (
-    OwnedSemaphorePermit,
-    Option<OwnedSemaphorePermit>,
-    Option<Live>,
-);
-
-/// The requests each worker runs right now, for the accept fairness
-/// between workers: a worker holding more than another serves its ready
-/// connections once (a yield) before each `accept`, which gives the
-/// lighter worker, woken by the same connection, the time to take it.
-#[derive(Clone)]
-struct Loads(Arc<[AtomicUsize]>);
-
-impl Loads {
-    fn new(workers: usize) -> Loads {
-        Loads((0..workers).map(|_| AtomicUsize::new(0)).collect())
-    }
-
-    /// Counts one more request on worker `me` until the guard drops.
-    fn start(&self, me: usize) -> Live {
-        self.0[me].fetch_add(1, Ordering::Relaxed);
-        Live(self.clone(), me)
-    }
-
-    /// Whether worker `me` runs more requests than some other worker.
-    fn heavier(&self, me: usize) -> bool {
-        let mine = self.0[me].load(Ordering::Relaxed);
-        self.0
-            .iter()
-            .enumerate()
-            .any(|(i, n)| i != me && n.load(Ordering::Relaxed) < mine)
-    }
-}
-
-/// One running request's count in [`Loads`].
-pub(super) struct Live(Loads, usize);
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        (self.0).0[self.1].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -416,8 +362,7 @@ impl Strategy for Async {
             .thread_name("socketserver-async")
             .max_blocking_threads(options.max_blocking)
             .build()?;
-        let count = worker_count(options);
-        let workers = (0..count)
+        let workers = (0..worker_count(options))
             .map(|i| Worker::start(i, options.max_blocking))
             .collect::<Result<Vec<_>>>()?;
         Ok(Async {
@@ -430,7 +375,6 @@ impl Strategy for Async {
             home: Some(home),
             tasks: JoinSet::new(),
             workers,
-            loads: Loads::new(count),
             connections: Arc::new(Semaphore::new(
                 options.max_connections.min(Semaphore::MAX_PERMITS),
             )),
@@ -464,7 +408,7 @@ impl Strategy for Async {
             let tasks = &mut self.tasks;
             let spawner = &self.spawner;
             rt.block_on(async {
-                spawner.spawn(tasks, core, request, peer, (c, Some(b), None), false);
+                spawner.spawn(tasks, core, request, peer, (c, Some(b)), false);
                 while let Some(done) = tasks.join_next().await {
                     report_join(done);
                 }
@@ -489,8 +433,7 @@ impl Strategy for Async {
         let acceptors: Result<Vec<Acceptor>> = self
             .workers
             .iter()
-            .enumerate()
-            .map(|(i, _)| Acceptor::new(serving, socket, self, i, stop_rx.clone()))
+            .map(|_| Acceptor::new(serving, socket, self, stop_rx.clone()))
             .collect();
         let mut started = 0;
         let mut result = acceptors.map(|acceptors| {
@@ -575,9 +518,6 @@ struct Acceptor {
     connections: Arc<Semaphore>,
     blocking: Arc<Semaphore>,
     spawner: Spawner,
-    /// Every worker's running requests, and this worker's index in them.
-    loads: Loads,
-    me: usize,
 }
 
 impl Acceptor {
@@ -585,7 +525,6 @@ impl Acceptor {
         serving: &Serving<'_>,
         socket: &ServerSocket,
         strategy: &Async,
-        me: usize,
         stop: watch::Receiver<bool>,
     ) -> Result<Acceptor> {
         let buf = if socket.is_stream() {
@@ -603,8 +542,6 @@ impl Acceptor {
             connections: strategy.connections.clone(),
             blocking: strategy.blocking.clone(),
             spawner: strategy.spawner.clone(),
-            loads: strategy.loads.clone(),
-            me,
         })
     }
 
@@ -629,8 +566,6 @@ impl Acceptor {
             connections,
             blocking,
             spawner,
-            loads,
-            me,
         } = self;
         let reactor = Reactor::register(socket)?;
         let wake = tokio::net::UnixStream::from_std(wake)?;
@@ -674,30 +609,13 @@ impl Acceptor {
             let received = tokio::select! {
                 biased;
                 _ = &mut stopped => return Ok(()),
-                r = async {
-                    // Fairness: a connection wakes every worker; one that
-                    // runs more requests than another lets that one take
-                    // it first (see `Loads`).
-                    reactor.ready().await?;
-                    if loads.heavier(me) {
-                        tokio::task::yield_now().await;
-                    }
-                    reactor.get_request(&mut buf, native).await
-                } => r,
+                r = reactor.get_request(&mut buf, native) => r,
             };
             match received {
                 Ok((request, peer)) => {
                     backoff.on_success();
                     if core.hooks.verify_request(&request, &peer) {
-                        let live = Some(loads.start(me));
-                        spawner.spawn(
-                            tasks,
-                            &core,
-                            request,
-                            peer,
-                            (connection, blocking, live),
-                            native,
-                        );
+                        spawner.spawn(tasks, &core, request, peer, (connection, blocking), native);
                     } else {
                         core.shutdown_request(request);
                     }

@@ -62,13 +62,6 @@ impl Reactor {
         )?))
     }
 
-    /// Waits until the socket is readable (without taking anything):
-    /// returns at once while tokio still holds it readable.
-    pub(super) async fn ready(&self) -> io::Result<()> {
-        self.0.readable().await?.retain_ready();
-        Ok(())
-    }
-
     /// Python's `get_request`, awaited: a connection with blocking I/O
     /// for the handler (non-blocking over TCP when `native`: a native
     /// handler serves it in tokio), or a datagram read into `buf`.
