@@ -209,6 +209,68 @@ fn no_zombies_after_1000_connections() {
     assert_eq!(zombie_children(), 0);
 }
 
+/// Echoes one line, then keeps its child alive for [`LINGER`].
+struct EchoThenLinger;
+
+const LINGER: Duration = Duration::from_secs(3);
+
+impl RequestHandler for EchoThenLinger {
+    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        let mut line = String::new();
+        req.rfile().read_line(&mut line)?;
+        req.wfile().write_all(line.as_bytes())?;
+        std::thread::sleep(LINGER);
+        Ok(())
+    }
+}
+
+/// More live children than one `poll` of the reaper asks about (64): all
+/// of them are reaped once they exit, chunk by chunk. (The handler, not
+/// the client, keeps each child alive: a child forked from this test
+/// process inherits the client sockets the test holds open.)
+fn more_children_than_one_poll_are_all_reaped() {
+    const N: usize = 150;
+    let server = ForkingTcpServer::builder()
+        .max_children(N + 10)
+        .bind("127.0.0.1:0", || EchoThenLinger)
+        .unwrap();
+    let addr = server.server_address();
+    let (handle, thread) = serve_in_thread(server);
+    let started = Instant::now();
+    for i in 0..N {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let msg = format!("{i}\n");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        c.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+    assert!(
+        started.elapsed() < LINGER,
+        "connecting took longer than a child lives: not {N} children at once"
+    );
+    assert!(
+        all_children() >= N,
+        "{} children for {N} connections",
+        all_children()
+    );
+    let deadline = Instant::now() + LINGER + TIMEOUT;
+    while all_children() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} children left ({} zombies)",
+            all_children(),
+            zombie_children()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    handle.shutdown();
+    let mut server = thread.join().unwrap();
+    assert_eq!(server.strategy().active_children(), 0);
+    server.server_close();
+}
+
 fn max_children_defers_accept() {
     let mut server = ForkingTcpServer::builder()
         .max_children(1)
@@ -448,6 +510,10 @@ fn main() {
         }),
         ("max_children_defers_accept", || {
             max_children_defers_accept();
+            Ok(())
+        }),
+        ("more_children_than_one_poll_are_all_reaped", || {
+            more_children_than_one_poll_are_all_reaped();
             Ok(())
         }),
         ("no_zombies_after_1000_connections", || {

@@ -57,9 +57,11 @@ pub struct Forking {
 /// directly; above it one `poll` over the sentinels picks the ones to ask.
 const DIRECT_REAP: usize = 2;
 
-/// Up to this many children (the bits of a `u64`), that `poll` runs over
-/// an array on the stack.
-const STACK_POLL: usize = 64;
+/// How many children's sentinels one `poll` asks about (the bits of a
+/// `u64`), from an array on the stack: a malloc/free pair per wake-up
+/// would write heap pages, each a copy-on-write fault in the parent after
+/// every fork.
+const POLL_CHUNK: usize = 64;
 
 impl Forking {
     /// Children forked and not yet reaped.
@@ -75,59 +77,48 @@ impl Forking {
     /// Python's `collect_children(blocking=False)`: reaps every child whose
     /// sentinel says it has exited, and logs how it ended.
     fn collect_children(&mut self) {
-        if self.children.is_empty() {
-            return;
-        }
-        if self.children.len() <= DIRECT_REAP {
+        let n = self.children.len();
+        if n <= DIRECT_REAP {
             // n waitpid calls cost no more than one poll plus a waitpid
             // per exited child.
-            self.reap_where(|_| true);
+            self.reap_where(0..n, |_| true);
             return;
         }
-        if self.children.len() <= STACK_POLL {
-            // The common case, without the two allocations below: a
-            // malloc/free pair per wake-up writes heap pages, each a
-            // copy-on-write fault in the parent after every fork.
-            let n = self.children.len();
-            let mut fds: [PollFd<'_>; STACK_POLL] = std::array::from_fn(|i| {
-                PollFd::new(self.children[i.min(n - 1)].sentinel(), PollFlags::POLLIN)
-            });
-            let ready: u64 = match poll(&mut fds[..n], PollTimeout::ZERO) {
-                Ok(0) => return,
-                Ok(_) => fds[..n]
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
-                    .fold(0, |m, (i, _)| m | 1 << i),
-                // Interrupted or failed: try every child, it costs only waitpid.
-                Err(_) => u64::MAX,
-            };
-            self.reap_where(|i| ready & (1 << i) != 0);
-            return;
+        // Chunk by chunk, the last first: reaping swap-removes, which only
+        // moves children of the chunks already looked at.
+        let mut end = n;
+        while end > 0 {
+            let start = end.saturating_sub(POLL_CHUNK);
+            let ready = self.exited_among(start, end);
+            self.reap_where(start..end, |i| ready & (1 << (i - start)) != 0);
+            end = start;
         }
-        let mut fds: Vec<PollFd<'_>> = self
-            .children
-            .iter()
-            .map(|c| PollFd::new(c.sentinel(), PollFlags::POLLIN))
-            .collect();
-        let ready: Vec<bool> = match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(0) => return,
-            Ok(_) => fds
-                .iter()
-                .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
-                .collect(),
-            // Interrupted or failed: try every child, it costs only waitpid.
-            Err(_) => vec![true; self.children.len()],
-        };
-        drop(fds);
-        self.reap_where(|i| ready[i]);
     }
 
-    /// `waitpid(WNOHANG)` on each child `pick` selects; removes the reaped.
-    fn reap_where(&mut self, pick: impl Fn(usize) -> bool) {
-        let mut i = self.children.len();
-        while i > 0 {
-            i -= 1;
+    /// Which of children `start..end` (at most [`POLL_CHUNK`]) have
+    /// exited, by their sentinels, as bits from `start`.
+    fn exited_among(&self, start: usize, end: usize) -> u64 {
+        let chunk = &self.children[start..end];
+        let mut fds: [PollFd<'_>; POLL_CHUNK] = std::array::from_fn(|i| {
+            PollFd::new(chunk[i.min(chunk.len() - 1)].sentinel(), PollFlags::POLLIN)
+        });
+        let fds = &mut fds[..chunk.len()];
+        match poll(fds, PollTimeout::ZERO) {
+            Ok(0) => 0,
+            Ok(_) => fds
+                .iter()
+                .enumerate()
+                .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+                .fold(0, |m, (i, _)| m | 1 << i),
+            // Interrupted or failed: try every child, it costs only waitpid.
+            Err(_) => u64::MAX,
+        }
+    }
+
+    /// `waitpid(WNOHANG)` on each child of `range` that `pick` selects,
+    /// from the last; removes the reaped.
+    fn reap_where(&mut self, range: std::ops::Range<usize>, pick: impl Fn(usize) -> bool) {
+        for i in range.rev() {
             if !pick(i) {
                 continue;
             }
