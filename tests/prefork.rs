@@ -434,7 +434,15 @@ fn orphaned_workers_finish_their_request_and_refuse_new_clients() {
     loop {
         match TcpStream::connect(s.addr) {
             Err(e) => {
-                assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+                // Refused once closed; a connect that raced the close itself
+                // (completed into the backlog as it was closed) is reset.
+                assert!(
+                    matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                    ),
+                    "{e}"
+                );
                 break;
             }
             Ok(_) => assert!(
