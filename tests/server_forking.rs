@@ -82,6 +82,24 @@ impl RequestHandler for Picky {
             }
             "abort" => std::process::abort(),
             "exit" => socketserver::process::exit(7),
+            "whoami" => {
+                use socketserver::process::{current_process, Process};
+                // Another thread of the child asks at the same time.
+                let other = std::thread::spawn(current_process);
+                let me = current_process();
+                let same = other.join().is_ok_and(|o| o == me);
+                let nested = Process::new(|| {});
+                let reply = format!(
+                    "{} {} {} {} {} {}\n",
+                    me.name,
+                    me.daemon,
+                    same,
+                    me.ppid,
+                    me.pid,
+                    nested.name()
+                );
+                req.wfile().write_all(reply.as_bytes())
+            }
             "twice" => {
                 req.wfile().write_all(line.as_bytes())?;
                 line.clear();
@@ -330,6 +348,30 @@ fn process_exit_in_a_forked_handler_ends_the_child() {
     assert!(!text.contains("panic"), "exit reported as an error: {text}");
 }
 
+/// A forked child knows who it is: `current_process()` in its handler
+/// gives the server's name for its children, the child's own pid and the
+/// server as parent, the same on another thread of the child, and a
+/// `Process` it creates is numbered beneath it (`Process-N:1`, as in
+/// Python).
+fn a_forked_handler_knows_who_it_is() {
+    let mut server = ForkingTcpServer::builder()
+        .bind("127.0.0.1:0", || Picky)
+        .unwrap();
+    let (out, _) = send_line(&mut server, b"whoami\n");
+    let text = String::from_utf8(out).unwrap();
+    let f: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(f.len(), 6, "{text:?}");
+    assert_eq!(f[..3], ["socketserver-child", "false", "true"], "{text:?}");
+    assert_eq!(f[3], std::process::id().to_string(), "{text:?}");
+    assert_eq!(f[4], server.strategy().child_pids()[0].to_string());
+    let n = f[5]
+        .strip_prefix("Process-")
+        .and_then(|rest| rest.strip_suffix(":1"))
+        .unwrap_or_else(|| panic!("nested name {:?}", f[5]));
+    assert!(n.parse::<u32>().is_ok(), "nested name {:?}", f[5]);
+    server.server_close();
+}
+
 /// Runs as a child process: a synchronous server whose handler fails
 /// once, with or without a `tracing` subscriber (`STDERR_ROLE`).
 fn stderr_child(role: &str) {
@@ -491,6 +533,10 @@ fn main() {
         ),
         ("does_not_reap_a_child_it_did_not_start", || {
             does_not_reap_a_child_it_did_not_start();
+            Ok(())
+        }),
+        ("a_forked_handler_knows_who_it_is", || {
+            a_forked_handler_knows_who_it_is();
             Ok(())
         }),
         ("process_exit_in_a_forked_handler_ends_the_child", || {
