@@ -356,14 +356,28 @@ impl ReadBuf {
 
     /// Reads once from `stream` into the (empty) buffer, which grows when
     /// the read filled it.
-    fn refill(&mut self, mut stream: impl Read) -> io::Result<usize> {
-        let n = stream.read(&mut self.buf)?;
+    fn refill(&mut self, stream: impl Read) -> io::Result<usize> {
+        let n = read_retrying(stream, &mut self.buf)?;
         self.pos = 0;
         self.len = n;
         if n == self.buf.len() && n < RBUF_SIZE {
             self.buf.resize((2 * n).min(RBUF_SIZE), 0);
         }
         Ok(n)
+    }
+}
+
+/// One `read`, restarted when a signal interrupted it (`EINTR`), as
+/// Python does for every socket call (PEP 475): a signal the handler did
+/// not ask for — the prefork watcher's wake-up of a worker that had just
+/// accepted, a signal handler of the program — must not end a request
+/// with an `Interrupted` error from `rfile`.
+fn read_retrying(mut stream: impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
     }
 }
 
@@ -689,7 +703,7 @@ impl Read for RFile<'_> {
         if let RInner::Stream { stream, rbuf, rx } = &mut self.0 {
             // Large reads with an empty buffer bypass it.
             if rbuf.pos == rbuf.len && buf.len() >= rbuf.buf.len() {
-                let n = { &**stream }.read(buf)?;
+                let n = read_retrying(&**stream, buf)?;
                 **rx += n as u64;
                 return Ok(n);
             }
@@ -774,6 +788,46 @@ mod tests {
         req.rfile().read_line(&mut line).unwrap();
         assert_eq!(line, "two\n");
         assert_eq!(req.take_reply().unwrap(), b"one\n");
+    }
+
+    /// A signal that interrupts a blocked read (no `SA_RESTART`, as the
+    /// prefork watcher's wake-up is installed) does not reach the handler
+    /// as an `Interrupted` error: `fill_buf` and a large `read` wait on.
+    #[test]
+    fn reads_restart_after_a_signal() {
+        use crate::process::Interruptible;
+        use std::sync::mpsc;
+        Interruptible::install().unwrap();
+        for large in [false, true] {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            let peer = a.local_addr().unwrap();
+            let (tx, rx) = mpsc::channel();
+            let reader = std::thread::spawn(move || {
+                tx.send(Interruptible::current()).unwrap();
+                let mut req = Request::from_stream(a, peer);
+                let mut rfile = req.rfile();
+                if large {
+                    let mut buf = vec![0u8; 1 << 20];
+                    rfile.read(&mut buf).map(|n| buf[..n].to_vec())
+                } else {
+                    rfile.fill_buf().map(<[u8]>::to_vec)
+                }
+            });
+            let thread = rx.recv().unwrap();
+            // Interrupt it while it is blocked in the read (repeated: one
+            // sent before it blocks is lost).
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(5));
+                thread.interrupt();
+            }
+            b.write_all(b"after the signal").unwrap();
+            let got = reader.join().unwrap();
+            assert_eq!(
+                got.map_err(|e| e.kind()),
+                Ok(b"after the signal".to_vec()),
+                "large read: {large}"
+            );
+        }
     }
 
     #[test]

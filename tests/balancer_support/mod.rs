@@ -73,7 +73,12 @@ impl Hosts {
             addrs: Vec::new(),
             namespaces: Vec::new(),
         };
-        let tag = std::process::id() % 100_000;
+        // Unique per `Hosts` in this process: a test's deleted namespaces
+        // take their veth pairs down asynchronously, so the next test of
+        // the same binary must not reuse the names ("File exists").
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100;
+        let tag = format!("{}n{made}", std::process::id() % 100_000);
         // SOCKETSERVER_TEST_HOSTS=loopback runs the fallback on purpose
         // (to check it where namespaces would work).
         let forced = std::env::var("SOCKETSERVER_TEST_HOSTS").is_ok_and(|v| v == "loopback");
@@ -223,7 +228,7 @@ fn free_subnet() -> u8 {
 /// The names of this test run's namespaces still present (for the
 /// "nothing left behind" check).
 pub fn leftover_namespaces() -> Vec<String> {
-    let tag = format!("ssrs{}h", std::process::id() % 100_000);
+    let tag = format!("ssrs{}n", std::process::id() % 100_000);
     let out = Command::new("ip").args(["netns", "list"]).output();
     out.map(|o| {
         String::from_utf8_lossy(&o.stdout)

@@ -67,8 +67,10 @@
 //! sent at a retire or stop; in the microseconds between `accept4`
 //! returning and the mark changing, it can land in the request just
 //! accepted, where a system call the handler is blocked in returns
-//! `EINTR` once (`std`'s `read_exact`, `write_all`, `read_line`
-//! retry it).
+//! `EINTR` once. `rfile` and `wfile` restart their calls (as Python
+//! does, PEP 475), so a handler that reads through them never sees it;
+//! one that reads the raw stream with `read` gets `Interrupted` once, as
+//! from any signal.
 
 use std::io;
 use std::net::TcpStream;
