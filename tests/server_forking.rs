@@ -175,6 +175,21 @@ fn all_children() -> usize {
     support::children().len()
 }
 
+/// Waits until every child of this process has exited *and* been reaped
+/// (the server reaps; this only looks), at most `limit`.
+fn all_children_gone_within(limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while all_children() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} children left ({} zombies)",
+            all_children(),
+            zombie_children()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn does_not_reap_a_child_it_did_not_start() {
     let mut unrelated = Command::new("sh").args(["-c", "exit 72"]).spawn().unwrap();
     // Let it exit (it becomes our zombie) before the server runs.
@@ -210,16 +225,7 @@ fn no_zombies_after_1000_connections() {
     // every child must disappear entirely (exited *and* reaped) while the
     // server keeps running: waiting only for zombies to clear would pass
     // at once while the last child is still alive.
-    let deadline = Instant::now() + TIMEOUT;
-    while all_children() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} children left ({} zombies)",
-            all_children(),
-            zombie_children()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    all_children_gone_within(TIMEOUT);
     handle.shutdown();
     let mut server = thread.join().unwrap();
     assert_eq!(server.strategy().active_children(), 0);
@@ -273,16 +279,7 @@ fn more_children_than_one_poll_are_all_reaped() {
         "{} children for {N} connections",
         all_children()
     );
-    let deadline = Instant::now() + LINGER + TIMEOUT;
-    while all_children() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} children left ({} zombies)",
-            all_children(),
-            zombie_children()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    all_children_gone_within(LINGER + TIMEOUT);
     handle.shutdown();
     let mut server = thread.join().unwrap();
     assert_eq!(server.strategy().active_children(), 0);
