@@ -160,14 +160,6 @@ s.server_close()
         }
     }
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime")
-    }
-
     /// Stops the child server when the parent closes stdin.
     fn on_stdin_eof(f: impl FnOnce() + Send + 'static) {
         std::thread::spawn(move || {
@@ -189,18 +181,46 @@ s.server_close()
         server.server_close();
     }
 
+    /// The bare tokio peer, built like the async strategy (and like bare
+    /// `epoll N` in `benches/bare.rs`): one current-thread runtime per
+    /// core, each accepting from its own copy of one listening socket and
+    /// running the connections it accepted. (The crate does not enable
+    /// tokio's multi-thread scheduler, and neither does this bench: a
+    /// dev-dependency feature would be linked into the examples too.)
     fn serve_bare_tokio() {
-        let rt = runtime();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        println!("{}", listener.local_addr().expect("addr").port());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let stops: Vec<_> = (0..threads)
+            .map(|_| {
+                let l = listener.try_clone().expect("dup listener");
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                (tx, std::thread::spawn(move || accept_until(l, rx)))
+            })
+            .collect();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        on_stdin_eof(move || {
+            let _ = done_tx.send(());
+        });
+        let _ = done_rx.recv();
+        for (tx, thread) in stops {
+            let _ = tx.send(());
+            let _ = thread.join();
+        }
+    }
+
+    /// One runtime thread of the bare tokio peer.
+    fn accept_until(l: std::net::TcpListener, mut stop: tokio::sync::oneshot::Receiver<()>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async {
-            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            println!("{}", l.local_addr().expect("addr").port());
-            let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-            on_stdin_eof(move || {
-                let _ = tx.send(());
-            });
+            let l = TcpListener::from_std(l).expect("tokio listener");
             loop {
                 tokio::select! {
-                    _ = &mut rx => break,
+                    _ = &mut stop => break,
                     r = l.accept() => {
                         if let Ok((mut s, _)) = r {
                             tokio::spawn(async move { let _ = echo_loop(&mut s).await; });
@@ -472,7 +492,11 @@ s.server_close()
         churn_table();
         replacement_table();
         raise_fd_limit(IDLE_CONNS as u64 + 500).expect("RLIMIT_NOFILE");
-        let rt = runtime();
+        // The load client: one thread, the same for every server.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
 
         println!("persistent echo: {ECHO_CONNS} connections x {ECHO_MSGS_PER_CONN} x {MSG}-byte ping-pong, {ROUNDS} rounds (medians)");
         let (mut ours_cpu, mut ours_rate, mut peer_cpu, mut peer_rate) =
