@@ -100,6 +100,22 @@ impl RequestHandler for Picky {
                 );
                 req.wfile().write_all(reply.as_bytes())
             }
+            "nested" => {
+                // A forking server inside a forked child: its child (our
+                // grandchild) reports who it is; then we, the middle one.
+                use socketserver::process::{current_process, Process};
+                let mut inner = ForkingTcpServer::bind("127.0.0.1:0", || Picky).unwrap();
+                let (inner_reply, _) = send_line(&mut inner, b"whoami\n");
+                inner.server_close();
+                let nested = Process::new(|| {});
+                let reply = format!(
+                    "{} {} {}",
+                    current_process().pid,
+                    nested.name(),
+                    String::from_utf8_lossy(&inner_reply)
+                );
+                req.wfile().write_all(reply.as_bytes())
+            }
             "twice" => {
                 req.wfile().write_all(line.as_bytes())?;
                 line.clear();
@@ -369,6 +385,29 @@ fn a_forked_handler_knows_who_it_is() {
     server.server_close();
 }
 
+/// A forked child that runs a forking server of its own: the grandchild
+/// knows its parent and its `N:1` identity (the middle child's state is
+/// stored in place, the grandchild's beside it, and neither overwrites
+/// the other).
+fn a_forked_childs_own_forked_child_knows_who_it_is() {
+    let mut server = ForkingTcpServer::bind("127.0.0.1:0", || Picky).unwrap();
+    let (out, _) = send_line(&mut server, b"nested\n");
+    server.server_close();
+    let text = String::from_utf8(out).unwrap();
+    let f: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(f.len(), 8, "{text:?}");
+    let (middle_pid, middle_nested) = (f[0], f[1]);
+    assert_eq!(f[2..5], ["socketserver-child", "false", "true"], "{text:?}");
+    assert_eq!(f[5], middle_pid, "the grandchild's parent: {text:?}");
+    assert_ne!(f[6], middle_pid, "{text:?}");
+    // The middle child's server took identity N:1, its own Process N:2.
+    let n = middle_nested
+        .strip_prefix("Process-")
+        .and_then(|rest| rest.strip_suffix(":2"))
+        .unwrap_or_else(|| panic!("middle nested name {text:?}"));
+    assert_eq!(f[7], format!("Process-{n}:1:1"), "{text:?}");
+}
+
 /// Runs as a child process: a synchronous server whose handler fails
 /// once, with or without a `tracing` subscriber (`STDERR_ROLE`).
 fn stderr_child(role: &str) {
@@ -534,6 +573,10 @@ fn main() {
         }),
         ("a_forked_handler_knows_who_it_is", || {
             a_forked_handler_knows_who_it_is();
+            Ok(())
+        }),
+        ("a_forked_childs_own_forked_child_knows_who_it_is", || {
+            a_forked_childs_own_forked_child_knows_who_it_is();
             Ok(())
         }),
         ("process_exit_in_a_forked_handler_ends_the_child", || {

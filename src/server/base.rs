@@ -434,21 +434,15 @@ impl Serving<'_> {
             let listen = !strategy.at_capacity();
             let (woken, readable) = {
                 let socket = self.socket.as_ref().ok_or(Error::Closed)?;
-                let extra = strategy.wait_fds();
-                let mut fds = Vec::with_capacity(3 + extra.len());
-                fds.push(PollFd::new(self.wakeup.fd(), PollFlags::POLLIN));
-                fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
-                fds.extend(
-                    extra
-                        .into_iter()
-                        .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
-                );
+                let mut fds = PollSet::new(PollFd::new(self.wakeup.fd(), PollFlags::POLLIN));
+                if listen {
+                    // While at capacity the socket is left out: connections
+                    // wait in the backlog, everything else is watched.
+                    fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
+                }
+                strategy.each_wait_fd(&mut |fd| fds.push(PollFd::new(fd, PollFlags::POLLIN)));
                 if let Some(h) = self.wakeup.health() {
                     fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
-                }
-                if !listen {
-                    // Stop accepting while at capacity: keep everything else.
-                    fds.swap_remove(1);
                 }
                 // During the drain notice, wake when it runs out.
                 let timeout = match self.wakeup.notice_left() {
@@ -456,7 +450,8 @@ impl Serving<'_> {
                     Some(left) => PollTimeout::try_from(left + Duration::from_millis(1))
                         .unwrap_or(PollTimeout::MAX),
                 };
-                match poll(&mut fds, timeout) {
+                let fds = fds.as_mut_slice();
+                match poll(fds, timeout) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
                     Err(e) => return Err(e.into()),
@@ -678,5 +673,53 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
 impl<T: Transport, S: Strategy> Drop for SocketServer<T, S> {
     fn drop(&mut self) {
         self.server_close();
+    }
+}
+
+/// How many descriptors the accept loop's `poll` set holds on the stack:
+/// the wake-up and server sockets, the health port and the forking
+/// strategy's default 40 child sentinels fit.
+const STACK_FDS: usize = 64;
+
+/// The accept loop's `poll` set, on the stack up to [`STACK_FDS`]
+/// descriptors: a turn of the loop allocates nothing. (In a forking
+/// server every heap page the parent writes is a copy-on-write fault
+/// after each fork, and a `malloc`/`free` pair writes two.) Beyond that
+/// the whole set moves to `heap`.
+struct PollSet<'fd> {
+    stack: [PollFd<'fd>; STACK_FDS],
+    len: usize,
+    heap: Vec<PollFd<'fd>>,
+}
+
+impl<'fd> PollSet<'fd> {
+    /// A set holding `first` (at index 0).
+    fn new(first: PollFd<'fd>) -> Self {
+        PollSet {
+            stack: std::array::from_fn(|_| first.clone()),
+            len: 1,
+            heap: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, fd: PollFd<'fd>) {
+        if !self.heap.is_empty() {
+            self.heap.push(fd);
+        } else if self.len < STACK_FDS {
+            self.stack[self.len] = fd;
+            self.len += 1;
+        } else {
+            self.heap.reserve(2 * STACK_FDS);
+            self.heap.extend_from_slice(&self.stack);
+            self.heap.push(fd);
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [PollFd<'fd>] {
+        if self.heap.is_empty() {
+            &mut self.stack[..self.len]
+        } else {
+            &mut self.heap
+        }
     }
 }

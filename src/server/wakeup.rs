@@ -146,8 +146,13 @@ impl Wakeup {
     /// running, wait as long as you like). The loops cap their `poll`
     /// timeout with it.
     pub(crate) fn notice_left(&self) -> Option<Duration> {
-        let noticed = self.noticed.lock().unwrap_or_else(|p| p.into_inner());
-        let since = (*noticed)?;
+        // A notice runs only after a shutdown request: until then no lock
+        // is taken (each turn of a forking server's loop would write the
+        // lock's heap page, a copy-on-write fault after every fork).
+        if !self.shutdown.load(Ordering::SeqCst) {
+            return None;
+        }
+        let since = (*self.noticed.lock().unwrap_or_else(|p| p.into_inner()))?;
         let notice = self.departure.get()?.notice;
         Some(notice.saturating_sub(since.elapsed()))
     }

@@ -235,6 +235,15 @@ impl Strategy for Forking {
         self.children.iter().map(ForkedChild::sentinel).collect()
     }
 
+    /// The sentinels without a `Vec`: an allocation per loop turn would
+    /// write two heap pages of the parent, copy-on-write faults after
+    /// every fork.
+    fn each_wait_fd<'a>(&'a self, add: &mut dyn FnMut(BorrowedFd<'a>)) {
+        for child in &self.children {
+            add(child.sentinel());
+        }
+    }
+
     /// Reaps exited children, except right after a fork: then the loop
     /// woke for a connection, and a sentinel that fired too keeps the next
     /// `poll` returning at once, so it is reaped one turn later without

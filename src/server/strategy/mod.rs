@@ -98,6 +98,18 @@ pub trait Strategy: Send + Sized + 'static {
         Vec::new()
     }
 
+    /// Calls `add` with each of [`wait_fds`](Self::wait_fds); the accept
+    /// loop asks through this. The default collects `wait_fds`. A strategy
+    /// whose set changes with every request can override it to hand the
+    /// descriptors over without building a `Vec` (the forking strategy
+    /// does: in its parent every allocation writes heap pages, each a
+    /// copy-on-write page fault after every fork).
+    fn each_wait_fd<'a>(&'a self, add: &mut dyn FnMut(BorrowedFd<'a>)) {
+        for fd in self.wait_fds() {
+            add(fd);
+        }
+    }
+
     /// Housekeeping after each loop iteration: join finished threads, reap
     /// exited children. Default does nothing.
     fn service_actions(&mut self) {}
@@ -135,7 +147,7 @@ pub(crate) trait Processor {
         request: Incoming,
         peer: PeerAddr,
     );
-    fn wait_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>>;
+    fn each_wait_fd<'a>(&'a self, add: &mut dyn FnMut(BorrowedFd<'a>));
     fn service_actions(&mut self);
 }
 
@@ -152,8 +164,8 @@ impl<S: Strategy> Processor for S {
     ) {
         Strategy::process_request(self, core, server_socket, request, peer)
     }
-    fn wait_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
-        Strategy::wait_fds(self)
+    fn each_wait_fd<'a>(&'a self, add: &mut dyn FnMut(BorrowedFd<'a>)) {
+        Strategy::each_wait_fd(self, add)
     }
     fn service_actions(&mut self) {
         Strategy::service_actions(self)

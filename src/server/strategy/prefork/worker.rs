@@ -468,9 +468,7 @@ impl Processor for Worker<'_, '_> {
         }
     }
 
-    fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
-        Vec::new()
-    }
+    fn each_wait_fd<'a>(&'a self, _: &mut dyn FnMut(BorrowedFd<'a>)) {}
 
     fn service_actions(&mut self) {}
 }
