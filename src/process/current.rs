@@ -6,21 +6,15 @@
 //! a lock held by some other thread of the parent at fork time cannot
 //! deadlock the child here.
 
-use std::borrow::Cow;
-use std::cell::UnsafeCell;
-use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering};
 
 use nix::unistd::{getpid, getppid, gettid};
 
 /// What a child started by this crate knows about itself. Leaked once per
-/// child process, or written in place into this module's static (see
-/// [`enter_child`]); never freed: the process ends with `_exit`.
+/// child process (never freed: the process ends with `_exit`).
 #[derive(Debug)]
 pub(crate) struct ChildState {
-    /// Borrowed when the child was given a name: from the parent's
-    /// `ForkOptions`, which the child never drops (see `fork_child`).
-    pub(crate) name: Cow<'static, str>,
+    pub(crate) name: String,
     pub(crate) daemon: bool,
     /// `"1:2"`-style identity, the prefix for names of our own children.
     pub(crate) identity: Identity,
@@ -29,9 +23,7 @@ pub(crate) struct ChildState {
 }
 
 /// Everything a fresh child writes, kept together in one static so that
-/// the writes cost one copy-on-write page fault, not several. Aligned so
-/// that it never straddles two pages.
-#[repr(C, align(256))]
+/// the writes cost one copy-on-write page fault, not several.
 struct Globals {
     /// This process's pid as of its start or its last fork through this crate.
     known_pid: AtomicI32,
@@ -44,27 +36,7 @@ struct Globals {
     /// that runs afterwards does not try to unwind.
     body_done: AtomicBool,
     child: AtomicPtr<ChildState>,
-    /// Room for one `ChildState`, so that a forking server's child need
-    /// not allocate one (a `malloc` writes two heap pages, and its code is
-    /// a third page: three page faults in every child).
-    slot: StateSlot,
 }
-
-/// Written at most once along any line of descent: by the first child of
-/// the line that enters through [`enter_child`] with
-/// [`Entry::InPlace`]. Its descendants inherit the state there as their
-/// parent's (an [`IdentitySeed`] may point at it), so they box theirs.
-struct StateSlot {
-    used: AtomicBool,
-    state: UnsafeCell<MaybeUninit<ChildState>>,
-}
-
-// SAFETY: `state` is written once, by a freshly forked child before it has
-// a second thread and before anything refers to it (`used` guards against
-// a second write, also in every descendant); afterwards it is only read.
-unsafe impl Sync for StateSlot {}
-
-const _: () = assert!(std::mem::size_of::<Globals>() <= 256);
 
 static G: Globals = Globals {
     known_pid: AtomicI32::new(0),
@@ -72,10 +44,6 @@ static G: Globals = Globals {
     body_tid: AtomicI32::new(0),
     body_done: AtomicBool::new(false),
     child: AtomicPtr::new(std::ptr::null_mut()),
-    slot: StateSlot {
-        used: AtomicBool::new(false),
-        state: UnsafeCell::new(MaybeUninit::uninit()),
-    },
 };
 
 /// The pid without a system call: cached, and refreshed in every child
@@ -123,9 +91,8 @@ pub(crate) fn child_state() -> Option<&'static ChildState> {
     if ptr.is_null() {
         return None;
     }
-    // SAFETY: a non-null `G.child` points to a leaked `Box<ChildState>`
-    // or to the written slot, neither ever freed nor written again, so the
-    // reference is valid for 'static.
+    // SAFETY: a non-null CHILD always points to a leaked `Box<ChildState>`
+    // that is never freed, so the reference is valid for 'static.
     let state = unsafe { &*ptr };
     // A grandchild forked behind our back (plain libc fork) inherits the
     // pointer; the pid check keeps it from claiming its parent's identity.
@@ -144,53 +111,23 @@ pub(crate) fn prepare_child(
     identity: impl Into<Identity>,
 ) -> Box<ChildState> {
     let identity = identity.into();
-    Box::new(child_state_of(name.map(Cow::Owned), daemon, identity))
-}
-
-/// A child's state from its parts (the default name formatted if none).
-pub(crate) fn child_state_of(
-    name: Option<Cow<'static, str>>,
-    daemon: bool,
-    identity: Identity,
-) -> ChildState {
-    ChildState {
-        name: name.unwrap_or_else(|| Cow::Owned(format!("Process-{identity}"))),
+    Box::new(ChildState {
+        name: name.unwrap_or_else(|| format!("Process-{identity}")),
         daemon,
         identity,
         next_child: AtomicU32::new(1),
-    }
+    })
 }
 
-/// How a child's state reaches [`enter_child`].
-pub(crate) enum Entry {
-    /// Built (and allocated) by [`prepare_child`], usually in the parent.
-    Boxed(Box<ChildState>),
-    /// Built on the child's stack, to be stored in place in this module's
-    /// static (boxed only if an ancestor already used it).
-    InPlace(ChildState),
-}
-
-/// Called in the child right after `fork()`, while it has one thread.
-pub(crate) fn enter_child(state: Entry, pid: i32) {
-    let ptr = match state {
-        Entry::Boxed(state) => Box::into_raw(state),
-        Entry::InPlace(state) => {
-            if G.slot.used.swap(true, Ordering::AcqRel) {
-                Box::into_raw(Box::new(state))
-            } else {
-                // SAFETY: `used` was false, so no ancestor of this process
-                // wrote the slot and nothing refers to it; this process has
-                // one thread (it was just forked), so no one reads it now.
-                unsafe { (*G.slot.state.get()).write(state) as *mut ChildState }
-            }
-        }
-    };
+/// Called in the child right after `fork()` with the state
+/// [`prepare_child`] built.
+pub(crate) fn enter_child(state: Box<ChildState>, pid: i32) {
     G.child_pid.store(pid, Ordering::Release);
     // The forking thread is the child's only thread, and the only thread
     // of a new process has the process's id as its thread id: no gettid.
     G.body_tid.store(pid, Ordering::Release);
     G.body_done.store(false, Ordering::Release);
-    G.child.store(ptr, Ordering::Release);
+    G.child.store(Box::into_raw(state), Ordering::Release);
 }
 
 /// Called in the child once the target returned or unwound.
@@ -296,7 +233,7 @@ pub fn current_process() -> ProcessInfo {
     let ppid = getppid().as_raw();
     match child_state() {
         Some(s) => ProcessInfo {
-            name: s.name.to_string(),
+            name: s.name.clone(),
             pid,
             ppid,
             daemon: s.daemon,

@@ -51,7 +51,6 @@
 //! does not `exec`) inherits the write end and keeps daemons alive until it
 //! exits; a daemon that `exec`s drops its lifeline (`O_CLOEXEC`).
 
-use std::borrow::Cow;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -97,13 +96,12 @@ pub struct ForkOptions {
     /// at most this often instead of on every fork: the forking server's
     /// setting, which would otherwise pay a `statx` per connection.
     pub(crate) thread_check_every: Option<Duration>,
-    /// Build the child's `current_process()` state in the child, after
-    /// the fork, instead of in the parent: the forking server's setting.
-    /// The parent only numbers the identity, allocating nothing (each
-    /// heap page it writes is a copy-on-write fault after every fork);
-    /// the child borrows the name from these options and stores the state
-    /// in place in a static it writes anyway (see `current::enter_child`),
-    /// so it allocates nothing either.
+    /// Build the child's `current_process()` state (name and identity
+    /// strings) in the child, after the fork, instead of in the parent:
+    /// the forking server's setting. Its children allocate anyway (the
+    /// handler), on heap pages they fault in regardless, while the
+    /// parent's three allocations and frees per fork each wrote heap
+    /// pages, copy-on-write faults in the parent after every fork.
     pub(crate) state_in_child: bool,
 }
 
@@ -670,22 +668,9 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                 w
             });
             let state = match state {
-                Prepared::Built(state) => current::Entry::Boxed(state),
+                Prepared::Built(state) => state,
                 Prepared::InChild(seed) => {
-                    // SAFETY: the child never returns from this function
-                    // (`child_main` ends with `_exit`), so `options`, and
-                    // the name it holds, outlive every use of the state in
-                    // this process; nothing can change or drop them while
-                    // this call borrows them.
-                    let name = options
-                        .name
-                        .as_deref()
-                        .map(|n| Cow::Borrowed(unsafe { &*(n as *const str) }));
-                    current::Entry::InPlace(current::child_state_of(
-                        name,
-                        options.daemon,
-                        seed.into(),
-                    ))
+                    current::prepare_child(options.name.clone(), options.daemon, seed)
                 }
             };
             child_main(parent, pid, lifeline, state, keep, body)
@@ -733,7 +718,7 @@ fn child_main<F: FnOnce() -> i32>(
     parent: Pid,
     pid: i32,
     lifeline: Option<OwnedFd>,
-    state: current::Entry,
+    state: Box<current::ChildState>,
     sentinel_end: Option<OwnedFd>,
     body: F,
 ) -> ! {
