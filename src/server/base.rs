@@ -723,3 +723,33 @@ impl<'fd> PollSet<'fd> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+
+    /// Past the stack's room the set moves to the heap whole: same
+    /// descriptors, same order, index 0 first.
+    #[test]
+    fn a_poll_set_keeps_every_descriptor_in_order() {
+        let files: Vec<std::fs::File> = (0..STACK_FDS + 5)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let fd = |i: usize| -> BorrowedFd<'_> { files[i].as_fd() };
+        for n in [1, 2, STACK_FDS, STACK_FDS + 1, STACK_FDS + 5] {
+            let mut set = PollSet::new(PollFd::new(fd(0), PollFlags::POLLIN));
+            for i in 1..n {
+                set.push(PollFd::new(fd(i), PollFlags::POLLIN));
+            }
+            assert_eq!(set.heap.is_empty(), n <= STACK_FDS, "{n}");
+            let got: Vec<i32> = set
+                .as_mut_slice()
+                .iter()
+                .map(|p| p.as_fd().as_raw_fd())
+                .collect();
+            let want: Vec<i32> = files[..n].iter().map(|f| f.as_raw_fd()).collect();
+            assert_eq!(got, want, "{n}");
+        }
+    }
+}
