@@ -246,7 +246,11 @@ impl socketserver::server::AsyncRequestHandler for AsyncEcho {
                 Step::Eof => return Ok(()),
                 Step::Echoed => {}
                 Step::Rest(rest) => {
-                    let Some(sent) = within(self.idle, stream.write_all(&rest)).await else {
+                    // Boxed: the timer of `within` would otherwise be part
+                    // of every connection's task, idle or not, for a path
+                    // taken only when the send buffer is full.
+                    let send = Box::pin(within(self.idle, stream.write_all(&rest)));
+                    let Some(sent) = send.await else {
                         tracing::debug!("closing an idle connection");
                         return Ok(());
                     };

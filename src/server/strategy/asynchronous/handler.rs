@@ -96,21 +96,9 @@ impl<H: AsyncRequestHandler> DynHandler for H {
         // The span only when it is recorded: a disabled span still makes
         // the task bigger and costs an `Instrumented` layer per poll.
         let span = tracing::debug_span!("conn", peer = %conn.peer, strategy = "async");
-        // Only what the connection needs lives in its task (an idle
-        // connection is its task's size, times 10,000).
-        let task = async move {
-            let Conn {
-                core,
-                stream,
-                peer,
-                per_ip,
-                proxy,
-                nonblocking,
-                permits,
-            } = conn;
-            let _permits = permits;
-            serve_native(&*self, &core, stream, peer, per_ip, proxy, nonblocking).await;
-        };
+        // The task is `serve_native`'s future alone: an idle connection is
+        // its task's size, times 10,000.
+        let task = serve_native(self, conn);
         if span.is_disabled() {
             tasks.spawn(task);
         } else {
@@ -203,15 +191,24 @@ impl<F: Future> Future for CatchUnwind<'_, F> {
     }
 }
 
-pub(super) async fn serve_native<H: AsyncRequestHandler>(
-    handler: &H,
-    core: &ServerCore,
-    stream: StdTcpStream,
-    mut peer: SocketAddr,
-    per_ip: Option<PerIpLimiter>,
-    proxy: Option<Duration>,
-    nonblocking: bool,
-) {
+/// The life of one native connection: PROXY header, per-IP slot, the
+/// handler under `catch_unwind`, its error reported.
+///
+/// The task is this future. It takes the [`Conn`] whole: an `async` block
+/// that took it apart and called this with the fields held the `Conn` and
+/// the call's arguments both, for as long as the connection lived (with
+/// the echo example's handler, 624 bytes against 536 now).
+async fn serve_native<H: AsyncRequestHandler>(handler: Arc<H>, conn: Conn) {
+    let Conn {
+        core,
+        stream,
+        mut peer,
+        per_ip,
+        proxy,
+        nonblocking,
+        permits,
+    } = conn;
+    let _permits = permits;
     let started = std::time::Instant::now();
     let ready = if nonblocking {
         Ok(())
