@@ -90,7 +90,7 @@ use crate::server::transport::{BindAddress, ServerSocket, TcpTransport};
 use crate::server::wakeup::Wakeup;
 
 pub use handler::{AsyncRequestHandler, Blocking};
-use handler::{Conn, DynHandler, ShutdownOnDrop};
+use handler::{Conn, DynHandler, Native, ShutdownOnDrop};
 use reactor::Reactor;
 
 /// One tokio task per request (the async strategy). See the module docs.
@@ -171,6 +171,15 @@ fn reap(tasks: &mut JoinSet<()>) {
 }
 
 impl Spawner {
+    /// Serves `handler` natively, with the server's admission settings.
+    fn serve_native<H: AsyncRequestHandler>(&mut self, handler: H) {
+        self.native = Some(Arc::new(Native {
+            handler,
+            per_ip: self.per_ip.clone(),
+            proxy: self.proxy,
+        }));
+    }
+
     /// Starts the task for one request on the current runtime. `permits`
     /// hold a connection slot (and a blocking slot for a blocking
     /// handler); `nonblocking`: the stream was accepted non-blocking.
@@ -194,8 +203,6 @@ impl Spawner {
                         core: core.clone(),
                         stream,
                         peer,
-                        per_ip: self.per_ip.clone(),
-                        proxy: self.proxy,
                         nonblocking,
                         permits,
                     },
@@ -681,7 +688,7 @@ impl ServerBuilder<TcpTransport, Async> {
             self.hooks.clone(),
             self.options.clone(),
         )?;
-        server.strategy_mut().spawner.native = Some(Arc::new(handler));
+        server.strategy_mut().spawner.serve_native(handler);
         Ok(server)
     }
 
@@ -704,7 +711,7 @@ impl ServerBuilder<TcpTransport, Async> {
             self.hooks.clone(),
             self.options.clone(),
         )?;
-        server.strategy_mut().spawner.native = Some(Arc::new(handler));
+        server.strategy_mut().spawner.serve_native(handler);
         Ok(server)
     }
 }
