@@ -24,8 +24,11 @@ use crate::server::middleware::proxy::read_proxy_header_async;
 /// A native async connection handler, for the async strategy over TCP.
 ///
 /// One value serves every connection (it is shared through an `Arc`), so
-/// per-connection state lives in the future `handle` returns. Implement it
-/// with `async fn` and serve it with
+/// per-connection state lives in the future `handle` returns, and that
+/// future's size is most of what an idle connection costs: a buffer held
+/// across an `.await` is held by every idle connection (docs/server.md,
+/// "Memory per idle connection"). Implement it with `async fn` and serve
+/// it with
 /// [`SocketServer::bind_async`](crate::server::SocketServer::bind_async):
 ///
 /// ```no_run
