@@ -148,8 +148,6 @@ struct Spawner {
     /// The shared blocking pool (the home runtime's).
     pool: tokio::runtime::Handle,
     native: Option<Arc<dyn DynHandler>>,
-    per_ip: Option<PerIpLimiter>,
-    proxy: Option<Duration>,
 }
 
 impl Async {
@@ -172,11 +170,11 @@ fn reap(tasks: &mut JoinSet<()>) {
 
 impl Spawner {
     /// Serves `handler` natively, with the server's admission settings.
-    fn serve_native<H: AsyncRequestHandler>(&mut self, handler: H) {
+    fn serve_native<H: AsyncRequestHandler>(&mut self, handler: H, options: &ServerOptions) {
         self.native = Some(Arc::new(Native {
             handler,
-            per_ip: self.per_ip.clone(),
-            proxy: self.proxy,
+            per_ip: options.per_ip_limit.map(PerIpLimiter::new),
+            proxy: options.proxy_protocol,
         }));
     }
 
@@ -376,8 +374,6 @@ impl Strategy for Async {
             spawner: Spawner {
                 pool: home.handle().clone(),
                 native: None,
-                per_ip: options.per_ip_limit.map(PerIpLimiter::new),
-                proxy: options.proxy_protocol,
             },
             home: Some(home),
             tasks: JoinSet::new(),
@@ -688,7 +684,10 @@ impl ServerBuilder<TcpTransport, Async> {
             self.hooks.clone(),
             self.options.clone(),
         )?;
-        server.strategy_mut().spawner.serve_native(handler);
+        server
+            .strategy_mut()
+            .spawner
+            .serve_native(handler, &self.options);
         Ok(server)
     }
 
@@ -711,7 +710,10 @@ impl ServerBuilder<TcpTransport, Async> {
             self.hooks.clone(),
             self.options.clone(),
         )?;
-        server.strategy_mut().spawner.serve_native(handler);
+        server
+            .strategy_mut()
+            .spawner
+            .serve_native(handler, &self.options);
         Ok(server)
     }
 }
