@@ -91,12 +91,14 @@ fn server_main(cfg: &str) {
     let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
     if flags.contains("fdcap") {
         // Room for one worker's control socket and pidfd, not for a second
-        // one; and a worker, which inherits the limit, cannot make its own
-        // descriptors.
+        // control socket pair; and a worker, which inherits the limit,
+        // cannot make its own descriptors. (The parent closes the worker's
+        // end of the pair before it opens the pidfd, so a worker takes
+        // two descriptors of the parent's, three at the peak.)
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
         let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        setrlimit(Resource::RLIMIT_NOFILE, open + 4, hard).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, open + 3, hard).unwrap();
     }
     println!("{}", server.server_address().port());
     server.serve_forever().expect("serve_forever");

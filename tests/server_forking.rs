@@ -82,6 +82,13 @@ impl RequestHandler for Picky {
             }
             "abort" => std::process::abort(),
             "exit" => socketserver::process::exit(7),
+            "fds" => {
+                let reply: String = pipe_ends()
+                    .into_iter()
+                    .map(|(inode, mode)| format!("{inode} {mode}\n"))
+                    .collect();
+                req.wfile().write_all(reply.as_bytes())
+            }
             "whoami" => {
                 use socketserver::process::{current_process, Process};
                 // Another thread of the child asks at the same time.
@@ -125,6 +132,79 @@ impl RequestHandler for Picky {
             _ => req.wfile().write_all(line.as_bytes()),
         }
     }
+}
+
+/// This process's pipe descriptors: (pipe inode, access mode from
+/// `fdinfo`: 0 read, 1 write).
+fn pipe_ends() -> Vec<(u64, u32)> {
+    let mut ends = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let Some(inode) = link
+            .to_str()
+            .and_then(|l| l.strip_prefix("pipe:["))
+            .and_then(|l| l.strip_suffix(']'))
+            .and_then(|l| l.parse().ok())
+        else {
+            continue;
+        };
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok());
+        if let Some(flags) = flags {
+            ends.push((inode, flags & libc::O_ACCMODE as u32));
+        }
+    }
+    ends
+}
+
+/// The exit-notes pipe is new with the server, and the server holds both
+/// of its ends; its children hold the write end only (they report there),
+/// and a second fork from the handler (a `Process`) holds neither.
+fn a_forked_handler_holds_only_the_write_end_of_the_exit_notes() {
+    let before: Vec<u64> = pipe_ends().into_iter().map(|(i, _)| i).collect();
+    let mut server = ForkingTcpServer::bind("127.0.0.1:0", || Picky).unwrap();
+    let mut notes: Vec<(u64, u32)> = pipe_ends()
+        .into_iter()
+        .filter(|(i, _)| !before.contains(i))
+        .collect();
+    notes.sort();
+    assert_eq!(notes.len(), 2, "the server's new pipe ends: {notes:?}");
+    assert_eq!(notes[0].0, notes[1].0, "one pipe, both ends: {notes:?}");
+    let inode = notes[0].0;
+    let (out, _) = send_line(&mut server, b"fds\n");
+    let child: Vec<(u64, u32)> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (i, m) = l.split_once(' ').unwrap();
+            (i.parse().unwrap(), m.parse().unwrap())
+        })
+        .filter(|&(i, _)| i == inode)
+        .collect();
+    assert_eq!(
+        child,
+        vec![(inode, 1)],
+        "the child's ends of the notes pipe"
+    );
+    // A process forked by the server's parent holds neither end.
+    let mut other = socketserver::process::Process::new(move || {
+        if pipe_ends().iter().any(|&(i, _)| i == inode) {
+            socketserver::process::exit(3);
+        }
+    });
+    other.start().unwrap();
+    other.join().unwrap();
+    assert_eq!(other.exitcode(), Some(0));
+    server.server_close();
 }
 
 fn send_line(server: &mut ForkingTcpServer, line: &[u8]) -> (Vec<u8>, u16) {
@@ -237,7 +317,8 @@ fn no_zombies_after_1000_connections() {
         assert_eq!(tcp_roundtrip(addr, msg.as_bytes()), msg.as_bytes());
     }
     // Children exit right after their connection closes; the loop reaps
-    // each as its pidfd fires, without waiting for another connection. So
+    // each as its exit note arrives, without waiting for another
+    // connection. So
     // every child must disappear entirely (exited *and* reaped) while the
     // server keeps running: waiting only for zombies to clear would pass
     // at once while the last child is still alive.
@@ -264,8 +345,8 @@ impl RequestHandler for EchoThenLinger {
     }
 }
 
-/// More live children than one `poll` of the reaper asks about (64): all
-/// of them are reaped once they exit, chunk by chunk. (The handler, not
+/// More live children than one read of the exit notes takes (128): all
+/// of them are reaped once they exit, read after read. (The handler, not
 /// the client, keeps each child alive: a child forked from this test
 /// process inherits the client sockets the test holds open.)
 fn more_children_than_one_poll_are_all_reaped() {
@@ -594,6 +675,13 @@ fn main() {
             peer_resets_are_debug_and_connections_are_spanned();
             Ok(())
         }),
+        (
+            "a_forked_handler_holds_only_the_write_end_of_the_exit_notes",
+            || {
+                a_forked_handler_holds_only_the_write_end_of_the_exit_notes();
+                Ok(())
+            },
+        ),
         ("max_children_defers_accept", || {
             max_children_defers_accept();
             Ok(())

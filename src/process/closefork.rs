@@ -63,16 +63,18 @@ pub(crate) fn unregister(slot: usize) {
 }
 
 /// In a freshly forked child: closes the parent's registered descriptors
-/// and frees every slot (entries of older ancestors are stale: their
-/// numbers may have been reused by the parent, so they are not closed).
-pub(crate) fn close_in_child(parent: i32) {
+/// except `keep` (a forking server's child keeps the write end of its exit
+/// notes) and frees every slot (entries of older ancestors are stale:
+/// their numbers may have been reused by the parent, so they are not
+/// closed).
+pub(crate) fn close_in_child(parent: i32, keep: Option<RawFd>) {
     for slot in used() {
         let owner = slot.owner.load(Ordering::Acquire);
         if owner == 0 {
             continue;
         }
         let fd = slot.fd.load(Ordering::Acquire);
-        if owner == parent && fd >= 0 {
+        if owner == parent && fd >= 0 && Some(fd) != keep {
             // SAFETY: closing a raw descriptor number the parent registered
             // as "parent only". The child's copy of the owning `Connection`
             // knows (by pid) that it must not touch or close it again.

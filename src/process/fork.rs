@@ -64,7 +64,7 @@ use nix::unistd::{getpid, getppid, ForkResult, Pid};
 
 use super::connection::Connection;
 use super::current::{self, ExitRequest};
-use super::{closefork, registry, sys};
+use super::{closefork, notes, registry, sys};
 use crate::{Error, Result};
 
 /// Options for [`fork_child`]. Default: no name (the child is called
@@ -448,28 +448,32 @@ impl ForkedChild {
         if self.served.is_some() {
             return self.reap_served(nohang);
         }
-        let flags = nohang.then_some(WaitPidFlag::WNOHANG);
-        loop {
-            match waitpid(self.pid, flags) {
-                Ok(WaitStatus::Exited(_, code)) => {
-                    self.reaped(code);
-                    return Ok(Some(code));
+        let code = wait_code(self.pid, nohang)?;
+        if let Some(code) = code {
+            self.reaped(code);
+        }
+        Ok(code)
+    }
+}
+
+/// `waitpid(pid)` (with `WNOHANG` when `nohang`) on one child of ours: its
+/// exit code once it has exited (`-N` when killed by signal `N`), `None`
+/// while it runs (only with `nohang`).
+pub(crate) fn wait_code(pid: Pid, nohang: bool) -> Result<Option<i32>> {
+    let flags = nohang.then_some(WaitPidFlag::WNOHANG);
+    loop {
+        match waitpid(pid, flags) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(-(sig as i32))),
+            Ok(WaitStatus::StillAlive) => return Ok(None),
+            // Stopped/continued are not reported without WUNTRACED.
+            Ok(_) => {
+                if nohang {
+                    return Ok(None);
                 }
-                Ok(WaitStatus::Signaled(_, sig, _)) => {
-                    let code = -(sig as i32);
-                    self.reaped(code);
-                    return Ok(Some(code));
-                }
-                Ok(WaitStatus::StillAlive) => return Ok(None),
-                // Stopped/continued are not reported without WUNTRACED.
-                Ok(_) => {
-                    if nohang {
-                        return Ok(None);
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
             }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -505,7 +509,7 @@ impl Drop for ForkedChild {
 
 /// Hands a still-running child to a thread that waits for exactly its pid,
 /// then frees its exit-registry slot.
-fn detach(pid: Pid, exit_slot: Option<usize>) {
+pub(crate) fn detach(pid: Pid, exit_slot: Option<usize>) {
     let spawned = std::thread::Builder::new()
         .name(format!("reaper-{pid}"))
         .stack_size(64 * 1024)
@@ -589,6 +593,64 @@ enum Prepared {
 /// [`Error::Io`] when `fork`, `pidfd_open` or `pipe2` fail (`EAGAIN` at the
 /// process limit, `EMFILE`, …).
 pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<ForkedChild> {
+    let pipe = if pidfd_supported() {
+        None
+    } else {
+        Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+    };
+    let Forked {
+        child,
+        parent,
+        lifeline,
+        pipe_read,
+    } = fork_common(options, pipe, None, body)?;
+    let sentinel = match pipe_read {
+        Some(r) => r,
+        None => match pidfd_open(child) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Without a sentinel the child cannot be managed.
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                if let Some(l) = lifeline {
+                    l.close();
+                }
+                return Err(e);
+            }
+        },
+    };
+    Ok(ForkedChild {
+        pid: child,
+        owner: parent,
+        sentinel,
+        status: None,
+        lifeline,
+        exit_slot: None,
+        served: None,
+    })
+}
+
+/// What the parent has of a child [`fork_common`] made.
+pub(crate) struct Forked {
+    pub(crate) child: Pid,
+    /// The forking process.
+    pub(crate) parent: Pid,
+    pub(crate) lifeline: Option<Lifeline>,
+    /// The read end of `pipe`, when one was given.
+    pub(crate) pipe_read: Option<OwnedFd>,
+}
+
+/// The fork behind [`fork_child`] and the forking server's
+/// [`ExitNotes::fork`](super::notes::ExitNotes::fork). `pipe`: a sentinel
+/// pipe whose write end the child keeps until it exits (kernels without
+/// pidfds). `note`: the write end of the exit notes the child reports to
+/// before `_exit`; the child keeps it open through the close-on-fork pass.
+pub(crate) fn fork_common<F: FnOnce() -> i32>(
+    options: &ForkOptions,
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    note: Option<RawFd>,
+    body: F,
+) -> Result<Forked> {
     if current::child_state().is_some_and(|s| s.daemon) {
         return Err(Error::DaemonicChildren);
     }
@@ -602,11 +664,6 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
         Some(Lifeline::new()?)
     } else {
         None
-    };
-    let pipe = if pidfd_supported() {
-        None
-    } else {
-        Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
     };
     // As CPython does: flush our own pending stdout before forking, so the
     // child does not inherit (and later print) a copy of a partial line.
@@ -662,7 +719,8 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                 }
                 read_end
             });
-            closefork::close_in_child(parent.as_raw());
+            closefork::close_in_child(parent.as_raw(), note);
+            notes::enter_child(parent.as_raw(), pid, note);
             let keep = pipe.map(|(r, w)| {
                 drop(r);
                 w
@@ -681,34 +739,17 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
                 drop(read_end);
                 parent_end
             });
-            let sentinel = match pipe {
-                Some((r, w)) => {
-                    drop(w);
-                    r
-                }
-                None => match pidfd_open(child) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        // Without a sentinel the child cannot be managed.
-                        let _ = kill(child, Signal::SIGKILL);
-                        let _ = waitpid(child, None);
-                        if let Some(l) = lifeline {
-                            l.close();
-                        }
-                        return Err(e);
-                    }
-                },
-            };
+            let pipe_read = pipe.map(|(r, w)| {
+                drop(w);
+                r
+            });
             drop(body);
             drop(state);
-            Ok(ForkedChild {
-                pid: child,
-                owner: parent,
-                sentinel,
-                status: None,
+            Ok(Forked {
+                child,
+                parent,
                 lifeline,
-                exit_slot: None,
-                served: None,
+                pipe_read,
             })
         }
     }
@@ -758,6 +799,9 @@ pub(crate) fn leave_child(code: i32) -> ! {
         use std::io::Write;
         let _ = std::io::stdout().flush();
     });
+    // The last thing before leaving: a forking server's child tells the
+    // server it is done (see `notes`).
+    notes::leave_child();
     // SAFETY: _exit ends the process immediately; no destructors or atexit
     // handlers of the parent's image run in the child.
     unsafe { libc::_exit(code) }

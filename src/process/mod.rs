@@ -25,6 +25,7 @@ mod closefork;
 mod current;
 mod fork;
 mod forkserver;
+pub(crate) mod notes;
 #[allow(clippy::module_inception)]
 mod process;
 mod registry;
@@ -33,7 +34,7 @@ mod sys;
 // Detached handler threads for the threading strategy.
 pub(crate) mod thread;
 // The one `panic_message`, also used by the server's handler life cycle.
-pub(crate) use sys::{consolidate_heap, panic_message, Interruptible, Revocable};
+pub(crate) use sys::{consolidate_heap, panic_message, wait_readable, Interruptible, Revocable};
 
 pub(crate) mod ipc;
 pub(crate) mod manager;

@@ -444,11 +444,16 @@ impl Serving<'_> {
                 if let Some(h) = self.wakeup.health() {
                     fds.push(PollFd::new(h.fd(), PollFlags::POLLIN));
                 }
-                // During the drain notice, wake when it runs out.
-                let timeout = match self.wakeup.notice_left() {
-                    None => PollTimeout::NONE,
-                    Some(left) => PollTimeout::try_from(left + Duration::from_millis(1))
-                        .unwrap_or(PollTimeout::MAX),
+                // During the drain notice, wake when it runs out; and when
+                // the strategy has housekeeping due.
+                let notice = self
+                    .wakeup
+                    .notice_left()
+                    .map(|left| left + Duration::from_millis(1));
+                let timeout = match (notice, strategy.wake_within()) {
+                    (None, None) => PollTimeout::NONE,
+                    (Some(t), None) | (None, Some(t)) => poll_timeout(t),
+                    (Some(a), Some(b)) => poll_timeout(a.min(b)),
                 };
                 let fds = fds.as_mut_slice();
                 match poll(fds, timeout) {
@@ -480,6 +485,13 @@ impl Serving<'_> {
             self.core.hooks.service_actions();
         }
     }
+}
+
+/// `poll`'s timeout for `d`, rounded up to whole milliseconds (so that a
+/// remainder below one is not a busy zero-timeout poll).
+fn poll_timeout(d: Duration) -> PollTimeout {
+    let ms = d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
 }
 
 impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {

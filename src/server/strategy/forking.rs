@@ -1,29 +1,35 @@
 //! The forking strategy: Python's `ForkingMixIn`, on the process layer.
 //!
-//! Each request runs in a child made by
-//! [`fork_child`](crate::process::fork_child): the child drops its copy of
-//! the server socket (so it never holds the port), runs the handler under
-//! `catch_unwind` and `_exit`s with 0, or 1 when the handler failed or
-//! panicked. The parent closes its copy of the connection at once (the
-//! request moved into the child's closure, which the parent drops unrun).
+//! Each request runs in a child forked like
+//! [`fork_child`](crate::process::fork_child) does: the child drops its
+//! copy of the server socket (so it never holds the port), runs the
+//! handler under `catch_unwind` and `_exit`s with 0, or 1 when the handler
+//! failed or panicked. The parent closes its copy of the connection at
+//! once (the request moved into the child's closure, which the parent
+//! drops unrun).
 //!
 //! Unlike CPython, the parent never calls `waitpid(-1)`: it waits only for
-//! the pids it forked, woken by each child's pidfd sentinel, which the loop
-//! polls together with the listening socket. So no child of someone else is
-//! ever reaped, exited children are reaped at once (no zombies between
-//! requests), and a full house (`max_children`) stops `accept` until a
-//! sentinel fires, without sleeping or polling on a timer.
+//! the pids it forked. It learns which have exited from *exit notes*: one
+//! pipe for all children, to which each child writes its pid as the last
+//! thing before `_exit`. The loop polls that one descriptor together with
+//! the listening socket, and reaps exactly the children whose notes it
+//! read, so no child of someone else is ever reaped, exited children are
+//! reaped at once (no zombies between requests), and a full house
+//! (`max_children`) stops `accept` until a note arrives. A child that
+//! ends without a note (killed by a signal) is found by a sweep that asks
+//! every child at most once a second. Why notes and not a pidfd per
+//! child: docs/server.md, "Exit notes".
 
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 
 use crate::error::Result;
 use crate::handler::PeerAddr;
-use crate::process::{consolidate_heap, fork_child, ForkOptions, ForkedChild};
+use crate::process::notes::{ExitNotes, NotedChild, SWEEP};
+use crate::process::{consolidate_heap, ForkOptions};
 
 use super::{LoopWaker, Serving, Strategy};
 use crate::server::core::ServerCore;
@@ -36,32 +42,28 @@ use crate::server::transport::ServerSocket;
 #[derive(Debug)]
 #[doc(alias = "ForkingMixIn")]
 pub struct Forking {
-    children: Vec<ForkedChild>,
+    children: Vec<NotedChild>,
+    /// The pipe every child writes its pid to before it exits.
+    notes: ExitNotes,
+    /// How many of `children` have left their note but were not reaped
+    /// yet (still exiting when asked).
+    noted: usize,
+    /// When every child is next asked whether it has exited (for those
+    /// that could not leave a note).
+    next_sweep: Instant,
     max_children: usize,
     fork_options: ForkOptions,
-    /// A child was forked since the loop last ran `service_actions`.
-    forked: bool,
     /// The read buffer every child's stream request reads through: its own
     /// copy of this one, allocated here once and never written by the
     /// parent, so a child neither allocates nor frees one (the heap pages
     /// and allocator state that would touch are copy-on-write faults in
     /// every child).
     child_rbuf: Vec<u8>,
-    /// Inside `serve_forever`: the accept loop polls every sentinel and
-    /// runs `service_actions` after each wake-up, so a fork needs no
-    /// reaping pass of its own (`handle_request` alone still gets one).
-    looping: bool,
 }
 
-/// Up to this many children, reaping asks each with `waitpid(WNOHANG)`
-/// directly; above it one `poll` over the sentinels picks the ones to ask.
-const DIRECT_REAP: usize = 2;
-
-/// How many children's sentinels one `poll` asks about (the bits of a
-/// `u64`), from an array on the stack: a malloc/free pair per wake-up
-/// would write heap pages, each a copy-on-write fault in the parent after
-/// every fork.
-const POLL_CHUNK: usize = 64;
+/// While a child that left its note is still exiting, the loop asks again
+/// this often.
+const NOTED_RETRY: Duration = Duration::from_millis(1);
 
 impl Forking {
     /// Children forked and not yet reaped.
@@ -71,66 +73,83 @@ impl Forking {
 
     /// The pids of the children not yet reaped.
     pub fn child_pids(&self) -> Vec<i32> {
-        self.children.iter().map(ForkedChild::pid).collect()
+        self.children.iter().map(NotedChild::pid).collect()
     }
 
-    /// Python's `collect_children(blocking=False)`: reaps every child whose
-    /// sentinel says it has exited, and logs how it ended.
+    /// Python's `collect_children(blocking=False)`: reaps every child that
+    /// left its note (and, once a [`SWEEP`], every child that has exited),
+    /// and logs how each ended.
     fn collect_children(&mut self) {
-        let n = self.children.len();
-        if n <= DIRECT_REAP {
-            // n waitpid calls cost no more than one poll plus a waitpid
-            // per exited child.
-            self.reap_where(0..n, |_| true);
+        if self.children.is_empty() {
             return;
         }
-        // Chunk by chunk, the last first: reaping swap-removes, which only
-        // moves children of the chunks already looked at.
-        let mut end = n;
-        while end > 0 {
-            let start = end.saturating_sub(POLL_CHUNK);
-            let ready = self.exited_among(start, end);
-            self.reap_where(start..end, |i| ready & (1 << (i - start)) != 0);
-            end = start;
+        self.read_notes();
+        let now = Instant::now();
+        let sweep = now >= self.next_sweep;
+        if sweep {
+            self.next_sweep = now + SWEEP;
         }
-    }
-
-    /// Which of children `start..end` (at most [`POLL_CHUNK`]) have
-    /// exited, by their sentinels, as bits from `start`.
-    fn exited_among(&self, start: usize, end: usize) -> u64 {
-        let chunk = &self.children[start..end];
-        let mut fds: [PollFd<'_>; POLL_CHUNK] = std::array::from_fn(|i| {
-            PollFd::new(chunk[i.min(chunk.len() - 1)].sentinel(), PollFlags::POLLIN)
-        });
-        let fds = &mut fds[..chunk.len()];
-        match poll(fds, PollTimeout::ZERO) {
-            Ok(0) => 0,
-            Ok(_) => fds
-                .iter()
-                .enumerate()
-                .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
-                .fold(0, |m, (i, _)| m | 1 << i),
-            // Interrupted or failed: try every child, it costs only waitpid.
-            Err(_) => u64::MAX,
+        if self.noted == 0 && !sweep {
+            return;
         }
-    }
-
-    /// `waitpid(WNOHANG)` on each child of `range` that `pick` selects,
-    /// from the last; removes the reaped.
-    fn reap_where(&mut self, range: std::ops::Range<usize>, pick: impl Fn(usize) -> bool) {
-        for i in range.rev() {
-            if !pick(i) {
+        // From the last: swap_remove moves only children already asked.
+        for i in (0..self.children.len()).rev() {
+            let child = &mut self.children[i];
+            if !(sweep || child.noted) {
                 continue;
             }
+            match child.try_wait() {
+                Ok(Some(code)) => log_exit(self.remove(i).pid(), code),
+                Ok(None) => {}
+                Err(e) => self.lost(i, &e),
+            }
+        }
+    }
+
+    /// Marks the children whose notes arrived.
+    fn read_notes(&mut self) {
+        let children = &mut self.children;
+        let noted = &mut self.noted;
+        self.notes.read(|pid| {
+            if let Some(child) = children.iter_mut().find(|c| c.pid() == pid) {
+                if !child.noted {
+                    child.noted = true;
+                    *noted += 1;
+                }
+            }
+        });
+    }
+
+    /// Removes child `i` (swapping the last into its place).
+    fn remove(&mut self, i: usize) -> NotedChild {
+        let child = self.children.swap_remove(i);
+        if child.noted {
+            self.noted -= 1;
+        }
+        child
+    }
+
+    /// `waitpid` failed for child `i` (`ECHILD`: someone else reaped it,
+    /// `SIGCHLD` ignored or a `waitpid(-1)` elsewhere): it is no longer
+    /// ours to wait for, so it leaves the list, and is not handed to a
+    /// reaper either.
+    fn lost(&mut self, i: usize, e: &crate::Error) {
+        let child = self.remove(i);
+        tracing::error!(pid = child.pid(), error = %e, "waitpid failed; the child is no longer tracked");
+        std::mem::forget(child);
+    }
+
+    /// Reaps every child that has exited, noted or not (the drain's pass).
+    fn reap_exited(&mut self, report: &mut DrainReport) {
+        self.read_notes();
+        for i in (0..self.children.len()).rev() {
             match self.children[i].try_wait() {
                 Ok(Some(code)) => {
-                    let child = self.children.swap_remove(i);
-                    log_exit(child.pid(), code);
+                    report.drained += 1;
+                    log_exit(self.remove(i).pid(), code);
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(pid = self.children[i].pid(), error = %e, "waitpid failed");
-                }
+                Err(e) => self.lost(i, &e),
             }
         }
     }
@@ -162,6 +181,9 @@ impl Strategy for Forking {
     fn new(options: &ServerOptions, _: LoopWaker) -> Result<Self> {
         Ok(Forking {
             children: Vec::new(),
+            notes: ExitNotes::new()?,
+            noted: 0,
+            next_sweep: Instant::now() + SWEEP,
             max_children: options.max_children(),
             fork_options: {
                 let mut options = ForkOptions::new();
@@ -173,9 +195,7 @@ impl Strategy for Forking {
                 options.state_in_child = true;
                 options
             },
-            forked: false,
             child_rbuf: crate::handler::read_buffer(),
-            looping: false,
         })
     }
 
@@ -193,15 +213,13 @@ impl Strategy for Forking {
         request: Incoming,
         peer: PeerAddr,
     ) {
-        // Bounds the zombies of a server driven by `handle_request` alone
-        // (the accept loop reaps on each sentinel that fires).
-        if !self.looping {
-            self.collect_children();
-        }
+        // Bounds the zombies of a server driven by `handle_request` alone;
+        // in the accept loop this is its `service_actions`.
+        self.collect_children();
         // Borrowed, not cloned: an `Arc` clone writes its count, a
         // copy-on-write fault in the parent after every fork (and one in
-        // the child when it drops it). The child never returns past
-        // `fork_child`, so the borrow outlives its use there.
+        // the child when it drops it). The child never returns past the
+        // fork, so the borrow outlives its use there.
         let child_core: &ServerCore = core;
         let child_peer = &peer;
         let child_rbuf = &mut self.child_rbuf;
@@ -221,38 +239,42 @@ impl Strategy for Forking {
                 1
             }
         };
-        match fork_child(&self.fork_options, body) {
+        match self.notes.fork(&self.fork_options, body) {
             Ok(child) => {
                 tracing::trace!(pid = child.pid(), peer = %peer, "forked a child");
                 self.children.push(child);
-                self.forked = true;
             }
             Err(e) => core.handle_error(&peer, &e),
         }
     }
 
     fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.children.iter().map(ForkedChild::sentinel).collect()
+        let mut fds = Vec::new();
+        self.each_wait_fd(&mut |fd| fds.push(fd));
+        fds
     }
 
-    /// The sentinels without a `Vec`: an allocation per loop turn would
-    /// write two heap pages of the parent, copy-on-write faults after
-    /// every fork.
+    /// The exit notes' descriptor while children run.
     fn each_wait_fd<'a>(&'a self, add: &mut dyn FnMut(BorrowedFd<'a>)) {
-        for child in &self.children {
-            add(child.sentinel());
+        if !self.children.is_empty() {
+            add(self.notes.fd());
         }
     }
 
-    /// Reaps exited children, except right after a fork: then the loop
-    /// woke for a connection, and a sentinel that fired too keeps the next
-    /// `poll` returning at once, so it is reaped one turn later without
-    /// a look at every child now.
     fn service_actions(&mut self) {
-        if std::mem::take(&mut self.forked) && self.looping {
-            return;
-        }
         self.collect_children();
+    }
+
+    /// A millisecond while a child that left its note is still exiting;
+    /// until the next sweep while children run.
+    fn wake_within(&self) -> Option<Duration> {
+        if self.noted > 0 {
+            Some(NOTED_RETRY)
+        } else if self.children.is_empty() {
+            None
+        } else {
+            Some(self.next_sweep.saturating_duration_since(Instant::now()))
+        }
     }
 
     fn serve_forever(&mut self, serving: &mut Serving<'_>) -> Result<()> {
@@ -261,10 +283,7 @@ impl Strategy for Forking {
         // them, a copy-on-write fault per heap page touched. The loop
         // itself frees only what it allocated again, so they stay empty.
         consolidate_heap();
-        self.looping = true;
-        let result = serving.accept_loop(self);
-        self.looping = false;
-        result
+        serving.accept_loop(self)
     }
 
     /// Every child not yet reaped counts as in flight (the loop reaps an
@@ -272,32 +291,39 @@ impl Strategy for Forking {
     fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
         let mut report = DrainReport::default();
         if !block_on_close {
-            // Dropping a running ForkedChild hands its pid to a reaper
+            // Dropping a running child's record hands its pid to a reaper
             // thread, so nothing is left as a zombie.
             report.detached = self.children.len();
             self.children.clear();
+            self.noted = 0;
             return report;
         }
         let deadline = Instant::now() + timeout;
-        for mut child in self.children.drain(..) {
+        loop {
+            self.reap_exited(&mut report);
             let left = deadline.saturating_duration_since(Instant::now());
-            match child.wait_timeout(left) {
-                Ok(Some(code)) => {
-                    report.drained += 1;
-                    log_exit(child.pid(), code);
-                }
-                Ok(None) => {
-                    report.aborted += 1;
-                    tracing::warn!(
-                        pid = child.pid(),
-                        "child did not finish in the drain timeout; killing it"
-                    );
-                    let _ = child.signal(Signal::SIGKILL);
-                    let _ = child.wait();
-                }
+            if self.children.is_empty() || left.is_zero() {
+                break;
+            }
+            // Woken by the next note; a child that left one is still
+            // exiting, so ask again soon; one that cannot leave a note is
+            // found within a sweep.
+            let wait = if self.noted > 0 { NOTED_RETRY } else { SWEEP };
+            let _ = crate::process::wait_readable(self.notes.fd(), Some(left.min(wait)));
+        }
+        for mut child in self.children.drain(..) {
+            report.aborted += 1;
+            tracing::warn!(
+                pid = child.pid(),
+                "child did not finish in the drain timeout; killing it"
+            );
+            let _ = child.signal(Signal::SIGKILL);
+            match child.wait() {
+                Ok(code) => log_exit(child.pid(), code),
                 Err(e) => tracing::error!(pid = child.pid(), error = %e, "waitpid failed"),
             }
         }
+        self.noted = 0;
         report
     }
 }

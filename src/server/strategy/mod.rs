@@ -114,6 +114,15 @@ pub trait Strategy: Send + Sized + 'static {
     /// exited children. Default does nothing.
     fn service_actions(&mut self) {}
 
+    /// The longest the accept loop may wait, with nothing ready, before it
+    /// must call [`service_actions`](Self::service_actions) again; `None`
+    /// (the default) waits for a descriptor. The forking strategy asks for
+    /// a millisecond while a child that reported its exit is still
+    /// finishing it, and for its once-a-second sweep while children run.
+    fn wake_within(&self) -> Option<Duration> {
+        None
+    }
+
     /// Serves until a shutdown is requested. Default is
     /// [`Serving::accept_loop`] in this thread; the prefork strategy
     /// manages its worker pool here instead (each worker accepts on the
@@ -149,6 +158,9 @@ pub(crate) trait Processor {
     );
     fn each_wait_fd<'a>(&'a self, add: &mut dyn FnMut(BorrowedFd<'a>));
     fn service_actions(&mut self);
+    fn wake_within(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl<S: Strategy> Processor for S {
@@ -169,6 +181,9 @@ impl<S: Strategy> Processor for S {
     }
     fn service_actions(&mut self) {
         Strategy::service_actions(self)
+    }
+    fn wake_within(&self) -> Option<Duration> {
+        Strategy::wake_within(self)
     }
 }
 
