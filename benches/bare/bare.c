@@ -1,8 +1,14 @@
 /* Minimal hand-written echo servers: the "bare" side of benches/bare.rs.
  *
- *   bare fork|prefork N|thread|epoll [N]
+ *   bare fork|fork-pidfd|fork-notes|prefork N|thread|epoll [N]
  *
- * fork: a child per connection. prefork N: N workers blocking in accept.
+ * fork: a child per connection, reaped by the kernel (SIGCHLD ignored).
+ * fork-pidfd, fork-notes: the same, reaped as a framework that must not
+ * touch other children's exits has to: by a pidfd per child polled with
+ * the listener, or by the child's pid written to one shared pipe just
+ * before it exits (what the forking strategy does). Not in the bench's
+ * table; they price the two ways of reaping (docs/server.md, "Exit
+ * notes"). prefork N: N workers blocking in accept.
  * thread: a detached thread per connection. epoll: one thread, one epoll
  * instance, the listener and every connection in it. epoll N: N threads,
  * each with its own epoll instance holding the shared listening socket
@@ -22,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -30,6 +37,7 @@
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -79,6 +87,85 @@ static void serve_fork(int lfd) {
             _exit(0);
         }
         close(c);
+    }
+}
+
+/* fork per connection; the parent polls the listener and a pidfd per
+ * child, and waits for each child whose pidfd fires. */
+static void serve_fork_pidfd(int lfd) {
+    static struct pollfd pfd[1 + 4096];
+    static pid_t pids[1 + 4096];
+    int n = 0;
+    fcntl(lfd, F_SETFL, O_NONBLOCK);
+    for (;;) {
+        pfd[0].fd = lfd;
+        pfd[0].events = POLLIN;
+        if (poll(pfd, n + 1, -1) < 0) continue;
+        for (int i = 1; i <= n;) {
+            if (pfd[i].revents) {
+                waitpid(pids[i], NULL, 0);
+                close(pfd[i].fd);
+                pfd[i] = pfd[n];
+                pids[i] = pids[n];
+                n--;
+            } else {
+                i++;
+            }
+        }
+        while (pfd[0].revents && n < 4096) {
+            int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (c < 0) break;
+            pid_t pid = fork();
+            if (pid == 0) {
+                close(lfd);
+                echo(c);
+                _exit(0);
+            }
+            close(c);
+            n++;
+            pfd[n].fd = (int)syscall(SYS_pidfd_open, pid, 0);
+            pfd[n].events = POLLIN;
+            pfd[n].revents = 0;
+            pids[n] = pid;
+        }
+    }
+}
+
+/* fork per connection; each child writes its pid to one shared pipe as its
+ * last act, and the parent waits for exactly those pids (asking again on
+ * the next turn, 1 ms later at most, for one still exiting). */
+static void serve_fork_notes(int lfd) {
+    static pid_t pending[4096 + 256];
+    int np = 0, notes[2];
+    if (pipe2(notes, O_CLOEXEC | O_NONBLOCK) < 0) { perror("pipe2"); exit(1); }
+    fcntl(lfd, F_SETFL, O_NONBLOCK);
+    for (;;) {
+        struct pollfd pfd[2] = {{.fd = lfd, .events = POLLIN}, {.fd = notes[0], .events = POLLIN}};
+        if (poll(pfd, 2, np ? 1 : -1) < 0) continue;
+        if (pfd[1].revents) {
+            pid_t got[256];
+            ssize_t r = read(notes[0], got, sizeof got);
+            for (ssize_t i = 0; r > 0 && i < r / (ssize_t)sizeof(pid_t) && np < 4096 + 256; i++)
+                pending[np++] = got[i];
+        }
+        for (int i = 0; i < np;) {
+            if (waitpid(pending[i], NULL, WNOHANG) > 0) pending[i] = pending[--np];
+            else i++;
+        }
+        while (pfd[0].revents) {
+            int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (c < 0) break;
+            pid_t pid = fork();
+            if (pid == 0) {
+                close(lfd);
+                close(notes[0]);
+                echo(c);
+                pid_t me = getpid();
+                if (write(notes[1], &me, sizeof me) < 0) _exit(1);
+                _exit(0);
+            }
+            close(c);
+        }
     }
 }
 
@@ -173,12 +260,14 @@ static void serve_epoll_threads(int lfd, int n) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bare fork|prefork N|thread|epoll [N]\n");
+        fprintf(stderr, "usage: bare fork|fork-pidfd|fork-notes|prefork N|thread|epoll [N]\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     int lfd = listen_any();
     if (!strcmp(argv[1], "fork")) serve_fork(lfd);
+    else if (!strcmp(argv[1], "fork-pidfd")) serve_fork_pidfd(lfd);
+    else if (!strcmp(argv[1], "fork-notes")) serve_fork_notes(lfd);
     else if (!strcmp(argv[1], "prefork")) serve_prefork(lfd, argc > 2 ? atoi(argv[2]) : 4);
     else if (!strcmp(argv[1], "thread")) serve_thread(lfd);
     else if (!strcmp(argv[1], "epoll")) {

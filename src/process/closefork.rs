@@ -37,8 +37,10 @@ fn used() -> &'static [Slot] {
     &FDS[..HIGH.load(Ordering::Acquire).min(SLOTS)]
 }
 
-/// Registers `fd` of process `owner`; `None` if the table is full.
+/// Registers `fd` of process `owner` (this process); `None` if the table
+/// is full.
 pub(crate) fn register(owner: i32, fd: RawFd) -> Option<usize> {
+    forget_stale(owner);
     for (i, slot) in FDS.iter().enumerate() {
         if slot
             .owner
@@ -64,23 +66,96 @@ pub(crate) fn unregister(slot: usize) {
 
 /// In a freshly forked child: closes the parent's registered descriptors
 /// except `keep` (a forking server's child keeps the write end of its exit
-/// notes) and frees every slot (entries of older ancestors are stale:
-/// their numbers may have been reused by the parent, so they are not
-/// closed).
+/// notes). Reads the table only: a write would be a copy-on-write fault in
+/// every child, and most children never fork or register anything. The
+/// parent's entries, now stale here, are freed by [`forget_stale`] before
+/// this process forks or registers.
 pub(crate) fn close_in_child(parent: i32, keep: Option<RawFd>) {
     for slot in used() {
-        let owner = slot.owner.load(Ordering::Acquire);
-        if owner == 0 {
+        if slot.owner.load(Ordering::Acquire) != parent {
             continue;
         }
         let fd = slot.fd.load(Ordering::Acquire);
-        if owner == parent && fd >= 0 && Some(fd) != keep {
+        if fd >= 0 && Some(fd) != keep {
             // SAFETY: closing a raw descriptor number the parent registered
             // as "parent only". The child's copy of the owning `Connection`
             // knows (by pid) that it must not touch or close it again.
             unsafe { libc::close(fd) };
         }
-        slot.fd.store(-1, Ordering::Release);
-        slot.owner.store(0, Ordering::Release);
+    }
+}
+
+/// Frees the entries of other processes than `me` (an ancestor's, inherited
+/// through a fork): their numbers may have been reused here, and the
+/// ancestor's pid by another process, so a child of ours must never act
+/// on them. Writes nothing when there are none (the usual case in a
+/// process that registers and forks).
+pub(crate) fn forget_stale(me: i32) {
+    for slot in used() {
+        let owner = slot.owner.load(Ordering::Acquire);
+        // -1: a slot another thread of ours is registering right now.
+        if owner != 0 && owner != -1 && owner != me {
+            slot.fd.store(-1, Ordering::Release);
+            let _ = slot
+                .owner
+                .compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{fork_child, ForkOptions};
+    use std::os::fd::IntoRawFd;
+
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only asks about the number.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    /// The parent's entry is closed in the child; a descriptor the child
+    /// then opens under the same number is the child's own, kept by the
+    /// grandchild; what the child registers itself is closed there.
+    #[test]
+    fn stale_entries_never_close_a_grandchilds_descriptors() {
+        let me = crate::process::current::cached_pid();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let number = r.into_raw_fd();
+        let slot = register(me, number).unwrap();
+        let mut child = fork_child(&ForkOptions::new(), move || {
+            if is_open(number) {
+                return 2;
+            }
+            // The lowest free number: most likely `number` again.
+            let (again, _keep) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+            let again = again.into_raw_fd();
+            let (mine, _keep2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+            let mine = mine.into_raw_fd();
+            let child = crate::process::current::cached_pid();
+            if register(child, mine).is_none() {
+                return 3;
+            }
+            let Ok(mut grandchild) = fork_child(&ForkOptions::new(), move || {
+                match (is_open(again), is_open(mine)) {
+                    (true, false) => 0,
+                    (false, _) => 4,
+                    (true, true) => 5,
+                }
+            }) else {
+                return 6;
+            };
+            grandchild.wait().unwrap_or(7)
+        })
+        .unwrap();
+        assert_eq!(child.wait().unwrap(), 0);
+        assert!(
+            is_open(number),
+            "the parent's own descriptor stays open here"
+        );
+        unregister(slot);
+        // SAFETY: `number` is the read end taken above, closed once here.
+        unsafe { libc::close(number) };
+        drop(w);
     }
 }

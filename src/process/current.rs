@@ -20,6 +20,12 @@ pub(crate) struct ChildState {
     pub(crate) identity: Identity,
     /// Counter for default names of the children this child starts.
     pub(crate) next_child: AtomicU32,
+    /// A forking server's child: the write end of the server's exit notes,
+    /// where it writes its pid before `_exit` (see `notes`). Kept here, on
+    /// the heap page the child's state is built on anyway, not in a static
+    /// whose page the child would otherwise not write (a copy-on-write
+    /// fault per child).
+    pub(crate) note: Option<std::os::fd::RawFd>,
 }
 
 /// Everything a fresh child writes, kept together in one static so that
@@ -116,6 +122,7 @@ pub(crate) fn prepare_child(
         daemon,
         identity,
         next_child: AtomicU32::new(1),
+        note: None,
     })
 }
 

@@ -657,6 +657,9 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
     // Our pid from the cache (kept right across forks, see
     // `current::cached_pid`), not a `getpid` per fork.
     let parent = Pid::from_raw(current::cached_pid());
+    // Entries our own parent left in the close-on-fork table are stale
+    // here; the child must not take them for ours.
+    closefork::forget_stale(parent.as_raw());
     if options.thread_check_every.is_none_or(thread_check_due) {
         warn_if_threaded(parent.as_raw());
     }
@@ -677,6 +680,9 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
         use std::io::Write;
         let _ = stdout.flush();
     }
+    // A forking server's child that forks: its child must not keep the
+    // server's exit notes.
+    let inherited_note = notes::inherited(note);
     // The state `current_process()` reports in the child: built here, or
     // (state_in_child) in the child from an identity numbered here.
     let state = if options.state_in_child && options.identity.is_none() {
@@ -720,17 +726,20 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
                 read_end
             });
             closefork::close_in_child(parent.as_raw(), note);
-            notes::enter_child(parent.as_raw(), pid, note);
+            notes::close_inherited(inherited_note);
             let keep = pipe.map(|(r, w)| {
                 drop(r);
                 w
             });
-            let state = match state {
+            let mut state = match state {
                 Prepared::Built(state) => state,
                 Prepared::InChild(seed) => {
                     current::prepare_child(options.name.clone(), options.daemon, seed)
                 }
             };
+            if note.is_some() {
+                state.note = note;
+            }
             child_main(parent, pid, lifeline, state, keep, body)
         }
         ForkResult::Parent { child } => {

@@ -581,7 +581,7 @@ fn child_main(
     }
     // Close-on-fork entries of the server (none) and of the original
     // caller (stale numbers) are dropped without closing anything.
-    closefork::close_in_child(0, None);
+    closefork::forget_stale(pid);
     current::enter_child(state, pid);
     if status
         .send_bytes(&[&[b'P'][..], &pid.to_le_bytes()].concat())

@@ -26,7 +26,6 @@
 //! in turn closes its inherited write end in the grandchild.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -42,38 +41,35 @@ use crate::{Error, Result};
 /// (for children that could not leave a note).
 pub(crate) const SWEEP: Duration = Duration::from_secs(1);
 
-/// In a child forked with notes: the write end it reports to, and the pid
-/// of the process that holds that duty. A process forked from that child
-/// by other means than this crate inherits both, and its own pid does not
-/// match, so it never writes.
-static NOTE_FD: AtomicI32 = AtomicI32::new(-1);
-static NOTE_PID: AtomicI32 = AtomicI32::new(0);
+/// In the process about to fork: the write end of exit notes this process
+/// reports to, which a child other than one reporting to `note` must not
+/// inherit (closed there by [`close_inherited`]).
+pub(crate) fn inherited(note: Option<RawFd>) -> Option<RawFd> {
+    current::child_state()
+        .and_then(|s| s.note)
+        .filter(|&fd| Some(fd) != note)
+}
 
-/// In every child this crate forks, before the body: takes up the duty to
-/// write a note to `note`, or (`None`) drops a duty inherited from
-/// `parent`, closing that inherited write end.
-pub(crate) fn enter_child(parent: i32, pid: i32, note: Option<RawFd>) {
-    let inherited = NOTE_FD.load(Ordering::Relaxed);
-    if inherited >= 0 && NOTE_PID.load(Ordering::Relaxed) == parent && Some(inherited) != note {
-        // SAFETY: the parent held this write end open for its own note
-        // (NOTE_PID is the parent's pid), so this process inherited it and
-        // nothing in it refers to the number.
-        unsafe { libc::close(inherited) };
+/// In a freshly forked child: closes the write end [`inherited`] named.
+pub(crate) fn close_inherited(fd: Option<RawFd>) {
+    if let Some(fd) = fd {
+        // SAFETY: the parent held this write end open for its own note, so
+        // this process inherited it, and nothing in it refers to the
+        // number (the parent's state, which does, is not this child's).
+        unsafe { libc::close(fd) };
     }
-    NOTE_FD.store(note.unwrap_or(-1), Ordering::Relaxed);
-    NOTE_PID.store(if note.is_some() { pid } else { 0 }, Ordering::Relaxed);
 }
 
 /// In a child on its way out, right before `_exit`: writes its note if it
-/// has the duty.
+/// reports to exit notes. (Its state says so only in the process it was
+/// built for: a process forked from it by other means than this crate
+/// sees no state, and writes nothing.)
 pub(crate) fn leave_child() {
-    let pid = current::cached_pid();
-    let fd = NOTE_FD.load(Ordering::Relaxed);
-    if fd < 0 || NOTE_PID.load(Ordering::Relaxed) != pid {
+    let Some(fd) = current::child_state().and_then(|s| s.note) else {
         return;
-    }
-    let note = pid.to_ne_bytes();
-    // SAFETY: `fd` is the write end this process took up in `enter_child`
+    };
+    let note = current::cached_pid().to_ne_bytes();
+    // SAFETY: `fd` is the write end this process was forked to report to
     // and has not closed; the buffer is four bytes on the stack. The pipe
     // is non-blocking: when it is full the note is dropped and the
     // parent's sweep finds the child instead.
