@@ -215,6 +215,43 @@ pub(crate) fn next_identity_seed() -> IdentitySeed {
     }
 }
 
+/// Identities numbered from a block taken out of this process's counter:
+/// the forking server numbers its children from one. Its parent then
+/// writes the process-wide counter once per [`BLOCK`] children instead of
+/// once per child (that counter's page is a copy-on-write fault in the
+/// parent after every fork), and the block itself lives beside the
+/// server's list of children, which the parent writes for each child
+/// anyway. Numbers stay unique in the process; the ones a block leaves
+/// unused are skipped. (Python's `ForkingMixIn` children take no number at
+/// all: they are plain `os.fork()`s.)
+#[derive(Debug, Default)]
+pub(crate) struct IdentityBlock {
+    /// The process the block was taken in (0: none taken yet).
+    owner: i32,
+    next: u32,
+    end: u32,
+}
+
+/// How many identities an [`IdentityBlock`] takes at a time.
+const BLOCK: u32 = 64;
+
+impl IdentityBlock {
+    /// Numbers the next child's identity.
+    pub(crate) fn seed(&mut self) -> IdentitySeed {
+        let parent = child_state();
+        let me = cached_pid();
+        if self.next == self.end || self.owner != me {
+            let counter = parent.map_or(&MAIN_NEXT_CHILD, |s| &s.next_child);
+            self.owner = me;
+            self.next = counter.fetch_add(BLOCK, Ordering::Relaxed);
+            self.end = self.next.wrapping_add(BLOCK);
+        }
+        let n = self.next;
+        self.next = self.next.wrapping_add(1);
+        IdentitySeed { parent, n }
+    }
+}
+
 /// A snapshot of the current process, like Python's
 /// `multiprocessing.current_process()` (name, pid, daemon flag).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,4 +352,28 @@ pub(crate) fn resume_exit_request(
         std::panic::resume_unwind(payload);
     }
     payload
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    #[test]
+    fn a_block_numbers_uniquely_beside_the_process_counter() {
+        let mut block = IdentityBlock::default();
+        let first = block.seed().n;
+        let other = next_identity_seed().n;
+        let second = block.seed().n;
+        assert_eq!(second, first + 1, "a block hands out consecutive numbers");
+        assert!(
+            other >= first + BLOCK,
+            "the counter moved past the block: {other} vs {first}"
+        );
+        let mut seen: Vec<u32> = (0..2 * BLOCK).map(|_| block.seed().n).collect();
+        seen.extend([first, second, other]);
+        let count = seen.len();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), count, "every number once");
+    }
 }

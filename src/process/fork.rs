@@ -603,7 +603,14 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
         parent,
         lifeline,
         pipe_read,
-    } = fork_common(options, pipe, None, body)?;
+    } = fork_common(
+        options,
+        Via {
+            pipe,
+            ..Via::default()
+        },
+        body,
+    )?;
     let sentinel = match pipe_read {
         Some(r) => r,
         None => match pidfd_open(child) {
@@ -640,17 +647,28 @@ pub(crate) struct Forked {
     pub(crate) pipe_read: Option<OwnedFd>,
 }
 
+/// What [`fork_common`] does besides forking.
+#[derive(Default)]
+pub(crate) struct Via {
+    /// A sentinel pipe whose write end the child keeps until it exits
+    /// (kernels without pidfds).
+    pub(crate) pipe: Option<(OwnedFd, OwnedFd)>,
+    /// The write end of the exit notes the child reports to before
+    /// `_exit`; the child keeps it open through the close-on-fork pass.
+    pub(crate) note: Option<RawFd>,
+    /// The child's identity, numbered by the caller (the forking server's
+    /// [`IdentityBlock`](current::IdentityBlock)); else numbered here.
+    pub(crate) seed: Option<current::IdentitySeed>,
+}
+
 /// The fork behind [`fork_child`] and the forking server's
-/// [`ExitNotes::fork`](super::notes::ExitNotes::fork). `pipe`: a sentinel
-/// pipe whose write end the child keeps until it exits (kernels without
-/// pidfds). `note`: the write end of the exit notes the child reports to
-/// before `_exit`; the child keeps it open through the close-on-fork pass.
+/// [`ExitNotes::fork`](super::notes::ExitNotes::fork).
 pub(crate) fn fork_common<F: FnOnce() -> i32>(
     options: &ForkOptions,
-    pipe: Option<(OwnedFd, OwnedFd)>,
-    note: Option<RawFd>,
+    via: Via,
     body: F,
 ) -> Result<Forked> {
+    let Via { pipe, note, seed } = via;
     if current::child_state().is_some_and(|s| s.daemon) {
         return Err(Error::DaemonicChildren);
     }
@@ -686,7 +704,7 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
     // The state `current_process()` reports in the child: built here, or
     // (state_in_child) in the child from an identity numbered here.
     let state = if options.state_in_child && options.identity.is_none() {
-        Prepared::InChild(current::next_identity_seed())
+        Prepared::InChild(seed.unwrap_or_else(current::next_identity_seed))
     } else {
         let identity = options
             .identity

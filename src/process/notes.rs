@@ -33,7 +33,8 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::fork::{self, ForkOptions};
+pub(crate) use super::current::IdentityBlock;
+use super::fork::{self, ForkOptions, Via};
 use super::{closefork, current};
 use crate::{Error, Result};
 
@@ -146,6 +147,7 @@ impl ExitNotes {
     pub(crate) fn fork<F: FnOnce() -> i32>(
         &self,
         options: &ForkOptions,
+        identities: &mut IdentityBlock,
         body: F,
     ) -> Result<NotedChild> {
         if options.is_daemon() {
@@ -153,7 +155,12 @@ impl ExitNotes {
                 "a child reporting through exit notes cannot be a daemon".into(),
             ));
         }
-        let forked = fork::fork_common(options, None, Some(self.write.as_raw_fd()), body)?;
+        let via = Via {
+            note: Some(self.write.as_raw_fd()),
+            seed: Some(identities.seed()),
+            ..Via::default()
+        };
+        let forked = fork::fork_common(options, via, body)?;
         Ok(NotedChild {
             pid: forked.child,
             owner: forked.parent,
@@ -303,17 +310,21 @@ mod tests {
             .map(|_| {
                 let pipe = pipe.clone();
                 notes
-                    .fork(&ForkOptions::new(), move || {
-                        let fds = fds_of_this_process();
-                        // 0: as expected; 2: holds the read end; 3: no write end.
-                        if fds.contains(&(r, pipe.clone())) {
-                            2
-                        } else if !fds.contains(&(w, pipe)) {
-                            3
-                        } else {
-                            0
-                        }
-                    })
+                    .fork(
+                        &ForkOptions::new(),
+                        &mut IdentityBlock::default(),
+                        move || {
+                            let fds = fds_of_this_process();
+                            // 0: as expected; 2: holds the read end; 3: no write end.
+                            if fds.contains(&(r, pipe.clone())) {
+                                2
+                            } else if !fds.contains(&(w, pipe)) {
+                                3
+                            } else {
+                                0
+                            }
+                        },
+                    )
                     .unwrap()
             })
             .collect();
@@ -336,16 +347,20 @@ mod tests {
         let notes = ExitNotes::new().unwrap();
         let pipe = target(notes.write.as_raw_fd());
         let mut child = notes
-            .fork(&ForkOptions::new(), move || {
-                let Ok(mut grandchild) =
-                    crate::process::fork_child(&ForkOptions::new(), move || {
-                        i32::from(fds_of_this_process().iter().any(|(_, t)| *t == pipe)) * 4
-                    })
-                else {
-                    return 5;
-                };
-                grandchild.wait().unwrap_or(6)
-            })
+            .fork(
+                &ForkOptions::new(),
+                &mut IdentityBlock::default(),
+                move || {
+                    let Ok(mut grandchild) =
+                        crate::process::fork_child(&ForkOptions::new(), move || {
+                            i32::from(fds_of_this_process().iter().any(|(_, t)| *t == pipe)) * 4
+                        })
+                    else {
+                        return 5;
+                    };
+                    grandchild.wait().unwrap_or(6)
+                },
+            )
             .unwrap();
         assert_eq!(child.wait().unwrap(), 0);
         let mut notes_read = Vec::new();
@@ -357,7 +372,7 @@ mod tests {
     fn a_child_killed_before_its_note_is_still_reaped_by_pid() {
         let notes = ExitNotes::new().unwrap();
         let mut child = notes
-            .fork(&ForkOptions::new(), || {
+            .fork(&ForkOptions::new(), &mut IdentityBlock::default(), || {
                 std::thread::sleep(Duration::from_secs(30));
                 0
             })
@@ -376,7 +391,7 @@ mod tests {
         let mut options = ForkOptions::new();
         options.daemon(true);
         assert!(matches!(
-            notes.fork(&options, || 0),
+            notes.fork(&options, &mut IdentityBlock::default(), || 0),
             Err(Error::InvalidArgument(_))
         ));
     }

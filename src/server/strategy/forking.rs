@@ -28,7 +28,7 @@ use nix::sys::signal::Signal;
 
 use crate::error::Result;
 use crate::handler::PeerAddr;
-use crate::process::notes::{ExitNotes, NotedChild, SWEEP};
+use crate::process::notes::{ExitNotes, IdentityBlock, NotedChild, SWEEP};
 use crate::process::{consolidate_heap, ForkOptions};
 
 use super::{LoopWaker, Serving, Strategy};
@@ -43,6 +43,8 @@ use crate::server::transport::ServerSocket;
 #[doc(alias = "ForkingMixIn")]
 pub struct Forking {
     children: Vec<NotedChild>,
+    /// Numbers the children's identities (see the type).
+    identities: IdentityBlock,
     /// The pipe every child writes its pid to before it exits.
     notes: ExitNotes,
     /// How many of `children` have left their note but were not reaped
@@ -181,6 +183,7 @@ impl Strategy for Forking {
     fn new(options: &ServerOptions, _: LoopWaker) -> Result<Self> {
         Ok(Forking {
             children: Vec::new(),
+            identities: IdentityBlock::default(),
             notes: ExitNotes::new()?,
             noted: 0,
             next_sweep: Instant::now() + SWEEP,
@@ -239,7 +242,10 @@ impl Strategy for Forking {
                 1
             }
         };
-        match self.notes.fork(&self.fork_options, body) {
+        match self
+            .notes
+            .fork(&self.fork_options, &mut self.identities, body)
+        {
             Ok(child) => {
                 tracing::trace!(pid = child.pid(), peer = %peer, "forked a child");
                 self.children.push(child);
