@@ -82,6 +82,15 @@ impl RequestHandler for Picky {
             }
             "abort" => std::process::abort(),
             "exit" => socketserver::process::exit(7),
+            "hold" => {
+                // Echo, then stay a while. (Not until the client hangs
+                // up: children forked from the test process hold copies
+                // of the other clients' sockets.)
+                req.wfile().write_all(line.as_bytes())?;
+                req.wfile().flush()?;
+                std::thread::sleep(Duration::from_millis(500));
+                Ok(())
+            }
             "fds" => {
                 let reply: String = pipe_ends()
                     .into_iter()
@@ -205,6 +214,41 @@ fn a_forked_handler_holds_only_the_write_end_of_the_exit_notes() {
     other.join().unwrap();
     assert_eq!(other.exitcode(), Some(0));
     server.server_close();
+}
+
+/// The parent holds no descriptor per child (exit notes, not a pidfd
+/// each): with room for only a few more descriptors than it has, it still
+/// runs twenty children at once.
+fn running_children_cost_the_parent_no_descriptors() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const N: usize = 20;
+    let mut server = ForkingTcpServer::bind("127.0.0.1:0", || Picky).unwrap();
+    let addr = server.server_address();
+    let mut clients: Vec<TcpStream> = (0..N)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(TIMEOUT)).unwrap();
+            c.write_all(b"hold\n").unwrap();
+            c
+        })
+        .collect();
+    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, open + 3, hard).unwrap();
+    let served = (0..N).map(|_| server.handle_request()).collect::<Vec<_>>();
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    for r in served {
+        r.unwrap();
+    }
+    assert_eq!(server.strategy().active_children(), N);
+    for c in &mut clients {
+        let mut line = [0u8; 5];
+        c.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"hold\n");
+    }
+    clients.clear();
+    server.server_close();
+    assert_eq!(server.strategy().active_children(), 0);
 }
 
 fn send_line(server: &mut ForkingTcpServer, line: &[u8]) -> (Vec<u8>, u16) {
@@ -481,11 +525,13 @@ fn a_forked_childs_own_forked_child_knows_who_it_is() {
     assert_eq!(f[2..5], ["socketserver-child", "false", "true"], "{text:?}");
     assert_eq!(f[5], middle_pid, "the grandchild's parent: {text:?}");
     assert_ne!(f[6], middle_pid, "{text:?}");
-    // The middle child's server took identity N:1, its own Process N:2.
-    let n = middle_nested
+    // The middle child's server numbered its child N:1 (from a block of
+    // identities it took), its own Process got a later number N:M.
+    let (n, m) = middle_nested
         .strip_prefix("Process-")
-        .and_then(|rest| rest.strip_suffix(":2"))
+        .and_then(|rest| rest.rsplit_once(':'))
         .unwrap_or_else(|| panic!("middle nested name {text:?}"));
+    assert_ne!(m, "1", "two children with one identity: {text:?}");
     assert_eq!(f[7], format!("Process-{n}:1:1"), "{text:?}");
 }
 
@@ -682,6 +728,10 @@ fn main() {
                 Ok(())
             },
         ),
+        ("running_children_cost_the_parent_no_descriptors", || {
+            running_children_cost_the_parent_no_descriptors();
+            Ok(())
+        }),
         ("max_children_defers_accept", || {
             max_children_defers_accept();
             Ok(())
