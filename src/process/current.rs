@@ -25,7 +25,7 @@ pub(crate) struct ChildState {
     /// the heap page the child's state is built on anyway, not in a static
     /// whose page the child would otherwise not write (a copy-on-write
     /// fault per child).
-    pub(crate) note: Option<std::os::fd::RawFd>,
+    pub(crate) note: Option<super::notes::NoteEnd>,
 }
 
 /// Everything a fresh child writes, kept together in one static so that

@@ -655,7 +655,7 @@ pub(crate) struct Via {
     pub(crate) pipe: Option<(OwnedFd, OwnedFd)>,
     /// The write end of the exit notes the child reports to before
     /// `_exit`; the child keeps it open through the close-on-fork pass.
-    pub(crate) note: Option<RawFd>,
+    pub(crate) note: Option<notes::NoteEnd>,
     /// The child's identity, numbered by the caller (the forking server's
     /// [`IdentityBlock`](current::IdentityBlock)); else numbered here.
     pub(crate) seed: Option<current::IdentitySeed>,
@@ -743,7 +743,7 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
                 }
                 read_end
             });
-            closefork::close_in_child(parent.as_raw(), note);
+            closefork::close_in_child(parent.as_raw(), note.map(|end| end.fd));
             notes::close_inherited(inherited_note);
             let keep = pipe.map(|(r, w)| {
                 drop(r);

@@ -11,7 +11,8 @@
 //! Instead the server makes one pipe. Each of its children inherits the
 //! write end and, as the last thing before `_exit`, writes its pid there:
 //! four bytes, an atomic write, non-blocking (a full pipe drops the note
-//! instead of stalling the child). The parent polls the read end, reads
+//! instead of stalling the child), after an `fstat` that makes sure the
+//! number still is that pipe (a handler may have closed and reused it). The parent polls the read end, reads
 //! the pids and reaps exactly those children with `waitpid(pid, WNOHANG)`
 //! — only its own, never `waitpid(-1)`. A child whose note arrived before
 //! it had finished exiting is asked again on the next turn of the loop.
@@ -42,13 +43,41 @@ use crate::{Error, Result};
 /// (for children that could not leave a note).
 pub(crate) const SWEEP: Duration = Duration::from_secs(1);
 
+/// The write end of a server's exit notes, as a child holds it: its
+/// number, and which pipe it was (so a handler that closed the number and
+/// reused it for a file of its own never gets a note written into it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NoteEnd {
+    pub(crate) fd: RawFd,
+    dev: u64,
+    ino: u64,
+}
+
+impl NoteEnd {
+    /// Whether `fd` still is this pipe (one `fstat`).
+    fn still_there(&self) -> bool {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat writes a `stat` into the buffer we pass, and only
+        // asks the kernel about the number (which may be closed: EBADF).
+        if unsafe { libc::fstat(self.fd, st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: fstat returned 0, so it filled the buffer.
+        let st = unsafe { st.assume_init() };
+        st.st_dev as u64 == self.dev
+            && st.st_ino as u64 == self.ino
+            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+    }
+}
+
 /// In the process about to fork: the write end of exit notes this process
 /// reports to, which a child other than one reporting to `note` must not
 /// inherit (closed there by [`close_inherited`]).
-pub(crate) fn inherited(note: Option<RawFd>) -> Option<RawFd> {
+pub(crate) fn inherited(note: Option<NoteEnd>) -> Option<RawFd> {
     current::child_state()
         .and_then(|s| s.note)
-        .filter(|&fd| Some(fd) != note)
+        .filter(|&end| Some(end) != note && end.still_there())
+        .map(|end| end.fd)
 }
 
 /// In a freshly forked child: closes the write end [`inherited`] named.
@@ -66,9 +95,15 @@ pub(crate) fn close_inherited(fd: Option<RawFd>) {
 /// built for: a process forked from it by other means than this crate
 /// sees no state, and writes nothing.)
 pub(crate) fn leave_child() {
-    let Some(fd) = current::child_state().and_then(|s| s.note) else {
+    let Some(end) = current::child_state().and_then(|s| s.note) else {
         return;
     };
+    if !end.still_there() {
+        // The handler closed it (and may have reused the number): the
+        // sweep finds this child instead.
+        return;
+    }
+    let fd = end.fd;
     let note = current::cached_pid().to_ne_bytes();
     // SAFETY: `fd` is the write end this process was forked to report to
     // and has not closed; the buffer is four bytes on the stack. The pipe
@@ -81,7 +116,10 @@ pub(crate) fn leave_child() {
 #[derive(Debug)]
 pub(crate) struct ExitNotes {
     read: OwnedFd,
-    write: OwnedFd,
+    /// Owns the write end, which `end` describes (the children hold
+    /// copies of it).
+    _write: OwnedFd,
+    end: NoteEnd,
     /// Close-on-fork registrations of `read` and `write`.
     slots: [Option<usize>; 2],
     /// The process that made the pipe (only it unregisters).
@@ -96,14 +134,21 @@ impl ExitNotes {
     /// `pipe2` failed (`EMFILE`, `ENFILE`).
     pub(crate) fn new() -> Result<Self> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let st = nix::sys::stat::fstat(&write)?;
+        let end = NoteEnd {
+            fd: write.as_raw_fd(),
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+        };
         let owner = current::cached_pid();
         let slots = [
             closefork::register(owner, read.as_raw_fd()),
-            closefork::register(owner, write.as_raw_fd()),
+            closefork::register(owner, end.fd),
         ];
         Ok(ExitNotes {
             read,
-            write,
+            _write: write,
+            end,
             slots,
             owner,
         })
@@ -156,7 +201,7 @@ impl ExitNotes {
             ));
         }
         let via = Via {
-            note: Some(self.write.as_raw_fd()),
+            note: Some(self.end),
             seed: Some(identities.seed()),
             ..Via::default()
         };
@@ -304,7 +349,7 @@ mod tests {
     #[test]
     fn each_child_leaves_its_pid_and_holds_only_the_write_end() {
         let notes = ExitNotes::new().unwrap();
-        let (r, w) = (notes.read.as_raw_fd(), notes.write.as_raw_fd());
+        let (r, w) = (notes.read.as_raw_fd(), notes.end.fd);
         let pipe = target(r);
         let mut children: Vec<NotedChild> = (0..3)
             .map(|_| {
@@ -345,7 +390,7 @@ mod tests {
     #[test]
     fn a_grandchild_does_not_hold_the_write_end_or_leave_a_note() {
         let notes = ExitNotes::new().unwrap();
-        let pipe = target(notes.write.as_raw_fd());
+        let pipe = target(notes.end.fd);
         let mut child = notes
             .fork(
                 &ForkOptions::new(),
@@ -383,6 +428,40 @@ mod tests {
         let mut any = false;
         notes.read(|_| any = true);
         assert!(!any, "a killed child writes no note");
+    }
+
+    #[test]
+    fn a_handler_that_reused_the_number_gets_no_note_in_its_file() {
+        let notes = ExitNotes::new().unwrap();
+        let fd = notes.end.fd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        let in_child = path.clone();
+        let mut child = notes
+            .fork(
+                &ForkOptions::new(),
+                &mut IdentityBlock::default(),
+                move || {
+                    let file = std::fs::File::create(&in_child).unwrap();
+                    // The number of the notes' write end now names the file.
+                    // SAFETY: dup2 onto a number this child owns (its copy of
+                    // the write end, which it gives up here).
+                    if unsafe { libc::dup2(file.as_raw_fd(), fd) } != fd {
+                        return 2;
+                    }
+                    0
+                },
+            )
+            .unwrap();
+        assert_eq!(child.wait().unwrap(), 0);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b"",
+            "a note went into the file"
+        );
+        let mut any = false;
+        notes.read(|_| any = true);
+        assert!(!any, "no note either");
     }
 
     #[test]
