@@ -49,8 +49,8 @@ pub(crate) const SWEEP: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NoteEnd {
     pub(crate) fd: RawFd,
-    dev: u64,
-    ino: u64,
+    dev: libc::dev_t,
+    ino: libc::ino_t,
 }
 
 impl NoteEnd {
@@ -64,9 +64,7 @@ impl NoteEnd {
         }
         // SAFETY: fstat returned 0, so it filled the buffer.
         let st = unsafe { st.assume_init() };
-        st.st_dev as u64 == self.dev
-            && st.st_ino as u64 == self.ino
-            && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+        st.st_dev == self.dev && st.st_ino == self.ino && st.st_mode & libc::S_IFMT == libc::S_IFIFO
     }
 }
 
@@ -137,8 +135,8 @@ impl ExitNotes {
         let st = nix::sys::stat::fstat(&write)?;
         let end = NoteEnd {
             fd: write.as_raw_fd(),
-            dev: st.st_dev as u64,
-            ino: st.st_ino as u64,
+            dev: st.st_dev,
+            ino: st.st_ino,
         };
         let owner = current::cached_pid();
         let slots = [
