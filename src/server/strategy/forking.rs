@@ -61,6 +61,10 @@ pub struct Forking {
     /// and allocator state that would touch are copy-on-write faults in
     /// every child).
     child_rbuf: Vec<u8>,
+    /// Inside `serve_forever`: the accept loop reaps in `service_actions`
+    /// after every wake-up, so a fork needs no reaping pass of its own
+    /// (`handle_request` alone still gets one).
+    looping: bool,
 }
 
 /// While a child that left its note is still exiting, the loop asks again
@@ -199,6 +203,7 @@ impl Strategy for Forking {
                 options
             },
             child_rbuf: crate::handler::read_buffer(),
+            looping: false,
         })
     }
 
@@ -216,9 +221,11 @@ impl Strategy for Forking {
         request: Incoming,
         peer: PeerAddr,
     ) {
-        // Bounds the zombies of a server driven by `handle_request` alone;
-        // in the accept loop this is its `service_actions`.
-        self.collect_children();
+        // Bounds the zombies of a server driven by `handle_request` alone
+        // (the accept loop reaps in `service_actions`).
+        if !self.looping {
+            self.collect_children();
+        }
         // Borrowed, not cloned: an `Arc` clone writes its count, a
         // copy-on-write fault in the parent after every fork (and one in
         // the child when it drops it). The child never returns past the
@@ -289,7 +296,10 @@ impl Strategy for Forking {
         // them, a copy-on-write fault per heap page touched. The loop
         // itself frees only what it allocated again, so they stay empty.
         consolidate_heap();
-        serving.accept_loop(self)
+        self.looping = true;
+        let result = serving.accept_loop(self);
+        self.looping = false;
+        result
     }
 
     /// Every child not yet reaped counts as in flight (the loop reaps an
