@@ -75,18 +75,23 @@ out:
     close(fd);
 }
 
+/* Forks a child that echoes on `c` and exits; the parent closes `c`. */
+static pid_t fork_echo(int lfd, int c) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(lfd);
+        echo(c);
+        _exit(0);
+    }
+    close(c);
+    return pid;
+}
+
 static void serve_fork(int lfd) {
     signal(SIGCHLD, SIG_IGN); /* the kernel reaps the children */
     for (;;) {
         int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (c < 0) continue;
-        pid_t pid = fork();
-        if (pid == 0) {
-            close(lfd);
-            echo(c);
-            _exit(0);
-        }
-        close(c);
+        if (c >= 0) fork_echo(lfd, c);
     }
 }
 
@@ -115,13 +120,7 @@ static void serve_fork_pidfd(int lfd) {
         while (pfd[0].revents && n < 4096) {
             int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
             if (c < 0) break;
-            pid_t pid = fork();
-            if (pid == 0) {
-                close(lfd);
-                echo(c);
-                _exit(0);
-            }
-            close(c);
+            pid_t pid = fork_echo(lfd, c);
             n++;
             pfd[n].fd = (int)syscall(SYS_pidfd_open, pid, 0);
             pfd[n].events = POLLIN;

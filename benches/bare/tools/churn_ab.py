@@ -2,10 +2,11 @@
 
     churn_ab.py NAME=CMD [NAME=CMD ...]
 
-Each CMD is a shell command that starts a server listening on 127.0.0.1
-port 0 and prints its `tcp://ADDR`. Every round starts each server in
-turn, runs `loadtest --churn` against it (CLIENTS connections, SECS
-seconds), and ends it by its pid with SIGTERM. Prints per round conn/s,
+Each CMD is a command line (split like a shell's words) that starts a
+server listening on 127.0.0.1 port 0 and prints its `tcp://ADDR`. Every
+round starts each server in turn, runs `loadtest --churn` against it
+(CLIENTS connections, SECS seconds), and ends it by its pid with
+SIGTERM. Prints per round conn/s,
 then per server the median conn/s, its ratio to the first server, the
 server's CPU per connection (the server and the children it reaped, from
 /proc) and the whole machine's busy CPU per connection (which includes
@@ -14,26 +15,15 @@ SECS (2), CLIENTS (4) from the environment.
 """
 import json
 import os
-import signal
+import shlex
 import statistics
 import subprocess
 import sys
 import time
 
-from common import WT
+from common import WT, start
 
 LOADTEST = os.path.join(WT, "target/release/loadtest")
-
-
-def start(cmd):
-    p = subprocess.Popen("exec " + cmd, shell=True, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    while True:
-        line = p.stdout.readline()
-        if not line:
-            raise SystemExit(f"{cmd} exited before it listened")
-        if "tcp://" in line:
-            return p, line.split("tcp://")[1].split()[0]
 
 
 def machine_busy():
@@ -64,7 +54,7 @@ def main():
     busy = {n: [] for n, _ in servers}
     for r in range(rounds):
         for name, cmd in servers:
-            p, addr = start(cmd)
+            p, addr = start(shlex.split(cmd))
             try:
                 time.sleep(0.2)
                 t0, b0 = tree_ticks(p.pid), machine_busy()
@@ -72,7 +62,7 @@ def main():
                                       "-d", secs + "s"], capture_output=True, text=True).stdout
                 t1, b1 = tree_ticks(p.pid), machine_busy()
             finally:
-                os.killpg(p.pid, signal.SIGTERM)
+                p.terminate()
                 p.wait()
             conns = json.loads(out)["connections_opened"]
             rate[name].append(conns / float(secs))
