@@ -5,17 +5,18 @@
 //! through its own pidfd costs the parent, which forks every child one
 //! after the other, a `pidfd_open` (the kernel allocates an inode and a
 //! dentry for it), a `close` and one more descriptor in every `poll`: in
-//! a hand-written fork-per-connection server, that alone cost 15% of its
-//! connection rate (see docs/server.md, "Exit notes").
+//! a hand-written fork-per-connection server, that alone cost 12–15% of
+//! its connection rate (see docs/server.md, "Exit notes").
 //!
 //! Instead the server makes one pipe. Each of its children inherits the
 //! write end and, as the last thing before `_exit`, writes its pid there:
 //! four bytes, an atomic write, non-blocking (a full pipe drops the note
 //! instead of stalling the child), after an `fstat` that makes sure the
-//! number still is that pipe (a handler may have closed and reused it). The parent polls the read end, reads
-//! the pids and reaps exactly those children with `waitpid(pid, WNOHANG)`
-//! — only its own, never `waitpid(-1)`. A child whose note arrived before
-//! it had finished exiting is asked again on the next turn of the loop.
+//! number still is that pipe (a handler may have closed and reused it).
+//! The parent polls the read end, reads the pids and reaps exactly those
+//! children with `waitpid(pid, WNOHANG)` — only its own, never
+//! `waitpid(-1)`. A child whose note arrived before it had finished
+//! exiting is asked again on the next turn of the loop.
 //!
 //! A child that ends without a note (killed by a signal, or a note lost
 //! to a full pipe) is found by a sweep: at most once per
@@ -104,7 +105,8 @@ pub(crate) fn leave_child() {
     let fd = end.fd;
     let note = current::cached_pid().to_ne_bytes();
     // SAFETY: `fd` is the write end this process was forked to report to
-    // and has not closed; the buffer is four bytes on the stack. The pipe
+    // (checked just above to still be that pipe); the buffer is four
+    // bytes on the stack. The pipe
     // is non-blocking: when it is full the note is dropped and the
     // parent's sweep finds the child instead.
     unsafe { libc::write(fd, note.as_ptr().cast(), note.len()) };
