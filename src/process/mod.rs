@@ -34,7 +34,9 @@ mod sys;
 // Detached handler threads for the threading strategy.
 pub(crate) mod thread;
 // The one `panic_message`, also used by the server's handler life cycle.
-pub(crate) use sys::{consolidate_heap, panic_message, wait_readable, Interruptible, Revocable};
+pub(crate) use sys::{
+    consolidate_heap, panic_message, poll_timeout, wait_readable, Interruptible, Revocable,
+};
 
 pub(crate) mod ipc;
 pub(crate) mod manager;

@@ -10,6 +10,14 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::Result;
 
+/// `poll`'s timeout for `d`: rounded up to whole milliseconds, so that a
+/// 0.4 ms remainder does not become a busy zero-timeout poll, and clamped
+/// to what poll(2) accepts.
+pub(crate) fn poll_timeout(d: Duration) -> PollTimeout {
+    let ms = d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+}
+
 /// Waits until `fd` is readable (or reports hang-up/error), for at most
 /// `timeout` (`None` = forever). Returns `Ok(true)` when it is ready and
 /// `Ok(false)` when the timeout expired first. `EINTR` restarts the wait with
@@ -19,13 +27,7 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Re
     loop {
         let poll_timeout = match deadline {
             None => PollTimeout::NONE,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up so that a 0.4 ms remainder does not become a busy
-                // zero-timeout poll; clamp to what poll(2) accepts.
-                let ms = left.as_nanos().div_ceil(1_000_000);
-                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
-            }
+            Some(d) => poll_timeout(d.saturating_duration_since(Instant::now())),
         };
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
         match nix::poll::poll(&mut fds, poll_timeout) {

@@ -21,6 +21,7 @@ use socket2::SockRef;
 
 use crate::error::{Error, Result};
 use crate::handler::PeerAddr;
+use crate::process::poll_timeout;
 
 use super::core::{Factory, ServerCore};
 use super::drain::DrainReport;
@@ -450,11 +451,11 @@ impl Serving<'_> {
                     .wakeup
                     .notice_left()
                     .map(|left| left + Duration::from_millis(1));
-                let timeout = match (notice, strategy.wake_within()) {
-                    (None, None) => PollTimeout::NONE,
-                    (Some(t), None) | (None, Some(t)) => poll_timeout(t),
-                    (Some(a), Some(b)) => poll_timeout(a.min(b)),
-                };
+                let timeout = notice
+                    .into_iter()
+                    .chain(strategy.wake_within())
+                    .min()
+                    .map_or(PollTimeout::NONE, poll_timeout);
                 let fds = fds.as_mut_slice();
                 match poll(fds, timeout) {
                     Ok(_) => {}
@@ -485,13 +486,6 @@ impl Serving<'_> {
             self.core.hooks.service_actions();
         }
     }
-}
-
-/// `poll`'s timeout for `d`, rounded up to whole milliseconds (so that a
-/// remainder below one is not a busy zero-timeout poll).
-fn poll_timeout(d: Duration) -> PollTimeout {
-    let ms = d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
 }
 
 impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {

@@ -95,21 +95,31 @@ impl Forking {
         if sweep {
             self.next_sweep = now + SWEEP;
         }
-        if self.noted == 0 && !sweep {
-            return;
+        if self.noted > 0 || sweep {
+            self.reap(|child| sweep || child.noted);
         }
+    }
+
+    /// Asks each child that `pick` selects with `waitpid(WNOHANG)`; removes
+    /// and logs the reaped. Returns how many were reaped.
+    fn reap(&mut self, pick: impl Fn(&NotedChild) -> bool) -> usize {
+        let mut reaped = 0;
         // From the last: swap_remove moves only children already asked.
         for i in (0..self.children.len()).rev() {
             let child = &mut self.children[i];
-            if !(sweep || child.noted) {
+            if !pick(child) {
                 continue;
             }
             match child.try_wait() {
-                Ok(Some(code)) => log_exit(self.remove(i).pid(), code),
+                Ok(Some(code)) => {
+                    reaped += 1;
+                    log_exit(self.remove(i).pid(), code);
+                }
                 Ok(None) => {}
                 Err(e) => self.lost(i, &e),
             }
         }
+        reaped
     }
 
     /// Marks the children whose notes arrived.
@@ -143,21 +153,6 @@ impl Forking {
         let child = self.remove(i);
         tracing::error!(pid = child.pid(), error = %e, "waitpid failed; the child is no longer tracked");
         std::mem::forget(child);
-    }
-
-    /// Reaps every child that has exited, noted or not (the drain's pass).
-    fn reap_exited(&mut self, report: &mut DrainReport) {
-        self.read_notes();
-        for i in (0..self.children.len()).rev() {
-            match self.children[i].try_wait() {
-                Ok(Some(code)) => {
-                    report.drained += 1;
-                    log_exit(self.remove(i).pid(), code);
-                }
-                Ok(None) => {}
-                Err(e) => self.lost(i, &e),
-            }
-        }
     }
 }
 
@@ -316,7 +311,9 @@ impl Strategy for Forking {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            self.reap_exited(&mut report);
+            // Every child that has exited, noted or not.
+            self.read_notes();
+            report.drained += self.reap(|_| true);
             let left = deadline.saturating_duration_since(Instant::now());
             if self.children.is_empty() || left.is_zero() {
                 break;
