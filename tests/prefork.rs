@@ -90,15 +90,17 @@ fn server_main(cfg: &str) {
     let mut server = b.bind("127.0.0.1:0", || Probe).expect("bind");
     let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
     if flags.contains("fdcap") {
-        // Room for one worker's control socket and pidfd, not for a second
-        // control socket pair; and a worker, which inherits the limit,
-        // cannot make its own descriptors. (The parent closes the worker's
-        // end of the pair before it opens the pidfd, so a worker takes
-        // two descriptors of the parent's, three at the peak.)
+        // Room for what `serve_forever` opens before its first worker (a
+        // wake-up pair, the pidfd probe) and for one worker's control
+        // socket pair (its pidfd then takes the number of the end the
+        // parent closes after the fork), not for a second pair; and a
+        // worker, which inherits the limit, cannot make its own
+        // descriptors. The limit caps descriptor *numbers*, so count the
+        // free numbers below it: descriptors inherited from whoever ran
+        // the tests leave holes.
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        setrlimit(Resource::RLIMIT_NOFILE, open + 3, hard).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, lowest_free_fds(5) + 1, hard).unwrap();
     }
     println!("{}", server.server_address().port());
     server.serve_forever().expect("serve_forever");
@@ -106,6 +108,21 @@ fn server_main(cfg: &str) {
         hand_over(&server);
     }
     server.server_close();
+}
+
+/// The number of the `n`th descriptor number not in use (counting from
+/// 1), so that a limit one above it leaves exactly `n` numbers free.
+fn lowest_free_fds(n: usize) -> u64 {
+    let names: Vec<u64> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    // The listing's own descriptor is closed by now: it is free.
+    let open: std::collections::HashSet<u64> = names
+        .into_iter()
+        .filter(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok())
+        .collect();
+    (0..).filter(|fd| !open.contains(fd)).nth(n - 1).unwrap()
 }
 
 /// What a SIGHUP restart does once `serve_forever` returned: the
