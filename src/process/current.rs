@@ -1,11 +1,14 @@
-//! Who am I: `current_process()`, `parent_pid()`, `cpu_count()`, and the
-//! explicit `exit(code)` a child uses to end with a chosen exit code.
+//! Who am I: `current_process()`, `parent_pid()`, `cpu_count()`; the
+//! state a child started by us keeps about itself, and the exit note a
+//! forking server's child owes its parent. (`exit(code)`, which ends a
+//! child with a chosen code, is in `fork.rs` beside the child's exit path.)
 //!
 //! The state of "this process is a child started by us" lives in one
 //! pointer that the child sets right after `fork()`. No lock is involved, so
 //! a lock held by some other thread of the parent at fork time cannot
 //! deadlock the child here.
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering};
 
 use nix::unistd::{getpid, getppid, gettid};
@@ -25,7 +28,7 @@ pub(crate) struct ChildState {
     /// the heap page the child's state is built on anyway, not in a static
     /// whose page the child would otherwise not write (a copy-on-write
     /// fault per child).
-    pub(crate) note: Option<super::notes::NoteEnd>,
+    pub(crate) note: Option<NoteEnd>,
 }
 
 /// Everything a fresh child writes, kept together in one static so that
@@ -316,32 +319,14 @@ pub fn cpu_count() -> usize {
 #[derive(Debug)]
 pub(crate) struct ExitRequest(pub(crate) i32);
 
-/// Ends the current process with exit status `code`: Python's `sys.exit(code)`
-/// inside a child.
-///
-/// Inside the target of a child started by this crate (on the thread that
-/// runs it), this unwinds to the fork point, so destructors of the target's
-/// locals run, and the child then leaves with `_exit(code)`; the parent sees
-/// `exitcode() == Some(code & 0xff)`. Called on another thread of such a
-/// child, it runs the child's exit cleanup and `_exit`s at once. In any
-/// other process it is [`std::process::exit`].
-///
-/// A `catch_unwind` inside the target can catch the unwinding, just as a
-/// bare `except:` catches `SystemExit` in Python.
-pub fn exit(code: i32) -> ! {
-    if child_state().is_some() {
-        if !G.body_done.load(Ordering::Acquire)
-            && gettid().as_raw() == G.body_tid.load(Ordering::Acquire)
-        {
-            // resume_unwind does not run the panic hook: no "panicked" noise.
-            std::panic::resume_unwind(Box::new(ExitRequest(code)));
-        }
-        super::fork::leave_child(code);
-    }
-    std::process::exit(code)
+/// Whether [`exit`](super::exit) called now, in a child of ours, should
+/// unwind to the fork point: on the thread that runs the target, before
+/// the target finished.
+pub(crate) fn exit_unwinds() -> bool {
+    !G.body_done.load(Ordering::Acquire) && gettid().as_raw() == G.body_tid.load(Ordering::Acquire)
 }
 
-/// Lets the unwinding of [`exit`] pass through a `catch_unwind` that is not
+/// Lets the unwinding of [`exit`](super::exit) pass through a `catch_unwind` that is not
 /// the fork point (the server core catches handler panics): re-raises an
 /// `ExitRequest` payload so the child ends with the code it asked for, and
 /// hands any other payload back.
@@ -352,6 +337,82 @@ pub(crate) fn resume_exit_request(
         std::panic::resume_unwind(payload);
     }
     payload
+}
+
+// The exit note a forking server's child owes (the parent's side, the
+// pipe and the reaping, is `notes.rs`).
+
+/// The write end of a server's exit notes, as a child holds it: its
+/// number, and which pipe it was (so a handler that closed the number and
+/// reused it for a file of its own never gets a note written into it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NoteEnd {
+    pub(crate) fd: RawFd,
+    dev: libc::dev_t,
+    ino: libc::ino_t,
+}
+
+impl NoteEnd {
+    /// The write end `fd` of the pipe `dev`/`ino` (from its `fstat`).
+    pub(crate) fn new(fd: RawFd, dev: libc::dev_t, ino: libc::ino_t) -> Self {
+        NoteEnd { fd, dev, ino }
+    }
+
+    /// Whether `fd` still is this pipe (one `fstat`).
+    fn still_there(&self) -> bool {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat writes a `stat` into the buffer we pass, and only
+        // asks the kernel about the number (which may be closed: EBADF).
+        if unsafe { libc::fstat(self.fd, st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: fstat returned 0, so it filled the buffer.
+        let st = unsafe { st.assume_init() };
+        st.st_dev == self.dev && st.st_ino == self.ino && st.st_mode & libc::S_IFMT == libc::S_IFIFO
+    }
+}
+
+/// In the process about to fork: the write end of exit notes this process
+/// reports to, which a child other than one reporting to `note` must not
+/// inherit (closed there by [`close_inherited_note`]).
+pub(crate) fn inherited_note(note: Option<NoteEnd>) -> Option<RawFd> {
+    child_state()
+        .and_then(|s| s.note)
+        .filter(|&end| Some(end) != note && end.still_there())
+        .map(|end| end.fd)
+}
+
+/// In a freshly forked child: closes the write end [`inherited_note`] named.
+pub(crate) fn close_inherited_note(fd: Option<RawFd>) {
+    if let Some(fd) = fd {
+        // SAFETY: the parent held this write end open for its own note, so
+        // this process inherited it, and nothing in it refers to the
+        // number (the parent's state, which does, is not this child's).
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// In a child on its way out, right before `_exit`: writes its note if it
+/// reports to exit notes. (Its state says so only in the process it was
+/// built for: a process forked from it by other means than this crate
+/// sees no state, and writes nothing.)
+pub(crate) fn write_exit_note() {
+    let Some(end) = child_state().and_then(|s| s.note) else {
+        return;
+    };
+    if !end.still_there() {
+        // The handler closed it (and may have reused the number): the
+        // sweep finds this child instead.
+        return;
+    }
+    let fd = end.fd;
+    let note = cached_pid().to_ne_bytes();
+    // SAFETY: `fd` is the write end this process was forked to report to
+    // (checked just above to still be that pipe); the buffer is four
+    // bytes on the stack. The pipe
+    // is non-blocking: when it is full the note is dropped and the
+    // parent's sweep finds the child instead.
+    unsafe { libc::write(fd, note.as_ptr().cast(), note.len()) };
 }
 
 #[cfg(test)]

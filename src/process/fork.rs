@@ -64,7 +64,7 @@ use nix::unistd::{getpid, getppid, ForkResult, Pid};
 
 use super::connection::Connection;
 use super::current::{self, ExitRequest};
-use super::{closefork, notes, registry, sys};
+use super::{closefork, registry, sys};
 use crate::{Error, Result};
 
 /// Options for [`fork_child`]. Default: no name (the child is called
@@ -431,7 +431,7 @@ impl ForkedChild {
             match frame.first() {
                 Some(b'R') => s.result = Some(frame[1..].to_vec()),
                 Some(b'X') => {
-                    let code = super::forkserver::exit_code_of(&frame);
+                    let code = exit_code_of(&frame);
                     self.reaped(code);
                     return Ok(Some(code));
                 }
@@ -655,7 +655,7 @@ pub(crate) struct Via {
     pub(crate) pipe: Option<(OwnedFd, OwnedFd)>,
     /// The write end of the exit notes the child reports to before
     /// `_exit`; the child keeps it open through the close-on-fork pass.
-    pub(crate) note: Option<notes::NoteEnd>,
+    pub(crate) note: Option<current::NoteEnd>,
     /// The child's identity, numbered by the caller (the forking server's
     /// [`IdentityBlock`](current::IdentityBlock)); else numbered here.
     pub(crate) seed: Option<current::IdentitySeed>,
@@ -700,7 +700,7 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
     }
     // A forking server's child that forks: its child must not keep the
     // server's exit notes.
-    let inherited_note = notes::inherited(note);
+    let inherited_note = current::inherited_note(note);
     // The state `current_process()` reports in the child: built here, or
     // (state_in_child) in the child from an identity numbered here.
     let state = if options.state_in_child && options.identity.is_none() {
@@ -744,7 +744,7 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
                 read_end
             });
             closefork::close_in_child(parent.as_raw(), note.map(|end| end.fd));
-            notes::close_inherited(inherited_note);
+            current::close_inherited_note(inherited_note);
             let keep = pipe.map(|(r, w)| {
                 drop(r);
                 w
@@ -815,6 +815,36 @@ fn child_main<F: FnOnce() -> i32>(
     leave_child(code)
 }
 
+/// Ends the current process with exit status `code`: Python's `sys.exit(code)`
+/// inside a child.
+///
+/// Inside the target of a child started by this crate (on the thread that
+/// runs it), this unwinds to the fork point, so destructors of the target's
+/// locals run, and the child then leaves with `_exit(code)`; the parent sees
+/// `exitcode() == Some(code & 0xff)`. Called on another thread of such a
+/// child, it runs the child's exit cleanup and `_exit`s at once. In any
+/// other process it is [`std::process::exit`].
+///
+/// A `catch_unwind` inside the target can catch the unwinding, just as a
+/// bare `except:` catches `SystemExit` in Python.
+pub fn exit(code: i32) -> ! {
+    if current::child_state().is_some() {
+        if current::exit_unwinds() {
+            // resume_unwind does not run the panic hook: no "panicked" noise.
+            std::panic::resume_unwind(Box::new(ExitRequest(code)));
+        }
+        leave_child(code);
+    }
+    std::process::exit(code)
+}
+
+/// The exit code in an `X` frame (`X`, pid, code).
+pub(crate) fn exit_code_of(frame: &[u8]) -> i32 {
+    frame
+        .get(5..9)
+        .map_or(-1, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// Child exit path: wait for our own non-daemon children, terminate our own
 /// daemons, flush stdout when that is safe, `_exit(code)`.
 pub(crate) fn leave_child(code: i32) -> ! {
@@ -828,7 +858,7 @@ pub(crate) fn leave_child(code: i32) -> ! {
     });
     // The last thing before leaving: a forking server's child tells the
     // server it is done (see `notes`).
-    notes::leave_child();
+    current::write_exit_note();
     // SAFETY: _exit ends the process immediately; no destructors or atexit
     // handlers of the parent's image run in the child.
     unsafe { libc::_exit(code) }

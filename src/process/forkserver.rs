@@ -369,15 +369,8 @@ pub(crate) fn spawn(
         }
         _ => return Err(Error::Codec("fork server: bad status frame".into())),
     };
-    let early_exit = (frame[0] == b'X').then(|| exit_code_of(&frame));
+    let early_exit = (frame[0] == b'X').then(|| fork::exit_code_of(&frame));
     ForkedChild::served(Pid::from_raw(pid), status, lifeline, early_exit)
-}
-
-/// The exit code in an `X` frame (`X`, pid, code).
-pub(crate) fn exit_code_of(frame: &[u8]) -> i32 {
-    frame
-        .get(5..9)
-        .map_or(-1, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// One running child of the server.

@@ -60,8 +60,8 @@ use pool::{async_result, dispatch, task, worker};
 use shm::{raw, shared, spill, sync};
 
 pub(crate) use current::resume_exit_request;
-pub use current::{cpu_count, current_process, exit, parent_pid, ProcessInfo};
-pub use fork::{fork_child, ForkOptions, ForkedChild};
+pub use current::{cpu_count, current_process, parent_pid, ProcessInfo};
+pub use fork::{exit, fork_child, ForkOptions, ForkedChild};
 pub use forkserver::{
     get_context, get_start_method, set_start_method, start_forkserver, Context, StartMethod,
     MAX_REQUEST as FORKSERVER_MAX_REQUEST,

@@ -27,7 +27,7 @@
 //! server's own children keep only the write end; and a child that forks
 //! in turn closes its inherited write end in the grandchild.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -36,6 +36,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub(crate) use super::current::IdentityBlock;
+use super::current::NoteEnd;
 use super::fork::{self, ForkOptions, Via};
 use super::{closefork, current};
 use crate::{Error, Result};
@@ -43,74 +44,6 @@ use crate::{Error, Result};
 /// How often, at most, the parent asks every child whether it has exited
 /// (for children that could not leave a note).
 pub(crate) const SWEEP: Duration = Duration::from_secs(1);
-
-/// The write end of a server's exit notes, as a child holds it: its
-/// number, and which pipe it was (so a handler that closed the number and
-/// reused it for a file of its own never gets a note written into it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NoteEnd {
-    pub(crate) fd: RawFd,
-    dev: libc::dev_t,
-    ino: libc::ino_t,
-}
-
-impl NoteEnd {
-    /// Whether `fd` still is this pipe (one `fstat`).
-    fn still_there(&self) -> bool {
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: fstat writes a `stat` into the buffer we pass, and only
-        // asks the kernel about the number (which may be closed: EBADF).
-        if unsafe { libc::fstat(self.fd, st.as_mut_ptr()) } != 0 {
-            return false;
-        }
-        // SAFETY: fstat returned 0, so it filled the buffer.
-        let st = unsafe { st.assume_init() };
-        st.st_dev == self.dev && st.st_ino == self.ino && st.st_mode & libc::S_IFMT == libc::S_IFIFO
-    }
-}
-
-/// In the process about to fork: the write end of exit notes this process
-/// reports to, which a child other than one reporting to `note` must not
-/// inherit (closed there by [`close_inherited`]).
-pub(crate) fn inherited(note: Option<NoteEnd>) -> Option<RawFd> {
-    current::child_state()
-        .and_then(|s| s.note)
-        .filter(|&end| Some(end) != note && end.still_there())
-        .map(|end| end.fd)
-}
-
-/// In a freshly forked child: closes the write end [`inherited`] named.
-pub(crate) fn close_inherited(fd: Option<RawFd>) {
-    if let Some(fd) = fd {
-        // SAFETY: the parent held this write end open for its own note, so
-        // this process inherited it, and nothing in it refers to the
-        // number (the parent's state, which does, is not this child's).
-        unsafe { libc::close(fd) };
-    }
-}
-
-/// In a child on its way out, right before `_exit`: writes its note if it
-/// reports to exit notes. (Its state says so only in the process it was
-/// built for: a process forked from it by other means than this crate
-/// sees no state, and writes nothing.)
-pub(crate) fn leave_child() {
-    let Some(end) = current::child_state().and_then(|s| s.note) else {
-        return;
-    };
-    if !end.still_there() {
-        // The handler closed it (and may have reused the number): the
-        // sweep finds this child instead.
-        return;
-    }
-    let fd = end.fd;
-    let note = current::cached_pid().to_ne_bytes();
-    // SAFETY: `fd` is the write end this process was forked to report to
-    // (checked just above to still be that pipe); the buffer is four
-    // bytes on the stack. The pipe
-    // is non-blocking: when it is full the note is dropped and the
-    // parent's sweep finds the child instead.
-    unsafe { libc::write(fd, note.as_ptr().cast(), note.len()) };
-}
 
 /// The pipe the children of one parent write their pids to.
 #[derive(Debug)]
@@ -135,11 +68,7 @@ impl ExitNotes {
     pub(crate) fn new() -> Result<Self> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
         let st = nix::sys::stat::fstat(&write)?;
-        let end = NoteEnd {
-            fd: write.as_raw_fd(),
-            dev: st.st_dev,
-            ino: st.st_ino,
-        };
+        let end = NoteEnd::new(write.as_raw_fd(), st.st_dev, st.st_ino);
         let owner = current::cached_pid();
         let slots = [
             closefork::register(owner, read.as_raw_fd()),
@@ -321,6 +250,7 @@ impl Drop for NotedChild {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::os::fd::RawFd;
     use std::time::Instant;
 
     /// This process's descriptors and what each refers to. (By target, not
