@@ -9,9 +9,9 @@
 //! | strategy | where a request runs | `serve_forever` |
 //! |---|---|---|
 //! | [`Synchronous`] | the serving thread | the accept loop |
-//! | [`Threading`] | a thread per request | the accept loop |
-//! | [`Forking`] | a child process per request (**the fork point**: `process_request`) | the accept loop |
-//! | [`Prefork`] | a pool of worker processes, each accepting on the shared socket (blocked in `accept4`; over datagrams, the accept loop) | manages the pool |
+//! | [`Threading`](threading::Threading) | a thread per request | the accept loop |
+//! | [`Forking`](forking::Forking) | a child process per request (**the fork point**: `process_request`) | the accept loop |
+//! | [`Prefork`](prefork::Prefork) | a pool of worker processes, each accepting on the shared socket (blocked in `accept4`; over datagrams, the accept loop) | manages the pool |
 //! | `Async` | a tokio task per request (blocking handlers on a bounded thread pool) | a tokio accept loop |
 
 use std::fmt;

@@ -2,7 +2,7 @@
 //!
 //! Pool tasks cross a socketpair to a fork of the same executable, so the
 //! encoding needs neither compactness nor versioning, only speed. postcard
-//! (the codec of [`Connection`](super::Connection)) writes integers as
+//! (the codec of [`Connection`](crate::process::Connection)) writes integers as
 //! varints; in `Pool::map` over a million numbers its per-number encode
 //! and decode were about half of all the CPU spent (measured with `perf`).
 //! Here every integer is one fixed-size store or load:
