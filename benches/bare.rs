@@ -510,6 +510,16 @@ fn scaling_rows(bins: &Bins, rows: &mut Vec<Row>, checks: &mut Vec<Check>) {
                     }
                 }
             }
+            // The p99 cells move most between rounds: show each round's
+            // ratio (bare / ours) next to the median, steady and start-up.
+            for (what, i) in [("p99", 1), ("p99 incl. start-up", 4)] {
+                let ratios: Vec<String> = m[0][i]
+                    .iter()
+                    .zip(&m[1][i])
+                    .map(|(o, b)| format!("{:.2}", b / o))
+                    .collect();
+                println!("  {name}: {what} round ratios {}", ratios.join(" "));
+            }
             let [o, b] = m.map(|side| side.map(median));
             if ours.starts_with("async") && n == 5000 {
                 checks.push(Check {
