@@ -183,10 +183,14 @@ fn child_emfile<S: Strategy>() {
         .bind("127.0.0.1:0", || Echo)
         .unwrap();
     let port = server.server_address().port();
-    // Leave room for only a handful of connections.
-    let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+    // Leave room for only a handful of connections (nine free numbers).
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    setrlimit(Resource::RLIMIT_NOFILE, open + 8, hard).unwrap();
+    setrlimit(
+        Resource::RLIMIT_NOFILE,
+        support::lowest_free_fd(9) + 1,
+        hard,
+    )
+    .unwrap();
     println!("{port}");
     let stop = server.shutdown_handle();
     std::thread::spawn(move || {

@@ -100,7 +100,12 @@ fn server_main(cfg: &str) {
         // the tests leave holes.
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        setrlimit(Resource::RLIMIT_NOFILE, lowest_free_fds(5) + 1, hard).unwrap();
+        setrlimit(
+            Resource::RLIMIT_NOFILE,
+            support::lowest_free_fd(5) + 1,
+            hard,
+        )
+        .unwrap();
     }
     println!("{}", server.server_address().port());
     server.serve_forever().expect("serve_forever");
@@ -108,21 +113,6 @@ fn server_main(cfg: &str) {
         hand_over(&server);
     }
     server.server_close();
-}
-
-/// The number of the `n`th descriptor number not in use (counting from
-/// 1), so that a limit one above it leaves exactly `n` numbers free.
-fn lowest_free_fds(n: usize) -> u64 {
-    let names: Vec<u64> = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
-        .collect();
-    // The listing's own descriptor is closed by now: it is free.
-    let open: std::collections::HashSet<u64> = names
-        .into_iter()
-        .filter(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok())
-        .collect();
-    (0..).filter(|fd| !open.contains(fd)).nth(n - 1).unwrap()
 }
 
 /// What a SIGHUP restart does once `serve_forever` returned: the

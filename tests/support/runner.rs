@@ -47,6 +47,24 @@ pub fn stat(pid: i32) -> Option<(char, i32)> {
     Some((state, ppid))
 }
 
+/// The `n`th descriptor number (from 1) not in use in this process, so
+/// that `RLIMIT_NOFILE` set one above it leaves exactly `n` numbers free.
+/// The limit caps descriptor *numbers*, not how many are open: counting
+/// the open ones would miss the holes that descriptors inherited from
+/// whoever runs the tests leave below it (CI's did).
+pub fn lowest_free_fd(n: usize) -> u64 {
+    let names: Vec<u64> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    // The listing's own descriptor is closed by now: it is free.
+    let open: std::collections::HashSet<u64> = names
+        .into_iter()
+        .filter(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok())
+        .collect();
+    (0..).filter(|fd| !open.contains(fd)).nth(n - 1).unwrap()
+}
+
 /// This process's children and their states, from `/proc`.
 pub fn children() -> Vec<(i32, char)> {
     children_of(std::process::id() as i32)
