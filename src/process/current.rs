@@ -326,10 +326,10 @@ pub(crate) fn exit_unwinds() -> bool {
     !G.body_done.load(Ordering::Acquire) && gettid().as_raw() == G.body_tid.load(Ordering::Acquire)
 }
 
-/// Lets the unwinding of [`exit`](super::exit) pass through a `catch_unwind` that is not
-/// the fork point (the server core catches handler panics): re-raises an
-/// `ExitRequest` payload so the child ends with the code it asked for, and
-/// hands any other payload back.
+/// Lets the unwinding of [`exit`](super::exit) pass through a
+/// `catch_unwind` that is not the fork point (the server core catches
+/// handler panics): re-raises an `ExitRequest` payload so the child ends
+/// with the code it asked for, and hands any other payload back.
 pub(crate) fn resume_exit_request(
     payload: Box<dyn std::any::Any + Send>,
 ) -> Box<dyn std::any::Any + Send> {
@@ -409,9 +409,8 @@ pub(crate) fn write_exit_note() {
     let note = cached_pid().to_ne_bytes();
     // SAFETY: `fd` is the write end this process was forked to report to
     // (checked just above to still be that pipe); the buffer is four
-    // bytes on the stack. The pipe
-    // is non-blocking: when it is full the note is dropped and the
-    // parent's sweep finds the child instead.
+    // bytes on the stack. The pipe is non-blocking: when it is full the
+    // note is dropped and the parent's sweep finds the child instead.
     unsafe { libc::write(fd, note.as_ptr().cast(), note.len()) };
 }
 

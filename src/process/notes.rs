@@ -26,6 +26,10 @@
 //! child of the parent (a `Process`, a pool worker) holds them; the
 //! server's own children keep only the write end; and a child that forks
 //! in turn closes its inherited write end in the grandchild.
+//!
+//! This file is the parent's side. The child's side — which end it holds
+//! (`NoteEnd`), the check and the `write` before `_exit` — lives with the
+//! rest of a child's own state in `current.rs`.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
