@@ -459,3 +459,47 @@ fn reuse_address_is_on_for_tcp_and_off_for_udp_by_default() {
         .unwrap();
     assert!(!off.socket().unwrap().reuse_address().unwrap());
 }
+
+/// The info line at a shutdown names the health port's `drain` only when
+/// the server has a health port.
+#[test]
+fn the_stopping_line_mentions_health_only_with_a_health_port() {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    for with_health in [false, true] {
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut builder = ThreadingTcpServer::builder();
+            if with_health {
+                builder.health("127.0.0.1:0".parse().unwrap());
+            }
+            let mut server = builder.bind("127.0.0.1:0", || Echo).unwrap();
+            server.shutdown_handle().shutdown();
+            server.serve_forever().unwrap();
+            server.server_close();
+        });
+        let log = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+        let stopping: Vec<&str> = log.lines().filter(|l| l.contains("stopping")).collect();
+        assert_eq!(stopping.len(), 1, "with_health={with_health}: {log}");
+        assert_eq!(
+            stopping[0].contains("health reports drain"),
+            with_health,
+            "{log}"
+        );
+    }
+}

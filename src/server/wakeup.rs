@@ -136,7 +136,13 @@ impl Wakeup {
             if d.systemd {
                 notify_logged("STOPPING=1");
             }
-            tracing::info!(notice = ?d.notice, "stopping: health reports drain");
+            if d.health.is_some() {
+                tracing::info!(notice = ?d.notice, "stopping: health reports drain");
+            } else if !d.notice.is_zero() {
+                tracing::info!(notice = ?d.notice, "stopping");
+            } else {
+                tracing::info!("stopping");
+            }
             Instant::now()
         });
         since.elapsed() >= d.notice

@@ -369,14 +369,16 @@ impl Strategy for Threading {
         self.join_finished();
     }
 
-    /// Every tracked request counts as in flight (the loop counts finished
-    /// ones as it goes, so these are the requests of the shutdown). Idle
-    /// threads are told to exit; with `block_on_close` and nothing left
-    /// running (and `daemon_threads` off), the drain waits until every
-    /// handler thread has left (within the same timeout).
+    /// The requests still tracked once the finished ones are counted out
+    /// are the ones in flight at shutdown (a request that ended after the
+    /// loop's last turn is not one of them). Idle threads are told to
+    /// exit; with `block_on_close` and nothing left running (and
+    /// `daemon_threads` off), the drain waits until every handler thread
+    /// has left (within the same timeout).
     fn drain(&mut self, block_on_close: bool, timeout: Duration) -> DrainReport {
         let mut report = DrainReport::default();
         let deadline = Instant::now() + timeout;
+        self.join_finished();
         self.close_pool();
         if !block_on_close {
             report.detached = self.active_threads();

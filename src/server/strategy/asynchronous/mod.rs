@@ -336,6 +336,8 @@ async fn drain_tasks(
     started: Instant,
     timeout: Duration,
 ) -> DrainReport {
+    // Tasks that finished before the shutdown were not in flight.
+    reap(tasks);
     let mut report = DrainReport::default();
     if !block_on_close {
         report.detached = tasks.len();
