@@ -10,28 +10,7 @@
 //! up with [`activation::tcp_listeners`](crate::server::activation::tcp_listeners),
 //! exactly as under systemd socket activation, and serves the backlog.
 //! Loading a new binary this way is also how an upgrade is deployed.
-//!
-//! ```no_run
-//! use std::os::fd::AsFd;
-//! use socketserver::server::{activation, reexec, HangupRestart, PreforkTcpServer, Server};
-//! # struct Echo;
-//! # impl socketserver::RequestHandler for Echo {
-//! #     fn handle(&mut self, _: &mut socketserver::Request) -> std::io::Result<()> { Ok(()) }
-//! # }
-//! let listener = match activation::tcp_listeners()?.pop() {
-//!     Some(l) => l,                                       // restarted
-//!     None => std::net::TcpListener::bind("127.0.0.1:9000")?, // first start
-//! };
-//! let keep = listener.try_clone()?; // outlives the server for the re-exec
-//! let mut server = PreforkTcpServer::builder().from_socket(listener, || Echo)?;
-//! let hup = HangupRestart::for_server(&server.shutdown_handle())?;
-//! server.serve_forever()?;
-//! server.server_close(); // drains the workers
-//! if hup.requested() {
-//!     reexec(&[keep.as_fd()])?; // only returns on failure
-//! }
-//! # Ok::<(), socketserver::Error>(())
-//! ```
+//! The whole sequence is the example of [`HangupRestart`].
 
 use std::ffi::{CString, OsString};
 use std::fmt;
@@ -106,6 +85,30 @@ pub fn spawn_successor(listeners: &[BorrowedFd<'_>]) -> Result<u32> {
 /// like a shutdown and records that a restart was asked for, which the
 /// caller checks with [`requested`](Self::requested) once the server has
 /// drained. Dropping it removes the handler.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::os::fd::AsFd;
+/// use socketserver::server::{activation, reexec, HangupRestart, PreforkTcpServer, Server};
+/// # struct Echo;
+/// # impl socketserver::RequestHandler for Echo {
+/// #     fn handle(&mut self, _: &mut socketserver::Request) -> std::io::Result<()> { Ok(()) }
+/// # }
+/// let listener = match activation::tcp_listeners()?.pop() {
+///     Some(l) => l,                                       // restarted
+///     None => std::net::TcpListener::bind("127.0.0.1:9000")?, // first start
+/// };
+/// let keep = listener.try_clone()?; // outlives the server for the re-exec
+/// let mut server = PreforkTcpServer::builder().from_socket(listener, || Echo)?;
+/// let hup = HangupRestart::for_server(&server.shutdown_handle())?;
+/// server.serve_forever()?;
+/// server.server_close(); // drains the workers
+/// if hup.requested() {
+///     reexec(&[keep.as_fd()])?; // only returns on failure
+/// }
+/// # Ok::<(), socketserver::Error>(())
+/// ```
 pub struct HangupRestart {
     requested: Arc<AtomicBool>,
     ids: Vec<signal_hook::SigId>,
