@@ -87,7 +87,16 @@ fn server_main(cfg: &str) {
     if flags.contains("ctimeout") {
         b.connection_timeout(CONNECTION_TIMEOUT);
     }
+    if flags.contains("health") {
+        b.health("127.0.0.1:0".parse().unwrap());
+    }
     let mut server = b.bind("127.0.0.1:0", || Probe).expect("bind");
+    if flags.contains("health") {
+        let agent = server.health_socket().expect("agent socket");
+        let inode = nix::sys::stat::fstat(&agent).expect("fstat").st_ino;
+        std::fs::write(health_report(std::process::id() as i32), inode.to_string())
+            .expect("report");
+    }
     let _signals = shutdown_on_signals(&server.shutdown_handle()).expect("signals");
     if flags.contains("fdcap") {
         // Room for what `serve_forever` opens before its first worker (a
@@ -141,6 +150,12 @@ fn hand_over(server: &PreforkTcpServer) {
         format!("{holding} of {}", workers.len()),
     )
     .expect("report");
+}
+
+/// Where a server started with the `health` flag writes the inode of
+/// its agent socket.
+fn health_report(pid: i32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("prefork-health-{pid}.txt"))
 }
 
 fn handover_report(pid: i32) -> std::path::PathBuf {
@@ -548,6 +563,37 @@ fn workers_hold_no_sibling_descriptors() {
     s.stop();
 }
 
+/// Whether process `pid` holds a descriptor on the socket `inode`.
+fn holds_socket(pid: i32, inode: &str) -> bool {
+    let link = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == link))
+}
+
+/// Only the parent answers the agent port, so no worker holds it: a
+/// worker that outlives its parent must not keep the port open.
+fn workers_do_not_hold_the_agent_port() {
+    let s = Server::start("2,2,2,2,0,0;health");
+    s.wait_workers("start", |n| n == 2);
+    std::thread::sleep(Duration::from_millis(200));
+    let report = health_report(s.pid());
+    let inode = std::fs::read_to_string(&report).expect("health report");
+    let _ = std::fs::remove_file(&report);
+    assert!(
+        holds_socket(s.pid(), &inode),
+        "the parent lost its agent port"
+    );
+    let workers = s.workers();
+    assert_eq!(workers.len(), 2);
+    for w in workers {
+        assert!(!holds_socket(w, &inode), "worker {w} holds the agent port");
+    }
+    s.stop();
+}
+
 /// Idle workers stopped with SIGSTOP take no connection: they are noticed
 /// (the connection waits on the socket while they stay idle) and replaced.
 fn stopped_idle_workers_are_replaced() {
@@ -724,6 +770,10 @@ fn main() {
         (
             "worker_killed_is_replaced_and_requests_keep_succeeding",
             worker_killed_is_replaced_and_requests_keep_succeeding,
+        ),
+        (
+            "workers_do_not_hold_the_agent_port",
+            workers_do_not_hold_the_agent_port,
         ),
         (
             "max_requests_recycles_workers",

@@ -684,6 +684,69 @@ fn peer_resets_are_debug_and_connections_are_spanned() {
     );
 }
 
+/// Writes its pid, then waits for the client to close.
+struct TellPid;
+
+impl RequestHandler for TellPid {
+    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        req.wfile()
+            .write_all(format!("{}\n", std::process::id()).as_bytes())?;
+        req.wfile().flush()?;
+        let mut rest = Vec::new();
+        req.rfile().read_to_end(&mut rest)?;
+        Ok(())
+    }
+}
+
+/// Whether process `pid` holds a descriptor on the socket `inode`.
+fn holds_socket(pid: u32, inode: u64) -> bool {
+    let link = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == link))
+}
+
+/// A child holds neither the listening socket nor the agent port: only
+/// the parent answers agent checks, and once it has closed the port a
+/// balancer's check is refused at once, however long children still run.
+fn children_do_not_hold_the_agent_port() {
+    let mut b = ForkingTcpServer::builder();
+    b.health("127.0.0.1:0".parse().unwrap())
+        .block_on_close(false);
+    let mut server = b.bind("127.0.0.1:0", || TellPid).unwrap();
+    let agent = server.health_address().unwrap();
+    let inode = |fd: &dyn std::os::fd::AsFd| nix::sys::stat::fstat(fd).unwrap().st_ino;
+    let agent_inode = inode(&server.health_socket().unwrap());
+    let listener_inode = inode(&*server.socket().unwrap());
+    let c = TcpStream::connect(server.server_address()).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    server.handle_request().unwrap();
+    let mut line = String::new();
+    io::BufReader::new(&c).read_line(&mut line).unwrap();
+    let child: u32 = line.trim().parse().unwrap();
+    assert!(holds_socket(std::process::id(), agent_inode));
+    assert!(
+        !holds_socket(child, listener_inode),
+        "the child holds the listening socket"
+    );
+    assert!(
+        !holds_socket(child, agent_inode),
+        "the child holds the agent port"
+    );
+    server.server_close();
+    drop(server);
+    match TcpStream::connect(agent) {
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("the agent port accepts after the server closed"),
+    }
+    c.shutdown(Shutdown::Write).unwrap();
+    let _ = read_all(&c);
+    // `block_on_close(false)`: the closed server left its child to us.
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child as i32), None);
+}
+
 fn main() {
     if let Ok(role) = std::env::var("STDERR_ROLE") {
         return stderr_child(&role);
@@ -701,6 +764,10 @@ fn main() {
                 Ok(())
             },
         ),
+        ("children_do_not_hold_the_agent_port", || {
+            children_do_not_hold_the_agent_port();
+            Ok(())
+        }),
         ("does_not_reap_a_child_it_did_not_start", || {
             does_not_reap_a_child_it_did_not_start();
             Ok(())

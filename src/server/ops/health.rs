@@ -192,6 +192,17 @@ impl Health {
         self.listener.as_fd()
     }
 
+    /// In a forked child that never answers (a forking server's child, a
+    /// prefork worker): points this process's copy of the agent socket at
+    /// `/dev/null`, so the port closes with the server, not when the last
+    /// child exits. The number stays open (on `/dev/null`), so nothing
+    /// this process still holds can act on a reused descriptor.
+    pub(crate) fn leave_in_child(&self) {
+        if let Err(e) = crate::process::Revocable::new(self.fd()).revoke() {
+            tracing::debug!(error = %e, "could not release the agent socket in a child");
+        }
+    }
+
     /// A duplicate of the agent socket, to hand to a new process.
     pub(crate) fn try_clone_fd(&self) -> io::Result<OwnedFd> {
         Ok(OwnedFd::from(self.listener.try_clone()?))

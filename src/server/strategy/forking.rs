@@ -65,6 +65,8 @@ pub struct Forking {
     /// after every wake-up, so a fork needs no reaping pass of its own
     /// (`handle_request` alone still gets one).
     looping: bool,
+    /// The server's wake-up, for its agent port (a child lets go of it).
+    waker: LoopWaker,
 }
 
 /// While a child that left its note is still exiting, the loop asks again
@@ -179,8 +181,9 @@ fn log_exit(pid: i32, code: i32) {
 impl Strategy for Forking {
     const NAME: &'static str = "forking";
 
-    fn new(options: &ServerOptions, _: LoopWaker) -> Result<Self> {
+    fn new(options: &ServerOptions, waker: LoopWaker) -> Result<Self> {
         Ok(Forking {
+            waker,
             children: Vec::new(),
             identities: IdentityBlock::default(),
             notes: ExitNotes::new()?,
@@ -230,8 +233,12 @@ impl Strategy for Forking {
         let child_rbuf = &mut self.child_rbuf;
         // Runs only in the child. In the parent it is dropped unrun, which
         // closes the parent's copy of the connection right away.
+        let wakeup = &self.waker.0;
         let body = move || {
             drop(server_socket.take());
+            if let Some(health) = wakeup.health() {
+                health.leave_in_child();
+            }
             // The child's own copy of the parent's buffer.
             let mut rbuf = Some(std::mem::take(child_rbuf));
             let ok = child_core.process_with_buffer(request, child_peer, &mut rbuf);

@@ -400,6 +400,10 @@ impl Prefork {
             // parent may hold them, or closing them would wake nobody).
             workers.clear();
             control.clear();
+            // Nor the agent port: only the parent answers it.
+            if let Some(health) = serving.wakeup.health() {
+                health.leave_in_child();
+            }
             WorkerCtx {
                 board,
                 slot,
