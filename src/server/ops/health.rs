@@ -32,10 +32,10 @@
 //! any socket buffer, and a close — it never blocks the loop. Only the
 //! async strategy, whose process is multi-threaded by design and never
 //! forks, answers from a small thread of its own. Prefork workers and
-//! forked children never answer (their copy of the agent socket is not
-//! polled; a worker that outlives a killed parent leaves agent checks
-//! unanswered, which HAProxy treats as "no news", while the TCP check
-//! decides).
+//! forked children never answer and hold no copy of the agent socket
+//! (each points it at `/dev/null` right after the fork), so once the
+//! parent has closed it, or died, an agent check is refused at once even
+//! while workers or children still finish their requests.
 
 use std::fmt;
 use std::io::{self, Write};
