@@ -6,3 +6,4 @@ pub mod layers;
 pub(crate) mod per_ip;
 pub mod proxy;
 pub mod shared_limit;
+mod trust;
