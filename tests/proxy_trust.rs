@@ -452,7 +452,7 @@ fn main() {
     if let Ok(mode) = std::env::var("PROXY_TRUST_SERVER") {
         return server_main(&mode);
     }
-    let mut tests: Vec<(&'static str, fn())> = vec![
+    let tests: &[(&'static str, fn())] = &[
         ("sync", sync),
         ("threading", threading),
         ("forking", forking),
@@ -478,11 +478,10 @@ fn main() {
             unix_socket_peers_are_trusted,
         ),
         ("echo_example_proxy_from_flag", echo_example_proxy_from_flag),
-    ];
-    #[cfg(feature = "async")]
-    tests.extend_from_slice(&[
-        ("async_blocking_handler", async_blocking_handler as fn()),
+        #[cfg(feature = "async")]
+        ("async_blocking_handler", async_blocking_handler),
+        #[cfg(feature = "async")]
         ("async_native_handler", async_native_handler),
-    ]);
-    support::run_plain(&tests);
+    ];
+    support::run_plain(tests);
 }
