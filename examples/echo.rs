@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release --example echo -- [--mode sync|threading|forking|prefork|async]
 //!     [--udp] [--unix PATH] [--listen ADDR] [--idle-timeout 60s] [--backlog 4096]
-//!     [--proxy-protocol [--proxy-timeout 5s]] [--reuse-port] [--drain-timeout 30s]
+//!     [--proxy-protocol [--proxy-timeout 5s] [--proxy-from CIDR[,CIDR...]]]
+//!     [--reuse-port] [--drain-timeout 30s]
 //!     [--health ADDR [--drain-notice 1s]] [--announce-peer] [--workers N]
 //! ```
 //!
@@ -12,7 +13,10 @@
 //! PROXY v1 or v2 header on every connection (HAProxy `send-proxy`,
 //! `send-proxy-v2`) and refuses a connection without a valid one within
 //! `--proxy-timeout`; the handler then sees the client's address, not the
-//! balancer's. `--reuse-port` lets several instances share the port.
+//! balancer's. `--proxy-from` names the balancers (`10.0.0.0/24,::1`): a
+//! connection from any other TCP peer is closed before a byte is read.
+//! Without it anyone who can reach the port directly can send a header and
+//! claim any address. `--reuse-port` lets several instances share the port.
 //! `--health ADDR` answers HAProxy's `agent-check` there (`up 100%`, then
 //! `drain` from the moment SIGTERM arrives); the server keeps accepting
 //! for `--drain-notice` after reporting `drain`, then closes its port and

@@ -5,12 +5,15 @@
 //! ```text
 //! cargo run --release --example production -- [--mode prefork|async] [--listen ADDR]
 //!     [--pid-file PATH] [--user USER [--group GROUP]] [--allow-root]
-//!     [--idle-timeout 60s] [--backlog 4096] [--proxy-protocol [--proxy-timeout 5s]]
+//!     [--idle-timeout 60s] [--backlog 4096]
+//!     [--proxy-protocol [--proxy-timeout 5s] [--proxy-from CIDR[,CIDR...]]]
 //!     [--reuse-port] [--drain-timeout 30s] [--health ADDR [--drain-notice 1s]]
 //! ```
 //!
 //! Behind a balancer (docs/scale-out.md): `--proxy-protocol` takes the
-//! client address from a PROXY v1/v2 header; `--health ADDR` answers
+//! client address from a PROXY v1/v2 header, and `--proxy-from` names the
+//! balancers allowed to send one (anyone else is refused; without it,
+//! anyone who can reach the port can claim any address); `--health ADDR` answers
 //! HAProxy's `agent-check`; `--reuse-port` lets several instances share the
 //! port. Under systemd (`Type=notify`) it sends `READY=1` and
 //! `STOPPING=1`.

@@ -47,7 +47,8 @@
 //!    cycle (`setup`/`handle`/`finish`, in `src/handler.rs`), reports
 //!    errors and panics to `handle_error` and closes the request.
 //! 4. Around it: `src/server/transport/` (the four socket kinds),
-//!    `src/server/middleware/` (PROXY protocol, per-IP limits),
+//!    `src/server/middleware/` (PROXY protocol and the peers trusted to
+//!    send it, per-IP limits),
 //!    `src/server/ops/` (socket activation, re-exec and successor
 //!    restarts, pid file, privileges, the HAProxy agent-check health port
 //!    `health.rs`, systemd notifications `notify.rs`), `src/error.rs` (the

@@ -425,13 +425,31 @@ fn peer_round_trips(front: u16) {
     }
 }
 
+/// The address HAProxy's connections to backend `i` come from: the host
+/// side of the backend's veth pair (10.B.i.1), or 127.0.0.1 on loopback.
+fn balancer_source(hosts: &Hosts, i: usize) -> String {
+    match (hosts.kind, hosts.addrs[i]) {
+        (HostKind::Namespaces, IpAddr::V4(a)) => {
+            let [a, b, c, _] = a.octets();
+            format!("{a}.{b}.{c}.1")
+        }
+        _ => "127.0.0.1".to_string(),
+    }
+}
+
 /// PROXY round trip: HAProxy sends a PROXY v2 header; the echo backend
 /// with --proxy-protocol --announce-peer tells the client the address its
 /// handler was given, which must be the client's own (a source address
-/// HAProxy does not have: 127.0.0.5), not HAProxy's.
+/// HAProxy does not have: 127.0.0.5), not HAProxy's. Each backend trusts
+/// only HAProxy's source address (--proxy-from), as docs/scale-out.md
+/// says to deploy it.
 fn proxy_round_trip(hosts: &Hosts, dir: &Path) {
     let backends: Vec<Proc> = (0..3)
-        .map(|i| echo_backend(hosts, i, PORT, &["--proxy-protocol", "--announce-peer"]))
+        .map(|i| {
+            let from = balancer_source(hosts, i);
+            let args = ["--proxy-protocol", "--proxy-from", &from, "--announce-peer"];
+            echo_backend(hosts, i, PORT, &args)
+        })
         .collect();
     let front = free_port();
     let lb: Vec<Backend> = hosts

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use socketserver::server::proxy::Cidr;
 use socketserver::server::{ServerBuilder, Strategy, Transport};
 
 /// PROXY protocol, reuse-port, drain and health flags.
@@ -16,6 +17,18 @@ pub struct BalancerArgs {
     /// How long a connection may take to send its PROXY header.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub proxy_timeout: Duration,
+    /// Accept the PROXY header only from these balancer addresses or
+    /// networks (`CIDR[,CIDR...]`, or the flag repeated), e.g.
+    /// `10.0.0.0/24,::1`; a connection from any other TCP peer is closed
+    /// unread. Without it, anyone who can reach the port directly can
+    /// claim any client address.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        requires = "proxy_protocol"
+    )]
+    pub proxy_from: Vec<Cidr>,
     /// Set SO_REUSEPORT: several instances may listen on the port.
     #[arg(long)]
     pub reuse_port: bool,
@@ -41,6 +54,9 @@ impl BalancerArgs {
             .drain_timeout(self.drain_timeout);
         if self.proxy_protocol {
             builder.proxy_protocol(Some(self.proxy_timeout));
+            if !self.proxy_from.is_empty() {
+                builder.proxy_protocol_from(self.proxy_from.iter().copied());
+            }
         }
         let default_notice = if self.health.is_some() {
             Duration::from_secs(1)

@@ -142,6 +142,13 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
         hooks: Arc<dyn Hooks>,
         options: ServerOptions,
     ) -> Result<Self> {
+        if options.proxy_protocol.is_some() && options.proxy_trust.is_none() {
+            tracing::warn!(
+                "PROXY headers are accepted from any peer: anyone who can reach the port \
+                 directly can claim any client address; name the balancers with \
+                 proxy_protocol_from"
+            );
+        }
         let wakeup = Wakeup::new()?;
         let health = match &options.health {
             None => None,

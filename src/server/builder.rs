@@ -15,6 +15,7 @@ use super::base::SocketServer;
 use super::core::Factory;
 use super::hooks::{DefaultHooks, Hooks};
 use super::middleware::layers;
+use super::middleware::proxy::{Cidr, TrustedProxies};
 use super::middleware::shared_limit::{self, RefusalHook, SharedLimiter};
 use super::options::ServerOptions;
 use super::strategy::Strategy;
@@ -186,11 +187,65 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
     /// Expects a PROXY protocol v1 or v2 header at the start of every
     /// stream connection (for servers behind HAProxy) and hands the
     /// handler the client address it carries; a connection without a
-    /// valid header within `timeout` is closed. Applies to every strategy
-    /// (the blocking handlers through [`layers::ProxyProtocol`]). Default
-    /// is off.
+    /// valid header within `timeout` is closed (`None` turns the PROXY
+    /// protocol off). Applies to every strategy (the blocking handlers
+    /// through [`layers::ProxyProtocol`]). Default is off.
+    ///
+    /// **Restrict who may send the header** with
+    /// [`proxy_protocol_from`](Self::proxy_protocol_from): without it the
+    /// header is believed from any peer, so anyone who can reach the port
+    /// directly can claim any address (the server logs a warning saying
+    /// so when it is created).
     pub fn proxy_protocol(&mut self, timeout: Option<Duration>) -> &mut Self {
         self.options.proxy_protocol = timeout;
+        self
+    }
+
+    /// Accepts a PROXY header only from peers in `trusted` (the load
+    /// balancers' addresses or networks; nginx's `set_real_ip_from`) and
+    /// from Unix-socket peers; **a connection from any other peer is
+    /// refused**: closed before a byte is read, without running the
+    /// handler, logged at `debug`, with a `warn` at the first refusal and
+    /// then at most one a minute counting them (see [`TrustedProxies`]).
+    /// A listener that expects PROXY headers expects only balancer
+    /// traffic; refusing, rather than serving the peer under its own
+    /// address, keeps a client that goes around the balancer out
+    /// entirely. The same in every strategy, for blocking and native
+    /// async handlers.
+    ///
+    /// Takes effect with [`proxy_protocol`](Self::proxy_protocol); alone
+    /// it does nothing (no header is read, so none can be forged). An
+    /// empty list trusts only Unix-socket peers. Calling it again
+    /// replaces the list. Default is any peer (no restriction).
+    ///
+    /// ```no_run
+    /// use std::net::Ipv6Addr;
+    /// use std::time::Duration;
+    /// use socketserver::server::proxy::Cidr;
+    /// use socketserver::server::{Server, ThreadingTcpServer};
+    /// # struct Echo;
+    /// # impl socketserver::RequestHandler for Echo {
+    /// #     fn handle(&mut self, _: &mut socketserver::Request) -> std::io::Result<()> { Ok(()) }
+    /// # }
+    /// let mut server = ThreadingTcpServer::builder()
+    ///     .proxy_protocol(Some(Duration::from_secs(5)))
+    ///     .proxy_protocol_from([
+    ///         "10.0.0.0/24".parse::<Cidr>()?,
+    ///         "2001:db8:1::/64".parse()?,
+    ///         Ipv6Addr::LOCALHOST.into(),
+    ///     ])
+    ///     .bind("[::]:9000", || Echo)?;
+    /// server.serve_forever()?;
+    /// # Ok::<(), socketserver::Error>(())
+    /// ```
+    ///
+    /// [`TrustedProxies`]: super::proxy::TrustedProxies
+    pub fn proxy_protocol_from<I>(&mut self, trusted: I) -> &mut Self
+    where
+        I: IntoIterator,
+        I::Item: Into<Cidr>,
+    {
+        self.options.proxy_trust = Some(TrustedProxies::new(trusted));
         self
     }
 
@@ -435,26 +490,46 @@ impl<T: Transport, S: Strategy> ServerBuilder<T, S> {
             (total, per_ip) => Some(SharedLimiter::new(total, per_ip)?),
         };
         let refusal = self.refusal.clone();
+        let trusted = self.options.proxy_trust.clone();
         Ok(match (self.options.proxy_protocol, limiter) {
             (None, None) => Some(Box::new(move || {
                 Box::new(factory()) as Box<dyn RequestHandler>
             })),
-            (Some(t), None) => {
-                let f = layers::proxy_protocol_within(t, factory);
-                Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
-            }
+            (Some(t), None) => Some(proxy_layer(t, trusted, factory)),
             (None, Some(l)) => {
                 let f = shared_limit::limit_layer(l, refusal, factory);
                 Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
             }
             (Some(t), Some(l)) => {
-                let f = layers::proxy_protocol_within(
-                    t,
-                    shared_limit::limit_layer(l, refusal, factory),
-                );
-                Some(Box::new(move || Box::new(f()) as Box<dyn RequestHandler>))
+                // Outside the limits: a refused peer takes no slot, and the
+                // limits count the address the header names.
+                let f = shared_limit::limit_layer(l, refusal, factory);
+                Some(proxy_layer(t, trusted, f))
             }
         })
+    }
+}
+
+/// The PROXY layer the options ask for: restricted to `trusted` peers
+/// when set.
+fn proxy_layer<F, H>(
+    timeout: Duration,
+    trusted: Option<TrustedProxies>,
+    factory: F,
+) -> Box<dyn Fn() -> Box<dyn RequestHandler> + Send + Sync>
+where
+    F: Fn() -> H + Send + Sync + 'static,
+    H: RequestHandler,
+{
+    match trusted {
+        Some(t) => {
+            let f = layers::proxy_protocol_from(t, Some(timeout), factory);
+            Box::new(move || Box::new(f()) as Box<dyn RequestHandler>)
+        }
+        None => {
+            let f = layers::proxy_protocol_within(timeout, factory);
+            Box::new(move || Box::new(f()) as Box<dyn RequestHandler>)
+        }
     }
 }
 

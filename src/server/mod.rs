@@ -63,7 +63,8 @@
 //! - `ops/`: operating helpers — [`activation`], re-exec
 //!   ([`reexec`]), [`PidFile`], privileges, the accept backoff
 //!   ([`AcceptBackoff`]).
-//! - `middleware/`: connection middleware — [`proxy`] (PROXY protocol),
+//! - `middleware/`: connection middleware — [`proxy`] (PROXY protocol;
+//!   `trust.rs`: the peers trusted to send it),
 //!   per-IP limits ([`PerIpLimiter`]) and the handler [`layers`].
 
 mod base;

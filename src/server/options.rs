@@ -9,6 +9,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::middleware::proxy::TrustedProxies;
+
 /// Where the agent-check port comes from.
 #[derive(Debug, Clone)]
 pub(crate) enum HealthSource {
@@ -34,6 +36,8 @@ pub struct ServerOptions {
     pub(crate) max_packet_size: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) proxy_protocol: Option<Duration>,
+    /// The peers a PROXY header is accepted from; `None`: any peer.
+    pub(crate) proxy_trust: Option<TrustedProxies>,
     pub(crate) per_ip_limit: Option<usize>,
     pub(crate) connection_limit: Option<usize>,
     pub(crate) pool: PoolOptions,
@@ -93,6 +97,7 @@ impl Default for ServerOptions {
             max_packet_size: 65536,
             drain_timeout: Duration::from_secs(30),
             proxy_protocol: None,
+            proxy_trust: None,
             per_ip_limit: None,
             connection_limit: None,
             pool: PoolOptions::default(),

@@ -3,13 +3,15 @@
 //! without changing it.
 //!
 //! The builder setting [`ServerBuilder::proxy_protocol`] applies the
-//! PROXY layer for you, and [`ServerBuilder::per_ip_limit`] applies a
+//! PROXY layer for you (restricted to the peers
+//! [`ServerBuilder::proxy_protocol_from`] trusts), and [`ServerBuilder::per_ip_limit`] applies a
 //! per-IP limit counted across processes
 //! ([`SharedLimiter`](crate::server::SharedLimiter)) instead of this in-process
 //! [`PerIpLimit`] (the async strategy's native handlers get the same
 //! behaviour). You can also wrap a handler factory yourself:
 //!
 //! [`ServerBuilder::proxy_protocol`]: crate::server::ServerBuilder::proxy_protocol
+//! [`ServerBuilder::proxy_protocol_from`]: crate::server::ServerBuilder::proxy_protocol_from
 //! [`ServerBuilder::per_ip_limit`]: crate::server::ServerBuilder::per_ip_limit
 //!
 //! ```no_run
@@ -18,9 +20,15 @@
 //! # impl socketserver::RequestHandler for Echo {
 //! #     fn handle(&mut self, _: &mut socketserver::Request) -> std::io::Result<()> { Ok(()) }
 //! # }
+//! use socketserver::server::proxy::{Cidr, TrustedProxies};
+//! // Only the balancers at 10.0.0.0/24 may send the header.
+//! let balancers = TrustedProxies::new(["10.0.0.0/24".parse::<Cidr>()?]);
 //! let mut server = ThreadingTcpServer::builder()
 //!     .connection_timeout(std::time::Duration::from_secs(30))
-//!     .bind("127.0.0.1:9000", layers::proxy_protocol(|| Echo))?;
+//!     .bind(
+//!         "127.0.0.1:9000",
+//!         layers::proxy_protocol_from(balancers, None, || Echo),
+//!     )?;
 //! server.serve_forever()?;
 //! # Ok::<(), socketserver::Error>(())
 //! ```
@@ -32,6 +40,7 @@ use crate::handler::{Request, RequestHandler};
 
 use super::per_ip::{IpPermit, PerIpLimiter};
 use super::proxy::read_proxy_header;
+use super::trust::TrustedProxies;
 
 /// Reads a PROXY v1/v2 header in `setup`, then runs the inner handler
 /// with [`Request::peer_addr`] set to the client address the header names.
@@ -41,29 +50,23 @@ use super::proxy::read_proxy_header;
 /// missing or malformed header fails `setup` (the connection is closed and
 /// the error reported through `handle_error`). Use a connection timeout so
 /// a peer that sends nothing cannot hold a worker.
+///
+/// With a [`TrustedProxies`] set ([`proxy_protocol_from`]), a peer outside
+/// it is refused first: `setup` succeeds without reading anything, the
+/// inner handler never runs (neither its `setup`, `handle` nor `finish`),
+/// and the server closes the connection; the refusal is logged as
+/// [`TrustedProxies`] describes, not reported through `handle_error`.
 #[derive(Debug)]
 pub struct ProxyProtocol<H> {
     inner: H,
     timeout: Option<Duration>,
+    trusted: Option<TrustedProxies>,
+    refused: bool,
 }
 
-/// Wraps a handler factory with [`ProxyProtocol`].
-pub fn proxy_protocol<F, H>(factory: F) -> impl Fn() -> ProxyProtocol<H> + Send + Sync + 'static
-where
-    F: Fn() -> H + Send + Sync + 'static,
-    H: RequestHandler,
-{
-    move || ProxyProtocol {
-        inner: factory(),
-        timeout: None,
-    }
-}
-
-/// Wraps a handler factory with [`ProxyProtocol`], giving the peer at most
-/// `timeout` to send the header (the connection's own timeout applies
-/// again afterwards).
-pub fn proxy_protocol_within<F, H>(
-    timeout: Duration,
+fn layer<F, H>(
+    timeout: Option<Duration>,
+    trusted: Option<TrustedProxies>,
     factory: F,
 ) -> impl Fn() -> ProxyProtocol<H> + Send + Sync + 'static
 where
@@ -72,8 +75,52 @@ where
 {
     move || ProxyProtocol {
         inner: factory(),
-        timeout: Some(timeout),
+        timeout,
+        trusted: trusted.clone(),
+        refused: false,
     }
+}
+
+/// Wraps a handler factory with [`ProxyProtocol`], accepting the header
+/// from any peer: only for a port nothing but the balancer can reach
+/// (prefer [`proxy_protocol_from`]).
+pub fn proxy_protocol<F, H>(factory: F) -> impl Fn() -> ProxyProtocol<H> + Send + Sync + 'static
+where
+    F: Fn() -> H + Send + Sync + 'static,
+    H: RequestHandler,
+{
+    layer(None, None, factory)
+}
+
+/// Wraps a handler factory with [`ProxyProtocol`], giving the peer at most
+/// `timeout` to send the header (the connection's own timeout applies
+/// again afterwards). Accepts the header from any peer, as
+/// [`proxy_protocol`].
+pub fn proxy_protocol_within<F, H>(
+    timeout: Duration,
+    factory: F,
+) -> impl Fn() -> ProxyProtocol<H> + Send + Sync + 'static
+where
+    F: Fn() -> H + Send + Sync + 'static,
+    H: RequestHandler,
+{
+    layer(Some(timeout), None, factory)
+}
+
+/// Wraps a handler factory with [`ProxyProtocol`] that accepts the header
+/// only from `trusted` peers and refuses every other connection, giving a
+/// trusted peer at most `timeout` (when given) to send it. Make `trusted`
+/// before the server forks, so all its processes share the refusal counts.
+pub fn proxy_protocol_from<F, H>(
+    trusted: TrustedProxies,
+    timeout: Option<Duration>,
+    factory: F,
+) -> impl Fn() -> ProxyProtocol<H> + Send + Sync + 'static
+where
+    F: Fn() -> H + Send + Sync + 'static,
+    H: RequestHandler,
+{
+    layer(timeout, Some(trusted), factory)
 }
 
 impl<H: RequestHandler> RequestHandler for ProxyProtocol<H> {
@@ -83,6 +130,12 @@ impl<H: RequestHandler> RequestHandler for ProxyProtocol<H> {
                 io::ErrorKind::InvalidInput,
                 "PROXY protocol applies to stream connections only",
             ));
+        }
+        if let Some(trusted) = &self.trusted {
+            if !trusted.admit(req.peer_addr()) {
+                self.refused = true;
+                return Ok(());
+            }
         }
         let before = match (self.timeout, req.stream()) {
             (Some(t), Some(s)) => {
@@ -103,10 +156,16 @@ impl<H: RequestHandler> RequestHandler for ProxyProtocol<H> {
     }
 
     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        if self.refused {
+            return Ok(());
+        }
         self.inner.handle(req)
     }
 
     fn finish(&mut self, req: &mut Request) -> io::Result<()> {
+        if self.refused {
+            return Ok(());
+        }
         self.inner.finish(req)
     }
 }

@@ -1,4 +1,5 @@
-//! Connection middleware: the PROXY protocol header, per-client-IP
+//! Connection middleware: the PROXY protocol header and the peers trusted
+//! to send it (`trust.rs`, re-exported from [`proxy`]), per-client-IP
 //! connection limits (in one process, and shared across processes), and the handler layers that apply them to any
 //! [`RequestHandler`](crate::RequestHandler).
 
@@ -6,3 +7,4 @@ pub mod layers;
 pub(crate) mod per_ip;
 pub mod proxy;
 pub mod shared_limit;
+mod trust;

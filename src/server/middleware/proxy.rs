@@ -3,19 +3,21 @@
 //! A load balancer in front of a server makes every connection come from
 //! the balancer's address. With the PROXY protocol the balancer starts each
 //! connection with a short header naming the real client, and the server
-//! reads it before anything else. It is opt-in: a server must only accept
-//! it from a trusted balancer, because anyone who can connect directly
-//! could otherwise claim any address.
+//! reads it before anything else. It is opt-in, and a server must only
+//! accept it from its balancers, because anyone who can connect directly
+//! could otherwise claim any address: [`TrustedProxies`] (networks given
+//! as [`Cidr`]) is that restriction, set with
+//! [`ServerBuilder::proxy_protocol_from`](crate::server::ServerBuilder::proxy_protocol_from).
 //!
 //! [`parse`] is a pure function over the bytes received so far. It says
 //! either "complete: the header is N bytes" or "incomplete: read exactly K
 //! more bytes", where those K bytes are guaranteed to still belong to the
-//! header. The readers built on it ([`read_proxy_header`] and
-//! [`read_proxy_header_async`]) therefore never read past the header: the
-//! first byte of the client's own data stays in the socket for the handler,
-//! even for protocols where the server speaks first (FTP, SMTP). Reads are
-//! bounded: 107 bytes for v1, 16 + 65,535 for v2 (its length field is 16
-//! bits).
+//! header. The readers built on it ([`read_proxy_header`], and
+//! `read_proxy_header_async` with the `async` feature) therefore never
+//! read past the header: the first byte of the client's own data stays in
+//! the socket for the handler, even for protocols where the server speaks
+//! first (FTP, SMTP). Reads are bounded: 107 bytes for v1, 16 + 65,535 for
+//! v2 (its length field is 16 bits).
 //!
 //! [`ProxyHeader::encode`] is the other direction: it writes the header a
 //! balancer would send, for a proxy written in Rust or a test client.
@@ -27,6 +29,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{Error, Result};
+
+pub use super::trust::{Cidr, TrustedProxies};
 
 /// The 12-byte signature that starts a v2 header.
 const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";

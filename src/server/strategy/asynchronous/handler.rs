@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::handler::{run_handler, PeerAddr, Request, RequestHandler, Stream};
 use crate::server::core::{panic_message, ServerCore};
 use crate::server::middleware::per_ip::PerIpLimiter;
-use crate::server::middleware::proxy::read_proxy_header_async;
+use crate::server::middleware::proxy::{read_proxy_header_async, TrustedProxies};
 
 /// A native async connection handler, for the async strategy over TCP.
 ///
@@ -93,6 +93,8 @@ pub(super) struct Native<H> {
     pub(super) per_ip: Option<PerIpLimiter>,
     /// Read a PROXY header first, within this long.
     pub(super) proxy: Option<Duration>,
+    /// Refuse a peer outside these before reading the header.
+    pub(super) proxy_trust: Option<TrustedProxies>,
 }
 
 /// The object-safe face of an [`AsyncRequestHandler`]: starts a
@@ -238,6 +240,11 @@ fn serve_native<H: AsyncRequestHandler>(
                 }
             };
             if let Some(t) = native.proxy {
+                if let Some(trusted) = &native.proxy_trust {
+                    if !trusted.admit(&PeerAddr::Inet(conn.peer)) {
+                        return;
+                    }
+                }
                 // Boxed: the timer and read buffer are needed only here.
                 let header = Box::pin(tokio::time::timeout(
                     t,
@@ -342,6 +349,7 @@ mod tests {
             handler: Hold,
             per_ip: None,
             proxy: None,
+            proxy_trust: None,
         });
 
         let c = conn(&core, &listener);

@@ -175,6 +175,7 @@ impl Spawner {
             handler,
             per_ip: options.per_ip_limit.map(PerIpLimiter::new),
             proxy: options.proxy_protocol,
+            proxy_trust: options.proxy_trust.clone(),
         }));
     }
 
