@@ -1370,3 +1370,53 @@ fn parallel_guesses_cannot_pass_the_limit() {
         }
     }
 }
+
+
+/// Strings a peer chooses (user name, paths, command arguments) reach the
+/// log with control characters escaped: no forged lines, no terminal
+/// escape sequences.
+#[test]
+fn peer_strings_are_escaped_in_the_log() {
+    let server = FtpServer::start_env(
+        "threading",
+        &["--login-delay", "0s"],
+        &[("RUST_LOG", "debug")],
+    );
+    let (mut c, _, _) = Ctrl::connect(server.addr);
+    assert_eq!(c.cmd("USER evil\rFORGED login ok\x1b[2J").0, 331);
+    assert_eq!(c.cmd("PASS nope").0, 530);
+    assert_eq!(c.cmd("USER bob").0, 331);
+    assert_eq!(c.cmd("PASS secret").0, 230);
+    let name = "up\rFORGED\x1b]0;t\x07.txt";
+    let mut data = c.pasv();
+    assert_eq!(c.cmd(&format!("STOR {name}")).0, 150);
+    data.write_all(b"hello").unwrap();
+    drop(data);
+    assert_eq!(c.read_reply().0, 226);
+    let (code, got) = c.fetch(&format!("RETR {name}"));
+    assert_eq!((code, &got[..]), (226, &b"hello"[..]));
+    assert_eq!(c.cmd("QUIT").0, 221);
+    drop(c);
+    assert!(wait_until(Duration::from_secs(5), || server
+        .log()
+        .contains("session end")));
+    let log = fs::read(&server.stderr_path).unwrap();
+    for bad in [b'\r', 0x1b, 0x07] {
+        assert!(
+            !log.contains(&bad),
+            "raw byte {bad:#x} in the log:\n{}",
+            String::from_utf8_lossy(&log)
+        );
+    }
+    let log = String::from_utf8_lossy(&log);
+    // The failed login (warn), the debug command line, RETR and STOR.
+    assert!(
+        log.contains(r"evil\rFORGED login ok\u{1b}[2J"),
+        "user escaped:\n{log}"
+    );
+    assert!(
+        log.matches(r"/up\rFORGED\u{1b}]0;t\u{7}.txt").count() >= 2,
+        "paths escaped:\n{log}"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
+}

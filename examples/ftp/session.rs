@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use socketserver::handler::Line;
 use socketserver::{Request, RequestHandler};
 
-use crate::command::{self, Command, Verb};
+use crate::command::{self, Command, LogSafe, Verb};
 use crate::config::Config;
 use crate::confine::{Denied, Root};
 use crate::data::{self, ActiveError, DataSetup};
@@ -341,7 +341,7 @@ impl Session {
         // taken back on success): a guess abandoned before its answer
         // still counts, and parallel guesses cannot pass the limit.
         if let Err(left) = self.cfg.throttle.begin(ip) {
-            tracing::info!(peer = %self.peer, %user, left_secs = left.as_secs(), "login refused: address locked out");
+            tracing::info!(peer = %self.peer, user = %LogSafe(&user), left_secs = left.as_secs(), "login refused: address locked out");
             wait();
             reply::send(&mut req.wfile(), Code::ServiceUnavailable, LOCKED_OUT)?;
             return Ok(Flow::Close);
@@ -350,7 +350,7 @@ impl Session {
             Some(writable) => {
                 self.cfg.throttle.end(ip, true);
                 wait();
-                tracing::info!(peer = %self.peer, %user, writable, "login");
+                tracing::info!(peer = %self.peer, user = %LogSafe(&user), writable, "login");
                 self.account = Some(Account {
                     name: user,
                     writable,
@@ -360,7 +360,7 @@ impl Session {
             None => {
                 self.failures += 1;
                 let verdict = self.cfg.throttle.end(ip, false);
-                tracing::warn!(peer = %self.peer, %user, failures = self.failures, "failed login");
+                tracing::warn!(peer = %self.peer, user = %LogSafe(&user), failures = self.failures, "failed login");
                 if verdict == Failure::LockedOut {
                     tracing::warn!(
                         ip = %ip,

@@ -30,7 +30,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use rustix::fs::OFlags;
 use socketserver::handler::Line;
 
-use crate::command::{Command, Verb};
+use crate::command::{Command, LogSafe, Verb};
 use crate::confine::{Denied, Listing};
 use crate::data::{self, DataSetup};
 use crate::listing;
@@ -265,7 +265,7 @@ impl Session {
             _ => self.send_buffered(req, file, &mut conn, offset),
         };
         outcome = close_data(conn, outcome);
-        tracing::info!(peer = %self.peer(), path = %vpath, ?outcome, "RETR");
+        tracing::info!(peer = %self.peer(), path = %LogSafe(&vpath), ?outcome, "RETR");
         self.finish_transfer(req, outcome)
     }
 
@@ -498,7 +498,7 @@ impl Session {
             }
         }
         drop(upload);
-        tracing::info!(peer = %self.peer(), path = %vpath, ?outcome, "STOR");
+        tracing::info!(peer = %self.peer(), path = %LogSafe(&vpath), ?outcome, "STOR");
         self.finish_transfer(req, outcome)
     }
 
