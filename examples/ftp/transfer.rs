@@ -94,7 +94,10 @@ impl Session {
                 return Ok(None);
             }
             DataSetup::Passive(l) => {
-                data::accept_from(&l, self.peer_ip(), self.cfg().passive_timeout)
+                // The wait also ends when the client hangs up the control
+                // connection (then there is nobody to reply to).
+                let control = req.stream().map(AsFd::as_fd);
+                data::accept_from(&l, self.peer_ip(), self.cfg().passive_timeout, control)
             }
             DataSetup::Active(addr) => data::connect_active(addr, self.cfg().data_timeout),
         };
@@ -106,6 +109,11 @@ impl Session {
             Ok(s) => Ok(Some(s)),
             Err(e) => {
                 tracing::info!(peer = %self.peer(), error = %e, "data connection failed");
+                if e.kind() == io::ErrorKind::ConnectionAborted {
+                    // The control connection is gone: no reply; the
+                    // command loop then sees its end and stops.
+                    return Ok(None);
+                }
                 reply::send(
                     &mut req.wfile(),
                     Code::CantOpenData,
