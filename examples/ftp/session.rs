@@ -26,6 +26,13 @@ use crate::tls::Control;
 /// Longest command line accepted; longer lines get `500` and are dropped.
 pub const MAX_LINE: usize = 4096;
 
+/// Most command lines kept while a transfer runs, to be run after it
+/// (`ABOR` and `STAT` are answered at once and never kept). A client
+/// pipelines one or two; one line more than this ends the transfer and
+/// the session with `421`. With [`MAX_LINE`] this bounds the queue at
+/// 64 KiB.
+pub const MAX_QUEUED: usize = 16;
+
 /// What the command loop does after a command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flow {
@@ -137,9 +144,15 @@ impl Session {
         self.rename_from = Some(vpath);
     }
 
-    /// A command line that arrived during a transfer, run after it.
-    pub(crate) fn queue_command(&mut self, line: Vec<u8>) {
+    /// Keeps a command line that arrived during a transfer, to run after
+    /// it; `false` (and the line dropped) when [`MAX_QUEUED`] lines wait
+    /// already.
+    pub(crate) fn queue_command(&mut self, line: Vec<u8>) -> bool {
+        if self.queued.len() >= MAX_QUEUED {
+            return false;
+        }
         self.queued.push_back(line);
+        true
     }
 
     pub(crate) fn root(&self) -> &Root {

@@ -211,6 +211,9 @@ type TlsControl = BufReader<rustls::StreamOwned<ServerConnection, TcpStream>>;
 pub struct Control<'a> {
     req: &'a mut Request,
     tls: Option<Box<TlsControl>>,
+    /// Plain connection: [`probe`](Self::probe) found bytes in the read
+    /// buffer (which `poll` on the socket cannot see).
+    plain_buffered: bool,
 }
 
 impl std::fmt::Debug for Control<'_> {
@@ -224,7 +227,11 @@ impl std::fmt::Debug for Control<'_> {
 impl<'a> Control<'a> {
     /// The plain control connection of `req`.
     pub fn new(req: &'a mut Request) -> Control<'a> {
-        Control { req, tls: None }
+        Control {
+            req,
+            tls: None,
+            plain_buffered: false,
+        }
     }
 
     /// Whether `AUTH TLS` succeeded on this connection.
@@ -246,9 +253,41 @@ impl<'a> Control<'a> {
     /// # Errors
     /// An I/O error, including a read timeout.
     pub fn read_line_bounded(&mut self, out: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+        self.plain_buffered = false;
         match &mut self.tls {
             Some(t) => read_line_bounded(&mut **t, out, max),
             None => self.req.rfile().read_line_bounded(out, max),
+        }
+    }
+
+    /// After a line was read during a transfer: notes whether more bytes
+    /// wait in the plain connection's read buffer (a client that sent
+    /// `NOOP` and `ABOR` in one segment), so [`pending`](Self::pending)
+    /// reports them although the socket polls empty. Looks without
+    /// blocking: the socket is non-blocking for the one look. (A TLS
+    /// connection's buffers are looked at by `pending` itself.)
+    pub fn probe(&mut self) {
+        if self.tls.is_some() {
+            return;
+        }
+        let Some(tcp) = self.req.stream().and_then(Stream::as_tcp) else {
+            return;
+        };
+        let Ok(tcp) = tcp.try_clone() else {
+            return;
+        };
+        if tcp.set_nonblocking(true).is_err() {
+            return;
+        }
+        self.plain_buffered = match io::BufRead::fill_buf(&mut self.req.rfile()) {
+            // Bytes, or end of file: the next read returns at once.
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        };
+        if let Err(e) = tcp.set_nonblocking(false) {
+            // A control socket left non-blocking would end the session at
+            // its next read; say why.
+            tracing::warn!(error = %e, "control socket stays non-blocking");
         }
     }
 
@@ -276,7 +315,7 @@ impl<'a> Control<'a> {
                         .process_new_packets()
                         .map_or(true, |s| s.plaintext_bytes_to_read() > 0)
             }
-            None => false,
+            None => self.plain_buffered,
         }
     }
 

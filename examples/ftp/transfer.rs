@@ -14,7 +14,14 @@
 //! - Every path is opened beneath the root descriptor (confine.rs).
 //! - Between slices the control connection is checked: `ABOR` stops the
 //!   transfer (`426` then `226`), a vanished client stops it and ends the
-//!   session, other commands wait until the transfer is over.
+//!   session, other commands wait until the transfer is over — at most
+//!   [`MAX_QUEUED`](crate::session::MAX_QUEUED) of them: one more ends the
+//!   transfer and the session with `421`, so a client cannot make the
+//!   server's memory grow by talking during a transfer it stalls.
+//! - The data timeout counts from the last byte moved on the data
+//!   connection ([`Stall`]): control-connection traffic does not extend it,
+//!   so a stalled transfer ends after `data_timeout` whatever the client
+//!   sends meanwhile.
 //! - No download blocks on a full data socket (sendfile, ASCII and TLS
 //!   alike): it waits in `poll` for room *or* a control line, so ABOR is
 //!   seen while the client reads nothing.
@@ -23,7 +30,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::tls::{Control, DataConn, DataTlsError};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -51,8 +58,60 @@ enum Ctl {
     Quiet,
     /// `ABOR`.
     Abort,
+    /// One command more than [`MAX_QUEUED`] waiting for the transfer.
+    Flood,
     /// The control connection closed or failed.
     Gone,
+}
+
+impl Ctl {
+    /// The transfer's outcome when the control connection ends it (`None`:
+    /// carry on). A failed control read counts as the client gone.
+    fn ends(got: io::Result<Ctl>) -> Option<Outcome> {
+        match got {
+            Ok(Ctl::Quiet) => None,
+            Ok(Ctl::Abort) => Some(Outcome::Aborted),
+            Ok(Ctl::Flood) => Some(Outcome::Flooded),
+            Ok(Ctl::Gone) | Err(_) => Some(Outcome::ClientGone),
+        }
+    }
+}
+
+/// The data connection's stall timer: a transfer fails once no byte has
+/// moved on the data connection for the data timeout. Only data progress
+/// restarts it, never control-connection input, so a client cannot keep a
+/// stalled transfer (its thread or process, file and sockets) alive by
+/// sending commands.
+#[derive(Debug)]
+struct Stall {
+    limit: Duration,
+    deadline: Instant,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            deadline: Instant::now() + limit,
+        }
+    }
+
+    /// Bytes moved: the timer starts again.
+    fn progress(&mut self) {
+        self.deadline = Instant::now() + self.limit;
+    }
+
+    /// Time left before the transfer times out (zero once it has).
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn timed_out() -> Outcome {
+        Outcome::Failed(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "data connection timed out",
+        ))
+    }
 }
 
 /// How a transfer ended.
@@ -64,6 +123,8 @@ enum Outcome {
     Aborted,
     /// The client closed the control connection.
     ClientGone,
+    /// The client sent more commands than may wait for the transfer.
+    Flooded,
     /// A data-connection or file error.
     Failed(io::Error),
 }
@@ -164,7 +225,10 @@ impl Session {
     /// Reads one control line during a transfer.
     fn read_control(&mut self, req: &mut Control<'_>) -> io::Result<Ctl> {
         let mut line = Vec::new();
-        match req.read_line_bounded(&mut line, MAX_LINE) {
+        let got = req.read_line_bounded(&mut line, MAX_LINE);
+        // More lines of the same segment may wait in the read buffer.
+        req.probe();
+        match got {
             Err(e)
                 if matches!(
                     e.kind(),
@@ -188,10 +252,8 @@ impl Session {
                     reply::send(&mut req.wfile(), Code::FileStatus, "Transfer in progress.")?;
                     Ok(Ctl::Quiet)
                 }
-                _ => {
-                    self.queue_command(line);
-                    Ok(Ctl::Quiet)
-                }
+                _ if self.queue_command(line) => Ok(Ctl::Quiet),
+                _ => Ok(Ctl::Flood),
             },
         }
     }
@@ -224,6 +286,19 @@ impl Session {
                 ok(w, Code::ClosingData, "ABOR successful.")
             }
             Outcome::ClientGone => Ok(Flow::Close),
+            Outcome::Flooded => {
+                tracing::warn!(
+                    peer = %self.peer(),
+                    limit = crate::session::MAX_QUEUED,
+                    "too many commands during a transfer: session closed"
+                );
+                reply::send(
+                    w,
+                    Code::ServiceUnavailable,
+                    "Too many commands during a transfer, closing control connection.",
+                )?;
+                Ok(Flow::Close)
+            }
             Outcome::Failed(e) => {
                 tracing::info!(peer = %self.peer(), error = %e, "transfer failed");
                 let code = if e.kind() == io::ErrorKind::StorageFull {
@@ -281,16 +356,27 @@ impl Session {
     /// connection has input, which is read at once (so ABOR is seen during
     /// a transfer). `Ok(true)`: the data side is ready; `Ok(false)`: poll
     /// again (interrupted, or only a quiet control line); `Err`: the
-    /// transfer ends with that outcome (timeout, abort, client gone).
+    /// transfer ends with that outcome (timeout, abort, client gone, too
+    /// many commands). The timeout is `stall`'s: control input wakes the
+    /// wait but does not extend it.
     fn await_data(
         &mut self,
         req: &mut Control<'_>,
         conn: &TcpStream,
         flags: PollFlags,
-        timeout: PollTimeout,
+        stall: &Stall,
     ) -> Result<bool, Outcome> {
+        let left = stall.left();
+        if left.is_zero() {
+            return Err(Stall::timed_out());
+        }
         let pending = req.pending();
-        let timeout = if pending { PollTimeout::ZERO } else { timeout };
+        let timeout = if pending {
+            PollTimeout::ZERO
+        } else {
+            // Rounded up to a whole millisecond, so a wait never ends early.
+            PollTimeout::try_from(left + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX)
+        };
         let (data_ready, ctl_ready) = {
             let Some(ctl) = req.stream() else {
                 return Err(Outcome::ClientGone);
@@ -300,13 +386,6 @@ impl Session {
                 PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
             ];
             match nix::poll::poll(&mut fds, timeout) {
-                Ok(0) if pending => {}
-                Ok(0) => {
-                    return Err(Outcome::Failed(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "data connection timed out",
-                    )))
-                }
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => return Ok(false),
                 Err(e) => return Err(Outcome::Failed(e.into())),
@@ -317,11 +396,12 @@ impl Session {
             )
         };
         if ctl_ready {
-            match self.read_control(req) {
-                Ok(Ctl::Quiet) => {}
-                Ok(Ctl::Abort) => return Err(Outcome::Aborted),
-                Ok(Ctl::Gone) | Err(_) => return Err(Outcome::ClientGone),
+            if let Some(outcome) = Ctl::ends(self.read_control(req)) {
+                return Err(outcome);
             }
+        }
+        if !data_ready && stall.left().is_zero() {
+            return Err(Stall::timed_out());
         }
         Ok(data_ready)
     }
@@ -341,19 +421,22 @@ impl Session {
         if let Err(e) = conn.set_nonblocking(true) {
             return Outcome::Failed(e);
         }
-        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
+        let mut stall = Stall::new(self.cfg().data_timeout);
         let mut off = offset as i64;
         while (off as u64) < len {
             let want = ((len - off as u64) as usize).min(SENDFILE_SLICE);
             match nix::sys::sendfile::sendfile64(conn.as_fd(), file.as_fd(), Some(&mut off), want) {
                 Ok(0) => break, // file shrank underneath us
-                Ok(_) => continue,
+                Ok(_) => {
+                    stall.progress();
+                    continue;
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => {}
                 Err(e) => return Outcome::Failed(e.into()),
             }
             // Room on the data socket or a quiet control line: send on.
-            if let Err(outcome) = self.await_data(req, conn, PollFlags::POLLOUT, timeout) {
+            if let Err(outcome) = self.await_data(req, conn, PollFlags::POLLOUT, &stall) {
                 return outcome;
             }
         }
@@ -369,7 +452,7 @@ impl Session {
         req: &mut Control<'_>,
         conn: &mut DataConn,
         mut chunk: &[u8],
-        timeout: PollTimeout,
+        stall: &mut Stall,
     ) -> Result<(), Outcome> {
         loop {
             let written = match conn {
@@ -406,10 +489,10 @@ impl Session {
                         "data connection accepts no more bytes",
                     )))
                 }
-                Ok(_) => {}
+                Ok(_) => stall.progress(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.await_data(req, conn.tcp(), PollFlags::POLLOUT, timeout)?;
+                    self.await_data(req, conn.tcp(), PollFlags::POLLOUT, stall)?;
                 }
                 Err(e) => return Err(Outcome::Failed(e)),
             }
@@ -433,7 +516,7 @@ impl Session {
         if let Err(e) = conn.tcp().set_nonblocking(true) {
             return Outcome::Failed(e);
         }
-        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
+        let mut stall = Stall::new(self.cfg().data_timeout);
         let ascii = !self.binary();
         let mut buf = vec![0u8; BUF_SIZE];
         let mut out = Vec::with_capacity(if ascii { BUF_SIZE * 2 } else { 0 });
@@ -462,13 +545,11 @@ impl Session {
             } else {
                 &buf[..n]
             };
-            if let Err(outcome) = self.write_watching(req, conn, chunk, timeout) {
+            if let Err(outcome) = self.write_watching(req, conn, chunk, &mut stall) {
                 return outcome;
             }
-            match self.poll_control(req) {
-                Ok(Ctl::Quiet) => {}
-                Ok(Ctl::Abort) => return Outcome::Aborted,
-                Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+            if let Some(outcome) = Ctl::ends(self.poll_control(req)) {
+                return outcome;
             }
         }
     }
@@ -530,7 +611,7 @@ impl Session {
             } else {
                 None
             };
-        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
+        let mut stall = Stall::new(self.cfg().data_timeout);
         loop {
             // TLS may hold decrypted bytes the socket no longer shows.
             let buffered = match conn {
@@ -538,13 +619,11 @@ impl Session {
                 DataConn::Plain(_) => false,
             };
             if buffered {
-                match self.poll_control(req) {
-                    Ok(Ctl::Quiet) => {}
-                    Ok(Ctl::Abort) => return Outcome::Aborted,
-                    Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+                if let Some(outcome) = Ctl::ends(self.poll_control(req)) {
+                    return outcome;
                 }
             } else {
-                let data_ready = match self.await_data(req, conn.tcp(), PollFlags::POLLIN, timeout)
+                let data_ready = match self.await_data(req, conn.tcp(), PollFlags::POLLIN, &stall)
                 {
                     Ok(ready) => ready,
                     Err(outcome) => return outcome,
@@ -555,7 +634,12 @@ impl Session {
             }
             if let (Some(p), DataConn::Plain(tcp)) = (&pipe, &*conn) {
                 match splice_chunk(tcp, p, &upload.file) {
-                    Ok(Some(_)) => continue,
+                    Ok(Some(n)) => {
+                        if n > 0 {
+                            stall.progress();
+                        }
+                        continue;
+                    }
                     Ok(None) => return Outcome::Done,
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                         // This file system (or an O_APPEND file) cannot be
@@ -575,7 +659,10 @@ impl Session {
                     }
                     return Outcome::Done;
                 }
-                Ok(n) => n,
+                Ok(n) => {
+                    stall.progress();
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Outcome::Failed(e),
             };
