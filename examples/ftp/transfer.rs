@@ -199,7 +199,17 @@ impl Session {
             (Some(tls), true) => tls,
             _ => return Ok(Some(DataConn::Plain(tcp))),
         };
-        match DataConn::secure(tcp, tls, self.cfg().data_timeout) {
+        // PROT P needs AUTH TLS, so the control connection has its own
+        // TLS configuration; without one nothing could be resumed.
+        let Some(own) = req.connection_tls() else {
+            return ok(
+                &mut req.wfile(),
+                Code::CantOpenData,
+                "TLS handshake on the data connection failed.",
+            )
+            .map(|_| None);
+        };
+        match DataConn::secure(tcp, tls, own, self.cfg().data_timeout) {
             Ok(conn) => Ok(Some(conn)),
             Err(DataTlsError::NotResumed) => {
                 tracing::info!(peer = %self.peer(), "data TLS did not resume the session: refused");
