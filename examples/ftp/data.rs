@@ -142,8 +142,8 @@ fn wait_accept(
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         // Rounded up to a whole millisecond, so the wait never ends early.
-        let ms = PollTimeout::try_from(left + Duration::from_micros(999))
-            .unwrap_or(PollTimeout::MAX);
+        let ms =
+            PollTimeout::try_from(left + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX);
         let mut fds = [
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
             PollFd::new(control, POLLRDHUP),
@@ -382,7 +382,11 @@ mod tests {
             drop(client);
             let started = Instant::now();
             let err = accept_from(&l, me, long, Some(server.as_fd())).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "reset {reset}");
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::ConnectionAborted,
+                "reset {reset}"
+            );
             assert!(started.elapsed() < Duration::from_secs(5), "reset {reset}");
         }
         // A command sent meanwhile does not end it: the data connection

@@ -311,11 +311,18 @@ mod tests {
     fn ipv6_counts_per_64_and_ipv4_per_address() {
         // Keys: a /64 is one client, the next /64 another; IPv4 (and its
         // mapped form) per address; no IPv6 /64 collides with an IPv4 key.
-        assert_eq!(key(ip("2001:db8:1:2::1")), key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")));
+        assert_eq!(
+            key(ip("2001:db8:1:2::1")),
+            key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+        );
         assert_ne!(key(ip("2001:db8:1:2::1")), key(ip("2001:db8:1:3::1")));
         assert_eq!(key(ip("192.0.2.7")), key(ip("::ffff:192.0.2.7")));
         assert_ne!(key(ip("192.0.2.7")), key(ip("192.0.2.8")));
-        assert_ne!(key(ip("::5")), key(ip("0.0.0.5")), "::/64 is no IPv4 address");
+        assert_ne!(
+            key(ip("::5")),
+            key(ip("0.0.0.5")),
+            "::/64 is no IPv4 address"
+        );
         // A client rotating through its /64 is locked out as one.
         let t = LoginThrottle::new(3, Duration::from_secs(60), Duration::from_secs(60)).unwrap();
         assert_eq!(t.record_failure(ip("2001:db8:1:2::a")), Failure::Counted(1));
@@ -332,7 +339,10 @@ mod tests {
             let v4 = ip(&format!("198.51.100.{n}"));
             assert_eq!(t.record_failure(v4), Failure::Counted(1));
         }
-        assert_eq!(t.record_failure(ip("::ffff:198.51.100.1")), Failure::Counted(2));
+        assert_eq!(
+            t.record_failure(ip("::ffff:198.51.100.1")),
+            Failure::Counted(2)
+        );
     }
 
     #[test]

@@ -633,8 +633,7 @@ impl Session {
                     return outcome;
                 }
             } else {
-                let data_ready = match self.await_data(req, conn.tcp(), PollFlags::POLLIN, &stall)
-                {
+                let data_ready = match self.await_data(req, conn.tcp(), PollFlags::POLLIN, &stall) {
                     Ok(ready) => ready,
                     Err(outcome) => return outcome,
                 };
