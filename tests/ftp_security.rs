@@ -1417,9 +1417,7 @@ fn commands_queued_during_a_transfer_are_bounded() {
         assert!(c.at_eof(), "{mode}: the session ended");
         drop(data);
         assert!(
-            server
-                .log()
-                .contains("too many commands during a transfer"),
+            server.log().contains("too many commands during a transfer"),
             "{mode}"
         );
         // Other sessions go on.
@@ -1494,7 +1492,10 @@ fn hanging_up_while_the_server_waits_for_the_data_connection() {
             }
             drop(c);
             assert!(
-                wait_until(Duration::from_secs(5), || server.log().matches(gone).count()
+                wait_until(Duration::from_secs(5), || server
+                    .log()
+                    .matches(gone)
+                    .count()
                     > before),
                 "{mode} reset={reset}: still waiting\n{}",
                 server.log()
@@ -1559,50 +1560,4 @@ fn peer_strings_are_escaped_in_the_log() {
         "paths escaped:\n{log}"
     );
     assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
-}
-
-
-/// A client that hangs up (reset or close) while the server waits for its
-/// passive data connection ends that wait at once, not after the 30 s
-/// passive timeout: the session (thread or process) and its upload go.
-#[test]
-fn hanging_up_while_the_server_waits_for_the_data_connection() {
-    let gone = "control connection closed while waiting";
-    for mode in MODES {
-        let server = FtpServer::start_env(mode, &[], &[("RUST_LOG", "debug")]);
-        for (i, reset) in [true, false].into_iter().enumerate() {
-            let before = server.log().matches(gone).count();
-            let mut c = Ctrl::login(server.addr);
-            assert_eq!(c.cmd("PASV").0, 227);
-            let stor = format!("STOR new{i}.bin");
-            c.send_raw(format!("{stor}\r\n").as_bytes());
-            // The server took the command and waits (nobody connects).
-            assert!(
-                wait_until(Duration::from_secs(10), || server.log().contains(&stor)),
-                "{mode}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-            if reset {
-                SockRef::from(&c.stream)
-                    .set_linger(Some(Duration::ZERO))
-                    .unwrap();
-            }
-            drop(c);
-            assert!(
-                wait_until(Duration::from_secs(5), || server.log().matches(gone).count()
-                    > before),
-                "{mode} reset={reset}: still waiting\n{}",
-                server.log()
-            );
-        }
-        if mode == "forking" {
-            assert!(
-                wait_until(Duration::from_secs(5), || children_of(server.pid())
-                    .is_empty()),
-                "{mode}: session children left"
-            );
-        }
-        assert!(names(&server.root()).is_empty(), "{mode}");
-        assert_eq!(Ctrl::login(server.addr).cmd("NOOP").0, 200, "{mode}");
-    }
 }
