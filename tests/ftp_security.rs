@@ -1370,3 +1370,194 @@ fn parallel_guesses_cannot_pass_the_limit() {
         }
     }
 }
+
+/// Commands sent during a transfer wait for it in a bounded queue: up to
+/// 16 lines are kept (and answered after the transfer, with `ABOR` still
+/// seen when the queue is full); one line more ends the transfer and the
+/// session with `421`. Before the bound, a client that stalled a RETR and
+/// streamed 4000-byte NOOP lines grew the server without limit.
+#[test]
+fn commands_queued_during_a_transfer_are_bounded() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        fs::write(server.root().join("big"), vec![7u8; 32 << 20]).unwrap();
+        let mut c = Ctrl::login(server.addr);
+        assert_eq!(c.cmd("TYPE I").0, 200);
+
+        // 16 lines wait; ABOR behind them is seen at once.
+        let data = c.pasv();
+        assert_eq!(c.cmd("RETR big").0, 150, "{mode}");
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..16 {
+            c.send_raw(format!("NOOP {i}\r\n").as_bytes());
+        }
+        c.send_raw(b"ABOR\r\n");
+        assert_eq!(c.read_reply().0, 426, "{mode}");
+        assert_eq!(c.read_reply().0, 226, "{mode}");
+        for i in 0..16 {
+            assert_eq!(c.read_reply().0, 200, "{mode}: queued NOOP {i}");
+        }
+        drop(data);
+        assert_eq!(c.cmd("NOOP").0, 200, "{mode}");
+
+        // The audit's client: a stalled RETR and long NOOP lines. The
+        // 17th line ends the session with 421.
+        let data = c.pasv();
+        assert_eq!(c.cmd("RETR big").0, 150, "{mode}");
+        std::thread::sleep(Duration::from_millis(200));
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let line = format!("NOOP {}\r\n", "A".repeat(4000));
+        for _ in 0..17 {
+            c.send_raw(line.as_bytes());
+        }
+        let (code, text) = c.read_reply();
+        assert_eq!(code, 421, "{mode}: {text}\nlog:\n{}", server.log());
+        assert!(c.at_eof(), "{mode}: the session ended");
+        drop(data);
+        assert!(
+            server.log().contains("too many commands during a transfer"),
+            "{mode}"
+        );
+        // Other sessions go on.
+        assert_eq!(Ctrl::login(server.addr).cmd("NOOP").0, 200, "{mode}");
+    }
+}
+
+/// The data timeout counts from the last byte moved: a client that stalls
+/// a download and keeps sending `STAT` (answered at once, never queued)
+/// does not keep the transfer alive past it.
+#[test]
+fn control_chatter_does_not_keep_a_stalled_download_alive() {
+    for mode in MODES {
+        // A 2 s idle timeout makes the data timeout 2 s.
+        let server = FtpServer::start(mode, &["--idle-timeout", "2s"]);
+        fs::write(server.root().join("big"), vec![7u8; 32 << 20]).unwrap();
+        let mut c = Ctrl::login(server.addr);
+        assert_eq!(c.cmd("TYPE I").0, 200);
+        let data = c.pasv();
+        assert_eq!(c.cmd("RETR big").0, 150, "{mode}");
+        let started = std::time::Instant::now();
+        let mut ended = None;
+        // A STAT every 200 ms, for at most 20 s.
+        while started.elapsed() < Duration::from_secs(20) {
+            c.send_raw(b"STAT\r\n");
+            let (code, text) = c.read_reply();
+            if code == 426 {
+                ended = Some((started.elapsed(), text));
+                break;
+            }
+            assert_eq!(code, 213, "{mode}: {text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let Some((waited, text)) = ended else {
+            panic!("{mode}: the stalled download outlived 20 s of STATs");
+        };
+        assert!(text.contains("timed out"), "{mode}: {text}");
+        assert!(waited < Duration::from_secs(8), "{mode}: {waited:?}");
+        // The STAT that met the timeout is answered as a plain STAT, and
+        // the session goes on.
+        let (code, text) = c.read_reply();
+        assert!((200..300).contains(&code), "{mode}: {code} {text}");
+        drop(data);
+        assert_eq!(c.cmd("NOOP").0, 200, "{mode}");
+    }
+}
+
+/// A client that hangs up (reset or close) while the server waits for its
+/// passive data connection ends that wait at once, not after the 30 s
+/// passive timeout: the session (thread or process) and its upload go.
+#[test]
+fn hanging_up_while_the_server_waits_for_the_data_connection() {
+    let gone = "control connection closed while waiting";
+    for mode in MODES {
+        let server = FtpServer::start_env(mode, &[], &[("RUST_LOG", "debug")]);
+        for (i, reset) in [true, false].into_iter().enumerate() {
+            let before = server.log().matches(gone).count();
+            let mut c = Ctrl::login(server.addr);
+            assert_eq!(c.cmd("PASV").0, 227);
+            let stor = format!("STOR new{i}.bin");
+            c.send_raw(format!("{stor}\r\n").as_bytes());
+            // The server took the command and waits (nobody connects).
+            assert!(
+                wait_until(Duration::from_secs(10), || server.log().contains(&stor)),
+                "{mode}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            if reset {
+                SockRef::from(&c.stream)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            drop(c);
+            assert!(
+                wait_until(Duration::from_secs(5), || server
+                    .log()
+                    .matches(gone)
+                    .count()
+                    > before),
+                "{mode} reset={reset}: still waiting\n{}",
+                server.log()
+            );
+        }
+        if mode == "forking" {
+            assert!(
+                wait_until(Duration::from_secs(5), || children_of(server.pid())
+                    .is_empty()),
+                "{mode}: session children left"
+            );
+        }
+        assert!(names(&server.root()).is_empty(), "{mode}");
+        assert_eq!(Ctrl::login(server.addr).cmd("NOOP").0, 200, "{mode}");
+    }
+}
+
+/// Strings a peer chooses (user name, paths, command arguments) reach the
+/// log with control characters escaped: no forged lines, no terminal
+/// escape sequences.
+#[test]
+fn peer_strings_are_escaped_in_the_log() {
+    let server = FtpServer::start_env(
+        "threading",
+        &["--login-delay", "0s"],
+        &[("RUST_LOG", "debug")],
+    );
+    let (mut c, _, _) = Ctrl::connect(server.addr);
+    assert_eq!(c.cmd("USER evil\rFORGED login ok\x1b[2J").0, 331);
+    assert_eq!(c.cmd("PASS nope").0, 530);
+    assert_eq!(c.cmd("USER bob").0, 331);
+    assert_eq!(c.cmd("PASS secret").0, 230);
+    let name = "up\rFORGED\x1b]0;t\x07.txt";
+    let mut data = c.pasv();
+    assert_eq!(c.cmd(&format!("STOR {name}")).0, 150);
+    data.write_all(b"hello").unwrap();
+    drop(data);
+    assert_eq!(c.read_reply().0, 226);
+    let (code, got) = c.fetch(&format!("RETR {name}"));
+    assert_eq!((code, &got[..]), (226, &b"hello"[..]));
+    assert_eq!(c.cmd("QUIT").0, 221);
+    drop(c);
+    assert!(wait_until(Duration::from_secs(5), || server
+        .log()
+        .contains("session end")));
+    let log = fs::read(&server.stderr_path).unwrap();
+    for bad in [b'\r', 0x1b, 0x07] {
+        assert!(
+            !log.contains(&bad),
+            "raw byte {bad:#x} in the log:\n{}",
+            String::from_utf8_lossy(&log)
+        );
+    }
+    let log = String::from_utf8_lossy(&log);
+    // The failed login (warn), the debug command line, RETR and STOR.
+    assert!(
+        log.contains(r"evil\rFORGED login ok\u{1b}[2J"),
+        "user escaped:\n{log}"
+    );
+    assert!(
+        log.matches(r"/up\rFORGED\u{1b}]0;t\u{7}.txt").count() >= 2,
+        "paths escaped:\n{log}"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
+}

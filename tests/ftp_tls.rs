@@ -264,6 +264,118 @@ fn ftplib_require_reuse(mode: &str) {
 }
 per_concurrent_mode!(ftplib_session_reuse, ftplib_require_reuse);
 
+/// `--tls-require-reuse` binds a data connection to its control
+/// connection's TLS session. An attacker on the victim's IP does `AUTH
+/// TLS` on a control connection of its own (no login), takes that
+/// session, connects first to the victim's EPSV port and resumes its own
+/// session there: the server must not resume it, so the handshake is a
+/// full one, refused (`522` to the victim), and the attacker gets none of
+/// the file. The victim, resuming its own session, then downloads it.
+/// Arguments: port, path of the file's copy. Prints "OK".
+const FTPLIB_REUSE_HIJACK: &str = r#"
+import ftplib, socket, ssl, sys
+port, path = int(sys.argv[1]), sys.argv[2]
+secret = open(path, "rb").read()
+
+def context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+class Reusing(ftplib.FTP_TLS):
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(
+                conn, server_hostname=self.host, session=self.sock.session)
+        return conn, size
+
+# The attacker: TLS on its own control connection, no login.
+actx = context()
+attacker = ftplib.FTP_TLS(context=actx, timeout=20)
+attacker.connect("127.0.0.1", port)
+attacker.auth()
+attacker.voidcmd("NOOP")  # reads the session tickets
+stolen_session = attacker.sock.session
+assert stolen_session is not None
+
+victim = Reusing(context=context(), timeout=20)
+victim.connect("127.0.0.1", port)
+victim.login("bob", "secret")
+victim.prot_p()
+victim.voidcmd("TYPE I")
+_, data_port = ftplib.parse229(victim.sendcmd("EPSV"), victim.sock.getpeername())
+# The attacker is first on the victim's data port ...
+raw = socket.create_connection(("127.0.0.1", data_port), timeout=20)
+# ... so the server takes its connection for the victim's RETR.
+assert victim.sendcmd("RETR secret.bin").startswith("150")
+stolen = b""
+resumed = None
+try:
+    data = actx.wrap_socket(raw, server_hostname="127.0.0.1", session=stolen_session)
+    resumed = data.session_reused
+    while True:
+        chunk = data.recv(65536)
+        if not chunk:
+            break
+        stolen += chunk
+except (ssl.SSLError, OSError):
+    pass
+assert stolen == b"", "the attacker received %d bytes of the victim's file" % len(stolen)
+assert not resumed, "the attacker's own session was resumed on the victim's data connection"
+try:
+    victim.voidresp()
+    raise SystemExit("the victim's transfer went to someone")
+except ftplib.error_perm as e:
+    assert str(e).startswith("522"), e
+# The victim's own session still resumes, and the file arrives whole.
+got = []
+victim.retrbinary("RETR secret.bin", got.append)
+assert b"".join(got) == secret
+victim.quit()
+attacker.quit()
+print("OK")
+"#;
+
+fn require_reuse_binds_the_data_connection_to_its_session(mode: &str) {
+    let cert = TestCert::new();
+    let server = start_tls(mode, &cert, &["--tls-require-reuse"]);
+    let secret = ftp_support::pattern(3 << 20, 21);
+    fs::write(server.root().join("secret.bin"), &secret).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = scratch.path().join("secret.bin");
+    fs::write(&copy, &secret).unwrap();
+    let out = python(
+        FTPLIB_REUSE_HIJACK,
+        &[&server.port().to_string(), copy.to_str().unwrap()],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    assert!(server.log().contains("did not resume"), "{mode}");
+    // curl, which resumes its control session, still downloads.
+    if !require_client("curl") {
+        return;
+    }
+    let dst = scratch.path().join("curl.bin");
+    run_checked(Command::new("curl").args([
+        "-sS",
+        "--ssl-reqd",
+        "-k",
+        "--max-time",
+        "60",
+        "-u",
+        "bob:secret",
+        "-o",
+        dst.to_str().unwrap(),
+        &format!("{}/secret.bin", server.url()),
+    ]));
+    assert_eq!(fs::read(&dst).unwrap(), secret, "{mode}");
+}
+per_concurrent_mode!(
+    session_reuse_is_bound_to_the_control_connection,
+    require_reuse_binds_the_data_connection_to_its_session
+);
+
 /// `--tls-required`: USER and PASS in clear get 530, and after AUTH TLS a
 /// transfer under PROT C gets 521 (nothing is sent in clear). Arguments:
 /// port. Prints "OK".

@@ -310,15 +310,38 @@ impl Command {
     }
 
     /// The command as it may appear in a log: the argument of `PASS` is
-    /// never shown.
+    /// never shown, and control characters in the argument are escaped
+    /// ([`LogSafe`]).
     pub fn loggable(&self) -> String {
         if self.verb == Verb::Pass {
             "PASS ****".to_string()
         } else if self.arg.is_empty() {
             self.name.clone()
         } else {
-            format!("{} {}", self.name, self.arg)
+            format!("{} {}", self.name, LogSafe(&self.arg))
         }
+    }
+}
+
+/// A peer-supplied string (user name, path, command argument) as it may
+/// appear in a log line: control characters (CR, LF, ESC, ...), other
+/// invisible characters (bidi overrides, line separators) and `\` are
+/// written as Rust escapes (`\r`, `\u{1b}`, `\\`), so a client cannot
+/// forge log lines or send terminal escape sequences to whoever reads the
+/// log. Printable text, quotes included, is written as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSafe<'a>(pub &'a str);
+
+impl std::fmt::Display for LogSafe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '"' | '\'' => f.write_char(c)?,
+                _ => write!(f, "{}", c.escape_debug())?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -421,5 +444,21 @@ mod tests {
         assert!(!c.loggable().contains("hunter2"));
         let c = Command::parse(b"USER bob\r\n").unwrap();
         assert_eq!(c.loggable(), "USER bob");
+        let c = Command::parse(b"RETR a\rb\x1b[2J\x07\r\n").unwrap();
+        assert_eq!(c.loggable(), "RETR a\\rb\\u{1b}[2J\\u{7}");
+    }
+
+    #[test]
+    fn log_safe_escapes_what_could_forge_or_color_a_line() {
+        let shown = |s: &str| LogSafe(s).to_string();
+        assert_eq!(shown("plain name.txt"), "plain name.txt");
+        assert_eq!(shown("caf\u{e9} \"q\" 'x'"), "caf\u{e9} \"q\" 'x'");
+        assert_eq!(shown("a\rb\nc\td"), "a\\rb\\nc\\td");
+        assert_eq!(shown("\x1b[31mred\x7f"), "\\u{1b}[31mred\\u{7f}");
+        // A backslash is escaped, so `\r` in a log always means a CR.
+        assert_eq!(shown("a\\rb"), "a\\\\rb");
+        // Invisible reordering and line-breaking characters.
+        assert_eq!(shown("x\u{202e}y\u{2028}z"), "x\\u{202e}y\\u{2028}z");
+        assert!(shown("\u{0}\u{1f}\u{85}").chars().all(|c| !c.is_control()));
     }
 }

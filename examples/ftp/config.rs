@@ -85,8 +85,9 @@ pub struct Args {
     /// Close a control connection idle this long (`300s`, `5m`, ...).
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
-    /// Failed logins one client IP may make within --login-failure-window
-    /// (counted across connections and processes) before it is locked out;
+    /// Failed logins one client (an IPv4 address or an IPv6 /64) may make
+    /// within --login-failure-window (counted across connections and
+    /// processes) before it is locked out;
     /// 0 turns the limit off.
     #[arg(long, default_value_t = 5)]
     pub max_login_failures: u32,
@@ -173,7 +174,8 @@ pub struct Config {
     pub login_delay: Duration,
     /// Wrong passwords on one connection before it is closed.
     pub max_login_failures: u32,
-    /// Failed logins per IP, shared across connections and processes.
+    /// Failed logins per IPv4 address or IPv6 /64, shared across
+    /// connections and processes.
     pub throttle: LoginThrottle,
     /// FTPS settings, when --tls-cert and --tls-key were given.
     pub tls: Option<TlsSettings>,

@@ -5,14 +5,17 @@
 //! - A passive listener binds the control connection's local address and
 //!   accepts only a connection from the control connection's peer IP; any
 //!   other peer is dropped and the listener keeps waiting until the
-//!   passive-accept timeout.
+//!   passive-accept timeout — or until the control connection closes or
+//!   is reset, so a client that vanishes while the server waits for its
+//!   data connection does not hold the session (and an open upload) for
+//!   the whole timeout.
 //! - An active address must be the control connection's own peer IP and a
 //!   port >= 1024. This is checked when PORT/EPRT arrives, *before* any
 //!   connection is attempted.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -79,28 +82,95 @@ pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> io::Result<bool> {
 /// Accepts the data connection from `allowed` within `timeout`;
 /// connections from any other IP are closed at once and ignored.
 ///
+/// `control` is the control connection's socket: the wait also ends when
+/// its peer closes (FIN) or resets it. Only hang-up is watched, not
+/// input, so a command the client sends meanwhile waits for the transfer
+/// as before. Control bytes the caller already buffered (TLS) are not
+/// looked at.
+///
 /// # Errors
-/// `TimedOut` when nobody acceptable connected in time; an `accept` error.
+/// `TimedOut` when nobody acceptable connected in time;
+/// `ConnectionAborted` when the control connection closed or was reset;
+/// an `accept` or `poll` error.
 pub fn accept_from(
     listener: &TcpListener,
     allowed: IpAddr,
     timeout: Duration,
+    control: Option<BorrowedFd<'_>>,
 ) -> io::Result<TcpStream> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || !wait_readable(listener, left)? {
+        if left.is_zero() || !wait_accept(listener, control, left)? {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no data connection within the passive timeout",
             ));
         }
-        let (stream, peer) = listener.accept()?;
+        let (stream, peer) = match listener.accept() {
+            Ok(got) => got,
+            // Reset before it was accepted: keep waiting (and keep
+            // ConnectionAborted for the control connection's end).
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+            Err(e) => return Err(e),
+        };
         if same_ip(peer.ip(), allowed) {
             return Ok(stream);
         }
         tracing::warn!(%peer, %allowed, "refused passive data connection from a foreign address");
         drop(stream);
+    }
+}
+
+/// Linux's `POLLRDHUP` (the peer shut down writing), which `nix` does not
+/// name.
+const POLLRDHUP: PollFlags = PollFlags::from_bits_retain(libc::POLLRDHUP);
+
+/// Waits up to `timeout` for a connection on `listener`: `Ok(true)` when
+/// one is waiting, `Ok(false)` at the timeout, `ConnectionAborted` when
+/// `control` reports hang-up (`POLLRDHUP`: the peer shut down its side;
+/// `POLLHUP`/`POLLERR`: reset or closed both ways).
+fn wait_accept(
+    listener: &TcpListener,
+    control: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> io::Result<bool> {
+    let Some(control) = control else {
+        return wait_readable(listener, timeout);
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up to a whole millisecond, so the wait never ends early.
+        let ms =
+            PollTimeout::try_from(left + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX);
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(control, POLLRDHUP),
+        ];
+        match nix::poll::poll(&mut fds, ms) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        // nix's `PollFlags` has no POLLRDHUP, so `revents()` is `None`
+        // exactly when the kernel reported it (the only flag asked for
+        // that nix does not know).
+        let hung_up = fds[1].revents().is_none_or(|r| {
+            r.intersects(POLLRDHUP | PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+        });
+        if hung_up {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the control connection closed while waiting for the data connection",
+            ));
+        }
+        if fds[0].any().unwrap_or(false) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
     }
 }
 
@@ -266,13 +336,72 @@ mod tests {
         sock.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
             .unwrap();
         sock.connect(&addr.into()).unwrap();
-        let err = accept_from(&l, "127.0.0.1".parse().unwrap(), Duration::from_millis(300));
+        let err = accept_from(
+            &l,
+            "127.0.0.1".parse().unwrap(),
+            Duration::from_millis(300),
+            None,
+        );
         assert_eq!(err.unwrap_err().kind(), io::ErrorKind::TimedOut);
         let _ok = TcpStream::connect(addr).unwrap();
-        let s = accept_from(&l, "127.0.0.1".parse().unwrap(), Duration::from_secs(5)).unwrap();
+        let s = accept_from(
+            &l,
+            "127.0.0.1".parse().unwrap(),
+            Duration::from_secs(5),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             s.peer_addr().unwrap().ip(),
             "127.0.0.1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    /// A control connection pair on loopback: (server side, client side).
+    fn control_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        (server, client)
+    }
+
+    #[test]
+    fn the_wait_ends_when_the_control_connection_goes() {
+        let me: IpAddr = "127.0.0.1".parse().unwrap();
+        let long = Duration::from_secs(20);
+        // Reset (RST), and an orderly close (FIN): both end the wait at
+        // once, not after the 20 s.
+        for reset in [true, false] {
+            let l = open_passive(me, None).unwrap();
+            let (server, client) = control_pair();
+            if reset {
+                socket2::SockRef::from(&client)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+            }
+            drop(client);
+            let started = Instant::now();
+            let err = accept_from(&l, me, long, Some(server.as_fd())).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::ConnectionAborted,
+                "reset {reset}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(5), "reset {reset}");
+        }
+        // A command sent meanwhile does not end it: the data connection
+        // is still accepted, and the command stays unread.
+        let l = open_passive(me, None).unwrap();
+        let (server, mut client) = control_pair();
+        std::io::Write::write_all(&mut client, b"NOOP\r\n").unwrap();
+        let _data = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let s = accept_from(&l, me, long, Some(server.as_fd())).unwrap();
+        assert_eq!(s.peer_addr().unwrap().ip(), me);
+        let mut buf = [0u8; 16];
+        assert_eq!(server.peek(&mut buf).unwrap(), 6);
+        // Quiet control, nobody connects: the timeout as before.
+        let l = open_passive(me, None).unwrap();
+        let err = accept_from(&l, me, Duration::from_millis(200), Some(server.as_fd()));
+        assert_eq!(err.unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use socketserver::handler::Line;
 use socketserver::{Request, RequestHandler};
 
-use crate::command::{self, Command, Verb};
+use crate::command::{self, Command, LogSafe, Verb};
 use crate::config::Config;
 use crate::confine::{Denied, Root};
 use crate::data::{self, ActiveError, DataSetup};
@@ -25,6 +25,13 @@ use crate::tls::Control;
 
 /// Longest command line accepted; longer lines get `500` and are dropped.
 pub const MAX_LINE: usize = 4096;
+
+/// Most command lines kept while a transfer runs, to be run after it
+/// (`ABOR` and `STAT` are answered at once and never kept). A client
+/// pipelines one or two; one line more than this ends the transfer and
+/// the session with `421`. With [`MAX_LINE`] this bounds the queue at
+/// 64 KiB.
+pub const MAX_QUEUED: usize = 16;
 
 /// What the command loop does after a command.
 #[derive(Debug, PartialEq, Eq)]
@@ -137,9 +144,15 @@ impl Session {
         self.rename_from = Some(vpath);
     }
 
-    /// A command line that arrived during a transfer, run after it.
-    pub(crate) fn queue_command(&mut self, line: Vec<u8>) {
+    /// Keeps a command line that arrived during a transfer, to run after
+    /// it; `false` (and the line dropped) when [`MAX_QUEUED`] lines wait
+    /// already.
+    pub(crate) fn queue_command(&mut self, line: Vec<u8>) -> bool {
+        if self.queued.len() >= MAX_QUEUED {
+            return false;
+        }
         self.queued.push_back(line);
+        true
     }
 
     pub(crate) fn root(&self) -> &Root {
@@ -341,7 +354,7 @@ impl Session {
         // taken back on success): a guess abandoned before its answer
         // still counts, and parallel guesses cannot pass the limit.
         if let Err(left) = self.cfg.throttle.begin(ip) {
-            tracing::info!(peer = %self.peer, %user, left_secs = left.as_secs(), "login refused: address locked out");
+            tracing::info!(peer = %self.peer, user = %LogSafe(&user), left_secs = left.as_secs(), "login refused: address locked out");
             wait();
             reply::send(&mut req.wfile(), Code::ServiceUnavailable, LOCKED_OUT)?;
             return Ok(Flow::Close);
@@ -350,7 +363,7 @@ impl Session {
             Some(writable) => {
                 self.cfg.throttle.end(ip, true);
                 wait();
-                tracing::info!(peer = %self.peer, %user, writable, "login");
+                tracing::info!(peer = %self.peer, user = %LogSafe(&user), writable, "login");
                 self.account = Some(Account {
                     name: user,
                     writable,
@@ -360,7 +373,7 @@ impl Session {
             None => {
                 self.failures += 1;
                 let verdict = self.cfg.throttle.end(ip, false);
-                tracing::warn!(peer = %self.peer, %user, failures = self.failures, "failed login");
+                tracing::warn!(peer = %self.peer, user = %LogSafe(&user), failures = self.failures, "failed login");
                 if verdict == Failure::LockedOut {
                     tracing::warn!(
                         ip = %ip,

@@ -15,6 +15,11 @@
 //!   warn level). Failures older than `window` are forgotten; a successful
 //!   login does not reset the count (a valid account must not become a way
 //!   to keep guessing another one's password).
+//! - Failures are counted per *client*: an IPv4 address (IPv4-mapped IPv6
+//!   addresses count as the IPv4 address), or an IPv6 /64 network, the
+//!   block one customer or host usually gets (RFC 6177): someone holding a
+//!   /64 has 2^64 addresses to rotate through, so counting each one alone
+//!   would not limit them at all.
 //! - The table has a fixed number of slots ([`SLOTS`]); when all are in use
 //!   the one with the oldest activity is reused, locked-out addresses
 //!   last.
@@ -44,13 +49,16 @@ fn now_ms() -> u64 {
     (t.tv_sec as u64) * 1000 + (t.tv_nsec as u64) / 1_000_000 + 1
 }
 
+/// The slot key of `ip`: an IPv4 address whole (in its IPv4-mapped IPv6
+/// form), an IPv6 address by its /64 prefix (the low half zeroed).
 fn key(ip: IpAddr) -> (u64, u64) {
-    let v6 = match ip.to_canonical() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    let bits = u128::from(v6);
-    ((bits >> 64) as u64, bits as u64)
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let bits = u128::from(v4.to_ipv6_mapped());
+            ((bits >> 64) as u64, bits as u64)
+        }
+        IpAddr::V6(v6) => ((u128::from(v6) >> 64) as u64, 0),
+    }
 }
 
 /// What a failed login led to.
@@ -300,6 +308,44 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_counts_per_64_and_ipv4_per_address() {
+        // Keys: a /64 is one client, the next /64 another; IPv4 (and its
+        // mapped form) per address; no IPv6 /64 collides with an IPv4 key.
+        assert_eq!(
+            key(ip("2001:db8:1:2::1")),
+            key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+        );
+        assert_ne!(key(ip("2001:db8:1:2::1")), key(ip("2001:db8:1:3::1")));
+        assert_eq!(key(ip("192.0.2.7")), key(ip("::ffff:192.0.2.7")));
+        assert_ne!(key(ip("192.0.2.7")), key(ip("192.0.2.8")));
+        assert_ne!(
+            key(ip("::5")),
+            key(ip("0.0.0.5")),
+            "::/64 is no IPv4 address"
+        );
+        // A client rotating through its /64 is locked out as one.
+        let t = LoginThrottle::new(3, Duration::from_secs(60), Duration::from_secs(60)).unwrap();
+        assert_eq!(t.record_failure(ip("2001:db8:1:2::a")), Failure::Counted(1));
+        assert_eq!(t.record_failure(ip("2001:db8:1:2::b")), Failure::Counted(2));
+        assert_eq!(
+            t.record_failure(ip("2001:db8:1:2:dead:beef:0:1")),
+            Failure::LockedOut
+        );
+        assert!(t.locked(ip("2001:db8:1:2::c")).is_some(), "same /64");
+        assert!(t.begin(ip("2001:db8:1:2::d")).is_err());
+        assert!(t.locked(ip("2001:db8:1:3::a")).is_none(), "next /64");
+        // IPv4 stays per address, and the mapped form is the same address.
+        for n in 1..=3 {
+            let v4 = ip(&format!("198.51.100.{n}"));
+            assert_eq!(t.record_failure(v4), Failure::Counted(1));
+        }
+        assert_eq!(
+            t.record_failure(ip("::ffff:198.51.100.1")),
+            Failure::Counted(2)
+        );
+    }
+
+    #[test]
     fn full_table_reuses_the_oldest_unlocked_slot() {
         let t = LoginThrottle::new(2, Duration::from_secs(60), Duration::from_secs(60)).unwrap();
         let locked = ip("192.0.2.1");
@@ -307,7 +353,7 @@ mod tests {
         t.record_failure(locked);
         for i in 0..(SLOTS as u32 + 10) {
             let other = IpAddr::from(std::net::Ipv6Addr::from(
-                0x2001_0db8_u128 << 96 | u128::from(i),
+                0x2001_0db8_u128 << 96 | u128::from(i) << 64,
             ));
             t.record_failure(other);
         }

@@ -10,11 +10,17 @@
 //! - Every handshake (control and data) has a total deadline
 //!   (`--tls-handshake-timeout`): a client that stalls or sends garbage
 //!   costs only its own session.
-//! - Data connections resume the control connection's session with
-//!   stateless tickets (TLS 1.3 and 1.2) whose key is made before the
-//!   server forks, so every child and prefork worker can open them; with
-//!   `--tls-require-reuse` a data handshake that did not resume is refused
-//!   (`522`, as vsftpd's `require_ssl_reuse`).
+//! - Data connections resume the control connection's session. Each
+//!   control connection gets its own ticket key and session cache at
+//!   `AUTH TLS` ([`ConnectionTls`], made in the process that serves the
+//!   session), shared only with that connection's data connections: a
+//!   data connection can resume the session of *its* control connection
+//!   and no other. With `--tls-require-reuse` a data handshake that did
+//!   not resume it is refused (`522`, as vsftpd's `require_ssl_reuse`), so
+//!   a third party who wins the race to a passive port — even one on the
+//!   client's IP with a TLS session of its own on this server — cannot
+//!   complete the handshake and receive the transfer. (vsftpd gets the
+//!   same from its per-process session cache.)
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -35,16 +41,19 @@ use crate::data;
 /// much, so the per-syscall cost is spread over many TLS records.
 pub const TLS_BUF: usize = 256 << 10;
 
+/// Sessions one control connection's cache holds (TLS 1.2 session IDs,
+/// for clients without tickets; tickets are stateless): the control
+/// session and a few made by full data handshakes.
+const SESSIONS_PER_CONNECTION: usize = 8;
+
 /// The TLS side of the server's settings (present when `--tls-cert` and
 /// `--tls-key` were given).
 #[derive(Debug)]
 pub struct TlsSettings {
-    /// For control connections (sends session tickets).
+    /// The template for control connections: certificate, versions. Each
+    /// control connection gets a copy with its own ticket key and
+    /// session cache ([`ConnectionTls::new`]).
     control: Arc<ServerConfig>,
-    /// For data connections: same certificate, ticket key and session
-    /// cache, but sends no tickets of its own (the client resumes the
-    /// control connection's session).
-    data: Arc<ServerConfig>,
     /// `--tls-required`: no login and no unprotected data before TLS.
     pub required: bool,
     /// `--tls-require-reuse`: a data handshake must resume a session.
@@ -117,20 +126,47 @@ impl TlsSettings {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // Stateless tickets: the key is made here, before any fork, so a
-        // forked child or prefork worker resumes what it issued itself and
-        // one ticket can be presented by every data connection of the
-        // session (curl, lftp and FileZilla reuse one session for all).
-        control.ticketer = rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?;
-        control.session_storage = ServerSessionMemoryCache::new(1024);
-        let mut data = control.clone();
-        data.send_tls13_tickets = 0;
+        // No resumption across control connections: the ticket key and
+        // session cache are per connection (ConnectionTls).
+        control.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         Ok(TlsSettings {
             control: Arc::new(control),
-            data: Arc::new(data),
             required: policy.required,
             require_reuse: policy.require_reuse,
             handshake_timeout: policy.handshake_timeout,
+        })
+    }
+}
+
+/// The rustls configurations of one control connection and its data
+/// connections: a ticket key and a session cache of their own, so a data
+/// connection resumes only a session negotiated on this control
+/// connection. Made at `AUTH TLS`, in the process serving the session.
+#[derive(Debug)]
+pub struct ConnectionTls {
+    /// Sends session tickets.
+    control: Arc<ServerConfig>,
+    /// Same certificate, ticket key and session cache, but sends no
+    /// tickets of its own (the client resumes the control session; curl,
+    /// lftp and FileZilla present one session on every data connection).
+    data: Arc<ServerConfig>,
+}
+
+impl ConnectionTls {
+    /// Copies the server's settings with a fresh ticket key and an empty
+    /// session cache.
+    ///
+    /// # Errors
+    /// The ticket key cannot be made.
+    pub fn new(tls: &TlsSettings) -> io::Result<ConnectionTls> {
+        let mut control = (*tls.control).clone();
+        control.ticketer = rustls::crypto::ring::Ticketer::new().map_err(io::Error::other)?;
+        control.session_storage = ServerSessionMemoryCache::new(SESSIONS_PER_CONNECTION);
+        let mut data = control.clone();
+        data.send_tls13_tickets = 0;
+        Ok(ConnectionTls {
+            control: Arc::new(control),
+            data: Arc::new(data),
         })
     }
 }
@@ -211,6 +247,11 @@ type TlsControl = BufReader<rustls::StreamOwned<ServerConnection, TcpStream>>;
 pub struct Control<'a> {
     req: &'a mut Request,
     tls: Option<Box<TlsControl>>,
+    /// This connection's TLS configurations (after `AUTH TLS`).
+    conn_tls: Option<ConnectionTls>,
+    /// Plain connection: [`probe`](Self::probe) found bytes in the read
+    /// buffer (which `poll` on the socket cannot see).
+    plain_buffered: bool,
 }
 
 impl std::fmt::Debug for Control<'_> {
@@ -224,7 +265,12 @@ impl std::fmt::Debug for Control<'_> {
 impl<'a> Control<'a> {
     /// The plain control connection of `req`.
     pub fn new(req: &'a mut Request) -> Control<'a> {
-        Control { req, tls: None }
+        Control {
+            req,
+            tls: None,
+            conn_tls: None,
+            plain_buffered: false,
+        }
     }
 
     /// Whether `AUTH TLS` succeeded on this connection.
@@ -246,9 +292,41 @@ impl<'a> Control<'a> {
     /// # Errors
     /// An I/O error, including a read timeout.
     pub fn read_line_bounded(&mut self, out: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+        self.plain_buffered = false;
         match &mut self.tls {
             Some(t) => read_line_bounded(&mut **t, out, max),
             None => self.req.rfile().read_line_bounded(out, max),
+        }
+    }
+
+    /// After a line was read during a transfer: notes whether more bytes
+    /// wait in the plain connection's read buffer (a client that sent
+    /// `NOOP` and `ABOR` in one segment), so [`pending`](Self::pending)
+    /// reports them although the socket polls empty. Looks without
+    /// blocking: the socket is non-blocking for the one look. (A TLS
+    /// connection's buffers are looked at by `pending` itself.)
+    pub fn probe(&mut self) {
+        if self.tls.is_some() {
+            return;
+        }
+        let Some(tcp) = self.req.stream().and_then(Stream::as_tcp) else {
+            return;
+        };
+        let Ok(tcp) = tcp.try_clone() else {
+            return;
+        };
+        if tcp.set_nonblocking(true).is_err() {
+            return;
+        }
+        self.plain_buffered = match io::BufRead::fill_buf(&mut self.req.rfile()) {
+            // Bytes, or end of file: the next read returns at once.
+            Ok(_) => true,
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+        };
+        if let Err(e) = tcp.set_nonblocking(false) {
+            // A control socket left non-blocking would end the session at
+            // its next read; say why.
+            tracing::warn!(error = %e, "control socket stays non-blocking");
         }
     }
 
@@ -276,7 +354,7 @@ impl<'a> Control<'a> {
                         .process_new_packets()
                         .map_or(true, |s| s.plaintext_bytes_to_read() > 0)
             }
-            None => false,
+            None => self.plain_buffered,
         }
     }
 
@@ -292,7 +370,8 @@ impl<'a> Control<'a> {
             .and_then(Stream::as_tcp)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "TLS needs TCP"))?
             .try_clone()?;
-        let mut conn = ServerConnection::new(tls.control.clone()).map_err(io::Error::other)?;
+        let own = ConnectionTls::new(tls)?;
+        let mut conn = ServerConnection::new(own.control.clone()).map_err(io::Error::other)?;
         let got = handshake(&mut conn, &tcp, Instant::now() + tls.handshake_timeout);
         // Back to the idle timeout the session runs with.
         self.req.set_timeout(Some(idle))?;
@@ -301,7 +380,14 @@ impl<'a> Control<'a> {
             32 << 10,
             rustls::StreamOwned::new(conn, tcp),
         )));
+        self.conn_tls = Some(own);
         Ok(())
+    }
+
+    /// This control connection's TLS configurations, for its data
+    /// connections (`None` before `AUTH TLS`).
+    pub fn connection_tls(&self) -> Option<&ConnectionTls> {
+        self.conn_tls.as_ref()
     }
 }
 
@@ -347,7 +433,8 @@ impl Write for ControlWriter<'_> {
 pub enum DataTlsError {
     /// The handshake failed or timed out.
     Handshake(io::Error),
-    /// `--tls-require-reuse` and the client did not resume a session.
+    /// `--tls-require-reuse` and the client did not resume the control
+    /// connection's session.
     NotResumed,
 }
 
@@ -377,17 +464,20 @@ pub enum DataConn {
 
 impl DataConn {
     /// Secures an opened data connection (the server side of the
-    /// handshake, in passive and active mode alike, as RFC 4217 says).
-    /// The socket's timeouts are set to `io_timeout` afterwards.
+    /// handshake, in passive and active mode alike, as RFC 4217 says)
+    /// with `own`, the configuration of the control connection it belongs
+    /// to: only that connection's session can be resumed. The socket's
+    /// timeouts are set to `io_timeout` afterwards.
     ///
     /// # Errors
     /// [`DataTlsError`].
     pub fn secure(
         tcp: TcpStream,
         tls: &TlsSettings,
+        own: &ConnectionTls,
         io_timeout: Duration,
     ) -> Result<DataConn, DataTlsError> {
-        let mut conn = ServerConnection::new(tls.data.clone())
+        let mut conn = ServerConnection::new(own.data.clone())
             .map_err(|e| DataTlsError::Handshake(io::Error::other(e)))?;
         handshake(&mut conn, &tcp, Instant::now() + tls.handshake_timeout)
             .map_err(DataTlsError::Handshake)?;

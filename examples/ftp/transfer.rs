@@ -14,7 +14,14 @@
 //! - Every path is opened beneath the root descriptor (confine.rs).
 //! - Between slices the control connection is checked: `ABOR` stops the
 //!   transfer (`426` then `226`), a vanished client stops it and ends the
-//!   session, other commands wait until the transfer is over.
+//!   session, other commands wait until the transfer is over — at most
+//!   [`MAX_QUEUED`](crate::session::MAX_QUEUED) of them: one more ends the
+//!   transfer and the session with `421`, so a client cannot make the
+//!   server's memory grow by talking during a transfer it stalls.
+//! - The data timeout counts from the last byte moved on the data
+//!   connection ([`Stall`]): control-connection traffic does not extend it,
+//!   so a stalled transfer ends after `data_timeout` whatever the client
+//!   sends meanwhile.
 //! - No download blocks on a full data socket (sendfile, ASCII and TLS
 //!   alike): it waits in `poll` for room *or* a control line, so ABOR is
 //!   seen while the client reads nothing.
@@ -23,14 +30,14 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::tls::{Control, DataConn, DataTlsError};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use rustix::fs::OFlags;
 use socketserver::handler::Line;
 
-use crate::command::{Command, Verb};
+use crate::command::{Command, LogSafe, Verb};
 use crate::confine::{Denied, Listing};
 use crate::data::{self, DataSetup};
 use crate::listing;
@@ -51,8 +58,60 @@ enum Ctl {
     Quiet,
     /// `ABOR`.
     Abort,
+    /// One command more than [`MAX_QUEUED`] waiting for the transfer.
+    Flood,
     /// The control connection closed or failed.
     Gone,
+}
+
+impl Ctl {
+    /// The transfer's outcome when the control connection ends it (`None`:
+    /// carry on). A failed control read counts as the client gone.
+    fn ends(got: io::Result<Ctl>) -> Option<Outcome> {
+        match got {
+            Ok(Ctl::Quiet) => None,
+            Ok(Ctl::Abort) => Some(Outcome::Aborted),
+            Ok(Ctl::Flood) => Some(Outcome::Flooded),
+            Ok(Ctl::Gone) | Err(_) => Some(Outcome::ClientGone),
+        }
+    }
+}
+
+/// The data connection's stall timer: a transfer fails once no byte has
+/// moved on the data connection for the data timeout. Only data progress
+/// restarts it, never control-connection input, so a client cannot keep a
+/// stalled transfer (its thread or process, file and sockets) alive by
+/// sending commands.
+#[derive(Debug)]
+struct Stall {
+    limit: Duration,
+    deadline: Instant,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Stall {
+        Stall {
+            limit,
+            deadline: Instant::now() + limit,
+        }
+    }
+
+    /// Bytes moved: the timer starts again.
+    fn progress(&mut self) {
+        self.deadline = Instant::now() + self.limit;
+    }
+
+    /// Time left before the transfer times out (zero once it has).
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn timed_out() -> Outcome {
+        Outcome::Failed(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "data connection timed out",
+        ))
+    }
 }
 
 /// How a transfer ended.
@@ -64,6 +123,8 @@ enum Outcome {
     Aborted,
     /// The client closed the control connection.
     ClientGone,
+    /// The client sent more commands than may wait for the transfer.
+    Flooded,
     /// A data-connection or file error.
     Failed(io::Error),
 }
@@ -94,7 +155,10 @@ impl Session {
                 return Ok(None);
             }
             DataSetup::Passive(l) => {
-                data::accept_from(&l, self.peer_ip(), self.cfg().passive_timeout)
+                // The wait also ends when the client hangs up the control
+                // connection (then there is nobody to reply to).
+                let control = req.stream().map(AsFd::as_fd);
+                data::accept_from(&l, self.peer_ip(), self.cfg().passive_timeout, control)
             }
             DataSetup::Active(addr) => data::connect_active(addr, self.cfg().data_timeout),
         };
@@ -106,6 +170,11 @@ impl Session {
             Ok(s) => Ok(Some(s)),
             Err(e) => {
                 tracing::info!(peer = %self.peer(), error = %e, "data connection failed");
+                if e.kind() == io::ErrorKind::ConnectionAborted {
+                    // The control connection is gone: no reply; the
+                    // command loop then sees its end and stops.
+                    return Ok(None);
+                }
                 reply::send(
                     &mut req.wfile(),
                     Code::CantOpenData,
@@ -130,7 +199,17 @@ impl Session {
             (Some(tls), true) => tls,
             _ => return Ok(Some(DataConn::Plain(tcp))),
         };
-        match DataConn::secure(tcp, tls, self.cfg().data_timeout) {
+        // PROT P needs AUTH TLS, so the control connection has its own
+        // TLS configuration; without one nothing could be resumed.
+        let Some(own) = req.connection_tls() else {
+            return ok(
+                &mut req.wfile(),
+                Code::CantOpenData,
+                "TLS handshake on the data connection failed.",
+            )
+            .map(|_| None);
+        };
+        match DataConn::secure(tcp, tls, own, self.cfg().data_timeout) {
             Ok(conn) => Ok(Some(conn)),
             Err(DataTlsError::NotResumed) => {
                 tracing::info!(peer = %self.peer(), "data TLS did not resume the session: refused");
@@ -156,7 +235,10 @@ impl Session {
     /// Reads one control line during a transfer.
     fn read_control(&mut self, req: &mut Control<'_>) -> io::Result<Ctl> {
         let mut line = Vec::new();
-        match req.read_line_bounded(&mut line, MAX_LINE) {
+        let got = req.read_line_bounded(&mut line, MAX_LINE);
+        // More lines of the same segment may wait in the read buffer.
+        req.probe();
+        match got {
             Err(e)
                 if matches!(
                     e.kind(),
@@ -180,10 +262,8 @@ impl Session {
                     reply::send(&mut req.wfile(), Code::FileStatus, "Transfer in progress.")?;
                     Ok(Ctl::Quiet)
                 }
-                _ => {
-                    self.queue_command(line);
-                    Ok(Ctl::Quiet)
-                }
+                _ if self.queue_command(line) => Ok(Ctl::Quiet),
+                _ => Ok(Ctl::Flood),
             },
         }
     }
@@ -216,6 +296,19 @@ impl Session {
                 ok(w, Code::ClosingData, "ABOR successful.")
             }
             Outcome::ClientGone => Ok(Flow::Close),
+            Outcome::Flooded => {
+                tracing::warn!(
+                    peer = %self.peer(),
+                    limit = crate::session::MAX_QUEUED,
+                    "too many commands during a transfer: session closed"
+                );
+                reply::send(
+                    w,
+                    Code::ServiceUnavailable,
+                    "Too many commands during a transfer, closing control connection.",
+                )?;
+                Ok(Flow::Close)
+            }
             Outcome::Failed(e) => {
                 tracing::info!(peer = %self.peer(), error = %e, "transfer failed");
                 let code = if e.kind() == io::ErrorKind::StorageFull {
@@ -265,7 +358,7 @@ impl Session {
             _ => self.send_buffered(req, file, &mut conn, offset),
         };
         outcome = close_data(conn, outcome);
-        tracing::info!(peer = %self.peer(), path = %vpath, ?outcome, "RETR");
+        tracing::info!(peer = %self.peer(), path = %LogSafe(&vpath), ?outcome, "RETR");
         self.finish_transfer(req, outcome)
     }
 
@@ -273,16 +366,27 @@ impl Session {
     /// connection has input, which is read at once (so ABOR is seen during
     /// a transfer). `Ok(true)`: the data side is ready; `Ok(false)`: poll
     /// again (interrupted, or only a quiet control line); `Err`: the
-    /// transfer ends with that outcome (timeout, abort, client gone).
+    /// transfer ends with that outcome (timeout, abort, client gone, too
+    /// many commands). The timeout is `stall`'s: control input wakes the
+    /// wait but does not extend it.
     fn await_data(
         &mut self,
         req: &mut Control<'_>,
         conn: &TcpStream,
         flags: PollFlags,
-        timeout: PollTimeout,
+        stall: &Stall,
     ) -> Result<bool, Outcome> {
+        let left = stall.left();
+        if left.is_zero() {
+            return Err(Stall::timed_out());
+        }
         let pending = req.pending();
-        let timeout = if pending { PollTimeout::ZERO } else { timeout };
+        let timeout = if pending {
+            PollTimeout::ZERO
+        } else {
+            // Rounded up to a whole millisecond, so a wait never ends early.
+            PollTimeout::try_from(left + Duration::from_micros(999)).unwrap_or(PollTimeout::MAX)
+        };
         let (data_ready, ctl_ready) = {
             let Some(ctl) = req.stream() else {
                 return Err(Outcome::ClientGone);
@@ -292,13 +396,6 @@ impl Session {
                 PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
             ];
             match nix::poll::poll(&mut fds, timeout) {
-                Ok(0) if pending => {}
-                Ok(0) => {
-                    return Err(Outcome::Failed(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "data connection timed out",
-                    )))
-                }
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => return Ok(false),
                 Err(e) => return Err(Outcome::Failed(e.into())),
@@ -309,11 +406,12 @@ impl Session {
             )
         };
         if ctl_ready {
-            match self.read_control(req) {
-                Ok(Ctl::Quiet) => {}
-                Ok(Ctl::Abort) => return Err(Outcome::Aborted),
-                Ok(Ctl::Gone) | Err(_) => return Err(Outcome::ClientGone),
+            if let Some(outcome) = Ctl::ends(self.read_control(req)) {
+                return Err(outcome);
             }
+        }
+        if !data_ready && stall.left().is_zero() {
+            return Err(Stall::timed_out());
         }
         Ok(data_ready)
     }
@@ -333,19 +431,22 @@ impl Session {
         if let Err(e) = conn.set_nonblocking(true) {
             return Outcome::Failed(e);
         }
-        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
+        let mut stall = Stall::new(self.cfg().data_timeout);
         let mut off = offset as i64;
         while (off as u64) < len {
             let want = ((len - off as u64) as usize).min(SENDFILE_SLICE);
             match nix::sys::sendfile::sendfile64(conn.as_fd(), file.as_fd(), Some(&mut off), want) {
                 Ok(0) => break, // file shrank underneath us
-                Ok(_) => continue,
+                Ok(_) => {
+                    stall.progress();
+                    continue;
+                }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => {}
                 Err(e) => return Outcome::Failed(e.into()),
             }
             // Room on the data socket or a quiet control line: send on.
-            if let Err(outcome) = self.await_data(req, conn, PollFlags::POLLOUT, timeout) {
+            if let Err(outcome) = self.await_data(req, conn, PollFlags::POLLOUT, &stall) {
                 return outcome;
             }
         }
@@ -361,7 +462,7 @@ impl Session {
         req: &mut Control<'_>,
         conn: &mut DataConn,
         mut chunk: &[u8],
-        timeout: PollTimeout,
+        stall: &mut Stall,
     ) -> Result<(), Outcome> {
         loop {
             let written = match conn {
@@ -398,10 +499,10 @@ impl Session {
                         "data connection accepts no more bytes",
                     )))
                 }
-                Ok(_) => {}
+                Ok(_) => stall.progress(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.await_data(req, conn.tcp(), PollFlags::POLLOUT, timeout)?;
+                    self.await_data(req, conn.tcp(), PollFlags::POLLOUT, stall)?;
                 }
                 Err(e) => return Err(Outcome::Failed(e)),
             }
@@ -425,7 +526,7 @@ impl Session {
         if let Err(e) = conn.tcp().set_nonblocking(true) {
             return Outcome::Failed(e);
         }
-        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
+        let mut stall = Stall::new(self.cfg().data_timeout);
         let ascii = !self.binary();
         let mut buf = vec![0u8; BUF_SIZE];
         let mut out = Vec::with_capacity(if ascii { BUF_SIZE * 2 } else { 0 });
@@ -454,13 +555,11 @@ impl Session {
             } else {
                 &buf[..n]
             };
-            if let Err(outcome) = self.write_watching(req, conn, chunk, timeout) {
+            if let Err(outcome) = self.write_watching(req, conn, chunk, &mut stall) {
                 return outcome;
             }
-            match self.poll_control(req) {
-                Ok(Ctl::Quiet) => {}
-                Ok(Ctl::Abort) => return Outcome::Aborted,
-                Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+            if let Some(outcome) = Ctl::ends(self.poll_control(req)) {
+                return outcome;
             }
         }
     }
@@ -498,7 +597,7 @@ impl Session {
             }
         }
         drop(upload);
-        tracing::info!(peer = %self.peer(), path = %vpath, ?outcome, "STOR");
+        tracing::info!(peer = %self.peer(), path = %LogSafe(&vpath), ?outcome, "STOR");
         self.finish_transfer(req, outcome)
     }
 
@@ -522,7 +621,7 @@ impl Session {
             } else {
                 None
             };
-        let timeout = PollTimeout::try_from(self.cfg().data_timeout).unwrap_or(PollTimeout::MAX);
+        let mut stall = Stall::new(self.cfg().data_timeout);
         loop {
             // TLS may hold decrypted bytes the socket no longer shows.
             let buffered = match conn {
@@ -530,14 +629,11 @@ impl Session {
                 DataConn::Plain(_) => false,
             };
             if buffered {
-                match self.poll_control(req) {
-                    Ok(Ctl::Quiet) => {}
-                    Ok(Ctl::Abort) => return Outcome::Aborted,
-                    Ok(Ctl::Gone) | Err(_) => return Outcome::ClientGone,
+                if let Some(outcome) = Ctl::ends(self.poll_control(req)) {
+                    return outcome;
                 }
             } else {
-                let data_ready = match self.await_data(req, conn.tcp(), PollFlags::POLLIN, timeout)
-                {
+                let data_ready = match self.await_data(req, conn.tcp(), PollFlags::POLLIN, &stall) {
                     Ok(ready) => ready,
                     Err(outcome) => return outcome,
                 };
@@ -547,7 +643,12 @@ impl Session {
             }
             if let (Some(p), DataConn::Plain(tcp)) = (&pipe, &*conn) {
                 match splice_chunk(tcp, p, &upload.file) {
-                    Ok(Some(_)) => continue,
+                    Ok(Some(n)) => {
+                        if n > 0 {
+                            stall.progress();
+                        }
+                        continue;
+                    }
                     Ok(None) => return Outcome::Done,
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                         // This file system (or an O_APPEND file) cannot be
@@ -567,7 +668,10 @@ impl Session {
                     }
                     return Outcome::Done;
                 }
-                Ok(n) => n,
+                Ok(n) => {
+                    stall.progress();
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Outcome::Failed(e),
             };
