@@ -168,6 +168,44 @@ fn per_ip_behind_proxy(mode: &str) {
 
 per_concurrent_mode!(proxy_protocol_per_ip_sees_real_client, per_ip_behind_proxy);
 
+/// Connects from the loopback address `from` and sends `prefix`.
+fn connect_from(from: [u8; 4], addr: SocketAddr, prefix: &[u8]) -> (Ctrl, u16, String) {
+    use std::io::{BufReader, Write};
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = s.into();
+    stream.write_all(prefix).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let reader = BufReader::new(stream.try_clone().unwrap());
+    let mut c = Ctrl { reader, stream };
+    let (code, text) = c.read_reply();
+    (c, code, text)
+}
+
+/// `--proxy-from`: only the named balancer may send the header. A peer
+/// that goes around it is closed unread, forged header or not, so it
+/// cannot claim another address (to get around the login limit or the
+/// PORT/EPRT address check); the balancer's connections are served as
+/// the client they name.
+fn proxy_from_balancer_only(mode: &str) {
+    let server = FtpServer::start(mode, &["--proxy-protocol", "--proxy-from", "127.0.0.2/32"]);
+    let forged = proxy_v1("127.0.0.3", 4000);
+    let (_, code, text) = connect_from([127, 0, 0, 1], server.addr, &forged);
+    assert_eq!(code, 0, "{mode}: an untrusted peer was answered: {text}");
+    let (mut c, code, text) = connect_from([127, 0, 0, 2], server.addr, &forged);
+    assert_eq!(code, 220, "{mode}: the balancer was refused: {text}");
+    assert_eq!(c.cmd("USER bob").0, 331);
+    assert_eq!(c.cmd("PASS secret").0, 230);
+    let (code, text) = c.cmd("STAT");
+    assert_eq!(code, 211, "{mode}: {text}");
+    assert!(text.contains("127.0.0.3"), "{mode}: STAT shows {text}");
+}
+
+per_concurrent_mode!(proxy_from_refuses_other_peers, proxy_from_balancer_only);
+
 #[test]
 fn passive_address_is_announced_in_pasv_not_epsv() {
     let server = FtpServer::start("threading", &["--passive-address", "203.0.113.9"]);

@@ -78,6 +78,18 @@ pub struct Args {
     /// logs and --max-per-ip see the client address it carries.
     #[arg(long)]
     pub proxy_protocol: bool,
+    /// Accept the PROXY header only from these balancers
+    /// (CIDR[,CIDR...]); a control connection from any other peer is
+    /// closed unread. Without it anyone who can reach the port directly
+    /// can claim any client address (and so get around the login limit
+    /// and the PORT/EPRT address check).
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        requires = "proxy_protocol"
+    )]
+    pub proxy_from: Vec<socketserver::server::proxy::Cidr>,
     /// IPv4 address announced in PASV replies instead of the control
     /// socket's own (behind NAT or a balancer); EPSV is unaffected.
     #[arg(long)]
@@ -316,7 +328,33 @@ mod tests {
         ])
         .unwrap();
         assert!(a.proxy_protocol);
+        assert!(a.proxy_from.is_empty());
         assert_eq!(a.passive_address, Some([203, 0, 113, 7].into()));
+        let a = Args::try_parse_from([
+            "ftp",
+            "--root",
+            "/",
+            "--proxy-protocol",
+            "--proxy-from",
+            "10.0.0.0/24,::1",
+        ])
+        .unwrap();
+        assert_eq!(a.proxy_from.len(), 2);
+        assert!(a.proxy_from[0].contains([10, 0, 0, 9].into()));
+        assert!(!a.proxy_from[0].contains([10, 0, 1, 9].into()));
+        // Only with --proxy-protocol, and only well-formed networks.
+        assert!(
+            Args::try_parse_from(["ftp", "--root", "/", "--proxy-from", "10.0.0.0/24"]).is_err()
+        );
+        assert!(Args::try_parse_from([
+            "ftp",
+            "--root",
+            "/",
+            "--proxy-protocol",
+            "--proxy-from",
+            "10.0.0.1/8"
+        ])
+        .is_err());
         assert!(
             !Args::try_parse_from(["ftp", "--root", "/"])
                 .unwrap()

@@ -6,7 +6,7 @@
 //! cargo run --release --example ftp -- --root DIR [--listen ADDR]
 //!         [--mode sync|threading|forking|prefork|async]
 //!         [--user NAME:PASSWORD]... [--anonymous] [--anonymous-write] [--passive-ports LOW-HIGH]
-//!         [--passive-address IPV4] [--proxy-protocol]
+//!         [--passive-address IPV4] [--proxy-protocol [--proxy-from CIDR,...]]
 //!         [--max-connections N] [--max-per-ip N] [--idle-timeout 300s]
 //!         [--max-login-failures 5] [--login-failure-window 60s] [--login-lockout 60s]
 //!         [--login-delay 300ms]
@@ -94,6 +94,9 @@ where
         .max_blocking(sessions);
     if args.proxy_protocol {
         builder.proxy_protocol(Some(PROXY_HEADER_TIMEOUT));
+        if !args.proxy_from.is_empty() {
+            builder.proxy_protocol_from(args.proxy_from.iter().copied());
+        }
     }
     let mut server = builder.bind(args.listen, move || Session::new(cfg.clone()))?;
     let _signals = socketserver::shutdown_on_signals(&server.shutdown_handle())?;
