@@ -64,7 +64,8 @@ use nix::unistd::{getpid, getppid, ForkResult, Pid};
 
 use super::connection::Connection;
 use super::current::{self, ExitRequest};
-use super::{closefork, registry, sys};
+use super::closefork::{self, ParentOnly};
+use super::{registry, sys};
 use crate::{Error, Result};
 
 /// Options for [`fork_child`]. Default: no name (the child is called
@@ -103,6 +104,12 @@ pub struct ForkOptions {
     /// parent's three allocations and frees per fork each wrote heap
     /// pages, copy-on-write faults in the parent after every fork.
     pub(crate) state_in_child: bool,
+    /// Close every descriptor the child inherits except stdio, these,
+    /// and what the fork itself hands the child (lifeline, sentinel pipe,
+    /// exit notes): for children that must hold only what they need (the
+    /// fork server's launcher, a manager), not the caller's listeners and
+    /// pipes.
+    pub(crate) keep_only: Option<Vec<RawFd>>,
 }
 
 impl ForkOptions {
@@ -164,8 +171,10 @@ pub struct ForkedChild {
     pid: Pid,
     /// The process that forked (only it may wait for or signal the child).
     owner: Pid,
-    /// pidfd, or the read end of a pipe whose write end only the child has.
-    sentinel: OwnedFd,
+    /// pidfd, or the read end of a pipe whose write end only the child has;
+    /// closed in every other child this crate forks (no process holds a
+    /// sibling's pidfd).
+    sentinel: ParentOnly<OwnedFd>,
     status: Option<i32>,
     /// A daemon's lifeline: the write end whose closing kills the child.
     lifeline: Option<Lifeline>,
@@ -204,7 +213,7 @@ impl Lifeline {
     }
 
     /// Closes the write end (only ever in the process that created it).
-    fn close(self) {
+    pub(crate) fn close(self) {
         if let Some(slot) = self.slot {
             closefork::unregister(slot);
         }
@@ -310,6 +319,7 @@ impl ForkedChild {
                 None => return Err(Error::Closed),
             },
         };
+        let sentinel = ParentOnly::new(sentinel);
         let mut child = ForkedChild {
             pid,
             owner: Pid::from_raw(current::cached_pid()),
@@ -388,14 +398,19 @@ impl ForkedChild {
 
     /// Registers the child to be handled at this process's normal exit:
     /// waited for (non-daemon) or terminated (daemon). `Process` does this.
+    ///
+    /// A child of the fork server is not our child (`waitpid` cannot wait
+    /// for it): it is waited for through its pidfd, which becomes readable
+    /// when it exits, whoever reaps it.
     pub(crate) fn handle_at_exit(&mut self, daemon: bool) {
         if self.exit_slot.is_none() && self.status.is_none() {
-            let sentinel = if daemon {
+            let served = self.served.is_some();
+            let sentinel = if daemon || served {
                 self.sentinel.as_raw_fd()
             } else {
                 -1
             };
-            self.exit_slot = registry::register(self.pid.as_raw(), sentinel, daemon);
+            self.exit_slot = registry::register(self.pid.as_raw(), sentinel, daemon, served);
         }
     }
 
@@ -497,9 +512,11 @@ impl Drop for ForkedChild {
             registry::forget_sentinel(slot);
         }
         if self.served.is_some() {
-            // Not our child: the fork server reaps it.
+            // Not our child: the fork server reaps it. A non-daemon is
+            // still waited for at exit (through a copy of its pidfd that a
+            // small thread holds until it exits).
             if let Some(slot) = self.exit_slot.take() {
-                registry::unregister(slot);
+                detach_served(&self.sentinel, slot);
             }
             return;
         }
@@ -521,6 +538,31 @@ pub(crate) fn detach(pid: Pid, exit_slot: Option<usize>) {
         });
     if let Err(e) = spawned {
         tracing::warn!(%pid, error = %e, "cannot spawn reaper thread; child may linger as a zombie");
+    }
+}
+
+/// Hands the exit-registry slot of a still-running fork-server child to a
+/// thread that holds a copy of its pidfd until it exits, then frees the
+/// slot: at exit the child is still waited for.
+fn detach_served(sentinel: &OwnedFd, slot: usize) {
+    let Ok(copy) = sentinel.try_clone() else {
+        registry::unregister(slot);
+        return;
+    };
+    let copy = ParentOnly::new(copy);
+    // The registry names the copy from now on; the original closes when
+    // this `ForkedChild` is gone.
+    registry::set_sentinel(slot, copy.as_raw_fd());
+    let spawned = std::thread::Builder::new()
+        .name("served-watch".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = sys::wait_readable(copy.as_fd(), None);
+            registry::unregister(slot);
+            drop(copy);
+        });
+    if spawned.is_err() {
+        registry::unregister(slot);
     }
 }
 
@@ -612,9 +654,9 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
         body,
     )?;
     let sentinel = match pipe_read {
-        Some(r) => r,
+        Some(r) => ParentOnly::new(r),
         None => match pidfd_open(child) {
-            Ok(fd) => fd,
+            Ok(fd) => ParentOnly::new(fd),
             Err(e) => {
                 // Without a sentinel the child cannot be managed.
                 let _ = kill(child, Signal::SIGKILL);
@@ -698,6 +740,16 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
         use std::io::Write;
         let _ = stdout.flush();
     }
+    // Stderr's lock too, for the same reason (a thread in the middle of
+    // an `eprintln!` would otherwise leave it locked for ever in the
+    // child, and the child's first `eprintln!` would hang). Always stdout
+    // first, then stderr: the only cycle possible is with a thread that
+    // holds stderr's lock and then wants stdout's, while the common
+    // pattern, holding stdout's lock and reporting an error with
+    // `eprintln!`, only makes us wait. Both locks are reentrant, so a
+    // caller that already holds either one on this thread does not
+    // deadlock against itself.
+    let stderr = std::io::stderr().lock();
     // A forking server's child that forks: its child must not keep the
     // server's exit notes.
     let inherited_note = current::inherited_note(note);
@@ -721,7 +773,8 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
     // body runs; leaves with `_exit`).
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => {
-            // Ours now (see above): release it for the body.
+            // Ours now (see above): release them for the body.
+            drop(stderr);
             drop(stdout);
             // The one getpid of the child: it fills the pid cache.
             let pid = current::refresh_pid();
@@ -749,6 +802,13 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
                 drop(r);
                 w
             });
+            if let Some(only) = &options.keep_only {
+                let mut only = only.clone();
+                only.extend(lifeline.as_ref().map(AsRawFd::as_raw_fd));
+                only.extend(keep.as_ref().map(AsRawFd::as_raw_fd));
+                only.extend(note.map(|end| end.fd));
+                sys::close_other_fds(&only);
+            }
             let mut state = match state {
                 Prepared::Built(state) => state,
                 Prepared::InChild(seed) => {
@@ -761,6 +821,7 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
             child_main(parent, pid, lifeline, state, keep, body)
         }
         ForkResult::Parent { child } => {
+            drop(stderr);
             drop(stdout);
             let lifeline = lifeline.map(|(parent_end, read_end)| {
                 drop(read_end);
