@@ -620,6 +620,11 @@ const SCENARIO: &str = "SOCKETSERVER_EXIT_SCENARIO";
 /// forget both handles (so no destructor helps), then leave `main` the
 /// way the scenario says.
 fn exit_scenario(how: &str) {
+    // The exit says, at info level, which child it waits for.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .init();
     let dir = std::path::PathBuf::from(std::env::var_os("EXIT_SCENARIO_DIR").unwrap_or_default());
     let done = dir.join("done");
     let mut worker = Process::new(move || {
@@ -693,12 +698,19 @@ fn non_daemon_children_joined_at_exit() -> TestResult {
     for how in ["return", "exit"] {
         let dir = tempfile::tempdir().map_err(e)?;
         let started = Instant::now();
-        let status = std::process::Command::new(std::env::current_exe().map_err(e)?)
+        let out = std::process::Command::new(std::env::current_exe().map_err(e)?)
             .env(SCENARIO, how)
             .env("EXIT_SCENARIO_DIR", dir.path())
-            .status()
+            .stdin(std::process::Stdio::null())
+            .output()
             .map_err(e)?;
+        let status = out.status;
         check!(status.success(), "{how}: scenario failed: {status:?}");
+        let log = String::from_utf8_lossy(&out.stderr);
+        check!(
+            log.contains("waiting at exit for non-daemon child process"),
+            "{how}: no log line says what the exit waits for: {log:?}"
+        );
         check!(
             dir.path().join("done").exists(),
             "{how}: main ended after {:?}, before its non-daemon child finished",

@@ -155,8 +155,27 @@ fn join_own_children() {
         }
         let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
         let id = || nix::sys::wait::Id::Pid(Pid::from_raw(pid));
+        let nohang = flags | nix::sys::wait::WaitPidFlag::WNOHANG;
+        if matches!(
+            nix::sys::wait::waitid(id(), nohang),
+            Ok(nix::sys::wait::WaitStatus::StillAlive)
+        ) {
+            log_wait(pid);
+        }
         while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitid(id(), flags) {}
     }
+}
+
+/// Says why the exit is waiting: a program that seems to hang at exit is
+/// most often waiting here for a non-daemon child that itself waits for
+/// something (end-of-file on a pipe whose other end it holds, for
+/// instance).
+fn log_wait(pid: i32) {
+    tracing::info!(
+        pid,
+        "waiting at exit for non-daemon child process {pid} (as Python does); \
+         join or terminate it first, or make it a daemon, to exit without waiting"
+    );
 }
 
 /// Waits for a fork-server child on its pidfd. The descriptor belongs to
@@ -165,6 +184,7 @@ fn join_own_children() {
 /// the slot is checked again before the next one.
 fn wait_served(slot: &Slot, me: i32, pid: i32) {
     const STEP: Duration = Duration::from_millis(100);
+    let mut logged = false;
     while slot.owner.load(Ordering::Acquire) == me && slot.pid.load(Ordering::Acquire) == pid {
         let fd = slot.sentinel.load(Ordering::Acquire);
         if fd < 0 {
@@ -176,6 +196,12 @@ fn wait_served(slot: &Slot, me: i32, pid: i32) {
         // frees the slot before closing it; a stale number costs at most
         // one short wait, checked again above).
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if !logged {
+            logged = true;
+            if matches!(super::sys::wait_readable(fd, Some(Duration::ZERO)), Ok(false)) {
+                log_wait(pid);
+            }
+        }
         match super::sys::wait_readable(fd, Some(STEP)) {
             Ok(false) => {}
             Ok(true) | Err(_) => return,
