@@ -194,7 +194,10 @@ fn gone_within(pid: i32, limit: Duration) -> bool {
 /// Sleeps, then writes `done` into the directory it is given.
 fn sleep_then_mark(dir: String) {
     std::thread::sleep(Duration::from_millis(800));
-    let _ = std::fs::write(std::path::Path::new(&dir).join(process::current_process().name), b"done");
+    let _ = std::fs::write(
+        std::path::Path::new(&dir).join(process::current_process().name),
+        b"done",
+    );
 }
 
 /// The scenario program: starts two non-daemon fork-server children
@@ -243,9 +246,15 @@ fn served_children_waited_for_at_exit() -> TestResult {
         .count();
     let pids = std::fs::read_to_string(dir.path().join("pids")).unwrap_or_default();
     // Whatever happened, leave no child running.
-    for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
         if pid > 0 && !gone_within(pid, Duration::from_secs(5)) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
     check!(status.success(), "scenario: {status:?}");
@@ -275,11 +284,20 @@ fn dead_fork_server_is_replaced() -> TestResult {
         nix::sys::signal::Signal::SIGKILL,
     )
     .map_err(e)?;
-    check!(gone_within(server, Duration::from_secs(10)), "server survived SIGKILL");
+    check!(
+        gone_within(server, Duration::from_secs(10)),
+        "server survived SIGKILL"
+    );
     orphan.kill().map_err(e)?;
     let joined = orphan.join();
-    check!(joined.is_err(), "join of the dead server's child: {joined:?}");
-    check!(gone_within(child, Duration::from_secs(10)), "orphan survived SIGKILL");
+    check!(
+        joined.is_err(),
+        "join of the dead server's child: {joined:?}"
+    );
+    check!(
+        gone_within(child, Duration::from_secs(10)),
+        "orphan survived SIGKILL"
+    );
     start_forkserver().map_err(e)?;
     let mut p = ctx.process(square, 9);
     p.start().map_err(e)?;

@@ -281,7 +281,10 @@ fn manager_holds_no_caller_descriptors() -> TestResult {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
         "the dropped listener still accepts connections"
     );
-    let mut fds = [nix::poll::PollFd::new(r.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let mut fds = [nix::poll::PollFd::new(
+        r.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
     let five = nix::poll::PollTimeout::try_from(5000).map_err(e)?;
     check!(
         matches!(nix::poll::poll(&mut fds, five), Ok(n) if n > 0),

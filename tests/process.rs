@@ -998,7 +998,11 @@ fn children_of_a_chatty_thread_never_hang_on_stderr() -> TestResult {
     let _ = chatty.join();
     let _ = std::io::Write::flush(&mut std::io::stdout());
     redirect(&null, Some(&saved));
-    check!(hung.is_empty(), "{} of 200 children hung: {hung:?}", hung.len());
+    check!(
+        hung.is_empty(),
+        "{} of 200 children hung: {hung:?}",
+        hung.len()
+    );
     check!(failed.is_empty(), "{failed:?}");
     Ok(())
 }

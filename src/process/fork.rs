@@ -11,11 +11,13 @@
 //!   locks, so allocating is fine. Fork from a single-threaded process when
 //!   you can; when the process has several threads, [`fork_child`] logs
 //!   `process N is multi-threaded, fork() may deadlock the child` (the
-//!   warning CPython 3.12 gives). Stdout is the exception: the parent
-//!   flushes it before every fork, as CPython does, so a partial line is
-//!   never printed twice, and holds its lock across the fork, so no other
-//!   thread can hold it at that instant; the child releases the copy it
-//!   inherits and flushes stdout when it leaves.
+//!   warning CPython 3.12 gives). Stdout and stderr are the exception: the
+//!   parent flushes stdout before every fork, as CPython does, so a
+//!   partial line is never printed twice, and holds stdout's and then
+//!   stderr's lock across the fork (always in that order; see
+//!   `fork_common`), so no other thread can hold either at that instant;
+//!   the child releases the copies it inherits and flushes stdout when it
+//!   leaves.
 //! - The pid: this crate caches it (one `getpid` per process, refreshed
 //!   in each child by a `pthread_atfork` handler), so forking, reaping and
 //!   the owner checks make no `getpid` calls.
@@ -26,7 +28,9 @@
 //!   matters for `exec`; after a plain fork both processes hold every
 //!   descriptor. Values moved into the body are dropped in the parent when
 //!   the body is dropped there, which is the easy way to close "the child's
-//!   end" of a pipe in the parent.
+//!   end" of a pipe in the parent. The parent's own descriptors for its
+//!   children (pidfd sentinels, lifelines) are close-on-fork (see
+//!   `closefork`): no child holds a sibling's pidfd.
 //! - Only `waitpid(pid)` on our own children, never `waitpid(-1)`.
 //!
 //! # Daemons die with the parent process
@@ -62,9 +66,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, getppid, ForkResult, Pid};
 
+use super::closefork::{self, ParentOnly};
 use super::connection::Connection;
 use super::current::{self, ExitRequest};
-use super::closefork::{self, ParentOnly};
 use super::{registry, sys};
 use crate::{Error, Result};
 

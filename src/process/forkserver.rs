@@ -43,13 +43,21 @@
 //! it (see [`ForkOptions::daemon`](super::ForkOptions::daemon)). Daemon
 //! children of the server get the *caller's* lifeline, so they die with
 //! the caller too. Non-daemon children outlive the server, as in Python;
-//! they are not waited for at the caller's exit (they are not its
-//! children).
+//! the caller still waits for them at its exit, on their pidfds (they are
+//! not its children: `waitid` cannot). A server that died is replaced on
+//! next use (see [`start_forkserver`]).
+//!
+//! # Descriptors
+//! The server closes every descriptor it inherited except stdio, its end
+//! of the request socket, its lifeline and the side channels of queues
+//! made before it; each child it forks closes the server's descriptors
+//! (request socket, lifeline, other children's pidfds and status sockets)
+//! and keeps only its own.
 
+use std::cell::UnsafeCell;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::sync::Arc;
 

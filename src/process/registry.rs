@@ -198,7 +198,10 @@ fn wait_served(slot: &Slot, me: i32, pid: i32) {
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         if !logged {
             logged = true;
-            if matches!(super::sys::wait_readable(fd, Some(Duration::ZERO)), Ok(false)) {
+            if matches!(
+                super::sys::wait_readable(fd, Some(Duration::ZERO)),
+                Ok(false)
+            ) {
                 log_wait(pid);
             }
         }

@@ -2,8 +2,8 @@
 //! server process that holds shared objects and hands out proxies.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +63,11 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// (SIGKILL included; see [`ForkOptions::daemon`](crate::process::ForkOptions::daemon)),
 /// whichever thread started it, and stopped
 /// (SIGTERM, then SIGKILL) when the owning `Manager` is dropped or
-/// [`shutdown`](Self::shutdown) is called.
+/// [`shutdown`](Self::shutdown) is called. It holds only the descriptors
+/// it needs: right after the fork it closes every other one it inherited
+/// (a listener or pipe of the program's stays closable), and it runs each
+/// client's authkey handshake on that client's own thread, so a silent
+/// client delays only itself.
 #[doc(alias = "BaseManager")]
 #[doc(alias = "SyncManager")]
 pub struct Manager {
