@@ -235,11 +235,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         // The lifeline's write end exists only in the process that started
         // the server (children of ours closed their copy right after fork).
+        // Elsewhere the number is stale: `Lifeline` itself never closes it.
         if let Some(l) = self.lifeline.take() {
             if current::cached_pid() == self.owner {
                 l.close();
-            } else {
-                std::mem::forget(l);
             }
         }
     }
