@@ -177,6 +177,33 @@ fn life_cycle_through_the_fork_server() -> TestResult {
     Ok(())
 }
 
+/// Made in `main` before the server starts: shared with its children.
+static QUEUE: std::sync::OnceLock<process::Queue<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// Puts a message far larger than the queue's ring (it travels through
+/// the queue's side channel, which the server keeps open) and a small one.
+fn put_big(len: usize) -> bool {
+    let Some(q) = QUEUE.get() else { return false };
+    q.put(&vec![7u8; len]).is_ok() && q.put(&vec![1u8; 3]).is_ok()
+}
+
+/// The server closes what it inherited, but not the side channel of a
+/// queue made before it: a large message from its child arrives.
+fn queue_made_before_the_server_still_carries_large_messages() -> TestResult {
+    let q = QUEUE.get().ok_or("no queue")?;
+    let len = process::QUEUE_DEFAULT_CAPACITY * 4;
+    let ctx = get_context(StartMethod::ForkServer).map_err(e)?;
+    let mut p = ctx.process(put_big, len);
+    p.start().map_err(e)?;
+    let big = q.get_timeout(Duration::from_secs(20)).map_err(e)?;
+    let small = q.get_timeout(Duration::from_secs(20)).map_err(e)?;
+    check!(p.join().map_err(e)? == 0);
+    check!(p.result::<bool>().map_err(e)? == Some(true));
+    check!(big.len() == len && big.iter().all(|&b| b == 7));
+    check!(small == vec![1u8; 3]);
+    Ok(())
+}
+
 /// Whether `pid` is gone (or a zombie) within `limit`.
 fn gone_within(pid: i32, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -319,6 +346,7 @@ fn main() {
         at_exit_scenario(dir.to_string_lossy().into_owned());
         return;
     }
+    let _ = QUEUE.set(process::Queue::new().expect("queue"));
     // Before any thread exists: the server is a copy of this image.
     start_forkserver().expect("fork server");
     let tests: &[Test] = &[
@@ -337,6 +365,10 @@ fn main() {
         (
             stringify!(served_children_waited_for_at_exit),
             served_children_waited_for_at_exit,
+        ),
+        (
+            stringify!(queue_made_before_the_server_still_carries_large_messages),
+            queue_made_before_the_server_still_carries_large_messages,
         ),
         // Last: it kills the server (a new one takes its place).
         (
