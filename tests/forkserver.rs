@@ -19,7 +19,7 @@ use socketserver::process::{
 };
 
 mod forktest;
-use forktest::{e, run, Test, TestResult};
+use forktest::{e, run, stat, Test, TestResult};
 
 /// Held by a busy thread of the parent for the whole run.
 static HELD: Mutex<u64> = Mutex::new(0);
@@ -177,7 +177,176 @@ fn life_cycle_through_the_fork_server() -> TestResult {
     Ok(())
 }
 
+/// Made in `main` before the server starts: shared with its children.
+static QUEUE: std::sync::OnceLock<process::Queue<Vec<u8>>> = std::sync::OnceLock::new();
+
+/// Puts a message far larger than the queue's ring (it travels through
+/// the queue's side channel, which the server keeps open) and a small one.
+fn put_big(len: usize) -> bool {
+    let Some(q) = QUEUE.get() else { return false };
+    q.put(&vec![7u8; len]).is_ok() && q.put(&vec![1u8; 3]).is_ok()
+}
+
+/// The server closes what it inherited, but not the side channel of a
+/// queue made before it: a large message from its child arrives.
+fn queue_made_before_the_server_still_carries_large_messages() -> TestResult {
+    let q = QUEUE.get().ok_or("no queue")?;
+    let len = process::QUEUE_DEFAULT_CAPACITY * 4;
+    let ctx = get_context(StartMethod::ForkServer).map_err(e)?;
+    let mut p = ctx.process(put_big, len);
+    p.start().map_err(e)?;
+    let big = q.get_timeout(Duration::from_secs(20)).map_err(e)?;
+    let small = q.get_timeout(Duration::from_secs(20)).map_err(e)?;
+    check!(p.join().map_err(e)? == 0);
+    check!(p.result::<bool>().map_err(e)? == Some(true));
+    check!(big.len() == len && big.iter().all(|&b| b == 7));
+    check!(small == vec![1u8; 3]);
+    Ok(())
+}
+
+/// Whether `pid` is gone (or a zombie) within `limit`.
+fn gone_within(pid: i32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !matches!(stat(pid), Some((s, _)) if s != 'Z' && s != 'X') {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sleeps, then writes `done` into the directory it is given.
+fn sleep_then_mark(dir: String) {
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = std::fs::write(
+        std::path::Path::new(&dir).join(process::current_process().name),
+        b"done",
+    );
+}
+
+/// The scenario program: starts two non-daemon fork-server children
+/// (one kept, one dropped while it runs) and returns from `main` at once.
+const AT_EXIT_SCENARIO: &str = "SOCKETSERVER_FORKSERVER_AT_EXIT";
+
+fn at_exit_scenario(dir: String) {
+    let ctx = get_context(StartMethod::ForkServer).expect("context");
+    let mut kept = ctx.process(sleep_then_mark, dir.clone());
+    kept.start().expect("start");
+    let mut dropped = ctx.process(sleep_then_mark, dir.clone());
+    dropped.start().expect("start");
+    let pids = format!("{} {}", kept.pid().unwrap_or(0), dropped.pid().unwrap_or(0));
+    let _ = std::fs::write(std::path::Path::new(&dir).join("pids"), pids);
+    drop(dropped);
+    // Returning from main: the at-exit hook waits for both.
+}
+
+/// As with `fork`, a program that returns from `main` waits for the
+/// non-daemon children it started through the fork server, kept or
+/// dropped (they are the server's children: they are waited for on their
+/// pidfds, not with `waitpid`).
+fn served_children_waited_for_at_exit() -> TestResult {
+    let dir = tempfile::tempdir().map_err(e)?;
+    let started = Instant::now();
+    let mut scenario = std::process::Command::new(std::env::current_exe().map_err(e)?)
+        .env(AT_EXIT_SCENARIO, dir.path())
+        .spawn()
+        .map_err(e)?;
+    let status = loop {
+        if let Some(status) = scenario.try_wait().map_err(e)? {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = scenario.kill();
+            let _ = scenario.wait();
+            return Err("the scenario did not end within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = started.elapsed();
+    let marks = std::fs::read_dir(dir.path())
+        .map_err(e)?
+        .flatten()
+        .filter(|f| f.file_name() != "pids")
+        .count();
+    let pids = std::fs::read_to_string(dir.path().join("pids")).unwrap_or_default();
+    // Whatever happened, leave no child running.
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        if pid > 0 && !gone_within(pid, Duration::from_secs(5)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    check!(status.success(), "scenario: {status:?}");
+    check!(
+        marks == 2,
+        "main ended after {took:?} with {marks} of its 2 fork-server children finished"
+    );
+    Ok(())
+}
+
+/// A fork server killed with SIGKILL is noticed: `start_forkserver` starts
+/// a new one (Python's `ensure_running`), processes start through it as
+/// before, and a process the dead one had started reports a clear error
+/// on `join`.
+fn dead_fork_server_is_replaced() -> TestResult {
+    fn sleeps(ms: u64) {
+        std::thread::sleep(Duration::from_millis(ms))
+    }
+    let ctx = get_context(StartMethod::ForkServer).map_err(e)?;
+    let mut orphan = ctx.process(sleeps, 30_000);
+    orphan.start().map_err(e)?;
+    let child = orphan.pid().ok_or("no pid")?;
+    let server = stat(child).ok_or("child gone")?.1;
+    check!(server != std::process::id() as i32);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .map_err(e)?;
+    check!(
+        gone_within(server, Duration::from_secs(10)),
+        "server survived SIGKILL"
+    );
+    orphan.kill().map_err(e)?;
+    let joined = orphan.join();
+    check!(
+        joined.is_err(),
+        "join of the dead server's child: {joined:?}"
+    );
+    check!(
+        gone_within(child, Duration::from_secs(10)),
+        "orphan survived SIGKILL"
+    );
+    start_forkserver().map_err(e)?;
+    let mut p = ctx.process(square, 9);
+    p.start().map_err(e)?;
+    let new_server = p.pid().and_then(stat).map(|(_, ppid)| ppid);
+    check!(p.join().map_err(e)? == 0);
+    check!(p.result::<u64>().map_err(e)? == Some(81));
+    check!(new_server != Some(server), "still the old server?");
+    // Without calling start_forkserver first, too.
+    let mut q = ctx.process(square, 5);
+    q.start().map_err(e)?;
+    check!(q.join().map_err(e)? == 0);
+    check!(q.result::<u64>().map_err(e)? == Some(25));
+    Ok(())
+}
+
 fn main() {
+    if let Some(dir) = std::env::var_os(AT_EXIT_SCENARIO) {
+        start_forkserver().expect("fork server");
+        at_exit_scenario(dir.to_string_lossy().into_owned());
+        return;
+    }
+    let _ = QUEUE.set(process::Queue::new().expect("queue"));
     // Before any thread exists: the server is a copy of this image.
     start_forkserver().expect("fork server");
     let tests: &[Test] = &[
@@ -192,6 +361,19 @@ fn main() {
         (
             stringify!(life_cycle_through_the_fork_server),
             life_cycle_through_the_fork_server,
+        ),
+        (
+            stringify!(served_children_waited_for_at_exit),
+            served_children_waited_for_at_exit,
+        ),
+        (
+            stringify!(queue_made_before_the_server_still_carries_large_messages),
+            queue_made_before_the_server_still_carries_large_messages,
+        ),
+        // Last: it kills the server (a new one takes its place).
+        (
+            stringify!(dead_fork_server_is_replaced),
+            dead_fork_server_is_replaced,
         ),
     ];
     run(tests);

@@ -11,7 +11,7 @@ use socketserver::process::{Address, Manager, Process};
 use socketserver::Error;
 
 mod forktest;
-use forktest::{e, run, Test, TestResult};
+use forktest::{e, fd_link, fd_links, run, Test, TestResult};
 
 /// Whether `pid` is alive (a zombie counts as gone).
 fn alive(pid: i32) -> bool {
@@ -257,6 +257,71 @@ fn manager_stops_when_dropped_or_owner_dies() -> TestResult {
     Ok(())
 }
 
+/// The manager process holds only what it needs: a listener and a pipe
+/// the program opened before `Manager::new` are not in it, so dropping
+/// them right after really closes them (the port refuses, the reader sees
+/// end-of-file).
+fn manager_holds_no_caller_descriptors() -> TestResult {
+    use std::os::fd::{AsFd, AsRawFd};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(e)?;
+    let addr = listener.local_addr().map_err(e)?;
+    let (r, w) = nix::unistd::pipe().map_err(e)?;
+    let (sock, pipe) = (fd_link(listener.as_raw_fd()), fd_link(r.as_raw_fd()));
+    let manager = Manager::new().map_err(e)?;
+    let server = manager.server_pid().ok_or("no server pid")?;
+    let links = fd_links(server);
+    check!(!links.is_empty(), "cannot read /proc/{server}/fd");
+    check!(
+        !links.contains(&sock) && !links.contains(&pipe),
+        "the manager holds the caller's descriptors: {links:?}"
+    );
+    drop(listener);
+    drop(w);
+    check!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the dropped listener still accepts connections"
+    );
+    let mut fds = [nix::poll::PollFd::new(
+        r.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let five = nix::poll::PollTimeout::try_from(5000).map_err(e)?;
+    check!(
+        matches!(nix::poll::poll(&mut fds, five), Ok(n) if n > 0),
+        "the pipe's reader saw no end-of-file"
+    );
+    // The manager still works.
+    let d = manager.dict::<u32>().map_err(e)?;
+    d.set("k", &7).map_err(e)?;
+    check!(d.get("k").map_err(e)? == Some(7));
+    Ok(())
+}
+
+/// Clients that connect and say nothing do not hold up others: the
+/// authkey handshake runs on each connection's own thread, not on the
+/// accept loop (where each silent peer cost everyone 5 s).
+fn silent_peers_do_not_block_other_clients() -> TestResult {
+    let manager = Manager::new().map_err(e)?;
+    let Address::Unix(path) = manager.address().clone() else {
+        return Err("expected a Unix socket".into());
+    };
+    let silent: Vec<std::os::unix::net::UnixStream> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::connect(&path))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    let started = Instant::now();
+    let other = Manager::connect(manager.address().clone(), manager.authkey()).map_err(e)?;
+    let d = other.dict_named::<u32>("shared").map_err(e)?;
+    d.set("x", &1).map_err(e)?;
+    let took = started.elapsed();
+    drop(silent);
+    check!(
+        took < Duration::from_secs(2),
+        "a client behind three silent ones took {took:?}"
+    );
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         (
@@ -278,6 +343,14 @@ fn main() {
         (
             "manager_stops_when_dropped_or_owner_dies",
             manager_stops_when_dropped_or_owner_dies,
+        ),
+        (
+            "manager_holds_no_caller_descriptors",
+            manager_holds_no_caller_descriptors,
+        ),
+        (
+            "silent_peers_do_not_block_other_clients",
+            silent_peers_do_not_block_other_clients,
         ),
     ];
     run(tests);

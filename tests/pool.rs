@@ -14,7 +14,7 @@ use socketserver::process::{Pool, Process, ProcessPoolExecutor, Value};
 use socketserver::Error;
 
 mod forktest;
-use forktest::{e, run, Test, TestResult};
+use forktest::{count_links, e, run, Test, TestResult};
 
 fn square(x: u64) -> u64 {
     x * x
@@ -356,6 +356,67 @@ fn maxtasksperchild_replaces_workers() -> TestResult {
     Ok(())
 }
 
+/// How many descriptors of `pid` refer to `what` once it is at most
+/// `max` (a worker just forked may still be closing what it inherited),
+/// or after 5 s.
+fn settled_links(pid: i32, what: &str, max: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = count_links(pid, what);
+        if n <= max || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Workers, first ones and replacements alike, hold neither the other
+/// workers' pidfds nor the pool's wake-up eventfd: only what this process
+/// held before the pool existed.
+fn workers_hold_no_sibling_pidfds_nor_the_wake_eventfd() -> TestResult {
+    let me = std::process::id() as i32;
+    let pidfds = count_links(me, "anon_inode:[pidfd]");
+    let eventfds = count_links(me, "anon_inode:[eventfd]");
+    let pool = Pool::builder()
+        .processes(3)
+        .maxtasksperchild(Some(1))
+        .build()
+        .map_err(e)?;
+    check!(count_links(me, "anon_inode:[eventfd]") > eventfds);
+    let first = pool.pids();
+    let mut seen = Vec::new();
+    let mut inspect = |pids: Vec<i32>| {
+        for pid in pids {
+            seen.push((
+                pid,
+                settled_links(pid, "anon_inode:[pidfd]", pidfds),
+                settled_links(pid, "anon_inode:[eventfd]", eventfds),
+            ));
+        }
+    };
+    inspect(first.clone());
+    // One task per worker: six tasks need at least three replacements,
+    // forked by the dispatcher thread.
+    let out = pool.map(square, 0..6u64).map_err(e)?;
+    check!(out == vec![0, 1, 4, 9, 16, 25]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (pool.pids().len() < 3 || pool.pids().iter().any(|p| first.contains(p)))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let later = pool.pids();
+    check!(!later.iter().any(|p| first.contains(p)), "no replacement");
+    inspect(later);
+    pool.terminate();
+    check!(
+        seen.iter().all(|&(_, p, v)| p <= pidfds && v <= eventfds),
+        "(worker, pidfds, eventfds): {seen:?}; this process had {pidfds} pidfds and \
+         {eventfds} eventfds before the pool"
+    );
+    Ok(())
+}
+
 static INIT_RUNS: AtomicU32 = AtomicU32::new(0);
 
 fn init_runs(_: u32) -> (u32, u32) {
@@ -603,6 +664,10 @@ fn executor_broken_after_worker_death() -> TestResult {
 fn main() {
     let tests: &[Test] = &[
         ("map_and_starmap_keep_order", map_and_starmap_keep_order),
+        (
+            "workers_hold_no_sibling_pidfds_nor_the_wake_eventfd",
+            workers_hold_no_sibling_pidfds_nor_the_wake_eventfd,
+        ),
         ("big_chunks_do_not_deadlock", big_chunks_do_not_deadlock),
         (
             "reused_buffers_never_leak_old_bytes",

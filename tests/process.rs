@@ -13,7 +13,7 @@ use socketserver::process::{
 use socketserver::Error;
 
 mod forktest;
-use forktest::{children, e, run, stat, Test, TestResult};
+use forktest::{children, count_links, e, fd_link, fd_links, run, stat, Test, TestResult};
 
 /// Whether `pid` is gone (or a zombie nobody of ours will reap) within `limit`.
 fn gone_within(pid: i32, limit: Duration) -> bool {
@@ -620,6 +620,11 @@ const SCENARIO: &str = "SOCKETSERVER_EXIT_SCENARIO";
 /// forget both handles (so no destructor helps), then leave `main` the
 /// way the scenario says.
 fn exit_scenario(how: &str) {
+    // The exit says, at info level, which child it waits for.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .init();
     let dir = std::path::PathBuf::from(std::env::var_os("EXIT_SCENARIO_DIR").unwrap_or_default());
     let done = dir.join("done");
     let mut worker = Process::new(move || {
@@ -693,12 +698,19 @@ fn non_daemon_children_joined_at_exit() -> TestResult {
     for how in ["return", "exit"] {
         let dir = tempfile::tempdir().map_err(e)?;
         let started = Instant::now();
-        let status = std::process::Command::new(std::env::current_exe().map_err(e)?)
+        let out = std::process::Command::new(std::env::current_exe().map_err(e)?)
             .env(SCENARIO, how)
             .env("EXIT_SCENARIO_DIR", dir.path())
-            .status()
+            .stdin(std::process::Stdio::null())
+            .output()
             .map_err(e)?;
+        let status = out.status;
         check!(status.success(), "{how}: scenario failed: {status:?}");
+        let log = String::from_utf8_lossy(&out.stderr);
+        check!(
+            log.contains("waiting at exit for non-daemon child process"),
+            "{how}: no log line says what the exit waits for: {log:?}"
+        );
         check!(
             dir.path().join("done").exists(),
             "{how}: main ended after {:?}, before its non-daemon child finished",
@@ -846,6 +858,189 @@ fn state_running_blocked_zombie_gone() -> TestResult {
     Ok(())
 }
 
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// A program that opened a listener and a pipe *before* the fork server
+/// started (on first use, from `get_context`): neither the server nor the
+/// children it forks hold them, so dropping them in the program closes
+/// them for real (the reader sees end-of-file, the port refuses).
+fn fork_server_started_late_holds_no_caller_descriptors() -> TestResult {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(e)?;
+    let addr = listener.local_addr().map_err(e)?;
+    let (r, w) = nix::unistd::pipe().map_err(e)?;
+    let (sock, pipe) = (fd_link(listener.as_raw_fd()), fd_link(r.as_raw_fd()));
+    check!(sock.starts_with("socket:") && pipe.starts_with("pipe:"));
+    // Started here, with the listener and the pipe open in this process.
+    let ctx = process::get_context(process::StartMethod::ForkServer).map_err(e)?;
+    let mut p = ctx.process(sleep_ms, 30_000);
+    p.start().map_err(e)?;
+    let child = p.pid().ok_or("no pid")?;
+    let server = stat(child).ok_or("child gone")?.1;
+    for (who, pid) in [("fork server", server), ("its child", child)] {
+        let links = fd_links(pid);
+        check!(!links.is_empty(), "cannot read /proc/{pid}/fd");
+        check!(
+            !links.contains(&sock) && !links.contains(&pipe),
+            "the {who} ({pid}) holds the caller's descriptors: {links:?}"
+        );
+        check!(
+            count_links(pid, "anon_inode:[pidfd]") == 0 || who == "fork server",
+            "the {who} holds pidfds: {links:?}"
+        );
+    }
+    drop(listener);
+    drop(w);
+    let mut file = std::fs::File::from(r);
+    let readable = {
+        let mut fds = [nix::poll::PollFd::new(
+            file.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let five = nix::poll::PollTimeout::try_from(5000).map_err(e)?;
+        matches!(nix::poll::poll(&mut fds, five), Ok(n) if n > 0)
+    };
+    p.kill().map_err(e)?;
+    let _ = p.join();
+    check!(readable, "the pipe's reader saw no end-of-file");
+    let mut buf = [0u8; 1];
+    check!(std::io::Read::read(&mut file, &mut buf).map_err(e)? == 0);
+    check!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the dropped listener still accepts connections"
+    );
+    Ok(())
+}
+
+/// Stdout's and stderr's locks are held across `fork`: a thread that
+/// prints all the time never leaves either locked in a child, so children
+/// that `eprintln!` never hang. Each child gets a deadline; a hung one is
+/// killed, reaped and reported.
+fn children_of_a_chatty_thread_never_hang_on_stderr() -> TestResult {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // Both streams to /dev/null for the run (restored after).
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(e)?;
+    let saved = [
+        nix::unistd::dup(std::io::stdout().as_fd()).map_err(e)?,
+        nix::unistd::dup(std::io::stderr().as_fd()).map_err(e)?,
+    ];
+    std::io::Write::flush(&mut std::io::stdout()).map_err(e)?;
+    let redirect = |from: &std::fs::File, saved: Option<&[std::os::fd::OwnedFd; 2]>| {
+        let (out, err) = match saved {
+            Some([o, r]) => (o.as_fd(), r.as_fd()),
+            None => (from.as_fd(), from.as_fd()),
+        };
+        let _ = nix::unistd::dup2_stdout(out);
+        let _ = nix::unistd::dup2_stderr(err);
+    };
+    redirect(&null, None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let chatty = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                println!("out {n}");
+                // Holding stderr's lock most of the time, as a logger
+                // writing a burst of lines does.
+                let mut err = std::io::stderr().lock();
+                for _ in 0..50 {
+                    let _ = std::io::Write::write_all(&mut err, b"err line\n");
+                }
+                drop(err);
+                n += 1;
+            }
+        })
+    };
+    let mut hung = Vec::new();
+    let mut failed = Vec::new();
+    for batch in 0..20 {
+        let mut procs: Vec<Process> = (0..10)
+            .map(|i| {
+                Process::new(move || {
+                    for k in 0..5 {
+                        eprintln!("child {batch}-{i} line {k}");
+                    }
+                    println!("child {batch}-{i} done");
+                })
+            })
+            .collect();
+        for p in &mut procs {
+            if let Err(err) = p.start() {
+                failed.push(format!("start: {err:?}"));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for p in &mut procs {
+            if p.pid().is_none() {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match p.join_timeout(left) {
+                Ok(Some(0)) => {}
+                Ok(Some(code)) => failed.push(format!("exit {code}")),
+                Ok(None) => {
+                    hung.push(p.pid());
+                    let _ = p.kill();
+                    let _ = p.join();
+                }
+                Err(err) => failed.push(format!("join: {err:?}")),
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = chatty.join();
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    redirect(&null, Some(&saved));
+    check!(
+        hung.is_empty(),
+        "{} of 200 children hung: {hung:?}",
+        hung.len()
+    );
+    check!(failed.is_empty(), "{failed:?}");
+    Ok(())
+}
+
+/// No child holds a sibling's pidfd: each of five children started one
+/// after another holds exactly the pidfds this process held before the
+/// first started (its own children's ones are closed in it).
+fn children_hold_no_sibling_pidfds() -> TestResult {
+    let me = std::process::id() as i32;
+    let before = count_links(me, "anon_inode:[pidfd]");
+    let mut procs: Vec<Process> = (0..5).map(|_| sleeper()).collect();
+    for p in &mut procs {
+        p.start().map_err(e)?;
+    }
+    check!(count_links(me, "anon_inode:[pidfd]") >= before + 5);
+    let mut held = Vec::new();
+    for p in &procs {
+        let pid = p.pid().ok_or("no pid")?;
+        // The child may still be closing what it inherited: give it time.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut n = count_links(pid, "anon_inode:[pidfd]");
+        while n > before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            n = count_links(pid, "anon_inode:[pidfd]");
+        }
+        held.push(n);
+    }
+    for p in &mut procs {
+        p.kill().map_err(e)?;
+        p.join().map_err(e)?;
+    }
+    check!(
+        held.iter().all(|&n| n <= before),
+        "pidfds held by the children: {held:?} (this process had {before} before)"
+    );
+    Ok(())
+}
+
 fn main() {
     if let Ok(how) = std::env::var(SCENARIO) {
         if how == "stdout" {
@@ -856,6 +1051,14 @@ fn main() {
     }
     let tests: &[Test] = &[
         (stringify!(exit_codes), exit_codes),
+        (
+            stringify!(children_hold_no_sibling_pidfds),
+            children_hold_no_sibling_pidfds,
+        ),
+        (
+            stringify!(children_of_a_chatty_thread_never_hang_on_stderr),
+            children_of_a_chatty_thread_never_hang_on_stderr,
+        ),
         (
             stringify!(exit_runs_destructors_of_target),
             exit_runs_destructors_of_target,
@@ -949,6 +1152,11 @@ fn main() {
         (
             stringify!(buffered_messages_are_not_sent_twice_after_fork),
             buffered_messages_are_not_sent_twice_after_fork,
+        ),
+        // Last: the fork server it starts stays for the rest of the run.
+        (
+            stringify!(fork_server_started_late_holds_no_caller_descriptors),
+            fork_server_started_late_holds_no_caller_descriptors,
         ),
     ];
     run(tests);

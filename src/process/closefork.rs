@@ -10,7 +10,8 @@
 //! Like the daemon registry this is a fixed array of atomic slots, not a
 //! mutex, so it is safe to read in a child forked from a busy process.
 
-use std::os::fd::RawFd;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 const SLOTS: usize = 1024;
@@ -101,6 +102,103 @@ pub(crate) fn forget_stale(me: i32) {
                 .compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
+}
+
+/// A descriptor only the process that created it holds: registered
+/// close-on-fork when wrapped, so every child this crate forks afterwards
+/// closes its copy (a sibling's pidfd, the pool's wake-up eventfd). In
+/// such a child the value must not close the number again (it may have
+/// been reused there): its drop closes the descriptor only in the process
+/// that wrapped it, or where the table was full and the child really
+/// holds a copy.
+pub(crate) struct ParentOnly<T: AsRawFd> {
+    inner: ManuallyDrop<T>,
+    owner: i32,
+    slot: Option<usize>,
+}
+
+impl<T: AsRawFd> ParentOnly<T> {
+    /// Wraps `inner`, an object of this process, and registers its
+    /// descriptor close-on-fork.
+    pub(crate) fn new(inner: T) -> Self {
+        let owner = super::current::cached_pid();
+        let slot = register(owner, inner.as_raw_fd());
+        if slot.is_none() {
+            tracing::warn!("close-on-fork table full; descriptor stays open in children");
+        }
+        ParentOnly {
+            inner: ManuallyDrop::new(inner),
+            owner,
+            slot,
+        }
+    }
+}
+
+impl<T: AsRawFd> std::ops::Deref for ParentOnly<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsRawFd> std::fmt::Debug for ParentOnly<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParentOnly")
+            .field("fd", &self.inner.as_raw_fd())
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+impl<T: AsRawFd> Drop for ParentOnly<T> {
+    fn drop(&mut self) {
+        let mine = super::current::cached_pid() == self.owner;
+        if mine {
+            if let Some(slot) = self.slot {
+                unregister(slot);
+            }
+        }
+        if mine || self.slot.is_none() {
+            // SAFETY: `inner` is dropped exactly once, here, and never
+            // used again: this is the value's own drop.
+            unsafe { ManuallyDrop::drop(&mut self.inner) };
+        }
+        // Otherwise: a forked copy whose descriptor the close-on-fork pass
+        // already closed; the number is not ours to close.
+    }
+}
+
+/// Descriptors that shared objects of this crate need in every process
+/// that uses them (a [`Queue`](super::Queue)'s side channel for large
+/// messages): the fork server keeps these open, and so do its children,
+/// while it closes every other descriptor it inherited. Every process
+/// holds a copy of both the table and the descriptors, so the table is
+/// right wherever it is read.
+static SHARED: [AtomicI32; 256] = [const { AtomicI32::new(-1) }; 256];
+
+/// Records `fd` as needed by a shared object; `None` if the table is full
+/// (the descriptor is then closed in the fork server like any other).
+pub(crate) fn share(fd: RawFd) -> Option<usize> {
+    SHARED.iter().position(|s| {
+        s.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    })
+}
+
+/// Forgets a [`share`]d descriptor before it is closed.
+pub(crate) fn unshare(slot: usize) {
+    if let Some(s) = SHARED.get(slot) {
+        s.store(-1, Ordering::Release);
+    }
+}
+
+/// The descriptors shared objects need (see [`share`]).
+pub(crate) fn shared_fds() -> Vec<RawFd> {
+    SHARED
+        .iter()
+        .map(|s| s.load(Ordering::Acquire))
+        .filter(|&fd| fd >= 0)
+        .collect()
 }
 
 #[cfg(test)]

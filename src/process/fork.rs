@@ -11,11 +11,13 @@
 //!   locks, so allocating is fine. Fork from a single-threaded process when
 //!   you can; when the process has several threads, [`fork_child`] logs
 //!   `process N is multi-threaded, fork() may deadlock the child` (the
-//!   warning CPython 3.12 gives). Stdout is the exception: the parent
-//!   flushes it before every fork, as CPython does, so a partial line is
-//!   never printed twice, and holds its lock across the fork, so no other
-//!   thread can hold it at that instant; the child releases the copy it
-//!   inherits and flushes stdout when it leaves.
+//!   warning CPython 3.12 gives). Stdout and stderr are the exception: the
+//!   parent flushes stdout before every fork, as CPython does, so a
+//!   partial line is never printed twice, and holds stdout's and then
+//!   stderr's lock across the fork (always in that order; see
+//!   `fork_common`), so no other thread can hold either at that instant;
+//!   the child releases the copies it inherits and flushes stdout when it
+//!   leaves.
 //! - The pid: this crate caches it (one `getpid` per process, refreshed
 //!   in each child by a `pthread_atfork` handler), so forking, reaping and
 //!   the owner checks make no `getpid` calls.
@@ -26,7 +28,9 @@
 //!   matters for `exec`; after a plain fork both processes hold every
 //!   descriptor. Values moved into the body are dropped in the parent when
 //!   the body is dropped there, which is the easy way to close "the child's
-//!   end" of a pipe in the parent.
+//!   end" of a pipe in the parent. The parent's own descriptors for its
+//!   children (pidfd sentinels, lifelines) are close-on-fork (see
+//!   `closefork`): no child holds a sibling's pidfd.
 //! - Only `waitpid(pid)` on our own children, never `waitpid(-1)`.
 //!
 //! # Daemons die with the parent process
@@ -62,9 +66,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, getppid, ForkResult, Pid};
 
+use super::closefork::{self, ParentOnly};
 use super::connection::Connection;
 use super::current::{self, ExitRequest};
-use super::{closefork, registry, sys};
+use super::{registry, sys};
 use crate::{Error, Result};
 
 /// Options for [`fork_child`]. Default: no name (the child is called
@@ -103,6 +108,12 @@ pub struct ForkOptions {
     /// parent's three allocations and frees per fork each wrote heap
     /// pages, copy-on-write faults in the parent after every fork.
     pub(crate) state_in_child: bool,
+    /// Close every descriptor the child inherits except stdio, these,
+    /// and what the fork itself hands the child (lifeline, sentinel pipe,
+    /// exit notes): for children that must hold only what they need (the
+    /// fork server's launcher, a manager), not the caller's listeners and
+    /// pipes.
+    pub(crate) keep_only: Option<Vec<RawFd>>,
 }
 
 impl ForkOptions {
@@ -164,8 +175,10 @@ pub struct ForkedChild {
     pid: Pid,
     /// The process that forked (only it may wait for or signal the child).
     owner: Pid,
-    /// pidfd, or the read end of a pipe whose write end only the child has.
-    sentinel: OwnedFd,
+    /// pidfd, or the read end of a pipe whose write end only the child has;
+    /// closed in every other child this crate forks (no process holds a
+    /// sibling's pidfd).
+    sentinel: ParentOnly<OwnedFd>,
     status: Option<i32>,
     /// A daemon's lifeline: the write end whose closing kills the child.
     lifeline: Option<Lifeline>,
@@ -204,7 +217,7 @@ impl Lifeline {
     }
 
     /// Closes the write end (only ever in the process that created it).
-    fn close(self) {
+    pub(crate) fn close(self) {
         if let Some(slot) = self.slot {
             closefork::unregister(slot);
         }
@@ -310,6 +323,7 @@ impl ForkedChild {
                 None => return Err(Error::Closed),
             },
         };
+        let sentinel = ParentOnly::new(sentinel);
         let mut child = ForkedChild {
             pid,
             owner: Pid::from_raw(current::cached_pid()),
@@ -388,14 +402,19 @@ impl ForkedChild {
 
     /// Registers the child to be handled at this process's normal exit:
     /// waited for (non-daemon) or terminated (daemon). `Process` does this.
+    ///
+    /// A child of the fork server is not our child (`waitpid` cannot wait
+    /// for it): it is waited for through its pidfd, which becomes readable
+    /// when it exits, whoever reaps it.
     pub(crate) fn handle_at_exit(&mut self, daemon: bool) {
         if self.exit_slot.is_none() && self.status.is_none() {
-            let sentinel = if daemon {
+            let served = self.served.is_some();
+            let sentinel = if daemon || served {
                 self.sentinel.as_raw_fd()
             } else {
                 -1
             };
-            self.exit_slot = registry::register(self.pid.as_raw(), sentinel, daemon);
+            self.exit_slot = registry::register(self.pid.as_raw(), sentinel, daemon, served);
         }
     }
 
@@ -497,9 +516,11 @@ impl Drop for ForkedChild {
             registry::forget_sentinel(slot);
         }
         if self.served.is_some() {
-            // Not our child: the fork server reaps it.
+            // Not our child: the fork server reaps it. A non-daemon is
+            // still waited for at exit (through a copy of its pidfd that a
+            // small thread holds until it exits).
             if let Some(slot) = self.exit_slot.take() {
-                registry::unregister(slot);
+                detach_served(&self.sentinel, slot);
             }
             return;
         }
@@ -521,6 +542,31 @@ pub(crate) fn detach(pid: Pid, exit_slot: Option<usize>) {
         });
     if let Err(e) = spawned {
         tracing::warn!(%pid, error = %e, "cannot spawn reaper thread; child may linger as a zombie");
+    }
+}
+
+/// Hands the exit-registry slot of a still-running fork-server child to a
+/// thread that holds a copy of its pidfd until it exits, then frees the
+/// slot: at exit the child is still waited for.
+fn detach_served(sentinel: &OwnedFd, slot: usize) {
+    let Ok(copy) = sentinel.try_clone() else {
+        registry::unregister(slot);
+        return;
+    };
+    let copy = ParentOnly::new(copy);
+    // The registry names the copy from now on; the original closes when
+    // this `ForkedChild` is gone.
+    registry::set_sentinel(slot, copy.as_raw_fd());
+    let spawned = std::thread::Builder::new()
+        .name("served-watch".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = sys::wait_readable(copy.as_fd(), None);
+            registry::unregister(slot);
+            drop(copy);
+        });
+    if spawned.is_err() {
+        registry::unregister(slot);
     }
 }
 
@@ -612,9 +658,9 @@ pub fn fork_child<F: FnOnce() -> i32>(options: &ForkOptions, body: F) -> Result<
         body,
     )?;
     let sentinel = match pipe_read {
-        Some(r) => r,
+        Some(r) => ParentOnly::new(r),
         None => match pidfd_open(child) {
-            Ok(fd) => fd,
+            Ok(fd) => ParentOnly::new(fd),
             Err(e) => {
                 // Without a sentinel the child cannot be managed.
                 let _ = kill(child, Signal::SIGKILL);
@@ -698,6 +744,16 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
         use std::io::Write;
         let _ = stdout.flush();
     }
+    // Stderr's lock too, for the same reason (a thread in the middle of
+    // an `eprintln!` would otherwise leave it locked for ever in the
+    // child, and the child's first `eprintln!` would hang). Always stdout
+    // first, then stderr: the only cycle possible is with a thread that
+    // holds stderr's lock and then wants stdout's, while the common
+    // pattern, holding stdout's lock and reporting an error with
+    // `eprintln!`, only makes us wait. Both locks are reentrant, so a
+    // caller that already holds either one on this thread does not
+    // deadlock against itself.
+    let stderr = std::io::stderr().lock();
     // A forking server's child that forks: its child must not keep the
     // server's exit notes.
     let inherited_note = current::inherited_note(note);
@@ -721,7 +777,8 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
     // body runs; leaves with `_exit`).
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => {
-            // Ours now (see above): release it for the body.
+            // Ours now (see above): release them for the body.
+            drop(stderr);
             drop(stdout);
             // The one getpid of the child: it fills the pid cache.
             let pid = current::refresh_pid();
@@ -749,6 +806,13 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
                 drop(r);
                 w
             });
+            if let Some(only) = &options.keep_only {
+                let mut only = only.clone();
+                only.extend(lifeline.as_ref().map(AsRawFd::as_raw_fd));
+                only.extend(keep.as_ref().map(AsRawFd::as_raw_fd));
+                only.extend(note.map(|end| end.fd));
+                sys::close_other_fds(&only);
+            }
             let mut state = match state {
                 Prepared::Built(state) => state,
                 Prepared::InChild(seed) => {
@@ -761,6 +825,7 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
             child_main(parent, pid, lifeline, state, keep, body)
         }
         ForkResult::Parent { child } => {
+            drop(stderr);
             drop(stdout);
             let lifeline = lifeline.map(|(parent_end, read_end)| {
                 drop(read_end);

@@ -43,14 +43,23 @@
 //! it (see [`ForkOptions::daemon`](super::ForkOptions::daemon)). Daemon
 //! children of the server get the *caller's* lifeline, so they die with
 //! the caller too. Non-daemon children outlive the server, as in Python;
-//! they are not waited for at the caller's exit (they are not its
-//! children).
+//! the caller still waits for them at its exit, on their pidfds (they are
+//! not its children: `waitid` cannot). A server that died is replaced on
+//! next use (see [`start_forkserver`]).
+//!
+//! # Descriptors
+//! The server closes every descriptor it inherited except stdio, its end
+//! of the request socket, its lifeline and the side channels of queues
+//! made before it; each child it forks closes the server's descriptors
+//! (request socket, lifeline, other children's pidfds and status sockets)
+//! and keeps only its own.
 
+use std::cell::UnsafeCell;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -63,7 +72,7 @@ use nix::unistd::{ForkResult, Pid};
 
 use super::connection::Connection;
 use super::fork::{self, fork_child, ForkOptions, ForkedChild};
-use super::{closefork, current};
+use super::{closefork, current, sys};
 use crate::{Error, Result};
 
 /// How new processes are started: Python's start methods.
@@ -198,22 +207,125 @@ struct Server {
     /// Our end of the request socketpair (`SOCK_SEQPACKET`).
     requests: OwnedFd,
     /// The write end of the server's lifeline: the server dies with us.
-    _lifeline: fork::Lifeline,
+    lifeline: Option<fork::Lifeline>,
+    /// The process that started the server (only it holds the lifeline).
+    owner: i32,
 }
 
-static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+impl Server {
+    /// Whether the server still holds its end: the kernel reports a hang-up
+    /// on ours once the server is gone (killed, or crashed).
+    fn alive(&self) -> bool {
+        let mut fds = [PollFd::new(self.requests.as_fd(), PollFlags::empty())];
+        loop {
+            match nix::poll::poll(&mut fds, PollTimeout::ZERO) {
+                Ok(_) => {
+                    return !fds[0].revents().is_some_and(|r| {
+                        r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+                    })
+                }
+                Err(Errno::EINTR) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
 
-/// Starts the fork server if it is not running yet. Call it first thing
-/// in `main`, before any thread exists: the server is a `fork()` of the
-/// caller *as it is now*, and every child it forks is a copy of that
-/// image. Started later from a multi-threaded process it is still a
-/// single fork (not one per child), with the same hazard as any fork,
-/// once. Idempotent; children of this process share its server.
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The lifeline's write end exists only in the process that started
+        // the server (children of ours closed their copy right after fork).
+        // Elsewhere the number is stale: `Lifeline` itself never closes it.
+        if let Some(l) = self.lifeline.take() {
+            if current::cached_pid() == self.owner {
+                l.close();
+            }
+        }
+    }
+}
+
+/// The running server, behind a lock that survives `fork()`: the lock word
+/// holds the pid of the process whose thread holds it, so a child forked
+/// while a thread of its parent held it finds a stale lock (another
+/// process's pid, no thread of its own) and takes it over, forgetting the
+/// value, which may have been half-written at that instant. A `Mutex`
+/// would stay locked in such a child for ever.
+struct Slot {
+    owner: AtomicI32,
+    server: UnsafeCell<Option<Arc<Server>>>,
+}
+
+// SAFETY: `server` is only touched by the thread that holds `owner`
+// (see `with_server`).
+unsafe impl Sync for Slot {}
+
+static SERVER: Slot = Slot {
+    owner: AtomicI32::new(0),
+    server: UnsafeCell::new(None),
+};
+
+/// Runs `f` on the slot, with its lock held.
+fn with_server<R>(f: impl FnOnce(&mut Option<Arc<Server>>) -> R) -> R {
+    struct Unlock;
+    impl Drop for Unlock {
+        fn drop(&mut self) {
+            SERVER.owner.store(0, Ordering::Release);
+        }
+    }
+    let me = current::cached_pid();
+    loop {
+        let held = SERVER.owner.load(Ordering::Acquire);
+        // `held == me`: another thread of ours has it; wait. Any other
+        // pid is a copy taken by fork while a thread of that process held
+        // it: no thread here will ever release it.
+        if held != me
+            && SERVER
+                .owner
+                .compare_exchange(held, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let _unlock = Unlock;
+            // SAFETY: we hold the lock, so no other thread of this process
+            // touches the slot until `_unlock` is dropped.
+            let slot = unsafe { &mut *SERVER.server.get() };
+            if held != 0 {
+                // Possibly half-written by the thread that held it when
+                // this process was forked: neither read nor drop it.
+                // SAFETY: overwrites the slot without reading or dropping
+                // the old value; `None` is a valid value of the type.
+                unsafe { std::ptr::write(slot, None) };
+            }
+            return f(slot);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// Starts the fork server if it is not running: Python's
+/// `ensure_running()`. Call it first thing in `main`, before any thread
+/// exists: the server is a `fork()` of the caller *as it is now*, and
+/// every child it forks is a copy of that image. Started later from a
+/// multi-threaded process it is still a single fork (not one per child),
+/// with the same hazard as any fork, once. Idempotent; children of this
+/// process share its server.
+///
+/// A server that died (killed, say) is noticed here and on the next start
+/// of a process through it, and a new one is started in its place, from
+/// the caller as it is *then*. Processes the dead server had started keep
+/// running (non-daemons) but cannot be joined: their `join` fails with
+/// an error saying the server ended before reporting their exit.
+///
+/// The server holds only the descriptors it needs: it closes every other
+/// one it inherited from the caller (listeners, pipes, files), so
+/// dropping them in the caller really closes them; stdio and the side
+/// channels of [`Queue`](super::Queue)s created before it started stay
+/// open, for its children.
 ///
 /// # Errors
-/// [`Error::Io`] when the socketpair or the fork fails (the failure is
-/// remembered: later calls report it again).
+/// [`Error::Io`] when the socketpair or the fork fails (a later call tries
+/// again).
 #[doc(alias = "forkserver")]
+#[doc(alias = "ensure_running")]
 pub fn start_forkserver() -> Result<()> {
     server().map(|_| ())
 }
@@ -223,16 +335,29 @@ pub fn start_forkserver() -> Result<()> {
 /// touched there.
 static IN_SERVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-fn server() -> Result<&'static Server> {
+/// The running server; starts one if there is none or it died.
+fn server() -> Result<Arc<Server>> {
     if IN_SERVER.load(Ordering::Acquire) {
         return Err(Error::InvalidArgument(
             "a child of the fork server cannot use the fork server; use fork".into(),
         ));
     }
-    SERVER
-        .get_or_init(|| spawn_server().map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| Error::Io(std::io::Error::other(format!("fork server: {e}"))))
+    with_server(|slot| {
+        if let Some(s) = slot {
+            if s.alive() {
+                return Ok(s.clone());
+            }
+            tracing::warn!("the fork server died; starting a new one");
+        }
+        // Drops (closes) the dead one's end, once no sender still uses it.
+        *slot = None;
+        let s = Arc::new(
+            spawn_server()
+                .map_err(|e| Error::Io(std::io::Error::other(format!("fork server: {e}"))))?,
+        );
+        *slot = Some(s.clone());
+        Ok(s)
+    })
 }
 
 fn spawn_server() -> Result<Server> {
@@ -242,13 +367,21 @@ fn spawn_server() -> Result<Server> {
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
-    let ours_raw = ours.as_raw_fd();
     let (lifeline, read_end) = fork::Lifeline::new()?;
     // Double fork: the server is not our child (a short-lived launcher is,
     // and is reaped at once), so it never shows up among our children nor
     // needs reaping; its lifeline still ties it to this process.
     let mut options = ForkOptions::new();
     options.name("ForkServerLauncher");
+    // The launcher, and so the server, keeps stdio, its end of the
+    // request socket, its lifeline and the side channels of queues made
+    // before: not the caller's listeners, pipes and files (a listener the
+    // caller drops must stop accepting; a pipe's reader must see EOF), nor
+    // our end of the request socket (the server sees end-of-file when
+    // every client is gone).
+    let mut keep = closefork::shared_fds();
+    keep.extend([theirs.as_raw_fd(), read_end.as_raw_fd()]);
+    options.keep_only = Some(keep);
     let mut launcher = fork_child(&options, move || {
         // SAFETY: a single fork from the launcher, which has one thread;
         // the child runs `serve` and leaves with `_exit`.
@@ -260,9 +393,6 @@ fn spawn_server() -> Result<Server> {
                     unsafe { libc::_exit(1) };
                 }
                 std::mem::forget(read_end);
-                // SAFETY: the client's end, inherited; closing our copy lets
-                // the server see end-of-file when every client is gone.
-                unsafe { libc::close(ours_raw) };
                 fork::leave_child(serve(theirs))
             }
             Ok(ForkResult::Parent { .. }) => 0,
@@ -276,7 +406,8 @@ fn spawn_server() -> Result<Server> {
     }
     Ok(Server {
         requests: ours,
-        _lifeline: lifeline,
+        lifeline: Some(lifeline),
+        owner: current::cached_pid(),
     })
 }
 
@@ -292,7 +423,7 @@ pub(crate) fn spawn(
     if current::child_state().is_some_and(|s| s.daemon) {
         return Err(Error::DaemonicChildren);
     }
-    let server = server()?;
+    let mut server = server()?;
     let identity = options
         .identity
         .clone()
@@ -334,6 +465,7 @@ pub(crate) fn spawn(
     }
     let cmsg = [ControlMessage::ScmRights(&raw)];
     let iov = [IoSlice::new(&req)];
+    let mut restarted = false;
     loop {
         match sendmsg::<()>(
             server.requests.as_raw_fd(),
@@ -344,6 +476,13 @@ pub(crate) fn spawn(
         ) {
             Ok(_) => break,
             Err(Errno::EINTR) => {}
+            // The server died since `server()` looked: start a new one,
+            // once (nothing was sent, the descriptors are still ours).
+            Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ECONNREFUSED) if !restarted => {
+                restarted = true;
+                drop(server);
+                server = self::server()?;
+            }
             Err(e) => {
                 return Err(Error::Io(std::io::Error::other(format!(
                     "fork server: {e}"
@@ -351,9 +490,12 @@ pub(crate) fn spawn(
             }
         }
     }
+    drop(server);
     // Our copies of what the child got are not needed any more.
     drop((child_status, lifeline_read, fds));
     let mut status = Connection::from_socket(status);
+    // Other children we fork must not hold this child's status socket.
+    status.close_on_fork();
     // The child's first message is its pid; if it died before sending it,
     // the server's exit report carries the pid.
     let frame = status.recv_bytes()?;
@@ -415,7 +557,7 @@ fn serve(requests: OwnedFd) -> i32 {
         if open && ready[0] {
             match receive(&requests, &mut buf) {
                 Ok(Some((len, passed))) => {
-                    if let Some(c) = fork_one(&requests, &buf[..len], passed, &children) {
+                    if let Some(c) = fork_one(&buf[..len], passed) {
                         children.push(c);
                     }
                 }
@@ -488,12 +630,7 @@ fn parse(req: &[u8]) -> Option<Request<'_>> {
     })
 }
 
-fn fork_one(
-    requests: &OwnedFd,
-    req: &[u8],
-    mut passed: Vec<OwnedFd>,
-    children: &[Running],
-) -> Option<Running> {
+fn fork_one(req: &[u8], mut passed: Vec<OwnedFd>) -> Option<Running> {
     if passed.is_empty() {
         return None;
     }
@@ -518,19 +655,16 @@ fn fork_one(
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
             let pid = current::refresh_pid();
-            // SAFETY: the request socket and the other children's
-            // descriptors are the server's; this child must not hold them
-            // (a client would never see end-of-file, a sibling's status
-            // would stay open).
-            unsafe {
-                libc::close(requests.as_raw_fd());
-                for c in children {
-                    libc::close(c.pidfd.as_raw_fd());
-                    if let Some(fd) = c.status.fileno() {
-                        libc::close(fd.as_raw_fd());
-                    }
-                }
-            }
+            // The request socket, the server's lifeline and the other
+            // children's pidfds and status sockets are the server's; this
+            // child holds only its own descriptors (a client would never
+            // see end-of-file, a sibling's status would stay open), stdio
+            // and the side channels of queues.
+            let mut keep = closefork::shared_fds();
+            keep.extend(status.fileno().map(|fd| fd.as_raw_fd()));
+            keep.extend(lifeline.as_ref().map(AsRawFd::as_raw_fd));
+            keep.extend(passed.iter().map(AsRawFd::as_raw_fd));
+            sys::close_other_fds(&keep);
             child_main(pid, req, lifeline, state, status, passed)
         }
         Ok(ForkResult::Parent { child }) => {

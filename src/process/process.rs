@@ -366,7 +366,12 @@ impl Process {
     /// is the way out that leaves non-daemon children running (daemons
     /// still die with their lifeline, see
     /// [`ForkOptions::daemon`](super::ForkOptions::daemon)). Children
-    /// started with [`fork_child`](super::fork_child) directly (the forking
+    /// started through the fork server ([`StartMethod::ForkServer`]) are
+    /// waited for too: they are the server's children, not ours, so the
+    /// wait is on their pidfd (readable once they exit), not `waitid`.
+    /// Before waiting for a child that still runs, the exit logs (info)
+    /// `waiting at exit for non-daemon child process N`. Children started
+    /// with [`fork_child`](super::fork_child) directly (the forking
     /// server's) are not waited for.
     ///
     /// # Errors

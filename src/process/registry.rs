@@ -30,6 +30,9 @@ struct Slot {
     pid: AtomicI32,
     sentinel: AtomicI32,
     daemon: AtomicBool,
+    /// A child of the fork server: not ours to `waitpid`; `sentinel` is
+    /// its pidfd, readable once it exits.
+    served: AtomicBool,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -38,6 +41,7 @@ const FREE: Slot = Slot {
     pid: AtomicI32::new(0),
     sentinel: AtomicI32::new(-1),
     daemon: AtomicBool::new(false),
+    served: AtomicBool::new(false),
 };
 
 static DAEMONS: [Slot; SLOTS] = [FREE; SLOTS];
@@ -51,11 +55,11 @@ fn used() -> &'static [Slot] {
 }
 static HOOK_INSTALLED: AtomicBool = AtomicBool::new(false);
 
-/// Records a running child (`sentinel` is used for daemons only; -1 for
-/// none); returns its slot, or `None` when the registry is full (a daemon
-/// is then only covered by its `Process` drop and by its lifeline; a
-/// non-daemon is not waited for at exit).
-pub(crate) fn register(pid: i32, sentinel: RawFd, daemon: bool) -> Option<usize> {
+/// Records a running child (`sentinel` is used for daemons and fork-server
+/// children only; -1 for none); returns its slot, or `None` when the
+/// registry is full (a daemon is then only covered by its `Process` drop
+/// and by its lifeline; a non-daemon is not waited for at exit).
+pub(crate) fn register(pid: i32, sentinel: RawFd, daemon: bool, served: bool) -> Option<usize> {
     install_hook();
     let me = super::current::cached_pid();
     for (i, slot) in DAEMONS.iter().enumerate() {
@@ -67,6 +71,7 @@ pub(crate) fn register(pid: i32, sentinel: RawFd, daemon: bool) -> Option<usize>
             HIGH.fetch_max(i + 1, Ordering::AcqRel);
             slot.sentinel.store(sentinel, Ordering::Release);
             slot.daemon.store(daemon, Ordering::Release);
+            slot.served.store(served, Ordering::Release);
             slot.pid.store(pid, Ordering::Release);
             return Some(i);
         }
@@ -80,6 +85,15 @@ pub(crate) fn register(pid: i32, sentinel: RawFd, daemon: bool) -> Option<usize>
 pub(crate) fn forget_sentinel(slot: usize) {
     if let Some(s) = DAEMONS.get(slot) {
         s.sentinel.store(-1, Ordering::Release);
+    }
+}
+
+/// Names another descriptor as a slot's sentinel (a fork-server child's
+/// pidfd, handed to the thread that watches it after its `Process` was
+/// dropped).
+pub(crate) fn set_sentinel(slot: usize, fd: RawFd) {
+    if let Some(s) = DAEMONS.get(slot) {
+        s.sentinel.store(fd, Ordering::Release);
     }
 }
 
@@ -122,7 +136,9 @@ pub(crate) fn at_normal_exit() {
 /// Waits until every non-daemon child this process registered has exited
 /// (Python joins them at exit). Waits with `WNOWAIT`, so it never reaps a
 /// child that a `Process` or a reaper thread will reap: no exit status is
-/// stolen from a concurrent `join`.
+/// stolen from a concurrent `join`. A fork-server child (the server's,
+/// not ours: `waitid` would fail with `ECHILD` at once) is waited for on
+/// its pidfd instead.
 fn join_own_children() {
     let me = super::current::cached_pid();
     for slot in used() {
@@ -133,9 +149,66 @@ fn join_own_children() {
         if pid <= 0 {
             continue;
         }
+        if slot.served.load(Ordering::Acquire) {
+            wait_served(slot, me, pid);
+            continue;
+        }
         let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
         let id = || nix::sys::wait::Id::Pid(Pid::from_raw(pid));
+        let nohang = flags | nix::sys::wait::WaitPidFlag::WNOHANG;
+        if matches!(
+            nix::sys::wait::waitid(id(), nohang),
+            Ok(nix::sys::wait::WaitStatus::StillAlive)
+        ) {
+            log_wait(pid);
+        }
         while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitid(id(), flags) {}
+    }
+}
+
+/// Says why the exit is waiting: a program that seems to hang at exit is
+/// most often waiting here for a non-daemon child that itself waits for
+/// something (end-of-file on a pipe whose other end it holds, for
+/// instance).
+fn log_wait(pid: i32) {
+    tracing::info!(
+        pid,
+        "waiting at exit for non-daemon child process {pid} (as Python does); \
+         join or terminate it first, or make it a daemon, to exit without waiting"
+    );
+}
+
+/// Waits for a fork-server child on its pidfd. The descriptor belongs to
+/// its `ForkedChild` (or the thread watching a dropped one), which may
+/// free the slot and close it at any moment: so each wait is short, and
+/// the slot is checked again before the next one.
+fn wait_served(slot: &Slot, me: i32, pid: i32) {
+    const STEP: Duration = Duration::from_millis(100);
+    let mut logged = false;
+    while slot.owner.load(Ordering::Acquire) == me && slot.pid.load(Ordering::Acquire) == pid {
+        let fd = slot.sentinel.load(Ordering::Acquire);
+        if fd < 0 {
+            // Being handed from a dropped `Process` to its watcher.
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        // SAFETY: the pidfd stays open while the slot names it (its owner
+        // frees the slot before closing it; a stale number costs at most
+        // one short wait, checked again above).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if !logged {
+            logged = true;
+            if matches!(
+                super::sys::wait_readable(fd, Some(Duration::ZERO)),
+                Ok(false)
+            ) {
+                log_wait(pid);
+            }
+        }
+        match super::sys::wait_readable(fd, Some(STEP)) {
+            Ok(false) => {}
+            Ok(true) | Err(_) => return,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! descriptor with a deadline, counting threads, restarting on `EINTR`,
 //! the text of a panic.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -58,6 +58,64 @@ pub(crate) fn thread_count() -> usize {
     match std::fs::read_dir("/proc/self/task") {
         Ok(dir) => dir.count().max(1),
         Err(_) => 1,
+    }
+}
+
+/// Closes every descriptor of this process except 0, 1, 2 and `keep`:
+/// what a process that must hold only what it needs (the fork server, a
+/// manager) does right after it was forked. `close_range(2)` closes the
+/// gaps between the kept numbers; on kernels without it (before 5.9) the
+/// numbers listed in `/proc/self/fd` are closed one by one.
+///
+/// Only for a freshly forked child that has not started threads: another
+/// thread could be handed a number between the listing and the close.
+pub(crate) fn close_other_fds(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&fd| fd >= 0)
+        .map(|&fd| fd as u32)
+        .chain([0, 1, 2])
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from = 0u32;
+    let mut ranges = Vec::with_capacity(keep.len() + 1);
+    for &k in &keep {
+        if k > from {
+            ranges.push((from, k - 1));
+        }
+        from = k.saturating_add(1);
+    }
+    ranges.push((from, u32::MAX));
+    for &(lo, hi) in &ranges {
+        // SAFETY: close_range takes two numbers and flags and only closes
+        // descriptors; the caller gave up every number outside `keep`
+        // (see above: this process is a fresh fork that will not use them).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
+        if rc != 0 {
+            close_listed(&keep);
+            return;
+        }
+    }
+}
+
+/// [`close_other_fds`] without `close_range`: the numbers `/proc/self/fd`
+/// lists (read in full first: the listing's own descriptor is among them,
+/// closed by the time the others are).
+fn close_listed(keep: &[u32]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let open: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    for fd in open {
+        if keep.binary_search(&fd).is_err() {
+            // SAFETY: as in `close_other_fds`; a number that is not open
+            // any more (the listing's) fails with EBADF, harmlessly.
+            unsafe { libc::close(fd as RawFd) };
+        }
     }
 }
 

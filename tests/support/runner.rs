@@ -170,3 +170,29 @@ fn run_boxed(tests: &[Boxed]) {
         std::process::exit(1);
     }
 }
+
+/// What each open descriptor of process `pid` refers to: the targets of
+/// the `/proc/<pid>/fd` links (`socket:[123]`, `pipe:[456]`,
+/// `anon_inode:[pidfd]`, a path), empty when the process is gone.
+pub fn fd_links(pid: i32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// What descriptor `fd` of this process refers to (see [`fd_links`]).
+pub fn fd_link(fd: i32) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// How many descriptors of process `pid` refer to `what` (a whole link
+/// target such as `anon_inode:[pidfd]`).
+pub fn count_links(pid: i32, what: &str) -> usize {
+    fd_links(pid).iter().filter(|l| *l == what).count()
+}

@@ -157,6 +157,16 @@ impl Listener {
     /// past the handshake timeout; [`Error::Io`] if `accept` fails. The
     /// listener stays usable after any of these: call `accept` again.
     pub fn accept(&self) -> Result<Connection> {
+        let mut conn = self.accept_unauthenticated()?;
+        self.authenticator().authenticate(&mut conn)?;
+        Ok(conn)
+    }
+
+    /// Accepts a connection without the handshake: a server that runs
+    /// the handshake on the connection's own thread (the manager, so a
+    /// silent peer delays only itself) pairs it with
+    /// [`authenticator`](Self::authenticator).
+    pub(crate) fn accept_unauthenticated(&self) -> Result<Connection> {
         let fd: OwnedFd = match &self.inner {
             Inner::Tcp(l) => {
                 let (s, _) = l.accept()?;
@@ -165,14 +175,37 @@ impl Listener {
             }
             Inner::Unix(l, _) => l.accept()?.0.into(),
         };
-        let mut conn = Connection::from_socket(fd);
+        Ok(Connection::from_socket(fd))
+    }
+
+    /// What the handshake of this listener's connections needs, to run
+    /// it elsewhere (see [`accept_unauthenticated`](Self::accept_unauthenticated)).
+    pub(crate) fn authenticator(&self) -> Authenticator {
+        Authenticator {
+            authkey: self.authkey.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The listener's side of the handshake, detached from the listener.
+#[derive(Clone)]
+pub(crate) struct Authenticator {
+    authkey: Option<Vec<u8>>,
+    timeout: Duration,
+}
+
+impl Authenticator {
+    /// Runs the handshake on an accepted connection (nothing without an
+    /// authkey). Errors as [`Listener::accept`].
+    pub(crate) fn authenticate(&self, conn: &mut Connection) -> Result<()> {
         if let Some(key) = &self.authkey {
-            with_timeout(&mut conn, self.timeout, |c| {
+            with_timeout(conn, self.timeout, |c| {
                 deliver_challenge(c, key)?;
                 answer_challenge(c, key)
             })?;
         }
-        Ok(conn)
+        Ok(())
     }
 }
 

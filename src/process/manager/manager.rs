@@ -2,7 +2,9 @@
 //! server process that holds shared objects and hands out proxies.
 
 use std::fmt;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +63,11 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// (SIGKILL included; see [`ForkOptions::daemon`](crate::process::ForkOptions::daemon)),
 /// whichever thread started it, and stopped
 /// (SIGTERM, then SIGKILL) when the owning `Manager` is dropped or
-/// [`shutdown`](Self::shutdown) is called.
+/// [`shutdown`](Self::shutdown) is called. It holds only the descriptors
+/// it needs: right after the fork it closes every other one it inherited
+/// (a listener or pipe of the program's stays closable), and it runs each
+/// client's authkey handshake on that client's own thread, so a silent
+/// client delays only itself.
 #[doc(alias = "BaseManager")]
 #[doc(alias = "SyncManager")]
 pub struct Manager {
@@ -208,6 +214,11 @@ fn spawn_server(address: Address, authkey: &[u8]) -> Result<(ForkedChild, Addres
     let key = authkey.to_vec();
     let mut options = ForkOptions::new();
     options.name("SyncManager").daemon(true);
+    // The server holds only what it needs: stdio, the pipe it reports on
+    // (and its lifeline). Not the caller's listeners, pipes and files: a
+    // listener the caller drops right after `Manager::new` must stop
+    // accepting, a pipe's reader must see end-of-file.
+    options.keep_only = Some(tx.fileno().map(|fd| fd.as_raw_fd()).into_iter().collect());
     let mut child = fork_child(&options, move || {
         let listener = match Listener::bind(address, Some(&key)) {
             Ok(l) => l,
@@ -250,17 +261,47 @@ fn spawn_server(address: Address, authkey: &[u8]) -> Result<(ForkedChild, Addres
     }
 }
 
-/// The server process's accept loop: one thread per client connection.
+/// Most connections in the authkey handshake at once: past this, new
+/// connections are closed at once instead of getting a thread each.
+const MAX_HANDSHAKES: usize = 64;
+
+/// Counts a connection in its handshake for as long as it lives.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The server process's accept loop: one thread per client connection,
+/// which runs the authkey handshake first. The handshake waits up to its
+/// timeout for a silent peer; on the accept thread it would make every
+/// other client wait behind that one. At most [`MAX_HANDSHAKES`] run at
+/// once.
 fn serve_forever(listener: &Listener) -> i32 {
     let store = Arc::new(Store::default());
+    let auth = listener.authenticator();
+    let handshaking = Arc::new(AtomicUsize::new(0));
     loop {
-        match listener.accept() {
-            Ok(conn) => {
+        match listener.accept_unauthenticated() {
+            Ok(mut conn) => {
+                if handshaking.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+                    handshaking.fetch_sub(1, Ordering::AcqRel);
+                    tracing::debug!("manager: too many handshakes in progress; connection closed");
+                    continue;
+                }
+                let counted = Handshaking(handshaking.clone());
                 let store = store.clone();
+                let auth = auth.clone();
                 let spawned = std::thread::Builder::new()
                     .name("manager-conn".into())
                     .spawn(move || {
-                        if store.serve(conn) {
+                        let ok = auth.authenticate(&mut conn);
+                        drop(counted);
+                        // A client with a wrong key, or one that stayed
+                        // silent: refuse it (close the connection).
+                        if ok.is_ok() && store.serve(conn) {
                             // A client asked for shutdown.
                             crate::process::exit(0);
                         }
@@ -269,9 +310,6 @@ fn serve_forever(listener: &Listener) -> i32 {
                     tracing::error!(error = %e, "manager: cannot start a connection thread");
                 }
             }
-            // A client with a wrong key, or one that stayed silent: refuse
-            // it and carry on.
-            Err(Error::AuthenticationFailed(_) | Error::Timeout(_)) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "manager: accept failed");
                 // EMFILE and friends: back off instead of spinning.

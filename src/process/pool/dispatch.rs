@@ -32,6 +32,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 
+use crate::process::closefork::ParentOnly;
 use crate::process::forkserver::{self, StartMethod};
 use crate::process::worker::{self, Body, Initializer, MAX_FRAME, OP_STOP};
 use crate::process::{fork_child, pipe, spin, Connection, ForkOptions, ForkedChild};
@@ -142,7 +143,9 @@ struct State {
 /// dispatcher thread.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    wake: EventFd,
+    /// Close-on-fork: no worker (they are forked after it was made, the
+    /// replacements from the dispatcher thread) holds the pool's wake-up.
+    wake: ParentOnly<EventFd>,
     /// Large message buffers (job frames, reply frames) kept for reuse:
     /// a `map` over a million items moves megabytes each way, and fresh
     /// memory for each call would cost a page fault per 4 KiB.
@@ -285,7 +288,9 @@ impl Engine {
                 "maxtasksperchild must be at least 1".into(),
             ));
         }
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        let wake = ParentOnly::new(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
         let mut workers = Vec::with_capacity(config.processes);
         for n in 0..config.processes {
             match Worker::spawn(&config, n + 1) {

@@ -39,6 +39,17 @@ use crate::{Error, Result};
 pub(crate) struct Spill {
     tx: OwnedFd,
     rx: OwnedFd,
+    /// Entries in the table of descriptors the fork server keeps open for
+    /// its children (a queue made before it started is shared with them).
+    shared: [Option<usize>; 2],
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        for slot in self.shared.iter().flatten() {
+            crate::process::closefork::unshare(*slot);
+        }
+    }
 }
 
 impl Spill {
@@ -50,7 +61,11 @@ impl Spill {
             None,
             SockFlag::SOCK_CLOEXEC,
         )?;
-        Ok(Spill { tx, rx })
+        let shared = [
+            crate::process::closefork::share(tx.as_raw_fd()),
+            crate::process::closefork::share(rx.as_raw_fd()),
+        ];
+        Ok(Spill { tx, rx, shared })
     }
 
     /// Writes `body` to a fresh `memfd` (outside the queue's lock).
