@@ -890,6 +890,15 @@ fn fork_server_started_late_holds_no_caller_descriptors() -> TestResult {
             count_links(pid, "anon_inode:[pidfd]") == 0 || who == "fork server",
             "the {who} holds pidfds: {links:?}"
         );
+        // Let go of, not closed: the numbers point at /dev/null, so a value
+        // copied from this program can never write into a descriptor the
+        // fork server or its child opens later under the same number.
+        for fd in [listener.as_raw_fd(), r.as_raw_fd()] {
+            let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            check!(link == "/dev/null", "the {who}'s descriptor {fd}: {link:?}");
+        }
     }
     drop(listener);
     drop(w);

@@ -108,7 +108,8 @@ pub struct ForkOptions {
     /// parent's three allocations and frees per fork each wrote heap
     /// pages, copy-on-write faults in the parent after every fork.
     pub(crate) state_in_child: bool,
-    /// Close every descriptor the child inherits except stdio, these,
+    /// Let go of (point at `/dev/null`) every descriptor the child
+    /// inherits except stdio, these,
     /// and what the fork itself hands the child (lifeline, sentinel pipe,
     /// exit notes): for children that must hold only what they need (the
     /// fork server's launcher, a manager), not the caller's listeners and
@@ -811,7 +812,7 @@ pub(crate) fn fork_common<F: FnOnce() -> i32>(
                 only.extend(lifeline.as_ref().map(AsRawFd::as_raw_fd));
                 only.extend(keep.as_ref().map(AsRawFd::as_raw_fd));
                 only.extend(note.map(|end| end.fd));
-                sys::close_other_fds(&only);
+                sys::release_other_fds(&only);
             }
             let mut state = match state {
                 Prepared::Built(state) => state,

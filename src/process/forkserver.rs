@@ -48,11 +48,14 @@
 //! next use (see [`start_forkserver`]).
 //!
 //! # Descriptors
-//! The server closes every descriptor it inherited except stdio, its end
-//! of the request socket, its lifeline and the side channels of queues
-//! made before it; each child it forks closes the server's descriptors
-//! (request socket, lifeline, other children's pidfds and status sockets)
-//! and keeps only its own.
+//! The server lets go of every descriptor it inherited except stdio, its
+//! end of the request socket, its lifeline and the side channels of
+//! queues made before it; each child it forks lets go of the server's
+//! descriptors (request socket, lifeline, other children's pidfds and
+//! status sockets) and keeps only its own. Letting go points the number
+//! at `/dev/null` (see `sys::release_other_fds`): what it referred to is
+//! released, and the number is never reused under a value inherited from
+//! the program.
 
 use std::cell::UnsafeCell;
 use std::io::{IoSlice, IoSliceMut};
@@ -664,7 +667,7 @@ fn fork_one(req: &[u8], mut passed: Vec<OwnedFd>) -> Option<Running> {
             keep.extend(status.fileno().map(|fd| fd.as_raw_fd()));
             keep.extend(lifeline.as_ref().map(AsRawFd::as_raw_fd));
             keep.extend(passed.iter().map(AsRawFd::as_raw_fd));
-            sys::close_other_fds(&keep);
+            sys::release_other_fds(&keep);
             child_main(pid, req, lifeline, state, status, passed)
         }
         Ok(ForkResult::Parent { child }) => {

@@ -61,62 +61,55 @@ pub(crate) fn thread_count() -> usize {
     }
 }
 
-/// Closes every descriptor of this process except 0, 1, 2 and `keep`:
-/// what a process that must hold only what it needs (the fork server, a
-/// manager) does right after it was forked. `close_range(2)` closes the
-/// gaps between the kept numbers; on kernels without it (before 5.9) the
-/// numbers listed in `/proc/self/fd` are closed one by one.
+/// Lets go of every descriptor of this process except 0, 1, 2 and
+/// `keep`: what a process that must hold only what it needs (the fork
+/// server, a manager) does right after it was forked. Each other open
+/// number is pointed at `/dev/null` rather than closed: the listener or
+/// pipe it referred to is released here (a dropped listener stops
+/// accepting, a pipe's reader sees end of file), yet the number stays
+/// taken, so a value inherited from the program (a log file opened
+/// before the fork, say) can never write into a descriptor this process
+/// opens later under the same number; its writes are discarded.
 ///
 /// Only for a freshly forked child that has not started threads: another
-/// thread could be handed a number between the listing and the close.
-pub(crate) fn close_other_fds(keep: &[RawFd]) {
-    let mut keep: Vec<u32> = keep
-        .iter()
-        .filter(|&&fd| fd >= 0)
-        .map(|&fd| fd as u32)
-        .chain([0, 1, 2])
-        .collect();
-    keep.sort_unstable();
-    keep.dedup();
-    let mut from = 0u32;
-    let mut ranges = Vec::with_capacity(keep.len() + 1);
-    for &k in &keep {
-        if k > from {
-            ranges.push((from, k - 1));
+/// thread could open a number between the listing and the `dup3`.
+pub(crate) fn release_other_fds(keep: &[RawFd]) {
+    use std::os::fd::AsRawFd;
+    let open = open_fds();
+    let Ok(null) = std::fs::File::open("/dev/null") else {
+        return;
+    };
+    let null_fd = null.as_raw_fd();
+    for fd in open {
+        if fd <= 2 || fd == null_fd || keep.contains(&fd) {
+            continue;
         }
-        from = k.saturating_add(1);
-    }
-    ranges.push((from, u32::MAX));
-    for &(lo, hi) in &ranges {
-        // SAFETY: close_range takes two numbers and flags and only closes
-        // descriptors; the caller gave up every number outside `keep`
-        // (see above: this process is a fresh fork that will not use them).
-        let rc = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
-        if rc != 0 {
-            close_listed(&keep);
-            return;
+        // SAFETY: fcntl(F_GETFD) only asks whether the number is open
+        // (the listing's own descriptor is closed by now); dup3 makes an
+        // open number refer to /dev/null, a descriptor we own, and writes
+        // no memory of ours. The caller gave up every number outside
+        // `keep` (see above).
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) >= 0 {
+                libc::dup3(null_fd, fd, libc::O_CLOEXEC);
+            }
         }
     }
 }
 
-/// [`close_other_fds`] without `close_range`: the numbers `/proc/self/fd`
-/// lists (read in full first: the listing's own descriptor is among them,
-/// closed by the time the others are).
-fn close_listed(keep: &[u32]) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let open: Vec<u32> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .collect();
-    for fd in open {
-        if keep.binary_search(&fd).is_err() {
-            // SAFETY: as in `close_other_fds`; a number that is not open
-            // any more (the listing's) fails with EBADF, harmlessly.
-            unsafe { libc::close(fd as RawFd) };
-        }
+/// The numbers `/proc/self/fd` lists (read in full first); without
+/// `/proc`, every number below the descriptor limit (at most 65,536),
+/// for the caller to check.
+fn open_fds() -> Vec<RawFd> {
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        return dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
     }
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft.min(65_536));
+    (0..limit as RawFd).collect()
 }
 
 /// The text of a panic payload: the one helper for every place that
