@@ -318,9 +318,10 @@ fn with_server<R>(f: impl FnOnce(&mut Option<Arc<Server>>) -> R) -> R {
 /// running (non-daemons) but cannot be joined: their `join` fails with
 /// an error saying the server ended before reporting their exit.
 ///
-/// The server holds only the descriptors it needs: it closes every other
-/// one it inherited from the caller (listeners, pipes, files), so
-/// dropping them in the caller really closes them; stdio and the side
+/// The server holds only the descriptors it needs: it lets go of every
+/// other one it inherited from the caller (listeners, pipes, files;
+/// their numbers point at `/dev/null` there), so dropping them in the
+/// caller really closes them; stdio and the side
 /// channels of [`Queue`](super::Queue)s created before it started stay
 /// open, for its children.
 ///
