@@ -170,19 +170,10 @@ per_concurrent_mode!(proxy_protocol_per_ip_sees_real_client, per_ip_behind_proxy
 
 /// Connects from the loopback address `from` and sends `prefix`.
 fn connect_from(from: [u8; 4], addr: SocketAddr, prefix: &[u8]) -> (Ctrl, u16, String) {
-    use std::io::{BufReader, Write};
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.bind(&SocketAddr::from((from, 0)).into()).unwrap();
     s.connect(&addr.into()).unwrap();
-    let mut stream: TcpStream = s.into();
-    stream.write_all(prefix).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let reader = BufReader::new(stream.try_clone().unwrap());
-    let mut c = Ctrl { reader, stream };
-    let (code, text) = c.read_reply();
-    (c, code, text)
+    Ctrl::over(s.into(), prefix)
 }
 
 /// `--proxy-from`: only the named balancer may send the header. A peer

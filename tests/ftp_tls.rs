@@ -211,6 +211,22 @@ fn ftplib_tls(mode: &str) {
 }
 per_mode!(ftplib_prot_p, ftplib_tls);
 
+/// The Python prelude of the session-reuse scripts: an `FTP_TLS` whose
+/// data connections resume the control connection's TLS session (what
+/// curl, FileZilla and lftp do; stock ftplib does not).
+const PY_REUSING: &str = r#"
+import ftplib
+
+class Reusing(ftplib.FTP_TLS):
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(
+                conn, server_hostname=self.host, session=self.sock.session)
+        return conn, size
+
+"#;
+
 /// `--tls-require-reuse`: stock ftplib (which does a full handshake on
 /// every data connection) gets 522; the same client passing the control
 /// connection's session to `wrap_socket` works. Arguments: port. Prints
@@ -232,14 +248,6 @@ except ftplib.error_perm as e:
     assert str(e).startswith("522"), e
 stock.quit()
 
-class Reusing(ftplib.FTP_TLS):
-    def ntransfercmd(self, cmd, rest=None):
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:
-            conn = self.context.wrap_socket(
-                conn, server_hostname=self.host, session=self.sock.session)
-        return conn, size
-
 ftp = Reusing(context=ctx, timeout=20)
 ftp.connect("127.0.0.1", port)
 ftp.login("bob", "secret")
@@ -258,7 +266,10 @@ print("OK")
 fn ftplib_require_reuse(mode: &str) {
     let cert = TestCert::new();
     let server = start_tls(mode, &cert, &["--tls-require-reuse"]);
-    let out = python(FTPLIB_REUSE, &[&server.port().to_string()]);
+    let out = python(
+        &format!("{PY_REUSING}{FTPLIB_REUSE}"),
+        &[&server.port().to_string()],
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
     assert!(server.log().contains("did not resume"));
 }
@@ -282,14 +293,6 @@ def context():
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-class Reusing(ftplib.FTP_TLS):
-    def ntransfercmd(self, cmd, rest=None):
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:
-            conn = self.context.wrap_socket(
-                conn, server_hostname=self.host, session=self.sock.session)
-        return conn, size
 
 # The attacker: TLS on its own control connection, no login.
 actx = context()
@@ -347,7 +350,7 @@ fn require_reuse_binds_the_data_connection_to_its_session(mode: &str) {
     let copy = scratch.path().join("secret.bin");
     fs::write(&copy, &secret).unwrap();
     let out = python(
-        FTPLIB_REUSE_HIJACK,
+        &format!("{PY_REUSING}{FTPLIB_REUSE_HIJACK}"),
         &[&server.port().to_string(), copy.to_str().unwrap()],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");

@@ -4,24 +4,12 @@
 //! (each process has its own copy), which is the surprise the README's
 //! strategy section describes.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("kv");
-    assert!(bin.exists(), "{} not built", bin.display());
-    bin
-}
 
 /// The example, ended by pid (SIGTERM, then SIGKILL) when dropped.
 struct Kv {
@@ -31,7 +19,7 @@ struct Kv {
 
 impl Kv {
     fn start(mode: &str, store: &str) -> Kv {
-        let mut child = Command::new(binary())
+        let mut child = Command::new(support::example("kv"))
             .args(["--mode", mode, "--store", store, "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,32 +1,16 @@
 //! Handler layers on a blocking server: PROXY protocol and per-IP limit.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use socketserver::server::{layers, Server, ThreadingTcpServer};
-use socketserver::{Request, RequestHandler};
+use socketserver::RequestHandler;
+use support::Who;
 
 const T: Duration = Duration::from_secs(10);
-
-/// Answers `addr` with the peer address it sees; echoes other lines.
-struct Who;
-
-impl RequestHandler for Who {
-    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
-        let mut line = String::new();
-        while req.rfile().read_line(&mut line)? > 0 {
-            if line == "addr\n" {
-                let peer = req.peer_addr().to_string();
-                writeln!(req.wfile(), "{peer}")?;
-            } else {
-                req.wfile().write_all(line.as_bytes())?;
-            }
-            line.clear();
-        }
-        Ok(())
-    }
-}
 
 fn serve<F, H>(
     factory: F,

@@ -563,16 +563,6 @@ fn workers_hold_no_sibling_descriptors() {
     s.stop();
 }
 
-/// Whether process `pid` holds a descriptor on the socket `inode`.
-fn holds_socket(pid: i32, inode: &str) -> bool {
-    let link = format!("socket:[{inode}]");
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == link))
-}
-
 /// Only the parent answers the agent port, so no worker holds it: a
 /// worker that outlives its parent must not keep the port open.
 fn workers_do_not_hold_the_agent_port() {
@@ -582,14 +572,19 @@ fn workers_do_not_hold_the_agent_port() {
     let report = health_report(s.pid());
     let inode = std::fs::read_to_string(&report).expect("health report");
     let _ = std::fs::remove_file(&report);
+    let agent = format!("socket:[{inode}]");
     assert!(
-        holds_socket(s.pid(), &inode),
+        support::count_links(s.pid(), &agent) == 1,
         "the parent lost its agent port"
     );
     let workers = s.workers();
     assert_eq!(workers.len(), 2);
     for w in workers {
-        assert!(!holds_socket(w, &inode), "worker {w} holds the agent port");
+        assert_eq!(
+            support::count_links(w, &agent),
+            0,
+            "worker {w} holds the agent port"
+        );
     }
     s.stop();
 }

@@ -28,7 +28,7 @@ use socketserver::server::{
     shutdown_on_signals, BindAddress, Forking, Prefork, Server, SocketServer, Strategy,
     Synchronous, TcpTransport, Threading, Transport, UnixPath, UnixStreamTransport,
 };
-use socketserver::{Request, RequestHandler};
+use support::Who;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -41,25 +41,6 @@ const FORGED: &[u8] = b"PROXY TCP4 127.0.0.2 127.0.0.1 1 80\r\n";
 
 // ---------------------------------------------------------------------
 // The server process.
-
-/// Answers `addr` with the peer address it was given; echoes other lines.
-struct Who;
-
-impl RequestHandler for Who {
-    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
-        let mut line = String::new();
-        while req.rfile().read_line(&mut line)? > 0 {
-            if line == "addr\n" {
-                let peer = req.peer_addr().to_string();
-                writeln!(req.wfile(), "{peer}")?;
-            } else {
-                req.wfile().write_all(line.as_bytes())?;
-            }
-            line.clear();
-        }
-        Ok(())
-    }
-}
 
 /// The native async twin of [`Who`].
 #[cfg(feature = "async")]
@@ -390,24 +371,6 @@ fn unix_socket_peers_are_trusted() {
     server.stop();
 }
 
-/// `cargo test` builds the examples next to the test binary's directory.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        bin.exists(),
-        "{} not built (cargo build --examples)",
-        bin.display()
-    );
-    bin
-}
-
 /// `echo --proxy-protocol --proxy-from 127.0.0.2 --announce-peer`, in a
 /// blocking and the native async mode.
 fn echo_example_proxy_from_flag() {
@@ -417,7 +380,7 @@ fn echo_example_proxy_from_flag() {
         &["threading"]
     };
     for &mode in modes {
-        let mut child = Command::new(example("echo"))
+        let mut child = Command::new(support::example("echo"))
             .args(["--mode", mode, "--listen", "127.0.0.1:0", "--announce-peer"])
             .args(["--proxy-protocol", "--proxy-from", "10.9.0.0/16,127.0.0.2"])
             .stdout(Stdio::piped())

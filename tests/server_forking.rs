@@ -698,16 +698,6 @@ impl RequestHandler for TellPid {
     }
 }
 
-/// Whether process `pid` holds a descriptor on the socket `inode`.
-fn holds_socket(pid: u32, inode: u64) -> bool {
-    let link = format!("socket:[{inode}]");
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == link))
-}
-
 /// A child holds neither the listening socket nor the agent port: only
 /// the parent answers agent checks, and once it has closed the port a
 /// balancer's check is refused at once, however long children still run.
@@ -717,22 +707,28 @@ fn children_do_not_hold_the_agent_port() {
         .block_on_close(false);
     let mut server = b.bind("127.0.0.1:0", || TellPid).unwrap();
     let agent = server.health_address().unwrap();
-    let inode = |fd: &dyn std::os::fd::AsFd| nix::sys::stat::fstat(fd).unwrap().st_ino;
-    let agent_inode = inode(&server.health_socket().unwrap());
-    let listener_inode = inode(&*server.socket().unwrap());
+    let link = |fd: &dyn std::os::fd::AsFd| {
+        format!("socket:[{}]", nix::sys::stat::fstat(fd).unwrap().st_ino)
+    };
+    let agent_link = link(&server.health_socket().unwrap());
+    let listener_link = link(&*server.socket().unwrap());
     let c = TcpStream::connect(server.server_address()).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     server.handle_request().unwrap();
     let mut line = String::new();
     io::BufReader::new(&c).read_line(&mut line).unwrap();
-    let child: u32 = line.trim().parse().unwrap();
-    assert!(holds_socket(std::process::id(), agent_inode));
+    let child: i32 = line.trim().parse().unwrap();
+    assert_eq!(
+        support::count_links(std::process::id() as i32, &agent_link),
+        1,
+        "the parent lost its agent port"
+    );
     assert!(
-        !holds_socket(child, listener_inode),
+        support::count_links(child, &listener_link) == 0,
         "the child holds the listening socket"
     );
     assert!(
-        !holds_socket(child, agent_inode),
+        support::count_links(child, &agent_link) == 0,
         "the child holds the agent port"
     );
     server.server_close();
@@ -744,7 +740,7 @@ fn children_do_not_hold_the_agent_port() {
     c.shutdown(Shutdown::Write).unwrap();
     let _ = read_all(&c);
     // `block_on_close(false)`: the closed server left its child to us.
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child as i32), None);
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
 }
 
 fn main() {

@@ -182,7 +182,11 @@ impl Ctrl {
     /// Connects, sends `prefix` (a PROXY protocol header, say) before
     /// anything else, and reads the greeting.
     pub fn connect_with(addr: SocketAddr, prefix: &[u8]) -> (Ctrl, u16, String) {
-        let mut stream = TcpStream::connect(addr).unwrap();
+        Ctrl::over(TcpStream::connect(addr).unwrap(), prefix)
+    }
+
+    /// Sends `prefix` on a connected `stream` and reads the first reply.
+    pub fn over(mut stream: TcpStream, prefix: &[u8]) -> (Ctrl, u16, String) {
         if !prefix.is_empty() {
             stream.write_all(prefix).unwrap();
         }

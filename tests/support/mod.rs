@@ -35,7 +35,46 @@ impl RequestHandler for Echo {
     }
 }
 
+/// Answers `addr` with the peer address it was given (the PROXY
+/// header's client, behind a balancer); echoes other lines.
+pub struct Who;
+
+impl RequestHandler for Who {
+    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        let mut line = String::new();
+        while req.rfile().read_line(&mut line)? > 0 {
+            if line == "addr\n" {
+                let peer = req.peer_addr().to_string();
+                writeln!(req.wfile(), "{peer}")?;
+            } else {
+                req.wfile().write_all(line.as_bytes())?;
+            }
+            line.clear();
+        }
+        Ok(())
+    }
+}
+
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The example binary `name`: `cargo test` builds the examples next to
+/// the test binary's directory.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} not built (cargo build --examples)",
+        bin.display()
+    );
+    bin
+}
 
 /// Runs `serve_forever` on a thread; returns the handle and the thread,
 /// which gives the server back.
