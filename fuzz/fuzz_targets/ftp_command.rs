@@ -10,7 +10,8 @@
 //! - the line ending is optional: a line without one (and not ending in
 //!   CR) parses as the same line with `\r\n` appended;
 //! - an empty line holds no letters or digits;
-//! - `loggable()` never shows `PASS`'s argument.
+//! - `loggable()` never shows `PASS`'s argument, and holds no control
+//!   character (the argument is escaped).
 #![no_main]
 
 #[path = "../../examples/ftp/command.rs"]
@@ -69,7 +70,11 @@ fuzz_target!(|data: &[u8]| {
             if c.verb == Verb::Pass {
                 assert_eq!(log, "PASS ****");
             } else {
-                assert!(log.starts_with(&c.name) && log.ends_with(&c.arg), "{log:?}");
+                // The argument appears escaped: no control character of
+                // the peer's reaches a log line.
+                let shown = command::LogSafe(&c.arg).to_string();
+                assert!(log.starts_with(&c.name) && log.ends_with(&shown), "{log:?}");
+                assert!(!log.chars().any(char::is_control), "{log:?}");
             }
         }
         Err(ParseError::Empty) => {
