@@ -219,6 +219,14 @@ impl Server {
     /// Whether the server still holds its end: the kernel reports a hang-up
     /// on ours once the server is gone (killed, or crashed).
     fn alive(&self) -> bool {
+        // A process that let go of its inherited descriptors (a manager,
+        // see `ForkOptions::keep_only`) holds a copy of this value whose
+        // number now points at /dev/null, which never reports a hang-up.
+        let is_socket = nix::sys::stat::fstat(&self.requests)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFSOCK);
+        if !is_socket {
+            return false;
+        }
         let mut fds = [PollFd::new(self.requests.as_fd(), PollFlags::empty())];
         loop {
             match nix::poll::poll(&mut fds, PollTimeout::ZERO) {
@@ -335,8 +343,8 @@ pub fn start_forkserver() -> Result<()> {
 }
 
 /// Set in the server process (and so in every child it forks): the
-/// server's `OnceLock` was copied mid-initialisation and must not be
-/// touched there.
+/// server slot was copied while its starter held it, mid-start, and a
+/// child of the server cannot use the server anyway.
 static IN_SERVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The running server; starts one if there is none or it died.
@@ -494,6 +502,7 @@ pub(crate) fn spawn(
             }
         }
     }
+    let asked = server.clone();
     drop(server);
     // Our copies of what the child got are not needed any more.
     drop((child_status, lifeline_read, fds));
@@ -501,7 +510,24 @@ pub(crate) fn spawn(
     // Other children we fork must not hold this child's status socket.
     status.close_on_fork();
     // The child's first message is its pid; if it died before sending it,
-    // the server's exit report carries the pid.
+    // the server's exit report carries the pid. A live server answers at
+    // once (it forks and the child reports). No answer in time means the
+    // server is gone although our end saw no hang-up: a child some other
+    // thread of ours forked while the server was being started can hold
+    // a copy of the server's end. Forget that server, so the next start
+    // makes a new one, instead of waiting for ever.
+    let answered = status.poll(FIRST_REPLY)?;
+    if !answered {
+        // Only that server: another thread may have started a new one.
+        with_server(|slot| {
+            if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &asked)) {
+                *slot = None;
+            }
+        });
+        return Err(Error::Io(std::io::Error::other(format!(
+            "fork server: no answer within {FIRST_REPLY:?}; it will be started again"
+        ))));
+    }
     let frame = status.recv_bytes()?;
     let pid = match frame.split_first() {
         Some((b'P' | b'X', rest)) if rest.len() >= 4 => {
@@ -518,6 +544,10 @@ pub(crate) fn spawn(
     let early_exit = (frame[0] == b'X').then(|| fork::exit_code_of(&frame));
     ForkedChild::served(Pid::from_raw(pid), status, lifeline, early_exit)
 }
+
+/// How long a start waits for the fork server's first answer (the
+/// child's pid) before it counts the server as gone.
+const FIRST_REPLY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One running child of the server.
 struct Running {
@@ -768,4 +798,39 @@ fn reap(children: &mut Vec<Running>, i: usize) {
     let mut c = children.swap_remove(i);
     let code = wait_code(c.pid);
     report_exit(&mut c.status, c.pid, code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy of the server value in a process that let go of its
+    /// descriptors names /dev/null: that server counts as gone (a new one
+    /// is started), not as alive for ever. A live socket counts as alive
+    /// until its peer hangs up.
+    #[test]
+    fn a_server_whose_end_is_dev_null_or_hung_up_is_not_alive() {
+        let me = current::cached_pid();
+        let null = Server {
+            requests: std::fs::File::open("/dev/null").unwrap().into(),
+            lifeline: None,
+            owner: me,
+        };
+        assert!(!null.alive());
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let live = Server {
+            requests: ours,
+            lifeline: None,
+            owner: me,
+        };
+        assert!(live.alive());
+        drop(theirs);
+        assert!(!live.alive());
+    }
 }

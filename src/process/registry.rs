@@ -186,16 +186,24 @@ fn wait_served(slot: &Slot, me: i32, pid: i32) {
     const STEP: Duration = Duration::from_millis(100);
     let mut logged = false;
     while slot.owner.load(Ordering::Acquire) == me && slot.pid.load(Ordering::Acquire) == pid {
-        let fd = slot.sentinel.load(Ordering::Acquire);
-        if fd < 0 {
+        let raw = slot.sentinel.load(Ordering::Acquire);
+        if raw < 0 {
             // Being handed from a dropped `Process` to its watcher.
             std::thread::sleep(Duration::from_millis(1));
             continue;
         }
+        // The slot still names this pidfd after the wait: otherwise the
+        // wait's answer was about a number that was handed over (and
+        // closed, maybe reused) meanwhile, and says nothing of the child.
+        let still_ours = || {
+            slot.owner.load(Ordering::Acquire) == me
+                && slot.pid.load(Ordering::Acquire) == pid
+                && slot.sentinel.load(Ordering::Acquire) == raw
+        };
         // SAFETY: the pidfd stays open while the slot names it (its owner
         // frees the slot before closing it; a stale number costs at most
         // one short wait, checked again above).
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
         if !logged {
             logged = true;
             if matches!(
@@ -207,7 +215,9 @@ fn wait_served(slot: &Slot, me: i32, pid: i32) {
         }
         match super::sys::wait_readable(fd, Some(STEP)) {
             Ok(false) => {}
-            Ok(true) | Err(_) => return,
+            Ok(true) | Err(_) if still_ours() => return,
+            // Handed over meanwhile: wait again on what the slot names now.
+            Ok(true) | Err(_) => {}
         }
     }
 }

@@ -76,8 +76,12 @@ pub(crate) fn thread_count() -> usize {
 pub(crate) fn release_other_fds(keep: &[RawFd]) {
     use std::os::fd::AsRawFd;
     let open = open_fds();
-    let Ok(null) = std::fs::File::open("/dev/null") else {
-        return;
+    let null = match std::fs::File::open("/dev/null") {
+        Ok(null) => null,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open /dev/null: this process keeps the descriptors it inherited");
+            return;
+        }
     };
     let null_fd = null.as_raw_fd();
     for fd in open {

@@ -4,7 +4,6 @@
 use std::fmt;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -261,37 +260,59 @@ fn spawn_server(address: Address, authkey: &[u8]) -> Result<(ForkedChild, Addres
     }
 }
 
-/// Most connections in the authkey handshake at once: past this, new
-/// connections are closed at once instead of getting a thread each.
+/// Most connections in the authkey handshake at once: past this, the
+/// accept loop waits instead of giving each new connection a thread.
 const MAX_HANDSHAKES: usize = 64;
 
+/// How many connections are in their handshake; the accept loop waits
+/// (the kernel's backlog queues the rest) while [`MAX_HANDSHAKES`] are.
+#[derive(Default)]
+struct Handshakes {
+    count: std::sync::Mutex<usize>,
+    left: std::sync::Condvar,
+}
+
+impl Handshakes {
+    /// Waits until fewer than [`MAX_HANDSHAKES`] are in progress.
+    fn wait_for_room(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= MAX_HANDSHAKES {
+            n = self.left.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Counts a connection in its handshake for as long as it lives.
-struct Handshaking(Arc<AtomicUsize>);
+struct Handshaking(Arc<Handshakes>);
+
+impl Handshaking {
+    fn new(all: &Arc<Handshakes>) -> Handshaking {
+        *all.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Handshaking(all.clone())
+    }
+}
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        *self.0.count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0.left.notify_one();
     }
 }
 
 /// The server process's accept loop: one thread per client connection,
-/// which runs the authkey handshake first. The handshake waits up to its
-/// timeout for a silent peer; on the accept thread it would make every
-/// other client wait behind that one. At most [`MAX_HANDSHAKES`] run at
-/// once.
+/// which first runs the authkey handshake there, so a client that
+/// connects and stays silent makes no other client wait behind that one.
+/// At most [`MAX_HANDSHAKES`] run at once; beyond that the loop stops
+/// accepting until one ends (connections wait in the kernel's backlog).
 fn serve_forever(listener: &Listener) -> i32 {
     let store = Arc::new(Store::default());
     let auth = listener.authenticator();
-    let handshaking = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(Handshakes::default());
     loop {
+        handshakes.wait_for_room();
         match listener.accept_unauthenticated() {
             Ok(mut conn) => {
-                if handshaking.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
-                    handshaking.fetch_sub(1, Ordering::AcqRel);
-                    tracing::debug!("manager: too many handshakes in progress; connection closed");
-                    continue;
-                }
-                let counted = Handshaking(handshaking.clone());
+                let counted = Handshaking::new(&handshakes);
                 let store = store.clone();
                 let auth = auth.clone();
                 let spawned = std::thread::Builder::new()
