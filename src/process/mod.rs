@@ -35,7 +35,8 @@ mod sys;
 pub(crate) mod thread;
 // The one `panic_message`, also used by the server's handler life cycle.
 pub(crate) use sys::{
-    consolidate_heap, panic_message, poll_timeout, wait_readable, Interruptible, Revocable,
+    consolidate_heap, panic_message, point_at_dev_null, poll_timeout, wait_readable, Interruptible,
+    Revocable,
 };
 
 pub(crate) mod ipc;

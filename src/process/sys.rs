@@ -74,7 +74,7 @@ pub(crate) fn thread_count() -> usize {
 /// Only for a freshly forked child that has not started threads: another
 /// thread could open a number between the listing and the `dup3`.
 pub(crate) fn release_other_fds(keep: &[RawFd]) {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
     let open = open_fds();
     let null = match std::fs::File::open("/dev/null") {
         Ok(null) => null,
@@ -83,22 +83,43 @@ pub(crate) fn release_other_fds(keep: &[RawFd]) {
             return;
         }
     };
-    let null_fd = null.as_raw_fd();
     for fd in open {
-        if fd <= 2 || fd == null_fd || keep.contains(&fd) {
+        if fd <= 2 || fd == null.as_raw_fd() || keep.contains(&fd) {
             continue;
         }
-        // SAFETY: fcntl(F_GETFD) only asks whether the number is open
-        // (the listing's own descriptor is closed by now); dup3 makes an
-        // open number refer to /dev/null, a descriptor we own, and writes
-        // no memory of ours. The caller gave up every number outside
-        // `keep` (see above).
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) >= 0 {
-                libc::dup3(null_fd, fd, libc::O_CLOEXEC);
-            }
+        // SAFETY: fcntl(F_GETFD) only asks whether the number is open (the
+        // listing's own descriptor is closed by now).
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+            // The caller gave up every number outside `keep` (see above).
+            let _ = dup_over(null.as_fd(), fd);
         }
     }
+}
+
+/// Points the open descriptor `fd` at `/dev/null`: what it referred to
+/// is released in this process, while the number stays taken (nothing
+/// opened later can get it, so a stale holder of the number can never
+/// act on someone else's descriptor).
+///
+/// # Errors
+/// `/dev/null` cannot be opened, or `dup3` failed.
+pub(crate) fn point_at_dev_null(fd: RawFd) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let null = std::fs::File::open("/dev/null")?;
+    dup_over(null.as_fd(), fd)
+}
+
+/// `dup3(from, fd)`: makes the open number `fd` refer to what `from` does.
+/// The caller vouches that `fd` is open and that whatever uses its number
+/// expects it to change (see [`point_at_dev_null`]).
+fn dup_over(from: BorrowedFd<'_>, fd: RawFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup3 replaces what `fd` refers to atomically and writes no
+    // memory of ours; `from` is a descriptor the caller owns.
+    if unsafe { libc::dup3(from.as_raw_fd(), fd, libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The numbers `/proc/self/fd` lists (read in full first); without
@@ -158,19 +179,13 @@ impl Revocable {
     /// # Errors
     /// `/dev/null` cannot be opened, or `dup3` failed.
     pub(crate) fn revoke(&self) -> std::io::Result<bool> {
-        use std::os::fd::AsRawFd;
         let mut guard = self.fd.lock().unwrap_or_else(|p| p.into_inner());
         let Some(fd) = guard.take() else {
             return Ok(false);
         };
-        let null = std::fs::File::open("/dev/null")?;
-        // SAFETY: `fd` is open (the owner disarms, under this lock, before
-        // it closes it) and `null` is a descriptor we own; dup3 replaces
-        // what `fd` refers to atomically and writes no memory of ours.
-        let rc = unsafe { libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC) };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // `fd` is open: the owner disarms, under this lock, before it
+        // closes it.
+        point_at_dev_null(fd)?;
         Ok(true)
     }
 

@@ -40,7 +40,7 @@
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -198,7 +198,7 @@ impl Health {
     /// child exits. The number stays open (on `/dev/null`), so nothing
     /// this process still holds can act on a reused descriptor.
     pub(crate) fn leave_in_child(&self) {
-        if let Err(e) = crate::process::Revocable::new(self.fd()).revoke() {
+        if let Err(e) = crate::process::point_at_dev_null(self.fd().as_raw_fd()) {
             tracing::debug!(error = %e, "could not release the agent socket in a child");
         }
     }
