@@ -322,6 +322,36 @@ fn silent_peers_do_not_block_other_clients() -> TestResult {
     Ok(())
 }
 
+/// A peer that fills every handshake slot with silent connections (and
+/// keeps them open) does not lock out a client that knows the key: the
+/// oldest handshake makes room for the newest instead of the accept loop
+/// waiting for a slot (where 64 silent connections, reopened as they
+/// timed out, refused everyone).
+fn handshake_slots_full_of_silent_peers_do_not_lock_clients_out() -> TestResult {
+    let manager = Manager::new().map_err(e)?;
+    let Address::Unix(path) = manager.address().clone() else {
+        return Err("expected a Unix socket".into());
+    };
+    let silent: Vec<std::os::unix::net::UnixStream> = (0..80)
+        .map(|_| std::os::unix::net::UnixStream::connect(&path))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    // Let the server accept them all and start their handshakes.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let other = Manager::connect(manager.address().clone(), manager.authkey());
+    let took = started.elapsed();
+    drop(silent);
+    let other = other.map_err(e)?;
+    let d = other.dict_named::<u32>("shared").map_err(e)?;
+    d.set("x", &1).map_err(e)?;
+    check!(
+        took < Duration::from_secs(2),
+        "a client behind 80 silent ones took {took:?}"
+    );
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         (
@@ -351,6 +381,10 @@ fn main() {
         (
             "silent_peers_do_not_block_other_clients",
             silent_peers_do_not_block_other_clients,
+        ),
+        (
+            "handshake_slots_full_of_silent_peers_do_not_lock_clients_out",
+            handshake_slots_full_of_silent_peers_do_not_lock_clients_out,
         ),
     ];
     run(tests);

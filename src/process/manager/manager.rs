@@ -18,6 +18,7 @@ use crate::process::manager_proxy::{
 };
 use crate::process::manager_server::Store;
 use crate::process::{fork_child, pipe, Address, ForkOptions, ForkedChild, Listener};
+use crate::server::{AcceptAction, AcceptBackoff};
 use crate::{Error, Result};
 
 /// How long `Manager::new` waits for the server to report its address.
@@ -260,41 +261,78 @@ fn spawn_server(address: Address, authkey: &[u8]) -> Result<(ForkedChild, Addres
     }
 }
 
-/// Most connections in the authkey handshake at once: past this, the
-/// accept loop waits instead of giving each new connection a thread.
+/// Most connections in the authkey handshake at once: past this, a new
+/// connection ends the oldest handshake instead of getting in line.
 const MAX_HANDSHAKES: usize = 64;
 
-/// How many connections are in their handshake; the accept loop waits
-/// (the kernel's backlog queues the rest) while [`MAX_HANDSHAKES`] are.
+/// The connections in their authkey handshake. A full table ends its
+/// oldest handshake to make room: a client that knows the key answers
+/// within a round trip, so it is never the oldest for long, while peers
+/// that connect and stay silent (or dribble) would otherwise hold every
+/// slot and, reopening as each one timed out, lock everyone out.
 #[derive(Default)]
 struct Handshakes {
-    count: std::sync::Mutex<usize>,
+    table: std::sync::Mutex<HandshakeTable>,
     left: std::sync::Condvar,
 }
 
+#[derive(Default)]
+struct HandshakeTable {
+    /// Handshakes whose thread is still running (ended ones included).
+    running: usize,
+    next: u64,
+    /// A copy of each running handshake's socket that can still be ended,
+    /// oldest first.
+    sockets: std::collections::BTreeMap<u64, std::os::fd::OwnedFd>,
+}
+
 impl Handshakes {
-    /// Waits until fewer than [`MAX_HANDSHAKES`] are in progress.
-    fn wait_for_room(&self) {
-        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
-        while *n >= MAX_HANDSHAKES {
-            n = self.left.wait(n).unwrap_or_else(|p| p.into_inner());
+    fn table(&self) -> std::sync::MutexGuard<'_, HandshakeTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until fewer than [`MAX_HANDSHAKES`] run, ending the oldest
+    /// ones (`shutdown`: their thread sees end-of-file at once) while the
+    /// table is full.
+    fn make_room(&self) {
+        let mut t = self.table();
+        while t.running >= MAX_HANDSHAKES {
+            if let Some((_, fd)) = t.sockets.pop_first() {
+                tracing::debug!("manager: handshakes full, ending the oldest");
+                let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+                continue;
+            }
+            // All ended already: wait for their threads to notice.
+            t = self.left.wait(t).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
 
 /// Counts a connection in its handshake for as long as it lives.
-struct Handshaking(Arc<Handshakes>);
+struct Handshaking(Arc<Handshakes>, u64);
 
 impl Handshaking {
-    fn new(all: &Arc<Handshakes>) -> Handshaking {
-        *all.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        Handshaking(all.clone())
+    fn new(all: &Arc<Handshakes>, conn: &crate::process::Connection) -> Handshaking {
+        // Without a copy (out of descriptors) the handshake still runs,
+        // bounded by its timeout; it just cannot be ended early.
+        let copy = conn.fileno().and_then(|fd| fd.try_clone_to_owned().ok());
+        let mut t = all.table();
+        let id = t.next;
+        t.next += 1;
+        t.running += 1;
+        if let Some(copy) = copy {
+            t.sockets.insert(id, copy);
+        }
+        Handshaking(all.clone(), id)
     }
 }
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        *self.0.count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        let mut t = self.0.table();
+        t.running -= 1;
+        t.sockets.remove(&self.1);
+        drop(t);
         self.0.left.notify_one();
     }
 }
@@ -302,17 +340,22 @@ impl Drop for Handshaking {
 /// The server process's accept loop: one thread per client connection,
 /// which first runs the authkey handshake there, so a client that
 /// connects and stays silent makes no other client wait behind that one.
-/// At most [`MAX_HANDSHAKES`] run at once; beyond that the loop stops
-/// accepting until one ends (connections wait in the kernel's backlog).
+/// At most [`MAX_HANDSHAKES`] run at once; a connection past that ends
+/// the oldest handshake. Accept errors follow the crate's one policy
+/// ([`AcceptBackoff`]): skip a failed connection, back off (logging once
+/// per run of failures) when out of descriptors, stop if the listening
+/// socket is broken.
 fn serve_forever(listener: &Listener) -> i32 {
     let store = Arc::new(Store::default());
     let auth = listener.authenticator();
     let handshakes = Arc::new(Handshakes::default());
+    let mut backoff = AcceptBackoff::default();
     loop {
-        handshakes.wait_for_room();
+        handshakes.make_room();
         match listener.accept_unauthenticated() {
             Ok(mut conn) => {
-                let counted = Handshaking::new(&handshakes);
+                backoff.on_success();
+                let counted = Handshaking::new(&handshakes, &conn);
                 let store = store.clone();
                 let auth = auth.clone();
                 let spawned = std::thread::Builder::new()
@@ -331,10 +374,17 @@ fn serve_forever(listener: &Listener) -> i32 {
                     tracing::error!(error = %e, "manager: cannot start a connection thread");
                 }
             }
+            Err(Error::Io(e)) => match backoff.on_error(&e) {
+                AcceptAction::Retry => {}
+                AcceptAction::Backoff(d) => std::thread::sleep(d),
+                AcceptAction::Fatal => {
+                    tracing::error!(error = %e, "manager: the listening socket failed");
+                    return 1;
+                }
+            },
             Err(e) => {
-                tracing::warn!(error = %e, "manager: accept failed");
-                // EMFILE and friends: back off instead of spinning.
-                std::thread::sleep(Duration::from_millis(10));
+                tracing::error!(error = %e, "manager: accept failed");
+                return 1;
             }
         }
     }
