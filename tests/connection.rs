@@ -16,6 +16,59 @@ struct Job {
     reply: Option<(i32, bool)>,
 }
 
+/// The largest single allocation (or reallocation) the current thread
+/// asked for since [`largest_allocation_reset`]: libtest runs tests on
+/// several threads, so the count is per thread.
+mod alloc_watch {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static LARGEST: Cell<usize> = const { Cell::new(0) };
+    }
+
+    struct Watch;
+
+    fn note(size: usize) {
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    }
+
+    // SAFETY: every call is forwarded unchanged to the system allocator;
+    // the thread-local is const-initialised and never allocates.
+    unsafe impl GlobalAlloc for Watch {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            // SAFETY: forwarded with the caller's layout.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            note(layout.size());
+            // SAFETY: forwarded with the caller's layout.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System` with this layout.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            note(new_size);
+            // SAFETY: `ptr` came from `System` with this layout.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static WATCH: Watch = Watch;
+
+    pub fn reset() {
+        LARGEST.with(|l| l.set(0));
+    }
+
+    pub fn largest() -> usize {
+        LARGEST.with(Cell::get)
+    }
+}
+
 fn raw_pair() -> (Connection, UnixStream) {
     let (a, b) = UnixStream::pair().expect("socketpair");
     (Connection::from_socket(a.into()), b)
@@ -127,6 +180,45 @@ fn oversize_frame_rejected_before_allocating() {
     }
     // The stream is out of step now; it refuses to go on.
     assert!(matches!(conn.recv_bytes(), Err(Error::Closed)));
+}
+
+/// A peer that declares a large frame (within the maximum) and sends
+/// only a few bytes of it makes the receiver hold memory for what
+/// arrived, not for what it declared: four bytes must not buy 32 MiB.
+#[test]
+fn declared_length_alone_does_not_allocate_the_frame() {
+    const DECLARED: usize = DEFAULT_MAX_MESSAGE_SIZE - 1;
+    for into in [false, true] {
+        let (mut conn, mut raw) = raw_pair();
+        raw.write_all(&(DECLARED as u32).to_be_bytes()).unwrap();
+        raw.write_all(&[7u8; 100]).unwrap();
+        let writer = std::thread::spawn(move || {
+            // Arrives after the receiver has started on the frame.
+            std::thread::sleep(Duration::from_millis(50));
+            raw.write_all(&[8u8; 200_000]).unwrap();
+            drop(raw);
+        });
+        alloc_watch::reset();
+        let mut buf = Vec::new();
+        let got = if into {
+            conn.recv_bytes_into(&mut buf).map(|_| ())
+        } else {
+            conn.recv_bytes().map(|_| ())
+        };
+        let largest = alloc_watch::largest();
+        writer.join().unwrap();
+        match got {
+            Err(Error::TruncatedFrame {
+                expected: DECLARED,
+                got: 200_100,
+            }) => {}
+            other => panic!("into: {into}: expected TruncatedFrame, got {other:?}"),
+        }
+        assert!(
+            largest <= 1 << 20,
+            "into: {into}: 200,100 bytes of a declared {DECLARED} took an allocation of {largest}"
+        );
+    }
 }
 
 #[test]

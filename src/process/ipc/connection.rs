@@ -601,10 +601,16 @@ impl Connection {
 
     /// Reads a `len`-byte payload into `out` (whose old contents are
     /// overwritten, not zeroed first: a reused buffer costs no `memset`).
+    ///
+    /// A buffer too small for `len` grows with the bytes that arrive
+    /// (doubling, from [`READ_BUF`]), not to the length the header
+    /// declares: a peer that sends a header for 32 MiB and then a few
+    /// bytes, or nothing, holds 64 KiB of ours, not 32 MiB.
     fn read_payload(&mut self, len: usize, out: &mut Vec<u8>) -> Result<()> {
         let buffered = (self.end - self.start).min(len);
         if out.len() < len {
-            out.resize(len, 0);
+            let first = len.min(buffered.max(out.len()).max(READ_BUF));
+            out.resize(first, 0);
         } else {
             out.truncate(len);
         }
@@ -612,6 +618,9 @@ impl Connection {
         self.start += buffered;
         let mut got = buffered;
         while got < len {
+            if got == out.len() {
+                out.resize(len.min(got.saturating_mul(2)), 0);
+            }
             self.await_deadline()?;
             let fd = self.fd.as_ref().ok_or(Error::Closed)?;
             match nix::unistd::read(fd, &mut out[got..]) {
