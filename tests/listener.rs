@@ -190,3 +190,42 @@ fn dribbling_peer_cannot_stretch_the_handshake() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     dribbler.join().unwrap();
 }
+
+/// `connect_with_timeout` bounds connecting to a Unix socket too: when
+/// the listener's backlog is full (its owner busy, or peers flooding it),
+/// a Unix `connect` otherwise blocks until the listener accepts, however
+/// long that takes.
+#[test]
+fn unix_connect_to_a_full_backlog_times_out() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.sock");
+    // Never accepts.
+    let listener = Listener::bind(Address::Unix(path.clone()), Some(b"key")).unwrap();
+    let target = SockAddr::unix(&path).unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..10_000 {
+        let s = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        match s.connect(&target) {
+            Ok(()) => queued.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the backlog: {e}"),
+        }
+    }
+    assert!(queued.len() < 10_000, "the backlog never filled");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = Address::Unix(path);
+    thread::spawn(move || {
+        let t = Instant::now();
+        let result = Client::connect_with_timeout(&addr, Some(b"key"), Duration::from_millis(200));
+        let _ = tx.send((result.map(|_| ()), t.elapsed()));
+    });
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok((Err(Error::Timeout(_)), took)) => assert!(took < Duration::from_secs(2), "{took:?}"),
+        Ok(other) => panic!("expected Timeout, got {other:?}"),
+        Err(_) => panic!("connect to a full backlog still blocked after 5 s"),
+    }
+    drop(queued);
+    drop(listener);
+}

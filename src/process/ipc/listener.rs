@@ -23,7 +23,7 @@
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -251,17 +251,21 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::AuthenticationFailed`] if the keys differ (or the listener
-    /// expects none); [`Error::Timeout`] if the listener stays silent;
+    /// expects none); [`Error::Timeout`] if the listener stays silent, or
+    /// connecting takes longer than 5 s (a full backlog);
     /// [`Error::Io`] if connecting fails.
     pub fn connect(address: &Address, authkey: Option<&[u8]>) -> Result<Connection> {
         Self::connect_with_timeout(address, authkey, DEFAULT_HANDSHAKE_TIMEOUT)
     }
 
     /// [`connect`](Self::connect) with an explicit bound on connecting and
-    /// on each handshake step.
+    /// on each handshake step. Connecting is bounded for a Unix socket
+    /// too, whose `connect` would otherwise wait for as long as the
+    /// listener's backlog stays full.
     ///
     /// # Errors
-    /// As [`connect`](Self::connect).
+    /// As [`connect`](Self::connect); [`Error::Timeout`] also when
+    /// connecting takes longer than `timeout`.
     pub fn connect_with_timeout(
         address: &Address,
         authkey: Option<&[u8]>,
@@ -269,13 +273,19 @@ impl Client {
     ) -> Result<Connection> {
         let authkey = check_key(authkey)?;
         let timeout = timeout.max(Duration::from_millis(1));
+        let timed_out = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                Error::Timeout(timeout)
+            }
+            _ => Error::Io(e),
+        };
         let fd: OwnedFd = match address {
             Address::Tcp(a) => {
-                let s = TcpStream::connect_timeout(a, timeout)?;
+                let s = TcpStream::connect_timeout(a, timeout).map_err(timed_out)?;
                 s.set_nodelay(true)?;
                 s.into()
             }
-            Address::Unix(p) => UnixStream::connect(p)?.into(),
+            Address::Unix(p) => connect_unix(p, timeout).map_err(timed_out)?,
         };
         let mut conn = Connection::from_socket(fd);
         if let Some(key) = &authkey {
@@ -286,6 +296,20 @@ impl Client {
         }
         Ok(conn)
     }
+}
+
+/// Connects to a Unix socket within `timeout`. A Unix `connect` to a
+/// listener whose backlog is full waits until the listener accepts, with
+/// no limit but the socket's send timeout (then `EAGAIN`): so set one
+/// for the connect, and lift it again.
+fn connect_unix(path: &Path, timeout: Duration) -> std::io::Result<OwnedFd> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    // socket2 creates it close-on-exec.
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.set_write_timeout(Some(timeout))?;
+    socket.connect(&SockAddr::unix(path)?)?;
+    socket.set_write_timeout(None)?;
+    Ok(socket.into())
 }
 
 fn check_key(key: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
