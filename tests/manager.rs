@@ -352,6 +352,50 @@ fn handshake_slots_full_of_silent_peers_do_not_lock_clients_out() -> TestResult 
     Ok(())
 }
 
+/// A manager on a Unix socket path the program chose leaves no socket
+/// file behind, whether its owner stops it (drop, `shutdown`) or a
+/// client asks it to shut down: a stale file makes the next manager on
+/// that path fail with "address in use".
+fn manager_on_a_chosen_unix_path_removes_it() -> TestResult {
+    let dir = tempfile::tempdir().map_err(e)?;
+    let path = dir.path().join("chosen.sock");
+    // Stopped by its owner.
+    let manager = Manager::builder()
+        .address(path.clone())
+        .start()
+        .map_err(e)?;
+    check!(path.exists());
+    manager.dict::<u32>().map_err(e)?.set("a", &1).map_err(e)?;
+    drop(manager);
+    check!(!path.exists(), "drop left {} behind", path.display());
+    // Stopped by a client: the owner finds it gone.
+    let mut manager = Manager::builder()
+        .address(path.clone())
+        .start()
+        .map_err(e)?;
+    let pid = manager.server_pid().ok_or("no server pid")?;
+    let mut client = Manager::connect(path.clone(), manager.authkey()).map_err(e)?;
+    client.shutdown().map_err(e)?;
+    check!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "server {pid} still runs"
+    );
+    check!(
+        !path.exists(),
+        "a client's shutdown left {} behind",
+        path.display()
+    );
+    manager.shutdown().map_err(e)?;
+    // The path is free again.
+    let again = Manager::builder()
+        .address(path.clone())
+        .start()
+        .map_err(e)?;
+    drop(again);
+    check!(!path.exists());
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         (
@@ -385,6 +429,10 @@ fn main() {
         (
             "handshake_slots_full_of_silent_peers_do_not_lock_clients_out",
             handshake_slots_full_of_silent_peers_do_not_lock_clients_out,
+        ),
+        (
+            "manager_on_a_chosen_unix_path_removes_it",
+            manager_on_a_chosen_unix_path_removes_it,
         ),
     ];
     run(tests);

@@ -63,7 +63,10 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// (SIGKILL included; see [`ForkOptions::daemon`](crate::process::ForkOptions::daemon)),
 /// whichever thread started it, and stopped
 /// (SIGTERM, then SIGKILL) when the owning `Manager` is dropped or
-/// [`shutdown`](Self::shutdown) is called. It holds only the descriptors
+/// [`shutdown`](Self::shutdown) is called. Its Unix socket file goes
+/// with it (the owner removes it, if it is still the file the server
+/// bound; a server that a client shut down removes it itself), so the
+/// path can be used again. It holds only the descriptors
 /// it needs: right after the fork it closes every other one it inherited
 /// (a listener or pipe of the program's stays closable), and it runs each
 /// client's authkey handshake on that client's own thread, so a silent
@@ -75,6 +78,38 @@ pub struct Manager {
     server: Option<ForkedChild>,
     /// Private directory of the default Unix socket, removed on shutdown.
     socket_dir: Option<PathBuf>,
+    /// The Unix socket file our server bound at a path the caller chose,
+    /// with its identity, removed on shutdown if it is still that file.
+    socket_file: Option<SocketFile>,
+}
+
+/// A socket file, and what tells it apart from one bound there later.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn of(path: &std::path::Path) -> Option<SocketFile> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path).ok()?;
+        Some(SocketFile {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Removes the file if it is still the one recorded: a server killed
+    /// by a signal (the owner's SIGTERM, SIGKILL) cannot remove it itself.
+    fn remove(self) {
+        if SocketFile::of(&self.path).is_some_and(|now| (now.dev, now.ino) == (self.dev, self.ino))
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl fmt::Debug for Manager {
@@ -163,10 +198,15 @@ impl ManagerBuilder {
                 return Err(e);
             }
         };
+        let socket_file = match (&address, &socket_dir) {
+            (Address::Unix(path), None) => SocketFile::of(path),
+            _ => None,
+        };
         Ok(Manager {
             remote: Remote::new(address, authkey),
             server: Some(server),
             socket_dir,
+            socket_file,
         })
     }
 }
@@ -350,6 +390,12 @@ fn serve_forever(listener: &Listener) -> i32 {
     let auth = listener.authenticator();
     let handshakes = Arc::new(Handshakes::default());
     let mut backoff = AcceptBackoff::default();
+    // Leaving through `exit` on another thread skips the listener's drop,
+    // which removes a Unix socket's file: remove it before leaving.
+    let socket_path = match listener.address() {
+        Ok(Address::Unix(path)) => Some(Arc::new(path)),
+        _ => None,
+    };
     loop {
         handshakes.make_room();
         match listener.accept_unauthenticated() {
@@ -358,6 +404,7 @@ fn serve_forever(listener: &Listener) -> i32 {
                 let counted = Handshaking::new(&handshakes, &conn);
                 let store = store.clone();
                 let auth = auth.clone();
+                let socket_path = socket_path.clone();
                 let spawned = std::thread::Builder::new()
                     .name("manager-conn".into())
                     .spawn(move || {
@@ -367,6 +414,9 @@ fn serve_forever(listener: &Listener) -> i32 {
                         // silent: refuse it (close the connection).
                         if ok.is_ok() && store.serve(conn) {
                             // A client asked for shutdown.
+                            if let Some(path) = socket_path {
+                                let _ = std::fs::remove_file(&*path);
+                            }
                             crate::process::exit(0);
                         }
                     });
@@ -419,6 +469,7 @@ impl Manager {
             remote,
             server: None,
             socket_dir: None,
+            socket_file: None,
         })
     }
 
@@ -553,6 +604,7 @@ impl Manager {
             Some(child) if !child.is_owner() => {
                 std::mem::forget(child);
                 self.socket_dir = None;
+                self.socket_file = None;
                 return Ok(());
             }
             Some(mut child) => {
@@ -568,6 +620,9 @@ impl Manager {
         }
         if let Some(dir) = self.socket_dir.take() {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(file) = self.socket_file.take() {
+            file.remove();
         }
         Ok(())
     }
