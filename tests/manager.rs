@@ -396,6 +396,52 @@ fn manager_on_a_chosen_unix_path_removes_it() -> TestResult {
     Ok(())
 }
 
+/// A reply that would exceed the frame limit (32 MiB) is a clear error
+/// for the call that asked for it, not a closed connection: the client
+/// used to see `Eof`, and the server released every lock that
+/// connection held, behind its holder's back.
+fn reply_over_the_frame_limit_is_an_error_not_a_lost_connection() -> TestResult {
+    let manager = Manager::new().map_err(e)?;
+    let lock = manager.lock().map_err(e)?;
+    let list = manager.list::<String>().map_err(e)?;
+    let big = "x".repeat(12 << 20);
+    for _ in 0..3 {
+        list.append(&big).map_err(e)?;
+    }
+    // One connection only (a single thread reuses its idle one): it
+    // holds the lock while asking for the 36 MiB reply.
+    check!(lock.acquire_timeout(Duration::ZERO).map_err(e)?);
+    match list.to_vec() {
+        Err(Error::InvalidArgument(msg)) => check!(msg.contains("limit"), "{msg}"),
+        other => {
+            return Err(format!(
+                "expected InvalidArgument, got {:?}",
+                other.map(|v| v.len())
+            ))
+        }
+    }
+    // Still connected, and still holding the lock.
+    check!(list.len().map_err(e)? == 3);
+    let mut p = Process::new({
+        let lock = lock.clone();
+        move || {
+            let got = lock
+                .acquire_timeout(Duration::from_millis(100))
+                .unwrap_or(true);
+            if got {
+                socketserver::process::exit(1);
+            }
+        }
+    });
+    p.start().map_err(e)?;
+    check!(
+        p.join().map_err(e)? == 0,
+        "another process took the lock we hold"
+    );
+    lock.release().map_err(e)?;
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         (
@@ -433,6 +479,10 @@ fn main() {
         (
             "manager_on_a_chosen_unix_path_removes_it",
             manager_on_a_chosen_unix_path_removes_it,
+        ),
+        (
+            "reply_over_the_frame_limit_is_an_error_not_a_lost_connection",
+            reply_over_the_frame_limit_is_an_error_not_a_lost_connection,
         ),
     ];
     run(tests);

@@ -67,7 +67,7 @@ impl Store {
                     false,
                 ),
             };
-            let bytes = match serde_json::to_vec(&response) {
+            let bytes = match encode(&response, conn.max_message_size()) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "manager: cannot encode a response");
@@ -236,6 +236,24 @@ impl Store {
             }
         }
     }
+}
+
+/// Encodes a response; one too large for a frame becomes an error
+/// response for that call. (Sending it would fail, and closing the
+/// connection instead would leave the client with a bare end-of-file and
+/// release the locks it holds through this connection.)
+fn encode(response: &Response, max: usize) -> serde_json::Result<Vec<u8>> {
+    let bytes = serde_json::to_vec(response)?;
+    if bytes.len() <= max {
+        return Ok(bytes);
+    }
+    serde_json::to_vec(&Response::err(
+        Failure::Invalid,
+        format!(
+            "the reply is {} bytes, over the {max}-byte message limit",
+            bytes.len()
+        ),
+    ))
 }
 
 fn kind_of(obj: &Obj) -> Kind {
