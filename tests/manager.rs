@@ -442,6 +442,39 @@ fn reply_over_the_frame_limit_is_an_error_not_a_lost_connection() -> TestResult 
     Ok(())
 }
 
+/// A call whose request is over the frame limit fails with
+/// `MessageTooLarge` before anything is sent, and the connection stays:
+/// dropping it made the server release the locks held through it.
+fn request_over_the_frame_limit_keeps_the_connection_and_its_locks() -> TestResult {
+    let manager = Manager::new().map_err(e)?;
+    let lock = manager.lock().map_err(e)?;
+    let list = manager.list::<String>().map_err(e)?;
+    check!(lock.acquire_timeout(Duration::ZERO).map_err(e)?);
+    match list.append(&"x".repeat(33 << 20)) {
+        Err(Error::MessageTooLarge { .. }) => {}
+        other => return Err(format!("expected MessageTooLarge, got {other:?}")),
+    }
+    check!(list.len().map_err(e)? == 0);
+    let mut p = Process::new({
+        let lock = lock.clone();
+        move || {
+            if lock
+                .acquire_timeout(Duration::from_millis(100))
+                .unwrap_or(true)
+            {
+                socketserver::process::exit(1);
+            }
+        }
+    });
+    p.start().map_err(e)?;
+    check!(
+        p.join().map_err(e)? == 0,
+        "another process took the lock we hold"
+    );
+    lock.release().map_err(e)?;
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         (
@@ -483,6 +516,10 @@ fn main() {
         (
             "reply_over_the_frame_limit_is_an_error_not_a_lost_connection",
             reply_over_the_frame_limit_is_an_error_not_a_lost_connection,
+        ),
+        (
+            "request_over_the_frame_limit_keeps_the_connection_and_its_locks",
+            request_over_the_frame_limit_keeps_the_connection_and_its_locks,
         ),
     ];
     run(tests);

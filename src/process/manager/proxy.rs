@@ -98,21 +98,33 @@ impl Remote {
         self.connect()
     }
 
-    pub(crate) fn request(&self, req: &Request) -> Result<Response> {
-        let mut conn = self.checkout()?;
-        let bytes = serde_json::to_vec(req).map_err(|e| Error::Codec(e.to_string()))?;
-        conn.send_bytes(&bytes)?;
-        // The server answers a simple call within microseconds: wait for
-        // it actively first (see `Connection::poll_spin`).
-        conn.poll_spin(CLIENT_SPIN)?;
-        let reply = conn.recv_bytes()?;
-        let response: Response =
-            serde_json::from_slice(&reply).map_err(|e| Error::Codec(e.to_string()))?;
+    fn checkin(&self, conn: Connection) {
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn);
-        Ok(response)
+    }
+
+    /// One request, one response. A connection is dropped only when it
+    /// failed: the server releases the locks held through a connection
+    /// that closes, so one still in step (a request refused before it was
+    /// sent, a reply that does not decode) goes back to the idle set.
+    pub(crate) fn request(&self, req: &Request) -> Result<Response> {
+        let bytes = serde_json::to_vec(req).map_err(|e| Error::Codec(e.to_string()))?;
+        let mut conn = self.checkout()?;
+        if let Err(e) = conn.send_bytes(&bytes) {
+            if matches!(e, Error::MessageTooLarge { .. }) {
+                // Refused before a byte was written.
+                self.checkin(conn);
+            }
+            return Err(e);
+        }
+        // The server answers a simple call within microseconds: wait for
+        // it actively first (see `Connection::poll_spin`).
+        conn.poll_spin(CLIENT_SPIN)?;
+        let reply = conn.recv_bytes()?;
+        self.checkin(conn);
+        serde_json::from_slice(&reply).map_err(|e| Error::Codec(e.to_string()))
     }
 
     fn call(&self, id: u64, op: Op) -> Result<Value> {
