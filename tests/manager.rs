@@ -475,6 +475,42 @@ fn request_over_the_frame_limit_keeps_the_connection_and_its_locks() -> TestResu
     Ok(())
 }
 
+/// A consumer that dies while blocked in `QueueProxy::get` does not take
+/// the next item with it: its server thread used to wake for that item,
+/// take it from the queue and fail to send it to nobody.
+fn a_dead_waiter_takes_no_item() -> TestResult {
+    let manager = Manager::new().map_err(e)?;
+    let q = manager.queue::<u32>(0).map_err(e)?;
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        let q = q.clone();
+        let mut p = Process::new(move || {
+            let _ = q.get();
+            socketserver::process::exit(3);
+        });
+        p.start().map_err(e)?;
+        consumers.push(p);
+    }
+    // Both are blocked in `get` on the server by now.
+    std::thread::sleep(Duration::from_millis(300));
+    for p in &mut consumers {
+        p.kill().map_err(e)?;
+    }
+    for mut p in consumers {
+        check!(p.join().map_err(e)? == -(Signal::SIGKILL as i32));
+    }
+    for i in 0..2 {
+        q.put(&i).map_err(e)?;
+    }
+    for i in 0..2 {
+        match q.get_timeout(Duration::from_secs(2)) {
+            Ok(v) => check!(v == i, "got {v}, expected {i}"),
+            Err(err) => return Err(format!("item {i} lost to a dead consumer: {err:?}")),
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         (
@@ -521,6 +557,7 @@ fn main() {
             "request_over_the_frame_limit_keeps_the_connection_and_its_locks",
             request_over_the_frame_limit_keeps_the_connection_and_its_locks,
         ),
+        ("a_dead_waiter_takes_no_item", a_dead_waiter_takes_no_item),
     ];
     run(tests);
 }

@@ -61,7 +61,7 @@ impl Store {
             };
             let (response, stop) = match serde_json::from_slice::<Request>(&frame) {
                 Ok(Request::Shutdown) => (Response::Ok(Value::Null), true),
-                Ok(req) => (self.handle(me, req), false),
+                Ok(req) => (self.handle(me, &conn, req), false),
                 Err(e) => (
                     Response::err(Failure::Invalid, format!("bad request: {e}")),
                     false,
@@ -103,10 +103,10 @@ impl Store {
         }
     }
 
-    fn handle(&self, conn: u64, req: Request) -> Response {
+    fn handle(&self, conn: u64, peer: &Connection, req: Request) -> Response {
         match req {
             Request::Create { kind, name, init } => self.create(kind, name, init),
-            Request::Call { id, op } => self.call(conn, id, op),
+            Request::Call { id, op } => self.call(conn, peer, id, op),
             Request::Shutdown => Response::Ok(Value::Null),
         }
     }
@@ -138,7 +138,11 @@ impl Store {
         Response::Created(id)
     }
 
-    fn call(&self, conn: u64, id: u64, op: Op) -> Response {
+    /// Runs one operation for connection `conn`. The blocking ones wait
+    /// while `peer`, the client, is still there: one that went away (a
+    /// process killed in `QueueProxy::get`) must not take the next item
+    /// or the lock on its way out, since nobody would receive them.
+    fn call(&self, conn: u64, peer: &Connection, id: u64, op: Op) -> Response {
         let deadline = |ms: Option<u64>| ms.map(|m| Instant::now() + Duration::from_millis(m));
         let mut t = self.lock();
         match op {
@@ -159,6 +163,9 @@ impl Store {
                         Some(g) => t = g,
                         None => return Response::Ok(Value::Bool(false)),
                     }
+                    if peer_gone(peer) {
+                        return gone();
+                    }
                 }
             }
             Op::Take { timeout_ms } => {
@@ -177,6 +184,9 @@ impl Store {
                     match self.wait(t, deadline) {
                         Some(g) => t = g,
                         None => return Response::err(Failure::Empty, "queue is empty"),
+                    }
+                    if peer_gone(peer) {
+                        return gone();
                     }
                 }
             }
@@ -198,6 +208,9 @@ impl Store {
                         Some(g) => t = g,
                         None => return Response::err(Failure::Full, "queue is full"),
                     }
+                    if peer_gone(peer) {
+                        return gone();
+                    }
                 }
             }
             op => {
@@ -213,28 +226,27 @@ impl Store {
         }
     }
 
-    /// Waits for a change until `deadline` (`None` = forever); `None` when
-    /// the deadline passed.
+    /// Waits for a change until `deadline` (`None` = forever), or at most
+    /// [`PEER_CHECK`] (so the caller looks again whether its client is
+    /// still there); `None` when the deadline passed.
     fn wait<'a>(
         &'a self,
         guard: MutexGuard<'a, Table>,
         deadline: Option<Instant>,
     ) -> Option<MutexGuard<'a, Table>> {
-        match deadline {
-            None => Some(self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())),
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return None;
-                }
-                Some(
-                    self.changed
-                        .wait_timeout(guard, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0,
-                )
-            }
+        let left = match deadline {
+            None => PEER_CHECK,
+            Some(d) => d.saturating_duration_since(Instant::now()),
+        };
+        if left.is_zero() {
+            return None;
         }
+        Some(
+            self.changed
+                .wait_timeout(guard, left.min(PEER_CHECK))
+                .unwrap_or_else(|p| p.into_inner())
+                .0,
+        )
     }
 }
 
@@ -254,6 +266,38 @@ fn encode(response: &Response, max: usize) -> serde_json::Result<Vec<u8>> {
             bytes.len()
         ),
     ))
+}
+
+/// How often a blocked operation looks whether its client went away when
+/// nothing changes (a change wakes it at once): bounds how long the
+/// thread of a dead client lingers.
+const PEER_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether the client closed its end (or it failed). A client sends
+/// nothing while it waits for a reply, so this only sees its going away.
+fn peer_gone(peer: &Connection) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let Some(fd) = peer.fileno() else {
+        return true;
+    };
+    let mut byte = [0u8; 1];
+    match recv(
+        fd.as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        // End of file: the client closed its end.
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+        // A reset, or the socket failed: nobody to answer.
+        Err(_) => true,
+    }
+}
+
+fn gone() -> Response {
+    Response::err(Failure::Invalid, "the client went away")
 }
 
 fn kind_of(obj: &Obj) -> Kind {
