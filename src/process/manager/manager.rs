@@ -377,6 +377,37 @@ impl Drop for Handshaking {
     }
 }
 
+/// Logs failures to start a connection thread once a minute, with a
+/// count, rather than once per connection (each such connection is
+/// closed at once, so a flood of them would flood the log).
+#[derive(Default)]
+struct SpawnErrors {
+    last: Option<std::time::Instant>,
+    since: u64,
+}
+
+impl SpawnErrors {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn log(&mut self, e: &std::io::Error) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
+        {
+            self.since += 1;
+            return;
+        }
+        tracing::error!(
+            error = %e,
+            repeats = self.since,
+            "manager: cannot start a connection thread (connection closed)"
+        );
+        self.last = Some(now);
+        self.since = 0;
+    }
+}
+
 /// The server process's accept loop: one thread per client connection,
 /// which first runs the authkey handshake there, so a client that
 /// connects and stays silent makes no other client wait behind that one.
@@ -390,6 +421,8 @@ fn serve_forever(listener: &Listener) -> i32 {
     let auth = listener.authenticator();
     let handshakes = Arc::new(Handshakes::default());
     let mut backoff = AcceptBackoff::default();
+    // Out of threads, every connection would log: one line a minute.
+    let mut spawn_errors = SpawnErrors::default();
     // Leaving through `exit` on another thread skips the listener's drop,
     // which removes a Unix socket's file: remove it before leaving.
     let socket_path = match listener.address() {
@@ -421,7 +454,7 @@ fn serve_forever(listener: &Listener) -> i32 {
                         }
                     });
                 if let Err(e) = spawned {
-                    tracing::error!(error = %e, "manager: cannot start a connection thread");
+                    spawn_errors.log(&e);
                 }
             }
             Err(Error::Io(e)) => match backoff.on_error(&e) {
