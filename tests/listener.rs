@@ -229,3 +229,71 @@ fn unix_connect_to_a_full_backlog_times_out() {
     drop(queued);
     drop(listener);
 }
+
+/// Runs `listener.accept()` `n` times on a thread; the results, in order.
+fn accept_n(
+    listener: Listener,
+    n: usize,
+) -> thread::JoinHandle<(Listener, Vec<Result<(), String>>)> {
+    thread::spawn(move || {
+        let results = (0..n)
+            .map(|_| listener.accept().map(drop).map_err(|e| e.to_string()))
+            .collect();
+        (listener, results)
+    })
+}
+
+/// Wrong authkey answers are limited per client address: after the
+/// limit, the address is refused (even with the right key, so a guesser
+/// cannot tell a right guess) until its window is over. Before, a client
+/// could guess a weak key at the rate of the handshake.
+#[test]
+fn wrong_authkey_attempts_are_limited_per_address() {
+    let mut listener = Listener::bind(tcp(), Some(b"right key")).unwrap();
+    listener.set_failed_attempt_limit(3, Duration::from_millis(1500));
+    let addr = listener.address().unwrap();
+    let server = accept_n(listener, 5);
+    for i in 0..3 {
+        match Client::connect(&addr, Some(b"guess")) {
+            Err(Error::AuthenticationFailed(_)) => {}
+            other => panic!("guess {i}: expected AuthenticationFailed, got {other:?}"),
+        }
+    }
+    let started = Instant::now();
+    match Client::connect(&addr, Some(b"right key")) {
+        Err(Error::AuthenticationFailed(msg)) => assert!(msg.contains("refuses"), "{msg}"),
+        other => panic!("blocked address: expected AuthenticationFailed, got {other:?}"),
+    }
+    // Once the window is over, the right key works again.
+    thread::sleep(Duration::from_millis(1600).saturating_sub(started.elapsed()));
+    let mut conn = Client::connect(&addr, Some(b"right key")).unwrap();
+    conn.send(&1u8).unwrap();
+    let (_listener, results) = server.join().unwrap();
+    assert!(results[..4].iter().all(Result::is_err), "{results:?}");
+    assert!(
+        results[3].as_ref().unwrap_err().contains("too many"),
+        "{results:?}"
+    );
+    assert!(results[4].is_ok(), "{results:?}");
+}
+
+/// The limit counts per address, and only over TCP: a Unix socket's
+/// peers are all local, and not told apart.
+#[test]
+fn unix_listener_does_not_limit_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut listener =
+        Listener::bind(Address::Unix(dir.path().join("l.sock")), Some(b"right key")).unwrap();
+    listener.set_failed_attempt_limit(1, Duration::from_secs(60));
+    let addr = listener.address().unwrap();
+    let server = accept_n(listener, 3);
+    for _ in 0..2 {
+        assert!(matches!(
+            Client::connect(&addr, Some(b"guess")),
+            Err(Error::AuthenticationFailed(_))
+        ));
+    }
+    Client::connect(&addr, Some(b"right key")).unwrap();
+    let (_listener, results) = server.join().unwrap();
+    assert!(results[2].is_ok(), "{results:?}");
+}

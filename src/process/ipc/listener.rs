@@ -12,7 +12,12 @@
 //! 4. then the roles swap: the client challenges the listener.
 //!
 //! A wrong key fails with [`Error::AuthenticationFailed`] on both sides
-//! before any application message is read. Handshake messages are limited
+//! before any application message is read. A TCP listener counts wrong
+//! answers per client address (IPv4 address, IPv6 /64): past 10 within
+//! a minute (see [`Listener::set_failed_attempt_limit`]) it refuses that
+//! address's connections until the minute is over, with `#TOOMANY#`
+//! instead of a challenge, so a weak authkey cannot be guessed at the
+//! rate of the handshake. Handshake messages are limited
 //! to 256 bytes and the handshake's reads to one deadline (default 5 s;
 //! each write has the same timeout), so a silent, slow or garbage-sending
 //! peer cannot hang `accept`.
@@ -20,12 +25,14 @@
 //! Like Python's, this protocol authenticates peers; it does not encrypt
 //! the traffic that follows.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -36,11 +43,19 @@ use crate::{Error, Result};
 const CHALLENGE: &[u8] = b"#CHALLENGE#";
 const WELCOME: &[u8] = b"#WELCOME#";
 const FAILURE: &[u8] = b"#FAILURE#";
+const TOO_MANY: &[u8] = b"#TOOMANY#";
 const NONCE_LEN: usize = 32;
 pub(crate) const HANDSHAKE_MAX: usize = 256;
 
 /// The default limit for each handshake read and write: 5 seconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Wrong answers from one address a listener takes per window by default.
+const DEFAULT_FAILED_ATTEMPTS: u32 = 10;
+/// The default window of the failed-attempt limit.
+const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Most addresses whose failures a listener remembers.
+const FAILURE_TABLE_MAX: usize = 4096;
 
 /// Where a [`Listener`] listens and a [`Client`] connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +121,7 @@ pub struct Listener {
     inner: Inner,
     authkey: Option<Vec<u8>>,
     timeout: Duration,
+    failures: Arc<Failures>,
     /// The process that bound a Unix socket (only it unlinks the path).
     owner: u32,
 }
@@ -128,6 +144,10 @@ impl Listener {
             inner,
             authkey,
             timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            failures: Arc::new(Failures::new(
+                DEFAULT_FAILED_ATTEMPTS,
+                DEFAULT_FAILURE_WINDOW,
+            )),
             owner: std::process::id(),
         })
     }
@@ -149,11 +169,22 @@ impl Listener {
         self.timeout = timeout.max(Duration::from_millis(1));
     }
 
+    /// Limits wrong authkey answers from one client address (an IPv4
+    /// address, an IPv6 /64) over TCP: after `max` of them within
+    /// `window`, that address's connections are refused until the window
+    /// (counted from its first failure) is over, whatever key they show.
+    /// Connections over a Unix socket are not counted. Default is 10 per
+    /// minute.
+    pub fn set_failed_attempt_limit(&mut self, max: u32, window: Duration) {
+        self.failures = Arc::new(Failures::new(max.max(1), window));
+    }
+
     /// Waits for a client and, with an authkey, authenticates it.
     ///
     /// # Errors
     /// [`Error::AuthenticationFailed`] if the client's key is wrong or it
-    /// does not speak the handshake; [`Error::Timeout`] if it stays silent
+    /// does not speak the handshake, or its address made too many wrong
+    /// attempts (see [`set_failed_attempt_limit`](Self::set_failed_attempt_limit)); [`Error::Timeout`] if it stays silent
     /// past the handshake timeout; [`Error::Io`] if `accept` fails. The
     /// listener stays usable after any of these: call `accept` again.
     pub fn accept(&self) -> Result<Connection> {
@@ -184,29 +215,122 @@ impl Listener {
         Authenticator {
             authkey: self.authkey.clone(),
             timeout: self.timeout,
+            failures: self.failures.clone(),
         }
     }
 }
 
-/// The listener's side of the handshake, detached from the listener.
+/// The listener's side of the handshake, detached from the listener
+/// (its clones share the failed-attempt counts).
 #[derive(Clone)]
 pub(crate) struct Authenticator {
     authkey: Option<Vec<u8>>,
     timeout: Duration,
+    failures: Arc<Failures>,
 }
 
 impl Authenticator {
     /// Runs the handshake on an accepted connection (nothing without an
     /// authkey). Errors as [`Listener::accept`].
     pub(crate) fn authenticate(&self, conn: &mut Connection) -> Result<()> {
-        if let Some(key) = &self.authkey {
-            with_timeout(conn, self.timeout, |c| {
-                deliver_challenge(c, key)?;
-                answer_challenge(c, key)
-            })?;
+        let Some(key) = &self.authkey else {
+            return Ok(());
+        };
+        let peer = peer_key(conn);
+        if peer.is_some_and(|p| self.failures.blocked(p)) {
+            // Best effort: tell the peer why before closing.
+            let _ = set_timeouts(conn, Some(self.timeout));
+            let _ = conn.send_bytes(TOO_MANY);
+            return Err(Error::AuthenticationFailed(
+                "too many failed attempts from this address; refused for now".into(),
+            ));
         }
-        Ok(())
+        with_timeout(conn, self.timeout, |c| {
+            if challenge(c, key)? == Verdict::Wrong {
+                // Counted once the answer is read: a guess whose
+                // peer leaves before the verdict counts all the same.
+                if let Some(p) = peer {
+                    self.failures.record(p);
+                }
+                return Err(wrong_digest());
+            }
+            answer_challenge(c, key)
+        })
     }
+}
+
+/// Which addresses answered wrongly, and how often, in their current
+/// window: `(window start, failures)`.
+#[derive(Debug)]
+struct Failures {
+    max: u32,
+    window: Duration,
+    table: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl Failures {
+    fn new(max: u32, window: Duration) -> Failures {
+        Failures {
+            max,
+            window,
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (Instant, u32)>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn blocked(&self, peer: IpAddr) -> bool {
+        let now = Instant::now();
+        self.table()
+            .get(&peer)
+            .is_some_and(|&(start, n)| n >= self.max && now.duration_since(start) < self.window)
+    }
+
+    fn record(&self, peer: IpAddr) {
+        let now = Instant::now();
+        let mut t = self.table();
+        if t.len() >= FAILURE_TABLE_MAX && !t.contains_key(&peer) {
+            t.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+            if t.len() >= FAILURE_TABLE_MAX {
+                // Forget the address with the least against it.
+                if let Some(least) = t.iter().min_by_key(|(_, (_, n))| *n).map(|(a, _)| *a) {
+                    t.remove(&least);
+                }
+            }
+        }
+        let entry = t.entry(peer).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        if entry.1 == self.max {
+            tracing::warn!(
+                peer = %peer,
+                failures = entry.1,
+                "authkey handshake: too many wrong answers from this address; refusing it for {:?}",
+                self.window.saturating_sub(now.duration_since(entry.0))
+            );
+        } else if entry.1 < self.max {
+            tracing::debug!(peer = %peer, "authkey handshake: wrong answer");
+        }
+    }
+}
+
+/// The address a TCP peer's failures count against: its IPv4 address, or
+/// its IPv6 /64 (one host usually has a whole /64); `None` for Unix
+/// sockets.
+fn peer_key(conn: &Connection) -> Option<IpAddr> {
+    let fd = conn.fileno()?;
+    let addr = socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()?;
+    Some(match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    })
 }
 
 impl Drop for Listener {
@@ -372,6 +496,26 @@ fn mac(key: &[u8], message: &[u8]) -> Result<Hmac<Sha256>> {
 
 /// Challenges the peer and checks its answer (constant-time).
 pub(crate) fn deliver_challenge(conn: &mut Connection, key: &[u8]) -> Result<()> {
+    match challenge(conn, key)? {
+        Verdict::Welcome => Ok(()),
+        Verdict::Wrong => Err(wrong_digest()),
+    }
+}
+
+/// What the peer's answer to our challenge was worth.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Welcome,
+    Wrong,
+}
+
+fn wrong_digest() -> Error {
+    Error::AuthenticationFailed("the peer's digest was wrong (different authkey)".into())
+}
+
+/// [`deliver_challenge`], telling a wrong answer apart from a failed
+/// exchange.
+fn challenge(conn: &mut Connection, key: &[u8]) -> Result<Verdict> {
     let mut message = CHALLENGE.to_vec();
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce)
@@ -381,19 +525,22 @@ pub(crate) fn deliver_challenge(conn: &mut Connection, key: &[u8]) -> Result<()>
     let answer = conn.recv_bytes()?;
     if mac(key, &message)?.verify_slice(&answer).is_ok() {
         conn.send_bytes(WELCOME)?;
-        Ok(())
+        Ok(Verdict::Welcome)
     } else {
         // Best effort: tell the peer why before closing.
         let _ = conn.send_bytes(FAILURE);
-        Err(Error::AuthenticationFailed(
-            "the peer's digest was wrong (different authkey)".into(),
-        ))
+        Ok(Verdict::Wrong)
     }
 }
 
 /// Answers the peer's challenge and reads its verdict.
 pub(crate) fn answer_challenge(conn: &mut Connection, key: &[u8]) -> Result<()> {
     let message = conn.recv_bytes()?;
+    if message == TOO_MANY {
+        return Err(Error::AuthenticationFailed(
+            "the listener refuses this address for now (too many failed attempts)".into(),
+        ));
+    }
     if !message.starts_with(CHALLENGE) || message.len() < CHALLENGE.len() + NONCE_LEN {
         return Err(Error::AuthenticationFailed(
             "the peer did not send a valid challenge".into(),
