@@ -13,7 +13,10 @@
 //!   one response, which decodes as a `Response`; it stops after
 //!   `Shutdown` (and reports it), at end of input, or at a frame over the
 //!   maximum message size, never otherwise;
-//! - no panic, no unbounded wait, memory within libFuzzer's limits.
+//! - memory: serving holds at most two read buffers, 64 bytes per input
+//!   byte and a small constant, whatever length a frame declares (up to
+//!   the 32 MiB maximum): a forged length buys nothing;
+//! - no panic, no unbounded wait.
 #![no_main]
 
 use std::io::Write;
@@ -24,15 +27,17 @@ use libfuzzer_sys::fuzz_target;
 use socketserver::fuzzing::{
     manager_decode_response, manager_request_kind, ManagerStore, RequestKind,
 };
-use socketserver::process::Connection;
+use socketserver::process::{Connection, DEFAULT_MAX_MESSAGE_SIZE};
 use socketserver::Error;
-use socketserver_fuzz::Counting;
+use socketserver_fuzz::{peak_since, start_measuring, Counting};
 
-/// The maximum message size of the served connection: the manager's is the
-/// 32 MiB default, and a forged length up to it makes the server reserve
-/// (and zero) that much, which is allowed but would slow the fuzzer a
-/// hundredfold. The code paths are the same at 64 KiB.
-const MAX_MESSAGE: usize = 64 * 1024;
+/// The maximum message size of the served connection: the manager's, the
+/// 32 MiB default. A forged length up to it costs the server only what
+/// arrives of that frame.
+const MAX_MESSAGE: usize = DEFAULT_MAX_MESSAGE_SIZE;
+
+/// The connection's read buffer (`READ_BUF` in connection.rs).
+const READ_BUF: usize = 64 * 1024;
 
 /// Longest input: the server's responses to it must fit in the socket
 /// buffer, since they are read after the server is done. At most 18
@@ -85,10 +90,20 @@ fuzz_target!(|data: &[u8]| {
     let (ours, mut client) = UnixStream::pair().unwrap();
     client.write_all(&stream).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
+    let base = start_measuring();
     let store = ManagerStore::new();
     let mut conn = Connection::from_socket(ours.into());
     conn.set_max_message_size(MAX_MESSAGE);
     let stopped = store.serve(conn);
+    drop(store);
+    let peak = peak_since(base);
+    // The connection's read buffer, one frame's buffer (64 KiB until more
+    // arrives), the store and the responses.
+    let allowed = 2 * READ_BUF + 64 * data.len() + 64 * 1024;
+    assert!(
+        peak <= allowed,
+        "{peak} bytes live while serving (allowed {allowed})"
+    );
     // The server dropped its end: read every response, as a proxy would.
     let mut responses = Connection::from_socket(client.into());
     let mut answered = 0usize;
