@@ -511,6 +511,67 @@ fn a_dead_waiter_takes_no_item() -> TestResult {
     Ok(())
 }
 
+/// Peers that misbehave in every way the handshake allows (silent,
+/// evicted past the 64 slots, wrong key, garbage, closing half-way)
+/// leave the manager holding no more descriptors or threads than
+/// before, and it serves the next client.
+fn misbehaving_peers_leak_no_descriptors_or_threads() -> TestResult {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let manager = Manager::new().map_err(e)?;
+    let server = manager.server_pid().ok_or("no server pid")?;
+    let Address::Unix(path) = manager.address().clone() else {
+        return Err("expected a Unix socket".into());
+    };
+    let d = manager.dict::<u32>().map_err(e)?;
+    d.set("k", &1).map_err(e)?;
+    let threads =
+        |pid: i32| std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    let (fds_before, threads_before) = (forktest::fd_count(server), threads(server));
+    // 100 silent ones (the first 36 are ended to make room), then closed.
+    let silent: Vec<UnixStream> = (0..100)
+        .map(|_| UnixStream::connect(&path))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    std::thread::sleep(Duration::from_millis(300));
+    drop(silent);
+    for i in 0..20u32 {
+        match i % 3 {
+            0 => check!(matches!(
+                Manager::connect(path.clone(), b"wrong key"),
+                Err(Error::AuthenticationFailed(_))
+            )),
+            1 => {
+                let mut s = UnixStream::connect(&path).map_err(e)?;
+                let _ = s.write_all(&[0, 0, 1, 0, 1, 2, 3]);
+            }
+            _ => {
+                let mut s = UnixStream::connect(&path).map_err(e)?;
+                let _ = s.write_all(&(u32::MAX).to_be_bytes());
+            }
+        }
+    }
+    // Every handshake thread notices its peer is gone well within 2 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (fds, threads_now) = (forktest::fd_count(server), threads(server));
+        if fds <= fds_before && threads_now <= threads_before {
+            break;
+        }
+        check!(
+            Instant::now() < deadline,
+            "after the peers left: {fds} descriptors (before {fds_before}), {threads_now} threads (before {threads_before})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check!(d.get("k").map_err(e)? == Some(1));
+    // A timeout of u64::MAX milliseconds is just "for ever".
+    let q = manager.queue::<u32>(0).map_err(e)?;
+    q.put(&5).map_err(e)?;
+    check!(q.get_timeout(Duration::MAX).map_err(e)? == 5);
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         (
@@ -558,6 +619,10 @@ fn main() {
             request_over_the_frame_limit_keeps_the_connection_and_its_locks,
         ),
         ("a_dead_waiter_takes_no_item", a_dead_waiter_takes_no_item),
+        (
+            "misbehaving_peers_leak_no_descriptors_or_threads",
+            misbehaving_peers_leak_no_descriptors_or_threads,
+        ),
     ];
     run(tests);
 }
