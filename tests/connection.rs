@@ -524,3 +524,42 @@ fn a_stream_of_small_messages_arrives_whole_and_in_order() {
     writer.join().unwrap();
     assert!(matches!(r.recv_bytes_into(&mut buf), Err(Error::Eof)));
 }
+
+/// A TCP peer that resets the connection in the middle of a frame: the
+/// frames it sent whole before are all received, then the torn one is a
+/// clear error (the reset, or a truncated frame), never a hang or a
+/// panic, and the connection stays failed.
+#[test]
+fn reset_mid_frame_keeps_the_whole_frames_before_it() {
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let s = TcpStream::connect(addr).unwrap();
+        let mut wire = Vec::new();
+        for i in 0..3u8 {
+            wire.extend_from_slice(&frame(&[i; 100]));
+        }
+        wire.extend_from_slice(&1000u32.to_be_bytes());
+        wire.extend_from_slice(&[9; 10]);
+        (&s).write_all(&wire).unwrap();
+        // SO_LINGER 0: close sends a reset, not a FIN.
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    });
+    let (ours, _) = listener.accept().unwrap();
+    peer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut conn = Connection::from_socket(ours.into());
+    for i in 0..3u8 {
+        assert_eq!(conn.recv_bytes().unwrap(), vec![i; 100], "frame {i}");
+    }
+    match conn.recv_bytes() {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        Err(Error::TruncatedFrame { expected: 1000, .. }) => {}
+        other => panic!("expected a reset or a truncated frame, got {other:?}"),
+    }
+    assert!(conn.recv_bytes().is_err());
+}
