@@ -572,6 +572,65 @@ fn misbehaving_peers_leak_no_descriptors_or_threads() -> TestResult {
     Ok(())
 }
 
+/// An owner killed by SIGKILL cannot remove its manager's socket
+/// directory; the next `Manager::new` (of any program of the same user)
+/// removes it, and leaves the directory of a live manager alone.
+fn socket_dir_of_a_killed_owner_is_removed_by_the_next_manager() -> TestResult {
+    let live = Manager::new().map_err(e)?;
+    let Address::Unix(live_path) = live.address().clone() else {
+        return Err("expected a Unix socket".into());
+    };
+    let report = std::env::temp_dir().join(format!("manager-dir-test-{}", std::process::id()));
+    let _ = std::fs::remove_file(&report);
+    let file = report.clone();
+    let mut owner = Process::new(move || {
+        if let Ok(m) = Manager::new() {
+            if let (Some(pid), Address::Unix(path)) = (m.server_pid(), m.address()) {
+                let _ = std::fs::write(&file, format!("{pid} {}", path.display()));
+            }
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    });
+    owner.start().map_err(e)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (server, path) = loop {
+        if let Some((pid, path)) = std::fs::read_to_string(&report).ok().and_then(|t| {
+            let (pid, path) = t.split_once(' ')?;
+            Some((pid.parse::<i32>().ok()?, std::path::PathBuf::from(path)))
+        }) {
+            break (pid, path);
+        }
+        check!(
+            Instant::now() < deadline,
+            "owner never reported its manager"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = std::fs::remove_file(&report);
+    owner.kill().map_err(e)?;
+    owner.join().map_err(e)?;
+    check!(
+        wait_gone(server, Duration::from_secs(5)),
+        "manager outlived its owner"
+    );
+    let dir = path.parent().ok_or("no parent")?.to_owned();
+    check!(
+        dir.exists(),
+        "expected the killed owner's {} to be left",
+        dir.display()
+    );
+    let next = Manager::new().map_err(e)?;
+    check!(
+        !dir.exists(),
+        "{} still there after the next Manager::new",
+        dir.display()
+    );
+    check!(live_path.exists(), "a live manager's socket was removed");
+    check!(live.dict::<u32>().map_err(e)?.len().map_err(e)? == 0);
+    drop(next);
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         (
@@ -622,6 +681,10 @@ fn main() {
         (
             "misbehaving_peers_leak_no_descriptors_or_threads",
             misbehaving_peers_leak_no_descriptors_or_threads,
+        ),
+        (
+            "socket_dir_of_a_killed_owner_is_removed_by_the_next_manager",
+            socket_dir_of_a_killed_owner_is_removed_by_the_next_manager,
         ),
     ];
     run(tests);

@@ -185,7 +185,7 @@ impl ManagerBuilder {
             Some(a) => (a.clone(), None),
             None => {
                 let dir = private_dir()?;
-                (Address::Unix(dir.join("manager.sock")), Some(dir))
+                (Address::Unix(dir.join(SOCKET_NAME)), Some(dir))
             }
         };
         let result = spawn_server(address, &authkey);
@@ -211,19 +211,85 @@ impl ManagerBuilder {
     }
 }
 
+/// The name of a default socket's directory: this prefix, the owner's
+/// pid, `-`, 16 hex digits.
+const DIR_PREFIX: &str = "socketserver-manager-";
+/// The default socket's name in that directory.
+const SOCKET_NAME: &str = "manager.sock";
+
 /// A fresh directory only we can enter, for the default Unix socket.
+/// Directories that owners killed by a signal left behind are removed
+/// first (see [`remove_stale_dirs`]).
 fn private_dir() -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
+    let tmp = std::env::temp_dir();
+    remove_stale_dirs(&tmp);
     let mut tag = [0u8; 8];
     getrandom::fill(&mut tag).map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
     let name = format!(
-        "socketserver-manager-{}-{}",
+        "{DIR_PREFIX}{}-{}",
         std::process::id(),
         tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
-    let dir = std::env::temp_dir().join(name);
+    let dir = tmp.join(name);
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
+}
+
+/// Removes default socket directories whose manager is gone: an owner
+/// killed by a signal (SIGKILL takes its server with it through the
+/// lifeline) cannot remove its directory, and each one would stay in the
+/// temp dir for good. A directory goes only if it is ours (same user, a
+/// real directory, our naming), its owner pid does not exist, and
+/// nothing listens on its socket (a `connect` is refused): an owner in
+/// another pid namespace sharing the temp dir keeps its directory.
+fn remove_stale_dirs(tmp: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let me = nix::unistd::getuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((pid, tag)) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+        else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if pid <= 0 || tag.len() != 16 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            != Err(nix::errno::Errno::ESRCH)
+        {
+            continue;
+        }
+        let path = entry.path();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        let socket = path.join(SOCKET_NAME);
+        // Non-blocking: a live listener with a full backlog is `EAGAIN`,
+        // not a wait.
+        let dead = match socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                s.connect(&socket2::SockAddr::unix(&socket)?)
+            }) {
+            Ok(()) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            ),
+        };
+        if ours && dead {
+            tracing::debug!(dir = %path.display(), "manager: removing a dead manager's socket directory");
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 fn address_to_string(a: &Address) -> String {
