@@ -181,6 +181,15 @@ impl Listener {
 
     /// Waits for a client and, with an authkey, authenticates it.
     ///
+    /// The handshake runs here, on the caller's thread, as in Python: a
+    /// peer that connects and stays silent holds `accept` for up to the
+    /// handshake timeout, and clients behind it wait in the backlog. For
+    /// a listener that untrusted peers can reach, lower the timeout
+    /// ([`set_handshake_timeout`](Self::set_handshake_timeout); a client
+    /// that knows the key needs one round trip). The
+    /// [`Manager`](crate::process::Manager)'s server runs each handshake
+    /// on its own thread instead, ending the oldest when 64 are pending.
+    ///
     /// # Errors
     /// [`Error::AuthenticationFailed`] if the client's key is wrong or it
     /// does not speak the handshake, or its address made too many wrong
