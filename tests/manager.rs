@@ -631,6 +631,77 @@ fn socket_dir_of_a_killed_owner_is_removed_by_the_next_manager() -> TestResult {
     Ok(())
 }
 
+/// Reads one length-prefixed frame from a raw stream.
+fn read_frame(s: &mut std::os::unix::net::UnixStream) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut frame)?;
+    Ok(frame)
+}
+
+fn write_frame(s: &mut std::os::unix::net::UnixStream, frame: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    s.write_all(&(frame.len() as u32).to_be_bytes())?;
+    s.write_all(frame)
+}
+
+/// A client that has answered the challenge correctly is not ended to
+/// make room, even when it is the oldest handshake: only strangers are.
+/// (It is slow here on purpose, between its two halves of the handshake.)
+fn a_client_that_proved_the_key_is_not_ended_for_room() -> TestResult {
+    use hmac::{Hmac, Mac};
+    use std::os::unix::net::UnixStream;
+    let manager = Manager::builder()
+        .authkey(b"the key".to_vec())
+        .start()
+        .map_err(e)?;
+    let Address::Unix(path) = manager.address().clone() else {
+        return Err("expected a Unix socket".into());
+    };
+    let mut slow = UnixStream::connect(&path).map_err(e)?;
+    slow.set_read_timeout(Some(Duration::from_secs(4)))
+        .map_err(e)?;
+    let challenge = read_frame(&mut slow).map_err(e)?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"the key").map_err(e)?;
+    mac.update(&challenge);
+    write_frame(&mut slow, &mac.finalize().into_bytes()).map_err(e)?;
+    check!(read_frame(&mut slow).map_err(e)? == b"#WELCOME#");
+    // Now 70 strangers fill the table while it is the oldest.
+    let silent: Vec<UnixStream> = (0..70)
+        .map(|_| UnixStream::connect(&path))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ours = b"#CHALLENGE#".to_vec();
+    ours.extend_from_slice(&[7u8; 32]);
+    write_frame(&mut slow, &ours).map_err(e)?;
+    let answer = read_frame(&mut slow);
+    drop(silent);
+    let answer = answer.map_err(|err| format!("the verified client was ended: {err}"))?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"the key").map_err(e)?;
+    mac.update(&ours);
+    check!(
+        mac.verify_slice(&answer).is_ok(),
+        "the server's answer is wrong"
+    );
+    write_frame(&mut slow, b"#WELCOME#").map_err(e)?;
+    // Served like any client.
+    write_frame(
+        &mut slow,
+        br#"{"Create":{"kind":"Dict","name":"x","init":null}}"#,
+    )
+    .map_err(e)?;
+    let reply = read_frame(&mut slow).map_err(e)?;
+    check!(
+        reply.starts_with(b"{\"Created\""),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         (
@@ -685,6 +756,10 @@ fn main() {
         (
             "socket_dir_of_a_killed_owner_is_removed_by_the_next_manager",
             socket_dir_of_a_killed_owner_is_removed_by_the_next_manager,
+        ),
+        (
+            "a_client_that_proved_the_key_is_not_ended_for_room",
+            a_client_that_proved_the_key_is_not_ended_for_room,
         ),
     ];
     run(tests);

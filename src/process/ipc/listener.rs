@@ -242,7 +242,19 @@ impl Authenticator {
     /// Runs the handshake on an accepted connection (nothing without an
     /// authkey). Errors as [`Listener::accept`].
     pub(crate) fn authenticate(&self, conn: &mut Connection) -> Result<()> {
+        self.authenticate_then(conn, || {})
+    }
+
+    /// [`authenticate`](Self::authenticate), calling `verified` as soon as
+    /// the peer has proved it knows the key (before it checks that we
+    /// do): from then on it is a client, not a stranger.
+    pub(crate) fn authenticate_then(
+        &self,
+        conn: &mut Connection,
+        verified: impl FnOnce(),
+    ) -> Result<()> {
         let Some(key) = &self.authkey else {
+            verified();
             return Ok(());
         };
         let peer = peer_key(conn);
@@ -263,6 +275,7 @@ impl Authenticator {
                 }
                 return Err(wrong_digest());
             }
+            verified();
             answer_challenge(c, key)
         })
     }

@@ -375,7 +375,8 @@ const MAX_HANDSHAKES: usize = 64;
 /// oldest handshake to make room: a client that knows the key answers
 /// within a round trip, so it is never the oldest for long, while peers
 /// that connect and stay silent (or dribble) would otherwise hold every
-/// slot and, reopening as each one timed out, lock everyone out.
+/// slot and, reopening as each one timed out, lock everyone out. Once a
+/// peer has answered the challenge correctly it is not ended any more.
 #[derive(Default)]
 struct Handshakes {
     table: std::sync::Mutex<HandshakeTable>,
@@ -416,6 +417,15 @@ impl Handshakes {
 
 /// Counts a connection in its handshake for as long as it lives.
 struct Handshaking(Arc<Handshakes>, u64);
+
+impl Handshaking {
+    /// The peer proved it knows the key: its handshake is no longer one
+    /// to end for room (it still counts until it is over, bounded by the
+    /// handshake timeout).
+    fn verified(&self) {
+        self.0.table().sockets.remove(&self.1);
+    }
+}
 
 impl Handshaking {
     fn new(all: &Arc<Handshakes>, conn: &crate::process::Connection) -> Handshaking {
@@ -507,7 +517,7 @@ fn serve_forever(listener: &Listener) -> i32 {
                 let spawned = std::thread::Builder::new()
                     .name("manager-conn".into())
                     .spawn(move || {
-                        let ok = auth.authenticate(&mut conn);
+                        let ok = auth.authenticate_then(&mut conn, || counted.verified());
                         drop(counted);
                         // A client with a wrong key, or one that stayed
                         // silent: refuse it (close the connection).
