@@ -297,3 +297,19 @@ fn unix_listener_does_not_limit_attempts() {
     let (_listener, results) = server.join().unwrap();
     assert!(results[2].is_ok(), "{results:?}");
 }
+
+/// A handshake timeout of `Duration::MAX` means "no limit", on both
+/// sides; it used to panic adding it to the current instant.
+#[test]
+fn unbounded_handshake_timeout_is_accepted() {
+    let mut listener = Listener::bind(tcp(), Some(b"key")).unwrap();
+    listener.set_handshake_timeout(Duration::MAX);
+    let addr = listener.address().unwrap();
+    let client = thread::spawn(move || {
+        let mut c = Client::connect_with_timeout(&addr, Some(b"key"), Duration::MAX).unwrap();
+        c.send(&5u8).unwrap();
+    });
+    let mut conn = listener.accept().unwrap();
+    assert_eq!(conn.recv::<u8>().unwrap(), 5);
+    client.join().unwrap();
+}

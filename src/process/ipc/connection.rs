@@ -170,10 +170,11 @@ impl Connection {
     }
 
     /// Makes every read fail with [`Error::Timeout`] once `timeout` from now
-    /// has passed (`None` lifts it). Bounds the whole authkey handshake, so
-    /// a peer dribbling one byte at a time cannot stretch it.
+    /// has passed (`None` lifts it, and so does a timeout too long to add
+    /// to the clock, such as `Duration::MAX`). Bounds the whole authkey
+    /// handshake, so a peer dribbling one byte at a time cannot stretch it.
     pub(crate) fn set_read_deadline(&mut self, timeout: Option<Duration>) {
-        self.deadline = timeout.map(|t| (Instant::now() + t, t));
+        self.deadline = timeout.and_then(|t| Some((Instant::now().checked_add(t)?, t)));
     }
 
     /// Waits for readability until the deadline, if one is set.

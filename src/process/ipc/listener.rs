@@ -163,7 +163,8 @@ impl Listener {
         })
     }
 
-    /// Bounds the handshake: all its reads together, and each write. Default is
+    /// Bounds the handshake: all its reads together, and each write
+    /// (`Duration::MAX`: no bound). Default is
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (5 s).
     pub fn set_handshake_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout.max(Duration::from_millis(1));
