@@ -702,6 +702,46 @@ fn a_client_that_proved_the_key_is_not_ended_for_room() -> TestResult {
     Ok(())
 }
 
+/// Making room ends one handshake per new connection, the oldest, not
+/// the whole table: a client that connected last, and has not answered
+/// yet, still gets its turn.
+fn making_room_ends_only_the_oldest_handshake() -> TestResult {
+    use hmac::{Hmac, Mac};
+    use std::os::unix::net::UnixStream;
+    let manager = Manager::builder()
+        .authkey(b"the key".to_vec())
+        .start()
+        .map_err(e)?;
+    let Address::Unix(path) = manager.address().clone() else {
+        return Err("expected a Unix socket".into());
+    };
+    let mut silent: Vec<UnixStream> = (0..63)
+        .map(|_| UnixStream::connect(&path))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    std::thread::sleep(Duration::from_millis(200));
+    // The 64th: reads its challenge, answers only later.
+    let mut late = UnixStream::connect(&path).map_err(e)?;
+    late.set_read_timeout(Some(Duration::from_secs(4)))
+        .map_err(e)?;
+    let challenge = read_frame(&mut late).map_err(e)?;
+    // The 65th and 66th make room twice.
+    for _ in 0..2 {
+        silent.push(UnixStream::connect(&path).map_err(e)?);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"the key").map_err(e)?;
+    mac.update(&challenge);
+    let answered =
+        write_frame(&mut late, &mac.finalize().into_bytes()).and_then(|()| read_frame(&mut late));
+    drop(silent);
+    match answered {
+        Ok(verdict) => check!(verdict == b"#WELCOME#"),
+        Err(err) => return Err(format!("the newest handshake was ended: {err}")),
+    }
+    Ok(())
+}
+
 fn main() {
     let tests: &[Test] = &[
         (
@@ -760,6 +800,10 @@ fn main() {
         (
             "a_client_that_proved_the_key_is_not_ended_for_room",
             a_client_that_proved_the_key_is_not_ended_for_room,
+        ),
+        (
+            "making_room_ends_only_the_oldest_handshake",
+            making_room_ends_only_the_oldest_handshake,
         ),
     ];
     run(tests);

@@ -398,18 +398,23 @@ impl Handshakes {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until fewer than [`MAX_HANDSHAKES`] run, ending the oldest
-    /// ones (`shutdown`: their thread sees end-of-file at once) while the
-    /// table is full.
+    /// Waits until fewer than [`MAX_HANDSHAKES`] run. While the table is
+    /// full, ends the oldest handshake that can be ended (`shutdown`: its
+    /// thread sees end-of-file at once), one per call: then waits for a
+    /// thread to finish (the holder of the table's lock is the only one
+    /// that could let them).
     fn make_room(&self) {
         let mut t = self.table();
+        let mut ended = false;
         while t.running >= MAX_HANDSHAKES {
-            if let Some((_, fd)) = t.sockets.pop_first() {
-                tracing::debug!("manager: handshakes full, ending the oldest");
-                let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
-                continue;
+            if !ended {
+                if let Some((_, fd)) = t.sockets.pop_first() {
+                    tracing::debug!("manager: handshakes full, ending the oldest");
+                    let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+                    ended = true;
+                }
             }
-            // All ended already: wait for their threads to notice.
+            // Until a handshake ends: the one just ended, or another.
             t = self.left.wait(t).unwrap_or_else(|p| p.into_inner());
         }
     }
