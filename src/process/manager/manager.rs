@@ -430,9 +430,7 @@ impl Handshaking {
     fn verified(&self) {
         self.0.table().sockets.remove(&self.1);
     }
-}
 
-impl Handshaking {
     fn new(all: &Arc<Handshakes>, conn: &crate::process::Connection) -> Handshaking {
         // Without a copy (out of descriptors) the handshake still runs,
         // bounded by its timeout; it just cannot be ended early.
