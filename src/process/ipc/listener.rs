@@ -17,10 +17,10 @@
 //! a minute (see [`Listener::set_failed_attempt_limit`]) it refuses that
 //! address's connections until the minute is over, with `#TOOMANY#`
 //! instead of a challenge, so a weak authkey cannot be guessed at the
-//! rate of the handshake. Handshake messages are limited
-//! to 256 bytes and the handshake's reads to one deadline (default 5 s;
-//! each write has the same timeout), so a silent, slow or garbage-sending
-//! peer cannot hang `accept`.
+//! rate of the handshake. Handshake messages are limited to 256 bytes and
+//! the handshake's reads to one deadline (default 5 s; each write has the
+//! same timeout), so a silent, slow or garbage-sending peer cannot hang
+//! `accept`.
 //!
 //! Like Python's, this protocol authenticates peers; it does not encrypt
 //! the traffic that follows.
@@ -194,9 +194,11 @@ impl Listener {
     /// # Errors
     /// [`Error::AuthenticationFailed`] if the client's key is wrong or it
     /// does not speak the handshake, or its address made too many wrong
-    /// attempts (see [`set_failed_attempt_limit`](Self::set_failed_attempt_limit)); [`Error::Timeout`] if it stays silent
-    /// past the handshake timeout; [`Error::Io`] if `accept` fails. The
-    /// listener stays usable after any of these: call `accept` again.
+    /// attempts (see
+    /// [`set_failed_attempt_limit`](Self::set_failed_attempt_limit));
+    /// [`Error::Timeout`] if it stays silent past the handshake timeout;
+    /// [`Error::Io`] if `accept` fails. The listener stays usable after
+    /// any of these: call `accept` again.
     pub fn accept(&self) -> Result<Connection> {
         let mut conn = self.accept_unauthenticated()?;
         self.authenticator().authenticate(&mut conn)?;
