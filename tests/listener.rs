@@ -313,3 +313,67 @@ fn unbounded_handshake_timeout_is_accepted() {
     assert_eq!(conn.recv::<u8>().unwrap(), 5);
     client.join().unwrap();
 }
+
+/// Log lines written by `tracing` on the current thread, for checking
+/// what a listener logs.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Many addresses reaching the failed-attempt limit (a distributed
+/// guesser) log one warning per interval, with a count, not one each.
+#[test]
+fn refused_addresses_are_not_logged_one_line_each() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let mut listener = Listener::bind(tcp(), Some(b"key")).unwrap();
+    listener.set_failed_attempt_limit(1, Duration::from_secs(60));
+    let Address::Tcp(bound) = listener.address().unwrap() else {
+        unreachable!()
+    };
+    let peers = thread::spawn(move || {
+        for last in 2..7u8 {
+            // A different source address each time: 127.0.0.<last>.
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&SocketAddr::from(([127, 0, 0, last], 0)).into())
+                .unwrap();
+            s.connect(&SocketAddr::from(([127, 0, 0, 1], bound.port())).into())
+                .unwrap();
+            let mut s: TcpStream = s.into();
+            let mut challenge = [0u8; 4 + 43];
+            std::io::Read::read_exact(&mut s, &mut challenge).unwrap();
+            let mut wrong = 32u32.to_be_bytes().to_vec();
+            wrong.extend_from_slice(&[0; 32]);
+            s.write_all(&wrong).unwrap();
+            let mut rest = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+        }
+    });
+    tracing::subscriber::with_default(subscriber, || {
+        for _ in 2..7 {
+            assert!(matches!(
+                listener.accept(),
+                Err(Error::AuthenticationFailed(_))
+            ));
+        }
+    });
+    peers.join().unwrap();
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings = log.lines().filter(|l| l.contains("refusing it")).count();
+    assert_eq!(warnings, 1, "{log}");
+}

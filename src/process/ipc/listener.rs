@@ -291,7 +291,14 @@ struct Failures {
     max: u32,
     window: Duration,
     table: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// When an address was last reported refused, and how many were
+    /// refused since without a report: many addresses reaching the limit
+    /// (a distributed guesser) log one line every [`WARN_EVERY`].
+    warned: Mutex<(Option<Instant>, u64)>,
 }
+
+/// At most one "refusing this address" warning per this interval.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Failures {
     fn new(max: u32, window: Duration) -> Failures {
@@ -299,6 +306,7 @@ impl Failures {
             max,
             window,
             table: Mutex::new(HashMap::new()),
+            warned: Mutex::new((None, 0)),
         }
     }
 
@@ -331,15 +339,29 @@ impl Failures {
         }
         entry.1 += 1;
         if entry.1 == self.max {
-            tracing::warn!(
-                peer = %peer,
-                failures = entry.1,
-                "authkey handshake: too many wrong answers from this address; refusing it for {:?}",
-                self.window.saturating_sub(now.duration_since(entry.0))
-            );
+            let left = self.window.saturating_sub(now.duration_since(entry.0));
+            drop(t);
+            self.warn_refused(peer, left, now);
         } else if entry.1 < self.max {
             tracing::debug!(peer = %peer, "authkey handshake: wrong answer");
         }
+    }
+
+    fn warn_refused(&self, peer: IpAddr, left: Duration, now: Instant) {
+        let mut w = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0.is_some_and(|at| now.duration_since(at) < WARN_EVERY) {
+            w.1 += 1;
+            return;
+        }
+        let others = std::mem::take(&mut w.1);
+        w.0 = Some(now);
+        tracing::warn!(
+            peer = %peer,
+            others,
+            "authkey handshake: {} wrong answers from this address; refusing it for {left:?} \
+             ({others} other addresses refused since the last such warning)",
+            self.max
+        );
     }
 }
 
