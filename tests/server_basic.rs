@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use socketserver::server::{
     Hooks, Incoming, Server, SocketServer, Strategy, Synchronous, TcpServer, Threading,
-    ThreadingTcpServer, ThreadingUdpServer, UdpServer, UnixStreamServer,
+    ThreadingTcpServer, ThreadingUdpServer, UdpServer, UnixDatagramServer, UnixStreamServer,
 };
 use socketserver::{Error, PeerAddr, Request, RequestHandler};
 use support::*;
@@ -445,6 +445,76 @@ fn bind_errors_name_the_address() {
         err.to_string().contains(&missing.display().to_string()),
         "{err}"
     );
+}
+
+/// A socket file left by a server that never closed (SIGKILL, or a
+/// signal it did not handle) does not stop the next server from starting;
+/// a live server's file, and a path that is not a socket, are left alone.
+#[test]
+fn a_stale_unix_socket_file_is_replaced_but_a_live_one_is_not() {
+    use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+
+    // Stream: a listener dropped without removing its file.
+    let path = dir.path().join("stream.sock");
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let mut server = UnixStreamServer::bind(&path, || Echo).expect("stale stream socket file");
+    let client = {
+        let path = path.clone();
+        std::thread::spawn(move || -> io::Result<Vec<u8>> {
+            let mut c = UnixStream::connect(&path)?;
+            c.write_all(MSG)?;
+            c.shutdown(Shutdown::Write)?;
+            let mut back = Vec::new();
+            c.read_to_end(&mut back)?;
+            Ok(back)
+        })
+    };
+    server.handle_request().unwrap();
+    assert_eq!(client.join().unwrap().unwrap(), MSG);
+
+    // A second server on the live server's path fails, and the first
+    // keeps its file and serves on.
+    let err = UnixStreamServer::bind(&path, || Echo).unwrap_err();
+    let Error::Io(io) = &err else {
+        panic!("not an I/O error: {err:?}")
+    };
+    assert_eq!(io.kind(), io::ErrorKind::AddrInUse, "{err}");
+    assert!(path.exists(), "the live server's socket file was removed");
+    let c = UnixStream::connect(&path).expect("the live server lost its address");
+    c.shutdown(Shutdown::Write).unwrap();
+    server.handle_request().unwrap();
+    server.server_close();
+    assert!(!path.exists());
+
+    // Datagram: the same.
+    let path = dir.path().join("dgram.sock");
+    drop(UnixDatagram::bind(&path).unwrap());
+    let mut server = UnixDatagramServer::bind(&path, || Echo).expect("stale datagram socket file");
+    let me = dir.path().join("client.sock");
+    let c = UnixDatagram::bind(&me).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.send_to(MSG, &path).unwrap();
+    server.handle_request().unwrap();
+    let mut buf = [0u8; 256];
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], MSG);
+    let err = UnixDatagramServer::bind(&path, || Echo).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io(io) if io.kind() == io::ErrorKind::AddrInUse),
+        "{err}"
+    );
+    assert!(path.exists(), "the live server's socket file was removed");
+    drop(server);
+    assert!(!path.exists());
+
+    // A regular file is never removed.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    let err = UnixStreamServer::bind(&file, || Echo).unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
 
 #[test]

@@ -1,9 +1,15 @@
 //! Unix-domain stream and datagram transports.
 //!
-//! Like Python, binding fails with `EADDRINUSE` when the path already
-//! exists (a stale file is not silently removed: it might belong to a live
-//! server). Unlike Python, the server removes the socket file it created
-//! when it is closed.
+//! Unlike Python, the server removes the socket file it created when it
+//! is closed, and a socket file left behind by a server that never closed
+//! (killed by SIGKILL, or by a signal it did not handle) does not stop
+//! the next one from starting: when binding fails with `EADDRINUSE` and
+//! the path is a socket that refuses a connection (nothing is bound to it
+//! any more), the file is removed and the bind retried. A path that a
+//! live server holds, or that is not a socket at all, is left alone and
+//! the bind fails with `AddrInUse`, saying which. (Two servers started on
+//! the same stale path in the same instant can still race: one may
+//! remove the other's file between its `bind` and `listen`.)
 
 use std::fmt;
 use std::io;
@@ -63,6 +69,38 @@ fn adopted_path(socket: &ServerSocket) -> io::Result<UnixPath> {
         })
 }
 
+/// [`Transport::clear_stale`] for a Unix socket of type `ty`: removes the
+/// file at `address` if it is a socket nothing is bound to.
+fn clear_stale(address: &UnixPath, ty: Type) -> io::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(&address.0) {
+        Ok(m) => m,
+        // Gone meanwhile: binding again may succeed.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(_) => return Ok(false),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "the path exists and is not a socket; not removing it",
+        ));
+    }
+    // Non-blocking: a live stream server whose backlog is full answers
+    // EAGAIN instead of making this wait.
+    let probe = Socket::new(Domain::UNIX, ty, None)?;
+    probe.set_nonblocking(true)?;
+    match probe.connect(&SockAddr::unix(&address.0)?) {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            std::fs::remove_file(&address.0)?;
+            tracing::info!(path = %address, "removed a stale socket file left by a server that did not close");
+            Ok(true)
+        }
+        // Connected (or EAGAIN, EPROTOTYPE: a live server of either
+        // type): it is in use.
+        _ => Ok(false),
+    }
+}
+
 fn cleanup(address: &UnixPath) {
     if let Err(e) = std::fs::remove_file(&address.0) {
         if e.kind() != io::ErrorKind::NotFound {
@@ -96,6 +134,9 @@ impl Transport for UnixStreamTransport {
     fn cleanup(address: &UnixPath) {
         cleanup(address)
     }
+    fn clear_stale(address: &UnixPath) -> io::Result<bool> {
+        clear_stale(address, Type::STREAM)
+    }
 }
 
 impl Transport for UnixDatagramTransport {
@@ -122,6 +163,9 @@ impl Transport for UnixDatagramTransport {
 
     fn cleanup(address: &UnixPath) {
         cleanup(address)
+    }
+    fn clear_stale(address: &UnixPath) -> io::Result<bool> {
+        clear_stale(address, Type::DGRAM)
     }
 }
 
