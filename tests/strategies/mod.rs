@@ -8,8 +8,8 @@
 //! through `handle_error`, the server serves on), `verify_request` saying
 //! no (the request is closed unserved), the drain (during shutdown with a
 //! connection still open a new client is refused at once, and the open one
-//! finishes and is counted; a datagram in flight still gets its reply) and
-//! `server_close` releasing the address.
+//! finishes and is counted; a datagram in flight still gets its reply),
+//! `server_close` releasing the address, and no descriptor left open.
 //!
 //! Hooks record what they see in a file (one `write` per line), because
 //! under forking and prefork they run in other processes.
@@ -29,7 +29,7 @@ use socketserver::server::{
 use socketserver::{Error, PeerAddr, Request, RequestHandler};
 
 use crate::check;
-use crate::support::{Test, TestResult};
+use crate::support::{open_fds, Test, TestResult};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// CPython's `TEST_STR`.
@@ -345,6 +345,9 @@ where
         server.server_close();
     }
 
+    // Counted after the first server ran, so a process-wide descriptor
+    // made once on first use (tokio's signal pipe) is not counted.
+    let fds_before = open_fds();
     let server = build::<T, S>(dir, "main")?;
     let addr = server.server_address();
     let handle = server.shutdown_handle();
@@ -491,6 +494,13 @@ where
 
     // server_close released the address.
     T::rebind(&addr).map_err(|err| format!("cannot bind {addr} again: {err}"))?;
+    // The handle keeps the server's wake-up socket pair.
+    drop(handle);
+    check!(
+        eventually(TIMEOUT, || open_fds() == fds_before),
+        "descriptors open before the server: {fds_before}, after it closed: {}",
+        open_fds()
+    );
     Ok(())
 }
 
