@@ -183,6 +183,44 @@ fn handler_error_in_threading_server() {
     handler_errors::<Threading>();
 }
 
+/// Says goodbye in `finish`; panics in `handle` on "panic".
+struct Polite;
+
+impl RequestHandler for Polite {
+    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        let mut line = String::new();
+        req.rfile().read_line(&mut line)?;
+        if line.trim() == "panic" {
+            panic!("handler panicked on purpose");
+        }
+        req.wfile().write_all(line.as_bytes())
+    }
+
+    fn finish(&mut self, req: &mut Request) -> io::Result<()> {
+        req.wfile().write_all(b"bye\n")
+    }
+}
+
+/// `finish` runs once `setup` succeeded, also when `handle` panicked (as
+/// Python's `finally` does), and the panic is still reported.
+#[test]
+fn finish_runs_after_a_panic_in_handle() {
+    let log = ErrorLog::default();
+    let server = TcpServer::builder()
+        .hooks(log.clone())
+        .bind("127.0.0.1:0", || Polite)
+        .unwrap();
+    let addr = server.server_address();
+    let (handle, thread) = serve_in_thread(server);
+    assert_eq!(tcp_roundtrip(addr, b"hi\n"), b"hi\nbye\n");
+    assert_eq!(tcp_roundtrip(addr, b"panic\n"), b"bye\n");
+    handle.shutdown();
+    thread.join().unwrap().server_close();
+    let entries = log.0.lock().unwrap().clone();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].1.contains("panicked on purpose"), "{entries:?}");
+}
+
 #[test]
 fn big_write_is_sent_whole() {
     const LEN: usize = 16 * 1024 * 1024 + 1;
