@@ -183,6 +183,53 @@ fn handler_error_in_threading_server() {
     handler_errors::<Threading>();
 }
 
+/// A Unix datagram client that closed its socket before the reply went
+/// away, like a stream peer that hung up: `handle_error` gets an error
+/// the default hook logs at debug (`is_disconnect`), not a handler error.
+/// A client that never bound an address is told why it gets no reply.
+#[test]
+fn unix_datagram_reply_failures_say_whose_they_are() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    struct Kinds(Arc<Mutex<Vec<(bool, String)>>>);
+    impl Hooks for Kinds {
+        fn handle_error(&self, _: &PeerAddr, error: &Error) {
+            let entry = (error.is_disconnect(), error.to_string());
+            self.0.lock().unwrap().push(entry);
+        }
+    }
+    let mut server = UnixDatagramServer::builder()
+        .hooks(Kinds(log.clone()))
+        .bind(&path, || Echo)
+        .unwrap();
+    // Gone, file and all.
+    let me = dir.path().join("gone.sock");
+    let c = UnixDatagram::bind(&me).unwrap();
+    c.send_to(b"x", &path).unwrap();
+    drop(c);
+    std::fs::remove_file(&me).unwrap();
+    server.handle_request().unwrap();
+    // Gone, its file left behind.
+    let me = dir.path().join("left.sock");
+    let c = UnixDatagram::bind(&me).unwrap();
+    c.send_to(b"x", &path).unwrap();
+    drop(c);
+    server.handle_request().unwrap();
+    // Never bound.
+    let c = UnixDatagram::unbound().unwrap();
+    c.send_to(b"x", &path).unwrap();
+    server.handle_request().unwrap();
+    let entries = log.lock().unwrap().clone();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert!(entries[0].0 && entries[1].0, "{entries:?}");
+    assert!(
+        !entries[2].0 && entries[2].1.contains("bind"),
+        "{entries:?}"
+    );
+}
+
 /// Says goodbye in `finish`; panics in `handle` on "panic".
 struct Polite;
 
