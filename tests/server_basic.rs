@@ -658,3 +658,49 @@ fn the_stopping_line_mentions_health_only_with_a_health_port() {
         );
     }
 }
+
+/// A Linux abstract name (a path starting with NUL) is served, shown as
+/// `@name`, and closed without a warning about a socket file (it has none).
+#[test]
+fn an_abstract_unix_name_is_served_shown_with_an_at_and_closed_quietly() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let name = format!("socketserver-test-{}", std::process::id());
+    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+        &[b"\0", name.as_bytes()].concat(),
+    ));
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut server = UnixStreamServer::bind(&path, || Echo).unwrap();
+        assert_eq!(server.server_address().to_string(), format!("@{name}"));
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let mut c = UnixStream::connect_addr(&addr).unwrap();
+        c.write_all(MSG).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        server.handle_request().unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        assert_eq!(back, MSG);
+        server.server_close();
+    });
+    let log = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    assert!(log.is_empty(), "warnings at close: {log}");
+}

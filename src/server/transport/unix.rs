@@ -1,5 +1,8 @@
 //! Unix-domain stream and datagram transports.
 //!
+//! A path that starts with a NUL byte (`"\0name"`) binds a Linux abstract
+//! name: no file is made or removed, and it is displayed as `@name`.
+//!
 //! Unlike Python, the server removes the socket file it created when it
 //! is closed, and a socket file left behind by a server that never closed
 //! (killed by SIGKILL, or by a signal it did not handle) does not stop
@@ -28,7 +31,8 @@ pub struct UnixStreamTransport;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UnixDatagramTransport;
 
-/// A Unix socket path, displayed as `unix:PATH`.
+/// A Unix socket path, displayed as `PATH`. A path that starts with a NUL
+/// byte is a Linux abstract name (no file), displayed as `@NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnixPath(pub PathBuf);
 
@@ -36,6 +40,12 @@ impl UnixPath {
     /// The filesystem path.
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// The name after the leading NUL byte, for an abstract socket.
+    fn abstract_name(&self) -> Option<&[u8]> {
+        use std::os::unix::ffi::OsStrExt;
+        self.0.as_os_str().as_bytes().strip_prefix(b"\0")
     }
 }
 
@@ -47,7 +57,10 @@ impl AsRef<Path> for UnixPath {
 
 impl fmt::Display for UnixPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.display())
+        match self.abstract_name() {
+            Some(name) => write!(f, "@{}", String::from_utf8_lossy(name)),
+            None => write!(f, "{}", self.0.display()),
+        }
     }
 }
 
@@ -58,9 +71,16 @@ fn open(ty: Type, kind: SocketKind) -> io::Result<ServerSocket> {
 }
 
 fn adopted_path(socket: &ServerSocket) -> io::Result<UnixPath> {
+    use std::os::unix::ffi::OsStrExt;
     let addr = socket.sock_ref().local_addr()?;
+    let abstract_name = || {
+        let name = addr.as_abstract_namespace()?;
+        let path = [b"\0", name].concat();
+        Some(UnixPath(PathBuf::from(std::ffi::OsStr::from_bytes(&path))))
+    };
     addr.as_pathname()
         .map(|p| UnixPath(p.to_path_buf()))
+        .or_else(abstract_name)
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -102,6 +122,10 @@ fn clear_stale(address: &UnixPath, ty: Type) -> io::Result<bool> {
 }
 
 fn cleanup(address: &UnixPath) {
+    // An abstract name has no file; it goes with the socket.
+    if address.abstract_name().is_some() {
+        return;
+    }
     if let Err(e) = std::fs::remove_file(&address.0) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(path = %address, error = %e, "could not remove the socket file");
