@@ -602,6 +602,25 @@ fn a_stale_unix_socket_file_is_replaced_but_a_live_one_is_not() {
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
 
+/// Closing removes the socket file the server made, not one another
+/// server bound on the same path after someone removed the first.
+#[test]
+fn closing_leaves_a_socket_file_another_server_bound() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let mut first = UnixStreamServer::bind(&path, || Echo).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let second = UnixListener::bind(&path).unwrap();
+    first.server_close();
+    assert!(
+        path.exists(),
+        "closing the first server removed the second's file"
+    );
+    let _c = UnixStream::connect(&path).expect("the second server lost its address");
+    second.accept().unwrap();
+}
+
 #[test]
 fn reuse_address_is_on_for_tcp_and_off_for_udp_by_default() {
     let tcp = TcpServer::bind("127.0.0.1:0", || Echo).unwrap();

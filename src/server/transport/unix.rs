@@ -4,7 +4,8 @@
 //! name: no file is made or removed, and it is displayed as `@name`.
 //!
 //! Unlike Python, the server removes the socket file it created when it
-//! is closed, and a socket file left behind by a server that never closed
+//! is closed (that file only: one that another server bound after
+//! removing this one's is left alone), and a socket file left behind by a server that never closed
 //! (killed by SIGKILL, or by a signal it did not handle) does not stop
 //! the next one from starting: when binding fails with `EADDRINUSE` and
 //! the path is a socket that refuses a connection (nothing is bound to it
@@ -18,6 +19,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -121,10 +123,47 @@ fn clear_stale(address: &UnixPath, ty: Type) -> io::Result<bool> {
     }
 }
 
+/// The socket files this process bound, by path: `(device, inode)` as
+/// found right after `bind`, so closing removes the file only if it is
+/// still the one the server made.
+static BOUND_FILES: Mutex<Vec<(PathBuf, u64, u64)>> = Mutex::new(Vec::new());
+
+fn bound_files() -> std::sync::MutexGuard<'static, Vec<(PathBuf, u64, u64)>> {
+    BOUND_FILES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// [`Transport::bound_address`] for both Unix transports: records which
+/// file `bind` made.
+fn record_bound(requested: &UnixPath) -> io::Result<UnixPath> {
+    use std::os::unix::fs::MetadataExt;
+    if requested.abstract_name().is_none() {
+        if let Ok(m) = std::fs::symlink_metadata(&requested.0) {
+            let mut files = bound_files();
+            files.retain(|(p, _, _)| *p != requested.0);
+            files.push((requested.0.clone(), m.dev(), m.ino()));
+        }
+    }
+    Ok(requested.clone())
+}
+
 fn cleanup(address: &UnixPath) {
+    use std::os::unix::fs::MetadataExt;
     // An abstract name has no file; it goes with the socket.
     if address.abstract_name().is_some() {
         return;
+    }
+    let made = {
+        let mut files = bound_files();
+        let i = files.iter().position(|(p, _, _)| *p == address.0);
+        i.map(|i| files.swap_remove(i))
+    };
+    if let (Some((_, dev, ino)), Ok(m)) = (made, std::fs::symlink_metadata(&address.0)) {
+        if (m.dev(), m.ino()) != (dev, ino) {
+            // Removed and bound again by someone else (another server
+            // started on the path while this one ran): theirs now.
+            tracing::debug!(path = %address, "the socket file was replaced; leaving it");
+            return;
+        }
     }
     if let Err(e) = std::fs::remove_file(&address.0) {
         if e.kind() != io::ErrorKind::NotFound {
@@ -152,7 +191,7 @@ impl Transport for UnixStreamTransport {
     }
 
     fn bound_address(_: &ServerSocket, requested: &UnixPath) -> io::Result<UnixPath> {
-        Ok(requested.clone())
+        record_bound(requested)
     }
 
     fn cleanup(address: &UnixPath) {
@@ -182,7 +221,7 @@ impl Transport for UnixDatagramTransport {
     }
 
     fn bound_address(_: &ServerSocket, requested: &UnixPath) -> io::Result<UnixPath> {
-        Ok(requested.clone())
+        record_bound(requested)
     }
 
     fn cleanup(address: &UnixPath) {
