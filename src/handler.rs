@@ -249,12 +249,26 @@ impl Stream {
     }
 }
 
+/// A read or write that gave up after the socket's timeout fails with
+/// `WouldBlock`, whose message ("Resource temporarily unavailable") reads
+/// like a bug in the server's log line: say what happened instead,
+/// keeping the kind. Only on the error path, so it costs nothing else.
+fn explain_timeout(e: io::Error, timeout: io::Result<Option<Duration>>, what: &str) -> io::Error {
+    match (e.kind(), timeout) {
+        (io::ErrorKind::WouldBlock, Ok(Some(t))) => {
+            io::Error::new(e.kind(), format!("{what} within the timeout ({t:?})"))
+        }
+        _ => e,
+    }
+}
+
 impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => (&*s).read(buf),
             Stream::Unix(s) => (&*s).read(buf),
         }
+        .map_err(|e| explain_timeout(e, self.read_timeout(), "the peer sent nothing"))
     }
 }
 
@@ -264,6 +278,13 @@ impl Write for &Stream {
             Stream::Tcp(s) => (&*s).write(buf),
             Stream::Unix(s) => (&*s).write(buf),
         }
+        .map_err(|e| {
+            let timeout = match self {
+                Stream::Tcp(s) => s.write_timeout(),
+                Stream::Unix(s) => s.write_timeout(),
+            };
+            explain_timeout(e, timeout, "the peer read nothing")
+        })
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

@@ -493,6 +493,13 @@ fn connection_timeout_ends_a_silent_connection() {
     thread.join().unwrap().server_close();
     let entries = log.0.lock().unwrap().clone();
     assert_eq!(entries.len(), 1, "{entries:?}");
+    // Said plainly, not as "Resource temporarily unavailable".
+    assert!(
+        entries[0]
+            .1
+            .contains("the peer sent nothing within the timeout"),
+        "{entries:?}"
+    );
 }
 
 #[test]
