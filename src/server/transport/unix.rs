@@ -5,11 +5,12 @@
 //!
 //! Unlike Python, the server removes the socket file it created when it
 //! is closed (that file only: one that another server bound after
-//! removing this one's is left alone), and a socket file left behind by a server that never closed
-//! (killed by SIGKILL, or by a signal it did not handle) does not stop
-//! the next one from starting: when binding fails with `EADDRINUSE` and
-//! the path is a socket that refuses a connection (nothing is bound to it
-//! any more), the file is removed and the bind retried. A path that a
+//! removing this one's is left alone), and a socket file left behind by a
+//! server that never closed (killed by SIGKILL, or by a signal it did not
+//! handle) does not stop the next one from starting: when binding fails
+//! with `EADDRINUSE` and the path is a socket that refuses a connection
+//! (nothing is bound to it any more), the file is removed and the bind
+//! retried. A path that a
 //! live server holds, or that is not a socket at all, is left alone and
 //! the bind fails with `AddrInUse`, saying which. (Two servers started on
 //! the same stale path in the same instant can still race: one may
@@ -114,7 +115,10 @@ fn clear_stale(address: &UnixPath, ty: Type) -> io::Result<bool> {
     match probe.connect(&SockAddr::unix(&address.0)?) {
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
             std::fs::remove_file(&address.0)?;
-            tracing::info!(path = %address, "removed a stale socket file left by a server that did not close");
+            tracing::info!(
+                path = %address,
+                "removed a stale socket file left by a server that did not close"
+            );
             Ok(true)
         }
         // Connected (or EAGAIN, EPROTOTYPE: a live server of either
