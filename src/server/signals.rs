@@ -29,7 +29,9 @@ use super::wakeup::ShutdownHandle;
 ///
 /// After the last guard is dropped SIGINT and SIGTERM no longer shut the
 /// server down: they end the process, as they did before (their default
-/// action).
+/// action). A program that handles them itself through `signal-hook` or
+/// `tokio::signal` should do so while a guard is alive, or not drop it:
+/// once none is, the process ends on them after those handlers ran.
 #[must_use = "dropping the guard at once removes the handlers: keep it alive while serving"]
 pub struct SignalGuard {
     ids: Vec<SigId>,
