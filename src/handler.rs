@@ -36,6 +36,7 @@ use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::{SocketAddr as UnixSocketAddr, UnixStream};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 /// Size of the read buffer behind [`Request::rfile`] for streams.
@@ -54,10 +55,11 @@ const RBUF_START: usize = 2 * 1024;
 /// The server creates one handler value per request from the factory it was
 /// given, then calls [`setup`](Self::setup), [`handle`](Self::handle) and
 /// [`finish`](Self::finish). `finish` always runs once `setup` succeeded,
-/// even when `handle` failed. An error from any of them is passed to the
-/// server's `handle_error` hook (logged with the peer address) and the
-/// connection is closed; the server keeps serving. A panic is caught and
-/// treated the same way.
+/// even when `handle` failed or panicked (Python's `finally`). An error
+/// from any of them is passed to the server's `handle_error` hook (logged
+/// with the peer address) and the connection is closed; the server keeps
+/// serving. A panic is caught and treated the same way, except that a
+/// datagram reply is not sent after one.
 #[doc(alias = "BaseRequestHandler")]
 #[doc(alias = "StreamRequestHandler")]
 #[doc(alias = "DatagramRequestHandler")]
@@ -93,6 +95,9 @@ pub trait RequestHandler: Send + 'static {
 ///
 /// # Errors
 /// The first error returned by `setup`, `handle` or `finish`.
+///
+/// # Panics
+/// A panic in `handle` is resumed once `finish` has run.
 pub fn run_handler<H: RequestHandler + ?Sized>(
     handler: &mut H,
     req: &mut Request,
@@ -112,7 +117,8 @@ pub(crate) struct Lifecycle {
 
 /// The one handler life cycle every strategy runs (through
 /// [`run_handler`] or the server core): `setup`, then `handle` and
-/// `finish`, with `finish` always run once `setup` succeeded.
+/// `finish`, with `finish` always run once `setup` succeeded, after a
+/// panic in `handle` too (the panic then resumes).
 pub(crate) fn lifecycle<H: RequestHandler + ?Sized>(
     handler: &mut H,
     req: &mut Request,
@@ -123,7 +129,19 @@ pub(crate) fn lifecycle<H: RequestHandler + ?Sized>(
             result: Err(e),
         };
     }
-    let handled = handler.handle(req);
+    // Python's `try: handle() finally: finish()`: a panic in `handle`
+    // runs `finish` too, then goes on to the server, which reports it.
+    // `process::exit` is not a failure: it ends the process at once.
+    let handled = match catch_unwind(AssertUnwindSafe(|| handler.handle(req))) {
+        Ok(r) => r,
+        Err(payload) => {
+            let payload = crate::process::resume_exit_request(payload);
+            // The panic is the first failure; an error from `finish` is
+            // not reported over it.
+            let _ = handler.finish(req);
+            resume_unwind(payload);
+        }
+    };
     let finished = handler.finish(req);
     Lifecycle {
         setup_ok: true,
@@ -231,12 +249,26 @@ impl Stream {
     }
 }
 
+/// A read or write that gave up after the socket's timeout fails with
+/// `WouldBlock`, whose message ("Resource temporarily unavailable") reads
+/// like a bug in the server's log line: say what happened instead,
+/// keeping the kind. Only on the error path, so it costs nothing else.
+fn explain_timeout(e: io::Error, timeout: io::Result<Option<Duration>>, what: &str) -> io::Error {
+    match (e.kind(), timeout) {
+        (io::ErrorKind::WouldBlock, Ok(Some(t))) => {
+            io::Error::new(e.kind(), format!("{what} within the timeout ({t:?})"))
+        }
+        _ => e,
+    }
+}
+
 impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => (&*s).read(buf),
             Stream::Unix(s) => (&*s).read(buf),
         }
+        .map_err(|e| explain_timeout(e, self.read_timeout(), "the peer sent nothing"))
     }
 }
 
@@ -246,6 +278,13 @@ impl Write for &Stream {
             Stream::Tcp(s) => (&*s).write(buf),
             Stream::Unix(s) => (&*s).write(buf),
         }
+        .map_err(|e| {
+            let timeout = match self {
+                Stream::Tcp(s) => s.write_timeout(),
+                Stream::Unix(s) => s.write_timeout(),
+            };
+            explain_timeout(e, timeout, "the peer read nothing")
+        })
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

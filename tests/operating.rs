@@ -310,8 +310,74 @@ fn privileges_are_dropped_for_good() {
     assert!(st.success(), "privilege-drop child failed: {st}");
 }
 
+/// Installs `shutdown_on_signals`, drops the guard, then (`signals-again`)
+/// installs a second one and serves until a signal stops it, or
+/// (`signals-dropped`) just waits. Prints `ready` when the signal may
+/// come, `stopped` when `serve_forever` returned.
+fn child_signals(again: bool) {
+    use socketserver::server::{shutdown_on_signals, TcpServer};
+    let mut server = TcpServer::bind("127.0.0.1:0", || Echo).unwrap();
+    drop(shutdown_on_signals(&server.shutdown_handle()).unwrap());
+    let _kept = again.then(|| shutdown_on_signals(&server.shutdown_handle()).unwrap());
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    if again {
+        server.serve_forever().unwrap();
+        println!("stopped");
+    } else {
+        std::thread::sleep(T);
+    }
+}
+
+/// Once `shutdown_on_signals`'s guard is dropped, SIGTERM ends the
+/// process again (before, it was ignored: only SIGKILL ended it); a
+/// guard installed after that still turns it into a graceful shutdown.
+fn signals_do_their_default_once_the_guard_is_dropped() {
+    use std::os::unix::process::ExitStatusExt;
+    for again in [false, true] {
+        let role = if again {
+            "signals-again"
+        } else {
+            "signals-dropped"
+        };
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("OPERATING_CHILD", role)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n", "{role}");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + T;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{role}: SIGTERM did not end the child");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        if again {
+            assert!(status.success(), "{role}: {status}");
+            assert_eq!(rest, "stopped\n", "{role}");
+        } else {
+            assert_eq!(status.signal(), Some(libc::SIGTERM), "{role}: {status}");
+        }
+    }
+}
+
 fn main() {
     match std::env::var("OPERATING_CHILD").as_deref() {
+        Ok("signals-dropped") => return child_signals(false),
+        Ok("signals-again") => return child_signals(true),
         Ok("activation") | Ok("activation-other") | Ok("activation-bad") => {
             return child_activation()
         }
@@ -322,6 +388,10 @@ fn main() {
         _ => {}
     }
     let tests: &[(&str, fn())] = &[
+        (
+            "signals_do_their_default_once_the_guard_is_dropped",
+            signals_do_their_default_once_the_guard_is_dropped,
+        ),
         (
             "socket_activation_rejects_malformed_listen_fds",
             socket_activation_rejects_malformed_listen_fds,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use socketserver::server::{
     Hooks, Incoming, Server, SocketServer, Strategy, Synchronous, TcpServer, Threading,
-    ThreadingTcpServer, ThreadingUdpServer, UdpServer, UnixStreamServer,
+    ThreadingTcpServer, ThreadingUdpServer, UdpServer, UnixDatagramServer, UnixStreamServer,
 };
 use socketserver::{Error, PeerAddr, Request, RequestHandler};
 use support::*;
@@ -181,6 +181,91 @@ fn handler_error_in_sync_server() {
 #[test]
 fn handler_error_in_threading_server() {
     handler_errors::<Threading>();
+}
+
+/// A Unix datagram client that closed its socket before the reply went
+/// away, like a stream peer that hung up: `handle_error` gets an error
+/// the default hook logs at debug (`is_disconnect`), not a handler error.
+/// A client that never bound an address is told why it gets no reply.
+#[test]
+fn unix_datagram_reply_failures_say_whose_they_are() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    struct Kinds(Arc<Mutex<Vec<(bool, String)>>>);
+    impl Hooks for Kinds {
+        fn handle_error(&self, _: &PeerAddr, error: &Error) {
+            let entry = (error.is_disconnect(), error.to_string());
+            self.0.lock().unwrap().push(entry);
+        }
+    }
+    let mut server = UnixDatagramServer::builder()
+        .hooks(Kinds(log.clone()))
+        .bind(&path, || Echo)
+        .unwrap();
+    // Gone, file and all.
+    let me = dir.path().join("gone.sock");
+    let c = UnixDatagram::bind(&me).unwrap();
+    c.send_to(b"x", &path).unwrap();
+    drop(c);
+    std::fs::remove_file(&me).unwrap();
+    server.handle_request().unwrap();
+    // Gone, its file left behind.
+    let me = dir.path().join("left.sock");
+    let c = UnixDatagram::bind(&me).unwrap();
+    c.send_to(b"x", &path).unwrap();
+    drop(c);
+    server.handle_request().unwrap();
+    // Never bound.
+    let c = UnixDatagram::unbound().unwrap();
+    c.send_to(b"x", &path).unwrap();
+    server.handle_request().unwrap();
+    let entries = log.lock().unwrap().clone();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    assert!(entries[0].0 && entries[1].0, "{entries:?}");
+    assert!(
+        !entries[2].0 && entries[2].1.contains("bind"),
+        "{entries:?}"
+    );
+}
+
+/// Says goodbye in `finish`; panics in `handle` on "panic".
+struct Polite;
+
+impl RequestHandler for Polite {
+    fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        let mut line = String::new();
+        req.rfile().read_line(&mut line)?;
+        if line.trim() == "panic" {
+            panic!("handler panicked on purpose");
+        }
+        req.wfile().write_all(line.as_bytes())
+    }
+
+    fn finish(&mut self, req: &mut Request) -> io::Result<()> {
+        req.wfile().write_all(b"bye\n")
+    }
+}
+
+/// `finish` runs once `setup` succeeded, also when `handle` panicked (as
+/// Python's `finally` does), and the panic is still reported.
+#[test]
+fn finish_runs_after_a_panic_in_handle() {
+    let log = ErrorLog::default();
+    let server = TcpServer::builder()
+        .hooks(log.clone())
+        .bind("127.0.0.1:0", || Polite)
+        .unwrap();
+    let addr = server.server_address();
+    let (handle, thread) = serve_in_thread(server);
+    assert_eq!(tcp_roundtrip(addr, b"hi\n"), b"hi\nbye\n");
+    assert_eq!(tcp_roundtrip(addr, b"panic\n"), b"bye\n");
+    handle.shutdown();
+    thread.join().unwrap().server_close();
+    let entries = log.0.lock().unwrap().clone();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].1.contains("panicked on purpose"), "{entries:?}");
 }
 
 #[test]
@@ -408,6 +493,13 @@ fn connection_timeout_ends_a_silent_connection() {
     thread.join().unwrap().server_close();
     let entries = log.0.lock().unwrap().clone();
     assert_eq!(entries.len(), 1, "{entries:?}");
+    // Said plainly, not as "Resource temporarily unavailable".
+    assert!(
+        entries[0]
+            .1
+            .contains("the peer sent nothing within the timeout"),
+        "{entries:?}"
+    );
 }
 
 #[test]
@@ -445,6 +537,95 @@ fn bind_errors_name_the_address() {
         err.to_string().contains(&missing.display().to_string()),
         "{err}"
     );
+}
+
+/// A socket file left by a server that never closed (SIGKILL, or a
+/// signal it did not handle) does not stop the next server from starting;
+/// a live server's file, and a path that is not a socket, are left alone.
+#[test]
+fn a_stale_unix_socket_file_is_replaced_but_a_live_one_is_not() {
+    use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+
+    // Stream: a listener dropped without removing its file.
+    let path = dir.path().join("stream.sock");
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let mut server = UnixStreamServer::bind(&path, || Echo).expect("stale stream socket file");
+    let client = {
+        let path = path.clone();
+        std::thread::spawn(move || -> io::Result<Vec<u8>> {
+            let mut c = UnixStream::connect(&path)?;
+            c.write_all(MSG)?;
+            c.shutdown(Shutdown::Write)?;
+            let mut back = Vec::new();
+            c.read_to_end(&mut back)?;
+            Ok(back)
+        })
+    };
+    server.handle_request().unwrap();
+    assert_eq!(client.join().unwrap().unwrap(), MSG);
+
+    // A second server on the live server's path fails, and the first
+    // keeps its file and serves on.
+    let err = UnixStreamServer::bind(&path, || Echo).unwrap_err();
+    let Error::Io(io) = &err else {
+        panic!("not an I/O error: {err:?}")
+    };
+    assert_eq!(io.kind(), io::ErrorKind::AddrInUse, "{err}");
+    assert!(path.exists(), "the live server's socket file was removed");
+    let c = UnixStream::connect(&path).expect("the live server lost its address");
+    c.shutdown(Shutdown::Write).unwrap();
+    server.handle_request().unwrap();
+    server.server_close();
+    assert!(!path.exists());
+
+    // Datagram: the same.
+    let path = dir.path().join("dgram.sock");
+    drop(UnixDatagram::bind(&path).unwrap());
+    let mut server = UnixDatagramServer::bind(&path, || Echo).expect("stale datagram socket file");
+    let me = dir.path().join("client.sock");
+    let c = UnixDatagram::bind(&me).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.send_to(MSG, &path).unwrap();
+    server.handle_request().unwrap();
+    let mut buf = [0u8; 256];
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], MSG);
+    let err = UnixDatagramServer::bind(&path, || Echo).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io(io) if io.kind() == io::ErrorKind::AddrInUse),
+        "{err}"
+    );
+    assert!(path.exists(), "the live server's socket file was removed");
+    drop(server);
+    assert!(!path.exists());
+
+    // A regular file is never removed.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    let err = UnixStreamServer::bind(&file, || Echo).unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+/// Closing removes the socket file the server made, not one another
+/// server bound on the same path after someone removed the first.
+#[test]
+fn closing_leaves_a_socket_file_another_server_bound() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let mut first = UnixStreamServer::bind(&path, || Echo).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let second = UnixListener::bind(&path).unwrap();
+    first.server_close();
+    assert!(
+        path.exists(),
+        "closing the first server removed the second's file"
+    );
+    let _c = UnixStream::connect(&path).expect("the second server lost its address");
+    second.accept().unwrap();
 }
 
 #[test]
@@ -502,4 +683,50 @@ fn the_stopping_line_mentions_health_only_with_a_health_port() {
             "{log}"
         );
     }
+}
+
+/// A Linux abstract name (a path starting with NUL) is served, shown as
+/// `@name`, and closed without a warning about a socket file (it has none).
+#[test]
+fn an_abstract_unix_name_is_served_shown_with_an_at_and_closed_quietly() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let name = format!("socketserver-test-{}", std::process::id());
+    let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+        &[b"\0", name.as_bytes()].concat(),
+    ));
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut server = UnixStreamServer::bind(&path, || Echo).unwrap();
+        assert_eq!(server.server_address().to_string(), format!("@{name}"));
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let mut c = UnixStream::connect_addr(&addr).unwrap();
+        c.write_all(MSG).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        server.handle_request().unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        assert_eq!(back, MSG);
+        server.server_close();
+    });
+    let log = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    assert!(log.is_empty(), "warnings at close: {log}");
 }

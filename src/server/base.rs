@@ -512,8 +512,16 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
             sock.set_reuse_port(true)?;
         }
         let addr = T::sock_addr(&self.address).map_err(|e| at_address(e, "bind", &self.address))?;
-        sock.bind(&addr)
-            .map_err(|e| at_address(e, "bind", &self.address))?;
+        let mut bound = sock.bind(&addr);
+        if matches!(&bound, Err(e) if e.kind() == io::ErrorKind::AddrInUse) {
+            // A Unix socket file left by a server that never closed.
+            match T::clear_stale(&self.address) {
+                Ok(true) => bound = sock.bind(&addr),
+                Ok(false) => {}
+                Err(e) => bound = Err(e),
+            }
+        }
+        bound.map_err(|e| at_address(e, "bind", &self.address))?;
         let bound = T::bound_address(socket, &self.address);
         self.bound = true;
         self.address = bound?;

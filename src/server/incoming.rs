@@ -73,15 +73,29 @@ impl Datagram {
     ///
     /// # Errors
     /// The send failed, or `peer` cannot be replied to (an unnamed Unix
-    /// datagram socket has no address).
+    /// datagram socket has no address). A Unix peer that closed its socket
+    /// before the reply is an error of kind `NotConnected`: the peer went
+    /// away, which the default `handle_error` logs at `debug`, as a hang-up
+    /// on a stream.
     pub fn send_reply(&self, reply: &[u8], peer: &PeerAddr) -> io::Result<()> {
         // Bounded: a socket that stays full for 10 s is reported, not waited on.
         for _ in 0..10 {
             let sent = match (&self.socket, peer) {
                 (ReplySocket::Udp(s), PeerAddr::Inet(a)) => s.send_to(reply, a),
                 (ReplySocket::Unix(s), PeerAddr::Unix(a)) => match a.as_pathname() {
-                    Some(p) => s.send_to(reply, p),
-                    None => s.send_to_addr(reply, a),
+                    Some(p) => s.send_to(reply, p).map_err(|e| unix_peer_gone(e, peer)),
+                    None if a.is_unnamed() => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "cannot reply to {peer}: the client's socket has no address \
+                                 (a Unix datagram client must bind a path to get a reply)"
+                            ),
+                        ))
+                    }
+                    None => s
+                        .send_to_addr(reply, a)
+                        .map_err(|e| unix_peer_gone(e, peer)),
                 },
                 _ => {
                     return Err(io::Error::new(
@@ -109,7 +123,22 @@ impl Datagram {
         }
         Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("reply to {peer} not sent: socket buffer stayed full"),
+            format!(
+                "reply to {peer} not sent: socket buffer stayed full (the peer is not reading)"
+            ),
         ))
+    }
+}
+
+/// A reply to a Unix datagram peer whose socket is gone (`ECONNREFUSED`:
+/// nothing bound to its path any more; `ENOENT`: the path removed too) is
+/// a peer that went away, as a reset is on a stream: kind `NotConnected`.
+fn unix_peer_gone(e: io::Error, peer: &PeerAddr) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED | libc::ENOENT) => io::Error::new(
+            io::ErrorKind::NotConnected,
+            format!("reply to {peer} not sent: the peer closed its socket ({e})"),
+        ),
+        _ => e,
     }
 }

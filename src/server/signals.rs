@@ -15,8 +15,8 @@
 //! connection; a second Ctrl-C ends them too.
 
 use std::fmt;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::SigId;
@@ -27,11 +27,33 @@ use super::wakeup::ShutdownHandle;
 
 /// Keeps the signal handlers installed; dropping it removes them.
 ///
-/// After it is dropped SIGINT/SIGTERM no longer shut the server down, and
-/// (a `signal-hook` limitation) they do not return to their default action
-/// either: they are ignored.
+/// After the last guard is dropped SIGINT and SIGTERM no longer shut the
+/// server down: they end the process, as they did before (their default
+/// action). A program that handles them itself through `signal-hook` or
+/// `tokio::signal` should do so while a guard is alive, or not drop it:
+/// once none is, the process ends on them after those handlers ran.
+#[must_use = "dropping the guard at once removes the handlers: keep it alive while serving"]
 pub struct SignalGuard {
     ids: Vec<SigId>,
+}
+
+/// Guards alive in this process.
+static GUARDS: Mutex<usize> = Mutex::new(0);
+
+/// Read by an action registered first, once per process, for each signal:
+/// while no guard is alive it performs the signal's default action.
+/// (`signal-hook` cannot uninstall its handler: without this, removing
+/// the last action would leave SIGINT and SIGTERM ignored.)
+fn default_when_unguarded() -> Result<&'static Arc<AtomicBool>> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(flag) = FLAG.get() {
+        return Ok(flag);
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_default(sig, flag.clone())?;
+    }
+    Ok(FLAG.get_or_init(|| flag))
 }
 
 impl fmt::Debug for SignalGuard {
@@ -46,6 +68,13 @@ impl Drop for SignalGuard {
     fn drop(&mut self) {
         for id in self.ids.drain(..) {
             signal_hook::low_level::unregister(id);
+        }
+        let mut guards = GUARDS.lock().unwrap_or_else(|p| p.into_inner());
+        *guards -= 1;
+        if *guards == 0 {
+            if let Ok(flag) = default_when_unguarded() {
+                flag.store(true, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -72,6 +101,11 @@ impl Drop for SignalGuard {
 /// forbidden signals, which these are not) or the wake-up socket could not
 /// be duplicated.
 pub fn shutdown_on_signals(server: &ShutdownHandle) -> Result<SignalGuard> {
+    let mut guards = GUARDS.lock().unwrap_or_else(|p| p.into_inner());
+    default_when_unguarded()?.store(false, Ordering::SeqCst);
+    *guards += 1;
+    drop(guards);
+    // From here on a failure drops the guard, which counts it out again.
     let mut guard = SignalGuard { ids: Vec::new() };
     // Never reset, unlike the server's flag, so a second signal during
     // `server_close` still forces the exit.

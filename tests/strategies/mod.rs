@@ -8,7 +8,8 @@
 //! through `handle_error`, the server serves on), `verify_request` saying
 //! no (the request is closed unserved), the drain (during shutdown with a
 //! connection still open a new client is refused at once, and the open one
-//! finishes and is counted) and `server_close` releasing the address.
+//! finishes and is counted; a datagram in flight still gets its reply),
+//! `server_close` releasing the address, and no descriptor left open.
 //!
 //! Hooks record what they see in a file (one `write` per line), because
 //! under forking and prefork they run in other processes.
@@ -28,14 +29,16 @@ use socketserver::server::{
 use socketserver::{Error, PeerAddr, Request, RequestHandler};
 
 use crate::check;
-use crate::support::{Test, TestResult};
+use crate::support::{open_fds, Test, TestResult};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// CPython's `TEST_STR`.
 const TEST_STR: &[u8] = b"hello world\n";
 
 /// The one handler: echoes each line; `fail` makes it return an error,
-/// `hold` answers `held` and keeps reading (a long connection).
+/// `hold` answers `held` and keeps reading (a long connection); `slow
+/// PATH` creates the file `PATH`, waits 500 ms and answers `slow` (a
+/// request in flight when the server is told to stop).
 struct Probe;
 
 impl RequestHandler for Probe {
@@ -49,6 +52,12 @@ impl RequestHandler for Probe {
             match &line[..] {
                 b"fail\n" => return Err(io::Error::other("handler failed on purpose")),
                 b"hold\n" => req.wfile().write_all(b"held\n")?,
+                l if l.starts_with(b"slow ") => {
+                    let path = String::from_utf8_lossy(&l[5..]).trim().to_string();
+                    std::fs::write(path, b"")?;
+                    std::thread::sleep(Duration::from_millis(500));
+                    req.wfile().write_all(b"slow\n")?;
+                }
                 b"timeouts\n" => {
                     let answer = timeouts(req)?;
                     req.wfile().write_all(answer.as_bytes())?;
@@ -336,6 +345,9 @@ where
         server.server_close();
     }
 
+    // Counted after the first server ran, so a process-wide descriptor
+    // made once on first use (tokio's signal pipe) is not counted.
+    let fds_before = open_fds();
     let server = build::<T, S>(dir, "main")?;
     let addr = server.server_address();
     let handle = server.shutdown_handle();
@@ -419,6 +431,24 @@ where
         check!(&answer == b"held\n");
         held = Some(c);
     }
+    // A datagram in flight at the shutdown still gets its reply: the
+    // reply goes out on the server socket, so a strategy must not close
+    // (or revoke) that socket under a running handler.
+    let datagram_in_flight = !T::STREAM && S::NAME != Synchronous::NAME;
+    let mut asker = None;
+    if datagram_in_flight {
+        let started = dir.join("slow-started");
+        let msg = format!("slow {}\n", started.display());
+        let (addr, d) = (addr.clone(), dir.to_path_buf());
+        asker = Some(std::thread::spawn(move || {
+            T::ask(&addr, &d, msg.as_bytes()).map_err(e)
+        }));
+        if !eventually(TIMEOUT, || started.exists()) {
+            handle.shutdown();
+            let _ = serving.join();
+            return Err("the slow datagram was never handled".into());
+        }
+    }
     handle.shutdown();
     // A probe that connects before the listening socket is closed may be
     // served as part of the drain.
@@ -444,11 +474,19 @@ where
     }
     let (served, report) = serving.join().map_err(|_| "serving thread panicked")?;
     served?;
+    if let Some(asker) = asker {
+        let got = asker.join().map_err(|_| "datagram client panicked")?;
+        check!(
+            matches!(&got, Ok(b) if b == b"slow\n"),
+            "the datagram in flight at the shutdown got {got:?}, not its reply"
+        );
+    }
     let report = report.ok_or("no drain report")?;
     check!(report.aborted == 0, "{report:?}");
     // Only what was in flight at the shutdown is drained: the held
-    // request (and any probe that got in), not the ones that ended before.
-    let in_flight = usize::from(concurrent);
+    // request (and any probe that got in), or the slow datagram, not the
+    // ones that ended before.
+    let in_flight = usize::from(concurrent || datagram_in_flight);
     check!(
         (in_flight..=in_flight + probes_accepted).contains(&report.drained) && report.detached == 0,
         "expected {in_flight} drained request(s) (+{probes_accepted} probes): {report:?}"
@@ -456,6 +494,13 @@ where
 
     // server_close released the address.
     T::rebind(&addr).map_err(|err| format!("cannot bind {addr} again: {err}"))?;
+    // The handle keeps the server's wake-up socket pair.
+    drop(handle);
+    check!(
+        eventually(TIMEOUT, || open_fds() == fds_before),
+        "descriptors open before the server: {fds_before}, after it closed: {}",
+        open_fds()
+    );
     Ok(())
 }
 

@@ -76,6 +76,21 @@ pub trait Transport: Send + Sync + 'static {
     fn cleanup(address: &Self::Address) {
         let _ = address;
     }
+
+    /// Called when `bind` failed with `AddrInUse`: removes what a server
+    /// that did not close (killed, or stopped without
+    /// [`server_close`](super::Server::server_close)) left at the address,
+    /// and returns `Ok(true)` when binding is worth trying again. A Unix
+    /// transport removes a socket file nobody is bound to any more. Default
+    /// removes nothing (`Ok(false)`: the address is in use).
+    ///
+    /// # Errors
+    /// The address is taken by something that must not be removed (a Unix
+    /// path that is not a socket), with a message saying what.
+    fn clear_stale(address: &Self::Address) -> io::Result<bool> {
+        let _ = address;
+        Ok(false)
+    }
 }
 
 /// Something a server of transport `T` can bind to: anything

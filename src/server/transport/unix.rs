@@ -1,14 +1,26 @@
 //! Unix-domain stream and datagram transports.
 //!
-//! Like Python, binding fails with `EADDRINUSE` when the path already
-//! exists (a stale file is not silently removed: it might belong to a live
-//! server). Unlike Python, the server removes the socket file it created
-//! when it is closed.
+//! A path that starts with a NUL byte (`"\0name"`) binds a Linux abstract
+//! name: no file is made or removed, and it is displayed as `@name`.
+//!
+//! Unlike Python, the server removes the socket file it created when it
+//! is closed (that file only: one that another server bound after
+//! removing this one's is left alone), and a socket file left behind by a
+//! server that never closed (killed by SIGKILL, or by a signal it did not
+//! handle) does not stop the next one from starting: when binding fails
+//! with `EADDRINUSE` and the path is a socket that refuses a connection
+//! (nothing is bound to it any more), the file is removed and the bind
+//! retried. A path that a
+//! live server holds, or that is not a socket at all, is left alone and
+//! the bind fails with `AddrInUse`, saying which. (Two servers started on
+//! the same stale path in the same instant can still race: one may
+//! remove the other's file between its `bind` and `listen`.)
 
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -22,7 +34,8 @@ pub struct UnixStreamTransport;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UnixDatagramTransport;
 
-/// A Unix socket path, displayed as `unix:PATH`.
+/// A Unix socket path, displayed as `PATH`. A path that starts with a NUL
+/// byte is a Linux abstract name (no file), displayed as `@NAME`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnixPath(pub PathBuf);
 
@@ -30,6 +43,12 @@ impl UnixPath {
     /// The filesystem path.
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// The name after the leading NUL byte, for an abstract socket.
+    fn abstract_name(&self) -> Option<&[u8]> {
+        use std::os::unix::ffi::OsStrExt;
+        self.0.as_os_str().as_bytes().strip_prefix(b"\0")
     }
 }
 
@@ -41,7 +60,10 @@ impl AsRef<Path> for UnixPath {
 
 impl fmt::Display for UnixPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.display())
+        match self.abstract_name() {
+            Some(name) => write!(f, "@{}", String::from_utf8_lossy(name)),
+            None => write!(f, "{}", self.0.display()),
+        }
     }
 }
 
@@ -52,9 +74,16 @@ fn open(ty: Type, kind: SocketKind) -> io::Result<ServerSocket> {
 }
 
 fn adopted_path(socket: &ServerSocket) -> io::Result<UnixPath> {
+    use std::os::unix::ffi::OsStrExt;
     let addr = socket.sock_ref().local_addr()?;
+    let abstract_name = || {
+        let name = addr.as_abstract_namespace()?;
+        let path = [b"\0", name].concat();
+        Some(UnixPath(PathBuf::from(std::ffi::OsStr::from_bytes(&path))))
+    };
     addr.as_pathname()
         .map(|p| UnixPath(p.to_path_buf()))
+        .or_else(abstract_name)
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -63,7 +92,83 @@ fn adopted_path(socket: &ServerSocket) -> io::Result<UnixPath> {
         })
 }
 
+/// [`Transport::clear_stale`] for a Unix socket of type `ty`: removes the
+/// file at `address` if it is a socket nothing is bound to.
+fn clear_stale(address: &UnixPath, ty: Type) -> io::Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(&address.0) {
+        Ok(m) => m,
+        // Gone meanwhile: binding again may succeed.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(_) => return Ok(false),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "the path exists and is not a socket; not removing it",
+        ));
+    }
+    // Non-blocking: a live stream server whose backlog is full answers
+    // EAGAIN instead of making this wait.
+    let probe = Socket::new(Domain::UNIX, ty, None)?;
+    probe.set_nonblocking(true)?;
+    match probe.connect(&SockAddr::unix(&address.0)?) {
+        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            std::fs::remove_file(&address.0)?;
+            tracing::info!(
+                path = %address,
+                "removed a stale socket file left by a server that did not close"
+            );
+            Ok(true)
+        }
+        // Connected (or EAGAIN, EPROTOTYPE: a live server of either
+        // type): it is in use.
+        _ => Ok(false),
+    }
+}
+
+/// The socket files this process bound, by path: `(device, inode)` as
+/// found right after `bind`, so closing removes the file only if it is
+/// still the one the server made.
+static BOUND_FILES: Mutex<Vec<(PathBuf, u64, u64)>> = Mutex::new(Vec::new());
+
+fn bound_files() -> std::sync::MutexGuard<'static, Vec<(PathBuf, u64, u64)>> {
+    BOUND_FILES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// [`Transport::bound_address`] for both Unix transports: records which
+/// file `bind` made.
+fn record_bound(requested: &UnixPath) -> io::Result<UnixPath> {
+    use std::os::unix::fs::MetadataExt;
+    if requested.abstract_name().is_none() {
+        if let Ok(m) = std::fs::symlink_metadata(&requested.0) {
+            let mut files = bound_files();
+            files.retain(|(p, _, _)| *p != requested.0);
+            files.push((requested.0.clone(), m.dev(), m.ino()));
+        }
+    }
+    Ok(requested.clone())
+}
+
 fn cleanup(address: &UnixPath) {
+    use std::os::unix::fs::MetadataExt;
+    // An abstract name has no file; it goes with the socket.
+    if address.abstract_name().is_some() {
+        return;
+    }
+    let made = {
+        let mut files = bound_files();
+        let i = files.iter().position(|(p, _, _)| *p == address.0);
+        i.map(|i| files.swap_remove(i))
+    };
+    if let (Some((_, dev, ino)), Ok(m)) = (made, std::fs::symlink_metadata(&address.0)) {
+        if (m.dev(), m.ino()) != (dev, ino) {
+            // Removed and bound again by someone else (another server
+            // started on the path while this one ran): theirs now.
+            tracing::debug!(path = %address, "the socket file was replaced; leaving it");
+            return;
+        }
+    }
     if let Err(e) = std::fs::remove_file(&address.0) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(path = %address, error = %e, "could not remove the socket file");
@@ -90,11 +195,14 @@ impl Transport for UnixStreamTransport {
     }
 
     fn bound_address(_: &ServerSocket, requested: &UnixPath) -> io::Result<UnixPath> {
-        Ok(requested.clone())
+        record_bound(requested)
     }
 
     fn cleanup(address: &UnixPath) {
         cleanup(address)
+    }
+    fn clear_stale(address: &UnixPath) -> io::Result<bool> {
+        clear_stale(address, Type::STREAM)
     }
 }
 
@@ -117,11 +225,14 @@ impl Transport for UnixDatagramTransport {
     }
 
     fn bound_address(_: &ServerSocket, requested: &UnixPath) -> io::Result<UnixPath> {
-        Ok(requested.clone())
+        record_bound(requested)
     }
 
     fn cleanup(address: &UnixPath) {
         cleanup(address)
+    }
+    fn clear_stale(address: &UnixPath) -> io::Result<bool> {
+        clear_stale(address, Type::DGRAM)
     }
 }
 

@@ -43,7 +43,9 @@
 //!   small watcher thread blocked on the control socket revokes the
 //!   descriptor while the worker's thread serves), finishes that request
 //!   and exits. So a socket nobody will serve never keeps accepting
-//!   connections into its backlog.
+//!   connections into its backlog. (A datagram socket stays open until
+//!   the request in flight has sent its reply on it: it has no backlog of
+//!   its own.)
 //! - **Shutdown** (SIGTERM, `shutdown`). The parent makes the socket
 //!   non-blocking again and writes [`STOP`] into every control socket:
 //!   each worker's watcher thread takes the connections already queued in

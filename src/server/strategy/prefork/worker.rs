@@ -32,7 +32,11 @@
 //!   in the middle of a request; the request in flight ends normally, then
 //!   the worker leaves. So a socket nobody will serve never keeps
 //!   accepting connections into its backlog, and a retired worker leaves
-//!   the backlog to its siblings.
+//!   the backlog to its siblings. A datagram socket is the exception, at
+//!   a stop too: it has no backlog of its own (one receive queue shared
+//!   by every worker), the worker's polling loop needs no interruption,
+//!   and the request in flight sends its reply on it, so it stays open
+//!   until the loop returns.
 //! - **[`STOP`]** (the whole server stops: SIGTERM, `shutdown`): the
 //!   watcher asks the loop to stop, then **takes the connections already
 //!   queued in the backlog** itself (a zero-timeout `poll`, then
@@ -346,7 +350,8 @@ impl Watch {
     /// server stops): asks the loop to stop, takes the backlog, revokes
     /// the listening socket and returns what it took. End of file (retire,
     /// or the parent died): stops the loop and revokes the listening
-    /// socket. The stop request comes before the revocation, so a loop
+    /// socket. (A datagram socket is not revoked: see the comment in the
+    /// body.) The stop request comes before the revocation, so a loop
     /// that sees the revoked descriptor has already been told to stop.
     /// Either way it then gets the accepting thread out of a blocked
     /// `accept4`.
@@ -381,8 +386,15 @@ impl Watch {
             }
         }
         self.wakeup.request_shutdown();
-        if let Err(e) = self.listening.revoke() {
-            tracing::warn!(error = %e, "prefork worker cannot drop its listening socket early");
+        // Over a datagram socket the worker's loop polls, so the stop
+        // request above ends it; its socket is one queue shared with the
+        // siblings (no backlog of its own to strand), and it is the socket
+        // the request in flight sends its reply on: revoked, that reply
+        // would fail with ENOTSOCK. It is closed when the loop returns.
+        if self.stream {
+            if let Err(e) = self.listening.revoke() {
+                tracing::warn!(error = %e, "prefork worker cannot drop its listening socket early");
+            }
         }
         self.gate.interrupt(self.thread);
         // This worker will not accept again: the parent's stop waits for
