@@ -1020,3 +1020,177 @@ fn nginx_stream_in_front() {
         leftover_namespaces()
     );
 }
+
+/// `count` consecutive ports free on 127.0.0.1 (for a passive range
+/// HAProxy forwards), found by binding them; `None` after 50 tries.
+fn free_range(count: u16) -> Option<(u16, u16)> {
+    for _ in 0..50 {
+        let low = free_port();
+        let Some(high) = low.checked_add(count - 1) else {
+            continue;
+        };
+        let held: Vec<_> = (low..=high)
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == usize::from(count) {
+            return Some((low, high));
+        }
+    }
+    None
+}
+
+/// One FTP backend behind HAProxy: its control address and passive range.
+struct FtpBackend {
+    proc: Proc,
+    control: SocketAddr,
+    passive: (u16, u16),
+}
+
+/// HAProxy in front of FTP backends, as docs/scale-out.md writes it: the
+/// control port balanced with a PROXY header (`send_proxy`: `send-proxy`
+/// for v1, `send-proxy-v2` for v2), and each backend's passive range
+/// forwarded to that backend with a PROXY header too.
+fn ftp_haproxy_config(dir: &Path, front: u16, backends: &[FtpBackend], send_proxy: &str) -> String {
+    let mut cfg = format!(
+        "global\n  maxconn 8000\n  stats socket {}/haproxy.sock mode 600 level admin\n\
+         defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\
+         frontend fe\n  bind 127.0.0.1:{front}\n  default_backend be\n\
+         backend be\n  balance roundrobin\n",
+        dir.display()
+    );
+    for (i, b) in backends.iter().enumerate() {
+        cfg += &format!(
+            "  server b{i} {} check inter 200ms fall 2 rise 2 {send_proxy} check-send-proxy\n",
+            b.control
+        );
+    }
+    for (i, b) in backends.iter().enumerate() {
+        let (low, high) = b.passive;
+        cfg += &format!(
+            "frontend pasv{i}\n  bind 127.0.0.1:{low}-{high}\n  default_backend pasv{i}\n\
+             backend pasv{i}\n  server b{i} {} {send_proxy}\n",
+            b.control.ip()
+        );
+    }
+    cfg
+}
+
+/// FTPS behind HAProxy, PROXY v1 and v2: three `ftp --proxy-protocol
+/// --proxy-from 127.0.0.1` backends on 127.0.0.2-4, each with its own
+/// passive range that HAProxy forwards to it. A client on 127.0.0.5 (an
+/// address HAProxy does not use, so the balancer's own address cannot pass
+/// for the client's) downloads with `curl --ssl-reqd` over EPSV and PASV
+/// (curl connects to the balancer's address either way: EPSV names no
+/// host and curl ignores PASV's by default) and uploads once per backend;
+/// every backend logs the client's address. Before the data listener read
+/// the balancer's PROXY header, every transfer failed: the data
+/// connection came from HAProxy and was refused as foreign.
+#[test]
+fn ftps_behind_haproxy_passive_ports_through_the_balancer() {
+    if !balancer::installed("haproxy") || !balancer::installed("curl") {
+        eprintln!("skipped: haproxy or curl is not installed (apt-get install haproxy curl)");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let body = "through the balancer\n".repeat(500);
+    std::fs::write(root.join("file.txt"), &body).unwrap();
+    for send_proxy in ["send-proxy", "send-proxy-v2"] {
+        let mut backends: Vec<FtpBackend> = (2..5u8)
+            .map(|n| {
+                let control = SocketAddr::from(([127, 0, 0, n], free_port()));
+                let passive = free_range(4).expect("4 free consecutive ports");
+                let mut cmd = Command::new(example("ftp"));
+                cmd.env("RUST_LOG", "info").args([
+                    "--root",
+                    root.to_str().unwrap(),
+                    "--listen",
+                    &control.to_string(),
+                    "--user",
+                    "bob:secret",
+                    "--tls-self-signed",
+                    "--proxy-protocol",
+                    "--proxy-from",
+                    "127.0.0.1",
+                    "--passive-ports",
+                    &format!("{}-{}", passive.0, passive.1),
+                ]);
+                let mut proc = Proc::start(cmd);
+                assert!(
+                    proc.wait_for("listening on", Duration::from_secs(10))
+                        .is_some(),
+                    "ftp did not start: {:?}",
+                    proc.drain()
+                );
+                FtpBackend {
+                    proc,
+                    control,
+                    passive,
+                }
+            })
+            .collect();
+        let front = free_port();
+        let lb_dir = dir.path().join(send_proxy);
+        std::fs::create_dir(&lb_dir).unwrap();
+        let cfg = ftp_haproxy_config(&lb_dir, front, &backends, send_proxy);
+        let _haproxy = balancer::start_haproxy(&lb_dir, front, &cfg);
+        wait_all_up(&lb_dir);
+        let curl = |extra: &[&str], url: &str| {
+            let out = Command::new("curl")
+                .args(["-sS", "-k", "--ssl-reqd", "-u", "bob:secret"])
+                .args(["--interface", "127.0.0.5", "--max-time", "20"])
+                .args(extra)
+                .arg(url)
+                .output()
+                .expect("run curl");
+            assert!(
+                out.status.success(),
+                "{send_proxy}: curl {extra:?} {url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let url = format!("ftp://127.0.0.1:{front}");
+        // Round robin: three of each reach every backend.
+        for extra in [&[][..], &["--disable-epsv"][..]] {
+            for _ in 0..3 {
+                assert_eq!(
+                    curl(extra, &format!("{url}/file.txt")),
+                    body,
+                    "{send_proxy} {extra:?}"
+                );
+            }
+        }
+        let upload = dir.path().join("upload.txt");
+        std::fs::write(&upload, "uploaded\n").unwrap();
+        for i in 0..3 {
+            let name = format!("{send_proxy}-{i}.txt");
+            curl(&["-T", upload.to_str().unwrap()], &format!("{url}/{name}"));
+            assert_eq!(
+                std::fs::read_to_string(root.join(&name)).unwrap(),
+                "uploaded\n"
+            );
+        }
+        for b in backends.iter_mut() {
+            assert!(
+                b.proc
+                    .wait_for("peer=127.0.0.5:", Duration::from_secs(5))
+                    .is_some(),
+                "{send_proxy}: backend {} never logged the client's address: {:?}",
+                b.control,
+                b.proc.drain()
+            );
+            let refused: Vec<&String> = b
+                .proc
+                .drain()
+                .iter()
+                .filter(|l| l.contains("refused passive data connection"))
+                .collect();
+            assert!(refused.is_empty(), "{send_proxy}: {refused:?}");
+        }
+        eprintln!("{send_proxy}: 9 FTPS transfers through HAProxy, passive ports included");
+        drop(backends);
+    }
+}

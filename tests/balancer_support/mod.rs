@@ -467,6 +467,13 @@ pub fn haproxy(dir: &Path, port: u16, backends: &[Backend], proxy: bool) -> Proc
             }
         );
     }
+    start_haproxy(dir, port, &cfg)
+}
+
+/// HAProxy run with the configuration `cfg` (written to `dir`), whose
+/// frontend listens on 127.0.0.1:`port` and whose stats socket is
+/// `dir/haproxy.sock`; returns once both answer.
+pub fn start_haproxy(dir: &Path, port: u16, cfg: &str) -> Proc {
     let path: PathBuf = dir.join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
     let mut cmd = Command::new("haproxy");
