@@ -1189,6 +1189,15 @@ fn ftps_behind_haproxy_passive_ports_through_the_balancer() {
                 .filter(|l| l.contains("refused passive data connection"))
                 .collect();
             assert!(refused.is_empty(), "{send_proxy}: {refused:?}");
+            // HAProxy's checks (five a second, from 127.0.0.1, no
+            // command) stay out of the info log; sessions are in it.
+            let checks = b
+                .proc
+                .seen
+                .iter()
+                .filter(|l| l.contains("session start peer=127.0.0.1:"))
+                .count();
+            assert_eq!(checks, 0, "{send_proxy}: health checks logged at info");
         }
         eprintln!("{send_proxy}: 9 FTPS transfers through HAProxy, passive ports included");
         drop(backends);
