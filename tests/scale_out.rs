@@ -1028,13 +1028,27 @@ fn nginx_stream_in_front() {
 }
 
 /// `count` consecutive ports free on 127.0.0.1 (for a passive range
-/// HAProxy forwards), found by binding them; `None` after 50 tries.
+/// HAProxy forwards), below the kernel's ephemeral range so that no
+/// outgoing connection (this machine runs load tests) takes one between
+/// this check and HAProxy's bind; found by binding them, `None` after 50
+/// tries.
 fn free_range(count: u16) -> Option<(u16, u16)> {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = ephemeral_low.checked_sub(10_000 + count)?;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
     for _ in 0..50 {
-        let low = free_port();
-        let Some(high) = low.checked_add(count - 1) else {
-            continue;
-        };
+        // xorshift: a different candidate each try.
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let low = 10_000 + (seed % u32::from(span)) as u16;
+        let high = low + count - 1;
         let held: Vec<_> = (low..=high)
             .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
             .collect();
@@ -1050,6 +1064,40 @@ struct FtpBackend {
     proc: Proc,
     control: SocketAddr,
     passive: (u16, u16),
+}
+
+impl FtpBackend {
+    /// `ftp --proxy-protocol --proxy-from 127.0.0.1` (FTPS offered, user
+    /// bob) serving `root` on `control`, passive ports in `passive`.
+    fn start(root: &Path, control: SocketAddr, passive: (u16, u16)) -> FtpBackend {
+        let mut cmd = Command::new(example("ftp"));
+        cmd.env("RUST_LOG", "info").args([
+            "--root",
+            root.to_str().unwrap(),
+            "--listen",
+            &control.to_string(),
+            "--user",
+            "bob:secret",
+            "--tls-self-signed",
+            "--proxy-protocol",
+            "--proxy-from",
+            "127.0.0.1",
+            "--passive-ports",
+            &format!("{}-{}", passive.0, passive.1),
+        ]);
+        let mut proc = Proc::start(cmd);
+        assert!(
+            proc.wait_for("listening on", Duration::from_secs(10))
+                .is_some(),
+            "ftp did not start: {:?}",
+            proc.drain()
+        );
+        FtpBackend {
+            proc,
+            control,
+            passive,
+        }
+    }
 }
 
 /// HAProxy in front of FTP backends, as docs/scale-out.md writes it: the
@@ -1108,33 +1156,7 @@ fn ftps_behind_haproxy_passive_ports_through_the_balancer() {
             .map(|n| {
                 let control = SocketAddr::from(([127, 0, 0, n], free_port()));
                 let passive = free_range(4).expect("4 free consecutive ports");
-                let mut cmd = Command::new(example("ftp"));
-                cmd.env("RUST_LOG", "info").args([
-                    "--root",
-                    root.to_str().unwrap(),
-                    "--listen",
-                    &control.to_string(),
-                    "--user",
-                    "bob:secret",
-                    "--tls-self-signed",
-                    "--proxy-protocol",
-                    "--proxy-from",
-                    "127.0.0.1",
-                    "--passive-ports",
-                    &format!("{}-{}", passive.0, passive.1),
-                ]);
-                let mut proc = Proc::start(cmd);
-                assert!(
-                    proc.wait_for("listening on", Duration::from_secs(10))
-                        .is_some(),
-                    "ftp did not start: {:?}",
-                    proc.drain()
-                );
-                FtpBackend {
-                    proc,
-                    control,
-                    passive,
-                }
+                FtpBackend::start(&root, control, passive)
             })
             .collect();
         let front = free_port();
@@ -1205,6 +1227,52 @@ fn ftps_behind_haproxy_passive_ports_through_the_balancer() {
                 .count();
             assert_eq!(checks, 0, "{send_proxy}: health checks logged at info");
         }
+        // Restart the backends one by one (SIGTERM, exit, start again on
+        // the same ports) while a client keeps downloading: none fails.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Four clients, each bounded: at most 50 downloads, each within 20 s.
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let (stop, url, body) = (stop.clone(), url.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let mut results = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) && results.len() < 50 {
+                        let out = Command::new("curl")
+                            .args(["-sS", "-k", "--ssl-reqd", "-u", "bob:secret"])
+                            .args(["--interface", "127.0.0.5", "--max-time", "20"])
+                            .arg(format!("{url}/file.txt"))
+                            .output()
+                            .expect("run curl");
+                        let good = out.status.success() && out.stdout == body.as_bytes();
+                        results.push((good, String::from_utf8_lossy(&out.stderr).into_owned()));
+                    }
+                    results
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        for b in backends.iter_mut() {
+            b.proc.signal(Signal::SIGTERM);
+            assert!(
+                b.proc.wait_exit(Duration::from_secs(10)).is_some(),
+                "{send_proxy}: ftp did not exit on SIGTERM"
+            );
+            *b = FtpBackend::start(&root, b.control, b.passive);
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let results: Vec<(bool, String)> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        let failed: Vec<&String> = results.iter().filter(|r| !r.0).map(|r| &r.1).collect();
+        eprintln!(
+            "{send_proxy}: one-by-one restart: {} downloads, {} failed",
+            results.len(),
+            failed.len()
+        );
+        assert!(results.len() >= 8, "{send_proxy}: too few downloads");
+        assert!(failed.is_empty(), "{send_proxy}: {failed:?}");
         eprintln!("{send_proxy}: 9 FTPS transfers through HAProxy, passive ports included");
         drop(backends);
     }
