@@ -82,7 +82,9 @@ pub struct Args {
     /// (CIDR[,CIDR...]); a control connection from any other peer is
     /// closed unread. Without it anyone who can reach the port directly
     /// can claim any client address (and so get around the login limit
-    /// and the PORT/EPRT address check).
+    /// and the PORT/EPRT address check). A passive data connection from
+    /// one of them (a balancer forwarding the passive ports) must start
+    /// with a PROXY header naming the session's client.
     #[arg(
         long,
         value_name = "CIDR",
