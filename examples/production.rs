@@ -40,7 +40,7 @@ mod balancer;
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -203,6 +203,36 @@ fn serve<S: Strategy>(
     Ok(())
 }
 
+/// With `--user` (as root): hands the pid file to that user and group
+/// before the switch, so the process can still remove it at exit and a
+/// SIGHUP successor, which starts as that user, can take it again. (Left
+/// to root, the successor failed with "Permission denied" and the restart
+/// ended the service; a plain stop left the file behind.) The directory
+/// must let the user remove and create it (`/tmp`, or a directory the
+/// user owns, such as systemd's `RuntimeDirectory=`); where it cannot,
+/// the file stays and the successor locks it where it is.
+fn give_to_user(path: &Path, args: &Args) -> anyhow::Result<()> {
+    use nix::unistd::{chown, geteuid, Group, User};
+    let Some(name) = &args.user else {
+        return Ok(());
+    };
+    if !geteuid().is_root() {
+        // drop_privileges refuses it with its own message.
+        return Ok(());
+    }
+    let user = User::from_name(name)?.with_context(|| format!("no user {name:?}"))?;
+    let gid = match &args.group {
+        Some(g) => {
+            Group::from_name(g)?
+                .with_context(|| format!("no group {g:?}"))?
+                .gid
+        }
+        None => user.gid,
+    };
+    chown(path, Some(user.uid), Some(gid))
+        .with_context(|| format!("giving pid file {} to {name}", path.display()))
+}
+
 fn main() -> anyhow::Result<()> {
     // Take inherited sockets first: it edits the environment, which is
     // only sound before other threads exist.
@@ -217,7 +247,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let mut pid_file = match &args.pid_file {
-        Some(p) => Some(PidFile::create(p)?),
+        Some(p) => {
+            let f = PidFile::create(p).with_context(|| format!("pid file {}", p.display()))?;
+            give_to_user(p, &args)?;
+            Some(f)
+        }
         None => None,
     };
     let mut start = |h: &Handover| -> anyhow::Result<()> {

@@ -428,3 +428,57 @@ fn idle_clients_are_disconnected_prefork() {
 fn idle_clients_are_disconnected_async() {
     idle_scenario("async");
 }
+
+/// A TCP health check that does not send the PROXY header (HAProxy's
+/// `check` without `check-send-proxy`, a Kubernetes `tcpSocket` probe)
+/// connects and closes, several times a second. Those and a trusted peer
+/// that sends no header in time are the peer's (or the configuration's)
+/// doing, not a handler error: at most a rate-limited warning, no `ERROR`
+/// line per connection, and the timeout named as such rather than as
+/// "Resource temporarily unavailable (os error 11)".
+///
+/// Today every such connection is logged at `error` by the default
+/// `handle_error` (src/server/hooks.rs `report_error`; the PROXY layer's
+/// `Error::ProxyHeader`/`WouldBlock` are not classed as peer trouble):
+/// 20 probes → 20 `ERROR` lines.
+#[test]
+#[ignore = "needs library fix: PROXY header failures (EOF inside the header, header timeout) are logged at error once per connection (src/server/hooks.rs report_error)"]
+fn proxy_probes_without_a_header_are_not_logged_as_errors() {
+    let mut srv = start_with(
+        "threading",
+        false,
+        &[
+            "--proxy-protocol",
+            "--proxy-from",
+            "127.0.0.1",
+            "--proxy-timeout",
+            "300ms",
+        ],
+    );
+    for _ in 0..20 {
+        drop(connect(srv.addr));
+    }
+    // Silent past the header timeout.
+    let quiet = connect(srv.addr);
+    std::thread::sleep(Duration::from_millis(600));
+    drop(quiet);
+    // A good client is still served.
+    let mut s = connect(srv.addr);
+    s.write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 9000\r\nhi")
+        .unwrap();
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hi");
+    drop(s);
+    assert!(srv.terminate().success());
+    let log = srv.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.is_empty(),
+        "{} ERROR lines: {errors:#?}",
+        errors.len()
+    );
+    let warns = log.lines().filter(|l| l.contains(" WARN ")).count();
+    assert!(warns <= 2, "{warns} WARN lines for 21 probes:\n{log}");
+    assert!(!log.contains("os error 11"), "{log}");
+}

@@ -354,3 +354,63 @@ fn systemd_notifications_ready_and_stopping() {
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(wait_exit(&mut r).success());
 }
+
+/// The documented deployment, `--pid-file PATH --user nobody`, restarted
+/// with SIGHUP: the successor (which runs as `nobody`, like the process
+/// that starts it) must retake the pid file, and the file must go at the
+/// stop. The directory is world-writable and sticky, like `/tmp`.
+///
+/// Before the fix the file was created as root before the switch: the
+/// old process, now `nobody`, could not remove it, and the successor
+/// could not open it ("Permission denied (os error 13)", no path named),
+/// so the restart ended the service — the old process drained and
+/// exited with no successor serving. A plain stop left the file behind.
+#[test]
+fn sighup_restart_with_user_and_pid_file() {
+    if !geteuid().is_root() {
+        eprintln!("skipped: --user needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    become_subreaper();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let pid_path = dir.path().join("echo.pid");
+    let pid_arg = pid_path.to_str().unwrap();
+    let mut r = start(&[
+        "--mode",
+        "prefork",
+        "--listen",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_arg,
+        "--user",
+        "nobody",
+        "--drain-notice",
+        "0s",
+    ]);
+    let (addr, pid1) = ready(&r, "prefork");
+    assert_eq!(read_pid(&pid_path), pid1);
+    echo_once(addr).unwrap();
+    kill(Pid::from_raw(pid1 as i32), Signal::SIGHUP).unwrap();
+    // The successor's ready line comes on the same stdout (inherited).
+    let line = r.lines.recv_timeout(T);
+    assert_eq!(wait_exit(&mut r).code(), Some(0), "old process");
+    let line = line.expect("no successor started after SIGHUP");
+    let pid2: u32 = line
+        .rsplit("pid ")
+        .next()
+        .and_then(|t| t.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let successor = Successor(pid2 as i32);
+    assert_ne!(pid2, pid1);
+    echo_once(addr).unwrap();
+    let t0 = Instant::now();
+    while read_pid(&pid_path) != pid2 {
+        assert!(t0.elapsed() < T, "pid file not retaken");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(Pid::from_raw(pid2 as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(successor.wait(), Some(0));
+    assert!(!pid_path.exists(), "pid file left behind");
+}

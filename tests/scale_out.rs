@@ -323,6 +323,11 @@ struct ProdBackend {
 
 impl ProdBackend {
     fn start(hosts: &Hosts, i: usize) -> ProdBackend {
+        Self::start_with(hosts, i, &[])
+    }
+
+    /// As [`ProdBackend::start`], with `extra` arguments.
+    fn start_with(hosts: &Hosts, i: usize, extra: &[&str]) -> ProdBackend {
         let mut cmd = hosts.command(i, &example("production"));
         let ip = hosts.addrs[i];
         cmd.args([
@@ -337,7 +342,8 @@ impl ProdBackend {
             "600ms",
             "--drain-timeout",
             "30s",
-        ]);
+        ])
+        .args(extra);
         let mut proc = Proc::start(cmd);
         let (_, line) = proc
             .wait_line(0, Duration::from_secs(10), |l| l.contains("listening on"))
@@ -1013,6 +1019,332 @@ fn nginx_stream_in_front() {
             backends[0].drain()
         );
         drop(backends);
+    }
+    assert!(
+        leftover_namespaces().is_empty(),
+        "namespaces left: {:?}",
+        leftover_namespaces()
+    );
+}
+
+/// `count` consecutive ports free on 127.0.0.1 (for a passive range
+/// HAProxy forwards), below the kernel's ephemeral range so that no
+/// outgoing connection (this machine runs load tests) takes one between
+/// this check and HAProxy's bind; found by binding them, `None` after 50
+/// tries.
+fn free_range(count: u16) -> Option<(u16, u16)> {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = ephemeral_low.checked_sub(10_000 + count)?;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    for _ in 0..50 {
+        // xorshift: a different candidate each try.
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let low = 10_000 + (seed % u32::from(span)) as u16;
+        let high = low + count - 1;
+        let held: Vec<_> = (low..=high)
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == usize::from(count) {
+            return Some((low, high));
+        }
+    }
+    None
+}
+
+/// One FTP backend behind HAProxy: its control address and passive range.
+struct FtpBackend {
+    proc: Proc,
+    control: SocketAddr,
+    passive: (u16, u16),
+}
+
+impl FtpBackend {
+    /// `ftp --proxy-protocol --proxy-from 127.0.0.1` (FTPS offered, user
+    /// bob) serving `root` on `control`, passive ports in `passive`.
+    fn start(root: &Path, control: SocketAddr, passive: (u16, u16)) -> FtpBackend {
+        let mut cmd = Command::new(example("ftp"));
+        cmd.env("RUST_LOG", "info").args([
+            "--root",
+            root.to_str().unwrap(),
+            "--listen",
+            &control.to_string(),
+            "--user",
+            "bob:secret",
+            "--tls-self-signed",
+            "--proxy-protocol",
+            "--proxy-from",
+            "127.0.0.1",
+            "--passive-ports",
+            &format!("{}-{}", passive.0, passive.1),
+        ]);
+        let mut proc = Proc::start(cmd);
+        assert!(
+            proc.wait_for("listening on", Duration::from_secs(10))
+                .is_some(),
+            "ftp did not start: {:?}",
+            proc.drain()
+        );
+        FtpBackend {
+            proc,
+            control,
+            passive,
+        }
+    }
+}
+
+/// HAProxy in front of FTP backends, as docs/scale-out.md writes it: the
+/// control port balanced with a PROXY header (`send_proxy`: `send-proxy`
+/// for v1, `send-proxy-v2` for v2), and each backend's passive range
+/// forwarded to that backend with a PROXY header too.
+fn ftp_haproxy_config(dir: &Path, front: u16, backends: &[FtpBackend], send_proxy: &str) -> String {
+    let mut cfg = format!(
+        "global\n  maxconn 8000\n  stats socket {}/haproxy.sock mode 600 level admin\n\
+         defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\
+         frontend fe\n  bind 127.0.0.1:{front}\n  default_backend be\n\
+         backend be\n  balance roundrobin\n",
+        dir.display()
+    );
+    for (i, b) in backends.iter().enumerate() {
+        cfg += &format!(
+            "  server b{i} {} check inter 200ms fall 2 rise 2 {send_proxy} check-send-proxy\n",
+            b.control
+        );
+    }
+    for (i, b) in backends.iter().enumerate() {
+        let (low, high) = b.passive;
+        cfg += &format!(
+            "frontend pasv{i}\n  bind 127.0.0.1:{low}-{high}\n  default_backend pasv{i}\n\
+             backend pasv{i}\n  server b{i} {} {send_proxy}\n",
+            b.control.ip()
+        );
+    }
+    cfg
+}
+
+/// FTPS behind HAProxy, PROXY v1 and v2: three `ftp --proxy-protocol
+/// --proxy-from 127.0.0.1` backends on 127.0.0.2-4, each with its own
+/// passive range that HAProxy forwards to it. A client on 127.0.0.5 (an
+/// address HAProxy does not use, so the balancer's own address cannot pass
+/// for the client's) downloads with `curl --ssl-reqd` over EPSV and PASV
+/// (curl connects to the balancer's address either way: EPSV names no
+/// host and curl ignores PASV's by default) and uploads once per backend;
+/// every backend logs the client's address. Before the data listener read
+/// the balancer's PROXY header, every transfer failed: the data
+/// connection came from HAProxy and was refused as foreign.
+#[test]
+fn ftps_behind_haproxy_passive_ports_through_the_balancer() {
+    if !balancer::installed("haproxy") || !balancer::installed("curl") {
+        eprintln!("skipped: haproxy or curl is not installed (apt-get install haproxy curl)");
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let body = "through the balancer\n".repeat(500);
+    std::fs::write(root.join("file.txt"), &body).unwrap();
+    for send_proxy in ["send-proxy", "send-proxy-v2"] {
+        let mut backends: Vec<FtpBackend> = (2..5u8)
+            .map(|n| {
+                let control = SocketAddr::from(([127, 0, 0, n], free_port()));
+                let passive = free_range(4).expect("4 free consecutive ports");
+                FtpBackend::start(&root, control, passive)
+            })
+            .collect();
+        let front = free_port();
+        let lb_dir = dir.path().join(send_proxy);
+        std::fs::create_dir(&lb_dir).unwrap();
+        let cfg = ftp_haproxy_config(&lb_dir, front, &backends, send_proxy);
+        let _haproxy = balancer::start_haproxy(&lb_dir, front, &cfg);
+        wait_all_up(&lb_dir);
+        let curl = |extra: &[&str], url: &str| {
+            let out = Command::new("curl")
+                .args(["-sS", "-k", "--ssl-reqd", "-u", "bob:secret"])
+                .args(["--interface", "127.0.0.5", "--max-time", "20"])
+                .args(extra)
+                .arg(url)
+                .output()
+                .expect("run curl");
+            assert!(
+                out.status.success(),
+                "{send_proxy}: curl {extra:?} {url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let url = format!("ftp://127.0.0.1:{front}");
+        // Round robin: three of each reach every backend.
+        for extra in [&[][..], &["--disable-epsv"][..]] {
+            for _ in 0..3 {
+                assert_eq!(
+                    curl(extra, &format!("{url}/file.txt")),
+                    body,
+                    "{send_proxy} {extra:?}"
+                );
+            }
+        }
+        let upload = dir.path().join("upload.txt");
+        std::fs::write(&upload, "uploaded\n").unwrap();
+        for i in 0..3 {
+            let name = format!("{send_proxy}-{i}.txt");
+            curl(&["-T", upload.to_str().unwrap()], &format!("{url}/{name}"));
+            assert_eq!(
+                std::fs::read_to_string(root.join(&name)).unwrap(),
+                "uploaded\n"
+            );
+        }
+        for b in backends.iter_mut() {
+            assert!(
+                b.proc
+                    .wait_for("peer=127.0.0.5:", Duration::from_secs(5))
+                    .is_some(),
+                "{send_proxy}: backend {} never logged the client's address: {:?}",
+                b.control,
+                b.proc.drain()
+            );
+            let refused: Vec<&String> = b
+                .proc
+                .drain()
+                .iter()
+                .filter(|l| l.contains("refused passive data connection"))
+                .collect();
+            assert!(refused.is_empty(), "{send_proxy}: {refused:?}");
+            // HAProxy's checks (five a second, from 127.0.0.1, no
+            // command) stay out of the info log; sessions are in it.
+            let checks = b
+                .proc
+                .seen
+                .iter()
+                .filter(|l| l.contains("session start peer=127.0.0.1:"))
+                .count();
+            assert_eq!(checks, 0, "{send_proxy}: health checks logged at info");
+        }
+        // Restart the backends one by one (SIGTERM, exit, start again on
+        // the same ports) while a client keeps downloading: none fails.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Four clients, each bounded: at most 50 downloads, each within 20 s.
+        let clients: Vec<_> = (0..4)
+            .map(|_| {
+                let (stop, url, body) = (stop.clone(), url.clone(), body.clone());
+                std::thread::spawn(move || {
+                    let mut results = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) && results.len() < 50 {
+                        let out = Command::new("curl")
+                            .args(["-sS", "-k", "--ssl-reqd", "-u", "bob:secret"])
+                            .args(["--interface", "127.0.0.5", "--max-time", "20"])
+                            .arg(format!("{url}/file.txt"))
+                            .output()
+                            .expect("run curl");
+                        let good = out.status.success() && out.stdout == body.as_bytes();
+                        results.push((good, String::from_utf8_lossy(&out.stderr).into_owned()));
+                    }
+                    results
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        for b in backends.iter_mut() {
+            b.proc.signal(Signal::SIGTERM);
+            assert!(
+                b.proc.wait_exit(Duration::from_secs(10)).is_some(),
+                "{send_proxy}: ftp did not exit on SIGTERM"
+            );
+            *b = FtpBackend::start(&root, b.control, b.passive);
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let results: Vec<(bool, String)> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        let failed: Vec<&String> = results.iter().filter(|r| !r.0).map(|r| &r.1).collect();
+        eprintln!(
+            "{send_proxy}: one-by-one restart: {} downloads, {} failed",
+            results.len(),
+            failed.len()
+        );
+        assert!(results.len() >= 8, "{send_proxy}: too few downloads");
+        assert!(failed.is_empty(), "{send_proxy}: {failed:?}");
+        eprintln!("{send_proxy}: 9 FTPS transfers through HAProxy, passive ports included");
+        drop(backends);
+    }
+}
+
+/// The rolling SIGHUP restart with the PROXY protocol, v1 and v2, as an
+/// operator deploys it: three `production --proxy-protocol --proxy-from
+/// HAPROXY_ADDR` backends behind HAProxy with `send-proxy` (then
+/// `send-proxy-v2`), `check-send-proxy` and the agent check, under the
+/// light mixed load (1,000 req/s persistent, 200 conn/s churn, 8 s);
+/// the three restarted 1.5 s apart from 3 s → 0 failed, and every old
+/// process exits. (The main scenario runs without PROXY headers.)
+#[test]
+fn rolling_restart_with_proxy_protocol_v1_and_v2() {
+    if !balancer::installed("haproxy") {
+        eprintln!("skipped: haproxy is not installed (apt-get install haproxy)");
+        return;
+    }
+    let _serial = serial();
+    balancer::become_subreaper();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let hosts = Hosts::new(3);
+        let prof = Profile {
+            rate: 1000,
+            churn: 200,
+            churn_conns: 8,
+            baseline_secs: 0,
+            secs: 8,
+            event_at: 3,
+            restart_gap: 1.5,
+        };
+        for send_proxy in ["send-proxy", "send-proxy-v2"] {
+            let mut backends: Vec<ProdBackend> = (0..3)
+                .map(|i| {
+                    let from = balancer_source(&hosts, i);
+                    ProdBackend::start_with(&hosts, i, &["--proxy-protocol", "--proxy-from", &from])
+                })
+                .collect();
+            let front_port = free_port();
+            let lb_dir = dir.path().join(send_proxy);
+            std::fs::create_dir(&lb_dir).unwrap();
+            let _haproxy = balancer::haproxy_with(
+                &lb_dir,
+                front_port,
+                &agent_backends(&hosts),
+                Some(send_proxy),
+            );
+            wait_all_up(&lb_dir);
+            let front = SocketAddr::from(([127, 0, 0, 1], front_port));
+            let (p, c) = mixed(front, prof.secs, &prof);
+            prof.until_event();
+            for b in backends.iter_mut() {
+                b.restart();
+                std::thread::sleep(Duration::from_secs_f64(prof.restart_gap));
+            }
+            let (rp, rc) = (p.finish(), c.finish());
+            summary(&format!("{send_proxy}: rolling SIGHUP restart"), &rp, &rc);
+            assert!(rp["requests"].as_u64().unwrap() > 0, "{rp}");
+            assert!(rc["requests"].as_u64().unwrap() > 0, "{rc}");
+            assert_eq!(errors(&rp), 0, "{send_proxy}: {}", failures(&rp));
+            assert_eq!(errors(&rc), 0, "{send_proxy}: {}", failures(&rc));
+            for b in backends.iter_mut() {
+                assert!(
+                    b.proc.wait_exit(Duration::from_secs(10)).is_some(),
+                    "{send_proxy}: old process did not exit: {:?}",
+                    b.proc.drain()
+                );
+            }
+            wait_all_up(&lb_dir);
+            drop(backends);
+        }
     }
     assert!(
         leftover_namespaces().is_empty(),

@@ -82,7 +82,9 @@ pub struct Args {
     /// (CIDR[,CIDR...]); a control connection from any other peer is
     /// closed unread. Without it anyone who can reach the port directly
     /// can claim any client address (and so get around the login limit
-    /// and the PORT/EPRT address check).
+    /// and the PORT/EPRT address check). A passive data connection from
+    /// one of them (a balancer forwarding the passive ports) must start
+    /// with a PROXY header naming the session's client.
     #[arg(
         long,
         value_name = "CIDR",
@@ -176,6 +178,10 @@ pub struct Config {
     pub passive_ports: Option<(u16, u16)>,
     /// `--passive-address`.
     pub passive_address: Option<std::net::Ipv4Addr>,
+    /// The `--proxy-from` balancers (with `--proxy-protocol`): a passive
+    /// data connection from one of them carries a PROXY header naming the
+    /// client.
+    pub data_balancers: Vec<socketserver::server::proxy::Cidr>,
     /// Control connection idle timeout.
     pub idle_timeout: Duration,
     /// Longest wait for a client to connect to a passive port.
@@ -225,6 +231,11 @@ impl Config {
             anonymous_write: args.anonymous_write,
             passive_ports: args.passive_ports,
             passive_address: args.passive_address,
+            data_balancers: if args.proxy_protocol {
+                args.proxy_from.clone()
+            } else {
+                Vec::new()
+            },
             idle_timeout: idle,
             passive_timeout: idle.min(Duration::from_secs(30)),
             data_timeout: idle.min(Duration::from_secs(60)),

@@ -9,6 +9,13 @@
 //!   is reset, so a client that vanishes while the server waits for its
 //!   data connection does not hold the session (and an open upload) for
 //!   the whole timeout.
+//! - Behind a balancer (`--proxy-protocol --proxy-from NETS`) a data
+//!   connection from one of those balancers must start with a PROXY
+//!   header, and the client address it carries is the one checked: an L4
+//!   balancer forwards the passive ports too, so the connection's own
+//!   peer is the balancer, never the client (stock clients connect to the
+//!   control connection's host: EPSV carries no address, and curl ignores
+//!   the one in a PASV reply by default).
 //! - An active address must be the control connection's own peer IP and a
 //!   port >= 1024. This is checked when PORT/EPRT arrives, *before* any
 //!   connection is attempted.
@@ -19,6 +26,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use socketserver::server::proxy::{self, Cidr};
 
 /// How the next transfer gets its data connection.
 #[derive(Debug, Default)]
@@ -79,8 +87,17 @@ pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> io::Result<bool> {
     }
 }
 
+/// Longest wait for the PROXY header on a data connection from a
+/// balancer (it sends the header with the connection).
+const DATA_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Accepts the data connection from `allowed` within `timeout`;
 /// connections from any other IP are closed at once and ignored.
+///
+/// A connection from an address in `balancers` (the `--proxy-from`
+/// networks, empty without `--proxy-protocol`) must start with a PROXY
+/// header naming `allowed` as its source; the header is consumed, so the
+/// caller reads (or starts TLS on) the client's own bytes.
 ///
 /// `control` is the control connection's socket: the wait also ends when
 /// its peer closes (FIN) or resets it. Only hang-up is watched, not
@@ -95,6 +112,7 @@ pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> io::Result<bool> {
 pub fn accept_from(
     listener: &TcpListener,
     allowed: IpAddr,
+    balancers: &[Cidr],
     timeout: Duration,
     control: Option<BorrowedFd<'_>>,
 ) -> io::Result<TcpStream> {
@@ -114,12 +132,39 @@ pub fn accept_from(
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
             Err(e) => return Err(e),
         };
+        if balancers.iter().any(|n| n.contains(peer.ip())) {
+            let wait =
+                DATA_PROXY_HEADER_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+            match proxied_source(&stream, wait) {
+                Ok(Some(client)) if same_ip(client, allowed) => return Ok(stream),
+                Ok(client) => tracing::warn!(
+                    %peer, client = ?client, %allowed,
+                    "refused passive data connection for a foreign address through a balancer"
+                ),
+                Err(e) => tracing::warn!(
+                    %peer, error = %e,
+                    "refused passive data connection from a balancer: no valid PROXY header"
+                ),
+            }
+            drop(stream);
+            continue;
+        }
         if same_ip(peer.ip(), allowed) {
             return Ok(stream);
         }
         tracing::warn!(%peer, %allowed, "refused passive data connection from a foreign address");
         drop(stream);
     }
+}
+
+/// Reads the PROXY header a balancer sent first on `stream` (within
+/// `wait`, and never past the header); the client address it names, or
+/// `None` for a header without one (`LOCAL`, `UNKNOWN`).
+fn proxied_source(stream: &TcpStream, wait: Duration) -> io::Result<Option<IpAddr>> {
+    stream.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+    let header = proxy::read_proxy_header(&mut &*stream).map_err(io::Error::other)?;
+    stream.set_read_timeout(None)?;
+    Ok(header.source.map(|a| a.ip()))
 }
 
 /// Linux's `POLLRDHUP` (the peer shut down writing), which `nix` does not
@@ -339,6 +384,7 @@ mod tests {
         let err = accept_from(
             &l,
             "127.0.0.1".parse().unwrap(),
+            &[],
             Duration::from_millis(300),
             None,
         );
@@ -347,6 +393,7 @@ mod tests {
         let s = accept_from(
             &l,
             "127.0.0.1".parse().unwrap(),
+            &[],
             Duration::from_secs(5),
             None,
         )
@@ -355,6 +402,56 @@ mod tests {
             s.peer_addr().unwrap().ip(),
             "127.0.0.1".parse::<IpAddr>().unwrap()
         );
+    }
+
+    /// A data connection from a `--proxy-from` balancer (127.0.0.2 here)
+    /// is judged by the client address in its PROXY header: one naming
+    /// the control connection's client is accepted with the header
+    /// consumed; one naming another client, a header without an address
+    /// (`LOCAL`), or none at all are refused.
+    #[test]
+    fn a_balancer_data_connection_is_judged_by_its_proxy_header() {
+        use socketserver::server::proxy::ProxyHeader;
+        let client: IpAddr = "127.0.0.5".parse().unwrap();
+        let balancers = ["127.0.0.2/32".parse::<Cidr>().unwrap()];
+        let l = open_passive("127.0.0.1".parse().unwrap(), None).unwrap();
+        let addr = l.local_addr().unwrap();
+        let from_balancer = |first: &[u8]| {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+                .unwrap();
+            sock.connect(&addr.into()).unwrap();
+            let mut s: TcpStream = sock.into();
+            std::io::Write::write_all(&mut s, first).unwrap();
+            s
+        };
+        let header = |source: Option<&str>| {
+            ProxyHeader {
+                version: 2,
+                source: source.map(|a| a.parse().unwrap()),
+                destination: source.map(|_| addr),
+            }
+            .encode()
+            .unwrap()
+        };
+        let short = Duration::from_millis(300);
+        for first in [
+            header(Some("127.0.0.6:4000")),
+            header(None),
+            b"no header at all\r\n".to_vec(),
+        ] {
+            let _c = from_balancer(&first);
+            let err = accept_from(&l, client, &balancers, short, None).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        }
+        let mut first = header(Some("127.0.0.5:4000"));
+        first.extend_from_slice(b"data");
+        let _c = from_balancer(&first);
+        let mut s = accept_from(&l, client, &balancers, Duration::from_secs(5), None).unwrap();
+        let mut buf = [0u8; 4];
+        std::io::Read::read_exact(&mut s, &mut buf).unwrap();
+        assert_eq!(&buf, b"data");
     }
 
     /// A control connection pair on loopback: (server side, client side).
@@ -381,7 +478,7 @@ mod tests {
             }
             drop(client);
             let started = Instant::now();
-            let err = accept_from(&l, me, long, Some(server.as_fd())).unwrap_err();
+            let err = accept_from(&l, me, &[], long, Some(server.as_fd())).unwrap_err();
             assert_eq!(
                 err.kind(),
                 io::ErrorKind::ConnectionAborted,
@@ -395,13 +492,19 @@ mod tests {
         let (server, mut client) = control_pair();
         std::io::Write::write_all(&mut client, b"NOOP\r\n").unwrap();
         let _data = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let s = accept_from(&l, me, long, Some(server.as_fd())).unwrap();
+        let s = accept_from(&l, me, &[], long, Some(server.as_fd())).unwrap();
         assert_eq!(s.peer_addr().unwrap().ip(), me);
         let mut buf = [0u8; 16];
         assert_eq!(server.peek(&mut buf).unwrap(), 6);
         // Quiet control, nobody connects: the timeout as before.
         let l = open_passive(me, None).unwrap();
-        let err = accept_from(&l, me, Duration::from_millis(200), Some(server.as_fd()));
+        let err = accept_from(
+            &l,
+            me,
+            &[],
+            Duration::from_millis(200),
+            Some(server.as_fd()),
+        );
         assert_eq!(err.unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -685,12 +685,26 @@ impl Session {
             tracing::info!(peer = %self.peer, left_secs = left.as_secs(), "connection refused: address locked out");
             return reply::send(&mut req.wfile(), Code::ServiceUnavailable, LOCKED_OUT);
         }
-        tracing::info!(peer = %self.peer, "session start");
+        // A balancer's health check connects (after its PROXY header)
+        // and hangs up without a command, several times a second: that
+        // is a `debug` line. The `info` line waits for the first command.
+        tracing::debug!(peer = %self.peer, "connected");
         reply::send(&mut req.wfile(), Code::Ready, "socketserver FTP ready.")?;
         let mut line = Vec::with_capacity(256);
+        let mut started = false;
         loop {
             line.clear();
-            let got = match self.next_line(req, &mut line) {
+            let got = self.next_line(req, &mut line);
+            if !started
+                && matches!(
+                    got,
+                    Ok(Line::Complete(_) | Line::Partial(_) | Line::TooLong)
+                )
+            {
+                started = true;
+                tracing::info!(peer = %self.peer, "session start");
+            }
+            let got = match got {
                 Ok(l) => l,
                 Err(e) if is_timeout(&e) => {
                     tracing::info!(peer = %self.peer, "idle timeout");
@@ -725,7 +739,11 @@ impl Session {
                 break;
             }
         }
-        tracing::info!(peer = %self.peer, "session end");
+        if started {
+            tracing::info!(peer = %self.peer, "session end");
+        } else {
+            tracing::debug!(peer = %self.peer, "closed before a command");
+        }
         Ok(())
     }
 }

@@ -158,7 +158,14 @@ impl Session {
                 // The wait also ends when the client hangs up the control
                 // connection (then there is nobody to reply to).
                 let control = req.stream().map(AsFd::as_fd);
-                data::accept_from(&l, self.peer_ip(), self.cfg().passive_timeout, control)
+                let cfg = self.cfg();
+                data::accept_from(
+                    &l,
+                    self.peer_ip(),
+                    &cfg.data_balancers,
+                    cfg.passive_timeout,
+                    control,
+                )
             }
             DataSetup::Active(addr) => data::connect_active(addr, self.cfg().data_timeout),
         };

@@ -6,6 +6,12 @@
 //! that stalls is charged for every request it delayed (wrk2's correction
 //! for coordinated omission). Churn: every request gets a fresh connection,
 //! and its latency includes the connect.
+//!
+//! No request starts after the window closes, but one already started
+//! (its connect included) keeps its `--timeout`: it is counted, as a
+//! request or an error, as of the window's last instant. Dropping those
+//! instead hid a server that stalled near the end (one that never answered
+//! a 1 s run with a 2 s timeout reported 0 requests and 0 errors).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +25,7 @@ use crate::connect::{connect, Connect, ConnectLimiter};
 use crate::pacer::sleep_precise;
 use crate::payload::Payloads;
 use crate::reply::tcp_echoed;
-use crate::stats::{ErrorKind, Recorder, Totals};
+use crate::stats::{ErrorKind, Recorder, Totals, Window};
 
 /// What every TCP worker of a run shares.
 #[derive(Debug)]
@@ -63,7 +69,17 @@ impl Schedule {
     }
 }
 
-/// Runs one worker until the window ends; returns its totals.
+/// When an event at `now` is counted: `now`, or the window's last instant
+/// for a request that started inside the window and ended after it.
+fn counted_at(w: &Window, now: Instant) -> Instant {
+    match w.end.checked_sub(Duration::from_nanos(1)) {
+        Some(last) => now.min(last),
+        None => now,
+    }
+}
+
+/// Runs one worker until the window ends (and its last request, begun
+/// inside the window, ends); returns its totals.
 pub async fn worker(id: u32, cfg: Arc<TcpConfig>, mut rec: Recorder) -> Totals {
     let w = rec.window();
     let mut payloads = Payloads::new(u64::from(id), cfg.size);
@@ -116,19 +132,28 @@ pub async fn worker(id: u32, cfg: Arc<TcpConfig>, mut rec: Recorder) -> Totals {
                     // Waiting for a connect slot is not the server's time.
                     t0 = Instant::now();
                 }
-                match connect(cfg.addr, cfg.timeout, w.end, cfg.churn).await {
+                // Started inside the window: the connect gets its whole
+                // timeout, even past the end.
+                let until = Instant::now() + cfg.timeout;
+                match connect(cfg.addr, cfg.timeout, until, cfg.churn).await {
                     Connect::Ok(s) => {
                         let now = Instant::now();
-                        rec.connected(now);
+                        // A churn request's connect belongs to the request.
+                        rec.connected(if cfg.churn { counted_at(&w, now) } else { now });
                         backoff = Duration::from_millis(1);
                         // In churn mode the connect is part of the request.
+                        // Otherwise the request starts now, so not after
+                        // the window.
                         if !cfg.churn {
+                            if now >= w.end {
+                                break;
+                            }
                             t0 = now;
                         }
                         stream.insert(s)
                     }
                     Connect::Failed(_) => {
-                        rec.error(Instant::now(), ErrorKind::Connect);
+                        rec.error(counted_at(&w, Instant::now()), ErrorKind::Connect);
                         // Do not spin on a refusing target.
                         let wake = (Instant::now() + backoff).min(w.end);
                         sleep_until(wake.into()).await;
@@ -142,8 +167,7 @@ pub async fn worker(id: u32, cfg: Arc<TcpConfig>, mut rec: Recorder) -> Totals {
 
         let start = slot.unwrap_or(t0);
         payloads.next_into(&mut tx);
-        let by_timeout = t0 + cfg.timeout;
-        let deadline = by_timeout.min(w.end);
+        let deadline = t0 + cfg.timeout;
         let res = {
             let io = exchange(s, &tx, &mut rx);
             tokio::pin!(io);
@@ -161,26 +185,26 @@ pub async fn worker(id: u32, cfg: Arc<TcpConfig>, mut rec: Recorder) -> Totals {
             }
         };
         let now = Instant::now();
+        let at = counted_at(&w, now);
         match res {
             Some(Ok(n)) if tcp_echoed(&tx, &rx, n) => {
-                rec.ok(now, now.saturating_duration_since(start));
+                rec.ok(at, now.saturating_duration_since(start));
                 if cfg.churn {
                     // SO_LINGER 0 was set at connect: this close resets.
                     stream = None;
                 }
             }
             Some(Ok(_)) => {
-                rec.error(now, ErrorKind::Mismatch);
+                rec.error(at, ErrorKind::Mismatch);
                 // The stream may be out of step with the server now.
                 stream = None;
             }
             Some(Err(e)) => {
-                rec.error(now, ErrorKind::of_io(&e));
+                rec.error(at, ErrorKind::of_io(&e));
                 stream = None;
             }
-            None if deadline < by_timeout => break,
             None => {
-                rec.error(now, ErrorKind::Timeout);
+                rec.error(at, ErrorKind::Timeout);
                 stream = None;
             }
         }

@@ -400,6 +400,26 @@ fn a_server_that_never_answers_gives_timeouts() {
     assert!(srv.accepted.load(Ordering::SeqCst) >= 3);
 }
 
+/// A request still in flight when the window closes keeps its timeout
+/// and is counted: against a server that never answers, a 1 s run with a
+/// 3 s timeout reports one timeout per connection (persistent and churn),
+/// not "0 requests, 0 errors" as when such requests were dropped.
+#[test]
+fn a_request_in_flight_at_the_end_of_the_window_is_counted() {
+    let srv = Server::tcp(Behaviour::Silent);
+    for (mode, extra) in [("persistent", &[][..]), ("churn", &["--churn"][..])] {
+        let mut args = vec!["-c", "4", "-d", "1s", "--timeout", "3s"];
+        args.extend_from_slice(extra);
+        let started = Instant::now();
+        let v = json_run(srv.addr, &args);
+        assert_eq!(u(&v, "requests"), 0, "{mode}: {v}");
+        assert_eq!(errors(&v, "timeout"), 4, "{mode}: {v}");
+        assert_eq!(errors(&v, "total"), 4, "{mode}: {v}");
+        // It waited for them: the window plus their timeout.
+        assert!(started.elapsed() >= Duration::from_secs(3), "{mode}");
+    }
+}
+
 #[test]
 fn udp_loss_is_counted() {
     let srv = Server::udp(Behaviour::DropTenth);

@@ -444,6 +444,13 @@ pub struct Backend {
 /// with health checks every 200 ms (`fall 2 rise 2`), `retries 3` and
 /// `option redispatch`; `send-proxy-v2` when `proxy` is set.
 pub fn haproxy(dir: &Path, port: u16, backends: &[Backend], proxy: bool) -> Proc {
+    haproxy_with(dir, port, backends, proxy.then_some("send-proxy-v2"))
+}
+
+/// As [`haproxy`], with `send_proxy` (`send-proxy` for PROXY v1,
+/// `send-proxy-v2`) and `check-send-proxy` on every `server` line when
+/// given.
+pub fn haproxy_with(dir: &Path, port: u16, backends: &[Backend], send_proxy: Option<&str>) -> Proc {
     let mut cfg = format!(
         "global\n  maxconn 8000\n  stats socket {}/haproxy.sock mode 600 level admin\n\
          defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\
@@ -456,10 +463,9 @@ pub fn haproxy(dir: &Path, port: u16, backends: &[Backend], proxy: bool) -> Proc
             cfg,
             "  server b{i} {} check inter 200ms fall 2 rise 2{}{}",
             b.addr,
-            if proxy {
-                " send-proxy-v2 check-send-proxy"
-            } else {
-                ""
+            match send_proxy {
+                Some(p) => format!(" {p} check-send-proxy"),
+                None => String::new(),
             },
             match b.agent_port {
                 Some(p) => format!(" agent-check agent-port {p} agent-inter 200ms"),
@@ -467,6 +473,13 @@ pub fn haproxy(dir: &Path, port: u16, backends: &[Backend], proxy: bool) -> Proc
             }
         );
     }
+    start_haproxy(dir, port, &cfg)
+}
+
+/// HAProxy run with the configuration `cfg` (written to `dir`), whose
+/// frontend listens on 127.0.0.1:`port` and whose stats socket is
+/// `dir/haproxy.sock`; returns once both answer.
+pub fn start_haproxy(dir: &Path, port: u16, cfg: &str) -> Proc {
     let path: PathBuf = dir.join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
     let mut cmd = Command::new("haproxy");
