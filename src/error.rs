@@ -115,7 +115,7 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
-    /// A PROXY protocol header was malformed (or the peer closed inside it).
+    /// A PROXY protocol header was malformed.
     #[error("malformed PROXY protocol header: {0}")]
     ProxyHeader(String),
 

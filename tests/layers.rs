@@ -102,3 +102,70 @@ fn per_ip_layer_refuses_extra_connections() {
     stop.shutdown();
     t.join().unwrap();
 }
+
+/// Counts `handle_error` calls.
+#[derive(Clone, Default)]
+struct CountErrors(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl socketserver::server::Hooks for CountErrors {
+    fn handle_error(&self, peer: &socketserver::PeerAddr, error: &socketserver::Error) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        socketserver::server::report_error(peer, error);
+    }
+}
+
+/// A client over its per-IP limit, and connections that never deliver a
+/// PROXY header (one hangs up at once, as a balancer's TCP check does;
+/// one sends garbage), are the layers' refusals, not handler errors: they
+/// never reach `handle_error` (which would log each at `error`).
+#[test]
+fn refusals_by_the_layers_are_not_handler_errors() {
+    use std::sync::atomic::Ordering;
+    let errors = CountErrors::default();
+    let mut server = ThreadingTcpServer::builder()
+        .connection_timeout(T)
+        .hooks(errors.clone())
+        .bind(
+            "127.0.0.1:0",
+            layers::per_ip_limit(1, layers::proxy_protocol(|| Who)),
+        )
+        .unwrap();
+    let addr = server.server_address();
+    let stop = server.shutdown_handle();
+    let t = std::thread::spawn(move || {
+        server.serve_forever().unwrap();
+        server.server_close();
+    });
+    let closed = |mut c: BufReader<TcpStream>| {
+        let mut rest = Vec::new();
+        assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
+    };
+    // The check-like peer and the garbage one, each alone.
+    closed({
+        let c = conn(addr);
+        c.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
+        c
+    });
+    closed({
+        let mut c = conn(addr);
+        c.get_mut().write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        c
+    });
+    // One served client holds the address's only slot; a second is refused.
+    let mut a = conn(addr);
+    a.get_mut()
+        .write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 80\r\naddr\n")
+        .unwrap();
+    let mut out = String::new();
+    a.read_line(&mut out).unwrap();
+    assert_eq!(out, "192.0.2.1:1000\n");
+    closed(conn(addr));
+    drop(a);
+    stop.shutdown();
+    t.join().unwrap();
+    assert_eq!(
+        errors.0.load(Ordering::SeqCst),
+        0,
+        "refusals reached handle_error"
+    );
+}

@@ -401,16 +401,12 @@ fn echo_reuse_port_second_instance_takes_over() {
 /// bind it, and until then an agent check must be refused or answered,
 /// not left to time out.
 ///
-/// Today the old instance keeps the agent socket until its drain ends
-/// (up to `--drain-timeout`, 30 s by default, or the idle timeout of
-/// the slowest client), without answering on it after the notice: the
-/// replacement exits with "cannot bind the health port …: Address
-/// already in use", and HAProxy's agent check times out. The socket
-/// is owned by the library (`src/server/ops/health.rs`, dropped with the
-/// server at the end of `server_close`); the fix belongs there: close
-/// the agent socket where the listening socket closes.
+/// Before the fix the old instance kept the agent socket until its drain
+/// ended (up to `--drain-timeout`, or the idle timeout of the slowest
+/// client) without answering on it: the replacement exited with "cannot
+/// bind the health port …: Address already in use". The agent port now
+/// closes where the listening socket does (`server_close`).
 #[test]
-#[ignore = "needs library fix: the agent (health) socket is held, unanswered, for the whole drain (src/server/ops/health.rs)"]
 fn a_replacement_binds_the_health_port_while_the_old_instance_drains() {
     let health: SocketAddr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -217,8 +217,12 @@ impl<T: Transport, S: Strategy> SocketServer<T, S> {
     /// process ([`spawn_successor`](super::spawn_successor)).
     ///
     /// # Errors
-    /// No health port, or `dup` failed.
+    /// No health port, the server is closed (its agent port closed with
+    /// it), or `dup` failed.
     pub fn health_socket(&self) -> Result<OwnedFd> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
         let h = self
             .wakeup
             .health()
@@ -674,6 +678,11 @@ impl<T: Transport, S: Strategy> Server for SocketServer<T, S> {
         self.socket = None;
         if self.bound {
             T::cleanup(&self.address);
+        }
+        // The agent port goes with it (see `ops::health`): a successor on
+        // the same address can bind it while this one drains.
+        if let Some(h) = self.wakeup.health() {
+            h.release();
         }
         let report = self
             .strategy

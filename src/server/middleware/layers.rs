@@ -34,12 +34,14 @@
 //! ```
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::handler::{Request, RequestHandler};
+use crate::Error;
 
 use super::per_ip::{IpPermit, PerIpLimiter};
-use super::proxy::read_proxy_header;
+use super::proxy::{header_timeout, read_proxy_header, HeaderFailures};
 use super::trust::TrustedProxies;
 
 /// Reads a PROXY v1/v2 header in `setup`, then runs the inner handler
@@ -47,9 +49,14 @@ use super::trust::TrustedProxies;
 ///
 /// The header is read through the request's buffered `rfile`, so client
 /// bytes that arrived with it stay buffered for the inner handler. A
-/// missing or malformed header fails `setup` (the connection is closed and
-/// the error reported through `handle_error`). Use a connection timeout so
-/// a peer that sends nothing cannot hold a worker.
+/// connection whose header does not arrive (the peer hangs up first, sends
+/// a malformed one, or nothing within the timeout) is closed without
+/// running the inner handler, like a refused one below. It is not reported
+/// through `handle_error`: a balancer's TCP check that connects and hangs
+/// up is logged at `debug`, and a malformed or missing header at `debug`
+/// with one rate-limited `warn` counting them across every process of the
+/// server. Give a timeout (or a connection timeout) so a peer that sends
+/// nothing cannot hold a worker.
 ///
 /// With a [`TrustedProxies`] set ([`proxy_protocol_from`]), a peer outside
 /// it is refused first: `setup` succeeds without reading anything, the
@@ -61,6 +68,7 @@ pub struct ProxyProtocol<H> {
     inner: H,
     timeout: Option<Duration>,
     trusted: Option<TrustedProxies>,
+    failures: Arc<HeaderFailures>,
     refused: bool,
 }
 
@@ -73,10 +81,14 @@ where
     F: Fn() -> H + Send + Sync + 'static,
     H: RequestHandler,
 {
+    // Made with the factory, before the server forks: every process
+    // counts header failures in the same shared words.
+    let failures = HeaderFailures::new();
     move || ProxyProtocol {
         inner: factory(),
         timeout,
         trusted: trusted.clone(),
+        failures: failures.clone(),
         refused: false,
     }
 }
@@ -145,7 +157,25 @@ impl<H: RequestHandler> RequestHandler for ProxyProtocol<H> {
             }
             _ => None,
         };
-        let header = read_proxy_header(&mut req.rfile()).map_err(io::Error::from)?;
+        let header = match read_proxy_header(&mut req.rfile()) {
+            Ok(header) => header,
+            Err(e) => {
+                let e = match (e, self.timeout) {
+                    (Error::Io(io), Some(t))
+                        if matches!(
+                            io.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        header_timeout(t)
+                    }
+                    (e, _) => e,
+                };
+                self.failures.closed(req.peer_addr(), &e);
+                self.refused = true;
+                return Ok(());
+            }
+        };
         if let Some(before) = before {
             req.set_timeout(before)?;
         }
@@ -172,7 +202,10 @@ impl<H: RequestHandler> RequestHandler for ProxyProtocol<H> {
 
 /// Refuses a connection in `setup` when its client address already has
 /// the maximum number of open connections; the slot is held until the
-/// handler is dropped at the end of the request.
+/// handler is dropped at the end of the request. A refused connection is
+/// closed without running the inner handler and logged at `info`, as the
+/// builder's [`per_ip_limit`](crate::server::ServerBuilder::per_ip_limit)
+/// does (a client over its limit is not a handler error).
 ///
 /// The counts live in this process, so this suits the synchronous and
 /// threading strategies; each forked child or prefork worker would count
@@ -182,6 +215,7 @@ pub struct PerIpLimit<H> {
     inner: H,
     limiter: PerIpLimiter,
     permit: Option<IpPermit>,
+    refused: bool,
 }
 
 /// Wraps a handler factory with [`PerIpLimit`], allowing `max_per_ip`
@@ -199,6 +233,7 @@ where
         inner: factory(),
         limiter: limiter.clone(),
         permit: None,
+        refused: false,
     }
 }
 
@@ -208,14 +243,13 @@ impl<H: RequestHandler> RequestHandler for PerIpLimit<H> {
             match self.limiter.try_acquire(addr.ip()) {
                 Some(p) => self.permit = Some(p),
                 None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionRefused,
-                        format!(
-                            "{} already has {} connections (the per-IP limit)",
-                            addr.ip(),
-                            self.limiter.max_per_ip()
-                        ),
-                    ))
+                    tracing::info!(
+                        peer = %addr,
+                        max_per_ip = self.limiter.max_per_ip(),
+                        "connection refused: the client address has its maximum of connections"
+                    );
+                    self.refused = true;
+                    return Ok(());
                 }
             }
         }
@@ -223,10 +257,16 @@ impl<H: RequestHandler> RequestHandler for PerIpLimit<H> {
     }
 
     fn handle(&mut self, req: &mut Request) -> io::Result<()> {
+        if self.refused {
+            return Ok(());
+        }
         self.inner.handle(req)
     }
 
     fn finish(&mut self, req: &mut Request) -> io::Result<()> {
+        if self.refused {
+            return Ok(());
+        }
         let r = self.inner.finish(req);
         self.permit = None;
         r

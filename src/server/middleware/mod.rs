@@ -8,3 +8,4 @@ pub(crate) mod per_ip;
 pub mod proxy;
 pub mod shared_limit;
 mod trust;
+pub(crate) mod warning;

@@ -22,8 +22,11 @@
 //! [`ProxyHeader::encode`] is the other direction: it writes the header a
 //! balancer would send, for a proxy written in Rust or a test client.
 
+use std::fmt;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[cfg(feature = "async")]
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -31,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::{Error, Result};
 
 pub use super::trust::{Cidr, TrustedProxies};
+use super::warning::SharedWarning;
 
 /// The 12-byte signature that starts a v2 header.
 const V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -344,17 +348,86 @@ impl ProxyHeader {
 
 fn eof_inside(e: io::Error) -> Error {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        bad("connection closed inside the PROXY header")
+        // A peer that hung up: `Error::is_disconnect` (normal traffic,
+        // such as a balancer's TCP check), not a malformed header.
+        Error::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed inside the PROXY header",
+        ))
     } else {
         Error::Io(e)
+    }
+}
+
+/// The error for a peer that sent no complete header within `timeout`
+/// (the read's own `WouldBlock` would be logged as "Resource temporarily
+/// unavailable").
+pub(crate) fn header_timeout(timeout: Duration) -> Error {
+    Error::Io(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no complete PROXY header within {timeout:?}"),
+    ))
+}
+
+/// How a server logs the connections it closed because their PROXY header
+/// did not arrive. One per server, made before it forks.
+///
+/// - A peer that hung up before or inside its header (a balancer's TCP
+///   check without `check-send-proxy`, a port scan) is normal traffic:
+///   `debug`.
+/// - A malformed header or none in time is `debug` per connection, and one
+///   `warn` counts them: the first at once, then at most one a minute
+///   across every process of the server. Such a warning means a peer that
+///   is not a balancer reaches the port, or a balancer that does not send
+///   the header.
+///
+/// Either way the handler never sees the connection, and no `error` line
+/// is written: nothing here needs a human per connection.
+pub(crate) struct HeaderFailures {
+    warning: SharedWarning,
+}
+
+impl HeaderFailures {
+    pub(crate) fn new() -> Arc<HeaderFailures> {
+        Arc::new(HeaderFailures {
+            warning: SharedWarning::new(),
+        })
+    }
+
+    /// Logs that the connection from `peer` is closed for `error` (what
+    /// reading its header gave).
+    pub(crate) fn closed(&self, peer: &dyn fmt::Display, error: &Error) {
+        if error.is_disconnect() {
+            tracing::debug!(%peer, %error, "peer hung up before its PROXY header was complete");
+            return;
+        }
+        tracing::debug!(%peer, %error, "closing connection: no valid PROXY header");
+        if let Some(closed) = self.warning.due() {
+            tracing::warn!(
+                %peer,
+                %error,
+                closed,
+                "closed connections without a valid PROXY header (the latest shown): \
+                 a peer that is not the balancer, or a balancer that does not send the \
+                 header; next report in a minute at the earliest"
+            );
+        }
+    }
+}
+
+impl fmt::Debug for HeaderFailures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderFailures").finish_non_exhaustive()
     }
 }
 
 /// Reads a PROXY header from a blocking reader, never reading past it.
 ///
 /// # Errors
-/// [`Error::ProxyHeader`] for a malformed header or end of file inside it;
-/// [`Error::Io`] for a read error (including a read timeout).
+/// [`Error::ProxyHeader`] for a malformed header; [`Error::Io`] for a read
+/// error (including a read timeout) and, of kind `UnexpectedEof`, for end
+/// of file inside the header (a peer that hung up:
+/// [`Error::is_disconnect`]).
 pub fn read_proxy_header<R: Read + ?Sized>(r: &mut R) -> Result<ProxyHeader> {
     let mut buf = Vec::with_capacity(64);
     loop {
@@ -477,7 +550,6 @@ mod tests {
         let mut long = b"PROXY UNKNOWN ".to_vec();
         long.extend_from_slice(&[b'x'; 200]);
         assert!(err_text(&long).contains("longer than 107"));
-        assert!(err_text(b"PROXY TCP4 1.2.3").contains("closed inside"));
 
         let mut bad_ver = v2(1, 0x11, &[0; 12]);
         bad_ver[12] = 0x11;
@@ -488,7 +560,15 @@ mod tests {
         assert!(err_text(&v2(1, 0x41, &[0; 12])).contains("unknown address family"));
         let mut cut = v2(1, 0x11, &[0; 12]);
         cut.truncate(20);
-        assert!(err_text(&cut).contains("closed inside"));
+        for torn in [&b"PROXY TCP4 1.2.3"[..], &b""[..], &cut[..]] {
+            match read_all(torn).0 {
+                Err(e @ Error::Io(_)) => {
+                    assert!(e.is_disconnect(), "{e}");
+                    assert!(e.to_string().contains("closed inside"), "{e}");
+                }
+                other => panic!("expected end of file inside the header, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -13,17 +13,11 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
+use super::warning::SharedWarning;
 use crate::handler::PeerAddr;
-use crate::process::SharedAtomics;
 use crate::{Error, Result};
-
-/// At most one warning about refused peers per this many seconds, in all
-/// the processes of a server together.
-const WARN_EVERY_SECS: u64 = 60;
 
 /// An IPv4 or IPv6 network in CIDR notation (`10.0.0.0/8`,
 /// `2001:db8::/32`), or a single address (`/32`, `/128`).
@@ -234,7 +228,7 @@ impl From<Ipv6Addr> for Cidr {
 #[derive(Clone)]
 pub struct TrustedProxies {
     nets: Arc<[Cidr]>,
-    log: Arc<RefusalLog>,
+    log: Arc<SharedWarning>,
 }
 
 impl fmt::Debug for TrustedProxies {
@@ -259,11 +253,7 @@ impl TrustedProxies {
     {
         TrustedProxies {
             nets: nets.into_iter().map(Into::into).collect(),
-            log: Arc::new(RefusalLog {
-                shared: SharedAtomics::new(2).ok(),
-                local: [AtomicU64::new(0), AtomicU64::new(0)],
-                started: Instant::now(),
-            }),
+            log: Arc::new(SharedWarning::new()),
         }
     }
 
@@ -288,54 +278,16 @@ impl TrustedProxies {
             return true;
         }
         tracing::debug!(%peer, "closing connection: peer is not a trusted proxy (proxy_protocol_from)");
-        self.log.refused(peer);
-        false
-    }
-}
-
-/// The counts behind the rate-limited warning: word 0 is the second (since
-/// `started`, plus one) of the last warning, 0 for none yet; word 1 the
-/// refusals since then.
-struct RefusalLog {
-    shared: Option<SharedAtomics>,
-    local: [AtomicU64; 2],
-    started: Instant,
-}
-
-impl RefusalLog {
-    fn word(&self, i: usize) -> &AtomicU64 {
-        self.shared
-            .as_ref()
-            .and_then(|s| s.get(i))
-            .unwrap_or(&self.local[i])
-    }
-
-    fn refused(&self, peer: &PeerAddr) {
-        // `started` was taken before any fork: the same monotonic clock
-        // in every process of the server.
-        self.refused_at(peer, self.started.elapsed().as_secs() + 1);
-    }
-
-    /// Counts a refusal at second `now` (1 or more); warns, and returns
-    /// the count it reported, when the last warning is a minute old.
-    fn refused_at(&self, peer: &PeerAddr, now: u64) -> Option<u64> {
-        self.word(1).fetch_add(1, Ordering::Relaxed);
-        let last = self.word(0).load(Ordering::Relaxed);
-        if last != 0 && now < last.saturating_add(WARN_EVERY_SECS) {
-            return None;
+        if let Some(refused) = self.log.due() {
+            tracing::warn!(
+                %peer,
+                refused,
+                "refused connections from peers not trusted to send a PROXY header \
+                 (the latest shown): a client bypassing the balancer, or the balancer's \
+                 address is missing from proxy_protocol_from; next report in a minute at the earliest"
+            );
         }
-        self.word(0)
-            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-            .ok()?;
-        let refused = self.word(1).swap(0, Ordering::Relaxed);
-        tracing::warn!(
-            %peer,
-            refused,
-            "refused connections from peers not trusted to send a PROXY header \
-             (the latest shown): a client bypassing the balancer, or the balancer's \
-             address is missing from proxy_protocol_from; next report in a minute at the earliest"
-        );
-        Some(refused)
+        false
     }
 }
 
@@ -496,23 +448,12 @@ mod tests {
     }
 
     #[test]
-    fn refusals_warn_first_then_at_most_once_a_minute() {
+    fn the_first_refusal_warns() {
         let t = TrustedProxies::new([cidr("10.0.0.0/8")]);
         let peer = PeerAddr::Inet("127.0.0.1:1".parse().unwrap());
         assert!(!t.admit(&peer));
-        // The first refusal warned (and reset the count).
-        assert_ne!(t.log.word(0).load(Ordering::Relaxed), 0);
-        assert_eq!(t.log.word(1).load(Ordering::Relaxed), 0);
-        // The counts are in shared memory: a fork counts in the same words.
-        assert!(t.log.shared.is_some());
-
-        let t = TrustedProxies::new([cidr("10.0.0.0/8")]);
-        assert_eq!(t.log.refused_at(&peer, 5), Some(1));
-        for now in [5, 6, 30, 64] {
-            assert_eq!(t.log.refused_at(&peer, now), None, "second {now}");
-        }
-        assert_eq!(t.log.refused_at(&peer, 65), Some(5));
-        assert_eq!(t.log.refused_at(&peer, 66), None);
-        assert_eq!(t.log.refused_at(&peer, 200), Some(2));
+        // The first refusal warned: the next one within the minute does
+        // not (the counting itself is `SharedWarning`'s, tested there).
+        assert_eq!(t.log.due(), None);
     }
 }

@@ -36,6 +36,15 @@
 //! (each points it at `/dev/null` right after the fork), so once the
 //! parent has closed it, or died, an agent check is refused at once even
 //! while workers or children still finish their requests.
+//!
+//! **The agent port closes with the listening socket**, when
+//! [`server_close`](crate::server::Server::server_close) begins, not when
+//! its drain ends: from then on the server takes no new connection, and a
+//! new instance started on the same agent address (HAProxy's `agent-port`
+//! names one port per server line) can bind it while the old one still
+//! finishes its requests. A balancer treats a refused agent check as "no
+//! news" and relies on its TCP check, which the closed listening socket
+//! fails.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -200,6 +209,19 @@ impl Health {
     pub(crate) fn leave_in_child(&self) {
         if let Err(e) = crate::process::point_at_dev_null(self.fd().as_raw_fd()) {
             tracing::debug!(error = %e, "could not release the agent socket in a child");
+        }
+    }
+
+    /// Closes the agent port in this process as the server stops accepting
+    /// (at [`server_close`](crate::server::Server::server_close), before
+    /// the drain): a successor started on the same `--health` address can
+    /// bind it at once, and an agent check is refused, as the TCP check of
+    /// the closed listening socket is. The number stays open on
+    /// `/dev/null` (as in [`leave_in_child`](Self::leave_in_child)): the
+    /// loop that polled it has ended, and nothing else answers on it.
+    pub(crate) fn release(&self) {
+        if let Err(e) = crate::process::point_at_dev_null(self.fd().as_raw_fd()) {
+            tracing::warn!(error = %e, "could not close the agent port");
         }
     }
 

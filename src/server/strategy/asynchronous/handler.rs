@@ -19,7 +19,9 @@ use crate::error::Error;
 use crate::handler::{run_handler, PeerAddr, Request, RequestHandler, Stream};
 use crate::server::core::{panic_message, ServerCore};
 use crate::server::middleware::per_ip::PerIpLimiter;
-use crate::server::middleware::proxy::{read_proxy_header_async, TrustedProxies};
+use crate::server::middleware::proxy::{
+    header_timeout, read_proxy_header_async, HeaderFailures, TrustedProxies,
+};
 
 /// A native async connection handler, for the async strategy over TCP.
 ///
@@ -95,6 +97,8 @@ pub(super) struct Native<H> {
     pub(super) proxy: Option<Duration>,
     /// Refuse a peer outside these before reading the header.
     pub(super) proxy_trust: Option<TrustedProxies>,
+    /// Logs the connections closed for want of a header.
+    pub(super) proxy_failures: Arc<HeaderFailures>,
 }
 
 /// The object-safe face of an [`AsyncRequestHandler`]: starts a
@@ -257,13 +261,11 @@ fn serve_native<H: AsyncRequestHandler>(
                         }
                     }
                     Ok(Err(e)) => {
-                        let peer = conn.peer;
-                        tracing::warn!(%peer, error = %e, "closing connection: bad PROXY header");
+                        native.proxy_failures.closed(&conn.peer, &e);
                         return;
                     }
                     Err(_) => {
-                        let peer = conn.peer;
-                        tracing::warn!(%peer, "closing connection: no PROXY header in time");
+                        native.proxy_failures.closed(&conn.peer, &header_timeout(t));
                         return;
                     }
                 }
@@ -350,6 +352,7 @@ mod tests {
             per_ip: None,
             proxy: None,
             proxy_trust: None,
+            proxy_failures: HeaderFailures::new(),
         });
 
         let c = conn(&core, &listener);

@@ -83,6 +83,7 @@ use crate::server::core::ServerCore;
 use crate::server::drain::DrainReport;
 use crate::server::incoming::Incoming;
 use crate::server::middleware::per_ip::PerIpLimiter;
+use crate::server::middleware::proxy::HeaderFailures;
 use crate::server::ops::backoff::{AcceptAction, AcceptBackoff};
 use crate::server::options::ServerOptions;
 use crate::server::strategy::Serving;
@@ -176,6 +177,7 @@ impl Spawner {
             per_ip: options.per_ip_limit.map(PerIpLimiter::new),
             proxy: options.proxy_protocol,
             proxy_trust: options.proxy_trust.clone(),
+            proxy_failures: HeaderFailures::new(),
         }));
     }
 
