@@ -109,6 +109,7 @@ pub use middleware::per_ip::{IpPermit, PerIpLimiter};
 pub use middleware::proxy;
 pub use middleware::shared_limit::{LimitRefusal, SharedLimiter, SharedPermit};
 pub use ops::activation;
+pub(crate) use ops::backoff::RateLimited;
 pub use ops::backoff::{raise_fd_limit, AcceptAction, AcceptBackoff};
 pub use ops::pidfile::PidFile;
 pub use ops::privileges::{drop_privileges, refuse_root, Identity};

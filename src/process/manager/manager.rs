@@ -18,7 +18,7 @@ use crate::process::manager_proxy::{
 };
 use crate::process::manager_server::Store;
 use crate::process::{fork_child, pipe, Address, ForkOptions, ForkedChild, Listener};
-use crate::server::{AcceptAction, AcceptBackoff};
+use crate::server::{AcceptAction, AcceptBackoff, RateLimited};
 use crate::{Error, Result};
 
 /// How long `Manager::new` waits for the server to report its address.
@@ -456,37 +456,6 @@ impl Drop for Handshaking {
     }
 }
 
-/// Logs failures to start a connection thread once a minute, with a
-/// count, rather than once per connection (each such connection is
-/// closed at once, so a flood of them would flood the log).
-#[derive(Default)]
-struct SpawnErrors {
-    last: Option<std::time::Instant>,
-    since: u64,
-}
-
-impl SpawnErrors {
-    const EVERY: Duration = Duration::from_secs(60);
-
-    fn log(&mut self, e: &std::io::Error) {
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Self::EVERY)
-        {
-            self.since += 1;
-            return;
-        }
-        tracing::error!(
-            error = %e,
-            repeats = self.since,
-            "manager: cannot start a connection thread (connection closed)"
-        );
-        self.last = Some(now);
-        self.since = 0;
-    }
-}
-
 /// The server process's accept loop: one thread per client connection,
 /// which first runs the authkey handshake there, so a client that
 /// connects and stays silent makes no other client wait behind that one.
@@ -501,7 +470,9 @@ fn serve_forever(listener: &Listener) -> i32 {
     let handshakes = Arc::new(Handshakes::default());
     let mut backoff = AcceptBackoff::default();
     // Out of threads, every connection would log: one line a minute.
-    let mut spawn_errors = SpawnErrors::default();
+    // A thread that cannot start is logged once a minute with a count,
+    // not once per connection.
+    let mut spawn_errors = RateLimited::new(Duration::from_secs(60));
     // Leaving through `exit` on another thread skips the listener's drop,
     // which removes a Unix socket's file: remove it before leaving.
     let socket_path = match listener.address() {
@@ -533,7 +504,10 @@ fn serve_forever(listener: &Listener) -> i32 {
                         }
                     });
                 if let Err(e) = spawned {
-                    spawn_errors.log(&e);
+                    spawn_errors.error(
+                        "manager: cannot start a connection thread (connection closed)",
+                        &e,
+                    );
                 }
             }
             Err(Error::Io(e)) => match backoff.on_error(&e) {
