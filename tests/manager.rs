@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use socketserver::process::{Address, Manager, Process};
+use socketserver::process::{Address, LockProxy, Manager, Process};
 use socketserver::Error;
 
 mod forktest;
@@ -396,6 +396,29 @@ fn manager_on_a_chosen_unix_path_removes_it() -> TestResult {
     Ok(())
 }
 
+/// The lock is still held through our connection: another process cannot
+/// take it within 100 ms. Then releases it.
+fn still_ours(lock: &LockProxy) -> TestResult {
+    let mut p = Process::new({
+        let lock = lock.clone();
+        move || {
+            if lock
+                .acquire_timeout(Duration::from_millis(100))
+                .unwrap_or(true)
+            {
+                socketserver::process::exit(1);
+            }
+        }
+    });
+    p.start().map_err(e)?;
+    check!(
+        p.join().map_err(e)? == 0,
+        "another process took the lock we hold"
+    );
+    lock.release().map_err(e)?;
+    Ok(())
+}
+
 /// A reply that would exceed the frame limit (32 MiB) is a clear error
 /// for the call that asked for it, not a closed connection: the client
 /// used to see `Eof`, and the server released every lock that
@@ -422,24 +445,7 @@ fn reply_over_the_frame_limit_is_an_error_not_a_lost_connection() -> TestResult 
     }
     // Still connected, and still holding the lock.
     check!(list.len().map_err(e)? == 3);
-    let mut p = Process::new({
-        let lock = lock.clone();
-        move || {
-            let got = lock
-                .acquire_timeout(Duration::from_millis(100))
-                .unwrap_or(true);
-            if got {
-                socketserver::process::exit(1);
-            }
-        }
-    });
-    p.start().map_err(e)?;
-    check!(
-        p.join().map_err(e)? == 0,
-        "another process took the lock we hold"
-    );
-    lock.release().map_err(e)?;
-    Ok(())
+    still_ours(&lock)
 }
 
 /// A call whose request is over the frame limit fails with
@@ -455,24 +461,7 @@ fn request_over_the_frame_limit_keeps_the_connection_and_its_locks() -> TestResu
         other => return Err(format!("expected MessageTooLarge, got {other:?}")),
     }
     check!(list.len().map_err(e)? == 0);
-    let mut p = Process::new({
-        let lock = lock.clone();
-        move || {
-            if lock
-                .acquire_timeout(Duration::from_millis(100))
-                .unwrap_or(true)
-            {
-                socketserver::process::exit(1);
-            }
-        }
-    });
-    p.start().map_err(e)?;
-    check!(
-        p.join().map_err(e)? == 0,
-        "another process took the lock we hold"
-    );
-    lock.release().map_err(e)?;
-    Ok(())
+    still_ours(&lock)
 }
 
 /// A consumer that dies while blocked in `QueueProxy::get` does not take

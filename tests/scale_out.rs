@@ -1105,13 +1105,7 @@ impl FtpBackend {
 /// for v1, `send-proxy-v2` for v2), and each backend's passive range
 /// forwarded to that backend with a PROXY header too.
 fn ftp_haproxy_config(dir: &Path, front: u16, backends: &[FtpBackend], send_proxy: &str) -> String {
-    let mut cfg = format!(
-        "global\n  maxconn 8000\n  stats socket {}/haproxy.sock mode 600 level admin\n\
-         defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\
-         frontend fe\n  bind 127.0.0.1:{front}\n  default_backend be\n\
-         backend be\n  balance roundrobin\n",
-        dir.display()
-    );
+    let mut cfg = balancer::haproxy_head(dir, front);
     for (i, b) in backends.iter().enumerate() {
         cfg += &format!(
             "  server b{i} {} check inter 200ms fall 2 rise 2 {send_proxy} check-send-proxy\n",

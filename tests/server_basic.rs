@@ -641,10 +641,8 @@ fn reuse_address_is_on_for_tcp_and_off_for_udp_by_default() {
     assert!(!off.socket().unwrap().reuse_address().unwrap());
 }
 
-/// The info line at a shutdown names the health port's `drain` only when
-/// the server has a health port.
-#[test]
-fn the_stopping_line_mentions_health_only_with_a_health_port() {
+/// What `f` logs at `level` or above on this thread, as text.
+fn logged(level: tracing::Level, f: impl FnOnce()) -> String {
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
     impl Write for Buf {
@@ -656,15 +654,24 @@ fn the_stopping_line_mentions_health_only_with_a_health_port() {
             Ok(())
         }
     }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(level)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let log = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    log
+}
+
+/// The info line at a shutdown names the health port's `drain` only when
+/// the server has a health port.
+#[test]
+fn the_stopping_line_mentions_health_only_with_a_health_port() {
     for with_health in [false, true] {
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        let log = logged(tracing::Level::INFO, || {
             let mut builder = ThreadingTcpServer::builder();
             if with_health {
                 builder.health("127.0.0.1:0".parse().unwrap());
@@ -674,7 +681,6 @@ fn the_stopping_line_mentions_health_only_with_a_health_port() {
             server.serve_forever().unwrap();
             server.server_close();
         });
-        let log = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
         let stopping: Vec<&str> = log.lines().filter(|l| l.contains("stopping")).collect();
         assert_eq!(stopping.len(), 1, "with_health={with_health}: {log}");
         assert_eq!(
@@ -692,29 +698,11 @@ fn an_abstract_unix_name_is_served_shown_with_an_at_and_closed_quietly() {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::net::{SocketAddr, UnixStream};
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
     let name = format!("socketserver-test-{}", std::process::id());
     let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
         &[b"\0", name.as_bytes()].concat(),
     ));
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
+    let log = logged(tracing::Level::WARN, || {
         let mut server = UnixStreamServer::bind(&path, || Echo).unwrap();
         assert_eq!(server.server_address().to_string(), format!("@{name}"));
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
@@ -727,6 +715,5 @@ fn an_abstract_unix_name_is_served_shown_with_an_at_and_closed_quietly() {
         assert_eq!(back, MSG);
         server.server_close();
     });
-    let log = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
     assert!(log.is_empty(), "warnings at close: {log}");
 }

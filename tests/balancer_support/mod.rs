@@ -447,17 +447,25 @@ pub fn haproxy(dir: &Path, port: u16, backends: &[Backend], proxy: bool) -> Proc
     haproxy_with(dir, port, backends, proxy.then_some("send-proxy-v2"))
 }
 
-/// As [`haproxy`], with `send_proxy` (`send-proxy` for PROXY v1,
-/// `send-proxy-v2`) and `check-send-proxy` on every `server` line when
-/// given.
-pub fn haproxy_with(dir: &Path, port: u16, backends: &[Backend], send_proxy: Option<&str>) -> Proc {
-    let mut cfg = format!(
+/// The start of an HAProxy configuration the tests share: the stats
+/// socket in `dir`, TCP mode with short connect timeouts, retries and
+/// redispatch, and a round-robin frontend on 127.0.0.1:`port` whose
+/// backend `be` the caller fills with `server` lines.
+pub fn haproxy_head(dir: &Path, port: u16) -> String {
+    format!(
         "global\n  maxconn 8000\n  stats socket {}/haproxy.sock mode 600 level admin\n\
          defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n  retries 3\n  option redispatch\n\
          frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
          backend be\n  balance roundrobin\n",
         dir.display()
-    );
+    )
+}
+
+/// As [`haproxy`], with `send_proxy` (`send-proxy` for PROXY v1,
+/// `send-proxy-v2`) and `check-send-proxy` on every `server` line when
+/// given.
+pub fn haproxy_with(dir: &Path, port: u16, backends: &[Backend], send_proxy: Option<&str>) -> Proc {
+    let mut cfg = haproxy_head(dir, port);
     for (i, b) in backends.iter().enumerate() {
         let _ = writeln!(
             cfg,
