@@ -534,6 +534,58 @@ fn terminate_with_pending_tasks_is_prompt() -> TestResult {
     Ok(())
 }
 
+/// A task that never ends must not hold up an unrelated task: a job that
+/// was sent to a busy worker (to wait in its socket) cannot be taken back,
+/// so only chunks of the same `map` may wait behind a running one.
+fn tasks_never_wait_behind_a_stuck_task_while_a_worker_is_free() -> TestResult {
+    let pool = Pool::new(2).map_err(e)?;
+    let pids = pool.pids();
+    // One worker is stuck for a minute; the other is busy for a moment,
+    // so at the next submissions no worker is idle.
+    let stuck = pool.apply_async(sleep_ms, 60_000).map_err(e)?;
+    let brief = pool.apply_async(sleep_ms, 300).map_err(e)?;
+    std::thread::sleep(Duration::from_millis(50));
+    let r = pool.apply_async(square, 5).map_err(e)?;
+    let m = pool.imap(square, 0..4u64, 1).map_err(e)?;
+    // Generous deadlines: the free worker needs about 0.3 s for all this.
+    check!(brief.get_timeout(Duration::from_secs(20)).map_err(e)? == 300);
+    let got = r.get_timeout(Duration::from_secs(20));
+    check!(matches!(got, Ok(25)), "apply behind the stuck task: {got:?}");
+    let mut squares = Vec::new();
+    for x in m {
+        squares.push(x.map_err(e)?);
+    }
+    check!(squares == vec![0, 1, 4, 9], "imap gave {squares:?}");
+    check!(!stuck.ready());
+    pool.terminate();
+    check!(matches!(stuck.get(), Err(Error::BrokenPool(_))));
+    for pid in &pids {
+        check!(!exists(*pid), "worker {pid} left behind");
+    }
+    Ok(())
+}
+
+/// A timeout too large for the clock (`Duration::MAX`) means "wait for
+/// ever", as `None` does elsewhere; it must not panic on an overflowing
+/// deadline.
+fn huge_timeouts_wait_instead_of_panicking() -> TestResult {
+    let pool = Pool::new(1).map_err(e)?;
+    let r = pool.apply_async(square, 3).map_err(e)?;
+    check!(r.wait_timeout(Duration::MAX));
+    check!(r.get_timeout(Duration::MAX).map_err(e)? == 9);
+    let r = pool.apply_async(square, 4).map_err(e)?;
+    check!(r.get_timeout(Duration::MAX).map_err(e)? == 16);
+    drop(pool);
+    let ex = ProcessPoolExecutor::new(Some(1)).map_err(e)?;
+    let f = ex.submit(square, 5).map_err(e)?;
+    check!(f.result_timeout(Duration::MAX).map_err(e)? == 25);
+    drop(ex);
+    let mut p = Process::new(|| {});
+    p.start().map_err(e)?;
+    check!(p.join_timeout(Duration::MAX).map_err(e)? == Some(0));
+    Ok(())
+}
+
 fn close_join_finishes_queued_work() -> TestResult {
     let pool = Pool::new(2).map_err(e)?;
     check!(matches!(pool.join(), Err(Error::InvalidArgument(_))));
@@ -702,6 +754,14 @@ fn main() {
         (
             "terminate_with_pending_tasks_is_prompt",
             terminate_with_pending_tasks_is_prompt,
+        ),
+        (
+            "tasks_never_wait_behind_a_stuck_task_while_a_worker_is_free",
+            tasks_never_wait_behind_a_stuck_task_while_a_worker_is_free,
+        ),
+        (
+            "huge_timeouts_wait_instead_of_panicking",
+            huge_timeouts_wait_instead_of_panicking,
         ),
         (
             "close_join_finishes_queued_work",

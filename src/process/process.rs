@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -470,8 +470,15 @@ impl Process {
     /// As [`join`](Self::join).
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
         self.child_mut()?;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            // Beyond what the clock can represent (`Duration::MAX`): that
+            // is no deadline at all, not an overflow.
+            return self.join().map(Some);
+        };
         self.pull_result(Some(timeout))?;
-        let code = self.child_mut()?.wait_timeout(timeout)?;
+        // One deadline for both waits: the result, then the exit.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let code = self.child_mut()?.wait_timeout(left)?;
         Ok(code)
     }
 

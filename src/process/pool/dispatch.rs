@@ -104,6 +104,10 @@ pub(crate) struct Job {
 
 struct Queued {
     id: u64,
+    /// The id of the first job of the same `submit` call (one `map`'s
+    /// chunks share it): only a job of the batch a worker is already
+    /// running may wait behind it (see [`Dispatcher::assign`]).
+    batch: u64,
     job: Job,
 }
 
@@ -187,10 +191,11 @@ impl Shared {
             ));
         }
         let mut ids = Vec::new();
+        let batch = st.next_id;
         for job in jobs {
             let id = st.next_id;
             st.next_id += 1;
-            st.queue.push_back(Queued { id, job });
+            st.queue.push_back(Queued { id, batch, job });
             ids.push(id);
         }
         drop(st);
@@ -585,11 +590,23 @@ impl Dispatcher {
                     // A job queued behind a running one must fit in the
                     // socket buffer: otherwise our blocking send and the
                     // worker's blocking reply would wait for each other.
+                    // And it must belong to the same batch (one `map`'s
+                    // chunks): once sent it cannot be taken back, so an
+                    // unrelated task (an `apply_async`, another `map`)
+                    // queued behind a task that runs for minutes, or for
+                    // ever, would wait for it even while other workers
+                    // sit idle. A sibling chunk behind a stuck chunk only
+                    // delays a `map` that waits for that chunk anyway.
+                    let last_batch = batch
+                        .iter()
+                        .rev()
+                        .find(|(j, _)| *j == i)
+                        .map(|(_, q)| q.batch)
+                        .or_else(|| w.inflight.back().map(|q| q.batch));
                     let fits = depth == 0
-                        || st
-                            .queue
-                            .front()
-                            .is_some_and(|q| q.job.frame.len() <= w.prefetch_max);
+                        || st.queue.front().is_some_and(|q| {
+                            q.job.frame.len() <= w.prefetch_max && Some(q.batch) == last_batch
+                        });
                     if fits
                         && w.inflight.len() + queued_here == depth
                         && !w.eof
