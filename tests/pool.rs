@@ -586,6 +586,65 @@ fn huge_timeouts_wait_instead_of_panicking() -> TestResult {
     Ok(())
 }
 
+/// Every `join` waits, not only the first: with two threads in `join`
+/// after `close`, each returns once every queued task has finished; and a
+/// `terminate` while another thread is in `join` returns only once the
+/// workers are reaped, as it promises.
+fn concurrent_joins_and_terminate_all_wait_for_the_end() -> TestResult {
+    let pool = Pool::new(2).map_err(e)?;
+    let rs: Vec<_> = (0..6)
+        .map(|_| pool.apply_async(sleep_ms, 100))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    pool.close();
+    let early = std::thread::scope(|s| {
+        let joins: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let joined = pool.join();
+                    // Counted right after this thread's join returned.
+                    let unfinished = rs.iter().filter(|r| !r.ready()).count();
+                    (joined.is_ok(), unfinished)
+                })
+            })
+            .collect();
+        joins
+            .into_iter()
+            .map(|h| h.join().unwrap_or((false, usize::MAX)))
+            .collect::<Vec<_>>()
+    });
+    check!(
+        early.iter().all(|&(ok, unfinished)| ok && unfinished == 0),
+        "join returned with tasks unfinished (ok, unfinished): {early:?}"
+    );
+    for r in &rs {
+        check!(r.get().map_err(e)? == 100);
+    }
+
+    let pool = Pool::new(2).map_err(e)?;
+    let pids = pool.pids();
+    let _stuck: Vec<_> = (0..2)
+        .map(|_| pool.apply_async(sleep_ms, 60_000))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    pool.close();
+    let left = std::thread::scope(|s| {
+        // This one waits for tasks that take a minute...
+        let joiner = s.spawn(|| pool.join());
+        std::thread::sleep(Duration::from_millis(100));
+        // ...until this terminate ends them.
+        pool.terminate();
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| exists(p)).collect();
+        let _ = joiner.join();
+        left
+    });
+    check!(
+        left.is_empty(),
+        "terminate returned with workers {left:?} not yet reaped"
+    );
+    Ok(())
+}
+
 fn close_join_finishes_queued_work() -> TestResult {
     let pool = Pool::new(2).map_err(e)?;
     check!(matches!(pool.join(), Err(Error::InvalidArgument(_))));
@@ -762,6 +821,10 @@ fn main() {
         (
             "huge_timeouts_wait_instead_of_panicking",
             huge_timeouts_wait_instead_of_panicking,
+        ),
+        (
+            "concurrent_joins_and_terminate_all_wait_for_the_end",
+            concurrent_joins_and_terminate_all_wait_for_the_end,
         ),
         (
             "close_join_finishes_queued_work",

@@ -24,8 +24,8 @@
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -141,6 +141,9 @@ struct State {
     broken: Option<String>,
     /// Pids of the live workers, for `Pool::pids` (tests, diagnostics).
     pids: Vec<i32>,
+    /// The dispatcher thread has returned: its workers are reaped and
+    /// every job has had its outcome delivered.
+    ended: bool,
 }
 
 /// The part of the engine shared by the caller's handles and the
@@ -154,6 +157,21 @@ pub(crate) struct Shared {
     /// a `map` over a million items moves megabytes each way, and fresh
     /// memory for each call would cost a page fault per 4 KiB.
     spare: Mutex<Spare>,
+    /// Signalled when `State::ended` is set: only one thread can join the
+    /// dispatcher's handle, the others (a second `join`, a `terminate`
+    /// from another thread) wait here for the same moment.
+    ended: Condvar,
+}
+
+/// Marks the engine ended when the dispatcher thread leaves its body,
+/// normally or by a panic, after the dispatcher (and its workers) dropped.
+struct EndedOnDrop(Arc<Shared>);
+
+impl Drop for EndedOnDrop {
+    fn drop(&mut self) {
+        self.0.lock().ended = true;
+        self.0.ended.notify_all();
+    }
 }
 
 #[derive(Default)]
@@ -223,6 +241,14 @@ impl Shared {
         self.wake();
     }
 
+    /// Blocks until the dispatcher thread has returned.
+    fn wait_ended(&self) {
+        let mut st = self.lock();
+        while !st.ended {
+            st = self.ended.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         let st = self.lock();
         st.closed || st.terminating
@@ -269,6 +295,9 @@ impl Shared {
 pub(crate) struct Engine {
     pub(crate) shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The dispatcher thread's id, to know a call made from it (a result
+    /// callback) once another thread has taken the handle.
+    thread_id: ThreadId,
     /// The process that started the engine: only there do the dispatcher
     /// thread and the workers exist.
     owner: u32,
@@ -313,6 +342,7 @@ impl Engine {
             }),
             wake,
             spare: Mutex::default(),
+            ended: Condvar::new(),
         });
         let mut dispatcher = Dispatcher {
             shared: shared.clone(),
@@ -321,11 +351,16 @@ impl Engine {
             spawned: 0,
         };
         dispatcher.spawned = dispatcher.workers.len();
+        let ended = EndedOnDrop(shared.clone());
         let thread = std::thread::Builder::new()
             .name("pool-dispatcher".into())
-            .spawn(move || dispatcher.run())?;
+            .spawn(move || {
+                let _ended = ended;
+                dispatcher.run();
+            })?;
         Ok(Engine {
             shared,
+            thread_id: thread.thread().id(),
             thread: Mutex::new(Some(thread)),
             owner: std::process::id(),
         })
@@ -347,20 +382,30 @@ impl Engine {
 
     /// Waits for the dispatcher thread to finish (after `close`, once every
     /// job is done and the workers left; after `terminate`, promptly).
+    /// Every caller waits, not only the one that joins the handle: a
+    /// second `join`, or a `terminate` while another thread is in `join`,
+    /// returns only once the workers are reaped too.
     pub(crate) fn join_thread(&self) {
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            if std::process::id() != self.owner {
-                // No such thread in a forked child; never join it.
+        if std::process::id() != self.owner {
+            // No such thread in a forked child; never join it.
+            if let Some(h) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 std::mem::forget(h);
-                return;
             }
-            if h.thread().id() == std::thread::current().id() {
-                // Called from a callback on the dispatcher itself: it will
-                // see the flag when the callback returns.
-                return;
+            return;
+        }
+        if self.thread_id == std::thread::current().id() {
+            // Called from a callback on the dispatcher itself: it will
+            // see the flag when the callback returns.
+            return;
+        }
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match handle {
+            Some(h) => {
+                let _ = h.join();
             }
-            let _ = h.join();
+            // Another thread joins it (or it was detached): wait for the
+            // same end.
+            None => self.shared.wait_ended(),
         }
     }
 
