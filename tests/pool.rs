@@ -645,6 +645,47 @@ fn concurrent_joins_and_terminate_all_wait_for_the_end() -> TestResult {
     Ok(())
 }
 
+/// An initializer that panics breaks the pool with its message, instead
+/// of forking replacements that fail the same way for ever (thousands a
+/// second, each printing its panic).
+fn failing_initializer_breaks_the_pool_with_its_message() -> TestResult {
+    let starts = Value::new(0u32).map_err(e)?;
+    let counter = starts.clone();
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(move || {
+            if let Ok(mut n) = counter.lock() {
+                *n += 1;
+            }
+            panic!("no database here");
+        })
+        .build()
+        .map_err(e)?;
+    // The workers may already have failed by the time it is submitted.
+    let got = pool
+        .apply_async(square, 3)
+        .and_then(|r| r.get_timeout(Duration::from_secs(10)));
+    check!(
+        matches!(&got, Err(Error::BrokenPool(m)) if m.contains("no database here")),
+        "the task got {got:?}"
+    );
+    // Let a respawn loop, if there were one, show itself.
+    std::thread::sleep(Duration::from_millis(300));
+    let n = starts.get().map_err(e)?;
+    check!(n <= 2, "the initializer ran {n} times for 2 workers");
+    let later = pool.apply_async(square, 4);
+    check!(
+        matches!(&later, Err(Error::BrokenPool(m)) if m.contains("no database here")),
+        "a later submit got {later:?}"
+    );
+    let pids = pool.pids();
+    drop(pool);
+    for pid in &pids {
+        check!(!exists(*pid), "worker {pid} left behind");
+    }
+    Ok(())
+}
+
 fn close_join_finishes_queued_work() -> TestResult {
     let pool = Pool::new(2).map_err(e)?;
     check!(matches!(pool.join(), Err(Error::InvalidArgument(_))));
@@ -825,6 +866,10 @@ fn main() {
         (
             "concurrent_joins_and_terminate_all_wait_for_the_end",
             concurrent_joins_and_terminate_all_wait_for_the_end,
+        ),
+        (
+            "failing_initializer_breaks_the_pool_with_its_message",
+            failing_initializer_breaks_the_pool_with_its_message,
         ),
         (
             "close_join_finishes_queued_work",

@@ -450,6 +450,8 @@ struct Worker {
     /// Largest job queued behind a running one on this worker (see
     /// [`prefetch_limit`]).
     prefetch_max: usize,
+    /// Why its initializer panicked, if it did (it then exits).
+    init_failed: Option<Error>,
 }
 
 impl Worker {
@@ -479,6 +481,7 @@ impl Worker {
             inflight: VecDeque::new(),
             sent: 0,
             eof: false,
+            init_failed: None,
         })
     }
 
@@ -511,6 +514,7 @@ impl Worker {
             inflight: VecDeque::new(),
             sent: 0,
             eof: false,
+            init_failed: None,
         })
     }
 
@@ -525,6 +529,17 @@ impl Worker {
                 return;
             }
             match worker::decode_reply(frame) {
+                Ok(reply) if reply.init_failed => {
+                    // No replacement would do better: break the pool, so
+                    // every pending and later task gets this reason.
+                    if let Err(Error::BrokenPool(why)) = &reply.outcome {
+                        let mut st = shared.lock();
+                        st.broken.get_or_insert_with(|| why.clone());
+                    }
+                    self.init_failed = reply.outcome.err();
+                    self.eof = true;
+                    return;
+                }
                 Ok(reply) => {
                     let pos = self.inflight.iter().position(|q| q.id == reply.id);
                     match pos.and_then(|p| self.inflight.remove(p)) {
@@ -804,6 +819,13 @@ impl Dispatcher {
         // Replies written just before the exit are still in the socket.
         if !w.eof && matches!(w.conn.poll(Duration::ZERO), Ok(true)) {
             w.read_replies(&self.shared);
+        }
+        if let Some(Error::BrokenPool(why)) = w.init_failed.take() {
+            tracing::warn!(pid, "{why}");
+            for q in w.inflight.drain(..) {
+                deliver(q.job.sink, Err(Error::BrokenPool(why.clone())));
+            }
+            return;
         }
         let abnormal = code != 0 || !w.inflight.is_empty();
         let died = Error::WorkerDied {

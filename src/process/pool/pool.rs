@@ -139,8 +139,11 @@ impl PoolBuilder {
     }
 
     /// A function each worker runs once, right after it starts (also in
-    /// replacement workers). If it panics the worker exits and a new one
-    /// is started. Default is none.
+    /// replacement workers). If it panics, the pool is broken, as
+    /// `ProcessPoolExecutor` is in Python: every pending and later task
+    /// fails with [`Error::BrokenPool`](crate::Error::BrokenPool) giving
+    /// the panic message (Python's `Pool` forks replacements that fail the
+    /// same way, for ever). Default is none.
     pub fn initializer<F: Fn() + Send + Sync + 'static>(&mut self, f: F) -> &mut Self {
         self.initializer = Some(Arc::new(f));
         self
