@@ -550,7 +550,10 @@ fn tasks_never_wait_behind_a_stuck_task_while_a_worker_is_free() -> TestResult {
     // Generous deadlines: the free worker needs about 0.3 s for all this.
     check!(brief.get_timeout(Duration::from_secs(20)).map_err(e)? == 300);
     let got = r.get_timeout(Duration::from_secs(20));
-    check!(matches!(got, Ok(25)), "apply behind the stuck task: {got:?}");
+    check!(
+        matches!(got, Ok(25)),
+        "apply behind the stuck task: {got:?}"
+    );
     let mut squares = Vec::new();
     for x in m {
         squares.push(x.map_err(e)?);
