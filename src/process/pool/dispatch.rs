@@ -104,9 +104,9 @@ pub(crate) struct Job {
 
 struct Queued {
     id: u64,
-    /// The id of the first job of the same `submit` call (one `map`'s
-    /// chunks share it): only a job of the batch a worker is already
-    /// running may wait behind it (see [`Dispatcher::assign`]).
+    /// The call it belongs to (one `map`'s chunks share it, over all
+    /// their `submit_in` calls): only a job of the batch a worker is
+    /// already running may wait behind it (see [`Dispatcher::assign`]).
     batch: u64,
     job: Job,
 }
@@ -136,6 +136,7 @@ pub(crate) struct Config {
 struct State {
     queue: VecDeque<Queued>,
     next_id: u64,
+    next_batch: u64,
     closed: bool,
     terminating: bool,
     broken: Option<String>,
@@ -193,12 +194,33 @@ impl Shared {
         let _ = self.wake.write(1);
     }
 
-    /// Queues jobs; returns their ids.
+    /// Queues jobs as a batch of their own; returns their ids.
     ///
     /// # Errors
     /// [`Error::BrokenPool`] once broken; [`Error::InvalidArgument`] after
     /// `close` or `terminate`.
     pub(crate) fn submit(&self, jobs: impl IntoIterator<Item = Job>) -> Result<Vec<u64>> {
+        let batch = self.new_batch();
+        self.submit_in(jobs, batch)
+    }
+
+    /// A batch id for [`submit_in`](Self::submit_in): the chunks of one
+    /// `map` are queued over several calls, as they are encoded.
+    pub(crate) fn new_batch(&self) -> u64 {
+        let mut st = self.lock();
+        st.next_batch += 1;
+        st.next_batch
+    }
+
+    /// Queues jobs as part of `batch`; returns their ids.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub(crate) fn submit_in(
+        &self,
+        jobs: impl IntoIterator<Item = Job>,
+        batch: u64,
+    ) -> Result<Vec<u64>> {
         let mut st = self.lock();
         if let Some(why) = &st.broken {
             return Err(Error::BrokenPool(why.clone()));
@@ -209,7 +231,6 @@ impl Shared {
             ));
         }
         let mut ids = Vec::new();
-        let batch = st.next_id;
         for job in jobs {
             let id = st.next_id;
             st.next_id += 1;
