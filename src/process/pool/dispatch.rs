@@ -468,6 +468,9 @@ struct Worker {
     sent: usize,
     /// The connection failed or reached end-of-file: wait for the sentinel.
     eof: bool,
+    /// A send to it failed: it is exiting. What it wrote before (its
+    /// initializer's failure) is still to be read, so `eof` stays unset.
+    send_failed: bool,
     /// Largest job queued behind a running one on this worker (see
     /// [`prefetch_limit`]).
     prefetch_max: usize,
@@ -502,6 +505,7 @@ impl Worker {
             inflight: VecDeque::new(),
             sent: 0,
             eof: false,
+            send_failed: false,
             init_failed: None,
         })
     }
@@ -535,6 +539,7 @@ impl Worker {
             inflight: VecDeque::new(),
             sent: 0,
             eof: false,
+            send_failed: false,
             init_failed: None,
         })
     }
@@ -691,6 +696,7 @@ impl Dispatcher {
                     if fits
                         && w.inflight.len() + queued_here == depth
                         && !w.eof
+                        && !w.send_failed
                         && max.is_none_or(|m| w.sent + queued_here < m)
                     {
                         if let Some(q) = st.queue.pop_front() {
@@ -736,7 +742,7 @@ impl Dispatcher {
                 Err(_) => {
                     // The worker is gone; its sentinel will tell us how.
                     // The job never reached it, so it goes back in line.
-                    w.eof = true;
+                    w.send_failed = true;
                     requeue.push(q);
                 }
             }
