@@ -534,6 +534,161 @@ fn terminate_with_pending_tasks_is_prompt() -> TestResult {
     Ok(())
 }
 
+/// A task that never ends must not hold up an unrelated task: a job that
+/// was sent to a busy worker (to wait in its socket) cannot be taken back,
+/// so only chunks of the same `map` may wait behind a running one.
+fn tasks_never_wait_behind_a_stuck_task_while_a_worker_is_free() -> TestResult {
+    let pool = Pool::new(2).map_err(e)?;
+    let pids = pool.pids();
+    // One worker is stuck for a minute; the other is busy for a moment,
+    // so at the next submissions no worker is idle.
+    let stuck = pool.apply_async(sleep_ms, 60_000).map_err(e)?;
+    let brief = pool.apply_async(sleep_ms, 300).map_err(e)?;
+    std::thread::sleep(Duration::from_millis(50));
+    let r = pool.apply_async(square, 5).map_err(e)?;
+    let m = pool.imap(square, 0..4u64, 1).map_err(e)?;
+    // Generous deadlines: the free worker needs about 0.3 s for all this.
+    check!(brief.get_timeout(Duration::from_secs(20)).map_err(e)? == 300);
+    let got = r.get_timeout(Duration::from_secs(20));
+    check!(
+        matches!(got, Ok(25)),
+        "apply behind the stuck task: {got:?}"
+    );
+    let mut squares = Vec::new();
+    for x in m {
+        squares.push(x.map_err(e)?);
+    }
+    check!(squares == vec![0, 1, 4, 9], "imap gave {squares:?}");
+    check!(!stuck.ready());
+    pool.terminate();
+    check!(matches!(stuck.get(), Err(Error::BrokenPool(_))));
+    for pid in &pids {
+        check!(!exists(*pid), "worker {pid} left behind");
+    }
+    Ok(())
+}
+
+/// A timeout too large for the clock (`Duration::MAX`) means "wait for
+/// ever", as `None` does elsewhere; it must not panic on an overflowing
+/// deadline.
+fn huge_timeouts_wait_instead_of_panicking() -> TestResult {
+    let pool = Pool::new(1).map_err(e)?;
+    let r = pool.apply_async(square, 3).map_err(e)?;
+    check!(r.wait_timeout(Duration::MAX));
+    check!(r.get_timeout(Duration::MAX).map_err(e)? == 9);
+    let r = pool.apply_async(square, 4).map_err(e)?;
+    check!(r.get_timeout(Duration::MAX).map_err(e)? == 16);
+    drop(pool);
+    let ex = ProcessPoolExecutor::new(Some(1)).map_err(e)?;
+    let f = ex.submit(square, 5).map_err(e)?;
+    check!(f.result_timeout(Duration::MAX).map_err(e)? == 25);
+    drop(ex);
+    let mut p = Process::new(|| {});
+    p.start().map_err(e)?;
+    check!(p.join_timeout(Duration::MAX).map_err(e)? == Some(0));
+    Ok(())
+}
+
+/// Every `join` waits, not only the first: with two threads in `join`
+/// after `close`, each returns once every queued task has finished; and a
+/// `terminate` while another thread is in `join` returns only once the
+/// workers are reaped, as it promises.
+fn concurrent_joins_and_terminate_all_wait_for_the_end() -> TestResult {
+    let pool = Pool::new(2).map_err(e)?;
+    let rs: Vec<_> = (0..6)
+        .map(|_| pool.apply_async(sleep_ms, 100))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    pool.close();
+    let early = std::thread::scope(|s| {
+        let joins: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let joined = pool.join();
+                    // Counted right after this thread's join returned.
+                    let unfinished = rs.iter().filter(|r| !r.ready()).count();
+                    (joined.is_ok(), unfinished)
+                })
+            })
+            .collect();
+        joins
+            .into_iter()
+            .map(|h| h.join().unwrap_or((false, usize::MAX)))
+            .collect::<Vec<_>>()
+    });
+    check!(
+        early.iter().all(|&(ok, unfinished)| ok && unfinished == 0),
+        "join returned with tasks unfinished (ok, unfinished): {early:?}"
+    );
+    for r in &rs {
+        check!(r.get().map_err(e)? == 100);
+    }
+
+    let pool = Pool::new(2).map_err(e)?;
+    let pids = pool.pids();
+    let _stuck: Vec<_> = (0..2)
+        .map(|_| pool.apply_async(sleep_ms, 60_000))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    pool.close();
+    let left = std::thread::scope(|s| {
+        // This one waits for tasks that take a minute...
+        let joiner = s.spawn(|| pool.join());
+        std::thread::sleep(Duration::from_millis(100));
+        // ...until this terminate ends them.
+        pool.terminate();
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| exists(p)).collect();
+        let _ = joiner.join();
+        left
+    });
+    check!(
+        left.is_empty(),
+        "terminate returned with workers {left:?} not yet reaped"
+    );
+    Ok(())
+}
+
+/// An initializer that panics breaks the pool with its message, instead
+/// of forking replacements that fail the same way for ever (thousands a
+/// second, each printing its panic).
+fn failing_initializer_breaks_the_pool_with_its_message() -> TestResult {
+    let starts = Value::new(0u32).map_err(e)?;
+    let counter = starts.clone();
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(move || {
+            if let Ok(mut n) = counter.lock() {
+                *n += 1;
+            }
+            panic!("no database here");
+        })
+        .build()
+        .map_err(e)?;
+    // The workers may already have failed by the time it is submitted.
+    let got = pool
+        .apply_async(square, 3)
+        .and_then(|r| r.get_timeout(Duration::from_secs(10)));
+    check!(
+        matches!(&got, Err(Error::BrokenPool(m)) if m.contains("no database here")),
+        "the task got {got:?}"
+    );
+    // Let a respawn loop, if there were one, show itself.
+    std::thread::sleep(Duration::from_millis(300));
+    let n = starts.get().map_err(e)?;
+    check!(n <= 2, "the initializer ran {n} times for 2 workers");
+    let later = pool.apply_async(square, 4);
+    check!(
+        matches!(&later, Err(Error::BrokenPool(m)) if m.contains("no database here")),
+        "a later submit got {later:?}"
+    );
+    let pids = pool.pids();
+    drop(pool);
+    for pid in &pids {
+        check!(!exists(*pid), "worker {pid} left behind");
+    }
+    Ok(())
+}
+
 fn close_join_finishes_queued_work() -> TestResult {
     let pool = Pool::new(2).map_err(e)?;
     check!(matches!(pool.join(), Err(Error::InvalidArgument(_))));
@@ -702,6 +857,22 @@ fn main() {
         (
             "terminate_with_pending_tasks_is_prompt",
             terminate_with_pending_tasks_is_prompt,
+        ),
+        (
+            "tasks_never_wait_behind_a_stuck_task_while_a_worker_is_free",
+            tasks_never_wait_behind_a_stuck_task_while_a_worker_is_free,
+        ),
+        (
+            "huge_timeouts_wait_instead_of_panicking",
+            huge_timeouts_wait_instead_of_panicking,
+        ),
+        (
+            "concurrent_joins_and_terminate_all_wait_for_the_end",
+            concurrent_joins_and_terminate_all_wait_for_the_end,
+        ),
+        (
+            "failing_initializer_breaks_the_pool_with_its_message",
+            failing_initializer_breaks_the_pool_with_its_message,
         ),
         (
             "close_join_finishes_queued_work",

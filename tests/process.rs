@@ -1050,6 +1050,27 @@ fn children_hold_no_sibling_pidfds() -> TestResult {
     Ok(())
 }
 
+fn thirty_three_mib(n: usize) -> Vec<u8> {
+    vec![7u8; n]
+}
+
+/// A `from_fn` result is not capped at a `Connection`'s 32 MiB default:
+/// a 33 MiB one arrives whole (it made the child exit with 1 and
+/// `result()` give `None`, with no word of why).
+fn from_fn_result_over_32_mib_arrives() -> TestResult {
+    let mut p = Process::from_fn(thirty_three_mib, 33 << 20);
+    p.start().map_err(e)?;
+    check!(p.join().map_err(e)? == 0);
+    let got = p.result::<Vec<u8>>().map_err(e)?;
+    check!(
+        got.as_ref()
+            .is_some_and(|v| v.len() == 33 << 20 && v.iter().all(|&b| b == 7)),
+        "result: {:?}",
+        got.map(|v| v.len())
+    );
+    Ok(())
+}
+
 fn main() {
     if let Ok(how) = std::env::var(SCENARIO) {
         if how == "stdout" {
@@ -1060,6 +1081,10 @@ fn main() {
     }
     let tests: &[Test] = &[
         (stringify!(exit_codes), exit_codes),
+        (
+            stringify!(from_fn_result_over_32_mib_arrives),
+            from_fn_result_over_32_mib_arrives,
+        ),
         (
             stringify!(children_hold_no_sibling_pidfds),
             children_hold_no_sibling_pidfds,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -76,6 +76,9 @@ struct Sendable {
 }
 
 /// The fork-server entry of `Process::from_fn::<F, A, R>`.
+/// Largest `from_fn` result under `fork`: the pool's frame limit (1 GiB).
+const RESULT_MAX: usize = crate::process::worker::MAX_FRAME;
+
 fn run_fn<F, A, R>(payload: &[u8], _fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> i32
 where
     F: Fn(A) -> R + Copy + 'static,
@@ -283,7 +286,9 @@ impl Process {
 
     /// The return value of a [`from_fn`](Self::from_fn) target, decoded as
     /// `R`, once the child has been joined: `Ok(None)` before that, for a
-    /// closure target, or when the child did not return normally.
+    /// closure target, or when the child did not return normally (also
+    /// when its result could not be encoded or sent, over 1 GiB encoded
+    /// under `fork`: the child then exits with 1 and says why on stderr).
     ///
     /// # Errors
     /// [`Error::Codec`] when the bytes do not decode as `R` (use the
@@ -394,12 +399,20 @@ impl Process {
                 _ => {
                     let (mut mine, mut theirs) = pipe(true)?;
                     mine.close_on_fork();
+                    // A result is as large as a pool task's may be, not
+                    // capped at a `Connection`'s 32 MiB default.
+                    mine.set_max_message_size(RESULT_MAX);
+                    theirs.set_max_message_size(RESULT_MAX);
                     let entry = s.entry;
                     let child = fork_child(&options, move || {
                         let mut out = Vec::new();
                         let code = entry(&payload, Vec::new(), &mut out);
-                        if code == 0 && theirs.send_bytes(&out).is_err() {
-                            return 1;
+                        if code == 0 {
+                            if let Err(e) = theirs.send_bytes(&out) {
+                                // Say why, as the encoding failures do.
+                                eprintln!("cannot send the process's result to its parent: {e}");
+                                return 1;
+                            }
                         }
                         code
                     })?;
@@ -470,8 +483,15 @@ impl Process {
     /// As [`join`](Self::join).
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<i32>> {
         self.child_mut()?;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            // Beyond what the clock can represent (`Duration::MAX`): that
+            // is no deadline at all, not an overflow.
+            return self.join().map(Some);
+        };
         self.pull_result(Some(timeout))?;
-        let code = self.child_mut()?.wait_timeout(timeout)?;
+        // One deadline for both waits: the result, then the exit.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let code = self.child_mut()?.wait_timeout(left)?;
         Ok(code)
     }
 

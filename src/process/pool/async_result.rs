@@ -64,7 +64,9 @@ impl<T> Slot<T> {
     /// Waits until filled, at most `timeout` (`None` = forever); returns
     /// whether it is filled.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout past what the clock can represent (`Duration::MAX`)
+        // waits for ever, like `None`, instead of overflowing.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut st = self.lock();
         while matches!(*st, State::Pending) {
             match deadline {

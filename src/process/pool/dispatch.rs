@@ -24,8 +24,8 @@
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -104,6 +104,10 @@ pub(crate) struct Job {
 
 struct Queued {
     id: u64,
+    /// The call it belongs to (one `map`'s chunks share it, over all
+    /// their `submit_in` calls): only a job of the batch a worker is
+    /// already running may wait behind it (see [`Dispatcher::assign`]).
+    batch: u64,
     job: Job,
 }
 
@@ -132,11 +136,15 @@ pub(crate) struct Config {
 struct State {
     queue: VecDeque<Queued>,
     next_id: u64,
+    next_batch: u64,
     closed: bool,
     terminating: bool,
     broken: Option<String>,
     /// Pids of the live workers, for `Pool::pids` (tests, diagnostics).
     pids: Vec<i32>,
+    /// The dispatcher thread has returned: its workers are reaped and
+    /// every job has had its outcome delivered.
+    ended: bool,
 }
 
 /// The part of the engine shared by the caller's handles and the
@@ -150,6 +158,21 @@ pub(crate) struct Shared {
     /// a `map` over a million items moves megabytes each way, and fresh
     /// memory for each call would cost a page fault per 4 KiB.
     spare: Mutex<Spare>,
+    /// Signalled when `State::ended` is set: only one thread can join the
+    /// dispatcher's handle, the others (a second `join`, a `terminate`
+    /// from another thread) wait here for the same moment.
+    ended: Condvar,
+}
+
+/// Marks the engine ended when the dispatcher thread leaves its body,
+/// normally or by a panic, after the dispatcher (and its workers) dropped.
+struct EndedOnDrop(Arc<Shared>);
+
+impl Drop for EndedOnDrop {
+    fn drop(&mut self) {
+        self.0.lock().ended = true;
+        self.0.ended.notify_all();
+    }
 }
 
 #[derive(Default)]
@@ -171,12 +194,33 @@ impl Shared {
         let _ = self.wake.write(1);
     }
 
-    /// Queues jobs; returns their ids.
+    /// Queues jobs as a batch of their own; returns their ids.
     ///
     /// # Errors
     /// [`Error::BrokenPool`] once broken; [`Error::InvalidArgument`] after
     /// `close` or `terminate`.
     pub(crate) fn submit(&self, jobs: impl IntoIterator<Item = Job>) -> Result<Vec<u64>> {
+        let batch = self.new_batch();
+        self.submit_in(jobs, batch)
+    }
+
+    /// A batch id for [`submit_in`](Self::submit_in): the chunks of one
+    /// `map` are queued over several calls, as they are encoded.
+    pub(crate) fn new_batch(&self) -> u64 {
+        let mut st = self.lock();
+        st.next_batch += 1;
+        st.next_batch
+    }
+
+    /// Queues jobs as part of `batch`; returns their ids.
+    ///
+    /// # Errors
+    /// As [`submit`](Self::submit).
+    pub(crate) fn submit_in(
+        &self,
+        jobs: impl IntoIterator<Item = Job>,
+        batch: u64,
+    ) -> Result<Vec<u64>> {
         let mut st = self.lock();
         if let Some(why) = &st.broken {
             return Err(Error::BrokenPool(why.clone()));
@@ -190,7 +234,7 @@ impl Shared {
         for job in jobs {
             let id = st.next_id;
             st.next_id += 1;
-            st.queue.push_back(Queued { id, job });
+            st.queue.push_back(Queued { id, batch, job });
             ids.push(id);
         }
         drop(st);
@@ -216,6 +260,14 @@ impl Shared {
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.wake();
+    }
+
+    /// Blocks until the dispatcher thread has returned.
+    fn wait_ended(&self) {
+        let mut st = self.lock();
+        while !st.ended {
+            st = self.ended.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -264,6 +316,9 @@ impl Shared {
 pub(crate) struct Engine {
     pub(crate) shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The dispatcher thread's id, to know a call made from it (a result
+    /// callback) once another thread has taken the handle.
+    thread_id: ThreadId,
     /// The process that started the engine: only there do the dispatcher
     /// thread and the workers exist.
     owner: u32,
@@ -308,6 +363,7 @@ impl Engine {
             }),
             wake,
             spare: Mutex::default(),
+            ended: Condvar::new(),
         });
         let mut dispatcher = Dispatcher {
             shared: shared.clone(),
@@ -316,11 +372,16 @@ impl Engine {
             spawned: 0,
         };
         dispatcher.spawned = dispatcher.workers.len();
+        let ended = EndedOnDrop(shared.clone());
         let thread = std::thread::Builder::new()
             .name("pool-dispatcher".into())
-            .spawn(move || dispatcher.run())?;
+            .spawn(move || {
+                let _ended = ended;
+                dispatcher.run();
+            })?;
         Ok(Engine {
             shared,
+            thread_id: thread.thread().id(),
             thread: Mutex::new(Some(thread)),
             owner: std::process::id(),
         })
@@ -342,20 +403,30 @@ impl Engine {
 
     /// Waits for the dispatcher thread to finish (after `close`, once every
     /// job is done and the workers left; after `terminate`, promptly).
+    /// Every caller waits, not only the one that joins the handle: a
+    /// second `join`, or a `terminate` while another thread is in `join`,
+    /// returns only once the workers are reaped too.
     pub(crate) fn join_thread(&self) {
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = handle {
-            if std::process::id() != self.owner {
-                // No such thread in a forked child; never join it.
+        if std::process::id() != self.owner {
+            // No such thread in a forked child; never join it.
+            if let Some(h) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 std::mem::forget(h);
-                return;
             }
-            if h.thread().id() == std::thread::current().id() {
-                // Called from a callback on the dispatcher itself: it will
-                // see the flag when the callback returns.
-                return;
+            return;
+        }
+        if self.thread_id == std::thread::current().id() {
+            // Called from a callback on the dispatcher itself: it will
+            // see the flag when the callback returns.
+            return;
+        }
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match handle {
+            Some(h) => {
+                let _ = h.join();
             }
-            let _ = h.join();
+            // Another thread joins it (or it was detached): wait for the
+            // same end.
+            None => self.shared.wait_ended(),
         }
     }
 
@@ -397,9 +468,14 @@ struct Worker {
     sent: usize,
     /// The connection failed or reached end-of-file: wait for the sentinel.
     eof: bool,
+    /// A send to it failed: it is exiting. What it wrote before (its
+    /// initializer's failure) is still to be read, so `eof` stays unset.
+    send_failed: bool,
     /// Largest job queued behind a running one on this worker (see
     /// [`prefetch_limit`]).
     prefetch_max: usize,
+    /// Why its initializer panicked, if it did (it then exits).
+    init_failed: Option<Error>,
 }
 
 impl Worker {
@@ -429,6 +505,8 @@ impl Worker {
             inflight: VecDeque::new(),
             sent: 0,
             eof: false,
+            send_failed: false,
+            init_failed: None,
         })
     }
 
@@ -461,6 +539,8 @@ impl Worker {
             inflight: VecDeque::new(),
             sent: 0,
             eof: false,
+            send_failed: false,
+            init_failed: None,
         })
     }
 
@@ -475,6 +555,17 @@ impl Worker {
                 return;
             }
             match worker::decode_reply(frame) {
+                Ok(reply) if reply.init_failed => {
+                    // No replacement would do better: break the pool, so
+                    // every pending and later task gets this reason.
+                    if let Err(Error::BrokenPool(why)) = &reply.outcome {
+                        let mut st = shared.lock();
+                        st.broken.get_or_insert_with(|| why.clone());
+                    }
+                    self.init_failed = reply.outcome.err();
+                    self.eof = true;
+                    return;
+                }
                 Ok(reply) => {
                     let pos = self.inflight.iter().position(|q| q.id == reply.id);
                     match pos.and_then(|p| self.inflight.remove(p)) {
@@ -585,14 +676,27 @@ impl Dispatcher {
                     // A job queued behind a running one must fit in the
                     // socket buffer: otherwise our blocking send and the
                     // worker's blocking reply would wait for each other.
+                    // And it must belong to the same batch (one `map`'s
+                    // chunks): once sent it cannot be taken back, so an
+                    // unrelated task (an `apply_async`, another `map`)
+                    // queued behind a task that runs for minutes, or for
+                    // ever, would wait for it even while other workers
+                    // sit idle. A sibling chunk behind a stuck chunk only
+                    // delays a `map` that waits for that chunk anyway.
+                    let last_batch = batch
+                        .iter()
+                        .rev()
+                        .find(|(j, _)| *j == i)
+                        .map(|(_, q)| q.batch)
+                        .or_else(|| w.inflight.back().map(|q| q.batch));
                     let fits = depth == 0
-                        || st
-                            .queue
-                            .front()
-                            .is_some_and(|q| q.job.frame.len() <= w.prefetch_max);
+                        || st.queue.front().is_some_and(|q| {
+                            q.job.frame.len() <= w.prefetch_max && Some(q.batch) == last_batch
+                        });
                     if fits
                         && w.inflight.len() + queued_here == depth
                         && !w.eof
+                        && !w.send_failed
                         && max.is_none_or(|m| w.sent + queued_here < m)
                     {
                         if let Some(q) = st.queue.pop_front() {
@@ -638,7 +742,7 @@ impl Dispatcher {
                 Err(_) => {
                     // The worker is gone; its sentinel will tell us how.
                     // The job never reached it, so it goes back in line.
-                    w.eof = true;
+                    w.send_failed = true;
                     requeue.push(q);
                 }
             }
@@ -742,6 +846,13 @@ impl Dispatcher {
         // Replies written just before the exit are still in the socket.
         if !w.eof && matches!(w.conn.poll(Duration::ZERO), Ok(true)) {
             w.read_replies(&self.shared);
+        }
+        if let Some(Error::BrokenPool(why)) = w.init_failed.take() {
+            tracing::warn!(pid, "{why}");
+            for q in w.inflight.drain(..) {
+                deliver(q.job.sink, Err(Error::BrokenPool(why.clone())));
+            }
+            return;
         }
         let abnormal = code != 0 || !w.inflight.is_empty();
         let died = Error::WorkerDied {

@@ -139,8 +139,11 @@ impl PoolBuilder {
     }
 
     /// A function each worker runs once, right after it starts (also in
-    /// replacement workers). If it panics the worker exits and a new one
-    /// is started. Default is none.
+    /// replacement workers). If it panics, the pool is broken, as
+    /// `ProcessPoolExecutor` is in Python: every pending and later task
+    /// fails with [`Error::BrokenPool`](crate::Error::BrokenPool) giving
+    /// the panic message (Python's `Pool` forks replacements that fail the
+    /// same way, for ever). Default is none.
     pub fn initializer<F: Fn() + Send + Sync + 'static>(&mut self, f: F) -> &mut Self {
         self.initializer = Some(Arc::new(f));
         self
@@ -253,6 +256,9 @@ pub(crate) fn submit_chunks<T: Serialize>(
     // Not `Peekable`: its per-item check of the peeked slot slowed the
     // encoding loop; the end shows as a chunk of no items instead.
     let (tx, rx) = mpsc::channel();
+    // One batch id for all the chunks: they may wait behind each other in
+    // a worker's socket, never behind another call's task.
+    let batch_id = shared.new_batch();
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     let mut counts = Vec::new();
@@ -284,12 +290,12 @@ pub(crate) fn submit_chunks<T: Serialize>(
             sink,
         });
         if batch_bytes >= SUBMIT_BATCH_BYTES || counts.len() == 1 {
-            shared.submit(std::mem::take(&mut batch))?;
+            shared.submit_in(std::mem::take(&mut batch), batch_id)?;
             batch_bytes = 0;
         }
     }
     if !batch.is_empty() {
-        shared.submit(batch)?;
+        shared.submit_in(batch, batch_id)?;
     }
     Ok((rx, counts))
 }

@@ -10,7 +10,9 @@
 //!   fields). The trampoline is an address (see `task.rs`).
 //! - Worker → parent: `[status: u8][id: u64 LE][body]` where `status` is
 //!   [`ST_OK`] (body = encoded result), [`ST_PANIC`] (body = the panic
-//!   message) or [`ST_ERROR`] (body = a codec error message).
+//!   message) or [`ST_ERROR`] (body = a codec error message); or, once,
+//!   before any job, [`ST_INIT_FAILED`] (id unused, body = the
+//!   initializer's panic message), after which the worker exits.
 //! - A chunk (the payload of a chunk job, and the body of its result): an
 //!   item count (`u64` LE) followed by each item's encoding.
 //!
@@ -26,6 +28,9 @@ pub(crate) const OP_STOP: u8 = 2;
 pub(crate) const ST_OK: u8 = 0;
 pub(crate) const ST_PANIC: u8 = 1;
 pub(crate) const ST_ERROR: u8 = 2;
+/// The worker's initializer panicked: the pool is broken (every worker
+/// runs the same initializer, so a replacement would fail the same way).
+pub(crate) const ST_INIT_FAILED: u8 = 3;
 /// Bytes in front of a job's payload in its frame.
 pub(crate) const JOB_HEADER: usize = 1 + 8 + 8;
 pub(crate) const RESULT_HEADER: usize = 1 + 8;
@@ -81,6 +86,9 @@ impl Body {
 pub(crate) struct Reply {
     pub(crate) id: u64,
     pub(crate) outcome: Result<Body>,
+    /// An [`ST_INIT_FAILED`] frame: `outcome` is the [`Error::BrokenPool`]
+    /// every pending task should get; `id` means nothing.
+    pub(crate) init_failed: bool,
 }
 
 /// Decodes a worker's result frame.
@@ -104,13 +112,21 @@ pub(crate) fn decode_reply(frame: Vec<u8>) -> Result<Reply> {
         ST_OK => Ok(Body { frame }),
         ST_PANIC => Err(Error::Panicked(text(&frame))),
         ST_ERROR => Err(Error::Codec(text(&frame))),
+        ST_INIT_FAILED => Err(Error::BrokenPool(format!(
+            "the pool's initializer panicked: {}",
+            text(&frame)
+        ))),
         other => {
             return Err(Error::Codec(format!(
                 "pool worker sent unknown status {other}"
             )))
         }
     };
-    Ok(Reply { id, outcome })
+    Ok(Reply {
+        id,
+        outcome,
+        init_failed: status == ST_INIT_FAILED,
+    })
 }
 
 /// Starts a reply frame for job `id` in `out` (status [`ST_OK`]); the

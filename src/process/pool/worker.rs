@@ -8,7 +8,7 @@ use crate::process::task;
 use crate::process::Connection;
 
 pub(crate) use super::wire::{decode_reply, fill_job_header, job_frame, Body, MAX_FRAME, OP_STOP};
-use super::wire::{parse_job, set_failure, start_reply, ST_ERROR, ST_PANIC};
+use super::wire::{parse_job, set_failure, start_reply, ST_ERROR, ST_INIT_FAILED, ST_PANIC};
 
 use crate::process::spin::WORKER_SPIN;
 
@@ -23,16 +23,24 @@ use crate::process::panic_message;
 /// The worker's main loop; returns the exit code.
 ///
 /// Exits with 0 on a stop frame, when the parent closes its end, or after
-/// `max_tasks` tasks; with 1 if the initializer panics (the parent then
-/// starts a replacement) or on a malformed frame (which only a bug on our
-/// side could produce).
+/// `max_tasks` tasks; with 1 if the initializer panics (after telling the
+/// parent why: it breaks the pool rather than fork replacements that
+/// would fail the same way, thousands a second) or on a malformed frame
+/// (which only a bug on our side could produce).
 pub(crate) fn worker_main(
     mut conn: Connection,
     initializer: Option<Initializer>,
     max_tasks: Option<usize>,
 ) -> i32 {
     if let Some(init) = initializer {
-        if catch_unwind(AssertUnwindSafe(|| init())).is_err() {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| init())) {
+            let msg = panic_message(payload.as_ref());
+            // Dropping a payload may itself panic.
+            std::mem::forget(payload);
+            let mut out = Vec::new();
+            start_reply(&mut out, u64::MAX);
+            set_failure(&mut out, ST_INIT_FAILED, &msg);
+            let _ = conn.send_bytes(&out);
             return 1;
         }
     }
