@@ -204,6 +204,28 @@ fn queue_made_before_the_server_still_carries_large_messages() -> TestResult {
     Ok(())
 }
 
+fn filled(len: usize) -> Vec<u8> {
+    vec![7u8; len]
+}
+
+/// A `from_fn` result over a `Connection`'s 32 MiB default arrives through
+/// the fork server too (its status connection used that default, and the
+/// child dropped the result without a word: exit code 0, no result).
+fn result_over_32_mib_arrives_through_the_fork_server() -> TestResult {
+    let ctx = get_context(StartMethod::ForkServer).map_err(e)?;
+    let mut p = ctx.process(filled, 33 << 20);
+    p.start().map_err(e)?;
+    check!(p.join().map_err(e)? == 0);
+    let got = p.result::<Vec<u8>>().map_err(e)?;
+    check!(
+        got.as_ref()
+            .is_some_and(|v| v.len() == 33 << 20 && v.iter().all(|&b| b == 7)),
+        "result: {:?}",
+        got.map(|v| v.len())
+    );
+    Ok(())
+}
+
 /// Whether `pid` is gone (or a zombie) within `limit`.
 fn gone_within(pid: i32, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
@@ -369,6 +391,10 @@ fn main() {
         (
             stringify!(queue_made_before_the_server_still_carries_large_messages),
             queue_made_before_the_server_still_carries_large_messages,
+        ),
+        (
+            stringify!(result_over_32_mib_arrives_through_the_fork_server),
+            result_over_32_mib_arrives_through_the_fork_server,
         ),
         // Last: it kills the server (a new one takes its place).
         (

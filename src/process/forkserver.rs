@@ -509,6 +509,9 @@ pub(crate) fn spawn(
     let mut status = Connection::from_socket(status);
     // Other children we fork must not hold this child's status socket.
     status.close_on_fork();
+    // A `from_fn` result comes back on it: as large as a pool task's may
+    // be, not capped at a `Connection`'s 32 MiB default.
+    status.set_max_message_size(crate::process::worker::MAX_FRAME);
     // The child's first message is its pid; if it died before sending it,
     // the server's exit report carries the pid. A live server answers at
     // once (it forks and the child reports). No answer in time means the
@@ -669,6 +672,8 @@ fn fork_one(req: &[u8], mut passed: Vec<OwnedFd>) -> Option<Running> {
         return None;
     }
     let mut status = Connection::from_socket(passed.remove(0));
+    // The child sends its `from_fn` result on it (see `start`).
+    status.set_max_message_size(crate::process::worker::MAX_FRAME);
     let Some(req) = parse(req) else {
         let _ = status.send_bytes(b"F\0\0\0\0");
         return None;
@@ -770,7 +775,13 @@ fn child_main(
         let mut frame = Vec::with_capacity(out.len() + 1);
         frame.push(b'R');
         frame.extend_from_slice(&out);
-        let _ = status.send_bytes(&frame);
+        if let Err(e) = status.send_bytes(&frame) {
+            // The caller would see exit code 0 and no result: say why
+            // (the server is single-threaded, so its stderr lock is free).
+            eprintln!("cannot send the process's result to its parent: {e}");
+            std::mem::forget(status);
+            fork::leave_child(1)
+        }
     }
     std::mem::forget(status);
     fork::leave_child(code)

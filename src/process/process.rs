@@ -75,10 +75,10 @@ struct Sendable {
     payload: std::result::Result<Vec<u8>, String>,
 }
 
-/// The fork-server entry of `Process::from_fn::<F, A, R>`.
 /// Largest `from_fn` result under `fork`: the pool's frame limit (1 GiB).
 const RESULT_MAX: usize = crate::process::worker::MAX_FRAME;
 
+/// The fork-server entry of `Process::from_fn::<F, A, R>`.
 fn run_fn<F, A, R>(payload: &[u8], _fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> i32
 where
     F: Fn(A) -> R + Copy + 'static,

@@ -21,9 +21,10 @@ pub(crate) fn poll_timeout(d: Duration) -> PollTimeout {
 /// Waits until `fd` is readable (or reports hang-up/error), for at most
 /// `timeout` (`None` = forever). Returns `Ok(true)` when it is ready and
 /// `Ok(false)` when the timeout expired first. `EINTR` restarts the wait with
-/// the time that is left, so a signal never shortens or lengthens it.
+/// the time that is left, so a signal never shortens or lengthens it. A
+/// timeout too long to add to the clock (`Duration::MAX`) is forever.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     loop {
         let poll_timeout = match deadline {
             None => PollTimeout::NONE,
@@ -285,5 +286,20 @@ pub(crate) fn consolidate_heap() {
     // arena locks; it takes a padding size and touches no memory in use.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// `Duration::MAX` (Python's "no timeout" spelled as a number) waits
+    /// until ready instead of panicking on the deadline's overflow.
+    #[test]
+    fn a_timeout_too_long_for_the_clock_waits_until_ready() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut &b, b"x").unwrap();
+        assert!(wait_readable(a.as_fd(), Some(Duration::MAX)).unwrap());
     }
 }
