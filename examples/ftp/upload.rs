@@ -40,6 +40,10 @@ pub(crate) struct Upload {
     publish: Option<Publish>,
     /// Length to cut back to if an append fails.
     pub(crate) rollback_len: Option<u64>,
+    /// Bytes this upload wrote through [`Upload::write_all`] (for an
+    /// append: the cut-back happens only while the file is exactly its old
+    /// length plus these).
+    appended: u64,
     /// `commit` succeeded: nothing to undo.
     committed: bool,
 }
@@ -112,6 +116,7 @@ impl Upload {
                         file,
                         publish: None,
                         rollback_len,
+                        appended: 0,
                         committed: false,
                     });
                 }
@@ -132,6 +137,7 @@ impl Upload {
                 file,
                 publish: None,
                 rollback_len: None,
+                appended: 0,
                 committed: false,
             });
         }
@@ -166,6 +172,7 @@ impl Upload {
                         file: File::from(fd),
                         publish: Some(Publish { parent, temp: None }),
                         rollback_len: None,
+                        appended: 0,
                         committed: false,
                     })
                 }
@@ -193,6 +200,7 @@ impl Upload {
                             temp: Some(temp),
                         }),
                         rollback_len: None,
+                        appended: 0,
                         committed: false,
                     })
                 }
@@ -249,10 +257,62 @@ impl Upload {
     }
 }
 
+impl Upload {
+    /// Writes all of `buf` to the file, counting the bytes written (also
+    /// those of a write that then fails part-way). An append writes under a
+    /// shared `flock`, so another session's cut-back (exclusive, see
+    /// `Drop`) never runs between its length check and a write.
+    ///
+    /// # Errors
+    /// The write failed (the bytes written before it are counted).
+    pub(crate) fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        let mut file = &self.file;
+        let _lock = self
+            .rollback_len
+            .is_some()
+            .then(|| FileLock::new(file, rustix::fs::FlockOperation::LockShared));
+        while !buf.is_empty() {
+            match file.write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.appended += n as u64;
+                    buf = &buf[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An `flock` on an upload's file, released on drop. Taken only by
+/// sessions, each for one write or one cut-back; a failure to take it
+/// (a file system without `flock`) is ignored.
+struct FileLock<'a>(Option<&'a File>);
+
+impl<'a> FileLock<'a> {
+    fn new(file: &'a File, op: rustix::fs::FlockOperation) -> FileLock<'a> {
+        FileLock(rustix::fs::flock(file, op).ok().map(|()| file))
+    }
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.0 {
+            let _ = rustix::fs::flock(file, rustix::fs::FlockOperation::Unlock);
+        }
+    }
+}
+
 impl Drop for Upload {
     /// Undoes an upload that was not committed: a named temporary file is
     /// removed (an unnamed one vanishes with its descriptor), an append is
-    /// cut back to the old length.
+    /// cut back to the old length — but only when the file is still
+    /// exactly the old length plus what this upload wrote. Another
+    /// session's `APPE` (or `REST` + `STOR`) that wrote to the file
+    /// meanwhile, and was told `226`, would otherwise lose its bytes; then
+    /// this upload's own partial bytes stay instead.
     fn drop(&mut self) {
         if let Some(p) = &self.publish {
             if let Some(temp) = &p.temp {
@@ -263,7 +323,14 @@ impl Drop for Upload {
             return;
         }
         if let Some(len) = self.rollback_len {
-            let _ = self.file.set_len(len);
+            let _lock = FileLock::new(&self.file, rustix::fs::FlockOperation::LockExclusive);
+            let untouched = self
+                .file
+                .metadata()
+                .is_ok_and(|m| Some(m.len()) == len.checked_add(self.appended));
+            if untouched {
+                let _ = self.file.set_len(len);
+            }
         }
     }
 }
