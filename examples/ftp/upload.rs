@@ -543,9 +543,20 @@ mod tests {
         let target = dir.path().join("f");
         std::fs::write(&target, b"0123456789").unwrap();
         let mut up = Upload::open(&root, "/f", true, 0).unwrap();
-        up.file.write_all(b"junk").unwrap();
+        up.write_all(b"junk").unwrap();
         drop(up);
         assert_eq!(std::fs::read(&target).unwrap(), b"0123456789");
+        // Someone else appended meanwhile: nothing is cut (their bytes
+        // would go too); this upload's own partial bytes stay.
+        let mut up = Upload::open(&root, "/f", true, 0).unwrap();
+        up.write_all(b"junk").unwrap();
+        let mut other = Upload::open(&root, "/f", true, 0).unwrap();
+        other.write_all(b"more").unwrap();
+        other.commit().unwrap();
+        drop(other);
+        drop(up);
+        assert_eq!(std::fs::read(&target).unwrap(), b"0123456789junkmore");
+        std::fs::write(&target, b"0123456789").unwrap();
         let mut up = Upload::open(&root, "/f", false, 4).unwrap();
         up.file.write_all(b"ab").unwrap();
         up.commit().unwrap();
@@ -554,7 +565,7 @@ mod tests {
         assert!(Upload::open(&root, "/f", false, 100).is_err());
         // An append to a new name creates nothing unless it completes.
         let mut up = Upload::open(&root, "/fresh", true, 0).unwrap();
-        up.file.write_all(b"junk").unwrap();
+        up.write_all(b"junk").unwrap();
         drop(up);
         assert_eq!(names(dir.path()), ["f"]);
         let mut up = Upload::open(&root, "/fresh", true, 0).unwrap();
