@@ -261,7 +261,10 @@ impl Upload {
     /// Writes all of `buf` to the file, counting the bytes written (also
     /// those of a write that then fails part-way). An append writes under a
     /// shared `flock`, so another session's cut-back (exclusive, see
-    /// `Drop`) never runs between its length check and a write.
+    /// `Drop`) never runs between its length check and a write. (When
+    /// the lock is not granted within a few milliseconds — only a program
+    /// other than this server holds it that long — the write goes ahead
+    /// unlocked.)
     ///
     /// # Errors
     /// The write failed (the bytes written before it are counted).
@@ -270,7 +273,7 @@ impl Upload {
         let _lock = self
             .rollback_len
             .is_some()
-            .then(|| FileLock::new(file, rustix::fs::FlockOperation::LockShared));
+            .then(|| FileLock::new(file, rustix::fs::FlockOperation::NonBlockingLockShared));
         while !buf.is_empty() {
             match file.write(buf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -286,14 +289,34 @@ impl Upload {
     }
 }
 
-/// An `flock` on an upload's file, released on drop. Taken only by
-/// sessions, each for one write or one cut-back; a failure to take it
-/// (a file system without `flock`) is ignored.
+/// An `flock` on an upload's file, released on drop. Sessions take it
+/// only for one write (shared) or one cut-back (exclusive), and never
+/// wait for it long: a few non-blocking tries a millisecond apart, so a
+/// lock held by some other program on the machine cannot hang a session.
 struct FileLock<'a>(Option<&'a File>);
 
+/// Non-blocking tries before going on without the lock.
+const LOCK_TRIES: u32 = 10;
+
 impl<'a> FileLock<'a> {
+    /// `op` is a non-blocking `flock` operation; the guard holds nothing
+    /// when it was not granted within [`LOCK_TRIES`] tries (or the file
+    /// system has no `flock`).
     fn new(file: &'a File, op: rustix::fs::FlockOperation) -> FileLock<'a> {
-        FileLock(rustix::fs::flock(file, op).ok().map(|()| file))
+        for i in 0..LOCK_TRIES {
+            match rustix::fs::flock(file, op) {
+                Ok(()) => return FileLock(Some(file)),
+                Err(rustix::io::Errno::WOULDBLOCK) if i + 1 < LOCK_TRIES => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(_) => break,
+            }
+        }
+        FileLock(None)
+    }
+
+    fn held(&self) -> bool {
+        self.0.is_some()
     }
 }
 
@@ -323,11 +346,17 @@ impl Drop for Upload {
             return;
         }
         if let Some(len) = self.rollback_len {
-            let _lock = FileLock::new(&self.file, rustix::fs::FlockOperation::LockExclusive);
-            let untouched = self
-                .file
-                .metadata()
-                .is_ok_and(|m| Some(m.len()) == len.checked_add(self.appended));
+            // Not granted: another append is writing right now, so the
+            // file is not ours alone; nothing is cut.
+            let lock = FileLock::new(
+                &self.file,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+            );
+            let untouched = lock.held()
+                && self
+                    .file
+                    .metadata()
+                    .is_ok_and(|m| Some(m.len()) == len.checked_add(self.appended));
             if untouched {
                 let _ = self.file.set_len(len);
             }
