@@ -1561,3 +1561,69 @@ fn peer_strings_are_escaped_in_the_log() {
     );
     assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
 }
+
+/// A failed `APPE` is cut back to the file's old length only when nothing
+/// else was written to the file meanwhile. Session A's `APPE` is open
+/// (`150`, A wrote nothing or a few bytes) while session B appends and is
+/// told `226`; then A aborts. B's acknowledged bytes stay. Without other
+/// writers, an aborted `APPE` is still cut back.
+#[test]
+fn an_aborted_append_keeps_another_sessions_append() {
+    for mode in MODES {
+        let server = FtpServer::start(mode, &[]);
+        let path = server.root().join("log.txt");
+        for a_writes in [&b""[..], b"AAA"] {
+            fs::write(&path, b"old\n").unwrap();
+            let mut a = Ctrl::login(server.addr);
+            let mut a_data = a.pasv();
+            assert_eq!(a.cmd("TYPE I").0, 200);
+            assert_eq!(a.cmd("APPE log.txt").0, 150, "{mode}");
+            a_data.write_all(a_writes).unwrap();
+            let grown = 4 + a_writes.len() as u64;
+            assert!(
+                wait_until(Duration::from_secs(10), || fs::metadata(&path)
+                    .is_ok_and(|m| m.len() == grown)),
+                "{mode}: A's bytes reached the file"
+            );
+
+            let mut b = Ctrl::login(server.addr);
+            assert_eq!(b.cmd("TYPE I").0, 200);
+            let mut b_data = b.pasv();
+            assert_eq!(b.cmd("APPE log.txt").0, 150, "{mode}");
+            b_data.write_all(b"BBB\n").unwrap();
+            drop(b_data);
+            assert_eq!(b.read_reply().0, 226, "{mode}: B's append completed");
+
+            // A aborts: 426 for the transfer, then 226 for the ABOR.
+            a.send_raw(b"ABOR\r\n");
+            assert_eq!(a.read_reply().0, 426, "{mode}");
+            assert_eq!(a.read_reply().0, 226, "{mode}");
+            drop(a_data);
+            assert_eq!(a.cmd("NOOP").0, 200, "{mode}");
+            let mut want = b"old\n".to_vec();
+            want.extend_from_slice(a_writes);
+            want.extend_from_slice(b"BBB\n");
+            assert_eq!(
+                String::from_utf8_lossy(&fs::read(&path).unwrap()),
+                String::from_utf8_lossy(&want),
+                "{mode}: B's acknowledged append was cut off by A's abort"
+            );
+        }
+
+        // Alone, an aborted append is cut back to the old length.
+        fs::write(&path, b"old\n").unwrap();
+        let mut a = Ctrl::login(server.addr);
+        let mut a_data = a.pasv();
+        assert_eq!(a.cmd("TYPE I").0, 200);
+        assert_eq!(a.cmd("APPE log.txt").0, 150, "{mode}");
+        a_data.write_all(b"partial").unwrap();
+        assert!(wait_until(Duration::from_secs(10), || fs::metadata(&path)
+            .is_ok_and(|m| m.len() == 11)));
+        a.send_raw(b"ABOR\r\n");
+        assert_eq!(a.read_reply().0, 426, "{mode}");
+        assert_eq!(a.read_reply().0, 226, "{mode}");
+        drop(a_data);
+        assert_eq!(a.cmd("NOOP").0, 200, "{mode}");
+        assert_eq!(fs::read(&path).unwrap(), b"old\n", "{mode}");
+    }
+}

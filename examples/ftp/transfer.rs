@@ -9,7 +9,8 @@
 //!   completed, so an aborted or failed upload leaves the old file
 //!   untouched and no temporary file behind (upload.rs). `REST n` + STOR
 //!   (resume) and APPE to an existing file write in place, as resuming
-//!   requires; a failed APPE is cut back to the file's original length;
+//!   requires; a failed APPE is cut back to the file's original length
+//!   unless another session wrote to the file meanwhile (upload.rs);
 //!   APPE to a new name creates it only when the transfer completed.
 //! - Every path is opened beneath the root descriptor (confine.rs).
 //! - Between slices the control connection is checked: `ABOR` stops the
@@ -669,7 +670,7 @@ impl Session {
             let n = match conn.read(&mut buf) {
                 Ok(0) => {
                     if held_cr {
-                        if let Err(e) = upload.file.write_all(b"\r") {
+                        if let Err(e) = upload.write_all(b"\r") {
                             return Outcome::Failed(e);
                         }
                     }
@@ -683,10 +684,10 @@ impl Session {
                 Err(e) => return Outcome::Failed(e),
             };
             let written = if self.binary() {
-                upload.file.write_all(&buf[..n])
+                upload.write_all(&buf[..n])
             } else {
                 let out = crlf_to_lf(&buf[..n], &mut held_cr);
-                upload.file.write_all(&out)
+                upload.write_all(&out)
             };
             if let Err(e) = written {
                 return Outcome::Failed(e);

@@ -40,6 +40,10 @@ pub(crate) struct Upload {
     publish: Option<Publish>,
     /// Length to cut back to if an append fails.
     pub(crate) rollback_len: Option<u64>,
+    /// Bytes this upload wrote through [`Upload::write_all`] (for an
+    /// append: the cut-back happens only while the file is exactly its old
+    /// length plus these).
+    appended: u64,
     /// `commit` succeeded: nothing to undo.
     committed: bool,
 }
@@ -112,6 +116,7 @@ impl Upload {
                         file,
                         publish: None,
                         rollback_len,
+                        appended: 0,
                         committed: false,
                     });
                 }
@@ -132,6 +137,7 @@ impl Upload {
                 file,
                 publish: None,
                 rollback_len: None,
+                appended: 0,
                 committed: false,
             });
         }
@@ -166,6 +172,7 @@ impl Upload {
                         file: File::from(fd),
                         publish: Some(Publish { parent, temp: None }),
                         rollback_len: None,
+                        appended: 0,
                         committed: false,
                     })
                 }
@@ -193,6 +200,7 @@ impl Upload {
                             temp: Some(temp),
                         }),
                         rollback_len: None,
+                        appended: 0,
                         committed: false,
                     })
                 }
@@ -249,10 +257,85 @@ impl Upload {
     }
 }
 
+impl Upload {
+    /// Writes all of `buf` to the file, counting the bytes written (also
+    /// those of a write that then fails part-way). An append writes under a
+    /// shared `flock`, so another session's cut-back (exclusive, see
+    /// `Drop`) never runs between its length check and a write. (When
+    /// the lock is not granted within a few milliseconds — only a program
+    /// other than this server holds it that long — the write goes ahead
+    /// unlocked.)
+    ///
+    /// # Errors
+    /// The write failed (the bytes written before it are counted).
+    pub(crate) fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        let mut file = &self.file;
+        let _lock = self
+            .rollback_len
+            .is_some()
+            .then(|| FileLock::new(file, rustix::fs::FlockOperation::NonBlockingLockShared));
+        while !buf.is_empty() {
+            match file.write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.appended += n as u64;
+                    buf = &buf[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An `flock` on an upload's file, released on drop. Sessions take it
+/// only for one write (shared) or one cut-back (exclusive), and never
+/// wait for it long: a few non-blocking tries a millisecond apart, so a
+/// lock held by some other program on the machine cannot hang a session.
+struct FileLock<'a>(Option<&'a File>);
+
+/// Non-blocking tries before going on without the lock.
+const LOCK_TRIES: u32 = 10;
+
+impl<'a> FileLock<'a> {
+    /// `op` is a non-blocking `flock` operation; the guard holds nothing
+    /// when it was not granted within [`LOCK_TRIES`] tries (or the file
+    /// system has no `flock`).
+    fn new(file: &'a File, op: rustix::fs::FlockOperation) -> FileLock<'a> {
+        for i in 0..LOCK_TRIES {
+            match rustix::fs::flock(file, op) {
+                Ok(()) => return FileLock(Some(file)),
+                Err(rustix::io::Errno::WOULDBLOCK) if i + 1 < LOCK_TRIES => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(_) => break,
+            }
+        }
+        FileLock(None)
+    }
+
+    fn held(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.0 {
+            let _ = rustix::fs::flock(file, rustix::fs::FlockOperation::Unlock);
+        }
+    }
+}
+
 impl Drop for Upload {
     /// Undoes an upload that was not committed: a named temporary file is
     /// removed (an unnamed one vanishes with its descriptor), an append is
-    /// cut back to the old length.
+    /// cut back to the old length — but only when the file is still
+    /// exactly the old length plus what this upload wrote. Another
+    /// session's `APPE` (or `REST` + `STOR`) that wrote to the file
+    /// meanwhile, and was told `226`, would otherwise lose its bytes; then
+    /// this upload's own partial bytes stay instead.
     fn drop(&mut self) {
         if let Some(p) = &self.publish {
             if let Some(temp) = &p.temp {
@@ -263,7 +346,20 @@ impl Drop for Upload {
             return;
         }
         if let Some(len) = self.rollback_len {
-            let _ = self.file.set_len(len);
+            // Not granted: another append is writing right now, so the
+            // file is not ours alone; nothing is cut.
+            let lock = FileLock::new(
+                &self.file,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+            );
+            let untouched = lock.held()
+                && self
+                    .file
+                    .metadata()
+                    .is_ok_and(|m| Some(m.len()) == len.checked_add(self.appended));
+            if untouched {
+                let _ = self.file.set_len(len);
+            }
         }
     }
 }
@@ -476,9 +572,20 @@ mod tests {
         let target = dir.path().join("f");
         std::fs::write(&target, b"0123456789").unwrap();
         let mut up = Upload::open(&root, "/f", true, 0).unwrap();
-        up.file.write_all(b"junk").unwrap();
+        up.write_all(b"junk").unwrap();
         drop(up);
         assert_eq!(std::fs::read(&target).unwrap(), b"0123456789");
+        // Someone else appended meanwhile: nothing is cut (their bytes
+        // would go too); this upload's own partial bytes stay.
+        let mut up = Upload::open(&root, "/f", true, 0).unwrap();
+        up.write_all(b"junk").unwrap();
+        let mut other = Upload::open(&root, "/f", true, 0).unwrap();
+        other.write_all(b"more").unwrap();
+        other.commit().unwrap();
+        drop(other);
+        drop(up);
+        assert_eq!(std::fs::read(&target).unwrap(), b"0123456789junkmore");
+        std::fs::write(&target, b"0123456789").unwrap();
         let mut up = Upload::open(&root, "/f", false, 4).unwrap();
         up.file.write_all(b"ab").unwrap();
         up.commit().unwrap();
@@ -487,7 +594,7 @@ mod tests {
         assert!(Upload::open(&root, "/f", false, 100).is_err());
         // An append to a new name creates nothing unless it completes.
         let mut up = Upload::open(&root, "/fresh", true, 0).unwrap();
-        up.file.write_all(b"junk").unwrap();
+        up.write_all(b"junk").unwrap();
         drop(up);
         assert_eq!(names(dir.path()), ["f"]);
         let mut up = Upload::open(&root, "/fresh", true, 0).unwrap();
