@@ -267,6 +267,52 @@ fn passive_accepts_only_the_control_peer() {
     }
 }
 
+/// Connections to a passive port from foreign addresses are refused one
+/// by one, and logged at `debug` each with one `warn` counting them:
+/// whoever reaches the port could otherwise write a `warn` line per
+/// connection (before: 20 connections, 20 lines).
+#[test]
+fn refused_passive_connections_do_not_flood_the_log() {
+    for mode in ["threading", "forking"] {
+        let server = FtpServer::start(mode, &[]);
+        fs::write(server.root().join("f"), b"data").unwrap();
+        let mut c = Ctrl::login(server.addr);
+        let (code, text) = c.cmd("EPSV");
+        assert_eq!(code, 229, "{text}");
+        let port: u16 = text.split('|').nth(3).unwrap().parse().unwrap();
+        let data_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        c.send_raw(b"RETR f\r\n");
+        for _ in 0..20 {
+            let thief =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            thief
+                .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+                .unwrap();
+            thief.connect(&data_addr.into()).unwrap();
+            let mut thief: TcpStream = thief.into();
+            thief
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            // Refused: closed without a byte.
+            let mut stolen = Vec::new();
+            let _ = thief.read_to_end(&mut stolen);
+            assert!(stolen.is_empty(), "{mode}: the thief got data");
+        }
+        let mut mine = TcpStream::connect(data_addr).unwrap();
+        assert_eq!(c.read_reply().0, 150);
+        let mut got = Vec::new();
+        mine.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"data");
+        assert_eq!(c.read_reply().0, 226);
+        let log = server.log();
+        let warns = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("refused passive data connection"))
+            .count();
+        assert_eq!(warns, 1, "{mode}: {log}");
+    }
+}
+
 #[test]
 fn long_command_line_gets_500_and_session_continues() {
     for mode in MODES {
@@ -1035,6 +1081,13 @@ fn brute_force(mode: &str) {
         log.contains("address locked out"),
         "{mode}: lock-out not logged: {log}"
     );
+    // The refusals that followed are counted in one line, not one each
+    // (a locked-out guesser reconnects as fast as it likes).
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("refused: address locked out") || l.contains("locked-out addresses"))
+        .count();
+    assert_eq!(refusals, 1, "{mode}: {refused} refused connections: {log}");
     // Another address is not affected.
     let (mut c, code) = connect_from(addr, [127, 0, 0, 2]);
     assert_eq!(code, 220, "{mode}");

@@ -182,6 +182,14 @@ pub struct Config {
     /// data connection from one of them carries a PROXY header naming the
     /// client.
     pub data_balancers: Vec<socketserver::server::proxy::Cidr>,
+    /// Refused passive data connections: `debug` each, one `warn` a minute
+    /// across every process (anyone who reaches a passive port can cause
+    /// them at will).
+    pub data_refusals: socketserver::server::SharedWarning,
+    /// Connections and logins refused while their address is locked
+    /// out: `debug` each, one `warn` a minute across every process (the
+    /// lockout itself is one `warn` when it starts).
+    pub lockout_refusals: socketserver::server::SharedWarning,
     /// Control connection idle timeout.
     pub idle_timeout: Duration,
     /// Longest wait for a client to connect to a passive port.
@@ -236,6 +244,8 @@ impl Config {
             } else {
                 Vec::new()
             },
+            data_refusals: socketserver::server::SharedWarning::new(),
+            lockout_refusals: socketserver::server::SharedWarning::new(),
             idle_timeout: idle,
             passive_timeout: idle.min(Duration::from_secs(30)),
             data_timeout: idle.min(Duration::from_secs(60)),

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use socketserver::server::proxy::{self, Cidr};
+use socketserver::server::SharedWarning;
 
 /// How the next transfer gets its data connection.
 #[derive(Debug, Default)]
@@ -115,6 +116,7 @@ pub fn accept_from(
     balancers: &[Cidr],
     timeout: Duration,
     control: Option<BorrowedFd<'_>>,
+    refusals: &SharedWarning,
 ) -> io::Result<TcpStream> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -135,25 +137,32 @@ pub fn accept_from(
         if balancers.iter().any(|n| n.contains(peer.ip())) {
             let wait =
                 DATA_PROXY_HEADER_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
-            match proxied_source(&stream, wait) {
+            let why = match proxied_source(&stream, wait) {
                 Ok(Some(client)) if same_ip(client, allowed) => return Ok(stream),
-                Ok(client) => tracing::warn!(
-                    %peer, client = ?client, %allowed,
-                    "refused passive data connection for a foreign address through a balancer"
-                ),
-                Err(e) => tracing::warn!(
-                    %peer, error = %e,
-                    "refused passive data connection from a balancer: no valid PROXY header"
-                ),
-            }
-            drop(stream);
+                Ok(Some(client)) => format!("through a balancer for the foreign address {client}"),
+                Ok(None) => "through a balancer, with no client address".to_string(),
+                Err(e) => format!("from a balancer without a valid PROXY header ({e})"),
+            };
+            refused(refusals, peer, allowed, &why);
             continue;
         }
         if same_ip(peer.ip(), allowed) {
             return Ok(stream);
         }
-        tracing::warn!(%peer, %allowed, "refused passive data connection from a foreign address");
-        drop(stream);
+        refused(refusals, peer, allowed, "from a foreign address");
+    }
+}
+
+/// Logs a refused passive data connection: `debug` each, and one `warn`
+/// a minute counting them across every process (whoever reaches a passive
+/// port can make as many as it likes).
+fn refused(refusals: &SharedWarning, peer: std::net::SocketAddr, allowed: IpAddr, why: &str) {
+    tracing::debug!(%peer, %allowed, "refused passive data connection {why}");
+    if let Some(count) = refusals.due() {
+        tracing::warn!(
+            %peer, %allowed, count,
+            "refused passive data connections (the latest shown: {why}); next report in a minute at the earliest"
+        );
     }
 }
 
@@ -387,6 +396,7 @@ mod tests {
             &[],
             Duration::from_millis(300),
             None,
+            &SharedWarning::new(),
         );
         assert_eq!(err.unwrap_err().kind(), io::ErrorKind::TimedOut);
         let _ok = TcpStream::connect(addr).unwrap();
@@ -396,6 +406,7 @@ mod tests {
             &[],
             Duration::from_secs(5),
             None,
+            &SharedWarning::new(),
         )
         .unwrap();
         assert_eq!(
@@ -442,13 +453,22 @@ mod tests {
             b"no header at all\r\n".to_vec(),
         ] {
             let _c = from_balancer(&first);
-            let err = accept_from(&l, client, &balancers, short, None).unwrap_err();
+            let err = accept_from(&l, client, &balancers, short, None, &SharedWarning::new())
+                .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         }
         let mut first = header(Some("127.0.0.5:4000"));
         first.extend_from_slice(b"data");
         let _c = from_balancer(&first);
-        let mut s = accept_from(&l, client, &balancers, Duration::from_secs(5), None).unwrap();
+        let mut s = accept_from(
+            &l,
+            client,
+            &balancers,
+            Duration::from_secs(5),
+            None,
+            &SharedWarning::new(),
+        )
+        .unwrap();
         let mut buf = [0u8; 4];
         std::io::Read::read_exact(&mut s, &mut buf).unwrap();
         assert_eq!(&buf, b"data");
@@ -478,7 +498,15 @@ mod tests {
             }
             drop(client);
             let started = Instant::now();
-            let err = accept_from(&l, me, &[], long, Some(server.as_fd())).unwrap_err();
+            let err = accept_from(
+                &l,
+                me,
+                &[],
+                long,
+                Some(server.as_fd()),
+                &SharedWarning::new(),
+            )
+            .unwrap_err();
             assert_eq!(
                 err.kind(),
                 io::ErrorKind::ConnectionAborted,
@@ -492,7 +520,15 @@ mod tests {
         let (server, mut client) = control_pair();
         std::io::Write::write_all(&mut client, b"NOOP\r\n").unwrap();
         let _data = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let s = accept_from(&l, me, &[], long, Some(server.as_fd())).unwrap();
+        let s = accept_from(
+            &l,
+            me,
+            &[],
+            long,
+            Some(server.as_fd()),
+            &SharedWarning::new(),
+        )
+        .unwrap();
         assert_eq!(s.peer_addr().unwrap().ip(), me);
         let mut buf = [0u8; 16];
         assert_eq!(server.peek(&mut buf).unwrap(), 6);
@@ -504,6 +540,7 @@ mod tests {
             &[],
             Duration::from_millis(200),
             Some(server.as_fd()),
+            &SharedWarning::new(),
         );
         assert_eq!(err.unwrap_err().kind(), io::ErrorKind::TimedOut);
     }

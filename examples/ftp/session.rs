@@ -354,7 +354,8 @@ impl Session {
         // taken back on success): a guess abandoned before its answer
         // still counts, and parallel guesses cannot pass the limit.
         if let Err(left) = self.cfg.throttle.begin(ip) {
-            tracing::info!(peer = %self.peer, user = %LogSafe(&user), left_secs = left.as_secs(), "login refused: address locked out");
+            tracing::debug!(peer = %self.peer, user = %LogSafe(&user), left_secs = left.as_secs(), "login refused: address locked out");
+            self.locked_out_refusal(left);
             wait();
             reply::send(&mut req.wfile(), Code::ServiceUnavailable, LOCKED_OUT)?;
             return Ok(Flow::Close);
@@ -678,11 +679,24 @@ impl RequestHandler for Session {
 }
 
 impl Session {
+    /// Counts a connection or login refused while this address is locked
+    /// out: one `warn` a minute across every process, not one line per
+    /// attempt (a locked-out guesser reconnects as fast as it likes).
+    fn locked_out_refusal(&self, left: Duration) {
+        if let Some(count) = self.cfg.lockout_refusals.due() {
+            tracing::warn!(
+                peer = %self.peer, left_secs = left.as_secs(), count,
+                "refused connections or logins from locked-out addresses (the latest shown); next report in a minute at the earliest"
+            );
+        }
+    }
+
     /// The command loop, on the plain or (after `AUTH TLS`) TLS control
     /// connection.
     fn serve(&mut self, req: &mut Control<'_>) -> io::Result<()> {
         if let Some(left) = self.cfg.throttle.locked(self.peer.ip()) {
-            tracing::info!(peer = %self.peer, left_secs = left.as_secs(), "connection refused: address locked out");
+            tracing::debug!(peer = %self.peer, left_secs = left.as_secs(), "connection refused: address locked out");
+            self.locked_out_refusal(left);
             return reply::send(&mut req.wfile(), Code::ServiceUnavailable, LOCKED_OUT);
         }
         // A balancer's health check connects (after its PROXY header)

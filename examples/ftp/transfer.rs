@@ -166,6 +166,7 @@ impl Session {
                     &cfg.data_balancers,
                     cfg.passive_timeout,
                     control,
+                    &cfg.data_refusals,
                 )
             }
             DataSetup::Active(addr) => data::connect_active(addr, self.cfg().data_timeout),

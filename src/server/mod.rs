@@ -108,6 +108,7 @@ pub use middleware::layers;
 pub use middleware::per_ip::{IpPermit, PerIpLimiter};
 pub use middleware::proxy;
 pub use middleware::shared_limit::{LimitRefusal, SharedLimiter, SharedPermit};
+pub use middleware::warning::SharedWarning;
 pub use ops::activation;
 pub(crate) use ops::backoff::RateLimited;
 pub use ops::backoff::{raise_fd_limit, AcceptAction, AcceptBackoff};

@@ -1,11 +1,5 @@
-//! A warning that repeats at most once a minute across every process of a
-//! server: the first occurrence warns at once, later ones are counted and
-//! reported with the next warning.
-//!
-//! The counts live in two words of shared memory mapped when the value is
-//! made, so a value made before the server forks counts the events of its
-//! children and workers too (a `tracing` rate limit inside one process
-//! would warn once per forked child, each a fresh copy).
+//! [`SharedWarning`]: a warning that repeats at most once a minute across
+//! every process of a server.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -14,12 +8,32 @@ use crate::process::SharedAtomics;
 
 /// At most one warning per this many seconds, in all the processes of a
 /// server together.
-pub(crate) const WARN_EVERY_SECS: u64 = 60;
+const WARN_EVERY_SECS: u64 = 60;
 
-/// The counts behind one rate-limited warning: word 0 is the second
-/// (since `started`, plus one) of the last warning, 0 for none yet; word 1
-/// the events since then.
-pub(crate) struct SharedWarning {
+/// Rate-limits one warning across every process of a server: the first
+/// event warns at once, later ones are counted and reported with the next
+/// warning, at most one a minute. For events a peer can cause at will
+/// (refused connections, bad headers), where one line per event would let
+/// it flood the log.
+///
+/// The counts live in two words of shared memory mapped when the value is
+/// made, so a value made before the server forks counts the events of its
+/// forked children and prefork workers too; a rate limit inside one
+/// process would warn once per child, each a fresh copy.
+///
+/// ```
+/// use socketserver::server::SharedWarning;
+///
+/// let refused = SharedWarning::new(); // before the server forks
+/// // Per event: log at debug, and warn when one is due.
+/// if let Some(count) = refused.due() {
+///     tracing::warn!(count, "refused connections (next report in a minute at the earliest)");
+/// }
+/// assert_eq!(refused.due(), None); // counted, reported with the next warning
+/// ```
+// Word 0 is the second (since `started`, plus one) of the last warning, 0
+// for none yet; word 1 the events since then.
+pub struct SharedWarning {
     shared: Option<SharedAtomics>,
     local: [AtomicU64; 2],
     started: Instant,
@@ -28,7 +42,7 @@ pub(crate) struct SharedWarning {
 impl SharedWarning {
     /// Maps the two shared words. Should the mapping fail, each process
     /// counts its own (a forking server then warns once per child).
-    pub(crate) fn new() -> SharedWarning {
+    pub fn new() -> SharedWarning {
         SharedWarning {
             shared: SharedAtomics::new(2).ok(),
             local: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -52,14 +66,14 @@ impl SharedWarning {
     /// Counts one event. `Some(n)` when a warning is due now (the first
     /// event, then the first one a minute after the last warning): `n`
     /// events since the last warning, this one included.
-    pub(crate) fn due(&self) -> Option<u64> {
+    pub fn due(&self) -> Option<u64> {
         // `started` was taken before any fork: the same monotonic clock
         // in every process of the server.
         self.due_at(self.started.elapsed().as_secs() + 1)
     }
 
     /// [`due`](Self::due) at second `now` (1 or more).
-    pub(crate) fn due_at(&self, now: u64) -> Option<u64> {
+    fn due_at(&self, now: u64) -> Option<u64> {
         self.word(1).fetch_add(1, Ordering::Relaxed);
         let last = self.word(0).load(Ordering::Relaxed);
         if last != 0 && now < last.saturating_add(WARN_EVERY_SECS) {
@@ -69,6 +83,20 @@ impl SharedWarning {
             .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
             .ok()?;
         Some(self.word(1).swap(0, Ordering::Relaxed))
+    }
+}
+
+impl Default for SharedWarning {
+    fn default() -> Self {
+        SharedWarning::new()
+    }
+}
+
+impl std::fmt::Debug for SharedWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedWarning")
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
     }
 }
 
