@@ -243,13 +243,7 @@ fn passive_accepts_only_the_control_peer() {
         let port: u16 = text.split('|').nth(3).unwrap().parse().unwrap();
         let data_addr: SocketAddr = ([127, 0, 0, 1], port).into();
         // A foreign address connects first.
-        let thief =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        thief
-            .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
-            .unwrap();
-        thief.connect(&data_addr.into()).unwrap();
-        let mut thief: TcpStream = thief.into();
+        let mut thief = tcp_from(data_addr, [127, 0, 0, 2]);
         c.send_raw(b"RETR f\r\n");
         std::thread::sleep(Duration::from_millis(200));
         let mut mine = TcpStream::connect(data_addr).unwrap();
@@ -283,16 +277,7 @@ fn refused_passive_connections_do_not_flood_the_log() {
         let data_addr: SocketAddr = ([127, 0, 0, 1], port).into();
         c.send_raw(b"RETR f\r\n");
         for _ in 0..20 {
-            let thief =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            thief
-                .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
-                .unwrap();
-            thief.connect(&data_addr.into()).unwrap();
-            let mut thief: TcpStream = thief.into();
-            thief
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
+            let mut thief = tcp_from(data_addr, [127, 0, 0, 2]);
             // Refused: closed without a byte.
             let mut stolen = Vec::new();
             let _ = thief.read_to_end(&mut stolen);
@@ -987,10 +972,7 @@ fn outside_links_answer_exactly_like_missing_names() {
 
 /// Connects from `source` (another loopback address) instead of 127.0.0.1.
 fn connect_from(addr: SocketAddr, source: [u8; 4]) -> (Ctrl, u16) {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from((source, 0)).into()).unwrap();
-    sock.connect(&addr.into()).unwrap();
-    let stream: TcpStream = sock.into();
+    let stream = tcp_from(addr, source);
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -998,6 +980,19 @@ fn connect_from(addr: SocketAddr, source: [u8; 4]) -> (Ctrl, u16) {
     let mut c = Ctrl { reader, stream };
     let code = c.read_reply().0;
     (c, code)
+}
+
+/// A TCP connection to `addr` from the loopback address `source`, with a
+/// 20 s read timeout.
+fn tcp_from(addr: SocketAddr, source: [u8; 4]) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
 }
 
 /// Failed logins the server evaluated, from its log (the lock-out line
