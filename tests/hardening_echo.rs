@@ -495,6 +495,7 @@ fn proxy_probes_without_a_header_are_not_logged_as_errors_prefork() {
     proxy_probes("prefork");
 }
 
+#[cfg(feature = "async")] // the echo example has no async mode without it
 #[test]
 fn proxy_probes_without_a_header_are_not_logged_as_errors_async() {
     proxy_probes("async");
